@@ -1,0 +1,374 @@
+//! One record as one Automerge document: writing fields into it, reading the materialized
+//! values out of it, and explaining its conflicts and history.
+//!
+//! Layout of a record document: each declared field is a key of the root map. Scalar fields are
+//! Automerge scalars, `text` fields are Automerge text objects (merged character by character),
+//! `json` fields are nested maps and lists (merged key by key). The reserved root key
+//! `_deleted` holds the tombstone; it is only ever set to `true`, so once any device's delete is
+//! merged the record stays deleted ("delete wins").
+//!
+//! Text positions count UTF-16 code units, the unit Kotlin, Swift (`String.utf16`, `NSRange`)
+//! and JavaScript strings index by.
+
+use std::collections::{BTreeSet, HashMap};
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, ChangeHash, LoadOptions, ObjId, ObjType, ROOT, ReadDoc, ScalarValue,
+    TextEncoding, Value as AmValue, hydrate,
+};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::schema::{Collection, Field, FieldType};
+use crate::value::Fields;
+
+/// The unit of every text position in the public API.
+pub const TEXT_ENCODING: TextEncoding = TextEncoding::Utf16CodeUnit;
+
+const DELETED_KEY: &str = "_deleted";
+
+/// A fresh, empty record document written by `actor`.
+pub(crate) fn new_doc(actor: &ActorId) -> AutoCommit {
+    AutoCommit::new_with_encoding(TEXT_ENCODING).with_actor(actor.clone())
+}
+
+/// Loads saved document bytes (a full save, optionally followed by incremental chunks).
+pub(crate) fn load_doc(bytes: &[u8], actor: &ActorId) -> Result<AutoCommit> {
+    let doc = AutoCommit::load_with_options(bytes, LoadOptions::new().text_encoding(TEXT_ENCODING))
+        .map_err(|_| Error::Corrupt("a record document does not load".into()))?;
+    Ok(doc.with_actor(actor.clone()))
+}
+
+/// Commits the pending operations as one change stamped with `time_ms`.
+pub(crate) fn commit(doc: &mut AutoCommit, time_ms: i64) -> Option<ChangeHash> {
+    doc.commit_with(CommitOptions::default().with_time(time_ms))
+}
+
+/// Writes the fields of a new record in one batch operation (much cheaper than one put each).
+pub(crate) fn init_fields(
+    doc: &mut AutoCommit,
+    collection: &Collection,
+    fields: &Fields,
+) -> Result<()> {
+    let mut root = HashMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        if value.is_null() {
+            continue;
+        }
+        let field = &collection.fields[name];
+        root.insert(name.clone(), to_hydrate(field.field_type, value));
+    }
+    doc.init_root_from_hydrate(&hydrate::Map::from(root))?;
+    Ok(())
+}
+
+/// Sets one field, diffing text and json values against the current ones so that concurrent
+/// edits elsewhere in the same text or object still merge.
+pub(crate) fn put_field(
+    doc: &mut AutoCommit,
+    name: &str,
+    field: &Field,
+    value: &Value,
+) -> Result<()> {
+    if value.is_null() {
+        doc.delete(ROOT, name)?;
+        return Ok(());
+    }
+    let existing_object = match doc.get(ROOT, name)? {
+        Some((AmValue::Object(obj_type), id)) => Some((obj_type, id)),
+        _ => None,
+    };
+    let new_value = to_hydrate(field.field_type, value);
+    match (existing_object, &new_value) {
+        (Some((ObjType::Text, id)), hydrate::Value::Text(_))
+        | (Some((ObjType::Map, id)), hydrate::Value::Map(_))
+        | (Some((ObjType::List, id)), hydrate::Value::List(_)) => {
+            doc.update_object(&id, &new_value)
+                .map_err(|_| Error::Corrupt("a field object could not be updated".into()))?;
+        }
+        (_, hydrate::Value::Scalar(scalar)) => {
+            doc.put(ROOT, name, scalar.clone())?;
+        }
+        _ => {
+            doc.batch_create_object(ROOT, name, &new_value, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Edits a text field in place: at `index`, delete `delete_count` units and insert `insert`.
+pub(crate) fn splice_text(
+    doc: &mut AutoCommit,
+    collection_name: &str,
+    name: &str,
+    index: usize,
+    delete_count: usize,
+    insert: &str,
+) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidTextEdit {
+        collection: collection_name.to_owned(),
+        field: name.to_owned(),
+        reason,
+    };
+    let text_id = match doc.get(ROOT, name)? {
+        Some((AmValue::Object(ObjType::Text), id)) => id,
+        _ => doc.put_object(ROOT, name, ObjType::Text)?,
+    };
+    let length = doc.length(&text_id);
+    let end = index.checked_add(delete_count).filter(|end| *end <= length);
+    if end.is_none() {
+        return Err(invalid(format!(
+            "range {index}+{delete_count} is outside a text of {length} UTF-16 units"
+        )));
+    }
+    // A splice that would cut a surrogate pair in two is refused rather than corrupting text.
+    let text = doc.text(&text_id)?;
+    let units: Vec<u16> = text.encode_utf16().collect();
+    let splits_pair = |at: usize| at > 0 && at < units.len() && is_low_surrogate(units[at]);
+    if splits_pair(index) || splits_pair(index + delete_count) {
+        return Err(invalid(format!("position {index} splits a surrogate pair")));
+    }
+    let delete = isize::try_from(delete_count).map_err(|_| invalid("range too large".into()))?;
+    doc.splice_text(&text_id, index, delete, insert)?;
+    Ok(())
+}
+
+fn is_low_surrogate(unit: u16) -> bool {
+    (0xDC00..0xE000).contains(&unit)
+}
+
+/// Marks the record deleted. The key is never set back, so the delete wins every merge.
+pub(crate) fn mark_deleted(doc: &mut AutoCommit) -> Result<()> {
+    doc.put(ROOT, DELETED_KEY, true)?;
+    Ok(())
+}
+
+/// Whether any merged change deleted the record.
+pub(crate) fn is_deleted(doc: &AutoCommit) -> bool {
+    doc.get_all(ROOT, DELETED_KEY)
+        .map(|values| {
+            values
+                .iter()
+                .any(|(value, _)| matches!(value, AmValue::Scalar(s) if s.as_ref() == &ScalarValue::Boolean(true)))
+        })
+        .unwrap_or(false)
+}
+
+/// The declared fields' current values, checked against their declared types. Keys the schema
+/// does not declare (written by a newer app version) are kept in the document but not shown.
+pub(crate) fn materialize(
+    doc: &AutoCommit,
+    collection_name: &str,
+    collection: &Collection,
+) -> Result<Fields> {
+    let mut fields = Fields::new();
+    for (name, field) in &collection.fields {
+        let Some((value, id)) = doc.get(ROOT, name.as_str())? else {
+            continue;
+        };
+        let json = read_value(doc, value, &id)?;
+        if !json.is_null() {
+            crate::value::check_type(collection_name, name, field, &json)?;
+            if field.field_type == FieldType::Text
+                && !matches!(doc.object_type(&id), Ok(ObjType::Text))
+            {
+                return Err(Error::WrongType {
+                    collection: collection_name.to_owned(),
+                    field: name.clone(),
+                    expected: FieldType::Text,
+                });
+            }
+        }
+        fields.insert(name.clone(), json);
+    }
+    Ok(fields)
+}
+
+/// One field on which concurrent writes happened.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FieldConflict {
+    /// The field name.
+    pub field: String,
+    /// The value every device shows (Automerge's deterministic winner).
+    pub winner: ConflictValue,
+    /// The values that lost, one per concurrent write.
+    pub losers: Vec<ConflictValue>,
+}
+
+/// One of the concurrent values of a field, and the device that wrote it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConflictValue {
+    /// The value.
+    pub value: Value,
+    /// The device id (Automerge actor, hex) that wrote it.
+    pub device_id: String,
+}
+
+/// Every declared field that holds concurrent values.
+pub(crate) fn conflicts(doc: &AutoCommit, collection: &Collection) -> Result<Vec<FieldConflict>> {
+    let mut conflicts = Vec::new();
+    for name in collection.fields.keys() {
+        let all = doc.get_all(ROOT, name.as_str())?;
+        if all.len() < 2 {
+            continue;
+        }
+        let Some((_, winner_id)) = doc.get(ROOT, name.as_str())? else {
+            continue;
+        };
+        let mut winner = None;
+        let mut losers = Vec::new();
+        for (value, id) in all {
+            let entry = ConflictValue {
+                value: read_value(doc, value, &id)?,
+                device_id: actor_of(&id),
+            };
+            if id == winner_id {
+                winner = Some(entry);
+            } else {
+                losers.push(entry);
+            }
+        }
+        if let Some(winner) = winner {
+            conflicts.push(FieldConflict {
+                field: name.clone(),
+                winner,
+                losers,
+            });
+        }
+    }
+    Ok(conflicts)
+}
+
+/// One change in a record's history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    /// The change hash (hex), unique across all devices.
+    pub change_hash: String,
+    /// The device id (Automerge actor, hex) that made the change.
+    pub device_id: String,
+    /// When the device made the change, in milliseconds since the Unix epoch (device clock).
+    pub timestamp_ms: i64,
+    /// The fields the change wrote, sorted.
+    pub fields: Vec<String>,
+    /// Whether this change deleted the record.
+    pub deleted: bool,
+}
+
+/// Every change of the document in causal order, with the fields each one touched.
+pub(crate) fn history(doc: &mut AutoCommit) -> Vec<HistoryEntry> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    // Objects (texts, nested json) belong to the root field that created them.
+    let mut owner: HashMap<ObjectId, String> = HashMap::new();
+    let mut entries = Vec::new();
+    for change in doc.get_changes(&[]) {
+        let expanded = change.decode();
+        let mut fields = BTreeSet::new();
+        let mut deleted = false;
+        // Operation ids are consecutive from the change's start op.
+        for (op_counter, op) in (expanded.start_op.get()..).zip(&expanded.operations) {
+            let field = match (&op.obj, &op.key) {
+                (ObjectId::Root, Key::Map(key)) => Some(key.to_string()),
+                (obj, _) => owner.get(obj).cloned(),
+            };
+            if let Some(field) = field {
+                if field == DELETED_KEY {
+                    deleted = true;
+                } else {
+                    if matches!(op.action, OpType::Make(_)) {
+                        let id = automerge::legacy::OpId(op_counter, expanded.actor_id.clone());
+                        owner.insert(ObjectId::Id(id), field.clone());
+                    }
+                    fields.insert(field);
+                }
+            }
+        }
+        entries.push(HistoryEntry {
+            change_hash: change.hash().to_string(),
+            device_id: change.actor_id().to_hex_string(),
+            timestamp_ms: change.timestamp(),
+            fields: fields.into_iter().collect(),
+            deleted,
+        });
+    }
+    entries
+}
+
+fn actor_of(id: &ObjId) -> String {
+    match id {
+        ObjId::Id(_, actor, _) => actor.to_hex_string(),
+        ObjId::Root => String::new(),
+    }
+}
+
+fn read_value(doc: &AutoCommit, value: AmValue<'_>, id: &ObjId) -> Result<Value> {
+    Ok(match value {
+        AmValue::Scalar(scalar) => scalar_to_json(&scalar),
+        AmValue::Object(ObjType::Text) => Value::String(doc.text(id)?),
+        AmValue::Object(ObjType::Map | ObjType::Table) => {
+            let mut map = serde_json::Map::new();
+            for item in doc.map_range(id, ..) {
+                let id = item.id();
+                map.insert(
+                    item.key.to_string(),
+                    read_value(doc, item.value.into(), &id)?,
+                );
+            }
+            Value::Object(map)
+        }
+        AmValue::Object(ObjType::List) => {
+            let mut list = Vec::new();
+            for item in doc.list_range(id, ..) {
+                let id = item.id();
+                list.push(read_value(doc, item.value.into(), &id)?);
+            }
+            Value::Array(list)
+        }
+    })
+}
+
+fn scalar_to_json(scalar: &ScalarValue) -> Value {
+    match scalar {
+        ScalarValue::Str(s) => Value::String(s.to_string()),
+        ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Value::from(*i),
+        ScalarValue::Uint(u) => Value::from(*u),
+        ScalarValue::F64(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        ScalarValue::Counter(c) => Value::from(i64::from(c)),
+        ScalarValue::Boolean(b) => Value::Bool(*b),
+        ScalarValue::Null | ScalarValue::Bytes(_) | ScalarValue::Unknown { .. } => Value::Null,
+    }
+}
+
+fn to_hydrate(field_type: FieldType, value: &Value) -> hydrate::Value {
+    match (field_type, value) {
+        (FieldType::Text, Value::String(s)) => hydrate::Value::text(TEXT_ENCODING, s),
+        (FieldType::Timestamp, Value::Number(n)) => {
+            hydrate::Value::scalar(ScalarValue::Timestamp(n.as_i64().unwrap_or_default()))
+        }
+        (FieldType::Float, Value::Number(n)) => {
+            hydrate::Value::scalar(ScalarValue::F64(n.as_f64().unwrap_or_default()))
+        }
+        (_, value) => json_to_hydrate(value),
+    }
+}
+
+fn json_to_hydrate(value: &Value) -> hydrate::Value {
+    match value {
+        Value::Null => hydrate::Value::scalar(ScalarValue::Null),
+        Value::Bool(b) => hydrate::Value::scalar(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => hydrate::Value::scalar(i),
+            (None, Some(u)) => hydrate::Value::scalar(u),
+            _ => hydrate::Value::scalar(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => hydrate::Value::scalar(ScalarValue::Str(s.as_str().into())),
+        Value::Array(items) => items.iter().map(json_to_hydrate).collect::<Vec<_>>().into(),
+        Value::Object(map) => {
+            let map: HashMap<String, hydrate::Value> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_hydrate(v)))
+                .collect();
+            hydrate::Map::from(map).into()
+        }
+    }
+}

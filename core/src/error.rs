@@ -1,0 +1,166 @@
+//! The one error type of the crate.
+//!
+//! Messages name collections, fields and record ids, never field values: a value may be
+//! clinical data, and error messages end up in logs and crash reports.
+
+use crate::schema::FieldType;
+
+/// A shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the store. Every failed call leaves the store unchanged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// SQLite refused an operation (disk full, file locked, I/O failure, ...). Nothing was
+    /// written; the call can be retried once the cause is fixed.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+
+    /// The file is not a Fieldsync store, or its contents are damaged.
+    #[error("the store file is damaged or not a Fieldsync store: {0}")]
+    Corrupt(String),
+
+    /// The file was written by a newer version of Fieldsync; upgrade the app to open it.
+    #[error(
+        "the store file has format version {found}, newer than this build supports ({supported})"
+    )]
+    NewerFormat {
+        /// Format version found in the file.
+        found: u32,
+        /// Newest format version this build understands.
+        supported: u32,
+    },
+
+    /// The schema itself is malformed: fix the declaration.
+    #[error("invalid schema: {0}")]
+    InvalidSchema(String),
+
+    /// The schema cannot replace the one the file was created with, because data would be lost
+    /// or reinterpreted. Only additions (collections, optional fields, indexes) apply in place.
+    #[error("schema change refused: {0}")]
+    IncompatibleSchema(String),
+
+    /// No collection of that name is declared in the schema.
+    #[error("unknown collection `{0}`")]
+    UnknownCollection(String),
+
+    /// The collection declares no field of that name.
+    #[error("collection `{collection}` has no field `{field}`")]
+    UnknownField {
+        /// Collection written to.
+        collection: String,
+        /// Undeclared field name.
+        field: String,
+    },
+
+    /// A value does not have the declared type of its field.
+    #[error("field `{collection}.{field}` expects a value of type {expected}")]
+    WrongType {
+        /// Collection written to.
+        collection: String,
+        /// Field whose value is of the wrong type.
+        field: String,
+        /// The declared type.
+        expected: FieldType,
+    },
+
+    /// A required field is missing from an insert, or a write tried to clear it.
+    #[error("field `{collection}.{field}` is required")]
+    MissingField {
+        /// Collection written to.
+        collection: String,
+        /// Required field.
+        field: String,
+    },
+
+    /// A record's scope is fixed at insert: an update may not change its scope field.
+    #[error("the scope of a record in `{collection}` cannot change after insert")]
+    ScopeChange {
+        /// Collection of the record.
+        collection: String,
+    },
+
+    /// No live record with that id exists in the collection.
+    #[error("no record `{id}` in `{collection}`")]
+    NotFound {
+        /// Collection searched.
+        collection: String,
+        /// Record id asked for.
+        id: String,
+    },
+
+    /// An insert used an id that a record (live or deleted) already has.
+    #[error("a record `{id}` already exists in `{collection}`")]
+    DuplicateId {
+        /// Collection written to.
+        collection: String,
+        /// The id in use.
+        id: String,
+    },
+
+    /// A delete was refused because a reference field declared `restrict` points at the record.
+    #[error(
+        "record `{id}` in `{collection}` is referenced from `{referenced_by}`; delete those first"
+    )]
+    Restricted {
+        /// Collection of the record that was to be deleted.
+        collection: String,
+        /// Id of that record.
+        id: String,
+        /// `collection.field` whose records still point at it.
+        referenced_by: String,
+    },
+
+    /// A query filter or order is not valid for the collection's fields.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+
+    /// A text edit addressed a position outside the text, or a field that is not `text`.
+    #[error("invalid text edit on `{collection}.{field}`: {reason}")]
+    InvalidTextEdit {
+        /// Collection of the record.
+        collection: String,
+        /// Field edited.
+        field: String,
+        /// What was wrong (positions, never content).
+        reason: String,
+    },
+
+    /// A record id is empty, too long, or uses characters outside `[A-Za-z0-9_.:-]`.
+    #[error("invalid record id: {0}")]
+    InvalidId(String),
+
+    /// Changes that came from elsewhere could not be decoded or merged.
+    #[error("invalid remote change for `{collection}/{id}`: {reason}")]
+    InvalidRemoteChange {
+        /// Collection of the record.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// Too many changes are waiting for their dependencies; sync the whole document instead.
+    #[error("{waiting} remote changes are waiting for missing dependencies (limit {limit})")]
+    TooManyPendingChanges {
+        /// Changes already waiting plus the ones that would be added.
+        waiting: usize,
+        /// The configured bound.
+        limit: usize,
+    },
+}
+
+impl From<automerge::AutomergeError> for Error {
+    fn from(err: automerge::AutomergeError) -> Self {
+        // Automerge errors describe document structure, not values, but stay conservative:
+        // only the kind of failure is kept.
+        Error::Corrupt(format!("automerge: {}", error_kind(&err)))
+    }
+}
+
+fn error_kind(err: &automerge::AutomergeError) -> String {
+    let text = err.to_string();
+    text.split(':').next().unwrap_or("error").trim().to_owned()
+}

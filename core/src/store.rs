@@ -1,0 +1,494 @@
+//! The store: one SQLite file holding every record of an app as an Automerge document, the
+//! materialized values queries use, and the outbox of local changes waiting to sync.
+
+mod migrations;
+mod read;
+mod remote;
+mod tables;
+mod write;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use automerge::{ActorId, AutoCommit};
+use lru::LruCache;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::query::{Filter, Query};
+use crate::schema::Schema;
+use crate::subscription::{ChangeEvent, ChangeOrigin, Changed, Registry, Subscription};
+use crate::value::Fields;
+
+pub use read::{Orphan, Record};
+pub use remote::{ApplyReport, RejectedRecord, RemotePayload, RemoteRecord};
+pub use write::Write;
+
+use tables::TableSql;
+
+/// How hard SQLite works to make each commit survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// Every commit is on disk when the call returns, even across power loss (default).
+    #[default]
+    Full,
+    /// Commits survive an app crash but the last ones may be lost on power loss; faster.
+    Normal,
+}
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// How many record documents stay loaded in memory between writes.
+    pub document_cache_size: usize,
+    /// How many remote changes may wait for missing dependencies before `apply_remote`
+    /// refuses more (the sync engine then asks for whole documents).
+    pub max_pending_changes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            synchronous: Synchronous::Full,
+            document_cache_size: 512,
+            max_pending_changes: 10_000,
+        }
+    }
+}
+
+/// A local change waiting in the outbox for the server to acknowledge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Position in the outbox; acknowledge up to it with [`Store::acknowledge_outbox`].
+    pub seq: i64,
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub record_id: String,
+    /// Scope of the record.
+    pub scope: String,
+    /// One Automerge change, as bytes.
+    pub change: Vec<u8>,
+}
+
+/// A record document held in memory, with the row facts that go with it.
+pub(crate) struct CachedDoc {
+    pub doc: AutoCommit,
+    pub scope: String,
+    pub created_at: i64,
+    pub deleted: bool,
+}
+
+type DocKey = (String, String);
+
+struct Db {
+    conn: Connection,
+    cache: LruCache<DocKey, CachedDoc>,
+}
+
+struct Shared {
+    db: Mutex<Db>,
+    schema: Schema,
+    tables: BTreeMap<String, TableSql>,
+    actor: ActorId,
+    device_id: String,
+    options: StoreOptions,
+    subscriptions: Arc<Registry>,
+}
+
+/// An app's local record store. Cheap to clone; clones share one connection, and every method
+/// may be called from any thread.
+///
+/// ```
+/// use fieldsync_core::{Filter, Query, Schema, Store, StoreOptions};
+/// use serde_json::json;
+///
+/// let schema = Schema::from_json(r#"{"collections": {"clients": {
+///     "scope_field": "caseload_id",
+///     "fields": {
+///         "caseload_id": {"type": "string", "required": true},
+///         "name": {"type": "string", "required": true},
+///         "notes": {"type": "text"}
+///     },
+///     "indexes": [{"name": "by_name", "fields": ["name"]}]
+/// }}}"#)?;
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(dir.path().join("app.db"), schema, StoreOptions::default())?;
+///
+/// let fields = json!({"caseload_id": "north", "name": "Ada", "notes": "First visit."});
+/// let id = store.insert("clients", fields.as_object().unwrap().clone())?;
+/// store.splice_text("clients", &id, "notes", 0, 0, "Calm. ")?;
+///
+/// let found = store.query("clients", &Query { filter: Filter::eq("name", "Ada"), ..Query::default() })?;
+/// assert_eq!(found[0].fields["notes"], "Calm. First visit.");
+/// # Ok::<(), fieldsync_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("device_id", &self.shared.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store file at `path` for `schema`.
+    ///
+    /// A file created with an older schema is upgraded in place when the new schema only adds
+    /// (see [`Schema::check_upgrade_from`]); otherwise [`Error::IncompatibleSchema`] is returned
+    /// and the file is left as it was.
+    pub fn open(path: impl AsRef<Path>, schema: Schema, options: StoreOptions) -> Result<Store> {
+        schema.validate()?;
+        let mut conn = Connection::open(path.as_ref())?;
+        configure(&conn, options.synchronous)?;
+        migrations::migrate(&mut conn)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        if let Some(stored) = stored {
+            let old: Schema = serde_json::from_str(&stored)
+                .map_err(|_| Error::Corrupt("the stored schema is not readable".into()))?;
+            schema.check_upgrade_from(&old)?;
+        }
+        tables::sync_tables(&tx, &schema)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [schema.to_json()],
+        )?;
+        let device_id = device_id(&tx)?;
+        tx.commit()?;
+
+        let actor = ActorId::try_from(device_id.as_str())
+            .map_err(|_| Error::Corrupt("the stored device id is not valid".into()))?;
+        let tables = schema
+            .collections
+            .iter()
+            .map(|(name, collection)| (name.clone(), TableSql::new(name, collection)))
+            .collect();
+        let cache_size =
+            NonZeroUsize::new(options.document_cache_size).unwrap_or(NonZeroUsize::MIN);
+        Ok(Store {
+            shared: Arc::new(Shared {
+                db: Mutex::new(Db {
+                    conn,
+                    cache: LruCache::new(cache_size),
+                }),
+                schema,
+                tables,
+                actor,
+                device_id,
+                options,
+                subscriptions: Arc::default(),
+            }),
+        })
+    }
+
+    /// This device's stable id (its Automerge actor id, hex), kept in the file.
+    pub fn device_id(&self) -> &str {
+        &self.shared.device_id
+    }
+
+    /// The schema the store was opened with.
+    pub fn schema(&self) -> &Schema {
+        &self.shared.schema
+    }
+
+    /// Inserts a record with a new UUIDv7 id and returns the id.
+    pub fn insert(&self, collection: &str, fields: Fields) -> Result<String> {
+        self.insert_with_id(collection, None, fields)
+    }
+
+    /// Inserts a record with the given id (or a new UUIDv7 when `None`).
+    pub fn insert_with_id(
+        &self,
+        collection: &str,
+        id: Option<String>,
+        fields: Fields,
+    ) -> Result<String> {
+        let ids = self.write_batch(vec![Write::Insert {
+            collection: collection.into(),
+            id,
+            fields,
+        }])?;
+        Ok(ids.into_iter().next().expect("one write gives one id"))
+    }
+
+    /// Sets the fields in `patch`; a `null` clears an optional field. Other fields are kept.
+    pub fn update(&self, collection: &str, id: &str, patch: Fields) -> Result<()> {
+        self.write_batch(vec![Write::Update {
+            collection: collection.into(),
+            id: id.into(),
+            patch,
+        }])?;
+        Ok(())
+    }
+
+    /// Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
+    /// Positions count UTF-16 code units (as Kotlin, Swift and JavaScript strings do).
+    pub fn splice_text(
+        &self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        index: usize,
+        delete_count: usize,
+        insert: &str,
+    ) -> Result<()> {
+        self.write_batch(vec![Write::SpliceText {
+            collection: collection.into(),
+            id: id.into(),
+            field: field.into(),
+            index,
+            delete_count,
+            insert: insert.into(),
+        }])?;
+        Ok(())
+    }
+
+    /// Deletes a record, leaving a tombstone that syncs, and applies the `on_delete` rules of
+    /// reference fields that point at it.
+    pub fn delete(&self, collection: &str, id: &str) -> Result<()> {
+        self.write_batch(vec![Write::Delete {
+            collection: collection.into(),
+            id: id.into(),
+        }])?;
+        Ok(())
+    }
+
+    /// Applies many writes in one SQLite transaction: all of them, or none if one fails.
+    /// Returns the record id of each write, in order.
+    pub fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<String>> {
+        let (ids, changed) = {
+            let mut db = self.shared.lock();
+            write::apply(&self.shared, &mut db, writes)?
+        };
+        self.shared
+            .subscriptions
+            .notify(&changed, ChangeOrigin::Local);
+        Ok(ids)
+    }
+
+    /// The live record with this id, or `None` if there is none or it was deleted.
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Record>> {
+        let db = self.shared.lock();
+        read::get(&self.shared, &db.conn, collection, id)
+    }
+
+    /// Live records matching the query.
+    pub fn query(&self, collection: &str, query: &Query) -> Result<Vec<Record>> {
+        let db = self.shared.lock();
+        read::query(&self.shared, &db.conn, collection, query)
+    }
+
+    /// How many live records match the filter.
+    pub fn count(&self, collection: &str, filter: &Filter) -> Result<u64> {
+        let db = self.shared.lock();
+        read::count(&self.shared, &db.conn, collection, filter)
+    }
+
+    /// Live records whose reference fields point at a record that is deleted or absent, as
+    /// can happen when a record arrives by merge after its target was deleted elsewhere.
+    pub fn orphans(&self, collection: &str) -> Result<Vec<Orphan>> {
+        let db = self.shared.lock();
+        read::orphans(&self.shared, &db.conn, collection)
+    }
+
+    /// Fields of the record on which concurrent writes happened, with winner and losers.
+    pub fn conflicts(&self, collection: &str, id: &str) -> Result<Vec<crate::FieldConflict>> {
+        let mut db = self.shared.lock();
+        let cached = self.shared.load_doc(&mut db, collection, id)?;
+        let collection_decl = self.shared.schema.collection(collection)?;
+        crate::document::conflicts(&cached.doc, collection_decl)
+    }
+
+    /// Every change of the record (including ones merged from other devices), oldest first:
+    /// which device made it, when, and which fields it wrote.
+    pub fn history(&self, collection: &str, id: &str) -> Result<Vec<crate::HistoryEntry>> {
+        let mut db = self.shared.lock();
+        let cached = self.shared.load_doc(&mut db, collection, id)?;
+        Ok(crate::document::history(&mut cached.doc))
+    }
+
+    /// The saved Automerge document of a record (live or deleted), for sending it whole.
+    pub fn document(&self, collection: &str, id: &str) -> Result<Vec<u8>> {
+        let mut db = self.shared.lock();
+        let cached = self.shared.load_doc(&mut db, collection, id)?;
+        Ok(cached.doc.save())
+    }
+
+    /// Calls `callback` after every commit that changes records of `collection` matching
+    /// `filter` (before or after the change), for local writes and merges alike.
+    pub fn subscribe(
+        &self,
+        collection: &str,
+        filter: Filter,
+        callback: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Result<Subscription> {
+        let decl = self.shared.schema.collection(collection)?;
+        crate::query::compile_filter(collection, decl, &filter)?;
+        Ok(self
+            .shared
+            .subscriptions
+            .subscribe(collection, filter, Arc::new(callback)))
+    }
+
+    /// Merges changes or whole documents that came from elsewhere, in one transaction.
+    /// Each record is merged or rejected on its own; see [`ApplyReport`].
+    pub fn apply_remote(&self, records: Vec<RemoteRecord>) -> Result<ApplyReport> {
+        let (report, changed) = {
+            let mut db = self.shared.lock();
+            remote::apply(&self.shared, &mut db, records)?
+        };
+        self.shared
+            .subscriptions
+            .notify(&changed, ChangeOrigin::Remote);
+        Ok(report)
+    }
+
+    /// The oldest `limit` outbox entries, in write order.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let db = self.shared.lock();
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT seq, collection, record_id, scope, change FROM outbox ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |row| {
+            Ok(OutboxEntry {
+                seq: row.get(0)?,
+                collection: row.get(1)?,
+                record_id: row.get(2)?,
+                scope: row.get(3)?,
+                change: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes the outbox entries up to and including `seq`, once the server has them.
+    pub fn acknowledge_outbox(&self, seq: i64) -> Result<()> {
+        let db = self.shared.lock();
+        db.conn
+            .execute("DELETE FROM outbox WHERE seq <= ?1", [seq])?;
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Db> {
+        // Writers hand documents back to the cache only after their commit succeeded, so a
+        // writer that panicked left nothing half-done behind the lock.
+        self.db
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn table(&self, collection: &str) -> Result<&TableSql> {
+        self.tables
+            .get(collection)
+            .ok_or_else(|| Error::UnknownCollection(collection.to_owned()))
+    }
+
+    /// The record's document (live or deleted), from the cache or the file.
+    fn load_doc<'a>(
+        &self,
+        db: &'a mut Db,
+        collection: &str,
+        id: &str,
+    ) -> Result<&'a mut CachedDoc> {
+        let key = (collection.to_owned(), id.to_owned());
+        if !db.cache.contains(&key) {
+            let loaded =
+                read::load_cached_doc(self, &db.conn, collection, id)?.ok_or_else(|| {
+                    Error::NotFound {
+                        collection: collection.to_owned(),
+                        id: id.to_owned(),
+                    }
+                })?;
+            db.cache.put(key.clone(), loaded);
+        }
+        Ok(db.cache.get_mut(&key).expect("just inserted"))
+    }
+
+    fn subscribers_want(&self, collection: &str) -> bool {
+        self.subscriptions.wants(collection)
+    }
+}
+
+fn configure(conn: &Connection, synchronous: Synchronous) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        return Err(Error::Corrupt(format!(
+            "the file cannot use WAL journaling ({mode})"
+        )));
+    }
+    let level = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {level}; PRAGMA temp_store = MEMORY;"
+    ))?;
+    // A file that is not SQLite at all fails here rather than on the first write.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map_err(|_| Error::Corrupt("the file is not a SQLite database".into()))?;
+    Ok(())
+}
+
+/// The device id kept in the file, created on first open.
+fn device_id(tx: &rusqlite::Transaction<'_>) -> Result<String> {
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'device_id'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('device_id', ?1)",
+        [&id],
+    )?;
+    Ok(id)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+pub(crate) fn changed(
+    collection: &str,
+    id: &str,
+    before: Option<Fields>,
+    after: Option<Fields>,
+) -> Changed {
+    Changed {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+        before,
+        after,
+    }
+}

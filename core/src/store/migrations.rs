@@ -1,0 +1,81 @@
+//! The store's own SQL schema as numbered steps, tracked by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// Every step in order; step `n` (1-based) brings the file to version `n`.
+const STEPS: &[&str] = &[
+    include_str!("migrations/001_init.sql"),
+    include_str!("migrations/002_pending_changes.sql"),
+];
+
+/// The format version a fully migrated file has.
+pub(crate) const LATEST: u32 = STEPS.len() as u32;
+
+/// Brings the file up to [`LATEST`], one transaction per step.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    migrate_to(conn, LATEST)
+}
+
+/// Brings the file up to `target`; older steps already applied are skipped.
+pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<()> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > LATEST {
+        return Err(Error::NewerFormat {
+            found: current,
+            supported: LATEST,
+        });
+    }
+    for version in current + 1..=target {
+        let tx = conn.transaction()?;
+        tx.execute_batch(STEPS[version as usize - 1])?;
+        // PRAGMA takes no parameters; `version` is our own integer.
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_of(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+        let mut stmt = conn
+            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+            .unwrap();
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn upgraded_file_equals_fresh_file() {
+        let mut fresh = Connection::open_in_memory().unwrap();
+        migrate(&mut fresh).unwrap();
+        for start in 0..LATEST {
+            let mut old = Connection::open_in_memory().unwrap();
+            migrate_to(&mut old, start).unwrap();
+            migrate(&mut old).unwrap();
+            assert_eq!(
+                schema_of(&old),
+                schema_of(&fresh),
+                "upgrade from version {start}"
+            );
+            let version: u32 = old
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, LATEST);
+        }
+    }
+
+    #[test]
+    fn a_newer_file_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("PRAGMA user_version = {}", LATEST + 1))
+            .unwrap();
+        assert!(matches!(migrate(&mut conn), Err(Error::NewerFormat { .. })));
+    }
+}

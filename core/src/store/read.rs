@@ -1,0 +1,258 @@
+//! Reads: records by id, queries, counts, orphans, and documents for the write paths.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::{CachedDoc, Shared};
+use crate::error::{Error, Result};
+use crate::query::{self, Filter, Query};
+use crate::store::tables::{TableSql, table_name};
+use crate::value::{self, Fields};
+
+/// A live record as queries return it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// The record's scope (the value of its collection's scope field).
+    pub scope: String,
+    /// Declared fields that have a value.
+    pub fields: Fields,
+    /// When the record was first stored on this device (ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// When the record last changed on this device, locally or by merge.
+    pub updated_at_ms: i64,
+}
+
+/// A live record whose reference field points at a deleted or absent record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Orphan {
+    /// Id of the referencing record.
+    pub id: String,
+    /// Its reference field.
+    pub field: String,
+    /// The id it points at.
+    pub target_id: String,
+}
+
+pub(super) fn get(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+) -> Result<Option<Record>> {
+    let table = shared.table(collection)?;
+    let sql = format!("{} WHERE _id = ?1 AND _deleted = 0", table.select);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let record = stmt
+        .query_row([id], |row| {
+            Ok(row_to_record(shared, collection, table, row))
+        })
+        .optional()?;
+    record.transpose()
+}
+
+pub(super) fn query(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    query: &Query,
+) -> Result<Vec<Record>> {
+    let table = shared.table(collection)?;
+    let decl = shared.schema.collection(collection)?;
+    let mut filter = query::compile_filter(collection, decl, &query.filter)?;
+    let order = query::compile_order(collection, decl, &query.order)?;
+    let limit = query.limit.map_or(-1, |l| l.min(i64::MAX as u64) as i64);
+    filter.params.push(SqlValue::Integer(limit));
+    filter
+        .params
+        .push(SqlValue::Integer(query.offset.min(i64::MAX as u64) as i64));
+    let n = filter.params.len();
+    let sql = format!(
+        "{} WHERE _deleted = 0 AND {} ORDER BY {order} LIMIT ?{} OFFSET ?{n}",
+        table.select,
+        filter.sql,
+        n - 1
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(filter.params.iter()), |row| {
+        Ok(row_to_record(shared, collection, table, row))
+    })?;
+    let mut records = Vec::new();
+    for row in rows {
+        records.push(row??);
+    }
+    Ok(records)
+}
+
+pub(super) fn count(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    filter: &Filter,
+) -> Result<u64> {
+    let table = shared.table(collection)?;
+    let decl = shared.schema.collection(collection)?;
+    let filter = query::compile_filter(collection, decl, filter)?;
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE _deleted = 0 AND {}",
+        table.table, filter.sql
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let count: i64 = stmt.query_row(rusqlite::params_from_iter(filter.params.iter()), |row| {
+        row.get(0)
+    })?;
+    Ok(count as u64)
+}
+
+pub(super) fn orphans(shared: &Shared, conn: &Connection, collection: &str) -> Result<Vec<Orphan>> {
+    let table = shared.table(collection)?;
+    let decl = shared.schema.collection(collection)?;
+    let mut orphans = Vec::new();
+    for (field, declared) in &decl.fields {
+        let Some(target) = declared.target.as_deref() else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT r._id, r.\"{field}\" FROM {} r WHERE r._deleted = 0 AND r.\"{field}\" IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM {} t WHERE t._id = r.\"{field}\" AND t._deleted = 0)
+             ORDER BY r._id",
+            table.table,
+            table_name(target)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], |row| {
+            Ok(Orphan {
+                id: row.get(0)?,
+                field: field.clone(),
+                target_id: row.get(1)?,
+            })
+        })?;
+        for row in rows {
+            orphans.push(row?);
+        }
+    }
+    Ok(orphans)
+}
+
+/// Loads a record's document and row facts from the file; `None` if there is no such row.
+pub(super) fn load_cached_doc(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+) -> Result<Option<CachedDoc>> {
+    let table = shared.table(collection)?;
+    let scope_field = &shared.schema.collection(collection)?.scope_field;
+    let sql = format!(
+        "SELECT _doc, _deleted, _created_at, \"{scope_field}\" FROM {} WHERE _id = ?1",
+        table.table
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let row = stmt
+        .query_row([id], |row| {
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, bool>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((bytes, deleted, created_at, scope)) = row else {
+        return Ok(None);
+    };
+    let doc = crate::document::load_doc(&bytes, &shared.actor)?;
+    Ok(Some(CachedDoc {
+        doc,
+        scope,
+        created_at,
+        deleted,
+    }))
+}
+
+/// Whether a row (live or deleted) with this id exists.
+pub(super) fn exists(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+) -> Result<bool> {
+    let table = shared.table(collection)?;
+    let sql = format!("SELECT 1 FROM {} WHERE _id = ?1", table.table);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(stmt.exists([id])?)
+}
+
+/// Ids of live records of `collection` whose `field` holds `target_id`.
+pub(super) fn referencing(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    field: &str,
+    target_id: &str,
+) -> Result<Vec<String>> {
+    let table = shared.table(collection)?;
+    let sql = format!(
+        "SELECT _id FROM {} WHERE \"{field}\" = ?1 AND _deleted = 0 ORDER BY _id",
+        table.table
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let ids = stmt.query_map([target_id], |row| row.get(0))?;
+    Ok(ids.collect::<Result<_, _>>()?)
+}
+
+fn row_to_record(
+    shared: &Shared,
+    collection: &str,
+    table: &TableSql,
+    row: &Row<'_>,
+) -> Result<Record> {
+    let scope_field = &shared.schema.collection(collection)?.scope_field;
+    let mut fields = Fields::new();
+    for (i, (name, field_type)) in table.fields.iter().zip(&table.types).enumerate() {
+        let raw: SqlValue = row.get(4 + i)?;
+        let value = value::from_sql(*field_type, raw)?;
+        if !value.is_null() {
+            fields.insert(name.clone(), value);
+        }
+    }
+    let scope = fields
+        .get(scope_field)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::Corrupt("a record has no scope".into()))?
+        .to_owned();
+    Ok(Record {
+        collection: collection.to_owned(),
+        id: row.get(0)?,
+        scope,
+        fields,
+        created_at_ms: row.get(2)?,
+        updated_at_ms: row.get(3)?,
+    })
+}
+
+/// The row values (`_id, _doc, _deleted, _created_at, _updated_at, fields...`) of a record.
+pub(super) fn row_values(
+    table: &TableSql,
+    id: &str,
+    doc_bytes: Vec<u8>,
+    deleted: bool,
+    created_at: i64,
+    updated_at: i64,
+    fields: &Fields,
+) -> Vec<SqlValue> {
+    let mut values = Vec::with_capacity(5 + table.fields.len());
+    values.push(SqlValue::Text(id.to_owned()));
+    values.push(SqlValue::Blob(doc_bytes));
+    values.push(SqlValue::Integer(i64::from(deleted)));
+    values.push(SqlValue::Integer(created_at));
+    values.push(SqlValue::Integer(updated_at));
+    for (name, field_type) in table.fields.iter().zip(&table.types) {
+        let value = fields.get(name).unwrap_or(&serde_json::Value::Null);
+        values.push(value::to_sql(*field_type, value));
+    }
+    values
+}

@@ -1,0 +1,303 @@
+//! Merging changes that came from elsewhere: the sync engine's entry point.
+//!
+//! Each record merges or is rejected on its own (inside a savepoint), and the whole batch
+//! commits in one transaction. Changes whose dependencies have not arrived wait in
+//! `pending_changes` and are retried whenever more changes for the record come in.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::{AutoCommit, Change, ChangeHash};
+use rusqlite::{Transaction, TransactionBehavior};
+
+use super::{CachedDoc, Db, DocKey, Shared, read};
+use crate::document;
+use crate::error::{Error, Result};
+use crate::subscription::Changed;
+use crate::value::Fields;
+
+/// Changes or a whole document for one record, from another device or the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRecord {
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// The record's scope as the sender states it; it must match the document.
+    pub scope: String,
+    /// What to merge.
+    pub payload: RemotePayload,
+}
+
+/// What a [`RemoteRecord`] carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemotePayload {
+    /// Individual Automerge changes, in any order; duplicates are ignored.
+    Changes(Vec<Vec<u8>>),
+    /// A saved Automerge document (for example a compacted first sync).
+    Document(Vec<u8>),
+}
+
+/// What [`Store::apply_remote`](crate::Store::apply_remote) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Records whose state changed.
+    pub changed: usize,
+    /// Records that were already up to date (the payload held nothing new).
+    pub unchanged: usize,
+    /// Changes kept aside, store-wide, until their dependencies arrive.
+    pub waiting_changes: usize,
+    /// Records that were not merged, and why. Nothing of them was written.
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// A record `apply_remote` refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRecord {
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+pub(super) fn apply(
+    shared: &Shared,
+    db: &mut Db,
+    records: Vec<RemoteRecord>,
+) -> Result<(ApplyReport, Vec<Changed>)> {
+    let Db { conn, cache } = db;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut report = ApplyReport::default();
+    let mut changed = Vec::new();
+    let mut merged: HashMap<DocKey, CachedDoc> = HashMap::new();
+    let now = super::now_ms();
+    for record in records {
+        let key = (record.collection.clone(), record.id.clone());
+        let existing = match merged.remove(&key) {
+            Some(doc) => Some(doc),
+            None => match cache.pop(&key) {
+                Some(doc) => Some(doc),
+                None => load_existing(shared, &tx, &record)?,
+            },
+        };
+        tx.execute_batch("SAVEPOINT remote_record")?;
+        match merge_one(shared, &tx, &record, existing, now) {
+            Ok(Outcome::Changed(doc, change)) => {
+                tx.execute_batch("RELEASE remote_record")?;
+                merged.insert(key, doc);
+                changed.push(change);
+                report.changed += 1;
+            }
+            Ok(Outcome::Unchanged(doc)) => {
+                tx.execute_batch("RELEASE remote_record")?;
+                if let Some(doc) = doc {
+                    merged.insert(key, doc);
+                }
+                report.unchanged += 1;
+            }
+            Err(Error::Database(err)) => return Err(Error::Database(err)),
+            Err(err) => {
+                // The document is dropped: the next read reloads the committed one.
+                tx.execute_batch("ROLLBACK TO remote_record; RELEASE remote_record")?;
+                report.rejected.push(RejectedRecord {
+                    collection: record.collection,
+                    id: record.id,
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+    report.waiting_changes = tx.query_row("SELECT count(*) FROM pending_changes", [], |row| {
+        row.get::<_, i64>(0)
+    })? as usize;
+    tx.commit()?;
+    for (key, doc) in merged {
+        cache.put(key, doc);
+    }
+    Ok((report, changed))
+}
+
+enum Outcome {
+    Changed(CachedDoc, Changed),
+    Unchanged(Option<CachedDoc>),
+}
+
+fn load_existing(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    record: &RemoteRecord,
+) -> Result<Option<CachedDoc>> {
+    if shared.schema.collections.contains_key(&record.collection)
+        && super::write::check_id(&record.id).is_ok()
+    {
+        read::load_cached_doc(shared, tx, &record.collection, &record.id)
+    } else {
+        Ok(None)
+    }
+}
+
+fn merge_one(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    record: &RemoteRecord,
+    existing: Option<CachedDoc>,
+    now: i64,
+) -> Result<Outcome> {
+    let collection = record.collection.as_str();
+    let decl = shared.schema.collection(collection)?;
+    let table = shared.table(collection)?;
+    super::write::check_id(&record.id)?;
+    let invalid = |reason: &str| Error::InvalidRemoteChange {
+        collection: collection.to_owned(),
+        id: record.id.clone(),
+        reason: reason.to_owned(),
+    };
+
+    let is_new = existing.is_none();
+    let mut cached = existing.unwrap_or_else(|| CachedDoc {
+        doc: document::new_doc(&shared.actor),
+        scope: record.scope.clone(),
+        created_at: now,
+        deleted: false,
+    });
+    let before: Option<Fields> =
+        if !is_new && !cached.deleted && shared.subscribers_want(collection) {
+            Some(document::materialize(&cached.doc, collection, decl)?)
+        } else {
+            None
+        };
+    let heads_before = cached.doc.get_heads();
+
+    match &record.payload {
+        RemotePayload::Changes(raw) => {
+            let mut changes = Vec::with_capacity(raw.len());
+            for bytes in raw {
+                changes.push(
+                    Change::from_bytes(bytes.clone())
+                        .map_err(|_| invalid("a change does not decode"))?,
+                );
+            }
+            changes.extend(take_pending(tx, collection, &record.id)?);
+            let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
+            guarded(&mut cached.doc, |doc| {
+                doc.apply_changes(changes.clone()).map(|_| ())
+            })
+            .map_err(|_| invalid("the changes do not apply"))?;
+            let waiting: Vec<&Change> = changes
+                .iter()
+                .zip(&hashes)
+                .filter(|(_, hash)| cached.doc.get_change_by_hash(hash).is_none())
+                .map(|(change, _)| change)
+                .collect();
+            keep_pending(shared, tx, collection, &record.id, &waiting, now)?;
+        }
+        RemotePayload::Document(bytes) => {
+            guarded(&mut cached.doc, |doc| {
+                doc.load_incremental(bytes).map(|_| ())
+            })
+            .map_err(|_| invalid("the document does not load"))?;
+        }
+    }
+
+    let heads_after = cached.doc.get_heads();
+    if heads_after == heads_before {
+        return Ok(Outcome::Unchanged((!is_new).then_some(cached)));
+    }
+    let fields = document::materialize(&cached.doc, collection, decl)?;
+    for (name, field) in &decl.fields {
+        if field.required && fields.get(name).is_none_or(serde_json::Value::is_null) {
+            return Err(Error::MissingField {
+                collection: collection.to_owned(),
+                field: name.clone(),
+            });
+        }
+    }
+    if fields[&decl.scope_field].as_str() != Some(cached.scope.as_str()) {
+        return Err(Error::ScopeChange {
+            collection: collection.to_owned(),
+        });
+    }
+    cached.deleted = document::is_deleted(&cached.doc);
+    let bytes = cached.doc.save();
+    let values = read::row_values(
+        table,
+        &record.id,
+        bytes,
+        cached.deleted,
+        cached.created_at,
+        now,
+        &fields,
+    );
+    tx.prepare_cached(&table.upsert)?
+        .execute(rusqlite::params_from_iter(values))?;
+    let after = (!cached.deleted).then_some(fields);
+    let change = super::changed(collection, &record.id, before, after);
+    Ok(Outcome::Changed(cached, change))
+}
+
+/// Runs an Automerge operation on bytes from outside, turning a panic inside the library into
+/// an error. The document is discarded by the caller on error either way.
+fn guarded(
+    doc: &mut AutoCommit,
+    op: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
+) -> Result<(), ()> {
+    match catch_unwind(AssertUnwindSafe(|| op(doc))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
+}
+
+fn take_pending(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Vec<Change>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT change FROM pending_changes WHERE collection = ?1 AND record_id = ?2",
+    )?;
+    let rows = stmt.query_map([collection, id], |row| row.get::<_, Vec<u8>>(0))?;
+    let mut changes = Vec::new();
+    for bytes in rows {
+        // Only changes that decoded were ever kept aside.
+        if let Ok(change) = Change::from_bytes(bytes?) {
+            changes.push(change);
+        }
+    }
+    tx.prepare_cached("DELETE FROM pending_changes WHERE collection = ?1 AND record_id = ?2")?
+        .execute([collection, id])?;
+    Ok(changes)
+}
+
+fn keep_pending(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    collection: &str,
+    id: &str,
+    waiting: &[&Change],
+    now: i64,
+) -> Result<()> {
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let already: i64 =
+        tx.query_row("SELECT count(*) FROM pending_changes", [], |row| row.get(0))?;
+    let total = already as usize + waiting.len();
+    if total > shared.options.max_pending_changes {
+        return Err(Error::TooManyPendingChanges {
+            waiting: total,
+            limit: shared.options.max_pending_changes,
+        });
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO pending_changes (collection, record_id, hash, change, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for change in waiting {
+        stmt.execute(rusqlite::params![
+            collection,
+            id,
+            change.hash().0.to_vec(),
+            change.raw_bytes(),
+            now
+        ])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Record tables derived from the app schema: one table per collection with one column per
+//! field, so that SQLite indexes and compares materialized values directly.
+//!
+//! Table `rec_<collection>` has the store's columns `_id`, `_doc` (the saved Automerge
+//! document), `_deleted`, `_created_at`, `_updated_at`, then one column per declared field.
+//! Names come from the validated schema (`[a-z][a-z0-9_]*`) and are always quoted.
+
+use std::collections::BTreeSet;
+
+use rusqlite::Transaction;
+
+use crate::error::Result;
+use crate::schema::{Collection, FieldType, Schema};
+
+/// The SQL text for one collection, built once at open.
+#[derive(Debug)]
+pub(crate) struct TableSql {
+    /// Field names in column order.
+    pub fields: Vec<String>,
+    /// Declared types, parallel to `fields`.
+    pub types: Vec<FieldType>,
+    /// `_id, _doc, _deleted, _created_at, _updated_at, fields...` insert-or-replace.
+    pub upsert: String,
+    /// Selects `_id, _deleted, _created_at, _updated_at, fields...`; append a WHERE clause.
+    pub select: String,
+    /// The table's quoted name.
+    pub table: String,
+}
+
+pub(crate) fn table_name(collection: &str) -> String {
+    format!("\"rec_{collection}\"")
+}
+
+impl TableSql {
+    pub(crate) fn new(name: &str, collection: &Collection) -> TableSql {
+        let table = table_name(name);
+        let fields: Vec<String> = collection.fields.keys().cloned().collect();
+        let types = collection.fields.values().map(|f| f.field_type).collect();
+        let quoted: Vec<String> = fields.iter().map(|f| format!("\"{f}\"")).collect();
+        let columns = ["_id", "_doc", "_deleted", "_created_at", "_updated_at"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(quoted.iter().cloned())
+            .collect::<Vec<_>>();
+        let placeholders = (1..=columns.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>();
+        let updates = columns[1..]
+            .iter()
+            .filter(|c| c.as_str() != "_created_at")
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect::<Vec<_>>();
+        let upsert = format!(
+            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(_id) DO UPDATE SET {}",
+            columns.join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        );
+        let mut select_columns = vec!["_id", "_deleted", "_created_at", "_updated_at"];
+        select_columns.extend(quoted.iter().map(String::as_str));
+        let select = format!("SELECT {} FROM {table}", select_columns.join(", "));
+        TableSql {
+            fields,
+            types,
+            upsert,
+            select,
+            table,
+        }
+    }
+}
+
+fn column_type(field_type: FieldType) -> &'static str {
+    match field_type {
+        FieldType::Integer | FieldType::Timestamp | FieldType::Boolean => "INTEGER",
+        FieldType::Float => "REAL",
+        FieldType::String | FieldType::Text | FieldType::Json | FieldType::Reference => "TEXT",
+    }
+}
+
+/// Creates missing tables, columns and indexes, and drops indexes no longer declared.
+pub(crate) fn sync_tables(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
+    for (name, collection) in &schema.collections {
+        let table = table_name(name);
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                _id TEXT PRIMARY KEY NOT NULL,
+                _doc BLOB NOT NULL,
+                _deleted INTEGER NOT NULL DEFAULT 0,
+                _created_at INTEGER NOT NULL,
+                _updated_at INTEGER NOT NULL
+            )"
+        ))?;
+        let existing: BTreeSet<String> = tx
+            .prepare("SELECT name FROM pragma_table_info(?1)")?
+            .query_map([format!("rec_{name}")], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for (field_name, field) in &collection.fields {
+            if !existing.contains(field_name) {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN \"{field_name}\" {}",
+                    column_type(field.field_type)
+                ))?;
+            }
+        }
+        sync_indexes(tx, name, collection)?;
+    }
+    Ok(())
+}
+
+/// The indexes a collection needs: the declared ones, plus one on the scope field (sync and
+/// purge select by scope) and one per reference field (deletes look up referencing records),
+/// unless a declared index already starts with that field.
+fn wanted_indexes(name: &str, collection: &Collection) -> Vec<(String, Vec<String>)> {
+    let mut wanted: Vec<(String, Vec<String>)> = collection
+        .indexes
+        .iter()
+        .map(|index| (format!("idx:{name}:{}", index.name), index.fields.clone()))
+        .collect();
+    let leading: BTreeSet<String> = collection
+        .indexes
+        .iter()
+        .map(|i| i.fields[0].clone())
+        .collect();
+    let mut implicit = vec![collection.scope_field.clone()];
+    implicit.extend(
+        collection
+            .fields
+            .iter()
+            .filter(|(_, f)| f.field_type == FieldType::Reference)
+            .map(|(n, _)| n.clone()),
+    );
+    for field in implicit {
+        if !leading.contains(&field)
+            && !wanted
+                .iter()
+                .any(|(n, _)| n.ends_with(&format!(":auto_{field}")))
+        {
+            wanted.push((format!("idx:{name}:auto_{field}"), vec![field]));
+        }
+    }
+    wanted
+}
+
+fn sync_indexes(tx: &Transaction<'_>, name: &str, collection: &Collection) -> Result<()> {
+    let table = table_name(name);
+    let wanted: Vec<(String, String)> = wanted_indexes(name, collection)
+        .into_iter()
+        .map(|(index, fields)| {
+            let columns: Vec<String> = fields.iter().map(|f| format!("\"{f}\"")).collect();
+            // Partial on live records: every query filters on `_deleted = 0`.
+            let sql = format!(
+                "CREATE INDEX \"{index}\" ON {table} ({}) WHERE _deleted = 0",
+                columns.join(", ")
+            );
+            (index, sql)
+        })
+        .collect();
+    let present: Vec<(String, String)> = tx
+        .prepare(
+            "SELECT name, sql FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = ?1 AND name LIKE 'idx:%'",
+        )?
+        .query_map([format!("rec_{name}")], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (index, sql) in &present {
+        if !wanted.iter().any(|(n, s)| n == index && s == sql) {
+            tx.execute_batch(&format!("DROP INDEX \"{index}\""))?;
+        }
+    }
+    for (index, sql) in &wanted {
+        if !present.iter().any(|(n, s)| n == index && s == sql) {
+            tx.execute_batch(sql)?;
+        }
+    }
+    Ok(())
+}

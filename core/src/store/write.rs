@@ -1,0 +1,390 @@
+//! Local writes. Each write becomes one Automerge change, and one SQLite transaction commits,
+//! for every write of a batch, the new document, the materialized values and the change in the
+//! outbox. Documents come back to the cache only after that commit succeeded.
+
+use std::collections::HashMap;
+
+use automerge::ChangeHash;
+use lru::LruCache;
+use rusqlite::{Transaction, TransactionBehavior};
+use serde_json::Value;
+
+use super::{CachedDoc, Db, DocKey, Shared, read};
+use crate::document;
+use crate::error::{Error, Result};
+use crate::schema::{Collection, FieldType, OnDelete};
+use crate::subscription::Changed;
+use crate::value::{Fields, check_type};
+
+/// One write of a batch (see [`Store::write_batch`](crate::Store::write_batch)).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Write {
+    /// Insert a record; `id` defaults to a new UUIDv7.
+    Insert {
+        /// Collection.
+        collection: String,
+        /// Caller-chosen id, if any.
+        #[serde(default)]
+        id: Option<String>,
+        /// Field values; every required field must be present.
+        fields: Fields,
+    },
+    /// Set fields of a live record; `null` clears an optional field.
+    Update {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// Fields to set or clear.
+        patch: Fields,
+    },
+    /// Edit a text field in place (positions in UTF-16 code units).
+    SpliceText {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// A `text` field.
+        field: String,
+        /// Where the edit starts.
+        index: usize,
+        /// How many units to delete there.
+        delete_count: usize,
+        /// What to insert there.
+        insert: String,
+    },
+    /// Delete a record (a tombstone that syncs) and apply reference rules.
+    Delete {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        id: String,
+    },
+}
+
+/// Applies `writes` in one transaction; returns each write's record id and what changed.
+pub(super) fn apply(
+    shared: &Shared,
+    db: &mut Db,
+    writes: Vec<Write>,
+) -> Result<(Vec<String>, Vec<Changed>)> {
+    let Db { conn, cache } = db;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut batch = Batch {
+        shared,
+        tx: &tx,
+        cache,
+        docs: HashMap::new(),
+        changed: Vec::new(),
+        now: super::now_ms(),
+    };
+    let mut ids = Vec::with_capacity(writes.len());
+    for write in writes {
+        ids.push(batch.apply(write)?);
+    }
+    let Batch { docs, changed, .. } = batch;
+    tx.commit()?;
+    for (key, doc) in docs {
+        cache.put(key, doc);
+    }
+    Ok((ids, changed))
+}
+
+struct Batch<'a> {
+    shared: &'a Shared,
+    tx: &'a Transaction<'a>,
+    cache: &'a mut LruCache<DocKey, CachedDoc>,
+    /// Documents this batch has touched, out of the cache until the commit succeeds.
+    docs: HashMap<DocKey, CachedDoc>,
+    changed: Vec<Changed>,
+    now: i64,
+}
+
+impl Batch<'_> {
+    fn apply(&mut self, write: Write) -> Result<String> {
+        match write {
+            Write::Insert {
+                collection,
+                id,
+                fields,
+            } => self.insert(&collection, id, fields),
+            Write::Update {
+                collection,
+                id,
+                patch,
+            } => self.update(&collection, &id, &patch).map(|()| id),
+            Write::SpliceText {
+                collection,
+                id,
+                field,
+                index,
+                delete_count,
+                insert,
+            } => self
+                .splice(&collection, &id, &field, index, delete_count, &insert)
+                .map(|()| id),
+            Write::Delete { collection, id } => self.delete(&collection, &id).map(|()| id),
+        }
+    }
+
+    fn insert(&mut self, collection: &str, id: Option<String>, fields: Fields) -> Result<String> {
+        let decl = self.shared.schema.collection(collection)?;
+        validate_insert(collection, decl, &fields)?;
+        let id = match id {
+            Some(id) => {
+                check_id(&id)?;
+                id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        let key = (collection.to_owned(), id.clone());
+        if self.docs.contains_key(&key) || read::exists(self.shared, self.tx, collection, &id)? {
+            return Err(Error::DuplicateId {
+                collection: collection.to_owned(),
+                id,
+            });
+        }
+        let mut doc = document::new_doc(&self.shared.actor);
+        document::init_fields(&mut doc, decl, &fields)?;
+        let scope = fields[&decl.scope_field]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.docs.insert(
+            key,
+            CachedDoc {
+                doc,
+                scope,
+                created_at: self.now,
+                deleted: false,
+            },
+        );
+        self.finish(collection, &id, Vec::new(), None)?;
+        Ok(id)
+    }
+
+    fn update(&mut self, collection: &str, id: &str, patch: &Fields) -> Result<()> {
+        let decl = self.shared.schema.collection(collection)?;
+        let (heads, before) = self.open_live(collection, id)?;
+        let cached = &self.docs[&(collection.to_owned(), id.to_owned())];
+        validate_patch(collection, decl, patch, &cached.scope)?;
+        let cached = self.doc_mut(collection, id);
+        for (name, value) in patch {
+            document::put_field(&mut cached.doc, name, &decl.fields[name], value)?;
+        }
+        self.finish(collection, id, heads, before)
+    }
+
+    fn splice(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        index: usize,
+        delete_count: usize,
+        insert: &str,
+    ) -> Result<()> {
+        let decl = self.shared.schema.collection(collection)?;
+        if decl.field(collection, field)?.field_type != FieldType::Text {
+            return Err(Error::InvalidTextEdit {
+                collection: collection.to_owned(),
+                field: field.to_owned(),
+                reason: "the field is not of type text".into(),
+            });
+        }
+        let (heads, before) = self.open_live(collection, id)?;
+        let cached = self.doc_mut(collection, id);
+        document::splice_text(
+            &mut cached.doc,
+            collection,
+            field,
+            index,
+            delete_count,
+            insert,
+        )?;
+        self.finish(collection, id, heads, before)
+    }
+
+    fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
+        let (heads, before) = self.open_live(collection, id)?;
+        let cached = self.doc_mut(collection, id);
+        document::mark_deleted(&mut cached.doc)?;
+        self.finish(collection, id, heads, before)?;
+        // The reference rules see this batch's earlier writes: every write is already in the
+        // transaction's rows.
+        for (other, other_decl) in &self.shared.schema.collections {
+            for (field, declared) in &other_decl.fields {
+                if declared.target.as_deref() != Some(collection) {
+                    continue;
+                }
+                let referencing = read::referencing(self.shared, self.tx, other, field, id)?;
+                if referencing.is_empty() {
+                    continue;
+                }
+                match Collection::on_delete(declared) {
+                    OnDelete::Restrict => {
+                        return Err(Error::Restricted {
+                            collection: collection.to_owned(),
+                            id: id.to_owned(),
+                            referenced_by: format!("{other}.{field}"),
+                        });
+                    }
+                    OnDelete::Cascade => {
+                        for referencing_id in referencing {
+                            self.delete(other, &referencing_id)?;
+                        }
+                    }
+                    OnDelete::SetNull => {
+                        let mut patch = Fields::new();
+                        patch.insert(field.clone(), Value::Null);
+                        for referencing_id in referencing {
+                            self.update(other, &referencing_id, &patch)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings a live record's document into the batch; returns its heads and, when someone
+    /// subscribes to the collection, its values before the write.
+    fn open_live(
+        &mut self,
+        collection: &str,
+        id: &str,
+    ) -> Result<(Vec<ChangeHash>, Option<Fields>)> {
+        let key = (collection.to_owned(), id.to_owned());
+        if !self.docs.contains_key(&key) {
+            let loaded = match self.cache.pop(&key) {
+                Some(cached) => cached,
+                None => read::load_cached_doc(self.shared, self.tx, collection, id)?.ok_or_else(
+                    || Error::NotFound {
+                        collection: collection.to_owned(),
+                        id: id.to_owned(),
+                    },
+                )?,
+            };
+            self.docs.insert(key.clone(), loaded);
+        }
+        let cached = self.docs.get_mut(&key).expect("just inserted");
+        if cached.deleted {
+            return Err(Error::NotFound {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+            });
+        }
+        let before = if self.shared.subscribers_want(collection) {
+            let decl = self.shared.schema.collection(collection)?;
+            Some(document::materialize(&cached.doc, collection, decl)?)
+        } else {
+            None
+        };
+        Ok((cached.doc.get_heads(), before))
+    }
+
+    fn doc_mut(&mut self, collection: &str, id: &str) -> &mut CachedDoc {
+        self.docs
+            .get_mut(&(collection.to_owned(), id.to_owned()))
+            .expect("opened by the caller")
+    }
+
+    /// Commits the pending Automerge operations as one change and writes the row and the
+    /// outbox entry.
+    fn finish(
+        &mut self,
+        collection: &str,
+        id: &str,
+        heads: Vec<ChangeHash>,
+        before: Option<Fields>,
+    ) -> Result<()> {
+        let shared = self.shared;
+        let decl = shared.schema.collection(collection)?;
+        let table = shared.table(collection)?;
+        let now = self.now;
+        let cached = self.doc_mut(collection, id);
+        if document::commit(&mut cached.doc, now).is_none() {
+            return Ok(());
+        }
+        let change = match cached.doc.get_changes(&heads).as_slice() {
+            [change] => change.raw_bytes().to_vec(),
+            _ => {
+                return Err(Error::Corrupt(
+                    "a local write did not make exactly one change".into(),
+                ));
+            }
+        };
+        cached.deleted = document::is_deleted(&cached.doc);
+        let fields = document::materialize(&cached.doc, collection, decl)?;
+        let bytes = cached.doc.save();
+        let (scope, created_at, deleted) =
+            (cached.scope.clone(), cached.created_at, cached.deleted);
+        let values = read::row_values(table, id, bytes, deleted, created_at, now, &fields);
+        self.tx
+            .prepare_cached(&table.upsert)?
+            .execute(rusqlite::params_from_iter(values))?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO outbox (collection, record_id, scope, change, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(rusqlite::params![collection, id, scope, change, now])?;
+        let after = (!deleted).then_some(fields);
+        self.changed
+            .push(super::changed(collection, id, before, after));
+        Ok(())
+    }
+}
+
+fn validate_insert(collection: &str, decl: &Collection, fields: &Fields) -> Result<()> {
+    for (name, value) in fields {
+        let field = decl.field(collection, name)?;
+        if !value.is_null() {
+            check_type(collection, name, field, value)?;
+        }
+    }
+    for (name, field) in &decl.fields {
+        if field.required && fields.get(name).is_none_or(Value::is_null) {
+            return Err(Error::MissingField {
+                collection: collection.to_owned(),
+                field: name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_patch(collection: &str, decl: &Collection, patch: &Fields, scope: &str) -> Result<()> {
+    for (name, value) in patch {
+        let field = decl.field(collection, name)?;
+        if value.is_null() {
+            if field.required {
+                return Err(Error::MissingField {
+                    collection: collection.to_owned(),
+                    field: name.clone(),
+                });
+            }
+            continue;
+        }
+        check_type(collection, name, field, value)?;
+        if *name == decl.scope_field && value.as_str() != Some(scope) {
+            return Err(Error::ScopeChange {
+                collection: collection.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Ids appear in URLs, logs and file names, so they keep to a safe alphabet.
+pub(crate) fn check_id(id: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+    if !id.is_empty() && id.len() <= 128 && id.chars().all(ok_char) {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(
+            "use 1 to 128 characters from [A-Za-z0-9_.:-]".into(),
+        ))
+    }
+}

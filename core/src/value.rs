@@ -1,0 +1,121 @@
+//! Field values: checking them against their declared type and turning them into SQLite
+//! values for the materialized columns.
+//!
+//! Values travel as `serde_json::Value` so that the same shape crosses the FFI as JSON.
+
+use rusqlite::types::Value as SqlValue;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::schema::{Field, FieldType};
+
+/// A record's field values by field name.
+pub type Fields = serde_json::Map<String, Value>;
+
+/// Checks that a non-null `value` fits `field`; `Null` is handled by the callers because its
+/// meaning (clear the field) depends on the operation.
+pub(crate) fn check_type(collection: &str, name: &str, field: &Field, value: &Value) -> Result<()> {
+    let ok = match field.field_type {
+        FieldType::String | FieldType::Text | FieldType::Reference => value.is_string(),
+        FieldType::Integer | FieldType::Timestamp => value.is_i64(),
+        FieldType::Float => value.is_number(),
+        FieldType::Boolean => value.is_boolean(),
+        FieldType::Json => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::WrongType {
+            collection: collection.to_owned(),
+            field: name.to_owned(),
+            expected: field.field_type,
+        })
+    }
+}
+
+/// The SQLite value stored in a materialized column (and bound in queries).
+pub(crate) fn to_sql(field_type: FieldType, value: &Value) -> SqlValue {
+    match (field_type, value) {
+        (_, Value::Null) => SqlValue::Null,
+        (FieldType::Json, other) => SqlValue::Text(other.to_string()),
+        (_, Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
+        (FieldType::Float, Value::Number(n)) => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
+        (_, Value::Number(n)) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        (_, Value::String(s)) => SqlValue::Text(s.clone()),
+        (_, other) => SqlValue::Text(other.to_string()),
+    }
+}
+
+/// Reads a materialized column back into a field value.
+pub(crate) fn from_sql(field_type: FieldType, value: SqlValue) -> Result<Value> {
+    Ok(match (field_type, value) {
+        (_, SqlValue::Null) => Value::Null,
+        (FieldType::Boolean, SqlValue::Integer(i)) => Value::Bool(i != 0),
+        (FieldType::Json, SqlValue::Text(s)) => serde_json::from_str(&s)
+            .map_err(|_| Error::Corrupt("a json column does not hold JSON".into()))?,
+        (FieldType::Float, SqlValue::Integer(i)) => Value::from(i as f64),
+        (_, SqlValue::Integer(i)) => Value::from(i),
+        (_, SqlValue::Real(f)) => Value::from(f),
+        (_, SqlValue::Text(s)) => Value::String(s),
+        (_, SqlValue::Blob(_)) => return Err(Error::Corrupt("unexpected blob column".into())),
+    })
+}
+
+/// Orders two non-null values of the same field the way SQLite orders their columns.
+pub(crate) fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => Some(x.cmp(&y)),
+            _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        },
+        (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field(field_type: FieldType) -> Field {
+        Field {
+            field_type,
+            required: false,
+            target: None,
+            on_delete: None,
+        }
+    }
+
+    #[test]
+    fn type_checks_follow_the_declaration() {
+        assert!(check_type("c", "f", &field(FieldType::Integer), &json!(3)).is_ok());
+        assert!(check_type("c", "f", &field(FieldType::Integer), &json!(3.5)).is_err());
+        assert!(check_type("c", "f", &field(FieldType::Float), &json!(3)).is_ok());
+        assert!(check_type("c", "f", &field(FieldType::Boolean), &json!("true")).is_err());
+        assert!(check_type("c", "f", &field(FieldType::Text), &json!("note")).is_ok());
+        assert!(check_type("c", "f", &field(FieldType::Json), &json!({"a": [1]})).is_ok());
+    }
+
+    #[test]
+    fn sql_values_round_trip() {
+        let cases = [
+            (FieldType::Boolean, json!(true)),
+            (FieldType::Integer, json!(-7)),
+            (FieldType::Float, json!(2.5)),
+            (FieldType::String, json!("x")),
+            (FieldType::Json, json!({"goals": ["a", "b"]})),
+            (FieldType::Timestamp, json!(1_700_000_000_000i64)),
+        ];
+        for (field_type, value) in cases {
+            assert_eq!(
+                from_sql(field_type, to_sql(field_type, &value)).unwrap(),
+                value
+            );
+        }
+    }
+}
