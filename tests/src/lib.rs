@@ -1,1 +1,56 @@
-//! Integration tests live in `tests/`.
+//! Shared helpers for the integration tests: the clinic schema, field maps, and carrying
+//! changes between stores the way a sync would.
+
+use fieldsync_core::{Fields, Schema, Store, StoreOptions};
+
+/// The clinic schema the tests, examples and benchmarks share.
+pub const CLINIC_SCHEMA: &str = include_str!("../../core/tests/fixtures/clinic.schema.json");
+
+/// The clinic schema, parsed.
+pub fn clinic_schema() -> Schema {
+    Schema::from_json(CLINIC_SCHEMA).expect("the clinic schema is valid")
+}
+
+/// Opens (or creates) a clinic store at `path`.
+pub fn open_device(path: &std::path::Path) -> Store {
+    Store::open(path, clinic_schema(), StoreOptions::default()).expect("the store opens")
+}
+
+/// A field map from a JSON object literal.
+pub fn fields(value: serde_json::Value) -> Fields {
+    value.as_object().cloned().expect("a JSON object")
+}
+
+/// Applies every unsent change of `from` to `to` without acknowledging it, as a device would
+/// hear of it over a side channel; the changes still go to the server later.
+pub fn deliver(from: &Store, to: &Store) {
+    let entries = from.outbox(1_000_000).expect("outbox reads");
+    let report = to
+        .apply_remote(entries.into_iter().map(|e| e.into_remote()).collect())
+        .expect("apply_remote succeeds");
+    assert!(
+        report.rejected.is_empty(),
+        "rejected: {:?}",
+        report.rejected
+    );
+}
+
+/// Moves every unsent change of `from` into `to` and acknowledges it, as a sync through a
+/// server would. Returns how many changes moved.
+pub fn carry(from: &Store, to: &Store) -> usize {
+    let entries = from.outbox(1_000_000).expect("outbox reads");
+    let Some(last) = entries.last().map(|e| e.seq) else {
+        return 0;
+    };
+    let moved = entries.len();
+    let report = to
+        .apply_remote(entries.into_iter().map(|e| e.into_remote()).collect())
+        .expect("apply_remote succeeds");
+    assert!(
+        report.rejected.is_empty(),
+        "rejected: {:?}",
+        report.rejected
+    );
+    from.acknowledge_outbox(last).expect("acknowledge succeeds");
+    moved
+}
