@@ -75,20 +75,21 @@ pub(crate) fn put_field(
         doc.delete(ROOT, name)?;
         return Ok(());
     }
+    let new_value = to_hydrate(field.field_type, value);
+    if let hydrate::Value::Scalar(scalar) = new_value {
+        doc.put(ROOT, name, scalar)?;
+        return Ok(());
+    }
     let existing_object = match doc.get(ROOT, name)? {
         Some((AmValue::Object(obj_type), id)) => Some((obj_type, id)),
         _ => None,
     };
-    let new_value = to_hydrate(field.field_type, value);
     match (existing_object, &new_value) {
         (Some((ObjType::Text, id)), hydrate::Value::Text(_))
         | (Some((ObjType::Map, id)), hydrate::Value::Map(_))
         | (Some((ObjType::List, id)), hydrate::Value::List(_)) => {
             doc.update_object(&id, &new_value)
                 .map_err(|_| Error::Corrupt("a field object could not be updated".into()))?;
-        }
-        (_, hydrate::Value::Scalar(scalar)) => {
-            doc.put(ROOT, name, scalar.clone())?;
         }
         _ => {
             doc.batch_create_object(ROOT, name, &new_value, false)?;
@@ -98,6 +99,7 @@ pub(crate) fn put_field(
 }
 
 /// Edits a text field in place: at `index`, delete `delete_count` units and insert `insert`.
+/// Returns the text after the edit.
 pub(crate) fn splice_text(
     doc: &mut AutoCommit,
     collection_name: &str,
@@ -105,7 +107,7 @@ pub(crate) fn splice_text(
     index: usize,
     delete_count: usize,
     insert: &str,
-) -> Result<()> {
+) -> Result<String> {
     let invalid = |reason: String| Error::InvalidTextEdit {
         collection: collection_name.to_owned(),
         field: name.to_owned(),
@@ -131,7 +133,12 @@ pub(crate) fn splice_text(
     }
     let delete = isize::try_from(delete_count).map_err(|_| invalid("range too large".into()))?;
     doc.splice_text(&text_id, index, delete, insert)?;
-    Ok(())
+    let mut edited = String::from_utf16(&units[..index]).expect("cut at a character boundary");
+    edited.push_str(insert);
+    edited.push_str(
+        &String::from_utf16(&units[index + delete_count..]).expect("cut at a character boundary"),
+    );
+    Ok(edited)
 }
 
 fn is_low_surrogate(unit: u16) -> bool {

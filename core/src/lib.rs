@@ -74,7 +74,7 @@ impl OutboxEntry {
             collection: self.collection,
             id: self.record_id,
             scope: self.scope,
-            payload: RemotePayload::Changes(vec![self.change]),
+            payload: self.payload,
         }
     }
 }

@@ -74,16 +74,27 @@ pub struct OutboxEntry {
     pub record_id: String,
     /// Scope of the record.
     pub scope: String,
-    /// One Automerge change, as bytes.
-    pub change: Vec<u8>,
+    /// What to send: one Automerge change, or for a record's first write the saved document
+    /// (as compact, and it spares encoding the change twice).
+    pub payload: RemotePayload,
 }
 
 /// A record document held in memory, with the row facts that go with it.
 pub(crate) struct CachedDoc {
     pub doc: AutoCommit,
+    /// The materialized values, as in the row: local writes derive the next values from
+    /// these instead of reading every field back out of the document.
+    pub fields: Fields,
     pub scope: String,
     pub created_at: i64,
     pub deleted: bool,
+    /// The stored bytes: the document as last saved whole, then the changes appended since.
+    pub stored: Vec<u8>,
+    /// How many changes `stored` has appended.
+    pub tail: u32,
+    /// Save the document whole on the next write: it was loaded from a row with appended
+    /// changes, which are slow to load, and it may go cold again.
+    pub compact_next: bool,
 }
 
 type DocKey = (String, String);
@@ -365,15 +376,21 @@ impl Store {
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>> {
         let db = self.shared.lock();
         let mut stmt = db.conn.prepare_cached(
-            "SELECT seq, collection, record_id, scope, change FROM outbox ORDER BY seq LIMIT ?1",
+            "SELECT seq, collection, record_id, scope, is_document, payload
+             FROM outbox ORDER BY seq LIMIT ?1",
         )?;
-        let rows = stmt.query_map([limit as i64], |row| {
+        let rows = stmt.query_map([limit.min(i64::MAX as usize) as i64], |row| {
+            let bytes: Vec<u8> = row.get(5)?;
             Ok(OutboxEntry {
                 seq: row.get(0)?,
                 collection: row.get(1)?,
                 record_id: row.get(2)?,
                 scope: row.get(3)?,
-                change: row.get(4)?,
+                payload: if row.get(4)? {
+                    RemotePayload::Document(bytes)
+                } else {
+                    RemotePayload::Changes(vec![bytes])
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -422,10 +439,6 @@ impl Shared {
             db.cache.put(key.clone(), loaded);
         }
         Ok(db.cache.get_mut(&key).expect("just inserted"))
-    }
-
-    fn subscribers_want(&self, collection: &str) -> bool {
-        self.subscriptions.wants(collection)
     }
 }
 

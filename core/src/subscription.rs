@@ -113,11 +113,6 @@ impl Registry {
         }
     }
 
-    /// Whether anyone listens to `collection`, so writers know to keep "before" values.
-    pub(crate) fn wants(&self, collection: &str) -> bool {
-        self.lock().values().any(|e| e.collection == collection)
-    }
-
     /// Tells each subscriber about the changes that concern it.
     pub(crate) fn notify(&self, changes: &[Changed], origin: ChangeOrigin) {
         if changes.is_empty() {

@@ -575,8 +575,10 @@ fn outbox_holds_each_write_until_acknowledged() {
     assert!(
         entries
             .iter()
-            .all(|e| e.record_id == id && e.scope == "north" && !e.change.is_empty())
+            .all(|e| e.record_id == id && e.scope == "north")
     );
+    assert!(matches!(&entries[0].payload, RemotePayload::Document(d) if !d.is_empty()));
+    assert!(matches!(&entries[1].payload, RemotePayload::Changes(c) if c.len() == 1));
     store.acknowledge_outbox(entries[0].seq).unwrap();
     assert_eq!(store.outbox(10).unwrap(), entries[1..]);
 }
@@ -835,10 +837,11 @@ fn malformed_or_mismatched_remote_records_are_rejected_alone() {
         ..template.clone()
     });
     let mut truncated = template.clone();
-    if let RemotePayload::Changes(changes) = &mut truncated.payload {
-        let half = changes[0].len() / 2;
-        changes[0].truncate(half);
-    }
+    let bytes = match &mut truncated.payload {
+        RemotePayload::Changes(changes) => &mut changes[0],
+        RemotePayload::Document(document) => document,
+    };
+    bytes.truncate(bytes.len() / 2);
     truncated.id = "truncated".into();
     records.push(truncated);
 

@@ -145,31 +145,31 @@ pub(super) fn load_cached_doc(
     id: &str,
 ) -> Result<Option<CachedDoc>> {
     let table = shared.table(collection)?;
-    let scope_field = &shared.schema.collection(collection)?.scope_field;
-    let sql = format!(
-        "SELECT _doc, _deleted, _created_at, \"{scope_field}\" FROM {} WHERE _id = ?1",
-        table.table
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&table.select_doc)?;
     let row = stmt
         .query_row([id], |row| {
-            Ok((
-                row.get::<_, Vec<u8>>(0)?,
-                row.get::<_, bool>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, String>(3)?,
-            ))
+            let bytes: Vec<u8> = row.get(0)?;
+            let tail: u32 = row.get(1)?;
+            let deleted: bool = row.get(2)?;
+            let created_at: i64 = row.get(3)?;
+            Ok((bytes, tail, deleted, created_at, read_fields(table, row, 4)))
         })
         .optional()?;
-    let Some((bytes, deleted, created_at, scope)) = row else {
+    let Some((bytes, tail, deleted, created_at, fields)) = row else {
         return Ok(None);
     };
+    let fields = fields?;
+    let scope = scope_of(shared, collection, &fields)?;
     let doc = crate::document::load_doc(&bytes, &shared.actor)?;
     Ok(Some(CachedDoc {
         doc,
+        fields,
         scope,
         created_at,
         deleted,
+        stored: bytes,
+        tail,
+        compact_next: tail > 0,
     }))
 }
 
@@ -210,48 +210,56 @@ fn row_to_record(
     table: &TableSql,
     row: &Row<'_>,
 ) -> Result<Record> {
-    let scope_field = &shared.schema.collection(collection)?.scope_field;
-    let mut fields = Fields::new();
-    for (i, (name, field_type)) in table.fields.iter().zip(&table.types).enumerate() {
-        let raw: SqlValue = row.get(4 + i)?;
-        let value = value::from_sql(*field_type, raw)?;
-        if !value.is_null() {
-            fields.insert(name.clone(), value);
-        }
-    }
-    let scope = fields
-        .get(scope_field)
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::Corrupt("a record has no scope".into()))?
-        .to_owned();
+    let fields = read_fields(table, row, 4)?;
     Ok(Record {
         collection: collection.to_owned(),
         id: row.get(0)?,
-        scope,
+        scope: scope_of(shared, collection, &fields)?,
         fields,
         created_at_ms: row.get(2)?,
         updated_at_ms: row.get(3)?,
     })
 }
 
-/// The row values (`_id, _doc, _deleted, _created_at, _updated_at, fields...`) of a record.
+/// The declared fields from the row's columns starting at `first`; unset fields are left out.
+fn read_fields(table: &TableSql, row: &Row<'_>, first: usize) -> Result<Fields> {
+    let mut fields = Fields::new();
+    for (i, (name, field_type)) in table.fields.iter().zip(&table.types).enumerate() {
+        let raw: SqlValue = row.get(first + i)?;
+        let value = value::from_sql(*field_type, raw)?;
+        if !value.is_null() {
+            fields.insert(name.clone(), value);
+        }
+    }
+    Ok(fields)
+}
+
+fn scope_of(shared: &Shared, collection: &str, fields: &Fields) -> Result<String> {
+    let scope_field = &shared.schema.collection(collection)?.scope_field;
+    fields
+        .get(scope_field)
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Corrupt("a record has no scope".into()))
+}
+
+/// The values `upsert` takes: `_id, _doc, _doc_tail, _deleted, _created_at, _updated_at,
+/// fields...`.
 pub(super) fn row_values(
     table: &TableSql,
     id: &str,
-    doc_bytes: Vec<u8>,
-    deleted: bool,
-    created_at: i64,
+    cached: &CachedDoc,
     updated_at: i64,
-    fields: &Fields,
 ) -> Vec<SqlValue> {
-    let mut values = Vec::with_capacity(5 + table.fields.len());
+    let mut values = Vec::with_capacity(6 + table.fields.len());
     values.push(SqlValue::Text(id.to_owned()));
-    values.push(SqlValue::Blob(doc_bytes));
-    values.push(SqlValue::Integer(i64::from(deleted)));
-    values.push(SqlValue::Integer(created_at));
+    values.push(SqlValue::Blob(cached.stored.clone()));
+    values.push(SqlValue::Integer(i64::from(cached.tail)));
+    values.push(SqlValue::Integer(i64::from(cached.deleted)));
+    values.push(SqlValue::Integer(cached.created_at));
     values.push(SqlValue::Integer(updated_at));
     for (name, field_type) in table.fields.iter().zip(&table.types) {
-        let value = fields.get(name).unwrap_or(&serde_json::Value::Null);
+        let value = cached.fields.get(name).unwrap_or(&serde_json::Value::Null);
         values.push(value::to_sql(*field_type, value));
     }
     values

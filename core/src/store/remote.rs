@@ -158,16 +158,15 @@ fn merge_one(
     let is_new = existing.is_none();
     let mut cached = existing.unwrap_or_else(|| CachedDoc {
         doc: document::new_doc(&shared.actor),
+        fields: Fields::new(),
         scope: record.scope.clone(),
         created_at: now,
         deleted: false,
+        stored: Vec::new(),
+        tail: 0,
+        compact_next: false,
     });
-    let before: Option<Fields> =
-        if !is_new && !cached.deleted && shared.subscribers_want(collection) {
-            Some(document::materialize(&cached.doc, collection, decl)?)
-        } else {
-            None
-        };
+    let before = (!is_new && !cached.deleted).then(|| cached.fields.clone());
     let heads_before = cached.doc.get_heads();
 
     match &record.payload {
@@ -220,19 +219,14 @@ fn merge_one(
         });
     }
     cached.deleted = document::is_deleted(&cached.doc);
-    let bytes = cached.doc.save();
-    let values = read::row_values(
-        table,
-        &record.id,
-        bytes,
-        cached.deleted,
-        cached.created_at,
-        now,
-        &fields,
-    );
+    cached.fields = fields;
+    cached.tail = 0;
+    cached.compact_next = false;
+    cached.stored = cached.doc.save();
+    let values = read::row_values(table, &record.id, &cached, now);
     tx.prepare_cached(&table.upsert)?
         .execute(rusqlite::params_from_iter(values))?;
-    let after = (!cached.deleted).then_some(fields);
+    let after = (!cached.deleted).then(|| cached.fields.clone());
     let change = super::changed(collection, &record.id, before, after);
     Ok(Outcome::Changed(cached, change))
 }

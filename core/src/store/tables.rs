@@ -2,7 +2,8 @@
 //! field, so that SQLite indexes and compares materialized values directly.
 //!
 //! Table `rec_<collection>` has the store's columns `_id`, `_doc` (the saved Automerge
-//! document), `_deleted`, `_created_at`, `_updated_at`, then one column per declared field.
+//! document, possibly followed by changes appended since), `_doc_tail` (how many were
+//! appended), `_deleted`, `_created_at`, `_updated_at`, then one column per declared field.
 //! Names come from the validated schema (`[a-z][a-z0-9_]*`) and are always quoted.
 
 use std::collections::BTreeSet;
@@ -19,8 +20,11 @@ pub(crate) struct TableSql {
     pub fields: Vec<String>,
     /// Declared types, parallel to `fields`.
     pub types: Vec<FieldType>,
-    /// `_id, _doc, _deleted, _created_at, _updated_at, fields...` insert-or-replace.
+    /// Writes a whole row from the values `_id, _doc, _doc_tail, _deleted, _created_at,
+    /// _updated_at, fields...` (see [`row_values`](super::read::row_values)).
     pub upsert: String,
+    /// Selects `_doc, _doc_tail, _deleted, _created_at, fields...` of one `_id`.
+    pub select_doc: String,
     /// Selects `_id, _deleted, _created_at, _updated_at, fields...`; append a WHERE clause.
     pub select: String,
     /// The table's quoted name.
@@ -37,11 +41,18 @@ impl TableSql {
         let fields: Vec<String> = collection.fields.keys().cloned().collect();
         let types = collection.fields.values().map(|f| f.field_type).collect();
         let quoted: Vec<String> = fields.iter().map(|f| format!("\"{f}\"")).collect();
-        let columns = ["_id", "_doc", "_deleted", "_created_at", "_updated_at"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(quoted.iter().cloned())
-            .collect::<Vec<_>>();
+        let columns = [
+            "_id",
+            "_doc",
+            "_doc_tail",
+            "_deleted",
+            "_created_at",
+            "_updated_at",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(quoted.iter().cloned())
+        .collect::<Vec<_>>();
         let placeholders = (1..=columns.len())
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>();
@@ -56,13 +67,17 @@ impl TableSql {
             placeholders.join(", "),
             updates.join(", ")
         );
-        let mut select_columns = vec!["_id", "_deleted", "_created_at", "_updated_at"];
-        select_columns.extend(quoted.iter().map(String::as_str));
-        let select = format!("SELECT {} FROM {table}", select_columns.join(", "));
+        let field_list = quoted.join(", ");
+        let select =
+            format!("SELECT _id, _deleted, _created_at, _updated_at, {field_list} FROM {table}");
+        let select_doc = format!(
+            "SELECT _doc, _doc_tail, _deleted, _created_at, {field_list} FROM {table} WHERE _id = ?1"
+        );
         TableSql {
             fields,
             types,
             upsert,
+            select_doc,
             select,
             table,
         }
@@ -85,6 +100,7 @@ pub(crate) fn sync_tables(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
             "CREATE TABLE IF NOT EXISTS {table} (
                 _id TEXT PRIMARY KEY NOT NULL,
                 _doc BLOB NOT NULL,
+                _doc_tail INTEGER NOT NULL DEFAULT 0,
                 _deleted INTEGER NOT NULL DEFAULT 0,
                 _created_at INTEGER NOT NULL,
                 _updated_at INTEGER NOT NULL

@@ -147,20 +147,30 @@ impl Batch<'_> {
         }
         let mut doc = document::new_doc(&self.shared.actor);
         document::init_fields(&mut doc, decl, &fields)?;
+        let fields: Fields = fields
+            .into_iter()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(name, value)| {
+                let value = normalize(decl.fields[&name].field_type, value);
+                (name, value)
+            })
+            .collect();
         let scope = fields[&decl.scope_field]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        self.docs.insert(
-            key,
-            CachedDoc {
-                doc,
-                scope,
-                created_at: self.now,
-                deleted: false,
-            },
-        );
-        self.finish(collection, &id, Vec::new(), None)?;
+        let cached = CachedDoc {
+            doc,
+            fields,
+            scope,
+            created_at: self.now,
+            deleted: false,
+            stored: Vec::new(),
+            tail: 0,
+            compact_next: false,
+        };
+        self.docs.insert(key, cached);
+        self.finish(collection, &id, None, None)?;
         Ok(id)
     }
 
@@ -171,9 +181,18 @@ impl Batch<'_> {
         validate_patch(collection, decl, patch, &cached.scope)?;
         let cached = self.doc_mut(collection, id);
         for (name, value) in patch {
-            document::put_field(&mut cached.doc, name, &decl.fields[name], value)?;
+            let field = &decl.fields[name];
+            document::put_field(&mut cached.doc, name, field, value)?;
+            // A local put replaces every current value of the key, so it is the new value.
+            if value.is_null() {
+                cached.fields.remove(name);
+            } else {
+                cached
+                    .fields
+                    .insert(name.clone(), normalize(field.field_type, value.clone()));
+            }
         }
-        self.finish(collection, id, heads, before)
+        self.finish(collection, id, Some(heads), before)
     }
 
     fn splice(
@@ -195,7 +214,7 @@ impl Batch<'_> {
         }
         let (heads, before) = self.open_live(collection, id)?;
         let cached = self.doc_mut(collection, id);
-        document::splice_text(
+        let text = document::splice_text(
             &mut cached.doc,
             collection,
             field,
@@ -203,14 +222,16 @@ impl Batch<'_> {
             delete_count,
             insert,
         )?;
-        self.finish(collection, id, heads, before)
+        cached.fields.insert(field.to_owned(), Value::String(text));
+        self.finish(collection, id, Some(heads), before)
     }
 
     fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
         let (heads, before) = self.open_live(collection, id)?;
         let cached = self.doc_mut(collection, id);
         document::mark_deleted(&mut cached.doc)?;
-        self.finish(collection, id, heads, before)?;
+        cached.deleted = true;
+        self.finish(collection, id, Some(heads), before)?;
         // The reference rules see this batch's earlier writes: every write is already in the
         // transaction's rows.
         for (other, other_decl) in &self.shared.schema.collections {
@@ -275,13 +296,7 @@ impl Batch<'_> {
                 id: id.to_owned(),
             });
         }
-        let before = if self.shared.subscribers_want(collection) {
-            let decl = self.shared.schema.collection(collection)?;
-            Some(document::materialize(&cached.doc, collection, decl)?)
-        } else {
-            None
-        };
-        Ok((cached.doc.get_heads(), before))
+        Ok((cached.doc.get_heads(), Some(cached.fields.clone())))
     }
 
     fn doc_mut(&mut self, collection: &str, id: &str) -> &mut CachedDoc {
@@ -291,49 +306,79 @@ impl Batch<'_> {
     }
 
     /// Commits the pending Automerge operations as one change and writes the row and the
-    /// outbox entry.
+    /// outbox entry. `heads` are the document's heads before the write, `None` for a new
+    /// record.
     fn finish(
         &mut self,
         collection: &str,
         id: &str,
-        heads: Vec<ChangeHash>,
+        heads: Option<Vec<ChangeHash>>,
         before: Option<Fields>,
     ) -> Result<()> {
         let shared = self.shared;
-        let decl = shared.schema.collection(collection)?;
         let table = shared.table(collection)?;
         let now = self.now;
         let cached = self.doc_mut(collection, id);
         if document::commit(&mut cached.doc, now).is_none() {
             return Ok(());
         }
-        let change = match cached.doc.get_changes(&heads).as_slice() {
-            [change] => change.raw_bytes().to_vec(),
-            _ => {
-                return Err(Error::Corrupt(
-                    "a local write did not make exactly one change".into(),
-                ));
+        let (outbox_is_document, outbox_bytes) = match heads {
+            None => {
+                // A new record: its saved document is both the row and what to send.
+                cached.stored = cached.doc.save();
+                cached.tail = 0;
+                (true, cached.stored.clone())
+            }
+            Some(heads) => {
+                let change = match cached.doc.get_changes(&heads).as_slice() {
+                    [change] => change.raw_bytes().to_vec(),
+                    _ => {
+                        return Err(Error::Corrupt(
+                            "a local write did not make exactly one change".into(),
+                        ));
+                    }
+                };
+                if cached.compact_next || cached.tail + 1 >= COMPACT_AFTER {
+                    cached.stored = cached.doc.save();
+                    cached.tail = 0;
+                    cached.compact_next = false;
+                } else {
+                    // Appending the change spares re-saving the whole document on every write;
+                    // Automerge loads a document followed by changes as one.
+                    cached.stored.extend_from_slice(&change);
+                    cached.tail += 1;
+                }
+                (false, change)
             }
         };
-        cached.deleted = document::is_deleted(&cached.doc);
-        let fields = document::materialize(&cached.doc, collection, decl)?;
-        let bytes = cached.doc.save();
-        let (scope, created_at, deleted) =
-            (cached.scope.clone(), cached.created_at, cached.deleted);
-        let values = read::row_values(table, id, bytes, deleted, created_at, now, &fields);
+        let values = read::row_values(table, id, cached, now);
+        let after = (!cached.deleted).then(|| cached.fields.clone());
+        let scope = cached.scope.clone();
         self.tx
             .prepare_cached(&table.upsert)?
             .execute(rusqlite::params_from_iter(values))?;
         self.tx
             .prepare_cached(
-                "INSERT INTO outbox (collection, record_id, scope, change, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO outbox (collection, record_id, scope, is_document, payload, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(rusqlite::params![collection, id, scope, change, now])?;
-        let after = (!deleted).then_some(fields);
+            .execute(rusqlite::params![collection, id, scope, outbox_is_document, outbox_bytes, now])?;
         self.changed
             .push(super::changed(collection, id, before, after));
         Ok(())
+    }
+}
+
+/// How many changes may be appended to a stored document before it is saved whole again.
+const COMPACT_AFTER: u32 = 32;
+
+/// The value as materialization reads it back: floats stay floats even when written as `3`.
+fn normalize(field_type: FieldType, value: Value) -> Value {
+    match (field_type, &value) {
+        (FieldType::Float, Value::Number(n)) if !n.is_f64() => {
+            n.as_f64().map_or(value, Value::from)
+        }
+        _ => value,
     }
 }
 

@@ -7,12 +7,14 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- Local Automerge changes not yet acknowledged by the server, in write order.
+-- Local writes not yet acknowledged by the server, in write order: one Automerge change each,
+-- or the saved document for a record's first write (is_document = 1).
 CREATE TABLE outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     collection TEXT NOT NULL,
     record_id TEXT NOT NULL,
     scope TEXT NOT NULL,
-    change BLOB NOT NULL,
+    is_document INTEGER NOT NULL,
+    payload BLOB NOT NULL,
     created_at INTEGER NOT NULL
 );
