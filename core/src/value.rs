@@ -3,7 +3,7 @@
 //!
 //! Values travel as `serde_json::Value` so that the same shape crosses the FFI as JSON.
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -46,6 +46,17 @@ pub(crate) fn to_sql(field_type: FieldType, value: &Value) -> SqlValue {
         },
         (_, Value::String(s)) => SqlValue::Text(s.clone()),
         (_, other) => SqlValue::Text(other.to_string()),
+    }
+}
+
+/// Like [`to_sql`], borrowing strings instead of copying them.
+pub(crate) fn to_sql_output(field_type: FieldType, value: &Value) -> ToSqlOutput<'_> {
+    match (field_type, value) {
+        (FieldType::Json, _) | (_, Value::Null | Value::Bool(_) | Value::Number(_)) => {
+            ToSqlOutput::Owned(to_sql(field_type, value))
+        }
+        (_, Value::String(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        (_, other) => ToSqlOutput::Owned(to_sql(field_type, other)),
     }
 }
 

@@ -1003,3 +1003,74 @@ fn the_store_is_send_and_sync() {
     let dir = tempfile::tempdir().unwrap();
     check(&open(&dir, "a.db"));
 }
+
+#[test]
+fn a_large_batch_is_encoded_in_parallel_and_stays_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, "a.db");
+    let insert = |i: usize| Write::Insert {
+        collection: "clients".into(),
+        id: Some(format!("c{i:04}")),
+        fields: client(&format!("client {i}")),
+    };
+    // Large enough for the worker threads; a bad insert deep inside fails the whole batch.
+    let mut writes: Vec<Write> = (0..1000).map(insert).collect();
+    writes[700] = Write::Insert {
+        collection: "clients".into(),
+        id: None,
+        fields: fields(json!({"caseload_id": "north", "name": 1})),
+    };
+    assert!(matches!(
+        store.write_batch(writes),
+        Err(Error::WrongType { .. })
+    ));
+    assert_eq!(store.count("clients", &Filter::All).unwrap(), 0);
+    assert_eq!(outbox_len(&store), 0);
+
+    // A duplicate id inside the batch is caught in order, too.
+    let mut writes: Vec<Write> = (0..1000).map(insert).collect();
+    writes.push(insert(3));
+    assert!(matches!(
+        store.write_batch(writes),
+        Err(Error::DuplicateId { .. })
+    ));
+    assert_eq!(store.count("clients", &Filter::All).unwrap(), 0);
+
+    // Inserts mixed with updates of records inserted earlier in the same batch.
+    let mut writes: Vec<Write> = (0..1000).map(insert).collect();
+    writes.insert(
+        500,
+        Write::Update {
+            collection: "clients".into(),
+            id: "c0010".into(),
+            patch: fields(json!({"phone": "1"})),
+        },
+    );
+    writes.push(Write::SpliceText {
+        collection: "clients".into(),
+        id: "c0999".into(),
+        field: "notes".into(),
+        index: 0,
+        delete_count: 0,
+        insert: "last".into(),
+    });
+    let ids = store.write_batch(writes).unwrap();
+    assert_eq!(ids.len(), 1002);
+    assert_eq!(ids[500], "c0010");
+    assert_eq!(store.count("clients", &Filter::All).unwrap(), 1000);
+    assert_eq!(
+        store.get("clients", "c0010").unwrap().unwrap().fields["phone"],
+        "1"
+    );
+    assert_eq!(
+        store.get("clients", "c0999").unwrap().unwrap().fields["notes"],
+        "last"
+    );
+    let outbox = store.outbox(2000).unwrap();
+    assert_eq!(outbox.len(), 1002);
+    assert!(outbox.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(outbox[0].record_id, "c0000");
+    assert_eq!(outbox[1001].record_id, "c0999");
+    // Each record's history is one change by this device.
+    assert_eq!(store.history("clients", "c0500").unwrap().len(), 1);
+}

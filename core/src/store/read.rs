@@ -1,6 +1,6 @@
 //! Reads: records by id, queries, counts, orphans, and documents for the write paths.
 
-use rusqlite::types::Value as SqlValue;
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::{CachedDoc, Shared};
@@ -243,24 +243,47 @@ fn scope_of(shared: &Shared, collection: &str, fields: &Fields) -> Result<String
         .ok_or_else(|| Error::Corrupt("a record has no scope".into()))
 }
 
+/// What one row of a record table holds, for [`row_values`].
+pub(super) struct RowData<'a> {
+    pub id: &'a str,
+    /// The stored document bytes (a whole save, then any appended changes).
+    pub stored: &'a [u8],
+    pub tail: u32,
+    pub deleted: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub fields: &'a Fields,
+}
+
+impl CachedDoc {
+    pub(super) fn row<'a>(&'a self, id: &'a str, updated_at: i64) -> RowData<'a> {
+        RowData {
+            id,
+            stored: &self.stored,
+            tail: self.tail,
+            deleted: self.deleted,
+            created_at: self.created_at,
+            updated_at,
+            fields: &self.fields,
+        }
+    }
+}
+
 /// The values `upsert` takes: `_id, _doc, _doc_tail, _deleted, _created_at, _updated_at,
 /// fields...`.
-pub(super) fn row_values(
-    table: &TableSql,
-    id: &str,
-    cached: &CachedDoc,
-    updated_at: i64,
-) -> Vec<SqlValue> {
+pub(super) fn row_values<'a>(table: &TableSql, row: &RowData<'a>) -> Vec<ToSqlOutput<'a>> {
     let mut values = Vec::with_capacity(6 + table.fields.len());
-    values.push(SqlValue::Text(id.to_owned()));
-    values.push(SqlValue::Blob(cached.stored.clone()));
-    values.push(SqlValue::Integer(i64::from(cached.tail)));
-    values.push(SqlValue::Integer(i64::from(cached.deleted)));
-    values.push(SqlValue::Integer(cached.created_at));
-    values.push(SqlValue::Integer(updated_at));
+    values.push(ToSqlOutput::Borrowed(ValueRef::Text(row.id.as_bytes())));
+    values.push(ToSqlOutput::Borrowed(ValueRef::Blob(row.stored)));
+    values.push(ToSqlOutput::Owned(SqlValue::Integer(i64::from(row.tail))));
+    values.push(ToSqlOutput::Owned(SqlValue::Integer(i64::from(
+        row.deleted,
+    ))));
+    values.push(ToSqlOutput::Owned(SqlValue::Integer(row.created_at)));
+    values.push(ToSqlOutput::Owned(SqlValue::Integer(row.updated_at)));
     for (name, field_type) in table.fields.iter().zip(&table.types) {
-        let value = cached.fields.get(name).unwrap_or(&serde_json::Value::Null);
-        values.push(value::to_sql(*field_type, value));
+        let value = row.fields.get(name).unwrap_or(&serde_json::Value::Null);
+        values.push(value::to_sql_output(*field_type, value));
     }
     values
 }

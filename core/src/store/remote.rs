@@ -223,7 +223,7 @@ fn merge_one(
     cached.tail = 0;
     cached.compact_next = false;
     cached.stored = cached.doc.save();
-    let values = read::row_values(table, &record.id, &cached, now);
+    let values = read::row_values(table, &cached.row(&record.id, now));
     tx.prepare_cached(&table.upsert)?
         .execute(rusqlite::params_from_iter(values))?;
     let after = (!cached.deleted).then(|| cached.fields.clone());

@@ -20,6 +20,8 @@ pub(crate) struct TableSql {
     pub fields: Vec<String>,
     /// Declared types, parallel to `fields`.
     pub types: Vec<FieldType>,
+    /// Inserts a new row from the same values as `upsert`; fails on an existing `_id`.
+    pub insert: String,
     /// Writes a whole row from the values `_id, _doc, _doc_tail, _deleted, _created_at,
     /// _updated_at, fields...` (see [`row_values`](super::read::row_values)).
     pub upsert: String,
@@ -61,6 +63,11 @@ impl TableSql {
             .filter(|c| c.as_str() != "_created_at")
             .map(|c| format!("{c} = excluded.{c}"))
             .collect::<Vec<_>>();
+        let insert = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            columns.join(", "),
+            placeholders.join(", ")
+        );
         let upsert = format!(
             "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(_id) DO UPDATE SET {}",
             columns.join(", "),
@@ -76,6 +83,7 @@ impl TableSql {
         TableSql {
             fields,
             types,
+            insert,
             upsert,
             select_doc,
             select,

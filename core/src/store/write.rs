@@ -2,9 +2,11 @@
 //! for every write of a batch, the new document, the materialized values and the change in the
 //! outbox. Documents come back to the cache only after that commit succeeded.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
 
-use automerge::ChangeHash;
+use automerge::{AutoCommit, ChangeHash};
 use lru::LruCache;
 use rusqlite::{Transaction, TransactionBehavior};
 use serde_json::Value;
@@ -69,6 +71,7 @@ pub(super) fn apply(
     db: &mut Db,
     writes: Vec<Write>,
 ) -> Result<(Vec<String>, Vec<Changed>)> {
+    let now = super::now_ms();
     let Db { conn, cache } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut batch = Batch {
@@ -77,18 +80,191 @@ pub(super) fn apply(
         cache,
         docs: HashMap::new(),
         changed: Vec::new(),
-        now: super::now_ms(),
+        now,
     };
-    let mut ids = Vec::with_capacity(writes.len());
-    for write in writes {
-        ids.push(batch.apply(write)?);
-    }
+    let ids = run(shared, writes, now, |step| match step {
+        Step::Write(write) => batch.apply(write),
+        Step::Insert {
+            collection,
+            encoded,
+        } => batch.store_new(&collection, (*encoded)?),
+    })?;
     let Batch { docs, changed, .. } = batch;
     tx.commit()?;
     for (key, doc) in docs {
         cache.put(key, doc);
     }
     Ok((ids, changed))
+}
+
+/// Batches with at least this many inserts encode their documents on worker threads.
+const PARALLEL_INSERTS: usize = 64;
+
+/// Writes handed to one worker at a time.
+const CHUNK: usize = 256;
+
+/// A write, or an insert whose document was already encoded.
+enum Step {
+    Write(Write),
+    Insert {
+        collection: String,
+        encoded: Box<Result<Encoded>>,
+    },
+}
+
+/// Runs every write through `store`, in order, stopping at the first error. In a batch with
+/// many inserts (a bulk import), worker threads encode the documents of upcoming inserts while
+/// `store` writes earlier ones: creating an Automerge document costs several times more than
+/// storing it.
+fn run(
+    shared: &Shared,
+    writes: Vec<Write>,
+    now: i64,
+    mut store: impl FnMut(Step) -> Result<String>,
+) -> Result<Vec<String>> {
+    let inserts = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Insert { .. }))
+        .count();
+    // Asked only for large batches: it reads cgroup files, which costs more than a small write.
+    let workers = || std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if inserts < PARALLEL_INSERTS || workers() < 2 {
+        return writes
+            .into_iter()
+            .map(|write| store(Step::Write(write)))
+            .collect();
+    }
+    let mut queue = VecDeque::new();
+    let mut writes = writes.into_iter();
+    loop {
+        let chunk: Vec<Write> = writes.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        queue.push_back((queue.len(), chunk));
+    }
+    let total = queue.len();
+    let queue = Mutex::new(queue);
+    let stop = AtomicBool::new(false);
+    let (sender, receiver) = mpsc::channel::<(usize, Vec<Step>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers() {
+            let (sender, queue, stop) = (sender.clone(), &queue, &stop);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some((index, chunk)) = next else { break };
+                    if sender
+                        .send((index, encode_chunk(shared, chunk, now)))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        let mut ids = Vec::with_capacity(inserts);
+        let mut arrived = BTreeMap::new();
+        let mut stored = 0;
+        let result = loop {
+            if stored == total {
+                break Ok(ids);
+            }
+            let Some(steps) = arrived.remove(&stored) else {
+                // Every worker gone before its chunk arrived means one panicked; leaving the
+                // scope re-raises that panic.
+                let Ok((index, steps)) = receiver.recv() else {
+                    break Ok(ids);
+                };
+                arrived.insert(index, steps);
+                continue;
+            };
+            if let Err(err) = steps
+                .into_iter()
+                .try_for_each(|step| store(step).map(|id| ids.push(id)))
+            {
+                break Err(err);
+            }
+            stored += 1;
+        };
+        stop.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+fn encode_chunk(shared: &Shared, chunk: Vec<Write>, now: i64) -> Vec<Step> {
+    chunk
+        .into_iter()
+        .map(|write| match write {
+            Write::Insert {
+                collection,
+                id,
+                fields,
+            } => {
+                let encoded = encode_insert(shared, &collection, id, fields, now, false);
+                Step::Insert {
+                    collection,
+                    encoded: Box::new(encoded),
+                }
+            }
+            other => Step::Write(other),
+        })
+        .collect()
+}
+
+/// A new record, encoded and ready to store.
+struct Encoded {
+    id: String,
+    /// The document, when it is worth keeping in the cache.
+    doc: Option<AutoCommit>,
+    /// Its saved bytes.
+    stored: Vec<u8>,
+    fields: Fields,
+    scope: String,
+}
+
+/// Checks an insert against the schema and builds its document as one change.
+fn encode_insert(
+    shared: &Shared,
+    collection: &str,
+    id: Option<String>,
+    fields: Fields,
+    now: i64,
+    keep_doc: bool,
+) -> Result<Encoded> {
+    let decl = shared.schema.collection(collection)?;
+    validate_insert(collection, decl, &fields)?;
+    let id = match id {
+        Some(id) => {
+            check_id(&id)?;
+            id
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let mut doc = document::new_doc(&shared.actor);
+    document::init_fields(&mut doc, decl, &fields)?;
+    document::commit(&mut doc, now);
+    let stored = doc.save();
+    let fields: Fields = fields
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(name, value)| {
+            let value = normalize(decl.fields[&name].field_type, value);
+            (name, value)
+        })
+        .collect();
+    let scope = fields[&decl.scope_field]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Encoded {
+        id,
+        doc: keep_doc.then_some(doc),
+        stored,
+        fields,
+        scope,
+    })
 }
 
 struct Batch<'a> {
@@ -108,7 +284,11 @@ impl Batch<'_> {
                 collection,
                 id,
                 fields,
-            } => self.insert(&collection, id, fields),
+            } => {
+                // A record inserted alone is likely edited next: keep its document loaded.
+                let encoded = encode_insert(self.shared, &collection, id, fields, self.now, true)?;
+                self.store_new(&collection, encoded)
+            }
             Write::Update {
                 collection,
                 id,
@@ -128,16 +308,15 @@ impl Batch<'_> {
         }
     }
 
-    fn insert(&mut self, collection: &str, id: Option<String>, fields: Fields) -> Result<String> {
-        let decl = self.shared.schema.collection(collection)?;
-        validate_insert(collection, decl, &fields)?;
-        let id = match id {
-            Some(id) => {
-                check_id(&id)?;
-                id
-            }
-            None => uuid::Uuid::now_v7().to_string(),
-        };
+    /// Stores an encoded new record: its row, and its document as the outbox entry.
+    fn store_new(&mut self, collection: &str, encoded: Encoded) -> Result<String> {
+        let Encoded {
+            id,
+            doc,
+            stored,
+            fields,
+            scope,
+        } = encoded;
         let key = (collection.to_owned(), id.clone());
         if self.docs.contains_key(&key) || read::exists(self.shared, self.tx, collection, &id)? {
             return Err(Error::DuplicateId {
@@ -145,32 +324,48 @@ impl Batch<'_> {
                 id,
             });
         }
-        let mut doc = document::new_doc(&self.shared.actor);
-        document::init_fields(&mut doc, decl, &fields)?;
-        let fields: Fields = fields
-            .into_iter()
-            .filter(|(_, value)| !value.is_null())
-            .map(|(name, value)| {
-                let value = normalize(decl.fields[&name].field_type, value);
-                (name, value)
-            })
-            .collect();
-        let scope = fields[&decl.scope_field]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let cached = CachedDoc {
-            doc,
-            fields,
-            scope,
-            created_at: self.now,
-            deleted: false,
-            stored: Vec::new(),
+        let table = self.shared.table(collection)?;
+        let row = read::RowData {
+            id: &id,
+            stored: &stored,
             tail: 0,
-            compact_next: false,
+            deleted: false,
+            created_at: self.now,
+            updated_at: self.now,
+            fields: &fields,
         };
-        self.docs.insert(key, cached);
-        self.finish(collection, &id, None, None)?;
+        let inserted = self
+            .tx
+            .prepare_cached(&table.insert)?
+            .execute(rusqlite::params_from_iter(read::row_values(table, &row)));
+        match inserted {
+            Err(rusqlite::Error::SqliteFailure(err, _))
+                if err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                return Err(Error::DuplicateId {
+                    collection: collection.to_owned(),
+                    id,
+                });
+            }
+            other => other?,
+        };
+        self.push_outbox(collection, &id, &scope, true, &stored)?;
+        self.changed
+            .push(super::changed(collection, &id, None, Some(fields.clone())));
+        if let Some(doc) = doc {
+            let cached = CachedDoc {
+                doc,
+                fields,
+                scope,
+                created_at: self.now,
+                deleted: false,
+                stored,
+                tail: 0,
+                compact_next: false,
+            };
+            self.docs
+                .insert((collection.to_owned(), id.clone()), cached);
+        }
         Ok(id)
     }
 
@@ -192,7 +387,7 @@ impl Batch<'_> {
                     .insert(name.clone(), normalize(field.field_type, value.clone()));
             }
         }
-        self.finish(collection, id, Some(heads), before)
+        self.finish(collection, id, heads, before)
     }
 
     fn splice(
@@ -223,7 +418,7 @@ impl Batch<'_> {
             insert,
         )?;
         cached.fields.insert(field.to_owned(), Value::String(text));
-        self.finish(collection, id, Some(heads), before)
+        self.finish(collection, id, heads, before)
     }
 
     fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
@@ -231,7 +426,7 @@ impl Batch<'_> {
         let cached = self.doc_mut(collection, id);
         document::mark_deleted(&mut cached.doc)?;
         cached.deleted = true;
-        self.finish(collection, id, Some(heads), before)?;
+        self.finish(collection, id, heads, before)?;
         // The reference rules see this batch's earlier writes: every write is already in the
         // transaction's rows.
         for (other, other_decl) in &self.shared.schema.collections {
@@ -305,66 +500,66 @@ impl Batch<'_> {
             .expect("opened by the caller")
     }
 
-    /// Commits the pending Automerge operations as one change and writes the row and the
-    /// outbox entry. `heads` are the document's heads before the write, `None` for a new
-    /// record.
+    /// Commits the pending Automerge operations of an existing record as one change and
+    /// writes the row and the outbox entry. `heads` are the document's heads before the write.
     fn finish(
         &mut self,
         collection: &str,
         id: &str,
-        heads: Option<Vec<ChangeHash>>,
+        heads: Vec<ChangeHash>,
         before: Option<Fields>,
     ) -> Result<()> {
-        let shared = self.shared;
+        let (shared, tx, now) = (self.shared, self.tx, self.now);
         let table = shared.table(collection)?;
-        let now = self.now;
         let cached = self.doc_mut(collection, id);
         if document::commit(&mut cached.doc, now).is_none() {
             return Ok(());
         }
-        let (outbox_is_document, outbox_bytes) = match heads {
-            None => {
-                // A new record: its saved document is both the row and what to send.
-                cached.stored = cached.doc.save();
-                cached.tail = 0;
-                (true, cached.stored.clone())
-            }
-            Some(heads) => {
-                let change = match cached.doc.get_changes(&heads).as_slice() {
-                    [change] => change.raw_bytes().to_vec(),
-                    _ => {
-                        return Err(Error::Corrupt(
-                            "a local write did not make exactly one change".into(),
-                        ));
-                    }
-                };
-                if cached.compact_next || cached.tail + 1 >= COMPACT_AFTER {
-                    cached.stored = cached.doc.save();
-                    cached.tail = 0;
-                    cached.compact_next = false;
-                } else {
-                    // Appending the change spares re-saving the whole document on every write;
-                    // Automerge loads a document followed by changes as one.
-                    cached.stored.extend_from_slice(&change);
-                    cached.tail += 1;
-                }
-                (false, change)
+        let change = match cached.doc.get_changes(&heads).as_slice() {
+            [change] => change.raw_bytes().to_vec(),
+            _ => {
+                return Err(Error::Corrupt(
+                    "a local write did not make exactly one change".into(),
+                ));
             }
         };
-        let values = read::row_values(table, id, cached, now);
+        if cached.compact_next || cached.tail + 1 >= COMPACT_AFTER {
+            cached.stored = cached.doc.save();
+            cached.tail = 0;
+            cached.compact_next = false;
+        } else {
+            // Appending the change spares re-saving the whole document on every write;
+            // Automerge loads a document followed by changes as one.
+            cached.stored.extend_from_slice(&change);
+            cached.tail += 1;
+        }
+        tx.prepare_cached(&table.upsert)?
+            .execute(rusqlite::params_from_iter(read::row_values(
+                table,
+                &cached.row(id, now),
+            )))?;
         let after = (!cached.deleted).then(|| cached.fields.clone());
         let scope = cached.scope.clone();
-        self.tx
-            .prepare_cached(&table.upsert)?
-            .execute(rusqlite::params_from_iter(values))?;
+        self.push_outbox(collection, id, &scope, false, &change)?;
+        self.changed
+            .push(super::changed(collection, id, before, after));
+        Ok(())
+    }
+
+    fn push_outbox(
+        &self,
+        collection: &str,
+        id: &str,
+        scope: &str,
+        is_document: bool,
+        payload: &[u8],
+    ) -> Result<()> {
         self.tx
             .prepare_cached(
                 "INSERT INTO outbox (collection, record_id, scope, is_document, payload, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(rusqlite::params![collection, id, scope, outbox_is_document, outbox_bytes, now])?;
-        self.changed
-            .push(super::changed(collection, id, before, after));
+            .execute(rusqlite::params![collection, id, scope, is_document, payload, self.now])?;
         Ok(())
     }
 }
