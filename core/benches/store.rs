@@ -57,6 +57,19 @@ fn main() {
     if only.as_deref() == Some("profile-update") {
         profile_update();
     }
+    if only.as_deref() == Some("profile-query") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = filled(dir.path(), 20_000);
+        let times = sample(50_000, |i| {
+            let filter = Filter::eq("caseload_id", format!("cl-{:04}", i % CASELOADS));
+            let query = Query {
+                filter,
+                ..Query::default()
+            };
+            std::hint::black_box(store.query("clients", &query).unwrap());
+        });
+        println!("query p50 {:.1} µs", us(percentile(&times, 0.5)));
+    }
     if run("bulk") {
         for size in bulk_sizes {
             bulk_insert(size);

@@ -444,6 +444,13 @@ impl Shared {
 
 fn configure(conn: &Connection, synchronous: Synchronous) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
+    // With the bundled SQLite's STAT4, a cached statement whose parameters are compared with
+    // a partial index's condition is re-prepared on every new binding; our plans do not
+    // depend on values, so keep them.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
         return Err(Error::Corrupt(format!(
