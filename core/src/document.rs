@@ -192,6 +192,24 @@ pub(crate) fn materialize(
     Ok(fields)
 }
 
+/// Every root key of a document as JSON (text as strings, maps and lists nested), without the
+/// tombstone, and whether the document is deleted. Needs no schema: the server uses it to send
+/// materialized values with whole documents.
+pub fn document_values(doc: &AutoCommit) -> Result<(Fields, bool)> {
+    let mut fields = Fields::new();
+    for item in doc.map_range(ROOT, ..) {
+        if item.key == DELETED_KEY {
+            continue;
+        }
+        let id = item.id();
+        fields.insert(
+            item.key.to_string(),
+            read_value(doc, item.value.into(), &id)?,
+        );
+    }
+    Ok((fields, is_deleted(doc)))
+}
+
 /// One field on which concurrent writes happened.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FieldConflict {

@@ -50,13 +50,14 @@
 
 mod document;
 mod error;
+pub mod protocol;
 mod query;
 mod schema;
 mod store;
 mod subscription;
 mod value;
 
-pub use document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING};
+pub use document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING, document_values};
 pub use error::{Error, Result};
 pub use query::{Filter, Order, Query};
 pub use schema::{Collection, Field, FieldType, Index, OnDelete, Schema};
@@ -66,6 +67,12 @@ pub use store::{
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
 pub use value::Fields;
+
+/// Checks a record id against the rule stores and the server share: 1 to 128 characters from
+/// `[A-Za-z0-9_.:-]`.
+pub fn check_record_id(id: &str) -> Result<()> {
+    store::check_id(id)
+}
 
 impl OutboxEntry {
     /// The entry as another store's [`Store::apply_remote`] takes it.

@@ -26,6 +26,7 @@ use crate::value::Fields;
 pub use read::{Orphan, Record};
 pub use remote::{ApplyReport, RejectedRecord, RemotePayload, RemoteRecord};
 pub use write::Write;
+pub(crate) use write::check_id;
 
 use tables::TableSql;
 

@@ -1,0 +1,110 @@
+//! Administration: users, devices, tokens and grants. The `fieldsync-server` command line calls
+//! these against the server's database; tests call them directly.
+
+use crate::auth::new_token;
+use crate::error::ServerError;
+use crate::storage::{Access, Role, Storage, sqlite::now_ms};
+
+/// A device registered for a user, with its first token.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The device id.
+    pub device_id: i64,
+    /// Its token (shown once).
+    pub token: String,
+    /// The token's public id, for revoking it.
+    pub token_id: String,
+}
+
+/// Creates a user.
+pub fn create_user(storage: &dyn Storage, name: &str, role: Role) -> Result<i64, ServerError> {
+    if name.trim().is_empty() || name.len() > 128 {
+        return Err(ServerError::BadRequest(
+            "a user name is 1 to 128 characters".into(),
+        ));
+    }
+    storage.create_user(name, role)
+}
+
+fn user(storage: &dyn Storage, name: &str) -> Result<i64, ServerError> {
+    storage
+        .user_id(name)?
+        .ok_or_else(|| ServerError::NotFound(format!("no user named `{name}`")))
+}
+
+/// Registers a device for a user and issues its first token.
+pub fn enroll_device(
+    storage: &dyn Storage,
+    user_name: &str,
+    device_name: &str,
+    expires_in_days: Option<u32>,
+) -> Result<Enrolled, ServerError> {
+    let user_id = user(storage, user_name)?;
+    let device_id = storage.create_device(user_id, device_name)?;
+    let (token, token_id) = issue_token(storage, device_id, expires_in_days)?;
+    Ok(Enrolled {
+        device_id,
+        token,
+        token_id,
+    })
+}
+
+/// Issues another token for a device; returns the token and its id.
+pub fn issue_token(
+    storage: &dyn Storage,
+    device_id: i64,
+    expires_in_days: Option<u32>,
+) -> Result<(String, String), ServerError> {
+    let issued = new_token()?;
+    let expires_at = expires_in_days.map(|days| now_ms() + i64::from(days) * 86_400_000);
+    storage.insert_token(&issued.id, device_id, &issued.secret_hash, expires_at)?;
+    Ok((issued.token, issued.id))
+}
+
+/// Grants a user read or write access to a scope.
+pub fn grant(
+    storage: &dyn Storage,
+    user_name: &str,
+    scope: &str,
+    access: Access,
+) -> Result<(), ServerError> {
+    if scope.is_empty() || scope.len() > 128 {
+        return Err(ServerError::BadRequest(
+            "a scope is 1 to 128 characters".into(),
+        ));
+    }
+    storage.set_grant(user(storage, user_name)?, scope, access)
+}
+
+/// Removes a user's grant on a scope.
+pub fn revoke_grant(
+    storage: &dyn Storage,
+    user_name: &str,
+    scope: &str,
+) -> Result<(), ServerError> {
+    if storage.revoke_grant(user(storage, user_name)?, scope)? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound(format!(
+            "`{user_name}` has no grant on `{scope}`"
+        )))
+    }
+}
+
+/// Revokes a token by its id (the part after `fs_`, before the second `_`).
+pub fn revoke_token(storage: &dyn Storage, token_id: &str) -> Result<(), ServerError> {
+    if storage.revoke_token(token_id)? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound("no such live token".into()))
+    }
+}
+
+/// Revokes a device and every token of it.
+pub fn revoke_device(storage: &dyn Storage, device_id: i64) -> Result<(), ServerError> {
+    if storage.revoke_device(device_id)? {
+        Ok(())
+    } else {
+        Err(ServerError::NotFound(format!("no live device {device_id}")))
+    }
+}

@@ -1,0 +1,92 @@
+//! The server's error type and how each error answers over HTTP.
+//!
+//! Clients see a stable code and a short message; internal details (SQL, paths) go to the log
+//! only, and neither carries tokens or record values.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fieldsync_core::protocol::{ErrorBody, ErrorCode};
+
+/// Everything that can go wrong in the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Missing, malformed, unknown, expired or revoked token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// The caller may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The client speaks another protocol version.
+    #[error("unsupported protocol version {0}; this server speaks {supported}", supported = fieldsync_core::protocol::VERSION)]
+    UnsupportedVersion(String),
+    /// The request does not decode or is not valid.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The request exceeds a size limit.
+    #[error("payload too large: {0}")]
+    TooLarge(String),
+    /// Too many requests from this token.
+    #[error("rate limited")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// A name or id is already taken (admin commands).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Something named does not exist (admin commands).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// Stored data could not be read.
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// A blocking task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServerError {
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        match self {
+            ServerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ServerError::UnsupportedVersion(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::UnsupportedVersion)
+            }
+            ServerError::BadRequest(_) | ServerError::Conflict(_) | ServerError::NotFound(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+            }
+            ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+            ServerError::RateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
+            }
+            ServerError::Database(_) | ServerError::Corrupt(_) | ServerError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            "the server could not complete the request".to_owned()
+        } else {
+            tracing::info!(error = %self, "request refused");
+            self.to_string()
+        };
+        let mut response = (status, axum::Json(ErrorBody { code, message })).into_response();
+        if let ServerError::RateLimited { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,119 @@
+//! The Fieldsync sync server.
+//!
+//! Devices push their local Automerge changes (`POST /v1/push`) and pull what changed in the
+//! scopes their user may read (`GET /v1/pull`). The server merges every accepted change into
+//! its own copy of the record, keeps a change feed in commit order, and serves whole compacted
+//! documents to devices on their first sync. Storage sits behind [`storage::Storage`]; the
+//! embedded default is [`storage::sqlite::SqliteStorage`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use fieldsync_server::{AppState, Limits, router, storage::sqlite::SqliteStorage};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let storage = SqliteStorage::open("fieldsync-server.db".as_ref())?;
+//! let app = router(AppState { storage: Arc::new(storage), limits: Limits::default() });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+mod ops;
+pub mod storage;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tracing::Instrument;
+
+pub use error::ServerError;
+use storage::Storage;
+
+/// Size and paging limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, compressed (bytes).
+    pub max_body_bytes: usize,
+    /// Largest request body once decompressed (bytes).
+    pub max_decompressed_bytes: usize,
+    /// Most records in one push.
+    pub max_records_per_push: usize,
+    /// Largest document, or changes for one record in one push (bytes).
+    pub max_document_bytes: usize,
+    /// Records per pull page when the client names no limit.
+    pub default_pull_limit: u32,
+    /// Most records per pull page.
+    pub max_pull_limit: u32,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 8 << 20,
+            max_decompressed_bytes: 32 << 20,
+            max_records_per_push: 1000,
+            max_document_bytes: 4 << 20,
+            default_pull_limit: 500,
+            max_pull_limit: 5000,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Where everything is kept.
+    pub storage: Arc<dyn Storage>,
+    /// Size and paging limits.
+    pub limits: Limits,
+}
+
+/// The HTTP routes, with request ids, timeouts and tracing.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.limits.request_timeout;
+    Router::new()
+        .route("/v1/push", post(sync::push))
+        .route("/v1/pull", get(sync::pull))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .with_state(state)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// Gives every request an id, logged on every line of its span and returned to the client.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    async move {
+        let started = std::time::Instant::now();
+        let mut response = next.run(request).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request done"
+        );
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}

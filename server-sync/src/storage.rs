@@ -1,0 +1,281 @@
+//! What the server keeps, behind one trait so that backends (SQLite now, PostgreSQL later)
+//! are interchangeable and pass the same conformance tests.
+//!
+//! The methods block; the HTTP layer calls them on tokio's blocking pool.
+
+pub mod sqlite;
+
+use fieldsync_core::protocol::{PushRecord, PushResponse, Rejection};
+
+use crate::error::ServerError;
+
+/// A shorthand for storage results.
+pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// May use the admin endpoints (none over HTTP yet; the admin command runs locally).
+    Admin,
+    /// A therapist or other member of staff.
+    Member,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "admin" => Some(Role::Admin),
+            "member" => Some(Role::Member),
+            _ => None,
+        }
+    }
+}
+
+/// What a grant allows on a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Pull the scope's records.
+    Read,
+    /// Pull and push.
+    Write,
+}
+
+impl Access {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn parse(name: &str) -> Option<Access> {
+        match name {
+            "read" => Some(Access::Read),
+            "write" => Some(Access::Write),
+            _ => None,
+        }
+    }
+}
+
+/// One scope a user may read or write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The scope (a caseload, a team, a clinic).
+    pub scope: String,
+    /// What it allows.
+    pub access: Access,
+}
+
+/// A stored token, found by its public id.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// The token's device.
+    pub device_id: i64,
+    /// The device's user.
+    pub user_id: i64,
+    /// SHA-256 of the token's secret part.
+    pub secret_hash: Vec<u8>,
+    /// When it stops working (ms since the epoch), if ever.
+    pub expires_at: Option<i64>,
+    /// Whether the token, or its device, was revoked.
+    pub revoked: bool,
+    /// The Automerge actor bound to the device by its first push, if any.
+    pub actor: Option<String>,
+}
+
+/// A device as the admin command lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub id: i64,
+    /// Its user's name.
+    pub user: String,
+    /// Device name.
+    pub name: String,
+    /// The Automerge actor it pushes as, once bound.
+    pub actor: Option<String>,
+    /// Last push or pull (ms since the epoch).
+    pub last_sync_at: Option<i64>,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// A record's stored state, handed to the merge step of a push.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// Its scope, fixed at creation.
+    pub scope: String,
+    /// The saved Automerge document.
+    pub doc: Vec<u8>,
+}
+
+/// A record after a push merged into it, for the storage to write.
+#[derive(Debug, Clone)]
+pub struct MergedRecord {
+    /// The saved, compacted document.
+    pub doc: Vec<u8>,
+    /// Its values by root key, as JSON.
+    pub fields_json: String,
+    /// Whether it is deleted.
+    pub deleted: bool,
+    /// The changes the server did not have before, for the feed.
+    pub new_changes: Vec<Vec<u8>>,
+}
+
+/// The merge step of a push: given a pushed record and its stored state, the merged record,
+/// or why the pushed record is refused.
+pub type Merge<'a> =
+    dyn FnMut(&PushRecord, Option<StoredRecord>) -> Result<MergedRecord, Rejection> + 'a;
+
+/// One feed entry: the new changes one push brought to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// Position in the feed.
+    pub seq: i64,
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub record_id: String,
+    /// Scope of the record.
+    pub scope: String,
+    /// The device that pushed them.
+    pub device_id: i64,
+    /// Automerge changes.
+    pub changes: Vec<Vec<u8>>,
+}
+
+/// A whole record, for first syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentEntry {
+    /// Feed position of the record's last change.
+    pub seq: i64,
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub record_id: String,
+    /// Scope of the record.
+    pub scope: String,
+    /// The saved document.
+    pub doc: Vec<u8>,
+    /// Its values by root key, as JSON.
+    pub fields_json: String,
+    /// Whether it is deleted.
+    pub deleted: bool,
+}
+
+/// One page of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The entries.
+    pub entries: Vec<T>,
+    /// The feed position the page reaches; the next page starts after it.
+    pub last_seq: i64,
+    /// Whether more entries wait after `last_seq`.
+    pub more: bool,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When (ms since the epoch).
+    pub at: i64,
+    /// Who.
+    pub user: String,
+    /// From which device.
+    pub device_id: i64,
+    /// `push` or `pull`.
+    pub action: String,
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub record_id: String,
+    /// Scope of the record.
+    pub scope: String,
+}
+
+/// Which audit lines to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this user's.
+    pub user: Option<String>,
+    /// Only this record's.
+    pub record_id: Option<String>,
+    /// Only lines at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// Everything the server stores.
+pub trait Storage: Send + Sync + 'static {
+    /// Whether the database answers.
+    fn ping(&self) -> Result<()>;
+
+    /// Creates a user; the name must be new.
+    fn create_user(&self, name: &str, role: Role) -> Result<i64>;
+    /// A user's id by name.
+    fn user_id(&self, name: &str) -> Result<Option<i64>>;
+    /// How many users exist.
+    fn count_users(&self) -> Result<u64>;
+    /// Creates a device of a user.
+    fn create_device(&self, user_id: i64, name: &str) -> Result<i64>;
+    /// Revokes a device and so every token of it; false if there is no such device.
+    fn revoke_device(&self, device_id: i64) -> Result<bool>;
+    /// Every device with its user and last sync.
+    fn list_devices(&self) -> Result<Vec<DeviceInfo>>;
+    /// Stores a new token (its secret only as a hash).
+    fn insert_token(
+        &self,
+        token_id: &str,
+        device_id: i64,
+        secret_hash: &[u8],
+        expires_at: Option<i64>,
+    ) -> Result<()>;
+    /// Revokes a token; false if there is no such token.
+    fn revoke_token(&self, token_id: &str) -> Result<bool>;
+    /// A token by its public id.
+    fn token(&self, token_id: &str) -> Result<Option<TokenRecord>>;
+    /// Grants (or changes) a user's access to a scope.
+    fn set_grant(&self, user_id: i64, scope: &str, access: Access) -> Result<()>;
+    /// Removes a user's grant on a scope; false if there was none.
+    fn revoke_grant(&self, user_id: i64, scope: &str) -> Result<bool>;
+    /// A user's grants.
+    fn grants(&self, user_id: i64) -> Result<Vec<Grant>>;
+    /// Binds the device to `actor` if it has no actor yet; returns the device's actor.
+    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<String>;
+
+    /// Applies a push in one transaction: a replayed `batch_id` returns the stored response
+    /// and changes nothing; otherwise each record is merged by `merge` and written with its
+    /// feed entry and audit line, or rejected and not written.
+    fn push(
+        &self,
+        device_id: i64,
+        batch_id: &str,
+        records: &[PushRecord],
+        merge: &mut Merge<'_>,
+    ) -> Result<PushResponse>;
+    /// Feed entries after `after` in the scopes, in feed order.
+    fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>>;
+    /// Whole records of the scopes whose last change is after `after`, in that order.
+    fn documents_page(
+        &self,
+        scopes: &[String],
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<DocumentEntry>>;
+    /// Records a pull in the audit log and the device's last sync time.
+    fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
+    /// Lines of the audit log, newest first.
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+}

@@ -1,0 +1,518 @@
+//! The embedded default: everything in one SQLite file.
+//!
+//! One connection behind a mutex serializes every transaction, so feed positions
+//! (`AUTOINCREMENT`) are assigned in commit order and a reader always sees a prefix of the feed:
+//! a cursor can never step over a change that commits later with a smaller position.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
+use serde_bytes::ByteBuf;
+
+use super::{
+    Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant, Merge, Page,
+    Result, Role, Storage, StoredRecord, TokenRecord,
+};
+use crate::error::ServerError;
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+
+/// Server storage in one SQLite file.
+pub struct SqliteStorage {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStorage {
+    /// Opens (or creates) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStorage> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        })?;
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStorage {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a transaction rolls it back when the transaction drops.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes a consistent copy of the database to `path` (SQLite online backup).
+    pub fn backup_to(&self, path: &Path) -> Result<()> {
+        let conn = self.lock();
+        let mut target = Connection::open(path)?;
+        let backup = rusqlite::backup::Backup::new(&conn, &mut target)?;
+        backup.run_to_completion(256, Duration::ZERO, None)?;
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let current = usize::try_from(current).unwrap_or(usize::MAX);
+    if current > MIGRATIONS.len() {
+        return Err(ServerError::Corrupt(format!(
+            "the database has schema version {current}, newer than this server ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, step) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", index + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
+    let list: Vec<ByteBuf> = changes.iter().cloned().map(ByteBuf::from).collect();
+    rmp_serde::to_vec(&list).expect("byte lists always serialize")
+}
+
+fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let list: Vec<ByteBuf> = rmp_serde::from_slice(bytes)
+        .map_err(|_| ServerError::Corrupt("a feed entry does not decode".into()))?;
+    Ok(list.into_iter().map(ByteBuf::into_vec).collect())
+}
+
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl Storage for SqliteStorage {
+    fn ping(&self) -> Result<()> {
+        self.lock()
+            .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?;
+        Ok(())
+    }
+
+    fn create_user(&self, name: &str, role: Role) -> Result<i64> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO users (name, role, created_at) VALUES (?1, ?2, ?3)",
+            params![name, role.as_str(), now_ms()],
+        )
+        .map_err(|err| {
+            if is_unique_violation(&err) {
+                ServerError::Conflict(format!("a user named `{name}` exists"))
+            } else {
+                err.into()
+            }
+        })?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn user_id(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .lock()
+            .query_row("SELECT id FROM users WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+
+    fn count_users(&self) -> Result<u64> {
+        Ok(self
+            .lock()
+            .query_row("SELECT count(*) FROM users", [], |row| row.get::<_, i64>(0))?
+            as u64)
+    }
+
+    fn create_device(&self, user_id: i64, name: &str) -> Result<i64> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO devices (user_id, name, created_at) VALUES (?1, ?2, ?3)",
+            params![user_id, name, now_ms()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn revoke_device(&self, device_id: i64) -> Result<bool> {
+        let changed = self.lock().execute(
+            "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![device_id, now_ms()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL
+             FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(DeviceInfo {
+                id: row.get(0)?,
+                user: row.get(1)?,
+                name: row.get(2)?,
+                actor: row.get(3)?,
+                last_sync_at: row.get(4)?,
+                revoked: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_token(
+        &self,
+        token_id: &str,
+        device_id: i64,
+        secret_hash: &[u8],
+        expires_at: Option<i64>,
+    ) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO tokens (id, device_id, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_id, device_id, secret_hash, now_ms(), expires_at],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_token(&self, token_id: &str) -> Result<bool> {
+        let changed = self.lock().execute(
+            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![token_id, now_ms()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn token(&self, token_id: &str) -> Result<Option<TokenRecord>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT t.device_id, d.user_id, t.secret_hash, t.expires_at,
+                    t.revoked_at IS NOT NULL OR d.revoked_at IS NOT NULL, d.actor
+             FROM tokens t JOIN devices d ON d.id = t.device_id WHERE t.id = ?1",
+        )?;
+        let token = stmt
+            .query_row([token_id], |row| {
+                Ok(TokenRecord {
+                    device_id: row.get(0)?,
+                    user_id: row.get(1)?,
+                    secret_hash: row.get(2)?,
+                    expires_at: row.get(3)?,
+                    revoked: row.get(4)?,
+                    actor: row.get(5)?,
+                })
+            })
+            .optional()?;
+        Ok(token)
+    }
+
+    fn set_grant(&self, user_id: i64, scope: &str, access: Access) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO grants (user_id, scope, access) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, scope) DO UPDATE SET access = excluded.access",
+            params![user_id, scope, access.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_grant(&self, user_id: i64, scope: &str) -> Result<bool> {
+        let changed = self.lock().execute(
+            "DELETE FROM grants WHERE user_id = ?1 AND scope = ?2",
+            params![user_id, scope],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn grants(&self, user_id: i64) -> Result<Vec<Grant>> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT scope, access FROM grants WHERE user_id = ?1 ORDER BY scope")?;
+        let rows = stmt.query_map([user_id], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut grants = Vec::new();
+        for row in rows {
+            let (scope, access) = row?;
+            let access = Access::parse(&access)
+                .ok_or_else(|| ServerError::Corrupt("unknown grant access".into()))?;
+            grants.push(Grant { scope, access });
+        }
+        Ok(grants)
+    }
+
+    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<String> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE devices SET actor = ?2 WHERE id = ?1 AND actor IS NULL",
+            params![device_id, actor],
+        )?;
+        let bound: Option<String> = conn.query_row(
+            "SELECT actor FROM devices WHERE id = ?1",
+            [device_id],
+            |row| row.get(0),
+        )?;
+        bound.ok_or_else(|| ServerError::Corrupt("a device lost its actor".into()))
+    }
+
+    fn push(
+        &self,
+        device_id: i64,
+        batch_id: &str,
+        records: &[PushRecord],
+        merge: &mut Merge<'_>,
+    ) -> Result<PushResponse> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let replay: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT response FROM push_batches WHERE device_id = ?1 AND batch_id = ?2",
+                params![device_id, batch_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(bytes) = replay {
+            return rmp_serde::from_slice(&bytes)
+                .map_err(|_| ServerError::Corrupt("a stored push answer does not decode".into()));
+        }
+        let user_id: i64 = tx.query_row(
+            "SELECT user_id FROM devices WHERE id = ?1",
+            [device_id],
+            |row| row.get(0),
+        )?;
+        let now = now_ms();
+        let mut results = Vec::with_capacity(records.len());
+        for record in records {
+            let stored = tx
+                .prepare_cached("SELECT scope, doc FROM records WHERE collection = ?1 AND id = ?2")?
+                .query_row(params![record.collection, record.id], |row| {
+                    Ok(StoredRecord {
+                        scope: row.get(0)?,
+                        doc: row.get(1)?,
+                    })
+                })
+                .optional()?;
+            let rejected = match merge(record, stored) {
+                Err(rejection) => Some(rejection),
+                Ok(merged) if merged.new_changes.is_empty() => None,
+                Ok(merged) => {
+                    tx.prepare_cached(
+                        "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        record.collection,
+                        record.id,
+                        record.scope,
+                        device_id,
+                        encode_changes(&merged.new_changes),
+                        now
+                    ])?;
+                    let seq = tx.last_insert_rowid();
+                    tx.prepare_cached(
+                        "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,
+                             fields = excluded.fields, deleted = excluded.deleted,
+                             updated_seq = excluded.updated_seq",
+                    )?
+                    .execute(params![
+                        record.collection,
+                        record.id,
+                        record.scope,
+                        merged.doc,
+                        merged.fields_json,
+                        merged.deleted,
+                        seq
+                    ])?;
+                    tx.prepare_cached(
+                        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
+                         VALUES (?1, ?2, ?3, 'push', ?4, ?5, ?6)",
+                    )?
+                    .execute(params![now, user_id, device_id, record.collection, record.id, record.scope])?;
+                    None
+                }
+            };
+            results.push(PushResult {
+                collection: record.collection.clone(),
+                id: record.id.clone(),
+                rejected,
+            });
+        }
+        let response = PushResponse { results };
+        let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
+        tx.execute(
+            "INSERT INTO push_batches (device_id, batch_id, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![device_id, batch_id, stored, now],
+        )?;
+        tx.execute(
+            "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
+            params![device_id, now],
+        )?;
+        tx.commit()?;
+        Ok(response)
+    }
+
+    fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {
+        if scopes.is_empty() {
+            return Ok(Page {
+                entries: Vec::new(),
+                last_seq: after,
+                more: false,
+            });
+        }
+        let conn = self.lock();
+        let sql = format!(
+            "SELECT seq, collection, record_id, scope, device_id, changes FROM feed
+             WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
+            placeholders(3, scopes.len())
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut values: Vec<rusqlite::types::Value> =
+            vec![after.into(), (i64::from(limit) + 1).into()];
+        values.extend(scopes.iter().map(|s| s.clone().into()));
+        let rows = stmt.query_map(params_from_iter(values), |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, Vec<u8>>(5)?,
+            ))
+        })?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (seq, collection, record_id, scope, device_id, changes) = row?;
+            entries.push(FeedEntry {
+                seq,
+                collection,
+                record_id,
+                scope,
+                device_id,
+                changes: decode_changes(&changes)?,
+            });
+        }
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        let last_seq = entries.last().map_or(after, |e| e.seq);
+        Ok(Page {
+            entries,
+            last_seq,
+            more,
+        })
+    }
+
+    fn documents_page(
+        &self,
+        scopes: &[String],
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<DocumentEntry>> {
+        if scopes.is_empty() {
+            return Ok(Page {
+                entries: Vec::new(),
+                last_seq: after,
+                more: false,
+            });
+        }
+        let conn = self.lock();
+        let sql = format!(
+            "SELECT updated_seq, collection, id, scope, doc, fields, deleted FROM records
+             WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
+            placeholders(3, scopes.len())
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut values: Vec<rusqlite::types::Value> =
+            vec![after.into(), (i64::from(limit) + 1).into()];
+        values.extend(scopes.iter().map(|s| s.clone().into()));
+        let rows = stmt.query_map(params_from_iter(values), |row| {
+            Ok(DocumentEntry {
+                seq: row.get(0)?,
+                collection: row.get(1)?,
+                record_id: row.get(2)?,
+                scope: row.get(3)?,
+                doc: row.get(4)?,
+                fields_json: row.get(5)?,
+                deleted: row.get(6)?,
+            })
+        })?;
+        let mut entries = rows.collect::<Result<Vec<_>, _>>()?;
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        let last_seq = entries.last().map_or(after, |e| e.seq);
+        Ok(Page {
+            entries,
+            last_seq,
+            more,
+        })
+    }
+
+    fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let user_id: i64 = tx.query_row(
+            "SELECT user_id FROM devices WHERE id = ?1",
+            [device_id],
+            |row| row.get(0),
+        )?;
+        for (collection, record_id, scope) in records {
+            tx.prepare_cached(
+                "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
+                 VALUES (?1, ?2, ?3, 'pull', ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                now, user_id, device_id, collection, record_id, scope
+            ])?;
+        }
+        tx.execute(
+            "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
+            params![device_id, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope
+             FROM audit a JOIN users u ON u.id = a.user_id
+             WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.record_id = ?2)
+               AND (?3 IS NULL OR a.at >= ?3)
+             ORDER BY a.id DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![query.user, query.record_id, query.since, query.limit],
+            |row| {
+                Ok(AuditEntry {
+                    at: row.get(0)?,
+                    user: row.get(1)?,
+                    device_id: row.get(2)?,
+                    action: row.get(3)?,
+                    collection: row.get(4)?,
+                    record_id: row.get(5)?,
+                    scope: row.get(6)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

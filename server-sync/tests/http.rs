@@ -1,0 +1,612 @@
+//! The server in-process (`tower::ServiceExt::oneshot`), driven by real core stores as devices.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use fieldsync_core::protocol::{
+    self, ErrorBody, ErrorCode, Payload, PullResponse, PushRecord, PushRequest, PushResponse,
+    RejectCode,
+};
+use fieldsync_core::{Fields, Filter, Schema, Store, StoreOptions};
+use fieldsync_server::storage::sqlite::SqliteStorage;
+use fieldsync_server::storage::{Access, Role, Storage};
+use fieldsync_server::{AppState, Limits, admin, router};
+use serde_json::json;
+use tower::ServiceExt;
+
+const SCHEMA: &str = include_str!("../../core/tests/fixtures/clinic.schema.json");
+
+struct Server {
+    dir: tempfile::TempDir,
+    storage: Arc<SqliteStorage>,
+    app: Router,
+}
+
+enum Answer<T> {
+    Ok(T),
+    Err(StatusCode, ErrorBody),
+}
+
+impl<T: std::fmt::Debug> Answer<T> {
+    fn ok(self) -> T {
+        match self {
+            Answer::Ok(value) => value,
+            Answer::Err(status, body) => panic!("{status}: {body:?}"),
+        }
+    }
+
+    fn err(self) -> (StatusCode, ErrorCode) {
+        match self {
+            Answer::Ok(value) => panic!("expected an error, got {value:?}"),
+            Answer::Err(status, body) => (status, body.code),
+        }
+    }
+}
+
+impl Server {
+    fn new() -> Server {
+        Server::with_limits(Limits::default())
+    }
+
+    fn with_limits(limits: Limits) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open(&dir.path().join("server.db")).unwrap());
+        let app = router(AppState {
+            storage: storage.clone(),
+            limits,
+        });
+        Server { dir, storage, app }
+    }
+
+    /// Creates a user with grants and enrolls one device; returns its token.
+    fn user(&self, name: &str, grants: &[(&str, Access)]) -> String {
+        admin::create_user(&*self.storage, name, Role::Member).unwrap();
+        for (scope, access) in grants {
+            admin::grant(&*self.storage, name, scope, *access).unwrap();
+        }
+        self.device(name)
+    }
+
+    fn device(&self, user: &str) -> String {
+        admin::enroll_device(&*self.storage, user, "phone", None)
+            .unwrap()
+            .token
+    }
+
+    fn store(&self, name: &str) -> Store {
+        let schema = Schema::from_json(SCHEMA).unwrap();
+        Store::open(
+            self.dir.path().join(format!("{name}.db")),
+            schema,
+            StoreOptions::default(),
+        )
+        .unwrap()
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Vec<u8>) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, body.to_vec())
+    }
+
+    async fn push_raw(&self, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let mut request = Request::post("/v1/push").header(protocol::VERSION_HEADER, "1");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        self.send(request.body(Body::from(body)).unwrap()).await
+    }
+
+    async fn push(&self, token: &str, request: &PushRequest) -> Answer<PushResponse> {
+        let (status, body) = self.push_raw(Some(token), protocol::encode(request)).await;
+        answer(status, &body)
+    }
+
+    async fn pull(&self, token: &str, cursor: Option<&str>, limit: u32) -> Answer<PullResponse> {
+        let mut uri = format!("/v1/pull?limit={limit}");
+        if let Some(cursor) = cursor {
+            uri.push_str(&format!("&cursor={cursor}"));
+        }
+        let request = Request::get(uri)
+            .header(protocol::VERSION_HEADER, "1")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = self.send(request).await;
+        answer(status, &body)
+    }
+
+    /// Pushes a store's whole outbox, acknowledging what was accepted.
+    async fn push_outbox(&self, token: &str, store: &Store, batch_id: &str) -> PushResponse {
+        let entries = store.outbox(10_000).unwrap();
+        let last = entries.last().map(|e| e.seq);
+        let request = PushRequest {
+            batch_id: batch_id.into(),
+            records: entries.into_iter().map(PushRecord::from).collect(),
+        };
+        let response = self.push(token, &request).await.ok();
+        if let Some(last) = last {
+            store.acknowledge_outbox(last).unwrap();
+        }
+        response
+    }
+
+    /// Pulls until caught up, merging into the store; returns the final cursor.
+    async fn pull_all(
+        &self,
+        token: &str,
+        store: &Store,
+        cursor: Option<String>,
+    ) -> (Option<String>, Vec<String>) {
+        let mut cursor = cursor;
+        let mut revoked = Vec::new();
+        loop {
+            let page = self.pull(token, cursor.as_deref(), 7).await.ok();
+            revoked.extend(page.revoked_scopes.clone());
+            let report = store
+                .apply_remote(page.records.into_iter().map(Into::into).collect())
+                .unwrap();
+            assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+            cursor = Some(page.next_cursor);
+            if !page.more {
+                return (cursor, revoked);
+            }
+        }
+    }
+}
+
+fn answer<T: serde::de::DeserializeOwned>(status: StatusCode, body: &[u8]) -> Answer<T> {
+    if status.is_success() {
+        Answer::Ok(protocol::decode(body, 64 << 20).expect("a success body decodes"))
+    } else {
+        let error: ErrorBody =
+            serde_json::from_slice(body).expect("an error body is JSON with a code");
+        Answer::Err(status, error)
+    }
+}
+
+fn fields(value: serde_json::Value) -> Fields {
+    value.as_object().cloned().unwrap()
+}
+
+fn client(caseload: &str, name: &str) -> Fields {
+    fields(json!({"caseload_id": caseload, "name": name, "notes": "note"}))
+}
+
+fn accepted(response: &PushResponse) -> usize {
+    response
+        .results
+        .iter()
+        .filter(|r| r.rejected.is_none())
+        .count()
+}
+
+#[tokio::test]
+async fn records_pushed_by_one_device_reach_another() {
+    let server = Server::new();
+    let token_a = server.user("ada", &[("north", Access::Write)]);
+    let token_b = server.device("ada");
+    let (phone, tablet) = (server.store("phone"), server.store("tablet"));
+    for i in 0..20 {
+        phone
+            .insert("clients", client("north", &format!("client {i}")))
+            .unwrap();
+    }
+    let response = server.push_outbox(&token_a, &phone, "b1").await;
+    assert_eq!(accepted(&response), 20);
+
+    // First sync: whole documents, in pages.
+    let (cursor, _) = server.pull_all(&token_b, &tablet, None).await;
+    assert_eq!(tablet.count("clients", &Filter::All).unwrap(), 20);
+
+    // Then changes only, both ways.
+    let id = tablet.query("clients", &Default::default()).unwrap()[0]
+        .id
+        .clone();
+    tablet
+        .splice_text("clients", &id, "notes", 0, 0, "Tablet: ")
+        .unwrap();
+    phone
+        .update("clients", &id, fields(json!({"phone": "555"})))
+        .unwrap();
+    assert_eq!(
+        accepted(&server.push_outbox(&token_b, &tablet, "t1").await),
+        1
+    );
+    assert_eq!(
+        accepted(&server.push_outbox(&token_a, &phone, "b2").await),
+        1
+    );
+    let (_, _) = server.pull_all(&token_b, &tablet, cursor).await;
+    let (_, _) = server.pull_all(&token_a, &phone, None).await;
+    let on_phone = phone.get("clients", &id).unwrap().unwrap().fields;
+    assert_eq!(on_phone["notes"], "Tablet: note");
+    assert_eq!(on_phone["phone"], "555");
+    assert_eq!(
+        Some(on_phone),
+        tablet.get("clients", &id).unwrap().map(|r| r.fields)
+    );
+}
+
+#[tokio::test]
+async fn a_pull_never_returns_a_devices_own_changes() {
+    let server = Server::new();
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let phone = server.store("phone");
+    let (cursor, _) = server.pull_all(&token, &phone, None).await;
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    server.push_outbox(&token, &phone, "b1").await;
+    let page = server.pull(&token, cursor.as_deref(), 100).await.ok();
+    assert!(page.records.is_empty());
+    assert!(!page.more);
+}
+
+#[tokio::test]
+async fn a_replayed_batch_is_answered_the_same_and_changes_nothing() {
+    let server = Server::new();
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let reader = server.device("ada");
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    let request = PushRequest {
+        batch_id: "same".into(),
+        records: phone
+            .outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(PushRecord::from)
+            .collect(),
+    };
+    let first = server.push(&token, &request).await.ok();
+    let second = server.push(&token, &request).await.ok();
+    assert_eq!(first, second);
+    let page = server.pull(&reader, None, 100).await.ok();
+    assert_eq!(page.records.len(), 1);
+    let query = fieldsync_server::storage::AuditQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let audit = server.storage.audit(&query).unwrap();
+    assert_eq!(audit.iter().filter(|e| e.action == "push").count(), 1);
+}
+
+#[tokio::test]
+async fn scopes_limit_what_a_user_reads_and_writes() {
+    let server = Server::new();
+    let ada = server.user("ada", &[("north", Access::Write), ("south", Access::Read)]);
+    let bob = server.user("bob", &[("west", Access::Write)]);
+    let ada_store = server.store("ada");
+    let bob_store = server.store("bob");
+    ada_store.insert("clients", client("north", "N")).unwrap();
+    ada_store.insert("clients", client("south", "S")).unwrap();
+    let response = server.push_outbox(&ada, &ada_store, "a1").await;
+    assert!(response.results[0].rejected.is_none());
+    assert_eq!(
+        response.results[1].rejected.as_ref().unwrap().code,
+        RejectCode::ForbiddenScope
+    );
+
+    // Bob pushes into Ada's scope: refused; he reads nothing of it, by any cursor.
+    bob_store
+        .insert("clients", client("north", "intruder"))
+        .unwrap();
+    bob_store.insert("clients", client("west", "W")).unwrap();
+    let response = server.push_outbox(&bob, &bob_store, "b1").await;
+    assert_eq!(
+        response.results[0].rejected.as_ref().unwrap().code,
+        RejectCode::ForbiddenScope
+    );
+    assert!(response.results[1].rejected.is_none());
+    let page = server.pull(&bob, None, 100).await.ok();
+    assert!(page.records.iter().all(|r| r.scope == "west"));
+    assert_eq!(page.records.len(), 1);
+
+    // A guessed id in another scope cannot be written through a granted scope.
+    let north_id = ada_store
+        .query("clients", &Default::default())
+        .unwrap()
+        .into_iter()
+        .find(|r| r.scope == "north")
+        .unwrap()
+        .id;
+    let hijack = PushRequest {
+        batch_id: "b2".into(),
+        records: vec![PushRecord {
+            collection: "clients".into(),
+            id: north_id,
+            scope: "west".into(),
+            payload: bob_store
+                .outbox(10)
+                .unwrap()
+                .into_iter()
+                .map(PushRecord::from)
+                .next()
+                .map_or(Payload::Changes(vec![]), |r| r.payload),
+        }],
+    };
+    let response = server.push(&bob, &hijack).await.ok();
+    assert!(response.results[0].rejected.is_some());
+    let ada_view = server.pull(&ada, None, 100).await.ok();
+    assert_eq!(
+        ada_view.records.len(),
+        1,
+        "only Ada's north record exists in her scopes"
+    );
+}
+
+#[tokio::test]
+async fn a_change_made_by_another_device_is_rejected() {
+    let server = Server::new();
+    let ada = server.user("ada", &[("north", Access::Write)]);
+    let other = server.device("ada");
+    let (phone, tablet) = (server.store("phone"), server.store("tablet"));
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    tablet.insert("clients", client("north", "Tab")).unwrap();
+    server.push_outbox(&ada, &phone, "p1").await;
+    server.push_outbox(&other, &tablet, "t1").await;
+    // The tablet's token now tries to push a change of the phone's actor.
+    let id = phone.query("clients", &Default::default()).unwrap()[0]
+        .id
+        .clone();
+    phone
+        .update("clients", &id, fields(json!({"phone": "1"})))
+        .unwrap();
+    let request = PushRequest {
+        batch_id: "t2".into(),
+        records: phone
+            .outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(PushRecord::from)
+            .collect(),
+    };
+    let response = server.push(&other, &request).await.ok();
+    assert_eq!(
+        response.results[0].rejected.as_ref().unwrap().code,
+        RejectCode::ForeignActor
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_missing_bad_revoked_and_expired_tokens() {
+    let server = Server::new();
+    let good = server.user("ada", &[("north", Access::Write)]);
+    let revoked = server.device("ada");
+    let revoked_id = revoked.split('_').nth(1).unwrap().to_owned();
+    admin::revoke_token(&*server.storage, &revoked_id).unwrap();
+    let expired = {
+        let device = admin::enroll_device(&*server.storage, "ada", "old", Some(0)).unwrap();
+        device.token
+    };
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    server.push_outbox(&good, &phone, "p1").await;
+    let wrong_secret = format!("{}{}", &good[..good.len() - 4], "0000");
+    let tokens: Vec<Option<String>> = vec![
+        None,
+        Some("not-a-token".into()),
+        Some(format!("fs_{}_{}", "0".repeat(16), "0".repeat(64))),
+        Some(wrong_secret),
+        Some(revoked),
+        Some(expired),
+    ];
+    for token in tokens {
+        for path in ["/v1/push", "/v1/pull"] {
+            let mut request = if path == "/v1/push" {
+                Request::post(path)
+            } else {
+                Request::get(path)
+            }
+            .header(protocol::VERSION_HEADER, "1");
+            if let Some(token) = &token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let (status, body) = server
+                .send(request.body(Body::from(vec![1, 2, 3])).unwrap())
+                .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} with {token:?}");
+            let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+            assert_eq!(error.code, ErrorCode::Unauthorized);
+            assert!(!String::from_utf8_lossy(&body).contains("Ada"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_cleanly_and_write_nothing() {
+    let server = Server::with_limits(Limits {
+        max_body_bytes: 64 << 10,
+        ..Limits::default()
+    });
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let reader = server.device("ada");
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    let good = protocol::encode(&PushRequest {
+        batch_id: "b".into(),
+        records: phone
+            .outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(PushRecord::from)
+            .collect(),
+    });
+    let mut seed = 7u64;
+    let mut random = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    let mut bodies = vec![
+        Vec::new(),
+        good[..good.len() / 2].to_vec(),
+        good[..1].to_vec(),
+        b"{\"json\": true}".to_vec(),
+    ];
+    for len in [1, 10, 100, 1000, 10_000] {
+        bodies.push(random(len));
+    }
+    for body in bodies {
+        let (status, response) = server.push_raw(Some(&token), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let error: ErrorBody = serde_json::from_slice(&response).unwrap();
+        assert_eq!(error.code, ErrorCode::BadRequest);
+    }
+    let (status, _) = server.push_raw(Some(&token), random(100_000)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let bomb = protocol::encode(&vec![0u8; 40 << 20]);
+    let (status, _) = server.push_raw(Some(&token), bomb).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A decodable push whose change bytes are garbage: that record is rejected alone.
+    let garbage = PushRequest {
+        batch_id: "g".into(),
+        records: vec![PushRecord {
+            collection: "clients".into(),
+            id: "x".into(),
+            scope: "north".into(),
+            payload: Payload::Changes(vec![serde_bytes::ByteBuf::from(random(64))]),
+        }],
+    };
+    let response = server.push(&token, &garbage).await.ok();
+    assert_eq!(
+        response.results[0].rejected.as_ref().unwrap().code,
+        RejectCode::Malformed
+    );
+    assert!(
+        server
+            .pull(&reader, None, 100)
+            .await
+            .ok()
+            .records
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_protocol_version_gets_a_clear_error() {
+    let server = Server::new();
+    let token = server.user("ada", &[("north", Access::Write)]);
+    for version in [None, Some("0"), Some("2"), Some("banana")] {
+        let mut request =
+            Request::get("/v1/pull").header("authorization", format!("Bearer {token}"));
+        if let Some(version) = version {
+            request = request.header(protocol::VERSION_HEADER, version);
+        }
+        let (status, body) = server.send(request.body(Body::empty()).unwrap()).await;
+        let answer: Answer<PullResponse> = answer(status, &body);
+        assert_eq!(
+            answer.err(),
+            (StatusCode::BAD_REQUEST, ErrorCode::UnsupportedVersion)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_grant_tells_the_device_to_purge_and_a_new_grant_resyncs() {
+    let server = Server::new();
+    let ada = server.user("ada", &[("north", Access::Write), ("south", Access::Write)]);
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "N")).unwrap();
+    phone.insert("clients", client("south", "S")).unwrap();
+    server.push_outbox(&ada, &phone, "p1").await;
+    let tablet = server.store("tablet");
+    let tablet_token = server.device("ada");
+    let (cursor, _) = server.pull_all(&tablet_token, &tablet, None).await;
+    assert_eq!(tablet.count("clients", &Filter::All).unwrap(), 2);
+
+    admin::revoke_grant(&*server.storage, "ada", "south").unwrap();
+    let page = server
+        .pull(&tablet_token, cursor.as_deref(), 100)
+        .await
+        .ok();
+    assert_eq!(page.revoked_scopes, vec!["south".to_owned()]);
+    // Until the device moves on to the new cursor, the old one keeps saying so.
+    let again = server
+        .pull(&tablet_token, cursor.as_deref(), 100)
+        .await
+        .ok();
+    assert_eq!(again.revoked_scopes, vec!["south".to_owned()]);
+    let after = server
+        .pull(&tablet_token, Some(&page.next_cursor), 100)
+        .await
+        .ok();
+    assert!(after.revoked_scopes.is_empty());
+
+    // Granted again: the next pull sends the scope's documents from the start.
+    admin::grant(&*server.storage, "ada", "south", Access::Read).unwrap();
+    let resync = server
+        .pull(&tablet_token, Some(&after.next_cursor), 100)
+        .await
+        .ok();
+    assert!(
+        resync
+            .records
+            .iter()
+            .any(|r| r.scope == "south" && matches!(r.payload, Payload::Document(_)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pushers_never_make_a_reader_skip_a_change() {
+    let server = Arc::new(Server::new());
+    let writers = 4;
+    let per_writer = 15;
+    let tokens: Vec<String> = (0..writers)
+        .map(|w| server.user(&format!("user{w}"), &[("north", Access::Write)]))
+        .collect();
+    let reader_token = server.user("reader", &[("north", Access::Read)]);
+    let mut pushers = Vec::new();
+    for (w, token) in tokens.into_iter().enumerate() {
+        let server = server.clone();
+        pushers.push(tokio::spawn(async move {
+            let store = server.store(&format!("writer{w}"));
+            for i in 0..per_writer {
+                store
+                    .insert("clients", client("north", &format!("{w}-{i}")))
+                    .unwrap();
+                server
+                    .push_outbox(&token, &store, &format!("{w}-{i}"))
+                    .await;
+            }
+        }));
+    }
+    // The reader pages through the feed while the writers push, then once more after.
+    let reader = server.store("reader");
+    let mut cursor = None;
+    loop {
+        let done = pushers.iter().all(|p| p.is_finished());
+        let (next, _) = server.pull_all(&reader_token, &reader, cursor).await;
+        cursor = next;
+        if done {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    for pusher in pushers {
+        pusher.await.unwrap();
+    }
+    let seen = reader.count("clients", &Filter::All).unwrap() as usize;
+    assert_eq!(seen, writers * per_writer);
+}
+
+#[tokio::test]
+async fn health_and_ready_answer() {
+    let server = Server::new();
+    for path in ["/health", "/ready"] {
+        let (status, _) = server
+            .send(Request::get(path).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
