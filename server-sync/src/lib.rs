@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod error;
 mod ops;
 pub mod storage;

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the clinic schema, field maps, and carrying
 //! changes between stores the way a sync would.
 
+pub mod server;
+
 use fieldsync_core::{Fields, Schema, Store, StoreOptions};
 
 /// The clinic schema the tests, examples and benchmarks share.

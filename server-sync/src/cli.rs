@@ -1,0 +1,341 @@
+//! The `fieldsync-server` command line: run the sync server, or administer its users,
+//! devices and grants.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{Access, AuditQuery, Role, Storage};
+use crate::{AppState, Limits, ServerError, admin, router};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "fieldsync-server",
+    version,
+    about = "The Fieldsync sync server"
+)]
+struct Cli {
+    /// The server's database: a SQLite file, created if missing.
+    #[arg(
+        long,
+        global = true,
+        env = "FIELDSYNC_DB",
+        default_value = "fieldsync-server.db"
+    )]
+    db: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve devices over HTTP until SIGTERM or Ctrl-C, then finish in-flight requests.
+    Serve {
+        /// Address to listen on; port 0 picks a free port (printed at start).
+        #[arg(long, env = "FIELDSYNC_LISTEN", default_value = "127.0.0.1:8787")]
+        listen: SocketAddr,
+        /// Largest request body in bytes (compressed).
+        #[arg(long, env = "FIELDSYNC_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+        max_body_bytes: usize,
+        /// Most records in one push.
+        #[arg(long, env = "FIELDSYNC_MAX_RECORDS_PER_PUSH", default_value_t = Limits::default().max_records_per_push)]
+        max_records_per_push: usize,
+        /// Largest record document in bytes.
+        #[arg(long, env = "FIELDSYNC_MAX_DOCUMENT_BYTES", default_value_t = Limits::default().max_document_bytes)]
+        max_document_bytes: usize,
+    },
+    /// Create a user.
+    CreateUser {
+        /// The user's unique name.
+        name: String,
+        /// Make the user an administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Register a device for a user and print its token (shown only this once).
+    EnrollDevice {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// A name for the device, such as "Ada's tablet".
+        #[arg(long)]
+        name: String,
+        /// Days until the token expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Issue another token for a device and print it (shown only this once).
+    IssueToken {
+        /// The device id.
+        #[arg(long)]
+        device: i64,
+        /// Days until the token expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Revoke a token by its id (the 16 hex characters after `fs_`).
+    RevokeToken {
+        /// The token id.
+        token_id: String,
+    },
+    /// Revoke a device: every token of it stops working.
+    RevokeDevice {
+        /// The device id.
+        device: i64,
+    },
+    /// Grant a user read or write access to a scope (a caseload, team or clinic).
+    Grant {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The scope.
+        #[arg(long)]
+        scope: String,
+        /// What the grant allows.
+        #[arg(long, value_enum, default_value = "write")]
+        access: AccessArg,
+    },
+    /// Remove a user's grant on a scope; their devices purge it on the next pull.
+    RevokeGrant {
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The scope.
+        #[arg(long)]
+        scope: String,
+    },
+    /// List devices with their user and last sync.
+    Devices,
+    /// Show who pushed and pulled which records when, newest first.
+    Audit {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this record's.
+        #[arg(long)]
+        record: Option<String>,
+        /// At most this many lines.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Write a consistent copy of the database to a file, while the server may be running.
+    Backup {
+        /// Where to write the copy.
+        to: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccessArg {
+    Read,
+    Write,
+}
+
+/// Parses the command line and runs the command; what the `fieldsync-server` binary does.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<(), ServerError> {
+    let storage = SqliteStorage::open(&cli.db)?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            max_body_bytes,
+            max_records_per_push,
+            max_document_bytes,
+        } => {
+            let limits = Limits {
+                max_body_bytes,
+                max_records_per_push,
+                max_document_bytes,
+                ..Limits::default()
+            };
+            if storage.count_users()? == 0 {
+                println!(
+                    "The database has no users yet. Create one and enroll a device with:\n  \
+                     fieldsync-server --db {db} create-user NAME\n  \
+                     fieldsync-server --db {db} grant --user NAME --scope SCOPE\n  \
+                     fieldsync-server --db {db} enroll-device --user NAME --name DEVICE",
+                    db = cli.db.display()
+                );
+            }
+            serve(Arc::new(storage), limits, listen)
+        }
+        Command::CreateUser { name, admin } => {
+            let id = admin::create_user(
+                &storage,
+                &name,
+                if admin { Role::Admin } else { Role::Member },
+            )?;
+            println!("created user {name} (id {id})");
+            Ok(())
+        }
+        Command::EnrollDevice {
+            user,
+            name,
+            expires_in_days,
+        } => {
+            let enrolled = admin::enroll_device(&storage, &user, &name, expires_in_days)?;
+            println!("device {} enrolled for {user}", enrolled.device_id);
+            println!("token: {}", enrolled.token);
+            Ok(())
+        }
+        Command::IssueToken {
+            device,
+            expires_in_days,
+        } => {
+            let (token, _) = admin::issue_token(&storage, device, expires_in_days)?;
+            println!("token: {token}");
+            Ok(())
+        }
+        Command::RevokeToken { token_id } => {
+            admin::revoke_token(&storage, &token_id)?;
+            println!("token {token_id} revoked");
+            Ok(())
+        }
+        Command::RevokeDevice { device } => {
+            admin::revoke_device(&storage, device)?;
+            println!("device {device} revoked");
+            Ok(())
+        }
+        Command::Grant {
+            user,
+            scope,
+            access,
+        } => {
+            let access = match access {
+                AccessArg::Read => Access::Read,
+                AccessArg::Write => Access::Write,
+            };
+            admin::grant(&storage, &user, &scope, access)?;
+            println!(
+                "{user} may now {} {scope}",
+                if access == Access::Write {
+                    "read and write"
+                } else {
+                    "read"
+                }
+            );
+            Ok(())
+        }
+        Command::RevokeGrant { user, scope } => {
+            admin::revoke_grant(&storage, &user, &scope)?;
+            println!("{user} may no longer read {scope}");
+            Ok(())
+        }
+        Command::Devices => {
+            println!(
+                "{:>4}  {:<20} {:<24} {:<16} {:<8}",
+                "id", "user", "device", "last sync (ms)", "state"
+            );
+            for device in storage.list_devices()? {
+                let last = device
+                    .last_sync_at
+                    .map_or("never".to_owned(), |t| t.to_string());
+                let state = if device.revoked { "revoked" } else { "active" };
+                println!(
+                    "{:>4}  {:<20} {:<24} {:<16} {:<8}",
+                    device.id, device.user, device.name, last, state
+                );
+            }
+            Ok(())
+        }
+        Command::Audit {
+            user,
+            record,
+            limit,
+        } => {
+            let query = AuditQuery {
+                user,
+                record_id: record,
+                since: None,
+                limit,
+            };
+            for entry in storage.audit(&query)? {
+                println!(
+                    "{} {} device {} {} {}/{} in {}",
+                    entry.at,
+                    entry.user,
+                    entry.device_id,
+                    entry.action,
+                    entry.collection,
+                    entry.record_id,
+                    entry.scope
+                );
+            }
+            Ok(())
+        }
+        Command::Backup { to } => {
+            storage.backup_to(&to)?;
+            println!("backup written to {}", to.display());
+            Ok(())
+        }
+    }
+}
+
+fn serve(
+    storage: Arc<SqliteStorage>,
+    limits: Limits,
+    listen: SocketAddr,
+) -> Result<(), ServerError> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|err| ServerError::Internal(err.to_string()))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|err| ServerError::Internal(format!("cannot listen on {listen}: {err}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|err| ServerError::Internal(err.to_string()))?;
+        // Tests and scripts read this line to find a server started on port 0.
+        println!("listening on http://{address}");
+        tracing::info!(%address, "listening");
+        let app = router(AppState { storage, limits });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|err| ServerError::Internal(err.to_string()))?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM can be handled");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

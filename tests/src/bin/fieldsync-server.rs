@@ -1,0 +1,6 @@
+//! The sync server binary, built inside this crate so that its tests can start real server
+//! processes (`CARGO_BIN_EXE_fieldsync-server`).
+
+fn main() -> std::process::ExitCode {
+    fieldsync_server::cli::main()
+}

@@ -1,0 +1,224 @@
+//! A real `fieldsync-server` process on a free loopback port, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use fieldsync_core::Store;
+use fieldsync_core::protocol::{self, PullResponse, PushRecord, PushRequest, PushResponse};
+
+/// A running server process.
+pub struct ServerProcess {
+    child: Child,
+    binary: PathBuf,
+    db: PathBuf,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// What the server printed before it listened.
+    pub banner: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve` on `db` and a free port, and waits until it listens.
+    pub fn start(binary: &Path, db: &Path) -> ServerProcess {
+        let mut child = Command::new(binary)
+            .args(["--db", path_str(db), "serve", "--listen", "127.0.0.1:0"])
+            .env("FIELDSYNC_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the server starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        // The server prints its address once it listens; reading blocks until then.
+        let mut banner = Vec::new();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the server printed its address")
+                .expect("stdout reads");
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+            banner.push(line);
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess {
+            child,
+            binary: binary.to_owned(),
+            db: db.to_owned(),
+            url,
+            banner,
+        }
+    }
+
+    /// Runs an admin command against the server's database and returns its output.
+    pub fn admin(&self, args: &[&str]) -> String {
+        admin(&self.binary, &self.db, args)
+    }
+
+    /// Creates a user with write grants on `scopes` and enrolls a device; returns its token.
+    pub fn user_with_device(&self, name: &str, scopes: &[&str]) -> String {
+        self.admin(&["create-user", name]);
+        for scope in scopes {
+            self.admin(&["grant", "--user", name, "--scope", scope]);
+        }
+        self.device(name)
+    }
+
+    /// Enrolls another device for `user`; returns its token.
+    pub fn device(&self, user: &str) -> String {
+        let out = self.admin(&["enroll-device", "--user", user, "--name", "device"]);
+        out.lines()
+            .find_map(|line| line.strip_prefix("token: "))
+            .expect("enroll-device prints a token")
+            .to_owned()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits; returns whether the process exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM works");
+        self.child.wait().is_ok_and(|status| status.success())
+    }
+
+    /// Kills the process at once (SIGKILL) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP client for the sync protocol, as a device would speak it.
+pub struct Client {
+    http: reqwest::blocking::Client,
+    url: String,
+    token: String,
+}
+
+impl Client {
+    /// A client of the server at `url` holding `token`.
+    pub fn new(url: &str, token: &str) -> Client {
+        Client {
+            http: reqwest::blocking::Client::new(),
+            url: url.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// Sends a push; `Err` holds the status and body of a refused request.
+    pub fn push(&self, request: &PushRequest) -> Result<PushResponse, (u16, String)> {
+        let response = self
+            .http
+            .post(format!("{}/v1/push", self.url))
+            .bearer_auth(&self.token)
+            .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
+            .body(protocol::encode(request))
+            .send()
+            .expect("the server answers");
+        decode(response)
+    }
+
+    /// Sends a pull.
+    pub fn pull(&self, cursor: Option<&str>, limit: u32) -> Result<PullResponse, (u16, String)> {
+        let mut url = format!("{}/v1/pull?limit={limit}", self.url);
+        if let Some(cursor) = cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.token)
+            .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
+            .send()
+            .expect("the server answers");
+        decode(response)
+    }
+
+    /// Pushes a store's outbox and acknowledges it; returns how many records were accepted.
+    pub fn push_outbox(&self, store: &Store, batch_id: &str) -> usize {
+        let entries = store.outbox(100_000).expect("outbox reads");
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return 0;
+        };
+        let request = PushRequest {
+            batch_id: batch_id.to_owned(),
+            records: entries.into_iter().map(PushRecord::from).collect(),
+        };
+        let response = self.push(&request).expect("the push is answered");
+        store
+            .acknowledge_outbox(last)
+            .expect("acknowledge succeeds");
+        response
+            .results
+            .iter()
+            .filter(|r| r.rejected.is_none())
+            .count()
+    }
+
+    /// Pulls until caught up, merging into `store`; returns the new cursor.
+    pub fn pull_into(&self, store: &Store, cursor: Option<String>) -> String {
+        let mut cursor = cursor;
+        loop {
+            let page = self
+                .pull(cursor.as_deref(), 500)
+                .expect("the pull is answered");
+            let report = store
+                .apply_remote(page.records.into_iter().map(Into::into).collect())
+                .expect("apply_remote succeeds");
+            assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+            cursor = Some(page.next_cursor);
+            if !page.more {
+                return cursor.expect("just set");
+            }
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    response: reqwest::blocking::Response,
+) -> Result<T, (u16, String)> {
+    let status = response.status().as_u16();
+    let body = response.bytes().expect("the body reads");
+    if status == 200 {
+        Ok(protocol::decode(&body, 256 << 20).expect("a success body decodes"))
+    } else {
+        Err((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// Runs an admin command of `binary` against `db`; panics if it fails.
+pub fn admin(binary: &Path, db: &Path, args: &[&str]) -> String {
+    let output = Command::new(binary)
+        .args(["--db", path_str(db)])
+        .args(args)
+        .env("FIELDSYNC_LOG", "warn")
+        .output()
+        .expect("the admin command runs");
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("output is UTF-8")
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}

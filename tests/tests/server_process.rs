@@ -1,0 +1,100 @@
+//! Real `fieldsync-server` processes on random loopback ports, with devices as core stores.
+
+use std::path::Path;
+
+use fieldsync_core::Filter;
+use fieldsync_tests::server::{Client, ServerProcess};
+use fieldsync_tests::{fields, open_device};
+use serde_json::json;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_fieldsync-server");
+
+fn start(db: &Path) -> ServerProcess {
+    ServerProcess::start(Path::new(SERVER), db)
+}
+
+#[test]
+fn devices_sync_through_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("server.db"));
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|line| line.contains("no users yet")),
+        "{:?}",
+        server.banner
+    );
+    let phone_token = server.user_with_device("ada", &["north"]);
+    let tablet_token = server.device("ada");
+    let phone = open_device(&dir.path().join("phone.db"));
+    let tablet = open_device(&dir.path().join("tablet.db"));
+    let (phone_client, tablet_client) = (
+        Client::new(&server.url, &phone_token),
+        Client::new(&server.url, &tablet_token),
+    );
+
+    for i in 0..30 {
+        phone
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": format!("c{i}"), "notes": "n"})),
+            )
+            .unwrap();
+    }
+    assert_eq!(phone_client.push_outbox(&phone, "p1"), 30);
+    let cursor = tablet_client.pull_into(&tablet, None);
+    assert_eq!(tablet.count("clients", &Filter::All).unwrap(), 30);
+
+    let id = tablet.query("clients", &Default::default()).unwrap()[3]
+        .id
+        .clone();
+    tablet
+        .splice_text("clients", &id, "notes", 1, 0, " from the tablet")
+        .unwrap();
+    assert_eq!(tablet_client.push_outbox(&tablet, "t1"), 1);
+    phone_client.pull_into(&phone, None);
+    assert_eq!(
+        phone.get("clients", &id).unwrap().unwrap().fields["notes"],
+        "n from the tablet"
+    );
+    let page = tablet_client.pull(Some(&cursor), 100).unwrap();
+    assert!(
+        page.records.is_empty(),
+        "the tablet gets nothing back it pushed itself"
+    );
+
+    let (status, body) = Client::new(&server.url, "fs_bad")
+        .pull(None, 10)
+        .unwrap_err();
+    assert_eq!(status, 401);
+    assert!(body.contains("\"unauthorized\""));
+    assert!(server.terminate(), "SIGTERM stops the server cleanly");
+}
+
+#[test]
+fn a_backup_restores_into_a_new_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("server.db"));
+    let token = server.user_with_device("ada", &["north"]);
+    let phone = open_device(&dir.path().join("phone.db"));
+    for i in 0..10 {
+        phone
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": format!("c{i}")})),
+            )
+            .unwrap();
+    }
+    Client::new(&server.url, &token).push_outbox(&phone, "p1");
+    let backup = dir.path().join("backup.db");
+    // Taken while the server runs.
+    server.admin(&["backup", backup.to_str().unwrap()]);
+    server.kill();
+
+    let restored = start(&backup);
+    let fresh = open_device(&dir.path().join("fresh.db"));
+    Client::new(&restored.url, &token).pull_into(&fresh, None);
+    assert_eq!(fresh.count("clients", &Filter::All).unwrap(), 10);
+    assert!(restored.admin(&["devices"]).contains("ada"));
+}
