@@ -46,6 +46,12 @@ enum Command {
         /// Largest record document in bytes.
         #[arg(long, env = "FIELDSYNC_MAX_DOCUMENT_BYTES", default_value_t = Limits::default().max_document_bytes)]
         max_document_bytes: usize,
+        /// Requests a second each device may make on average (0: no limit).
+        #[arg(long, env = "FIELDSYNC_REQUESTS_PER_SECOND", default_value_t = Limits::default().requests_per_second)]
+        requests_per_second: u32,
+        /// Requests a device may make in a burst.
+        #[arg(long, env = "FIELDSYNC_REQUEST_BURST", default_value_t = Limits::default().request_burst)]
+        request_burst: u32,
     },
     /// Create a user.
     CreateUser {
@@ -166,11 +172,15 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             max_body_bytes,
             max_records_per_push,
             max_document_bytes,
+            requests_per_second,
+            request_burst,
         } => {
             let limits = Limits {
                 max_body_bytes,
                 max_records_per_push,
                 max_document_bytes,
+                requests_per_second,
+                request_burst,
                 ..Limits::default()
             };
             if storage.count_users()? == 0 {
@@ -313,7 +323,7 @@ fn serve(
         // Tests and scripts read this line to find a server started on port 0.
         println!("listening on http://{address}");
         tracing::info!(%address, "listening");
-        let app = router(AppState { storage, limits });
+        let app = router(AppState::new(storage, limits));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await

@@ -12,7 +12,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let storage = SqliteStorage::open("fieldsync-server.db".as_ref())?;
-//! let app = router(AppState { storage: Arc::new(storage), limits: Limits::default() });
+//! let app = router(AppState::new(Arc::new(storage), Limits::default()));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
@@ -22,7 +22,9 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod metrics;
 mod ops;
+pub mod rate_limit;
 pub mod storage;
 mod sync;
 
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -49,6 +51,8 @@ pub struct Limits {
     pub max_decompressed_bytes: usize,
     /// Most records in one push.
     pub max_records_per_push: usize,
+    /// Most Automerge changes in one push, over all its records.
+    pub max_changes_per_push: usize,
     /// Largest document, or changes for one record in one push (bytes).
     pub max_document_bytes: usize,
     /// Records per pull page when the client names no limit.
@@ -57,6 +61,10 @@ pub struct Limits {
     pub max_pull_limit: u32,
     /// Longest a request may take.
     pub request_timeout: Duration,
+    /// Requests a second each device may make on average (0: no limit).
+    pub requests_per_second: u32,
+    /// Requests a device may make in a burst.
+    pub request_burst: u32,
 }
 
 impl Default for Limits {
@@ -65,10 +73,13 @@ impl Default for Limits {
             max_body_bytes: 8 << 20,
             max_decompressed_bytes: 32 << 20,
             max_records_per_push: 1000,
+            max_changes_per_push: 20_000,
             max_document_bytes: 4 << 20,
             default_pull_limit: 500,
             max_pull_limit: 5000,
             request_timeout: Duration::from_secs(30),
+            requests_per_second: 20,
+            request_burst: 60,
         }
     }
 }
@@ -80,6 +91,26 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     /// Size and paging limits.
     pub limits: Limits,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The per-device request limit.
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
+}
+
+impl AppState {
+    /// State for `storage` with `limits` and fresh metrics.
+    pub fn new(storage: Arc<dyn Storage>, limits: Limits) -> AppState {
+        let rate_limiter = Arc::new(rate_limit::RateLimiter::new(
+            limits.requests_per_second,
+            limits.request_burst,
+        ));
+        AppState {
+            storage,
+            limits,
+            metrics: Arc::default(),
+            rate_limiter,
+        }
+    }
 }
 
 /// The HTTP routes, with request ids, timeouts and tracing.
@@ -90,16 +121,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pull", get(sync::pull))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
-        .with_state(state)
+        .route("/metrics", get(ops::metrics))
+        .with_state(state.clone())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(state, request_id))
 }
 
 /// Gives every request an id, logged on every line of its span and returned to the client.
-async fn request_id(request: Request, next: Next) -> Response {
+async fn request_id(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    metrics::Metrics::inc(&state.metrics.requests);
     let id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     async move {

@@ -1,13 +1,31 @@
 //! Endpoints for operators and load balancers.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 
 /// `GET /health`: the process is alive.
 pub async fn health() -> &'static str {
     "ok"
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let storage = state.storage.clone();
+    let since = crate::storage::sqlite::now_ms() - 5 * 60 * 1000;
+    let active = tokio::task::spawn_blocking(move || storage.active_devices(since))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let mut response = state.metrics.render(active).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// `GET /ready`: the database answers.

@@ -278,4 +278,6 @@ pub trait Storage: Send + Sync + 'static {
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// How many live devices synced at or after `since` (ms since the epoch).
+    fn active_devices(&self, since: i64) -> Result<u64>;
 }

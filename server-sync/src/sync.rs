@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
 
 use automerge::{AutoCommit, Change, ChangeHash};
 use axum::body::Body;
@@ -17,6 +18,7 @@ use serde_bytes::ByteBuf;
 
 use crate::auth::{Caller, authenticate};
 use crate::error::ServerError;
+use crate::metrics::Metrics;
 use crate::storage::{MergedRecord, StoredRecord};
 use crate::{AppState, Limits};
 
@@ -27,10 +29,12 @@ pub async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
+    let started = Instant::now();
     let caller = authorize(&state, &headers).await?;
     let body = read_body(body, state.limits.max_body_bytes).await?;
     let storage = state.storage.clone();
     let limits = state.limits.clone();
+    let metrics = state.metrics.clone();
     let response = blocking(move || {
         let request: PushRequest =
             protocol::decode(&body, limits.max_decompressed_bytes).map_err(decode_error)?;
@@ -45,22 +49,52 @@ pub async fn push(
                 limits.max_records_per_push
             )));
         }
+        let changes: usize = request
+            .records
+            .iter()
+            .map(|r| match &r.payload {
+                Payload::Changes(changes) => changes.len(),
+                Payload::Document(_) => 1,
+            })
+            .sum();
+        if changes > limits.max_changes_per_push {
+            return Err(ServerError::TooLarge(format!(
+                "at most {} changes per push",
+                limits.max_changes_per_push
+            )));
+        }
         let actor = match (&caller.actor, first_actor(&request)) {
             (Some(bound), _) => bound.clone(),
             (None, Some(claimed)) => storage.bind_actor(caller.device_id, &claimed)?,
             (None, None) => String::new(),
         };
+        let mut applied = 0;
         let mut merge = |record: &PushRecord, stored: Option<StoredRecord>| {
-            merge(&caller, &actor, &limits, record, stored)
+            let merged = merge(&caller, &actor, &limits, record, stored);
+            if let Ok(merged) = &merged {
+                applied += merged.new_changes.len();
+            }
+            merged
         };
-        storage.push(
+        let response = storage.push(
             caller.device_id,
             &request.batch_id,
             &request.records,
             &mut merge,
-        )
+        )?;
+        let rejected = response
+            .results
+            .iter()
+            .filter(|r| r.rejected.is_some())
+            .count();
+        Metrics::add(&metrics.records_rejected, rejected);
+        Metrics::add(&metrics.records_accepted, response.results.len() - rejected);
+        Metrics::add(&metrics.changes_applied, applied);
+        Ok(response)
     })
     .await?;
+    Metrics::inc(&state.metrics.pushes);
+    state.metrics.push_latency.observe(started.elapsed());
     Ok(message_response(&response))
 }
 
@@ -105,6 +139,7 @@ pub async fn pull(
     headers: HeaderMap,
     Query(params): Query<PullParams>,
 ) -> Result<Response, ServerError> {
+    let started = Instant::now();
     let caller = authorize(&state, &headers).await?;
     let cursor = params.cursor.as_deref().map(Cursor::decode).transpose()?;
     let limit = params
@@ -200,6 +235,9 @@ pub async fn pull(
         })
     })
     .await?;
+    Metrics::inc(&state.metrics.pulls);
+    Metrics::add(&state.metrics.records_pulled, response.records.len());
+    state.metrics.pull_latency.observe(started.elapsed());
     Ok(message_response(&response))
 }
 
@@ -208,7 +246,17 @@ pub async fn pull(
 async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServerError> {
     let storage = state.storage.clone();
     let headers_for_auth = headers.clone();
-    let caller = blocking(move || authenticate(&*storage, &headers_for_auth)).await?;
+    let caller = blocking(move || authenticate(&*storage, &headers_for_auth))
+        .await
+        .inspect_err(|err| {
+            if matches!(err, ServerError::Unauthorized(_)) {
+                Metrics::inc(&state.metrics.unauthorized);
+            }
+        })?;
+    if let Err(retry_after_secs) = state.rate_limiter.check(caller.device_id) {
+        Metrics::inc(&state.metrics.rate_limited);
+        return Err(ServerError::RateLimited { retry_after_secs });
+    }
     let version = headers
         .get(protocol::VERSION_HEADER)
         .and_then(|v| v.to_str().ok())

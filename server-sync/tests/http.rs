@@ -47,16 +47,17 @@ impl<T: std::fmt::Debug> Answer<T> {
 
 impl Server {
     fn new() -> Server {
-        Server::with_limits(Limits::default())
+        // The rate limit has its own test; the others send bursts.
+        Server::with_limits(Limits {
+            requests_per_second: 0,
+            ..Limits::default()
+        })
     }
 
     fn with_limits(limits: Limits) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(SqliteStorage::open(&dir.path().join("server.db")).unwrap());
-        let app = router(AppState {
-            storage: storage.clone(),
-            limits,
-        });
+        let app = router(AppState::new(storage.clone(), limits));
         Server { dir, storage, app }
     }
 
@@ -608,5 +609,77 @@ async fn health_and_ready_answer() {
             .send(Request::get(path).body(Body::empty()).unwrap())
             .await;
         assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_device_over_its_rate_gets_429_with_retry_after() {
+    let server = Server::with_limits(Limits {
+        requests_per_second: 1,
+        request_burst: 3,
+        ..Limits::default()
+    });
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let other = server.device("ada");
+    let request = || {
+        Request::get("/v1/pull")
+            .header(protocol::VERSION_HEADER, "1")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(server.send(request()).await.0, StatusCode::OK);
+    }
+    let response = server.app.clone().oneshot(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error.code, ErrorCode::RateLimited);
+    assert!(
+        server.pull(&other, None, 10).await.ok().records.is_empty(),
+        "other devices are not limited"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_pushes_pulls_and_refusals() {
+    let server = Server::new();
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    phone
+        .insert("clients", client("south", "Elsewhere"))
+        .unwrap();
+    server.push_outbox(&token, &phone, "p1").await;
+    server.pull(&token, None, 10).await.ok();
+    let (status, _) = server.push_raw(None, vec![]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = server
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    for line in [
+        "fieldsync_pushes_total 1",
+        "fieldsync_pulls_total 1",
+        "fieldsync_records_accepted_total 1",
+        "fieldsync_records_rejected_total 1",
+        "fieldsync_unauthorized_total 1",
+        "fieldsync_active_devices 1",
+        "fieldsync_push_seconds_count 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
     }
 }

@@ -515,4 +515,13 @@ impl Storage for SqliteStorage {
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn active_devices(&self, since: i64) -> Result<u64> {
+        let count: i64 = self.lock().query_row(
+            "SELECT count(*) FROM devices WHERE last_sync_at >= ?1 AND revoked_at IS NULL",
+            [since],
+            |row| row.get(0),
+        )?;
+        Ok(count as u64)
+    }
 }
