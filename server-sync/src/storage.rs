@@ -3,6 +3,7 @@
 //!
 //! The methods block; the HTTP layer calls them on tokio's blocking pool.
 
+pub mod conformance;
 pub mod sqlite;
 
 use fieldsync_core::protocol::{PushRecord, PushResponse, Rejection};

@@ -21,12 +21,24 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `binary serve` on `db` and a free port, and waits until it listens.
     pub fn start(binary: &Path, db: &Path) -> ServerProcess {
+        ServerProcess::start_logging(binary, db, None)
+    }
+
+    /// Like [`ServerProcess::start`], writing every log line (debug and up) to `log`.
+    pub fn start_logging(binary: &Path, db: &Path, log: Option<&Path>) -> ServerProcess {
+        let (level, stderr) = match log {
+            Some(path) => (
+                "debug",
+                Stdio::from(std::fs::File::create(path).expect("the log file opens")),
+            ),
+            None => ("warn", Stdio::inherit()),
+        };
         let mut child = Command::new(binary)
             .args(["--db", path_str(db), "serve", "--listen", "127.0.0.1:0"])
-            .env("FIELDSYNC_LOG", "warn")
+            .env("FIELDSYNC_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("the server starts");
         let stdout = child.stdout.take().expect("stdout is piped");

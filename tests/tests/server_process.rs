@@ -98,3 +98,46 @@ fn a_backup_restores_into_a_new_server() {
     assert_eq!(fresh.count("clients", &Filter::All).unwrap(), 10);
     assert!(restored.admin(&["devices"]).contains("ada"));
 }
+
+#[test]
+fn logs_carry_request_ids_but_no_tokens_or_record_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server =
+        ServerProcess::start_logging(Path::new(SERVER), &dir.path().join("server.db"), Some(&log));
+    let token = server.user_with_device("ada", &["north"]);
+    let phone = open_device(&dir.path().join("phone.db"));
+    let canary = "CANARY-7f3a-client-name";
+    phone
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": canary, "notes": "CANARY-note-text"})),
+        )
+        .unwrap();
+    let client = Client::new(&server.url, &token);
+    client.push_outbox(&phone, "p1");
+    client.pull_into(&open_device(&dir.path().join("tablet.db")), None);
+    Client::new(&server.url, "fs_0123456789abcdef_CANARY")
+        .pull(None, 1)
+        .unwrap_err();
+    assert!(server.terminate());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().count() >= 4,
+        "the server logged its requests:\n{text}"
+    );
+    let request_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("request done"))
+        .collect();
+    assert!(request_lines.len() >= 3);
+    assert!(
+        request_lines.iter().all(|l| l.contains("request_id")),
+        "{request_lines:?}"
+    );
+    let secret = token.rsplit('_').next().unwrap();
+    for needle in ["CANARY", secret, token.as_str()] {
+        assert!(!text.contains(needle), "the log contains `{needle}`");
+    }
+}

@@ -1,0 +1,306 @@
+//! The conformance suite every [`Storage`] backend must pass, run by each backend's tests
+//! (`tests/storage_sqlite.rs`, and the PostgreSQL backend's when it exists).
+//!
+//! Each check takes a fresh, empty storage and panics with a message on failure.
+
+use fieldsync_core::protocol::{Payload, PushRecord, RejectCode, Rejection};
+use serde_bytes::ByteBuf;
+
+use super::{Access, AuditQuery, MergedRecord, Role, Storage, StoredRecord};
+
+/// Runs every check, each on a new storage from `fresh`.
+pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
+    users_devices_and_tokens(&*fresh());
+    grants(&*fresh());
+    actor_binding(&*fresh());
+    push_writes_accepted_records_only(&*fresh());
+    replayed_batches_change_nothing(&*fresh());
+    feed_pages_in_order_by_scope(&*fresh());
+    documents_page_by_last_change(&*fresh());
+    audit_and_activity(&*fresh());
+}
+
+fn record(id: &str, scope: &str) -> PushRecord {
+    PushRecord {
+        collection: "clients".into(),
+        id: id.into(),
+        scope: scope.into(),
+        payload: Payload::Changes(vec![ByteBuf::from(id.as_bytes().to_vec())]),
+    }
+}
+
+/// A merge that accepts everything, appending the pushed bytes to the stored "document".
+fn accept(record: &PushRecord, stored: Option<StoredRecord>) -> Result<MergedRecord, Rejection> {
+    let Payload::Changes(changes) = &record.payload else {
+        unreachable!("tests push changes")
+    };
+    let mut doc = stored.map(|s| s.doc).unwrap_or_default();
+    doc.extend(changes.iter().flat_map(|c| c.iter().copied()));
+    Ok(MergedRecord {
+        doc,
+        fields_json: format!("{{\"id\": \"{}\"}}", record.id),
+        deleted: false,
+        new_changes: changes.iter().map(|c| c.to_vec()).collect(),
+    })
+}
+
+fn device(storage: &dyn Storage, user: &str) -> i64 {
+    let user_id = storage
+        .user_id(user)
+        .unwrap()
+        .unwrap_or_else(|| storage.create_user(user, Role::Member).unwrap());
+    storage.create_device(user_id, "device").unwrap()
+}
+
+fn users_devices_and_tokens(storage: &dyn Storage) {
+    assert_eq!(storage.count_users().unwrap(), 0);
+    let ada = storage.create_user("ada", Role::Admin).unwrap();
+    assert!(
+        storage.create_user("ada", Role::Member).is_err(),
+        "user names are unique"
+    );
+    assert_eq!(storage.user_id("ada").unwrap(), Some(ada));
+    assert_eq!(storage.user_id("nobody").unwrap(), None);
+    let phone = storage.create_device(ada, "phone").unwrap();
+    storage.insert_token("t1", phone, &[1, 2, 3], None).unwrap();
+    storage.insert_token("t2", phone, &[4], Some(1)).unwrap();
+    let token = storage.token("t1").unwrap().expect("the token exists");
+    assert_eq!(
+        (token.device_id, token.user_id, token.secret_hash.as_slice()),
+        (phone, ada, &[1u8, 2, 3][..])
+    );
+    assert!(!token.revoked);
+    assert_eq!(storage.token("t2").unwrap().unwrap().expires_at, Some(1));
+    assert!(storage.token("t3").unwrap().is_none());
+    assert!(storage.revoke_token("t1").unwrap());
+    assert!(
+        !storage.revoke_token("t1").unwrap(),
+        "revoking twice reports nothing to do"
+    );
+    assert!(storage.token("t1").unwrap().unwrap().revoked);
+    assert!(storage.revoke_device(phone).unwrap());
+    assert!(
+        storage.token("t2").unwrap().unwrap().revoked,
+        "a revoked device revokes its tokens"
+    );
+    let devices = storage.list_devices().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert!(devices[0].revoked && devices[0].user == "ada");
+}
+
+fn grants(storage: &dyn Storage) {
+    let ada = storage.create_user("ada", Role::Member).unwrap();
+    storage.set_grant(ada, "north", Access::Read).unwrap();
+    storage.set_grant(ada, "north", Access::Write).unwrap();
+    storage.set_grant(ada, "south", Access::Read).unwrap();
+    let grants = storage.grants(ada).unwrap();
+    assert_eq!(grants.len(), 2);
+    assert_eq!(
+        grants.iter().find(|g| g.scope == "north").unwrap().access,
+        Access::Write
+    );
+    assert!(storage.revoke_grant(ada, "south").unwrap());
+    assert!(!storage.revoke_grant(ada, "south").unwrap());
+    assert_eq!(storage.grants(ada).unwrap().len(), 1);
+}
+
+fn actor_binding(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    assert_eq!(storage.bind_actor(phone, "aa").unwrap(), "aa");
+    assert_eq!(
+        storage.bind_actor(phone, "bb").unwrap(),
+        "aa",
+        "the first actor stays bound"
+    );
+}
+
+fn push_writes_accepted_records_only(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let records = [record("a", "north"), record("b", "north")];
+    let mut merge = |r: &PushRecord, stored: Option<StoredRecord>| {
+        if r.id == "b" {
+            Err(Rejection {
+                code: RejectCode::Malformed,
+                message: "no".into(),
+            })
+        } else {
+            accept(r, stored)
+        }
+    };
+    let response = storage.push(phone, "batch", &records, &mut merge).unwrap();
+    assert!(response.results[0].rejected.is_none());
+    assert_eq!(
+        response.results[1].rejected.as_ref().unwrap().code,
+        RejectCode::Malformed
+    );
+    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    assert_eq!(page.entries.len(), 1, "the rejected record was not written");
+    assert_eq!(page.entries[0].record_id, "a");
+    // The merge sees the stored state of a record pushed before.
+    let mut seen = None;
+    let mut remember = |r: &PushRecord, stored: Option<StoredRecord>| {
+        seen = stored.clone();
+        accept(r, stored)
+    };
+    storage
+        .push(phone, "batch2", &[record("a", "north")], &mut remember)
+        .unwrap();
+    let seen = seen.expect("the stored record was handed to the merge");
+    assert_eq!(
+        (seen.scope.as_str(), seen.doc.as_slice()),
+        ("north", &b"a"[..])
+    );
+}
+
+fn replayed_batches_change_nothing(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let first = storage
+        .push(phone, "same", &[record("a", "north")], &mut accept)
+        .unwrap();
+    let mut called = false;
+    let mut never = |r: &PushRecord, s: Option<StoredRecord>| {
+        called = true;
+        accept(r, s)
+    };
+    let second = storage
+        .push(phone, "same", &[record("a", "north")], &mut never)
+        .unwrap();
+    assert_eq!(first, second);
+    assert!(!called, "a replay does not merge again");
+    assert_eq!(
+        storage
+            .feed_page(&["north".into()], 0, 10)
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
+    // Batch ids are per device.
+    let tablet = device(storage, "ada");
+    storage
+        .push(tablet, "same", &[record("b", "north")], &mut accept)
+        .unwrap();
+    assert_eq!(
+        storage
+            .feed_page(&["north".into()], 0, 10)
+            .unwrap()
+            .entries
+            .len(),
+        2
+    );
+}
+
+fn feed_pages_in_order_by_scope(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    for i in 0..10 {
+        let scope = if i % 2 == 0 { "north" } else { "south" };
+        storage
+            .push(
+                phone,
+                &format!("b{i}"),
+                &[record(&format!("r{i}"), scope)],
+                &mut accept,
+            )
+            .unwrap();
+    }
+    let north = vec!["north".to_owned()];
+    let first = storage.feed_page(&north, 0, 3).unwrap();
+    assert_eq!(first.entries.len(), 3);
+    assert!(first.more);
+    assert!(first.entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(
+        first
+            .entries
+            .iter()
+            .all(|e| e.scope == "north" && e.device_id == phone)
+    );
+    assert_eq!(first.entries[0].changes, vec![b"r0".to_vec()]);
+    let rest = storage.feed_page(&north, first.last_seq, 10).unwrap();
+    assert_eq!(rest.entries.len(), 2);
+    assert!(!rest.more);
+    let done = storage.feed_page(&north, rest.last_seq, 10).unwrap();
+    assert!(done.entries.is_empty() && !done.more && done.last_seq == rest.last_seq);
+    assert_eq!(
+        storage.feed_page(&[], 0, 10).unwrap().entries.len(),
+        0,
+        "no scopes, nothing"
+    );
+    let both = storage
+        .feed_page(&["north".into(), "south".into()], 0, 100)
+        .unwrap();
+    assert_eq!(both.entries.len(), 10);
+}
+
+fn documents_page_by_last_change(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    for id in ["a", "b", "c"] {
+        storage
+            .push(phone, id, &[record(id, "north")], &mut accept)
+            .unwrap();
+    }
+    // Changing "a" moves it after "c".
+    storage
+        .push(phone, "a2", &[record("a", "north")], &mut accept)
+        .unwrap();
+    let north = vec!["north".to_owned()];
+    let page = storage.documents_page(&north, 0, 2).unwrap();
+    let ids: Vec<&str> = page.entries.iter().map(|e| e.record_id.as_str()).collect();
+    assert_eq!(ids, ["b", "c"]);
+    assert!(page.more);
+    let rest = storage.documents_page(&north, page.last_seq, 2).unwrap();
+    assert_eq!(rest.entries.len(), 1);
+    assert_eq!(rest.entries[0].record_id, "a");
+    assert_eq!(
+        rest.entries[0].doc,
+        b"aa".to_vec(),
+        "the latest merged document"
+    );
+    assert_eq!(rest.entries[0].fields_json, "{\"id\": \"a\"}");
+    assert!(!rest.more);
+}
+
+fn audit_and_activity(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let bob_phone = device(storage, "bob");
+    storage
+        .push(phone, "p", &[record("a", "north")], &mut accept)
+        .unwrap();
+    storage
+        .record_pull(bob_phone, &[("clients".into(), "a".into(), "north".into())])
+        .unwrap();
+    let all = storage
+        .audit(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].action.as_str(), all[0].user.as_str()),
+        ("pull", "bob"),
+        "newest first"
+    );
+    assert_eq!(
+        (all[1].action.as_str(), all[1].record_id.as_str()),
+        ("push", "a")
+    );
+    let bob = storage
+        .audit(&AuditQuery {
+            user: Some("bob".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(bob.len(), 1);
+    let by_record = storage
+        .audit(&AuditQuery {
+            record_id: Some("zzz".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(by_record.is_empty());
+    assert_eq!(storage.active_devices(0).unwrap(), 2);
+    assert_eq!(storage.active_devices(i64::MAX).unwrap(), 0);
+    storage.ping().unwrap();
+}

@@ -1,0 +1,38 @@
+//! The storage conformance suite against the embedded SQLite backend.
+
+use fieldsync_server::storage::conformance;
+use fieldsync_server::storage::sqlite::SqliteStorage;
+
+#[test]
+fn sqlite_storage_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::cell::Cell::new(0);
+    conformance::run_all(&|| {
+        counter.set(counter.get() + 1);
+        let path = dir.path().join(format!("server-{}.db", counter.get()));
+        Box::new(SqliteStorage::open(&path).unwrap())
+    });
+}
+
+#[test]
+fn the_audit_log_is_append_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.db");
+    drop(SqliteStorage::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO users (name, role, created_at) VALUES ('a', 'member', 0)",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope) VALUES (0, 1, 1, 'push', 'c', 'r', 's')",
+        [],
+    )
+    .unwrap();
+    assert!(
+        conn.execute("UPDATE audit SET action = 'pull'", [])
+            .is_err()
+    );
+    assert!(conn.execute("DELETE FROM audit", []).is_err());
+}
