@@ -348,4 +348,7 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+    // Scripts and tests wait for this line to know the server stopped accepting.
+    println!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down");
 }

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 
 use fieldsync_core::Store;
 use fieldsync_core::protocol::{self, PullResponse, PushRecord, PushRequest, PushResponse};
@@ -10,6 +11,7 @@ use fieldsync_core::protocol::{self, PullResponse, PushRecord, PushRequest, Push
 /// A running server process.
 pub struct ServerProcess {
     child: Child,
+    stdout: mpsc::Receiver<String>,
     binary: PathBuf,
     db: PathBuf,
     /// `http://127.0.0.1:<port>`.
@@ -56,9 +58,15 @@ impl ServerProcess {
             banner.push(line);
         };
         // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (sender, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
         ServerProcess {
             child,
+            stdout,
             binary: binary.to_owned(),
             db: db.to_owned(),
             url,
@@ -94,13 +102,36 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// Sends SIGTERM and waits; returns whether the process exited successfully.
-    pub fn terminate(mut self) -> bool {
+    /// Sends SIGTERM without waiting.
+    pub fn signal_terminate(&self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM works");
+    }
+
+    /// Blocks until the server prints a line starting with `prefix`.
+    pub fn wait_for_line(&self, prefix: &str) {
+        loop {
+            let line = self
+                .stdout
+                .recv()
+                .expect("the server printed the line before exiting");
+            if line.starts_with(prefix) {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    pub fn wait(mut self) -> bool {
         self.child.wait().is_ok_and(|status| status.success())
+    }
+
+    /// Sends SIGTERM and waits; returns whether the process exited successfully.
+    pub fn terminate(self) -> bool {
+        self.signal_terminate();
+        self.wait()
     }
 
     /// Kills the process at once (SIGKILL) and waits for it.

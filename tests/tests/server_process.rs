@@ -141,3 +141,56 @@ fn logs_carry_request_ids_but_no_tokens_or_record_values() {
         assert!(!text.contains(needle), "the log contains `{needle}`");
     }
 }
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("server.db"));
+    let token = server.user_with_device("ada", &["north"]);
+    let phone = open_device(&dir.path().join("phone.db"));
+    phone
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Ada"})),
+        )
+        .unwrap();
+    let body = fieldsync_core::protocol::encode(&fieldsync_core::protocol::PushRequest {
+        batch_id: "p1".into(),
+        records: phone
+            .outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    });
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut connection = std::net::TcpStream::connect(&address).unwrap();
+    // The request is in flight: headers and half the body sent.
+    write!(
+        connection,
+        "POST /v1/push HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         fieldsync-protocol: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let half = body.len() / 2;
+    connection.write_all(&body[..half]).unwrap();
+    connection.flush().unwrap();
+    server.signal_terminate();
+    server.wait_for_line("shutting down");
+    // The request in flight completes after the server began shutting down.
+    connection.write_all(&body[half..]).unwrap();
+    let mut response = Vec::new();
+    connection.read_to_end(&mut response).unwrap();
+    assert!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    assert!(server.wait(), "the server exits cleanly after the request");
+    // The push was stored: a restarted server serves it.
+    let restarted = start(&dir.path().join("server.db"));
+    let page = Client::new(&restarted.url, &token).pull(None, 10).unwrap();
+    assert_eq!(page.records.len(), 1);
+}
