@@ -142,6 +142,39 @@ pub enum Error {
         reason: String,
     },
 
+    /// The sync configuration cannot be used (endpoint, certificates).
+    #[error("invalid sync configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The server could not be reached or the connection broke; retry later.
+    #[error("network error: {0}")]
+    Network(String),
+
+    /// The server refused the token (unknown, expired or revoked): stop syncing and enroll the
+    /// device again.
+    #[error("the server refused the device's token")]
+    Unauthorized,
+
+    /// The server asks to slow down; retry after the given seconds.
+    #[error("rate limited by the server; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+
+    /// The server answered with an error.
+    #[error("the server answered {status}: {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+
+    /// The server's answer does not follow the protocol (or its version is not spoken here).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
     /// Too many changes are waiting for their dependencies; sync the whole document instead.
     #[error("{waiting} remote changes are waiting for missing dependencies (limit {limit})")]
     TooManyPendingChanges {

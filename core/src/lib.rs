@@ -55,6 +55,7 @@ mod query;
 mod schema;
 mod store;
 mod subscription;
+mod sync;
 mod value;
 
 pub use document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING, document_values};
@@ -62,10 +63,11 @@ pub use error::{Error, Result};
 pub use query::{Filter, Order, Query};
 pub use schema::{Collection, Field, FieldType, Index, OnDelete, Schema};
 pub use store::{
-    ApplyReport, Orphan, OutboxEntry, Record, RejectedRecord, RemotePayload, RemoteRecord, Store,
-    StoreOptions, Synchronous, Write,
+    ApplyReport, Orphan, OutboxEntry, Record, RejectedRecord, RemotePayload, RemoteRecord,
+    ServerRejection, Store, StoreOptions, Synchronous, Write,
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
+pub use sync::{SyncClient, SyncConfig, SyncReport};
 pub use value::Fields;
 
 /// Checks a record id against the rule stores and the server share: 1 to 128 characters from

@@ -4,6 +4,7 @@
 mod migrations;
 mod read;
 mod remote;
+mod sync_state;
 mod tables;
 mod write;
 
@@ -25,6 +26,7 @@ use crate::value::Fields;
 
 pub use read::{Orphan, Record};
 pub use remote::{ApplyReport, RejectedRecord, RemotePayload, RemoteRecord};
+pub use sync_state::ServerRejection;
 pub use write::Write;
 pub(crate) use write::check_id;
 
@@ -363,9 +365,15 @@ impl Store {
     /// Merges changes or whole documents that came from elsewhere, in one transaction.
     /// Each record is merged or rejected on its own; see [`ApplyReport`].
     pub fn apply_remote(&self, records: Vec<RemoteRecord>) -> Result<ApplyReport> {
+        let incoming = records.into_iter().map(remote::Incoming::from).collect();
         let (report, changed) = {
             let mut db = self.shared.lock();
-            remote::apply(&self.shared, &mut db, records)?
+            remote::apply(
+                &self.shared,
+                &mut db,
+                incoming,
+                remote::PageEffects::default(),
+            )?
         };
         self.shared
             .subscriptions

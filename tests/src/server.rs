@@ -90,11 +90,28 @@ impl ServerProcess {
 
     /// Enrolls another device for `user`; returns its token.
     pub fn device(&self, user: &str) -> String {
+        self.enroll(user).1
+    }
+
+    /// Enrolls another device for `user`; returns its id and token.
+    pub fn enroll(&self, user: &str) -> (i64, String) {
         let out = self.admin(&["enroll-device", "--user", user, "--name", "device"]);
-        out.lines()
+        let id = out
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("device ")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("enroll-device prints the device id");
+        let token = out
+            .lines()
             .find_map(|line| line.strip_prefix("token: "))
             .expect("enroll-device prints a token")
-            .to_owned()
+            .to_owned();
+        (id, token)
     }
 
     /// The process id.
@@ -158,8 +175,12 @@ pub struct Client {
 impl Client {
     /// A client of the server at `url` holding `token`.
     pub fn new(url: &str, token: &str) -> Client {
+        // fieldsync-core builds reqwest without a default TLS provider (it brings its own ring
+        // configuration), so a plain client here needs a process-wide provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::blocking::Client::new();
         Client {
-            http: reqwest::blocking::Client::new(),
+            http,
             url: url.to_owned(),
             token: token.to_owned(),
         }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 const STEPS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_pending_changes.sql"),
+    include_str!("migrations/003_sync_state.sql"),
 ];
 
 /// The format version a fully migrated file has.

@@ -173,6 +173,33 @@ pub(super) fn load_cached_doc(
     }))
 }
 
+/// Every record (live or deleted) of a scope: its id, and its values when live.
+pub(super) fn records_in_scope(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    scope_field: &str,
+    scope: &str,
+) -> Result<Vec<(String, Option<Fields>)>> {
+    let table = shared.table(collection)?;
+    let sql = format!("{} WHERE \"{scope_field}\" = ?1", table.select);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([scope], |row| {
+        let deleted: bool = row.get(1)?;
+        Ok((
+            row.get::<_, String>(0)?,
+            deleted,
+            read_fields(table, row, 4),
+        ))
+    })?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (id, deleted, fields) = row?;
+        records.push((id, if deleted { None } else { Some(fields?) }));
+    }
+    Ok(records)
+}
+
 /// Whether a row (live or deleted) with this id exists.
 pub(super) fn exists(
     shared: &Shared,

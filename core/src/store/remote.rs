@@ -62,18 +62,44 @@ pub struct RejectedRecord {
     pub reason: String,
 }
 
+/// A remote record and, when the sender computed them, its values and deleted flag: with
+/// those, a whole document for a record new to this store is stored without loading it.
+pub(crate) struct Incoming {
+    pub record: RemoteRecord,
+    pub values: Option<(Fields, bool)>,
+}
+
+impl From<RemoteRecord> for Incoming {
+    fn from(record: RemoteRecord) -> Incoming {
+        Incoming {
+            record,
+            values: None,
+        }
+    }
+}
+
+/// What a pulled page does besides merging, in the same transaction.
+#[derive(Default)]
+pub(crate) struct PageEffects<'a> {
+    /// Scopes to delete every local record of (hard delete, no tombstones).
+    pub purge_scopes: &'a [String],
+    /// The pull cursor to store with the merged records.
+    pub cursor: Option<&'a str>,
+}
+
 pub(super) fn apply(
     shared: &Shared,
     db: &mut Db,
-    records: Vec<RemoteRecord>,
+    incoming: Vec<Incoming>,
+    effects: PageEffects<'_>,
 ) -> Result<(ApplyReport, Vec<Changed>)> {
     let Db { conn, cache } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut report = ApplyReport::default();
-    let mut changed = Vec::new();
+    let mut changed = purge(shared, &tx, cache, effects.purge_scopes)?;
     let mut merged: HashMap<DocKey, CachedDoc> = HashMap::new();
     let now = super::now_ms();
-    for record in records {
+    for Incoming { record, values } in incoming {
         let key = (record.collection.clone(), record.id.clone());
         let existing = match merged.remove(&key) {
             Some(doc) => Some(doc),
@@ -82,6 +108,14 @@ pub(super) fn apply(
                 None => load_existing(shared, &tx, &record)?,
             },
         };
+        if let (None, Some(values), RemotePayload::Document(bytes)) =
+            (&existing, &values, &record.payload)
+            && let Some(change) = store_known(shared, &tx, &record, values, bytes, now)?
+        {
+            changed.push(change);
+            report.changed += 1;
+            continue;
+        }
         tx.execute_batch("SAVEPOINT remote_record")?;
         match merge_one(shared, &tx, &record, existing, now) {
             Ok(Outcome::Changed(doc, change)) => {
@@ -109,6 +143,13 @@ pub(super) fn apply(
             }
         }
     }
+    if let Some(cursor) = effects.cursor {
+        tx.execute(
+            "INSERT INTO sync_state (key, value) VALUES ('cursor', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [cursor],
+        )?;
+    }
     report.waiting_changes = tx.query_row("SELECT count(*) FROM pending_changes", [], |row| {
         row.get::<_, i64>(0)
     })? as usize;
@@ -117,6 +158,91 @@ pub(super) fn apply(
         cache.put(key, doc);
     }
     Ok((report, changed))
+}
+
+/// Stores a record new to this store from its document and the sender's values, without
+/// loading the document; `None` if the values do not fit the schema (the caller then merges
+/// the document the slow way, which reports what is wrong).
+fn store_known(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    record: &RemoteRecord,
+    (values, deleted): &(Fields, bool),
+    bytes: &[u8],
+    now: i64,
+) -> Result<Option<Changed>> {
+    let collection = record.collection.as_str();
+    let (Ok(decl), Ok(table)) = (
+        shared.schema.collection(collection),
+        shared.table(collection),
+    ) else {
+        return Ok(None);
+    };
+    if super::write::check_id(&record.id).is_err() {
+        return Ok(None);
+    }
+    let mut fields = Fields::new();
+    for (name, field) in &decl.fields {
+        match values.get(name).filter(|v| !v.is_null()) {
+            Some(value) if crate::value::check_type(collection, name, field, value).is_ok() => {
+                fields.insert(name.clone(), value.clone());
+            }
+            Some(_) => return Ok(None),
+            None if field.required => return Ok(None),
+            None => {}
+        }
+    }
+    if fields.get(&decl.scope_field).and_then(|v| v.as_str()) != Some(record.scope.as_str()) {
+        return Ok(None);
+    }
+    let row = read::RowData {
+        id: &record.id,
+        stored: bytes,
+        tail: 0,
+        deleted: *deleted,
+        created_at: now,
+        updated_at: now,
+        fields: &fields,
+    };
+    tx.prepare_cached(&table.insert)?
+        .execute(rusqlite::params_from_iter(read::row_values(table, &row)))?;
+    let after = (!deleted).then_some(fields);
+    Ok(Some(super::changed(collection, &record.id, None, after)))
+}
+
+/// Deletes every local record of the scopes, with their outbox entries, waiting changes and
+/// rejections: the user may no longer read them.
+fn purge(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    cache: &mut lru::LruCache<DocKey, CachedDoc>,
+    scopes: &[String],
+) -> Result<Vec<Changed>> {
+    let mut changed = Vec::new();
+    for scope in scopes {
+        for (name, decl) in &shared.schema.collections {
+            let table = shared.table(name)?;
+            let purged = read::records_in_scope(shared, tx, name, &decl.scope_field, scope)?;
+            for (id, fields) in purged {
+                cache.pop(&(name.clone(), id.clone()));
+                tx.prepare_cached(
+                    "DELETE FROM pending_changes WHERE collection = ?1 AND record_id = ?2",
+                )?
+                .execute([name, &id])?;
+                changed.push(super::changed(name, &id, fields, None));
+            }
+            tx.execute(
+                &format!(
+                    "DELETE FROM {} WHERE \"{}\" = ?1",
+                    table.table, decl.scope_field
+                ),
+                [scope],
+            )?;
+        }
+        tx.execute("DELETE FROM outbox WHERE scope = ?1", [scope])?;
+        tx.execute("DELETE FROM server_rejections WHERE scope = ?1", [scope])?;
+    }
+    Ok(changed)
 }
 
 enum Outcome {

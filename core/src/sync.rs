@@ -1,0 +1,279 @@
+//! The sync engine: pushes the outbox to the server and pulls what changed, over HTTP(S).
+//!
+//! Safe to interrupt anywhere. Outbox entries leave only after the server answered for them
+//! (accepted, or rejected and recorded), and a retried batch carries the same batch id, which
+//! the server answers from its record. Each pulled page is merged, and the cursor that covers it
+//! stored, in one SQLite transaction: a crash repeats at most one page, and merging is
+//! idempotent.
+//!
+//! TLS is rustls with the *ring* provider (it cross-compiles for Android and iOS without the
+//! C toolchain aws-lc needs). By default the platform's trust store verifies the server
+//! (on Android the app must first initialise `rustls-platform-verifier` through JNI, as its
+//! documentation shows); a clinic that runs a private CA passes its root certificates instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use crate::error::{Error, Result};
+use crate::protocol::{self, ErrorBody, PullResponse, PushRecord, PushRequest, PushResponse};
+use crate::store::Store;
+
+/// Where and how to sync.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The server's base URL, such as `https://sync.clinic.example`.
+    pub endpoint: String,
+    /// The device's bearer token.
+    pub token: String,
+    /// PEM root certificates to trust instead of the platform's (a clinic's private CA).
+    pub trusted_roots_pem: Vec<String>,
+    /// Outbox entries per push.
+    pub push_batch_size: usize,
+    /// Records per pull page.
+    pub pull_page_size: u32,
+    /// Longest one request may take.
+    pub request_timeout: Duration,
+}
+
+impl SyncConfig {
+    /// A configuration with default sizes and timeouts.
+    pub fn new(endpoint: impl Into<String>, token: impl Into<String>) -> SyncConfig {
+        SyncConfig {
+            endpoint: endpoint.into(),
+            token: token.into(),
+            trusted_roots_pem: Vec::new(),
+            push_batch_size: 500,
+            pull_page_size: 500,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one `sync_now` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Outbox entries the server accepted.
+    pub pushed: usize,
+    /// Outbox entries the server rejected (see [`Store::server_rejections`]).
+    pub rejected: usize,
+    /// Records pulled and merged.
+    pub pulled: usize,
+    /// Scopes whose records were deleted because the user may no longer read them.
+    pub purged_scopes: Vec<String>,
+}
+
+/// Syncs stores with one server; keeps its connections between calls.
+#[derive(Debug, Clone)]
+pub struct SyncClient {
+    http: reqwest::Client,
+    config: SyncConfig,
+}
+
+impl SyncClient {
+    /// Builds the HTTP client; fails on unusable root certificates.
+    pub fn new(config: SyncConfig) -> Result<SyncClient> {
+        if !(config.endpoint.starts_with("https://") || config.endpoint.starts_with("http://")) {
+            return Err(Error::InvalidConfig(
+                "the endpoint must be an http or https URL".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(&config.trusted_roots_pem)?)
+            .timeout(config.request_timeout)
+            .build()
+            .map_err(|err| {
+                Error::InvalidConfig(format!("the HTTP client cannot be built: {err}"))
+            })?;
+        Ok(SyncClient { http, config })
+    }
+
+    /// Pushes the whole outbox, then pulls until caught up.
+    pub async fn sync_now(&self, store: &Store) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        self.push_all(store, &mut report).await?;
+        self.pull_all(store, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn push_all(&self, store: &Store, report: &mut SyncReport) -> Result<()> {
+        loop {
+            let batch_size = self.config.push_batch_size.max(1);
+            let entries = blocking(store, move |s| s.outbox(batch_size)).await?;
+            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+                return Ok(());
+            };
+            // The same entries make the same batch id, so a retry after a lost answer is
+            // answered from the server's record instead of being applied twice.
+            let batch_id = format!("{}:{}-{}", store.device_id(), first.seq, last.seq);
+            let request = PushRequest {
+                batch_id,
+                records: entries.iter().cloned().map(PushRecord::from).collect(),
+            };
+            let response: PushResponse = self.send_push(&request).await?;
+            if response.results.len() != entries.len() {
+                return Err(Error::Protocol(
+                    "the push answer does not match the request".into(),
+                ));
+            }
+            let rejected = response
+                .results
+                .iter()
+                .filter(|r| r.rejected.is_some())
+                .count();
+            report.rejected += rejected;
+            report.pushed += entries.len() - rejected;
+            blocking(store, move |s| s.complete_push(&entries, &response)).await?;
+        }
+    }
+
+    async fn pull_all(&self, store: &Store, report: &mut SyncReport) -> Result<()> {
+        loop {
+            let cursor = blocking(store, |s| s.sync_cursor()).await?;
+            let page = self.send_pull(cursor.as_deref()).await?;
+            let more = page.more;
+            report.pulled += page.records.len();
+            report
+                .purged_scopes
+                .extend(page.revoked_scopes.iter().cloned());
+            let applied = blocking(store, move |s| s.apply_pull_page(page)).await?;
+            if !applied.rejected.is_empty() {
+                tracing::warn!(
+                    count = applied.rejected.len(),
+                    "pulled records did not merge"
+                );
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_push(&self, request: &PushRequest) -> Result<PushResponse> {
+        let response = self
+            .http
+            .post(format!(
+                "{}/v1/push",
+                self.config.endpoint.trim_end_matches('/')
+            ))
+            .bearer_auth(&self.config.token)
+            .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
+            .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
+            .body(protocol::encode(request))
+            .send()
+            .await
+            .map_err(network_error)?;
+        decode_response(response).await
+    }
+
+    async fn send_pull(&self, cursor: Option<&str>) -> Result<PullResponse> {
+        let endpoint = self.config.endpoint.trim_end_matches('/');
+        let mut url = format!("{endpoint}/v1/pull?limit={}", self.config.pull_page_size);
+        if let Some(cursor) = cursor {
+            // Cursors are opaque but the server only makes URL-safe ones.
+            if !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(Error::Protocol("the stored cursor is not URL-safe".into()));
+            }
+            url.push_str("&cursor=");
+            url.push_str(cursor);
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.config.token)
+            .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
+            .send()
+            .await
+            .map_err(network_error)?;
+        decode_response(response).await
+    }
+}
+
+/// Largest answer the engine accepts once decompressed.
+const MAX_ANSWER_BYTES: usize = 512 << 20;
+
+async fn decode_response<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = response.bytes().await.map_err(network_error)?;
+    if status.is_success() {
+        return protocol::decode(&body, MAX_ANSWER_BYTES)
+            .map_err(|err| Error::Protocol(format!("the server's answer does not decode: {err}")));
+    }
+    let error: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+    let code = error.as_ref().map(|e| e.code);
+    Err(match (status.as_u16(), code) {
+        (401, _) => Error::Unauthorized,
+        (429, _) => Error::RateLimited {
+            retry_after_secs: retry_after.unwrap_or(1),
+        },
+        (_, Some(protocol::ErrorCode::UnsupportedVersion)) => Error::Protocol(
+            "the server does not speak this protocol version; upgrade the app".into(),
+        ),
+        (status, _) => Error::Server {
+            status,
+            message: error.map_or_else(|| "no error body".to_owned(), |e| e.message),
+        },
+    })
+}
+
+fn network_error(err: reqwest::Error) -> Error {
+    // The URL may carry the cursor, never a token or values; keep only the kind of failure.
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "the connection failed"
+    };
+    Error::Network(kind.to_owned())
+}
+
+/// Runs a store call on the blocking pool: SQLite work must not stall the async runtime.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    work: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|_| Error::Corrupt("a store task panicked".into()))?
+}
+
+fn tls_config(trusted_roots_pem: &[String]) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| Error::InvalidConfig(format!("TLS: {err}")))?;
+    if trusted_roots_pem.is_empty() {
+        let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(|err| {
+            Error::InvalidConfig(format!("the platform trust store is unusable: {err}"))
+        })?;
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted_roots_pem {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert =
+                cert.map_err(|_| Error::InvalidConfig("a trusted root is not PEM".into()))?;
+            roots.add(cert).map_err(|_| {
+                Error::InvalidConfig("a trusted root is not a valid certificate".into())
+            })?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(Error::InvalidConfig(
+            "the trusted roots hold no certificate".into(),
+        ));
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}

@@ -1,0 +1,382 @@
+//! The sync engine against a real server process: several devices, offline edits, conflicts,
+//! deletes, catching up, revocation and rejection.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use fieldsync_core::{Error, Filter, Store, SyncClient, SyncConfig};
+use fieldsync_tests::server::ServerProcess;
+use fieldsync_tests::{fields, open_device};
+use serde_json::json;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_fieldsync-server");
+
+struct Clinic {
+    dir: tempfile::TempDir,
+    server: ServerProcess,
+}
+
+struct Device {
+    store: Store,
+    client: SyncClient,
+}
+
+impl Clinic {
+    fn new() -> Clinic {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+        Clinic { dir, server }
+    }
+
+    /// A device of `user`, creating the user with write grants on `scopes` the first time.
+    fn device(&self, user: &str, scopes: &[&str], name: &str) -> Device {
+        let existing = self
+            .server
+            .admin(&["devices"])
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(user));
+        let token = if existing {
+            self.server.device(user)
+        } else {
+            self.server.user_with_device(user, scopes)
+        };
+        self.device_with_token(&token, name)
+    }
+
+    fn device_with_token(&self, token: &str, name: &str) -> Device {
+        let store = open_device(&self.dir.path().join(format!("{name}.db")));
+        let mut config = SyncConfig::new(&self.server.url, token);
+        config.pull_page_size = 50;
+        config.push_batch_size = 40;
+        Device {
+            store,
+            client: SyncClient::new(config).unwrap(),
+        }
+    }
+}
+
+impl Device {
+    async fn sync(&self) -> fieldsync_core::SyncReport {
+        self.client.sync_now(&self.store).await.unwrap()
+    }
+
+    fn client_record(&self, id: &str) -> Option<fieldsync_core::Fields> {
+        self.store.get("clients", id).unwrap().map(|r| r.fields)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_therapists_edit_one_note_offline_and_both_edits_survive() {
+    let clinic = Clinic::new();
+    let ada = clinic.device("ada", &["north"], "ada");
+    let bo = clinic.device("bo", &["north"], "bo");
+    let id = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Sam", "notes": "Likes trains."})),
+        )
+        .unwrap();
+    ada.sync().await;
+    bo.sync().await;
+
+    // Both offline: edits to the same note and to the same scalar field.
+    ada.store
+        .splice_text("clients", &id, "notes", 0, 0, "Calm today. ")
+        .unwrap();
+    ada.store
+        .update("clients", &id, fields(json!({"phone": "111"})))
+        .unwrap();
+    bo.store
+        .splice_text("clients", &id, "notes", 6, 0, "red ")
+        .unwrap();
+    bo.store
+        .update("clients", &id, fields(json!({"phone": "222"})))
+        .unwrap();
+
+    ada.sync().await;
+    bo.sync().await;
+    ada.sync().await;
+    let expected = json!("Calm today. Likes red trains.");
+    assert_eq!(ada.client_record(&id).unwrap()["notes"], expected);
+    assert_eq!(bo.client_record(&id).unwrap()["notes"], expected);
+    // A third, fresh device sees the server's merged copy.
+    let fresh = clinic.device("ada", &[], "fresh");
+    fresh.sync().await;
+    assert_eq!(fresh.client_record(&id).unwrap()["notes"], expected);
+
+    let winner = ada.client_record(&id).unwrap()["phone"].clone();
+    for device in [&ada, &bo, &fresh] {
+        assert_eq!(device.client_record(&id).unwrap()["phone"], winner);
+        let conflicts = device.store.conflicts("clients", &id).unwrap();
+        assert_eq!(conflicts.len(), 1, "the conflict is visible everywhere");
+        assert_eq!(conflicts[0].winner.value, winner);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_wins_over_an_offline_edit_everywhere() {
+    let clinic = Clinic::new();
+    let ada = clinic.device("ada", &["north"], "ada");
+    let bo = clinic.device("bo", &["north"], "bo");
+    let id = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Sam"})),
+        )
+        .unwrap();
+    ada.sync().await;
+    bo.sync().await;
+    ada.store.delete("clients", &id).unwrap();
+    bo.store
+        .update("clients", &id, fields(json!({"phone": "555"})))
+        .unwrap();
+    bo.sync().await;
+    ada.sync().await;
+    bo.sync().await;
+    let fresh = clinic.device("bo", &[], "fresh");
+    fresh.sync().await;
+    for device in [&ada, &bo, &fresh] {
+        assert_eq!(device.client_record(&id), None);
+        assert_eq!(device.store.count("clients", &Filter::All).unwrap(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_offline_through_many_changes_catches_up() {
+    let clinic = Clinic::new();
+    let busy = clinic.device("ada", &["north"], "busy");
+    let away = clinic.device("bo", &["north"], "away");
+    away.sync().await;
+    let mut ids = Vec::new();
+    for round in 0..5 {
+        for i in 0..60 {
+            let id = busy
+                .store
+                .insert(
+                    "clients",
+                    fields(json!({"caseload_id": "north", "name": format!("r{round}-{i}")})),
+                )
+                .unwrap();
+            ids.push(id);
+        }
+        for id in ids.iter().step_by(7) {
+            busy.store
+                .update("clients", id, fields(json!({"birth_year": round})))
+                .unwrap();
+        }
+        busy.sync().await;
+    }
+    let report = away.sync().await;
+    assert!(report.pulled >= 300, "{report:?}");
+    assert_eq!(away.store.count("clients", &Filter::All).unwrap(), 300);
+    for id in ids.iter().step_by(7) {
+        assert_eq!(away.client_record(id), busy.client_record(id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_server_refuses_stays_local_and_does_not_block_the_rest() {
+    let clinic = Clinic::new();
+    let ada = clinic.device("ada", &["north"], "ada");
+    let forbidden = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "south", "name": "Elsewhere"})),
+        )
+        .unwrap();
+    let allowed = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Here"})),
+        )
+        .unwrap();
+    let report = ada.sync().await;
+    assert_eq!((report.pushed, report.rejected), (1, 1));
+    let rejections = ada.store.server_rejections().unwrap();
+    assert_eq!(rejections.len(), 1);
+    assert_eq!(
+        (rejections[0].id.as_str(), rejections[0].code.as_str()),
+        (forbidden.as_str(), "forbidden_scope")
+    );
+    assert!(
+        ada.client_record(&forbidden).is_some(),
+        "the refused record stays on the device"
+    );
+    assert!(ada.store.outbox(10).unwrap().is_empty());
+    let other = clinic.device("ada", &[], "other");
+    other.sync().await;
+    assert!(other.client_record(&allowed).is_some());
+    assert!(other.client_record(&forbidden).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_stop_syncing_and_revoked_scopes_disappear() {
+    let clinic = Clinic::new();
+    let ada = clinic.device("ada", &["north", "south"], "ada");
+    ada.store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "N"})),
+        )
+        .unwrap();
+    let south = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "south", "name": "S"})),
+        )
+        .unwrap();
+    ada.sync().await;
+    let (tablet_id, tablet_token) = clinic.server.enroll("ada");
+    let tablet = clinic.device_with_token(&tablet_token, "tablet");
+    tablet.sync().await;
+    assert_eq!(tablet.store.count("clients", &Filter::All).unwrap(), 2);
+
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    let _subscription = tablet
+        .store
+        .subscribe("clients", Filter::All, move |event| {
+            sink.lock().unwrap().extend(event.ids.clone())
+        })
+        .unwrap();
+    clinic
+        .server
+        .admin(&["revoke-grant", "--user", "ada", "--scope", "south"]);
+    let report = tablet.sync().await;
+    assert_eq!(report.purged_scopes, vec!["south".to_owned()]);
+    assert_eq!(tablet.store.count("clients", &Filter::All).unwrap(), 1);
+    assert!(tablet.client_record(&south).is_none());
+    assert!(
+        tablet.store.history("clients", &south).is_err(),
+        "hard deleted, no tombstone"
+    );
+    assert_eq!(*heard.lock().unwrap(), vec![south.clone()]);
+
+    clinic
+        .server
+        .admin(&["revoke-device", &tablet_id.to_string()]);
+    let err = tablet.client.sync_now(&tablet.store).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized), "{err}");
+    ada.sync().await;
+    assert_eq!(
+        ada.store.count("clients", &Filter::All).unwrap(),
+        1,
+        "other devices go on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_devices_with_random_writes_and_sync_timing_converge() {
+    let clinic = Clinic::new();
+    let devices: Vec<Device> = (0..10)
+        .map(|n| clinic.device(&format!("user{}", n % 3), &["north"], &format!("d{n}")))
+        .collect();
+    let seed_record = devices[0]
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "shared", "notes": ""})),
+        )
+        .unwrap();
+    devices[0].sync().await;
+    for device in &devices {
+        device.sync().await;
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..15 {
+        for (n, device) in devices.iter().enumerate() {
+            match next() % 4 {
+                0 => {
+                    device
+                        .store
+                        .insert(
+                            "clients",
+                            fields(json!({"caseload_id": "north", "name": format!("{n}-{round}")})),
+                        )
+                        .unwrap();
+                }
+                1 => {
+                    let notes = device.client_record(&seed_record).unwrap()["notes"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    let at = (next() as usize) % (notes.encode_utf16().count() + 1);
+                    device
+                        .store
+                        .splice_text(
+                            "clients",
+                            &seed_record,
+                            "notes",
+                            at,
+                            0,
+                            &format!("<{n}.{round}>"),
+                        )
+                        .unwrap();
+                }
+                2 => {
+                    device
+                        .store
+                        .update(
+                            "clients",
+                            &seed_record,
+                            fields(json!({"birth_year": (next() % 100) as i64})),
+                        )
+                        .unwrap();
+                }
+                _ => {}
+            }
+            if next() % 3 == 0 {
+                device.sync().await;
+            }
+        }
+    }
+    // Everyone syncs twice: first to push, then to pull what the others pushed.
+    for _ in 0..2 {
+        for device in &devices {
+            device.sync().await;
+        }
+    }
+    let reference = devices[0]
+        .store
+        .query("clients", &Default::default())
+        .unwrap();
+    let reference_history: Vec<String> = devices[0]
+        .store
+        .history("clients", &seed_record)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.change_hash)
+        .collect();
+    for device in &devices[1..] {
+        let records = device.store.query("clients", &Default::default()).unwrap();
+        let strip = |records: &[fieldsync_core::Record]| {
+            records
+                .iter()
+                .map(|r| (r.id.clone(), r.fields.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&records), strip(&reference));
+        let mut history: Vec<String> = device
+            .store
+            .history("clients", &seed_record)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.change_hash)
+            .collect();
+        let mut expected = reference_history.clone();
+        history.sort();
+        expected.sort();
+        assert_eq!(history, expected, "the same changes everywhere");
+    }
+}
