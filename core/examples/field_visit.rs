@@ -1,112 +1,205 @@
-//! A field visit, told step by step: a therapist's phone and a colleague's tablet both edit
-//! the same client's record while offline, then exchange their changes and end up identical.
+//! A field visit, told step by step: a therapist's phone and a colleague's tablet both edit the
+//! same client's record and session note while offline, then sync through the server and end
+//! up identical.
 //!
-//! Run with `scripts/demo` (or `cargo run -p fieldsync-core --example field_visit`).
+//! `scripts/demo` starts a real `fieldsync-server`, enrolls the two devices and runs this with
+//! `field_visit <server url> <phone token> <tablet token> <work dir>`.
 
-use fieldsync_core::{Fields, Schema, Store, StoreOptions};
+use std::path::Path;
+
+use fieldsync_core::{Fields, Schema, Store, StoreOptions, SyncClient, SyncConfig};
 use serde_json::json;
 
 const SCHEMA: &str = include_str!("../tests/fixtures/clinic.schema.json");
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let schema = Schema::from_json(SCHEMA)?;
-    let phone = Store::open(
-        dir.path().join("phone.db"),
-        schema.clone(),
-        StoreOptions::default(),
-    )?;
-    let tablet = Store::open(
-        dir.path().join("tablet.db"),
-        schema,
-        StoreOptions::default(),
-    )?;
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, url, phone_token, tablet_token, dir] = args.as_slice() else {
+        eprintln!("usage: field_visit <server url> <phone token> <tablet token> <work dir>");
+        std::process::exit(2);
+    };
+    let dir = Path::new(dir);
+    let phone = Device::open(dir, "phone", url, phone_token)?;
+    let tablet = Device::open(dir, "tablet", url, tablet_token)?;
     println!("Two devices, each with its own local store file:");
-    println!("  phone  (device {})", short(phone.device_id()));
-    println!("  tablet (device {})", short(tablet.device_id()));
+    println!("  Ada's phone  (device {})", short(phone.store.device_id()));
+    println!(
+        "  Bo's tablet  (device {})",
+        short(tablet.store.device_id())
+    );
 
-    let client = fields(json!({
-        "caseload_id": "north", "name": "Sam Rivera", "phone": "555-0100",
-        "notes": "Prefers morning visits."
-    }));
-    let id = phone.insert("clients", client)?;
-    carry(&phone, &tablet)?;
-    println!("\nThe phone creates client {id} and both devices sync: they share the record.");
-
-    println!("\nBoth go offline and edit the same record:");
-    phone.splice_text("clients", &id, "notes", 0, 0, "Dog in the yard. ")?;
-    phone.update("clients", &id, fields(json!({"phone": "555-0199"})))?;
-    println!("  phone:  adds 'Dog in the yard.' to the notes, sets the phone number to 555-0199");
-    let end = utf16_len(&note(&tablet, &id)?);
-    tablet.splice_text("clients", &id, "notes", end, 0, " Bring the picture cards.")?;
-    tablet.update(
+    step("At the clinic, with signal: Ada records a new client and a session, and syncs.");
+    let client = phone.store.insert(
         "clients",
-        &id,
+        fields(
+            json!({"caseload_id": "caseload-north", "name": "Sam Rivera", "phone": "555-0100",
+                      "notes": "Prefers morning visits."}),
+        ),
+    )?;
+    let session = phone.store.insert(
+        "sessions",
+        fields(json!({"caseload_id": "caseload-north", "client": client, "started_at": 1_700_000_000_000i64,
+                      "note": "Worked on s-sounds."})),
+    )?;
+    phone.sync("phone").await?;
+    tablet.sync("tablet").await?;
+    println!(
+        "  Bo's tablet now has client {} and the session.",
+        short(&client)
+    );
+
+    step("In the field, no signal. Both edit the same record and the same session note.");
+    phone
+        .store
+        .splice_text("clients", &client, "notes", 0, 0, "Dog in the yard. ")?;
+    phone
+        .store
+        .update("clients", &client, fields(json!({"phone": "555-0199"})))?;
+    phone
+        .store
+        .splice_text("sessions", &session, "note", 0, 0, "Good focus. ")?;
+    println!("  phone:  notes += 'Dog in the yard.' (at the start), phone = 555-0199,");
+    println!("          session note += 'Good focus.' (at the start)");
+    let note_end = text_len(&tablet.store, "sessions", &session, "note")?;
+    tablet.store.splice_text(
+        "sessions",
+        &session,
+        "note",
+        note_end,
+        0,
+        " Next: r-sounds.",
+    )?;
+    let notes_end = text_len(&tablet.store, "clients", &client, "notes")?;
+    tablet.store.splice_text(
+        "clients",
+        &client,
+        "notes",
+        notes_end,
+        0,
+        " Bring picture cards.",
+    )?;
+    tablet.store.update(
+        "clients",
+        &client,
         fields(json!({"phone": "555-0142", "birth_year": 2016})),
     )?;
     println!(
-        "  tablet: appends 'Bring the picture cards.', sets the phone to 555-0142, birth year 2016"
+        "  tablet: notes += 'Bring picture cards.' (at the end), phone = 555-0142, birth year 2016,"
     );
+    println!("          session note += 'Next: r-sounds.' (at the end)");
 
-    println!("\nBack online, each device merges the other's changes:");
-    carry(&phone, &tablet)?;
-    carry(&tablet, &phone)?;
-    let on_phone = phone.get("clients", &id)?.expect("the record exists");
-    let on_tablet = tablet.get("clients", &id)?.expect("the record exists");
-    println!("  notes:      {}", on_phone.fields["notes"]);
-    println!("  birth year: {}", on_phone.fields["birth_year"]);
+    step("Back in signal, both sync through the server.");
+    phone.sync("phone").await?;
+    tablet.sync("tablet").await?;
+    phone.sync("phone").await?;
+
+    step("Both devices now show:");
+    let on_phone = phone
+        .store
+        .get("clients", &client)?
+        .expect("the client exists");
+    let on_tablet = tablet
+        .store
+        .get("clients", &client)?
+        .expect("the client exists");
+    let note = phone
+        .store
+        .get("sessions", &session)?
+        .expect("the session exists");
+    println!("  client notes:  {}", on_phone.fields["notes"]);
+    println!("  session note:  {}", note.fields["note"]);
+    println!("  birth year:    {}", on_phone.fields["birth_year"]);
     println!(
-        "  phone:      {} (both wrote it; the same winner on both devices)",
+        "  phone number:  {}  (both wrote it; every device shows the same winner)",
         on_phone.fields["phone"]
     );
-    for conflict in phone.conflicts("clients", &id)? {
+    for conflict in phone.store.conflicts("clients", &client)? {
         for loser in conflict.losers {
             println!(
-                "  the {} value {} from device {} is kept as a visible conflict",
+                "  the other {} value, {}, from device {}, is kept as a visible conflict",
                 conflict.field,
                 loser.value,
                 short(&loser.device_id)
             );
         }
     }
-    assert_eq!(on_phone.fields, on_tablet.fields);
-    println!("\nBoth devices now hold identical records. History of the record:");
-    for entry in phone.history("clients", &id)? {
+    let identical = on_phone.fields == on_tablet.fields
+        && tablet.store.get("sessions", &session)?.map(|r| r.fields) == Some(note.fields.clone());
+    println!(
+        "  identical on both devices: {}",
+        if identical { "yes" } else { "NO" }
+    );
+
+    step("The record's history (the audit trail):");
+    for entry in phone.store.history("clients", &client)? {
+        let who = if entry.device_id == phone.store.device_id() {
+            "Ada's phone"
+        } else {
+            "Bo's tablet"
+        };
+        println!("  {who:<12} changed {}", entry.fields.join(", "));
+    }
+    if !identical {
+        return Err("the devices did not converge".into());
+    }
+    Ok(())
+}
+
+struct Device {
+    store: Store,
+    client: SyncClient,
+}
+
+impl Device {
+    fn open(
+        dir: &Path,
+        name: &str,
+        url: &str,
+        token: &str,
+    ) -> Result<Device, Box<dyn std::error::Error>> {
+        let schema = Schema::from_json(SCHEMA)?;
+        let store = Store::open(
+            dir.join(format!("{name}.db")),
+            schema,
+            StoreOptions::default(),
+        )?;
+        let client = SyncClient::new(SyncConfig::new(url, token))?;
+        Ok(Device { store, client })
+    }
+
+    async fn sync(&self, name: &str) -> fieldsync_core::Result<()> {
+        let report = self.client.sync_now(&self.store).await?;
         println!(
-            "  device {} changed {:?}",
-            short(&entry.device_id),
-            entry.fields
+            "  {name} synced: sent {}, received {}",
+            report.pushed, report.pulled
         );
+        Ok(())
     }
-    Ok(())
 }
 
-/// Hands `from`'s unsent changes to `to`, as the sync server will.
-fn carry(from: &Store, to: &Store) -> fieldsync_core::Result<()> {
-    let entries = from.outbox(10_000)?;
-    if let Some(last) = entries.last().map(|e| e.seq) {
-        to.apply_remote(entries.into_iter().map(|e| e.into_remote()).collect())?;
-        from.acknowledge_outbox(last)?;
-    }
-    Ok(())
+fn step(text: &str) {
+    println!("\n{text}");
 }
 
-fn note(store: &Store, id: &str) -> fieldsync_core::Result<String> {
-    let record = store.get("clients", id)?.expect("the record exists");
-    Ok(record.fields["notes"]
+fn text_len(
+    store: &Store,
+    collection: &str,
+    id: &str,
+    field: &str,
+) -> fieldsync_core::Result<usize> {
+    let record = store.get(collection, id)?.expect("the record exists");
+    Ok(record.fields[field]
         .as_str()
         .unwrap_or_default()
-        .to_owned())
-}
-
-fn utf16_len(s: &str) -> usize {
-    s.encode_utf16().count()
+        .encode_utf16()
+        .count())
 }
 
 fn fields(value: serde_json::Value) -> Fields {
     value.as_object().cloned().unwrap_or_default()
 }
 
-fn short(device_id: &str) -> &str {
-    &device_id[..8.min(device_id.len())]
+fn short(id: &str) -> &str {
+    &id[..8.min(id.len())]
 }

@@ -59,7 +59,7 @@ pub struct SyncReport {
     pub pushed: usize,
     /// Outbox entries the server rejected (see [`Store::server_rejections`]).
     pub rejected: usize,
-    /// Records pulled and merged.
+    /// Pulled records that changed this store (records it already had are not counted).
     pub pulled: usize,
     /// Scopes whose records were deleted because the user may no longer read them.
     pub purged_scopes: Vec<String>,

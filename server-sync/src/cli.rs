@@ -257,19 +257,15 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::Devices => {
-            println!(
-                "{:>4}  {:<20} {:<24} {:<16} {:<8}",
-                "id", "user", "device", "last sync (ms)", "state"
-            );
+            let row =
+                |id: &dyn std::fmt::Display, user: &str, device: &str, last: &str, state: &str| {
+                    println!("{id:>4}  {user:<20} {device:<24} {last:<26} {state}");
+                };
+            row(&"id", "user", "device", "last sync (UTC)", "state");
             for device in storage.list_devices()? {
-                let last = device
-                    .last_sync_at
-                    .map_or("never".to_owned(), |t| t.to_string());
+                let last = device.last_sync_at.map_or("never".to_owned(), utc);
                 let state = if device.revoked { "revoked" } else { "active" };
-                println!(
-                    "{:>4}  {:<20} {:<24} {:<16} {:<8}",
-                    device.id, device.user, device.name, last, state
-                );
+                row(&device.id, &device.user, &device.name, &last, state);
             }
             Ok(())
         }
@@ -287,7 +283,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             for entry in storage.audit(&query)? {
                 println!(
                     "{} {} device {} {} {}/{} in {}",
-                    entry.at,
+                    utc(entry.at),
                     entry.user,
                     entry.device_id,
                     entry.action,
@@ -304,6 +300,12 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
     }
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC time.
+fn utc(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 fn serve(

@@ -7,7 +7,7 @@ use fieldsync_tests::server::{Client, ServerProcess};
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_fieldsync-server");
+const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
 
 fn start(db: &Path) -> ServerProcess {
     ServerProcess::start(Path::new(SERVER), db)

@@ -9,7 +9,7 @@ use fieldsync_tests::server::ServerProcess;
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_fieldsync-server");
+const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
 
 struct Clinic {
     dir: tempfile::TempDir,
