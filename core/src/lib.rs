@@ -67,7 +67,10 @@ pub use store::{
     ServerRejection, Store, StoreOptions, Synchronous, Write,
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
-pub use sync::{SyncClient, SyncConfig, SyncReport};
+pub use sync::{
+    BackgroundOptions, BackgroundSync, SyncClient, SyncConfig, SyncListener, SyncProgress,
+    SyncReport, SyncState, SyncStatus,
+};
 pub use value::Fields;
 
 /// Checks a record id against the rule stores and the server share: 1 to 128 characters from

@@ -405,6 +405,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many entries wait in the outbox.
+    pub fn outbox_len(&self) -> Result<usize> {
+        let db = self.shared.lock();
+        let count: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))?;
+        Ok(count as usize)
+    }
+
     /// Removes the outbox entries up to and including `seq`, once the server has them.
     pub fn acknowledge_outbox(&self, seq: i64) -> Result<()> {
         let db = self.shared.lock();

@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 use crate::protocol::{self, ErrorBody, PullResponse, PushRecord, PushRequest, PushResponse};
 use crate::store::Store;
 
+mod background;
+
+pub use background::{BackgroundOptions, BackgroundSync, SyncListener, SyncState, SyncStatus};
+
 /// Where and how to sync.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -65,6 +69,19 @@ pub struct SyncReport {
     pub purged_scopes: Vec<String>,
 }
 
+/// How far a running sync has come, for a progress bar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Outbox entries sent so far (accepted or refused).
+    pub pushed: u64,
+    /// Outbox entries there were to send when the sync started.
+    pub push_total: u64,
+    /// Pulled records merged so far (the total is not known in advance).
+    pub pulled: u64,
+    /// Whether the sync has moved on to pulling.
+    pub pulling: bool,
+}
+
 /// Syncs stores with one server; keeps its connections between calls.
 #[derive(Debug, Clone)]
 pub struct SyncClient {
@@ -92,13 +109,38 @@ impl SyncClient {
 
     /// Pushes the whole outbox, then pulls until caught up.
     pub async fn sync_now(&self, store: &Store) -> Result<SyncReport> {
+        self.sync_now_with_progress(store, &|_| {}).await
+    }
+
+    /// Like [`SyncClient::sync_now`], telling `on_progress` after every batch and page.
+    pub async fn sync_now_with_progress(
+        &self,
+        store: &Store,
+        on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
+    ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        self.push_all(store, &mut report).await?;
-        self.pull_all(store, &mut report).await?;
+        let push_total = blocking(store, |s| s.outbox_len()).await? as u64;
+        let progress = |report: &SyncReport, pulling: bool| {
+            on_progress(&SyncProgress {
+                pushed: (report.pushed + report.rejected) as u64,
+                push_total,
+                pulled: report.pulled as u64,
+                pulling,
+            })
+        };
+        self.push_all(store, &mut report, &|r| progress(r, false))
+            .await?;
+        self.pull_all(store, &mut report, &|r| progress(r, true))
+            .await?;
         Ok(report)
     }
 
-    async fn push_all(&self, store: &Store, report: &mut SyncReport) -> Result<()> {
+    async fn push_all(
+        &self,
+        store: &Store,
+        report: &mut SyncReport,
+        progress: &(dyn Fn(&SyncReport) + Send + Sync),
+    ) -> Result<()> {
         loop {
             let batch_size = self.config.push_batch_size.max(1);
             let entries = blocking(store, move |s| s.outbox(batch_size)).await?;
@@ -126,19 +168,26 @@ impl SyncClient {
             report.rejected += rejected;
             report.pushed += entries.len() - rejected;
             blocking(store, move |s| s.complete_push(&entries, &response)).await?;
+            progress(report);
         }
     }
 
-    async fn pull_all(&self, store: &Store, report: &mut SyncReport) -> Result<()> {
+    async fn pull_all(
+        &self,
+        store: &Store,
+        report: &mut SyncReport,
+        progress: &(dyn Fn(&SyncReport) + Send + Sync),
+    ) -> Result<()> {
         loop {
             let cursor = blocking(store, |s| s.sync_cursor()).await?;
             let page = self.send_pull(cursor.as_deref()).await?;
             let more = page.more;
-            report.pulled += page.records.len();
             report
                 .purged_scopes
                 .extend(page.revoked_scopes.iter().cloned());
             let applied = blocking(store, move |s| s.apply_pull_page(page)).await?;
+            report.pulled += applied.changed;
+            progress(report);
             if !applied.rejected.is_empty() {
                 tracing::warn!(
                     count = applied.rejected.len(),
