@@ -1,22 +1,46 @@
 //! A device as a separate process, so tests can end it abruptly and reopen its store.
 //!
-//! `fieldsync-device write <db-path> <count>` inserts `count` clients with a note each, prints
-//! each id as its insert returns, then exits at once without closing the store.
+//! - `fieldsync-device write <db> <count>` inserts `count` clients with a note each, prints each
+//!   id as its insert returns, then exits at once without closing the store.
+//! - `fieldsync-device pull <db> <url> <token> <page-size>` syncs; after each merged page it
+//!   prints `pulled <n>` and waits for a line on stdin before going on, so a test can kill it
+//!   at a known point.
 
-use std::io::Write as _;
+use std::io::{BufRead, Write as _};
+use std::path::Path;
 
+use fieldsync_core::{SyncClient, SyncConfig};
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, command, path, count] = args.as_slice() else {
-        eprintln!("usage: fieldsync-device write <db-path> <count>");
-        std::process::exit(2);
-    };
-    assert_eq!(command, "write", "the only command is `write`");
-    let count: usize = count.parse().expect("count is a number");
-    let store = open_device(std::path::Path::new(path));
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [_, "write", path, count] => {
+            write(Path::new(path), count.parse().expect("count is a number"))
+        }
+        [_, "pull", path, url, token, page] => pull(
+            Path::new(path),
+            url,
+            token,
+            page.parse().expect("page is a number"),
+        ),
+        _ => {
+            eprintln!(
+                "usage: fieldsync-device write <db> <count> | pull <db> <url> <token> <page-size>"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn write(path: &Path, count: usize) {
+    let store = open_device(path);
     let mut out = std::io::stdout().lock();
     for i in 0..count {
         let id = store
@@ -26,5 +50,26 @@ fn main() {
         out.flush().expect("stdout is open");
     }
     // Leave without dropping the store: what was committed must already be on disk.
+    std::process::exit(0);
+}
+
+fn pull(path: &Path, url: &str, token: &str, page_size: u32) {
+    let store = open_device(path);
+    let mut config = SyncConfig::new(url, token);
+    config.pull_page_size = page_size;
+    let client = SyncClient::new(config).expect("the client builds");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+    let on_progress = |progress: &fieldsync_core::SyncProgress| {
+        if progress.pulling && progress.pulled > 0 {
+            println!("pulled {}", progress.pulled);
+            let _ = std::io::stdout().flush();
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+        }
+    };
+    let report = runtime
+        .block_on(client.sync_now_with_progress(&store, &on_progress))
+        .expect("the sync succeeds");
+    println!("done {}", report.pulled);
     std::process::exit(0);
 }

@@ -1,0 +1,173 @@
+//! Processes that die mid-sync: the server killed during a push, a device killed during a pull.
+//! After a restart nothing is lost, nothing is applied twice, and everything converges.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use fieldsync_core::protocol::{self, PushRecord, PushRequest};
+use fieldsync_core::{Filter, SyncClient, SyncConfig};
+use fieldsync_tests::server::ServerProcess;
+use fieldsync_tests::{fields, open_device};
+use serde_json::json;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
+const DEVICE: &str = env!("CARGO_BIN_EXE_fieldsync-device");
+
+fn raw_push(url: &str, token: &str, body: &[u8], send: usize) -> std::net::TcpStream {
+    let address = url.trim_start_matches("http://");
+    let mut connection = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        connection,
+        "POST /v1/push HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         fieldsync-protocol: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    connection.write_all(&body[..send]).unwrap();
+    connection.flush().unwrap();
+    connection
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server.db");
+    let server = ServerProcess::start(Path::new(SERVER), &db);
+    let token = server.user_with_device("ada", &["north"]);
+    let reader_token = server.device("ada");
+    let phone = open_device(&dir.path().join("phone.db"));
+    for i in 0..20 {
+        phone
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": format!("c{i}")})),
+            )
+            .unwrap();
+    }
+    let first_half: Vec<PushRecord> = phone
+        .outbox(10)
+        .unwrap()
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let all: Vec<PushRecord> = phone
+        .outbox(100)
+        .unwrap()
+        .into_iter()
+        .map(Into::into)
+        .collect();
+
+    // 1. The server stored the first half but its answer never reached the device.
+    let body = protocol::encode(&PushRequest {
+        batch_id: "lost-answer".into(),
+        records: first_half,
+    });
+    let mut connection = raw_push(&server.url, &token, &body, body.len());
+    let mut answer = Vec::new();
+    connection.read_to_end(&mut answer).unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    // 2. Then a push of everything is cut off half-way: the server dies with the body unread.
+    let body = protocol::encode(&PushRequest {
+        batch_id: "cut-off".into(),
+        records: all,
+    });
+    let _connection = raw_push(&server.url, &token, &body, body.len() / 2);
+    server.kill();
+
+    // The device, which believes nothing was sent, syncs with the restarted server.
+    let restarted = ServerProcess::start(Path::new(SERVER), &db);
+    let report = SyncClient::new(SyncConfig::new(&restarted.url, &token))
+        .unwrap()
+        .sync_now(&phone)
+        .await
+        .unwrap();
+    assert_eq!((report.pushed, report.rejected), (20, 0));
+    assert!(phone.outbox(100).unwrap().is_empty());
+
+    let tablet = open_device(&dir.path().join("tablet.db"));
+    SyncClient::new(SyncConfig::new(&restarted.url, &reader_token))
+        .unwrap()
+        .sync_now(&tablet)
+        .await
+        .unwrap();
+    assert_eq!(
+        tablet.count("clients", &Filter::All).unwrap(),
+        20,
+        "nothing lost"
+    );
+    let audit = restarted.admin(&["audit", "--limit", "1000"]);
+    let pushes = audit.lines().filter(|l| l.contains(" push ")).count();
+    assert_eq!(pushes, 20, "each record was stored once:\n{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_killed_during_a_pull_converges_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+    let token = server.user_with_device("ada", &["north"]);
+    let device_token = server.device("ada");
+    let phone = open_device(&dir.path().join("phone.db"));
+    let writes = (0..600)
+        .map(|i| fieldsync_core::Write::Insert {
+            collection: "clients".into(),
+            id: None,
+            fields: fields(json!({"caseload_id": "north", "name": format!("c{i}"), "notes": "n"})),
+        })
+        .collect();
+    phone.write_batch(writes).unwrap();
+    SyncClient::new(SyncConfig::new(&server.url, &token))
+        .unwrap()
+        .sync_now(&phone)
+        .await
+        .unwrap();
+
+    // The device process pulls 50 records a page and is killed after its fourth page.
+    let tablet_db = dir.path().join("tablet.db");
+    let mut child = Command::new(DEVICE)
+        .args([
+            "pull",
+            tablet_db.to_str().unwrap(),
+            &server.url,
+            &device_token,
+            "50",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for page in 1..=4 {
+        let line = lines.next().unwrap().unwrap();
+        assert_eq!(line, format!("pulled {}", page * 50));
+        if page < 4 {
+            writeln!(stdin, "go on").unwrap();
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let tablet = open_device(&tablet_db);
+    assert_eq!(
+        tablet.count("clients", &Filter::All).unwrap(),
+        200,
+        "the merged pages survived"
+    );
+    let report = SyncClient::new(SyncConfig::new(&server.url, &device_token))
+        .unwrap()
+        .sync_now(&tablet)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.pulled, 400,
+        "the pull resumed after the last stored page"
+    );
+    assert_eq!(tablet.count("clients", &Filter::All).unwrap(), 600);
+    drop(tablet);
+    let check = rusqlite::Connection::open(&tablet_db).unwrap();
+    let integrity: String = check
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+}
