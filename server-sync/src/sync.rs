@@ -367,6 +367,9 @@ fn merge(
             "the record cannot be written in this scope",
         ));
     }
+    if let (None, Payload::Document(bytes)) = (&stored, &record.payload) {
+        return new_record_from_document(actor, limits, bytes);
+    }
     let mut doc = match &stored {
         Some(stored) => guarded(|| AutoCommit::load(&stored.doc).ok())
             .flatten()
@@ -451,6 +454,43 @@ fn merge(
         .map_err(|_| reject(RejectCode::Malformed, "the document's values do not read"))?;
     Ok(MergedRecord {
         doc: saved,
+        fields_json: serde_json::Value::Object(fields).to_string(),
+        deleted,
+        new_changes,
+    })
+}
+
+/// A record the server does not have yet, pushed as its whole document: loading it validates
+/// it, and it is stored as sent (it is already a compact save), without a merge.
+fn new_record_from_document(
+    actor: &str,
+    limits: &Limits,
+    bytes: &[u8],
+) -> Result<MergedRecord, Rejection> {
+    if bytes.len() > limits.max_document_bytes {
+        return Err(reject(
+            RejectCode::TooLarge,
+            "the document exceeds the size limit",
+        ));
+    }
+    let mut doc = guarded(|| AutoCommit::load(bytes).ok())
+        .flatten()
+        .ok_or_else(|| reject(RejectCode::Malformed, "the document does not load"))?;
+    let changes = doc.get_changes(&[]);
+    if changes
+        .iter()
+        .any(|c| c.actor_id().to_hex_string() != actor)
+    {
+        return Err(reject(
+            RejectCode::ForeignActor,
+            "the document holds another device's changes",
+        ));
+    }
+    let new_changes = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
+    let (fields, deleted) = fieldsync_core::document_values(&doc)
+        .map_err(|_| reject(RejectCode::Malformed, "the document's values do not read"))?;
+    Ok(MergedRecord {
+        doc: bytes.to_vec(),
         fields_json: serde_json::Value::Object(fields).to_string(),
         deleted,
         new_changes,

@@ -18,7 +18,10 @@ use super::{
 };
 use crate::error::ServerError;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_init.sql"),
+    include_str!("migrations/002_records_by_seq.sql"),
+];
 
 /// Server storage in one SQLite file.
 pub struct SqliteStorage {
@@ -87,6 +90,14 @@ fn placeholders(from: usize, count: usize) -> String {
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `?1` the position to read after, `?2` one more than the page (to learn whether more wait),
+/// then the scopes.
+fn page_params(after: i64, limit: u32, scopes: &[String]) -> Vec<rusqlite::types::Value> {
+    let mut values: Vec<rusqlite::types::Value> = vec![after.into(), (i64::from(limit) + 1).into()];
+    values.extend(scopes.iter().map(|s| s.clone().into()));
+    values
 }
 
 fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
@@ -384,9 +395,7 @@ impl Storage for SqliteStorage {
             placeholders(3, scopes.len())
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let mut values: Vec<rusqlite::types::Value> =
-            vec![after.into(), (i64::from(limit) + 1).into()];
-        values.extend(scopes.iter().map(|s| s.clone().into()));
+        let values = page_params(after, limit, scopes);
         let rows = stmt.query_map(params_from_iter(values), |row| {
             Ok((
                 row.get::<_, i64>(0)?,
@@ -439,9 +448,7 @@ impl Storage for SqliteStorage {
             placeholders(3, scopes.len())
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let mut values: Vec<rusqlite::types::Value> =
-            vec![after.into(), (i64::from(limit) + 1).into()];
-        values.extend(scopes.iter().map(|s| s.clone().into()));
+        let values = page_params(after, limit, scopes);
         let rows = stmt.query_map(params_from_iter(values), |row| {
             Ok(DocumentEntry {
                 seq: row.get(0)?,

@@ -5,6 +5,8 @@
 //! - `fieldsync-device pull <db> <url> <token> <page-size>` syncs; after each merged page it
 //!   prints `pulled <n>` and waits for a line on stdin before going on, so a test can kill it
 //!   at a known point.
+//! - `fieldsync-device first-sync <db> <url> <token> <page-size>` syncs a fresh store and
+//!   prints `records <n> seconds <s> peak_rss_kib <k>`.
 
 use std::io::{BufRead, Write as _};
 use std::path::Path;
@@ -30,9 +32,15 @@ fn main() {
             token,
             page.parse().expect("page is a number"),
         ),
+        [_, "first-sync", path, url, token, page] => first_sync(
+            Path::new(path),
+            url,
+            token,
+            page.parse().expect("page is a number"),
+        ),
         _ => {
             eprintln!(
-                "usage: fieldsync-device write <db> <count> | pull <db> <url> <token> <page-size>"
+                "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size>"
             );
             std::process::exit(2);
         }
@@ -72,4 +80,35 @@ fn pull(path: &Path, url: &str, token: &str, page_size: u32) {
         .expect("the sync succeeds");
     println!("done {}", report.pulled);
     std::process::exit(0);
+}
+
+fn first_sync(path: &Path, url: &str, token: &str, page_size: u32) {
+    let store = open_device(path);
+    let mut config = SyncConfig::new(url, token);
+    config.pull_page_size = page_size;
+    let client = SyncClient::new(config).expect("the client builds");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+    let started = std::time::Instant::now();
+    let report = runtime
+        .block_on(client.sync_now(&store))
+        .expect("the sync succeeds");
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "records {} seconds {seconds:.3} peak_rss_kib {}",
+        report.pulled,
+        peak_rss_kib()
+    );
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), or 0 where unknown.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -1,0 +1,192 @@
+//! Sync benchmarks against a real server process over loopback:
+//! - first sync of a fresh device (records/s and the device process's peak memory, for two
+//!   data sizes, beside plain rusqlite inserting the same rows);
+//! - an incremental sync of 1,000 edits from device A through the server to device B.
+//!
+//! `cargo bench -p fieldsync-tests --bench sync` (100,000 sessions) or `-- --quick` (20,000).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use fieldsync_core::{Filter, SyncClient, SyncConfig, Write};
+use fieldsync_tests::clinic_data::{self, ClinicSize, Rng};
+use fieldsync_tests::server::ServerProcess;
+use fieldsync_tests::{fields, open_device};
+use serde_json::json;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
+const DEVICE: &str = env!("CARGO_BIN_EXE_fieldsync-device");
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let size = if quick {
+        ClinicSize {
+            sessions: 20_000,
+            ..ClinicSize::FULL
+        }
+    } else {
+        ClinicSize::FULL
+    };
+    println!(
+        "fieldsync sync benchmarks ({} sessions, release build)\n",
+        size.sessions
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+    let writer_token = grant_user(&server, "writer", size.therapists);
+    let all_token = grant_user(&server, "reader", size.therapists);
+    let fifth_token = grant_user(&server, "fifth", size.therapists / 5);
+
+    let writer = open_device(&dir.path().join("writer.db"));
+    let mut rng = Rng::new(7);
+    let started = Instant::now();
+    let sessions: Vec<Write> = (0..size.sessions)
+        .map(|i| clinic_data::session(size, i, &mut rng))
+        .collect();
+    for chunk in sessions.chunks(10_000) {
+        writer.write_batch(chunk.to_vec()).unwrap();
+    }
+    let mut config = SyncConfig::new(&server.url, &writer_token);
+    config.push_batch_size = 1000;
+    let writer_client = SyncClient::new(config).unwrap();
+    writer_client.sync_now(&writer).await.unwrap();
+    println!(
+        "seeded: {} sessions written and pushed in {:.1} s",
+        size.sessions,
+        started.elapsed().as_secs_f64()
+    );
+
+    for (label, token) in [
+        ("a fifth of the caseloads", &fifth_token),
+        ("every caseload", &all_token),
+    ] {
+        let db = dir.path().join(format!("fresh-{}.db", label.len()));
+        let output = Command::new(DEVICE)
+            .args([
+                "first-sync",
+                db.to_str().unwrap(),
+                &server.url,
+                token,
+                "1000",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = String::from_utf8(output.stdout).unwrap();
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [records, seconds, peak_kib] = numbers[..] else {
+            panic!("unexpected output: {line}")
+        };
+        println!(
+            "first sync, {label}: {records} records in {seconds:.2} s = {:.0} records/s; device peak memory {:.1} MiB",
+            records / seconds,
+            peak_kib / 1024.0
+        );
+    }
+    let plain = plain_insert(dir.path(), size.sessions);
+    println!(
+        "plain rusqlite inserting the same {} rows in one transaction: {:.2} s = {:.0} rows/s",
+        size.sessions,
+        plain,
+        size.sessions as f64 / plain
+    );
+
+    // Incremental: device B is caught up; device A edits 1,000 sessions and syncs; B syncs.
+    let reader = open_device(
+        &dir.path()
+            .join(format!("fresh-{}.db", "every caseload".len())),
+    );
+    let reader_client = SyncClient::new(SyncConfig::new(&server.url, &all_token)).unwrap();
+    reader_client.sync_now(&reader).await.unwrap();
+    let edits: Vec<Write> = (0..1000)
+        .map(|i| Write::Update {
+            collection: "sessions".into(),
+            id: format!("session-{:06}", i * (size.sessions / 1000)),
+            patch: fields(json!({"started_at": 9_000_000_000_000i64 + i as i64})),
+        })
+        .collect();
+    writer.write_batch(edits).unwrap();
+    let started = Instant::now();
+    let pushed = writer_client.sync_now(&writer).await.unwrap().pushed;
+    let pulled = reader_client.sync_now(&reader).await.unwrap().pulled;
+    let elapsed = started.elapsed();
+    assert_eq!((pushed, pulled), (1000, 1000));
+    println!(
+        "incremental sync of 1,000 edits from device A through the server to device B: {:.0} ms",
+        elapsed.as_secs_f64() * 1e3
+    );
+    let moved = reader
+        .count(
+            "sessions",
+            &Filter::Gte {
+                field: "started_at".into(),
+                value: json!(9_000_000_000_000i64),
+            },
+        )
+        .unwrap();
+    assert_eq!(moved, 1000);
+}
+
+fn grant_user(server: &ServerProcess, name: &str, caseloads: usize) -> String {
+    server.admin(&["create-user", name]);
+    for t in 0..caseloads {
+        server.admin(&[
+            "grant",
+            "--user",
+            name,
+            "--scope",
+            &clinic_data::caseload(t),
+        ]);
+    }
+    server.device(name)
+}
+
+/// Seconds for plain rusqlite to insert the same session rows (same columns) in one
+/// transaction, WAL, synchronous=FULL.
+fn plain_insert(dir: &Path, count: usize) -> f64 {
+    let conn = rusqlite::Connection::open(dir.join("plain.db")).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE sessions (id TEXT PRIMARY KEY, caseload_id TEXT NOT NULL, client TEXT,
+             started_at INTEGER NOT NULL, note TEXT);
+         CREATE INDEX by_client ON sessions (client, started_at);
+         CREATE INDEX by_caseload ON sessions (caseload_id);",
+    )
+    .unwrap();
+    let size = ClinicSize::FULL;
+    let mut rng = Rng::new(7);
+    let rows: Vec<Write> = (0..count)
+        .map(|i| clinic_data::session(size, i, &mut rng))
+        .collect();
+    let started = Instant::now();
+    let tx = conn.unchecked_transaction().unwrap();
+    {
+        let mut stmt = tx
+            .prepare("INSERT INTO sessions (id, caseload_id, client, started_at, note) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .unwrap();
+        for row in &rows {
+            let Write::Insert { id, fields, .. } = row else {
+                unreachable!()
+            };
+            stmt.execute(rusqlite::params![
+                id,
+                fields["caseload_id"].as_str(),
+                fields["client"].as_str(),
+                fields["started_at"].as_i64(),
+                fields["note"].as_str()
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    started.elapsed().as_secs_f64()
+}
