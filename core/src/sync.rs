@@ -11,17 +11,14 @@
 //! (on Android the app must first initialise `rustls-platform-verifier` through JNI, as its
 //! documentation shows); a clinic that runs a private CA passes its root certificates instead.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::error::{Error, Result};
 use crate::protocol::{self, ErrorBody, PullResponse, PushRecord, PushRequest, PushResponse};
 use crate::store::Store;
 
 mod background;
+mod tls;
 
 pub use background::{BackgroundOptions, BackgroundSync, SyncListener, SyncState, SyncStatus};
 
@@ -34,6 +31,11 @@ pub struct SyncConfig {
     pub token: String,
     /// PEM root certificates to trust instead of the platform's (a clinic's private CA).
     pub trusted_roots_pem: Vec<String>,
+    /// If not empty, the server's certificate must also carry one of these public keys: the
+    /// base64 SHA-256 of its SubjectPublicKeyInfo (`openssl x509 -pubkey -noout | openssl pkey
+    /// -pubin -outform der | openssl dgst -sha256 -binary | base64`), optionally prefixed
+    /// `sha256/`.
+    pub pinned_spki_sha256: Vec<String>,
     /// Outbox entries per push.
     pub push_batch_size: usize,
     /// Records per pull page.
@@ -49,6 +51,7 @@ impl SyncConfig {
             endpoint: endpoint.into(),
             token: token.into(),
             trusted_roots_pem: Vec::new(),
+            pinned_spki_sha256: Vec::new(),
             push_batch_size: 500,
             pull_page_size: 500,
             request_timeout: Duration::from_secs(60),
@@ -98,7 +101,10 @@ impl SyncClient {
             ));
         }
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(&config.trusted_roots_pem)?)
+            .tls_backend_preconfigured(tls::client_config(
+                &config.trusted_roots_pem,
+                &config.pinned_spki_sha256,
+            )?)
             .timeout(config.request_timeout)
             .build()
             .map_err(|err| {
@@ -293,36 +299,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&store))
         .await
         .map_err(|_| Error::Corrupt("a store task panicked".into()))?
-}
-
-fn tls_config(trusted_roots_pem: &[String]) -> Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|err| Error::InvalidConfig(format!("TLS: {err}")))?;
-    if trusted_roots_pem.is_empty() {
-        let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(|err| {
-            Error::InvalidConfig(format!("the platform trust store is unusable: {err}"))
-        })?;
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for pem in trusted_roots_pem {
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert =
-                cert.map_err(|_| Error::InvalidConfig("a trusted root is not PEM".into()))?;
-            roots.add(cert).map_err(|_| {
-                Error::InvalidConfig("a trusted root is not a valid certificate".into())
-            })?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(Error::InvalidConfig(
-            "the trusted roots hold no certificate".into(),
-        ));
-    }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
