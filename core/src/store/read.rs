@@ -200,19 +200,6 @@ pub(super) fn records_in_scope(
     Ok(records)
 }
 
-/// Whether a row (live or deleted) with this id exists.
-pub(super) fn exists(
-    shared: &Shared,
-    conn: &Connection,
-    collection: &str,
-    id: &str,
-) -> Result<bool> {
-    let table = shared.table(collection)?;
-    let sql = format!("SELECT 1 FROM {} WHERE _id = ?1", table.table);
-    let mut stmt = conn.prepare_cached(&sql)?;
-    Ok(stmt.exists([id])?)
-}
-
 /// Ids of live records of `collection` whose `field` holds `target_id`.
 pub(super) fn referencing(
     shared: &Shared,

@@ -317,13 +317,8 @@ impl Batch<'_> {
             fields,
             scope,
         } = encoded;
-        let key = (collection.to_owned(), id.clone());
-        if self.docs.contains_key(&key) || read::exists(self.shared, self.tx, collection, &id)? {
-            return Err(Error::DuplicateId {
-                collection: collection.to_owned(),
-                id,
-            });
-        }
+        // A taken id (even one inserted earlier in this batch: rows are written as they go)
+        // fails the primary key.
         let table = self.shared.table(collection)?;
         let row = read::RowData {
             id: &id,
