@@ -267,6 +267,27 @@ fn decode<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Starts a push by hand on a raw connection: the HTTP headers for `body`, then only its first
+/// `send` bytes, so a test can leave the request in flight. The caller writes the rest (or
+/// not) and reads the answer.
+pub fn partial_push(url: &str, token: &str, body: &[u8], send: usize) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let address = url.trim_start_matches("http://");
+    let mut connection = std::net::TcpStream::connect(address).expect("the server accepts");
+    write!(
+        connection,
+        "POST /v1/push HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         fieldsync-protocol: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .expect("the connection writes");
+    connection
+        .write_all(&body[..send])
+        .expect("the connection writes");
+    connection.flush().expect("the connection writes");
+    connection
+}
+
 /// Runs an admin command of `binary` against `db`; panics if it fails.
 pub fn admin(binary: &Path, db: &Path, args: &[&str]) -> String {
     let output = Command::new(binary)

@@ -7,27 +7,12 @@ use std::process::{Command, Stdio};
 
 use fieldsync_core::protocol::{self, PushRecord, PushRequest};
 use fieldsync_core::{Filter, SyncClient, SyncConfig};
-use fieldsync_tests::server::ServerProcess;
+use fieldsync_tests::server::{ServerProcess, partial_push};
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
 const DEVICE: &str = env!("CARGO_BIN_EXE_fieldsync-device");
-
-fn raw_push(url: &str, token: &str, body: &[u8], send: usize) -> std::net::TcpStream {
-    let address = url.trim_start_matches("http://");
-    let mut connection = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        connection,
-        "POST /v1/push HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         fieldsync-protocol: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    connection.write_all(&body[..send]).unwrap();
-    connection.flush().unwrap();
-    connection
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
@@ -63,7 +48,7 @@ async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
         batch_id: "lost-answer".into(),
         records: first_half,
     });
-    let mut connection = raw_push(&server.url, &token, &body, body.len());
+    let mut connection = partial_push(&server.url, &token, &body, body.len());
     let mut answer = Vec::new();
     connection.read_to_end(&mut answer).unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 200"));
@@ -72,7 +57,7 @@ async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
         batch_id: "cut-off".into(),
         records: all,
     });
-    let _connection = raw_push(&server.url, &token, &body, body.len() / 2);
+    let _connection = partial_push(&server.url, &token, &body, body.len() / 2);
     server.kill();
 
     // The device, which believes nothing was sent, syncs with the restarted server.

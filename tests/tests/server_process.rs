@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use fieldsync_core::Filter;
-use fieldsync_tests::server::{Client, ServerProcess};
+use fieldsync_tests::server::{Client, ServerProcess, partial_push};
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
 
@@ -164,19 +164,9 @@ fn sigterm_lets_a_request_in_flight_finish() {
             .map(Into::into)
             .collect(),
     });
-    let address = server.url.trim_start_matches("http://").to_owned();
-    let mut connection = std::net::TcpStream::connect(&address).unwrap();
     // The request is in flight: headers and half the body sent.
-    write!(
-        connection,
-        "POST /v1/push HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
-         fieldsync-protocol: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
     let half = body.len() / 2;
-    connection.write_all(&body[..half]).unwrap();
-    connection.flush().unwrap();
+    let mut connection = partial_push(&server.url, &token, &body, half);
     server.signal_terminate();
     server.wait_for_line("shutting down");
     // The request in flight completes after the server began shutting down.
