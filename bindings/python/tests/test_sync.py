@@ -1,0 +1,190 @@
+"""Two stores syncing through a real fieldsync-server process."""
+
+import asyncio
+import threading
+
+import pytest
+
+import fieldsync
+from fieldsync import FieldsyncError, FieldValue, Filter
+
+
+def sync(client, store, progress=None):
+    return asyncio.run(client.sync_now(store, progress))
+
+
+def device(server, tmp_path, schema, name, token):
+    store = fieldsync.Store(str(tmp_path / f"{name}.db"), schema)
+    client = fieldsync.SyncClient(fieldsync.SyncConfig(endpoint=server.url, token=token))
+    return store, client
+
+
+def test_two_stores_converge_and_keep_both_text_edits(server, tmp_path, schema):
+    phone_token = server.user_with_device("ada", "north")
+    tablet_token = server.user_with_device("bo", "north")
+    server.start()
+    phone, phone_sync = device(server, tmp_path, schema, "phone", phone_token)
+    tablet, tablet_sync = device(server, tmp_path, schema, "tablet", tablet_token)
+
+    client = phone.insert(
+        "clients", fieldsync.fields(caseload_id="north", name="Ada", notes="Visit went well.")
+    )
+    report = sync(phone_sync, phone)
+    assert (report.pushed, report.rejected) == (1, 0)
+    assert phone.outbox_len() == 0
+
+    merged = []
+
+    class Listener(fieldsync.ChangeListener):
+        def on_change(self, event):
+            merged.append(event)
+
+    subscription = tablet.subscribe("clients", Filter.ALL(), Listener())
+    report = sync(tablet_sync, tablet)
+    assert report.pulled == 1
+    assert [(e.ids, e.origin) for e in merged] == [([client], fieldsync.ChangeOrigin.REMOTE)]
+    subscription.cancel()
+
+    # Both edit the note offline, at different places; both edits survive the merge.
+    phone.splice_text("clients", client, "notes", 0, 0, "Calm. ")
+    tablet.splice_text("clients", client, "notes", len("Visit went well."), 0, " Call mum.")
+    for store, client_sync in [(phone, phone_sync), (tablet, tablet_sync), (phone, phone_sync)]:
+        sync(client_sync, store)
+
+    expected = FieldValue.STR("Calm. Visit went well. Call mum.")
+    assert phone.get("clients", client).fields["notes"] == expected
+    assert tablet.get("clients", client).fields["notes"] == expected
+    assert phone.get("clients", client).fields == tablet.get("clients", client).fields
+
+
+def test_a_conflict_has_one_winner_everywhere_and_keeps_the_loser(server, tmp_path, schema):
+    phone_token = server.user_with_device("ada", "north")
+    tablet_token = server.user_with_device("bo", "north")
+    server.start()
+    phone, phone_sync = device(server, tmp_path, schema, "phone", phone_token)
+    tablet, tablet_sync = device(server, tmp_path, schema, "tablet", tablet_token)
+
+    client = phone.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
+    sync(phone_sync, phone)
+    sync(tablet_sync, tablet)
+
+    phone.update("clients", client, fieldsync.fields(phone="555-0100"))
+    tablet.update("clients", client, fieldsync.fields(phone="555-0199"))
+    for store, client_sync in [(phone, phone_sync), (tablet, tablet_sync), (phone, phone_sync)]:
+        sync(client_sync, store)
+
+    winner = phone.get("clients", client).fields["phone"]
+    assert tablet.get("clients", client).fields["phone"] == winner
+    for store in (phone, tablet):
+        [conflict] = store.conflicts("clients", client)
+        assert conflict.field == "phone"
+        assert conflict.winner.value == winner
+        assert [loser.value for loser in conflict.losers] == [
+            FieldValue.STR("555-0100") if winner == FieldValue.STR("555-0199")
+            else FieldValue.STR("555-0199")
+        ]
+    devices = {entry.device_id for entry in phone.history("clients", client)}
+    assert devices == {phone.device_id(), tablet.device_id()}
+
+
+def test_progress_is_reported(server, tmp_path, schema):
+    token = server.user_with_device("ada", "north")
+    server.start()
+    store, client = device(server, tmp_path, schema, "phone", token)
+    store.write_batch(
+        [
+            fieldsync.Write.INSERT(
+                "clients", None, fieldsync.fields(caseload_id="north", name=f"C{i}")
+            )
+            for i in range(30)
+        ]
+    )
+    seen = []
+
+    class Progress(fieldsync.SyncProgressListener):
+        def on_progress(self, progress):
+            seen.append(progress)
+
+    small_batches = fieldsync.SyncClient(
+        fieldsync.SyncConfig(endpoint=server.url, token=token, push_batch_size=10)
+    )
+    report = sync(small_batches, store, Progress())
+    assert report.pushed == 30
+    pushes = [p.pushed for p in seen if not p.pulling]
+    assert pushes == [10, 20, 30]
+    assert all(p.push_total == 30 for p in seen)
+    assert seen[-1].pulling
+
+
+def test_a_refused_scope_stays_on_the_device_with_its_reason(server, tmp_path, schema):
+    token = server.user_with_device("ada", "north")
+    server.start()
+    store, client = device(server, tmp_path, schema, "phone", token)
+    kept = store.insert("clients", fieldsync.fields(caseload_id="south", name="Cy"))
+    report = sync(client, store)
+    assert (report.pushed, report.rejected) == (0, 1)
+    [rejection] = store.server_rejections()
+    assert (rejection.id, rejection.code) == (kept, "forbidden_scope")
+    assert store.get("clients", kept) is not None
+
+
+def test_revoked_token_and_unreachable_server_raise_typed_errors(server, tmp_path, schema):
+    token = server.user_with_device("ada", "north")
+    server.start()
+    store, client = device(server, tmp_path, schema, "phone", token)
+    store.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
+    sync(client, store)
+
+    token_id = token.split("_")[1]
+    server.admin("revoke-token", token_id)
+    store.insert("clients", fieldsync.fields(caseload_id="north", name="Bo"))
+    with pytest.raises(FieldsyncError.Unauthorized):
+        sync(client, store)
+    assert store.outbox_len() == 1  # nothing is lost
+
+    with pytest.raises(FieldsyncError.InvalidConfig):
+        fieldsync.SyncClient(fieldsync.SyncConfig(endpoint="ftp://example", token=token))
+
+    url = server.url
+    server.stop()
+    gone = fieldsync.SyncClient(fieldsync.SyncConfig(endpoint=url, token=token))
+    with pytest.raises(FieldsyncError.Network):
+        sync(gone, store)
+    assert store.outbox_len() == 1
+
+
+def test_background_sync_reports_status_and_stops(server, tmp_path, schema):
+    phone_token = server.user_with_device("ada", "north")
+    tablet_token = server.user_with_device("bo", "north")
+    server.start()
+    phone, phone_sync = device(server, tmp_path, schema, "phone", phone_token)
+    tablet, tablet_sync = device(server, tmp_path, schema, "tablet", tablet_token)
+
+    statuses = []
+    synced = threading.Event()
+
+    class Status(fieldsync.SyncStatusListener):
+        def on_status(self, status):
+            statuses.append(status)
+            if status.state == fieldsync.SyncState.IDLE and status.last_success_ms is not None:
+                synced.set()
+
+    background = phone_sync.start_background(
+        phone, fieldsync.BackgroundOptions(debounce_ms=50), Status()
+    )
+    client = phone.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
+    assert synced.wait(timeout=30), statuses
+    # The write was pushed by the background loop: the tablet can pull it.
+    deadline_polls = 0
+    while phone.outbox_len() and deadline_polls < 100:
+        synced.clear()
+        background.sync_soon()
+        assert synced.wait(timeout=30)
+        deadline_polls += 1
+    assert phone.outbox_len() == 0
+    sync(tablet_sync, tablet)
+    assert tablet.get("clients", client) is not None
+    assert any(s.state == fieldsync.SyncState.SYNCING for s in statuses)
+
+    asyncio.run(background.stop())
+    assert background.status().stopped

@@ -1,0 +1,191 @@
+//! The store object: the core's [`fieldsync_core::Store`] with boundary types.
+
+use std::sync::{Arc, Mutex};
+
+use fieldsync_core as core;
+
+use crate::error::Result;
+use crate::values::{
+    ChangeEvent, FieldConflict, FieldMap, Filter, HistoryEntry, Orphan, Query, Record,
+    ServerRejection, StoreOptions, Write, fields_to_core, to_usize,
+};
+
+/// An app's local record store: one SQLite file. Every method may be called from any thread;
+/// they block on disk I/O, so call them off the UI thread.
+#[derive(Debug, uniffi::Object)]
+pub struct Store {
+    pub(crate) inner: core::Store,
+}
+
+/// Told after every commit that changes records a subscription watches.
+#[uniffi::export(foreign)]
+pub trait ChangeListener: Send + Sync {
+    /// Which records changed. Runs on the thread that committed, after the commit; it may
+    /// read the store, and should hand longer work to another thread.
+    fn on_change(&self, event: ChangeEvent);
+}
+
+/// A live subscription. `cancel` (or closing or dropping the object) stops the callbacks.
+#[derive(Debug, uniffi::Object)]
+pub struct Subscription {
+    inner: Mutex<Option<core::Subscription>>,
+}
+
+#[uniffi::export]
+impl Subscription {
+    /// Stops the callbacks now. Calling it again does nothing.
+    pub fn cancel(&self) {
+        let subscription = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(subscription);
+    }
+}
+
+#[uniffi::export]
+impl Store {
+    /// Opens (or creates) the store file at `path` for the schema declared in `schema_json`,
+    /// with default options (every commit durable). A file created with an older schema is
+    /// upgraded in place when the new one only adds.
+    #[uniffi::constructor]
+    pub fn new(path: String, schema_json: String) -> Result<Arc<Store>> {
+        Self::open_with_options(path, schema_json, StoreOptions::default())
+    }
+
+    /// Like the primary constructor, with options.
+    #[uniffi::constructor]
+    pub fn open_with_options(
+        path: String,
+        schema_json: String,
+        options: StoreOptions,
+    ) -> Result<Arc<Store>> {
+        let schema = core::Schema::from_json(&schema_json)?;
+        let inner = core::Store::open(path, schema, options.into())?;
+        Ok(Arc::new(Store { inner }))
+    }
+
+    /// This device's stable id, kept in the file.
+    pub fn device_id(&self) -> String {
+        self.inner.device_id().to_owned()
+    }
+
+    /// Inserts a record with a new UUIDv7 id and returns the id.
+    pub fn insert(&self, collection: String, fields: FieldMap) -> Result<String> {
+        Ok(self.inner.insert(&collection, fields_to_core(&fields)?)?)
+    }
+
+    /// Inserts a record with the given id.
+    pub fn insert_with_id(&self, collection: String, id: String, fields: FieldMap) -> Result<()> {
+        self.inner
+            .insert_with_id(&collection, Some(id), fields_to_core(&fields)?)?;
+        Ok(())
+    }
+
+    /// Sets the fields in `patch`; `Null` clears an optional field. Other fields are kept.
+    pub fn update(&self, collection: String, id: String, patch: FieldMap) -> Result<()> {
+        Ok(self
+            .inner
+            .update(&collection, &id, fields_to_core(&patch)?)?)
+    }
+
+    /// Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
+    /// Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
+    pub fn splice_text(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+        index: u64,
+        delete_count: u64,
+        insert: String,
+    ) -> Result<()> {
+        Ok(self.inner.splice_text(
+            &collection,
+            &id,
+            &field,
+            to_usize(index)?,
+            to_usize(delete_count)?,
+            &insert,
+        )?)
+    }
+
+    /// Deletes a record, leaving a tombstone that syncs; a delete wins over concurrent edits.
+    pub fn delete(&self, collection: String, id: String) -> Result<()> {
+        Ok(self.inner.delete(&collection, &id)?)
+    }
+
+    /// Applies the writes in one transaction, all or none; returns each write's record id.
+    pub fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<String>> {
+        let writes = writes
+            .into_iter()
+            .map(Write::into_core)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.inner.write_batch(writes)?)
+    }
+
+    /// The live record with this id, or null if there is none or it was deleted.
+    pub fn get(&self, collection: String, id: String) -> Result<Option<Record>> {
+        Ok(self.inner.get(&collection, &id)?.map(Record::from))
+    }
+
+    /// Live records matching the query.
+    pub fn query(&self, collection: String, query: Query) -> Result<Vec<Record>> {
+        let records = self.inner.query(&collection, &query.to_core()?)?;
+        Ok(records.into_iter().map(Record::from).collect())
+    }
+
+    /// How many live records match the filter.
+    pub fn count(&self, collection: String, filter: Filter) -> Result<u64> {
+        Ok(self.inner.count(&collection, &filter.to_core()?)?)
+    }
+
+    /// Live records whose reference fields point at a deleted or absent record.
+    pub fn orphans(&self, collection: String) -> Result<Vec<Orphan>> {
+        let orphans = self.inner.orphans(&collection)?;
+        Ok(orphans.into_iter().map(Orphan::from).collect())
+    }
+
+    /// Fields of the record on which concurrent writes happened, with winner and losers.
+    pub fn conflicts(&self, collection: String, id: String) -> Result<Vec<FieldConflict>> {
+        let conflicts = self.inner.conflicts(&collection, &id)?;
+        Ok(conflicts.into_iter().map(FieldConflict::from).collect())
+    }
+
+    /// Every change of the record, oldest first: which device, when, which fields.
+    pub fn history(&self, collection: String, id: String) -> Result<Vec<HistoryEntry>> {
+        let history = self.inner.history(&collection, &id)?;
+        Ok(history.into_iter().map(HistoryEntry::from).collect())
+    }
+
+    /// Calls `listener` after every commit that changes records of `collection` matching
+    /// `filter` (before or after the change), for local writes and merges alike, until the
+    /// returned subscription is cancelled.
+    pub fn subscribe(
+        &self,
+        collection: String,
+        filter: Filter,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Arc<Subscription>> {
+        let subscription = self
+            .inner
+            .subscribe(&collection, filter.to_core()?, move |event| {
+                listener.on_change(ChangeEvent::from(event))
+            })?;
+        Ok(Arc::new(Subscription {
+            inner: Mutex::new(Some(subscription)),
+        }))
+    }
+
+    /// How many local changes wait to be pushed.
+    pub fn outbox_len(&self) -> Result<u64> {
+        Ok(self.inner.outbox_len()? as u64)
+    }
+
+    /// Local records the server refused, with its reasons; they stay on the device.
+    pub fn server_rejections(&self) -> Result<Vec<ServerRejection>> {
+        let rejections = self.inner.server_rejections()?;
+        Ok(rejections.into_iter().map(ServerRejection::from).collect())
+    }
+}

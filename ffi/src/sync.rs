@@ -1,0 +1,354 @@
+//! Sync across the boundary: `sync_now` as a foreign async call, and background sync with a
+//! status listener. Both run on one tokio runtime owned by the library, so apps need no
+//! runtime of their own and a foreign executor only awaits the result.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use fieldsync_core as core;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+
+use crate::error::{FieldsyncError, Result};
+use crate::store::Store;
+
+/// Where and how to sync.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncConfig {
+    /// The server's base URL, such as `https://sync.clinic.example`.
+    pub endpoint: String,
+    /// The device's bearer token.
+    pub token: String,
+    /// PEM root certificates to trust instead of the platform's (a clinic's private CA).
+    #[uniffi(default = [])]
+    pub trusted_roots_pem: Vec<String>,
+    /// If not empty, the server's certificate must carry one of these public keys (base64
+    /// SHA-256 of the SubjectPublicKeyInfo, optionally prefixed `sha256/`).
+    #[uniffi(default = [])]
+    pub pinned_spki_sha256: Vec<String>,
+    /// Outbox entries per push.
+    #[uniffi(default = 500)]
+    pub push_batch_size: u32,
+    /// Records per pull page.
+    #[uniffi(default = 500)]
+    pub pull_page_size: u32,
+    /// Longest one request may take, in milliseconds.
+    #[uniffi(default = 60000)]
+    pub request_timeout_ms: u64,
+}
+
+/// What one `sync_now` did.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncReport {
+    /// Outbox entries the server accepted.
+    pub pushed: u64,
+    /// Outbox entries the server refused (see `Store.server_rejections`).
+    pub rejected: u64,
+    /// Pulled records that changed this store.
+    pub pulled: u64,
+    /// Scopes whose records were removed because the user may no longer read them.
+    pub purged_scopes: Vec<String>,
+}
+
+/// How far a running sync has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct SyncProgress {
+    /// Outbox entries sent so far.
+    pub pushed: u64,
+    /// Outbox entries there were to send when the sync started.
+    pub push_total: u64,
+    /// Pulled records merged so far (the total is not known in advance).
+    pub pulled: u64,
+    /// Whether the sync has moved on to pulling.
+    pub pulling: bool,
+}
+
+/// What the background sync is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncState {
+    /// Waiting for the next sync.
+    Idle,
+    /// Syncing now.
+    Syncing,
+    /// The server cannot be reached; retrying with backoff.
+    Offline,
+    /// The last sync failed; retrying with backoff, or stopped.
+    Error,
+}
+
+/// The background sync's status, as a UI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncStatus {
+    /// What it is doing.
+    pub state: SyncState,
+    /// Progress of the running (or last) sync.
+    pub progress: SyncProgress,
+    /// When a sync last succeeded (ms since the epoch).
+    pub last_success_ms: Option<i64>,
+    /// What went wrong last, if the last sync failed.
+    pub last_error: Option<String>,
+    /// How long until the next attempt, when waiting after a failure.
+    pub retry_in_ms: Option<u64>,
+    /// Whether the loop has stopped for good (token refused, or stopped by the app).
+    pub stopped: bool,
+}
+
+/// Timing of the background sync, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct BackgroundOptions {
+    /// Sync at least this often.
+    #[uniffi(default = 300000)]
+    pub interval_ms: u64,
+    /// After a local write, sync once writes have paused this long.
+    #[uniffi(default = 2000)]
+    pub debounce_ms: u64,
+    /// First wait after a failure; doubles on each further failure.
+    #[uniffi(default = 1000)]
+    pub min_backoff_ms: u64,
+    /// Longest wait after failures.
+    #[uniffi(default = 300000)]
+    pub max_backoff_ms: u64,
+}
+
+/// Told how a running `sync_now` progresses.
+#[uniffi::export(foreign)]
+pub trait SyncProgressListener: Send + Sync {
+    /// After every pushed batch and pulled page.
+    fn on_progress(&self, progress: SyncProgress);
+}
+
+/// Told of every change of the background sync's status, on a library thread.
+#[uniffi::export(foreign)]
+pub trait SyncStatusListener: Send + Sync {
+    /// The new status.
+    fn on_status(&self, status: SyncStatus);
+}
+
+/// Syncs stores with one server; keeps its connections between calls.
+#[derive(Debug, uniffi::Object)]
+pub struct SyncClient {
+    inner: core::SyncClient,
+}
+
+#[uniffi::export]
+impl SyncClient {
+    /// Checks the configuration and builds the HTTP client.
+    #[uniffi::constructor]
+    pub fn new(config: SyncConfig) -> Result<Arc<SyncClient>> {
+        let _context = runtime()?.enter();
+        let inner = core::SyncClient::new(core::SyncConfig {
+            trusted_roots_pem: config.trusted_roots_pem,
+            pinned_spki_sha256: config.pinned_spki_sha256,
+            push_batch_size: config.push_batch_size as usize,
+            pull_page_size: config.pull_page_size,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            ..core::SyncConfig::new(config.endpoint, config.token)
+        })?;
+        Ok(Arc::new(SyncClient { inner }))
+    }
+
+    /// Pushes the whole outbox, then pulls until caught up. Safe to cancel: whatever the
+    /// server answered is kept, and the next sync carries on.
+    pub async fn sync_now(
+        &self,
+        store: Arc<Store>,
+        progress: Option<Arc<dyn SyncProgressListener>>,
+    ) -> Result<SyncReport> {
+        let client = self.inner.clone();
+        let store = store.inner.clone();
+        let report = run(async move {
+            let on_progress = |p: &core::SyncProgress| {
+                if let Some(listener) = &progress {
+                    listener.on_progress(p.into());
+                }
+            };
+            client.sync_now_with_progress(&store, &on_progress).await
+        })?
+        .await?;
+        Ok(SyncReport {
+            pushed: report.pushed as u64,
+            rejected: report.rejected as u64,
+            pulled: report.pulled as u64,
+            purged_scopes: report.purged_scopes,
+        })
+    }
+
+    /// Starts syncing `store` in the background: on the interval, shortly after local writes,
+    /// and with backoff after failures. It stops when the server refuses the token, when
+    /// `stop` is called, or when the returned object is closed.
+    pub fn start_background(
+        &self,
+        store: Arc<Store>,
+        options: BackgroundOptions,
+        listener: Option<Arc<dyn SyncStatusListener>>,
+    ) -> Result<Arc<BackgroundSync>> {
+        let _context = runtime()?.enter();
+        let listener = listener
+            .map(|listener| Arc::new(StatusForwarder(listener)) as Arc<dyn core::SyncListener>);
+        let inner = core::BackgroundSync::start(
+            self.inner.clone(),
+            store.inner.clone(),
+            core::BackgroundOptions {
+                interval: Duration::from_millis(options.interval_ms),
+                debounce: Duration::from_millis(options.debounce_ms),
+                min_backoff: Duration::from_millis(options.min_backoff_ms),
+                max_backoff: Duration::from_millis(options.max_backoff_ms),
+            },
+            listener,
+        )?;
+        Ok(Arc::new(BackgroundSync {
+            inner: Mutex::new(Some(inner)),
+        }))
+    }
+}
+
+/// A running background sync.
+#[derive(uniffi::Object)]
+pub struct BackgroundSync {
+    inner: Mutex<Option<core::BackgroundSync>>,
+}
+
+impl std::fmt::Debug for BackgroundSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundSync").finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export]
+impl BackgroundSync {
+    /// Syncs as soon as possible (for example when the app comes to the foreground).
+    pub fn sync_soon(&self) {
+        if let Some(inner) = self.lock().as_ref() {
+            inner.sync_soon();
+        }
+    }
+
+    /// The latest status; `stopped` once `stop` was called.
+    pub fn status(&self) -> SyncStatus {
+        match self.lock().as_ref() {
+            Some(inner) => (&inner.status()).into(),
+            None => SyncStatus {
+                state: SyncState::Idle,
+                progress: SyncProgress {
+                    pushed: 0,
+                    push_total: 0,
+                    pulled: 0,
+                    pulling: false,
+                },
+                last_success_ms: None,
+                last_error: None,
+                retry_in_ms: None,
+                stopped: true,
+            },
+        }
+    }
+
+    /// Stops the loop, letting a sync in progress finish, and waits for it. Calling it again
+    /// does nothing.
+    pub async fn stop(&self) -> Result<()> {
+        let Some(inner) = self.lock().take() else {
+            return Ok(());
+        };
+        run(async move {
+            inner.stop().await;
+            Ok::<(), FieldsyncError>(())
+        })?
+        .await
+    }
+}
+
+impl BackgroundSync {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<core::BackgroundSync>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct StatusForwarder(Arc<dyn SyncStatusListener>);
+
+impl core::SyncListener for StatusForwarder {
+    fn on_status(&self, status: &core::SyncStatus) {
+        self.0.on_status(status.into());
+    }
+}
+
+impl From<&core::SyncProgress> for SyncProgress {
+    fn from(progress: &core::SyncProgress) -> Self {
+        SyncProgress {
+            pushed: progress.pushed,
+            push_total: progress.push_total,
+            pulled: progress.pulled,
+            pulling: progress.pulling,
+        }
+    }
+}
+
+impl From<&core::SyncStatus> for SyncStatus {
+    fn from(status: &core::SyncStatus) -> Self {
+        SyncStatus {
+            state: match status.state {
+                core::SyncState::Idle => SyncState::Idle,
+                core::SyncState::Syncing => SyncState::Syncing,
+                core::SyncState::Offline => SyncState::Offline,
+                core::SyncState::Error => SyncState::Error,
+            },
+            progress: (&status.progress).into(),
+            last_success_ms: status.last_success_ms,
+            last_error: status.last_error.clone(),
+            retry_in_ms: status.retry_in_ms,
+            stopped: status.stopped,
+        }
+    }
+}
+
+/// The library's runtime: two worker threads are plenty for one device's sync.
+fn runtime() -> Result<&'static Runtime> {
+    static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("fieldsync-sync")
+                .enable_all()
+                .build()
+                .map_err(|err| err.to_string())
+        })
+        .as_ref()
+        .map_err(|err| FieldsyncError::Internal(format!("the sync runtime cannot start: {err}")))
+}
+
+/// Runs `work` on the library's runtime; the returned future, polled by any executor, gives
+/// its result, and dropping it (a cancelled coroutine or task) aborts the work.
+fn run<T, E>(
+    work: impl Future<Output = std::result::Result<T, E>> + Send + 'static,
+) -> Result<impl Future<Output = Result<T>>>
+where
+    T: Send + 'static,
+    E: Into<FieldsyncError> + Send + 'static,
+{
+    let task = AbortOnDrop(runtime()?.spawn(work));
+    Ok(async move {
+        match task.join().await {
+            Ok(result) => result.map_err(Into::into),
+            Err(err) => Err(FieldsyncError::Internal(format!(
+                "the sync task failed: {err}"
+            ))),
+        }
+    })
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> std::result::Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
