@@ -602,3 +602,80 @@ impl From<&core::ChangeEvent> for ChangeEvent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_round_trip_through_the_core() {
+        let values = [
+            FieldValue::Null,
+            FieldValue::Boolean { value: true },
+            FieldValue::Integer { value: -7 },
+            FieldValue::Float { value: 2.5 },
+            FieldValue::Str {
+                value: "Ada".into(),
+            },
+            FieldValue::Json {
+                json: r#"{"goals":["walk",2]}"#.into(),
+            },
+        ];
+        for value in values {
+            assert_eq!(FieldValue::from_core(&value.to_core().unwrap()), value);
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_i64_and_non_finite_floats() {
+        assert_eq!(
+            FieldValue::from_core(&json!(u64::MAX)),
+            FieldValue::Float {
+                value: u64::MAX as f64
+            }
+        );
+        let nan = FieldValue::Float { value: f64::NAN };
+        assert!(matches!(
+            nan.to_core(),
+            Err(FieldsyncError::InvalidValue(_))
+        ));
+        let bad = FieldValue::Json { json: "{".into() };
+        assert!(matches!(
+            bad.to_core(),
+            Err(FieldsyncError::InvalidValue(_))
+        ));
+    }
+
+    #[test]
+    fn nested_filters_convert() {
+        let filter = Filter::Or {
+            filters: vec![
+                Filter::Eq {
+                    field: "name".into(),
+                    value: FieldValue::Str {
+                        value: "Ada".into(),
+                    },
+                },
+                Filter::And {
+                    filters: vec![Filter::IsNull {
+                        field: "phone".into(),
+                    }],
+                },
+            ],
+        };
+        assert_eq!(
+            filter.to_core().unwrap(),
+            core::Filter::Or {
+                filters: vec![
+                    core::Filter::eq("name", "Ada"),
+                    core::Filter::And {
+                        filters: vec![core::Filter::IsNull {
+                            field: "phone".into()
+                        }]
+                    },
+                ]
+            }
+        );
+    }
+}

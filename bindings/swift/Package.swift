@@ -1,0 +1,20 @@
+// swift-tools-version:5.9
+// Fieldsync for iOS and macOS. Build the binary target first with
+// scripts/build-xcframework.sh (on a Mac with Xcode and rustup).
+import PackageDescription
+
+let package = Package(
+    name: "Fieldsync",
+    platforms: [.iOS(.v15), .macOS(.v12)],
+    products: [
+        .library(name: "Fieldsync", targets: ["Fieldsync"]),
+    ],
+    targets: [
+        // The Rust library for each Apple platform, with the C header and module map from
+        // Sources/FieldsyncFFI/include.
+        .binaryTarget(name: "FieldsyncFFI", path: "FieldsyncFFI.xcframework"),
+        // The generated bindings (Fieldsync.swift) and the Swift conveniences beside them.
+        .target(name: "Fieldsync", dependencies: ["FieldsyncFFI"], path: "Sources/Fieldsync"),
+        .testTarget(name: "FieldsyncTests", dependencies: ["Fieldsync"], path: "Tests/FieldsyncTests"),
+    ]
+)
