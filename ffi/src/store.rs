@@ -21,8 +21,9 @@ pub struct Store {
 #[uniffi::export(foreign)]
 pub trait ChangeListener: Send + Sync {
     /// Which records changed. Runs on the thread that committed, after the commit; it may
-    /// read the store, and should hand longer work to another thread.
-    fn on_change(&self, event: ChangeEvent);
+    /// read the store, and should hand longer work to another thread. An exception thrown
+    /// here is logged and does not fail the write, which has committed already.
+    fn on_change(&self, event: ChangeEvent) -> Result<()>;
 }
 
 /// A live subscription. `cancel` (or closing or dropping the object) stops the callbacks.
@@ -171,7 +172,9 @@ impl Store {
         let subscription = self
             .inner
             .subscribe(&collection, filter.to_core()?, move |event| {
-                listener.on_change(ChangeEvent::from(event))
+                if let Err(err) = listener.on_change(ChangeEvent::from(event)) {
+                    tracing::warn!(error = %err, "a change listener failed");
+                }
             })?;
         Ok(Arc::new(Subscription {
             inner: Mutex::new(Some(subscription)),

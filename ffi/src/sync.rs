@@ -114,15 +114,16 @@ pub struct BackgroundOptions {
 /// Told how a running `sync_now` progresses.
 #[uniffi::export(foreign)]
 pub trait SyncProgressListener: Send + Sync {
-    /// After every pushed batch and pulled page.
-    fn on_progress(&self, progress: SyncProgress);
+    /// After every pushed batch and pulled page. An exception thrown here is logged and does
+    /// not stop the sync.
+    fn on_progress(&self, progress: SyncProgress) -> Result<()>;
 }
 
 /// Told of every change of the background sync's status, on a library thread.
 #[uniffi::export(foreign)]
 pub trait SyncStatusListener: Send + Sync {
-    /// The new status.
-    fn on_status(&self, status: SyncStatus);
+    /// The new status. An exception thrown here is logged and does not stop the sync.
+    fn on_status(&self, status: SyncStatus) -> Result<()>;
 }
 
 /// Syncs stores with one server; keeps its connections between calls.
@@ -159,8 +160,8 @@ impl SyncClient {
         let store = store.inner.clone();
         let report = run(async move {
             let on_progress = |p: &core::SyncProgress| {
-                if let Some(listener) = &progress {
-                    listener.on_progress(p.into());
+                if let Some(Err(err)) = progress.as_ref().map(|l| l.on_progress(p.into())) {
+                    tracing::warn!(error = %err, "a sync progress listener failed");
                 }
             };
             client.sync_now_with_progress(&store, &on_progress).await
@@ -270,7 +271,9 @@ struct StatusForwarder(Arc<dyn SyncStatusListener>);
 
 impl core::SyncListener for StatusForwarder {
     fn on_status(&self, status: &core::SyncStatus) {
-        self.0.on_status(status.into());
+        if let Err(err) = self.0.on_status(status.into()) {
+            tracing::warn!(error = %err, "a sync status listener failed");
+        }
     }
 }
 

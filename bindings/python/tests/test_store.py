@@ -159,3 +159,19 @@ def test_errors_are_typed_exceptions(tmp_path, schema):
     with pytest.raises(FieldsyncError.IncompatibleSchema):
         fieldsync.Store(str(tmp_path / "device.db"), narrower)
     open_store(tmp_path, schema)
+
+
+def test_a_failing_listener_does_not_fail_the_write(tmp_path, schema):
+    store = open_store(tmp_path, schema)
+    calls = []
+
+    class Failing(fieldsync.ChangeListener):
+        def on_change(self, event):
+            calls.append(event)
+            raise ValueError("the app's listener is broken")
+
+    subscription = store.subscribe("clients", Filter.ALL(), Failing())
+    client = store.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
+    assert len(calls) == 1
+    assert store.get("clients", client) is not None
+    subscription.cancel()

@@ -783,9 +783,10 @@ public protocol ChangeListener: AnyObject, Sendable {
     
     /**
      * Which records changed. Runs on the thread that committed, after the commit; it may
-     * read the store, and should hand longer work to another thread.
+     * read the store, and should hand longer work to another thread. An exception thrown
+     * here is logged and does not fail the write, which has committed already.
      */
-    func onChange(event: ChangeEvent) 
+    func onChange(event: ChangeEvent) throws 
     
 }
 /**
@@ -846,9 +847,10 @@ open class ChangeListenerImpl: ChangeListener, @unchecked Sendable {
     
     /**
      * Which records changed. Runs on the thread that committed, after the commit; it may
-     * read the store, and should hand longer work to another thread.
+     * read the store, and should hand longer work to another thread. An exception thrown
+     * here is logged and does not fail the write, which has committed already.
      */
-open func onChange(event: ChangeEvent)  {try! rustCall() {
+open func onChange(event: ChangeEvent)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
     uniffi_fieldsync_ffi_fn_method_changelistener_on_change(
             self.uniffiCloneHandle(),
@@ -896,17 +898,18 @@ fileprivate struct UniffiCallbackInterfaceChangeListener {
                 guard let uniffiObj = try? FfiConverterTypeChangeListener.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onChange(
+                return try uniffiObj.onChange(
                      event: try FfiConverterTypeChangeEvent_lift(event)
                 )
             }
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeFieldsyncError_lower
             )
         }
     )
@@ -1744,9 +1747,10 @@ public func FfiConverterTypeSyncClient_lower(_ value: SyncClient) -> UInt64 {
 public protocol SyncProgressListener: AnyObject, Sendable {
     
     /**
-     * After every pushed batch and pulled page.
+     * After every pushed batch and pulled page. An exception thrown here is logged and does
+     * not stop the sync.
      */
-    func onProgress(progress: SyncProgress) 
+    func onProgress(progress: SyncProgress) throws 
     
 }
 /**
@@ -1806,9 +1810,10 @@ open class SyncProgressListenerImpl: SyncProgressListener, @unchecked Sendable {
 
     
     /**
-     * After every pushed batch and pulled page.
+     * After every pushed batch and pulled page. An exception thrown here is logged and does
+     * not stop the sync.
      */
-open func onProgress(progress: SyncProgress)  {try! rustCall() {
+open func onProgress(progress: SyncProgress)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
     uniffi_fieldsync_ffi_fn_method_syncprogresslistener_on_progress(
             self.uniffiCloneHandle(),
@@ -1856,17 +1861,18 @@ fileprivate struct UniffiCallbackInterfaceSyncProgressListener {
                 guard let uniffiObj = try? FfiConverterTypeSyncProgressListener.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onProgress(
+                return try uniffiObj.onProgress(
                      progress: try FfiConverterTypeSyncProgress_lift(progress)
                 )
             }
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeFieldsyncError_lower
             )
         }
     )
@@ -1954,9 +1960,9 @@ public func FfiConverterTypeSyncProgressListener_lower(_ value: SyncProgressList
 public protocol SyncStatusListener: AnyObject, Sendable {
     
     /**
-     * The new status.
+     * The new status. An exception thrown here is logged and does not stop the sync.
      */
-    func onStatus(status: SyncStatus) 
+    func onStatus(status: SyncStatus) throws 
     
 }
 /**
@@ -2016,9 +2022,9 @@ open class SyncStatusListenerImpl: SyncStatusListener, @unchecked Sendable {
 
     
     /**
-     * The new status.
+     * The new status. An exception thrown here is logged and does not stop the sync.
      */
-open func onStatus(status: SyncStatus)  {try! rustCall() {
+open func onStatus(status: SyncStatus)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
     uniffi_fieldsync_ffi_fn_method_syncstatuslistener_on_status(
             self.uniffiCloneHandle(),
@@ -2066,17 +2072,18 @@ fileprivate struct UniffiCallbackInterfaceSyncStatusListener {
                 guard let uniffiObj = try? FfiConverterTypeSyncStatusListener.handleMap.get(handle: uniffiHandle) else {
                     throw UniffiInternalError.unexpectedStaleHandle
                 }
-                return uniffiObj.onStatus(
+                return try uniffiObj.onStatus(
                      status: try FfiConverterTypeSyncStatus_lift(status)
                 )
             }
 
             
             let writeReturn = { () }
-            uniffiTraitInterfaceCall(
+            uniffiTraitInterfaceCallWithError(
                 callStatus: uniffiCallStatus,
                 makeCall: makeCall,
-                writeReturn: writeReturn
+                writeReturn: writeReturn,
+                lowerError: FfiConverterTypeFieldsyncError_lower
             )
         }
     )
@@ -5217,7 +5224,7 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_changelistener_on_change() != 8263) {
+    if (uniffi_fieldsync_ffi_checksum_method_changelistener_on_change() != 12083) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_conflicts() != 9261) {
@@ -5286,10 +5293,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_syncclient_sync_now() != 63675) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_syncprogresslistener_on_progress() != 19630) {
+    if (uniffi_fieldsync_ffi_checksum_method_syncprogresslistener_on_progress() != 60563) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_syncstatuslistener_on_status() != 32541) {
+    if (uniffi_fieldsync_ffi_checksum_method_syncstatuslistener_on_status() != 59130) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_constructor_store_new() != 19410) {
