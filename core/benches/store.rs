@@ -5,9 +5,12 @@
 //! sizes. Figures go to docs/BENCHMARKS.md.
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use fieldsync_core::{Fields, Filter, Query, Schema, Store, StoreOptions, Synchronous, Write};
+use fieldsync_core::{
+    EncryptionKey, Fields, Filter, Query, Schema, Store, StoreOptions, Synchronous, Write,
+};
 use rusqlite::{Connection, params};
 use serde_json::json;
 
@@ -35,6 +38,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    // `--encrypted` opens the fieldsync stores with a key (SQLCipher); the plain rusqlite
+    // baseline stays unencrypted, so the ratio against an unencrypted run is the cost.
+    if args.iter().any(|a| a == "--encrypted") {
+        ENCRYPTION_KEY
+            .set(EncryptionKey::generate().unwrap())
+            .unwrap();
+    }
     let (present, bulk_sizes, query_size) = if quick {
         (2_000, vec![2_000], 20_000)
     } else {
@@ -48,6 +58,9 @@ fn main() {
             "release"
         }
     );
+    if ENCRYPTION_KEY.get().is_some() {
+        println!("fieldsync stores encrypted with a raw 256-bit key (SQLCipher)");
+    }
     println!("ratio = fieldsync / plain rusqlite; lower is better\n");
     if run("single") {
         for synchronous in [Synchronous::Full, Synchronous::Normal] {
@@ -97,9 +110,12 @@ fn fields(value: serde_json::Value) -> Fields {
     value.as_object().cloned().expect("an object")
 }
 
+static ENCRYPTION_KEY: OnceLock<EncryptionKey> = OnceLock::new();
+
 fn open_store(dir: &Path, synchronous: Synchronous) -> Store {
     let options = StoreOptions {
         synchronous,
+        encryption_key: ENCRYPTION_KEY.get().cloned(),
         ..StoreOptions::default()
     };
     Store::open(

@@ -32,6 +32,30 @@ pub enum Error {
         supported: u32,
     },
 
+    /// The file is encrypted (or is not a SQLite file at all) and no key was given: open it
+    /// with its key.
+    #[error("the store file is encrypted (or not a database): open it with its key")]
+    KeyRequired,
+
+    /// The key does not open the file: it is not the file's key, or the file is damaged.
+    /// Nothing was written.
+    #[error("the key does not open the store file (wrong key, or a damaged file)")]
+    WrongKey,
+
+    /// A key was given but the file is not encrypted: encrypt it first with
+    /// `Store::encrypt_file`, or open it without a key.
+    #[error("the store file is not encrypted: encrypt it with Store::encrypt_file first")]
+    NotEncrypted,
+
+    /// The file to encrypt is encrypted already (or is not a store): change its key with
+    /// `Store::rekey` instead.
+    #[error("the store file is already encrypted: use rekey to change its key")]
+    AlreadyEncrypted,
+
+    /// A key cannot be used (not 32 bytes, or no randomness to make one).
+    #[error("invalid encryption key: {0}")]
+    InvalidKey(String),
+
     /// The schema itself is malformed: fix the declaration.
     #[error("invalid schema: {0}")]
     InvalidSchema(String),

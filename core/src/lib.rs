@@ -49,6 +49,7 @@
 //!   declare (a newer app version wrote them) stay in the document and sync on, unseen.
 
 mod document;
+mod encryption;
 mod error;
 pub mod protocol;
 mod query;
@@ -59,6 +60,7 @@ mod sync;
 mod value;
 
 pub use document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING, document_values};
+pub use encryption::EncryptionKey;
 pub use error::{Error, Result};
 pub use query::{Filter, Order, Query};
 pub use schema::{Collection, Field, FieldType, Index, OnDelete, Schema};

@@ -18,6 +18,7 @@ use automerge::{ActorId, AutoCommit};
 use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
+use crate::encryption::{self, EncryptionKey};
 use crate::error::{Error, Result};
 use crate::query::{Filter, Query};
 use crate::schema::Schema;
@@ -54,6 +55,10 @@ pub struct StoreOptions {
     /// How many remote changes may wait for missing dependencies before `apply_remote`
     /// refuses more (the sync engine then asks for whole documents).
     pub max_pending_changes: usize,
+    /// Encrypts the file (SQLCipher) with this key; `None` keeps it unencrypted. Clinical
+    /// apps should always set one (see [`EncryptionKey`]). Never serialized.
+    #[serde(skip)]
+    pub encryption_key: Option<EncryptionKey>,
 }
 
 impl Default for StoreOptions {
@@ -62,6 +67,7 @@ impl Default for StoreOptions {
             synchronous: Synchronous::Full,
             document_cache_size: 512,
             max_pending_changes: 10_000,
+            encryption_key: None,
         }
     }
 }
@@ -166,6 +172,7 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, schema: Schema, options: StoreOptions) -> Result<Store> {
         schema.validate()?;
         let mut conn = Connection::open(path.as_ref())?;
+        encryption::unlock(&conn, path.as_ref(), options.encryption_key.as_ref())?;
         configure(&conn, options.synchronous)?;
         migrations::migrate(&mut conn)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -211,6 +218,25 @@ impl Store {
                 subscriptions: Arc::default(),
             }),
         })
+    }
+
+    /// Re-encrypts the store with `new_key` (key rotation). The store must have been opened
+    /// with a key; afterwards only `new_key` opens it.
+    pub fn rekey(&self, new_key: &EncryptionKey) -> Result<()> {
+        if self.shared.options.encryption_key.is_none() {
+            return Err(Error::NotEncrypted);
+        }
+        let db = self.shared.lock();
+        encryption::rekey(&db.conn, new_key)
+    }
+
+    /// Encrypts an unencrypted store file in place with `key`, keeping every record, outbox
+    /// entry and sync state. The file must not be open. Afterwards open it with the key.
+    ///
+    /// Blocks the old file used on disk are released to the file system, which may not erase
+    /// them at once; encrypt before the first clinical record is written where possible.
+    pub fn encrypt_file(path: impl AsRef<Path>, key: &EncryptionKey) -> Result<()> {
+        encryption::encrypt_file(path.as_ref(), key)
     }
 
     /// This device's stable id (its Automerge actor id, hex), kept in the file.

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use fieldsync_core::{
-    ChangeOrigin, Error, Fields, Filter, Order, Query, RemotePayload, RemoteRecord, Schema, Store,
-    StoreOptions, Write,
+    ChangeOrigin, EncryptionKey, Error, Fields, Filter, Order, Query, RemotePayload, RemoteRecord,
+    Schema, Store, StoreOptions, Write,
 };
 use serde_json::{Value, json};
 
@@ -965,9 +965,18 @@ fn a_file_that_is_not_a_store_is_a_clean_error() {
     std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
     let err = Store::open(&path, schema(), StoreOptions::default()).unwrap_err();
     assert!(
-        matches!(err, Error::Database(_) | Error::Corrupt(_)),
+        // Without a key, a file that is not plain SQLite may be an encrypted store.
+        matches!(err, Error::KeyRequired),
         "{err}"
     );
+    let key = EncryptionKey::generate().unwrap();
+    let with_key = StoreOptions {
+        encryption_key: Some(key),
+        ..StoreOptions::default()
+    };
+    let err = Store::open(&path, schema(), with_key).unwrap_err();
+    assert!(matches!(err, Error::WrongKey), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0x42u8; 8192]);
 }
 
 #[test]

@@ -17,6 +17,21 @@ pub enum FieldsyncError {
     /// The file was written by a newer Fieldsync; upgrade the app.
     #[error("{0}")]
     NewerFormat(String),
+    /// The file is encrypted (or not a database) and no key was given.
+    #[error("{0}")]
+    KeyRequired(String),
+    /// The key does not open the file (wrong key, or a damaged file); nothing was written.
+    #[error("{0}")]
+    WrongKey(String),
+    /// A key was given for an unencrypted file: encrypt it first with `encrypt_store_file`.
+    #[error("{0}")]
+    NotEncrypted(String),
+    /// The file to encrypt is encrypted already: rotate its key with `Store.rekey`.
+    #[error("{0}")]
+    AlreadyEncrypted(String),
+    /// A key cannot be used (it must be 32 bytes).
+    #[error("{0}")]
+    InvalidKey(String),
     /// The schema declaration is malformed.
     #[error("{0}")]
     InvalidSchema(String),
@@ -95,6 +110,11 @@ impl From<CoreError> for FieldsyncError {
             CoreError::Database(_) => FieldsyncError::Database(message),
             CoreError::Corrupt(_) => FieldsyncError::Corrupt(message),
             CoreError::NewerFormat { .. } => FieldsyncError::NewerFormat(message),
+            CoreError::KeyRequired => FieldsyncError::KeyRequired(message),
+            CoreError::WrongKey => FieldsyncError::WrongKey(message),
+            CoreError::NotEncrypted => FieldsyncError::NotEncrypted(message),
+            CoreError::AlreadyEncrypted => FieldsyncError::AlreadyEncrypted(message),
+            CoreError::InvalidKey(_) => FieldsyncError::InvalidKey(message),
             CoreError::InvalidSchema(_) => FieldsyncError::InvalidSchema(message),
             CoreError::IncompatibleSchema(_) => FieldsyncError::IncompatibleSchema(message),
             CoreError::UnknownCollection(_) => FieldsyncError::UnknownCollection(message),

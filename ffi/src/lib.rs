@@ -37,7 +37,7 @@ mod sync;
 mod values;
 
 pub use error::{FieldsyncError, Result};
-pub use store::{ChangeListener, Store, Subscription};
+pub use store::{ChangeListener, Store, Subscription, encrypt_store_file, generate_encryption_key};
 pub use sync::{
     BackgroundOptions, BackgroundSync, SyncClient, SyncConfig, SyncProgress, SyncProgressListener,
     SyncReport, SyncState, SyncStatus, SyncStatusListener,

@@ -63,8 +63,16 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Arc<Store>> {
         let schema = core::Schema::from_json(&schema_json)?;
-        let inner = core::Store::open(path, schema, options.into())?;
+        let inner = core::Store::open(path, schema, options.try_into()?)?;
         Ok(Arc::new(Store { inner }))
+    }
+
+    /// Re-encrypts the store with `new_key` (32 bytes); afterwards only that key opens it.
+    /// The store must have been opened with a key.
+    pub fn rekey(&self, new_key: Vec<u8>) -> Result<()> {
+        Ok(self
+            .inner
+            .rekey(&core::EncryptionKey::from_slice(&new_key)?)?)
     }
 
     /// This device's stable id, kept in the file.
@@ -191,4 +199,21 @@ impl Store {
         let rejections = self.inner.server_rejections()?;
         Ok(rejections.into_iter().map(ServerRejection::from).collect())
     }
+}
+
+/// A new random 32-byte key, to keep in the Keychain or Keystore and pass as
+/// `StoreOptions.encryption_key`.
+#[uniffi::export]
+pub fn generate_encryption_key() -> Result<Vec<u8>> {
+    Ok(core::EncryptionKey::generate()?.as_bytes().to_vec())
+}
+
+/// Encrypts an unencrypted store file in place with `key` (32 bytes), keeping all its data.
+/// The file must not be open; afterwards open it with the key.
+#[uniffi::export]
+pub fn encrypt_store_file(path: String, key: Vec<u8>) -> Result<()> {
+    Ok(core::Store::encrypt_file(
+        path,
+        &core::EncryptionKey::from_slice(&key)?,
+    )?)
 }

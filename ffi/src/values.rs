@@ -534,7 +534,7 @@ pub enum Synchronous {
 }
 
 /// Options for opening a store.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
 pub struct StoreOptions {
     /// Durability of commits (`Full` unless the app can lose its last writes on power loss).
     pub synchronous: Synchronous,
@@ -544,6 +544,21 @@ pub struct StoreOptions {
     /// How many remote changes may wait for missing dependencies.
     #[uniffi(default = 10000)]
     pub max_pending_changes: u32,
+    /// The 32-byte key that encrypts the file (kept in the Keychain or Keystore); null keeps
+    /// the file unencrypted, which only apps without clinical data should do.
+    #[uniffi(default = None)]
+    pub encryption_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("synchronous", &self.synchronous)
+            .field("document_cache_size", &self.document_cache_size)
+            .field("max_pending_changes", &self.max_pending_changes)
+            .field("encrypted", &self.encryption_key.is_some())
+            .finish()
+    }
 }
 
 impl Default for StoreOptions {
@@ -553,20 +568,28 @@ impl Default for StoreOptions {
             synchronous: Synchronous::Full,
             document_cache_size: defaults.document_cache_size as u32,
             max_pending_changes: defaults.max_pending_changes as u32,
+            encryption_key: None,
         }
     }
 }
 
-impl From<StoreOptions> for core::StoreOptions {
-    fn from(options: StoreOptions) -> Self {
-        core::StoreOptions {
+impl TryFrom<StoreOptions> for core::StoreOptions {
+    type Error = FieldsyncError;
+
+    fn try_from(options: StoreOptions) -> Result<Self> {
+        let encryption_key = match &options.encryption_key {
+            Some(bytes) => Some(core::EncryptionKey::from_slice(bytes)?),
+            None => None,
+        };
+        Ok(core::StoreOptions {
+            encryption_key,
             synchronous: match options.synchronous {
                 Synchronous::Full => core::Synchronous::Full,
                 Synchronous::Normal => core::Synchronous::Normal,
             },
             document_cache_size: options.document_cache_size as usize,
             max_pending_changes: options.max_pending_changes as usize,
-        }
+        })
     }
 }
 

@@ -175,3 +175,49 @@ def test_a_failing_listener_does_not_fail_the_write(tmp_path, schema):
     assert len(calls) == 1
     assert store.get("clients", client) is not None
     subscription.cancel()
+
+
+def test_an_encrypted_store_keeps_its_text_off_the_disk(tmp_path, schema):
+    key = fieldsync.generate_encryption_key()
+    assert len(key) == 32
+    options = fieldsync.StoreOptions(
+        synchronous=fieldsync.Synchronous.FULL, encryption_key=key
+    )
+    path = str(tmp_path / "secret.db")
+    store = fieldsync.Store.open_with_options(path, schema, options)
+    client = store.insert("clients", fieldsync.fields(caseload_id="north", name="CANARY-ADA"))
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"CANARY-ADA" not in on_disk
+
+    with pytest.raises(FieldsyncError.KeyRequired):
+        fieldsync.Store(path, schema)
+    wrong = fieldsync.StoreOptions(
+        synchronous=fieldsync.Synchronous.FULL, encryption_key=fieldsync.generate_encryption_key()
+    )
+    with pytest.raises(FieldsyncError.WrongKey):
+        fieldsync.Store.open_with_options(path, schema, wrong)
+    with pytest.raises(FieldsyncError.InvalidKey):
+        store.rekey(b"too short")
+
+    new_key = fieldsync.generate_encryption_key()
+    store.rekey(new_key)
+    del store
+    reopened = fieldsync.Store.open_with_options(
+        path,
+        schema,
+        fieldsync.StoreOptions(synchronous=fieldsync.Synchronous.FULL, encryption_key=new_key),
+    )
+    assert fieldsync.values(reopened.get("clients", client).fields)["name"] == "CANARY-ADA"
+
+
+def test_an_unencrypted_store_can_be_encrypted(tmp_path, schema):
+    path = str(tmp_path / "plain.db")
+    store = fieldsync.Store(path, schema)
+    client = store.insert("clients", fieldsync.fields(caseload_id="north", name="CANARY-BO"))
+    del store
+    key = fieldsync.generate_encryption_key()
+    fieldsync.encrypt_store_file(path, key)
+    assert b"CANARY-BO" not in (tmp_path / "plain.db").read_bytes()
+    options = fieldsync.StoreOptions(synchronous=fieldsync.Synchronous.FULL, encryption_key=key)
+    store = fieldsync.Store.open_with_options(path, schema, options)
+    assert store.get("clients", client) is not None

@@ -602,6 +602,24 @@ fileprivate struct FfiConverterString: FfiConverter {
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterData: FfiConverterRustBuffer {
+    typealias SwiftType = Data
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Data {
+        let len: Int32 = try readInt(&buf)
+        return Data(try readBytes(&buf, count: Int(len)))
+    }
+
+    public static func write(_ value: Data, into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        writeBytes(&buf, value)
+    }
+}
+
 
 
 
@@ -1053,6 +1071,12 @@ public protocol StoreProtocol: AnyObject, Sendable {
     func query(collection: String, query: Query) throws  -> [Record]
     
     /**
+     * Re-encrypts the store with `new_key` (32 bytes); afterwards only that key opens it.
+     * The store must have been opened with a key.
+     */
+    func rekey(newKey: Data) throws 
+    
+    /**
      * Local records the server refused, with its reasons; they stay on the device.
      */
     func serverRejections() throws  -> [ServerRejection]
@@ -1313,6 +1337,19 @@ open func query(collection: String, query: Query)throws  -> [Record]  {
         FfiConverterTypeQuery_lower(query),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Re-encrypts the store with `new_key` (32 bytes); afterwards only that key opens it.
+     * The store must have been opened with a key.
+     */
+open func rekey(newKey: Data)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_rekey(
+            self.uniffiCloneHandle(),
+        FfiConverterData.lower(newKey),uniffiCallStatus
+    )
+}
 }
     
     /**
@@ -3049,6 +3086,11 @@ public struct StoreOptions: Equatable, Hashable {
      * How many remote changes may wait for missing dependencies.
      */
     public var maxPendingChanges: UInt32
+    /**
+     * The 32-byte key that encrypts the file (kept in the Keychain or Keystore); null keeps
+     * the file unencrypted, which only apps without clinical data should do.
+     */
+    public var encryptionKey: Data?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3061,10 +3103,15 @@ public struct StoreOptions: Equatable, Hashable {
          */documentCacheSize: UInt32 = UInt32(512), 
         /**
          * How many remote changes may wait for missing dependencies.
-         */maxPendingChanges: UInt32 = UInt32(10000)) {
+         */maxPendingChanges: UInt32 = UInt32(10000), 
+        /**
+         * The 32-byte key that encrypts the file (kept in the Keychain or Keystore); null keeps
+         * the file unencrypted, which only apps without clinical data should do.
+         */encryptionKey: Data? = nil) {
         self.synchronous = synchronous
         self.documentCacheSize = documentCacheSize
         self.maxPendingChanges = maxPendingChanges
+        self.encryptionKey = encryptionKey
     }
 
     
@@ -3085,7 +3132,8 @@ public struct FfiConverterTypeStoreOptions: FfiConverterRustBuffer {
             try StoreOptions(
                 synchronous: FfiConverterTypeSynchronous.read(from: &buf), 
                 documentCacheSize: FfiConverterUInt32.read(from: &buf), 
-                maxPendingChanges: FfiConverterUInt32.read(from: &buf)
+                maxPendingChanges: FfiConverterUInt32.read(from: &buf), 
+                encryptionKey: FfiConverterOptionData.read(from: &buf)
         )
     }
 
@@ -3093,6 +3141,7 @@ public struct FfiConverterTypeStoreOptions: FfiConverterRustBuffer {
         FfiConverterTypeSynchronous.write(value.synchronous, into: &buf)
         FfiConverterUInt32.write(value.documentCacheSize, into: &buf)
         FfiConverterUInt32.write(value.maxPendingChanges, into: &buf)
+        FfiConverterOptionData.write(value.encryptionKey, into: &buf)
     }
 }
 
@@ -3767,6 +3816,31 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     case NewerFormat(message: String)
     
     /**
+     * The file is encrypted (or not a database) and no key was given.
+     */
+    case KeyRequired(message: String)
+    
+    /**
+     * The key does not open the file (wrong key, or a damaged file); nothing was written.
+     */
+    case WrongKey(message: String)
+    
+    /**
+     * A key was given for an unencrypted file: encrypt it first with `encrypt_store_file`.
+     */
+    case NotEncrypted(message: String)
+    
+    /**
+     * The file to encrypt is encrypted already: rotate its key with `Store.rekey`.
+     */
+    case AlreadyEncrypted(message: String)
+    
+    /**
+     * A key cannot be used (it must be 32 bytes).
+     */
+    case InvalidKey(message: String)
+    
+    /**
      * The schema declaration is malformed.
      */
     case InvalidSchema(message: String)
@@ -3922,95 +3996,115 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 4: return .InvalidSchema(
+        case 4: return .KeyRequired(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 5: return .IncompatibleSchema(
+        case 5: return .WrongKey(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 6: return .UnknownCollection(
+        case 6: return .NotEncrypted(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 7: return .UnknownField(
+        case 7: return .AlreadyEncrypted(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 8: return .WrongType(
+        case 8: return .InvalidKey(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 9: return .MissingField(
+        case 9: return .InvalidSchema(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 10: return .ScopeChange(
+        case 10: return .IncompatibleSchema(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 11: return .NotFound(
+        case 11: return .UnknownCollection(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 12: return .DuplicateId(
+        case 12: return .UnknownField(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 13: return .Restricted(
+        case 13: return .WrongType(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 14: return .InvalidQuery(
+        case 14: return .MissingField(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 15: return .InvalidTextEdit(
+        case 15: return .ScopeChange(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 16: return .InvalidId(
+        case 16: return .NotFound(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 17: return .InvalidValue(
+        case 17: return .DuplicateId(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 18: return .InvalidRemoteChange(
+        case 18: return .Restricted(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 19: return .TooManyPendingChanges(
+        case 19: return .InvalidQuery(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 20: return .InvalidConfig(
+        case 20: return .InvalidTextEdit(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 21: return .Network(
+        case 21: return .InvalidId(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 22: return .Unauthorized(
+        case 22: return .InvalidValue(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 23: return .RateLimited(
+        case 23: return .InvalidRemoteChange(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 24: return .Server(
+        case 24: return .TooManyPendingChanges(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 25: return .Protocol(
+        case 25: return .InvalidConfig(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 26: return .Internal(
+        case 26: return .Network(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 27: return .Unauthorized(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 28: return .RateLimited(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 29: return .Server(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 30: return .Protocol(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 31: return .Internal(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -4031,52 +4125,62 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(2))
         case .NewerFormat(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-        case .InvalidSchema(_ /* message is ignored*/):
+        case .KeyRequired(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-        case .IncompatibleSchema(_ /* message is ignored*/):
+        case .WrongKey(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-        case .UnknownCollection(_ /* message is ignored*/):
+        case .NotEncrypted(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-        case .UnknownField(_ /* message is ignored*/):
+        case .AlreadyEncrypted(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-        case .WrongType(_ /* message is ignored*/):
+        case .InvalidKey(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
-        case .MissingField(_ /* message is ignored*/):
+        case .InvalidSchema(_ /* message is ignored*/):
             writeInt(&buf, Int32(9))
-        case .ScopeChange(_ /* message is ignored*/):
+        case .IncompatibleSchema(_ /* message is ignored*/):
             writeInt(&buf, Int32(10))
-        case .NotFound(_ /* message is ignored*/):
+        case .UnknownCollection(_ /* message is ignored*/):
             writeInt(&buf, Int32(11))
-        case .DuplicateId(_ /* message is ignored*/):
+        case .UnknownField(_ /* message is ignored*/):
             writeInt(&buf, Int32(12))
-        case .Restricted(_ /* message is ignored*/):
+        case .WrongType(_ /* message is ignored*/):
             writeInt(&buf, Int32(13))
-        case .InvalidQuery(_ /* message is ignored*/):
+        case .MissingField(_ /* message is ignored*/):
             writeInt(&buf, Int32(14))
-        case .InvalidTextEdit(_ /* message is ignored*/):
+        case .ScopeChange(_ /* message is ignored*/):
             writeInt(&buf, Int32(15))
-        case .InvalidId(_ /* message is ignored*/):
+        case .NotFound(_ /* message is ignored*/):
             writeInt(&buf, Int32(16))
-        case .InvalidValue(_ /* message is ignored*/):
+        case .DuplicateId(_ /* message is ignored*/):
             writeInt(&buf, Int32(17))
-        case .InvalidRemoteChange(_ /* message is ignored*/):
+        case .Restricted(_ /* message is ignored*/):
             writeInt(&buf, Int32(18))
-        case .TooManyPendingChanges(_ /* message is ignored*/):
+        case .InvalidQuery(_ /* message is ignored*/):
             writeInt(&buf, Int32(19))
-        case .InvalidConfig(_ /* message is ignored*/):
+        case .InvalidTextEdit(_ /* message is ignored*/):
             writeInt(&buf, Int32(20))
-        case .Network(_ /* message is ignored*/):
+        case .InvalidId(_ /* message is ignored*/):
             writeInt(&buf, Int32(21))
-        case .Unauthorized(_ /* message is ignored*/):
+        case .InvalidValue(_ /* message is ignored*/):
             writeInt(&buf, Int32(22))
-        case .RateLimited(_ /* message is ignored*/):
+        case .InvalidRemoteChange(_ /* message is ignored*/):
             writeInt(&buf, Int32(23))
-        case .Server(_ /* message is ignored*/):
+        case .TooManyPendingChanges(_ /* message is ignored*/):
             writeInt(&buf, Int32(24))
-        case .Protocol(_ /* message is ignored*/):
+        case .InvalidConfig(_ /* message is ignored*/):
             writeInt(&buf, Int32(25))
-        case .Internal(_ /* message is ignored*/):
+        case .Network(_ /* message is ignored*/):
             writeInt(&buf, Int32(26))
+        case .Unauthorized(_ /* message is ignored*/):
+            writeInt(&buf, Int32(27))
+        case .RateLimited(_ /* message is ignored*/):
+            writeInt(&buf, Int32(28))
+        case .Server(_ /* message is ignored*/):
+            writeInt(&buf, Int32(29))
+        case .Protocol(_ /* message is ignored*/):
+            writeInt(&buf, Int32(30))
+        case .Internal(_ /* message is ignored*/):
+            writeInt(&buf, Int32(31))
 
         
         }
@@ -4791,6 +4895,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
+    typealias SwiftType = Data?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterData.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterData.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSyncProgressListener: FfiConverterRustBuffer {
     typealias SwiftType = SyncProgressListener?
 
@@ -5208,6 +5336,29 @@ fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: In
         print("uniffiFutureContinuationCallback invalid handle")
     }
 }
+/**
+ * Encrypts an unencrypted store file in place with `key` (32 bytes), keeping all its data.
+ * The file must not be open; afterwards open it with the key.
+ */
+public func encryptStoreFile(path: String, key: Data)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_func_encrypt_store_file(
+        FfiConverterString.lower(path),
+        FfiConverterData.lower(key),uniffiCallStatus
+    )
+}
+}
+/**
+ * A new random 32-byte key, to keep in the Keychain or Keystore and pass as
+ * `StoreOptions.encryption_key`.
+ */
+public func generateEncryptionKey()throws  -> Data  {
+    return try  FfiConverterData.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_func_generate_encryption_key(uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -5223,6 +5374,12 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_fieldsync_ffi_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_func_encrypt_store_file() != 38688) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_func_generate_encryption_key() != 35811) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_changelistener_on_change() != 12083) {
         return InitializationResult.apiChecksumMismatch
@@ -5258,6 +5415,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_query() != 61494) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_store_rekey() != 20914) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_server_rejections() != 22958) {

@@ -386,6 +386,11 @@ uint64_t uniffi_fieldsync_ffi_fn_method_store_outbox_len(uint64_t ptr, RustCallS
 RustBuffer uniffi_fieldsync_ffi_fn_method_store_query(uint64_t ptr, RustBuffer collection, RustBuffer query, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_REKEY
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_REKEY
+void uniffi_fieldsync_ffi_fn_method_store_rekey(uint64_t ptr, RustBuffer new_key, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SERVER_REJECTIONS
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SERVER_REJECTIONS
 RustBuffer uniffi_fieldsync_ffi_fn_method_store_server_rejections(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -514,6 +519,17 @@ void uniffi_fieldsync_ffi_fn_init_callback_vtable_syncstatuslistener(const Uniff
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCSTATUSLISTENER_ON_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCSTATUSLISTENER_ON_STATUS
 void uniffi_fieldsync_ffi_fn_method_syncstatuslistener_on_status(uint64_t ptr, RustBuffer status, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_ENCRYPT_STORE_FILE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_ENCRYPT_STORE_FILE
+void uniffi_fieldsync_ffi_fn_func_encrypt_store_file(RustBuffer path, RustBuffer key, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_GENERATE_ENCRYPTION_KEY
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_GENERATE_ENCRYPTION_KEY
+RustBuffer uniffi_fieldsync_ffi_fn_func_generate_encryption_key(RustCallStatus *_Nonnull out_status
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_FIELDSYNC_FFI_RUSTBUFFER_ALLOC
@@ -776,6 +792,18 @@ void ffi_fieldsync_ffi_rust_future_free_void(uint64_t handle
 void ffi_fieldsync_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_ENCRYPT_STORE_FILE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_ENCRYPT_STORE_FILE
+uint16_t uniffi_fieldsync_ffi_checksum_func_encrypt_store_file(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_GENERATE_ENCRYPTION_KEY
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_GENERATE_ENCRYPTION_KEY
+uint16_t uniffi_fieldsync_ffi_checksum_func_generate_encryption_key(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGE
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGE
 uint16_t uniffi_fieldsync_ffi_checksum_method_changelistener_on_change(void
@@ -845,6 +873,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_store_outbox_len(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_QUERY
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_QUERY
 uint16_t uniffi_fieldsync_ffi_checksum_method_store_query(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_REKEY
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_REKEY
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_rekey(void
     
 );
 #endif
