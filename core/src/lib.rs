@@ -70,8 +70,9 @@ pub use store::{
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
 pub use sync::{
-    BackgroundOptions, BackgroundSync, SyncClient, SyncConfig, SyncListener, SyncProgress,
-    SyncReport, SyncState, SyncStatus,
+    BackgroundOptions, BackgroundSync, BoxFuture, SyncClient, SyncConfig, SyncListener,
+    SyncProgress, SyncReport, SyncState, SyncStatus, Transport, TransportRequest,
+    TransportResponse,
 };
 pub use value::Fields;
 

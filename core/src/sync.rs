@@ -11,16 +11,20 @@
 //! (on Android the app must first initialise `rustls-platform-verifier` through JNI, as its
 //! documentation shows); a clinic that runs a private CA passes its root certificates instead.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::protocol::{self, ErrorBody, PullResponse, PushRecord, PushRequest, PushResponse};
 use crate::store::Store;
+use transport::HttpTransport;
 
 mod background;
 mod tls;
+mod transport;
 
 pub use background::{BackgroundOptions, BackgroundSync, SyncListener, SyncState, SyncStatus};
+pub use transport::{BoxFuture, Transport, TransportRequest, TransportResponse};
 
 /// Where and how to sync.
 #[derive(Debug, Clone)]
@@ -88,7 +92,7 @@ pub struct SyncProgress {
 /// Syncs stores with one server; keeps its connections between calls.
 #[derive(Debug, Clone)]
 pub struct SyncClient {
-    http: reqwest::Client,
+    transport: Arc<dyn Transport>,
     config: SyncConfig,
 }
 
@@ -110,7 +114,18 @@ impl SyncClient {
             .map_err(|err| {
                 Error::InvalidConfig(format!("the HTTP client cannot be built: {err}"))
             })?;
-        Ok(SyncClient { http, config })
+        let transport = Arc::new(HttpTransport {
+            http,
+            endpoint: config.endpoint.clone(),
+        });
+        Ok(SyncClient { transport, config })
+    }
+
+    /// A client that reaches the server through `transport` instead of HTTP (the endpoint
+    /// and TLS settings of `config` are then unused). Tests use it to run the engine against
+    /// an in-process server with faults injected.
+    pub fn with_transport(config: SyncConfig, transport: Arc<dyn Transport>) -> SyncClient {
+        SyncClient { transport, config }
     }
 
     /// Pushes the whole outbox, then pulls until caught up.
@@ -207,66 +222,46 @@ impl SyncClient {
     }
 
     async fn send_push(&self, request: &PushRequest) -> Result<PushResponse> {
+        let body = protocol::encode(request);
         let response = self
-            .http
-            .post(format!(
-                "{}/v1/push",
-                self.config.endpoint.trim_end_matches('/')
-            ))
-            .bearer_auth(&self.config.token)
-            .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
-            .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
-            .body(protocol::encode(request))
-            .send()
-            .await
-            .map_err(network_error)?;
-        decode_response(response).await
+            .transport
+            .send(&self.config.token, TransportRequest::Push { body })
+            .await?;
+        decode_response(response)
     }
 
     async fn send_pull(&self, cursor: Option<&str>) -> Result<PullResponse> {
-        let endpoint = self.config.endpoint.trim_end_matches('/');
-        let mut url = format!("{endpoint}/v1/pull?limit={}", self.config.pull_page_size);
         if let Some(cursor) = cursor {
             // Cursors are opaque but the server only makes URL-safe ones.
             if !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(Error::Protocol("the stored cursor is not URL-safe".into()));
             }
-            url.push_str("&cursor=");
-            url.push_str(cursor);
         }
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(&self.config.token)
-            .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
-            .send()
-            .await
-            .map_err(network_error)?;
-        decode_response(response).await
+        let request = TransportRequest::Pull {
+            limit: self.config.pull_page_size,
+            cursor: cursor.map(str::to_owned),
+        };
+        let response = self.transport.send(&self.config.token, request).await?;
+        decode_response(response)
     }
 }
 
 /// Largest answer the engine accepts once decompressed.
 const MAX_ANSWER_BYTES: usize = 512 << 20;
 
-async fn decode_response<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T> {
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let body = response.bytes().await.map_err(network_error)?;
-    if status.is_success() {
+fn decode_response<T: serde::de::DeserializeOwned>(response: TransportResponse) -> Result<T> {
+    let status = response.status;
+    let body = response.body;
+    if (200..300).contains(&status) {
         return protocol::decode(&body, MAX_ANSWER_BYTES)
             .map_err(|err| Error::Protocol(format!("the server's answer does not decode: {err}")));
     }
     let error: Option<ErrorBody> = serde_json::from_slice(&body).ok();
     let code = error.as_ref().map(|e| e.code);
-    Err(match (status.as_u16(), code) {
+    Err(match (status, code) {
         (401, _) => Error::Unauthorized,
         (429, _) => Error::RateLimited {
-            retry_after_secs: retry_after.unwrap_or(1),
+            retry_after_secs: response.retry_after_secs.unwrap_or(1),
         },
         (_, Some(protocol::ErrorCode::UnsupportedVersion)) => Error::Protocol(
             "the server does not speak this protocol version; upgrade the app".into(),
@@ -276,18 +271,6 @@ async fn decode_response<T: serde::de::DeserializeOwned>(response: reqwest::Resp
             message: error.map_or_else(|| "no error body".to_owned(), |e| e.message),
         },
     })
-}
-
-fn network_error(err: reqwest::Error) -> Error {
-    // The URL may carry the cursor, never a token or values; keep only the kind of failure.
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "could not connect"
-    } else {
-        "the connection failed"
-    };
-    Error::Network(kind.to_owned())
 }
 
 /// Runs a store call on the blocking pool: SQLite work must not stall the async runtime.

@@ -1,0 +1,126 @@
+//! How the sync engine reaches the server: one request, one answer. HTTP(S) through reqwest in
+//! apps; tests put an in-process server behind the same trait, with faults injected, so the
+//! engine they exercise is the one apps run.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::{Error, Result};
+use crate::protocol;
+
+/// A boxed future, as the object-safe [`Transport`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One request of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportRequest {
+    /// `POST /v1/push` with an encoded [`protocol::PushRequest`].
+    Push {
+        /// The encoded body.
+        body: Vec<u8>,
+    },
+    /// `GET /v1/pull?limit=..&cursor=..`.
+    Pull {
+        /// Records per page.
+        limit: u32,
+        /// Where the last page ended (URL-safe), if anywhere.
+        cursor: Option<String>,
+    },
+}
+
+impl TransportRequest {
+    /// The path and query of the request.
+    pub fn path_and_query(&self) -> String {
+        match self {
+            TransportRequest::Push { .. } => "/v1/push".to_owned(),
+            TransportRequest::Pull { limit, cursor } => match cursor {
+                Some(cursor) => format!("/v1/pull?limit={limit}&cursor={cursor}"),
+                None => format!("/v1/pull?limit={limit}"),
+            },
+        }
+    }
+}
+
+/// The server's answer, before decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header in seconds, if any.
+    pub retry_after_secs: Option<u64>,
+    /// The body as received.
+    pub body: Vec<u8>,
+}
+
+/// Carries requests to a server. Implementations send the bearer `token` and the
+/// [`protocol::VERSION_HEADER`], and report an unreachable server or a broken connection as
+/// [`Error::Network`].
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// Sends one request and waits for the answer.
+    fn send<'a>(
+        &'a self,
+        token: &'a str,
+        request: TransportRequest,
+    ) -> BoxFuture<'a, Result<TransportResponse>>;
+}
+
+/// HTTP(S) through reqwest, with rustls.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpTransport {
+    pub http: reqwest::Client,
+    pub endpoint: String,
+}
+
+impl Transport for HttpTransport {
+    fn send<'a>(
+        &'a self,
+        token: &'a str,
+        request: TransportRequest,
+    ) -> BoxFuture<'a, Result<TransportResponse>> {
+        Box::pin(async move {
+            let url = format!(
+                "{}{}",
+                self.endpoint.trim_end_matches('/'),
+                request.path_and_query()
+            );
+            let builder = match request {
+                TransportRequest::Push { body } => self
+                    .http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
+                    .body(body),
+                TransportRequest::Pull { .. } => self.http.get(url),
+            };
+            let response = builder
+                .bearer_auth(token)
+                .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
+                .send()
+                .await
+                .map_err(network_error)?;
+            let status = response.status().as_u16();
+            let retry_after_secs = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = response.bytes().await.map_err(network_error)?.to_vec();
+            Ok(TransportResponse {
+                status,
+                retry_after_secs,
+                body,
+            })
+        })
+    }
+}
+
+fn network_error(err: reqwest::Error) -> Error {
+    // The URL may carry the cursor, never a token or values; keep only the kind of failure.
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "the connection failed"
+    };
+    Error::Network(kind.to_owned())
+}
