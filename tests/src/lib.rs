@@ -3,6 +3,7 @@
 
 pub mod clinic_data;
 pub mod server;
+pub mod sim;
 
 use fieldsync_core::{Fields, Schema, Store, StoreOptions};
 

@@ -7,6 +7,9 @@
 //!   at a known point.
 //! - `fieldsync-device first-sync <db> <url> <token> <page-size>` syncs a fresh store and
 //!   prints `records <n> seconds <s> peak_rss_kib <k>`.
+//! - `fieldsync-device churn <db> <url> <token> <seed>` writes and syncs until killed: before
+//!   each write it prints `begin <op> <id> [<value>]`, after the call returns `ok`, so a test
+//!   knows which writes must survive a kill and which one may have been in flight.
 
 use std::io::{BufRead, Write as _};
 use std::path::Path;
@@ -38,9 +41,15 @@ fn main() {
             token,
             page.parse().expect("page is a number"),
         ),
+        [_, "churn", path, url, token, seed] => churn(
+            Path::new(path),
+            url,
+            token,
+            seed.parse().expect("seed is a number"),
+        ),
         _ => {
             eprintln!(
-                "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size>"
+                "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size> | churn <db> <url> <token> <seed>"
             );
             std::process::exit(2);
         }
@@ -80,6 +89,79 @@ fn pull(path: &Path, url: &str, token: &str, page_size: u32) {
         .expect("the sync succeeds");
     println!("done {}", report.pulled);
     std::process::exit(0);
+}
+
+fn churn(path: &Path, url: &str, token: &str, seed: u64) {
+    use rand::{RngExt, SeedableRng};
+
+    let store = open_device(path);
+    let client = SyncClient::new(SyncConfig::new(url, token)).expect("the client builds");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = std::io::stdout().lock();
+    for n in 0u64.. {
+        let live: Vec<String> = store
+            .query("clients", &Default::default())
+            .expect("query")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let choice = if live.is_empty() {
+            0
+        } else {
+            rng.random_range(0..100)
+        };
+        match choice {
+            0..30 => {
+                let id = format!("s{seed}-{n}");
+                writeln!(out, "begin insert {id}").unwrap();
+                out.flush().unwrap();
+                store
+                    .insert_with_id(
+                        "clients",
+                        Some(id),
+                        fields(json!({"caseload_id": "north", "name": "Churn", "notes": "n"})),
+                    )
+                    .expect("insert");
+            }
+            30..60 => {
+                let id = &live[rng.random_range(0..live.len())];
+                let phone = format!("p{n}");
+                writeln!(out, "begin update {id} {phone}").unwrap();
+                out.flush().unwrap();
+                store
+                    .update("clients", id, fields(json!({"phone": phone})))
+                    .expect("update");
+            }
+            60..90 => {
+                let id = &live[rng.random_range(0..live.len())];
+                let notes = store.get("clients", id).expect("get").expect("live");
+                let units = notes.fields["notes"]
+                    .as_str()
+                    .unwrap_or("")
+                    .encode_utf16()
+                    .count();
+                let text = format!("w{n}");
+                writeln!(out, "begin splice {id} {text}").unwrap();
+                out.flush().unwrap();
+                store
+                    .splice_text("clients", id, "notes", units, 0, &text)
+                    .expect("splice");
+            }
+            _ => {
+                let id = &live[rng.random_range(0..live.len())];
+                writeln!(out, "begin delete {id}").unwrap();
+                out.flush().unwrap();
+                store.delete("clients", id).expect("delete");
+            }
+        }
+        writeln!(out, "ok").unwrap();
+        out.flush().unwrap();
+        if rng.random_bool(0.2) {
+            // The server may be unreachable for a moment; the outbox keeps everything.
+            let _ = runtime.block_on(client.sync_now(&store));
+        }
+    }
 }
 
 fn first_sync(path: &Path, url: &str, token: &str, page_size: u32) {
