@@ -2,7 +2,7 @@
 # Builds the Android shared libraries (arm64-v8a, armeabi-v7a, x86_64, x86) with cargo-ndk
 # into a jniLibs folder (default: bindings/kotlin/android/jniLibs, or the first argument) that
 # an Android module lists in `sourceSets.main.jniLibs.srcDirs`, next to the generated Kotlin
-# (bindings/kotlin/test.sh shows how to generate it). Needs the Android NDK
+# (test.sh shows how to generate it). Needs the Android NDK
 # (ANDROID_NDK_HOME). Untested where no NDK exists; see the README.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"

@@ -1,0 +1,100 @@
+// Sync with lambdas and flows: progress as a lambda, the background status as a StateFlow.
+
+package org.fieldsync
+
+import kotlinx.coroutines.flow.MutableStateFlow
+import kotlinx.coroutines.flow.StateFlow
+import kotlinx.coroutines.flow.asStateFlow
+
+/**
+ * [SyncClient.syncNow] with the progress reported to a lambda, called on a library thread after
+ * every pushed batch and pulled page:
+ *
+ * ```
+ * val report = client.syncNow(store) { progress -> showProgress(progress.pushed, progress.pushTotal) }
+ * ```
+ *
+ * Cancelling the calling coroutine cancels the sync; whatever the server already answered is
+ * kept.
+ *
+ * @throws FieldsyncException when the sync fails, for example [FieldsyncException.Network] or
+ *   [FieldsyncException.Unauthorized].
+ */
+suspend fun SyncClient.syncNow(store: Store, onProgress: (SyncProgress) -> Unit): SyncReport {
+    // Inside the object, `onProgress` names the method being overridden.
+    val forward = onProgress
+    val listener = object : SyncProgressListener {
+        override fun onProgress(progress: SyncProgress) = forward(progress)
+    }
+    return syncNow(store, listener)
+}
+
+/**
+ * Starts syncing [store] in the background (see [SyncClient.startBackground]) and returns it
+ * with its status as a [StateFlow], for a UI to collect:
+ *
+ * ```
+ * val sync = client.startBackgroundSync(store)
+ * sync.status.collect { status -> banner.show(status.state, status.lastError) }
+ * // when the user signs out:
+ * sync.stop()
+ * ```
+ *
+ * @throws FieldsyncException if the background sync cannot start.
+ */
+fun SyncClient.startBackgroundSync(
+    store: Store,
+    options: BackgroundOptions = BackgroundOptions(),
+): ObservableBackgroundSync = ObservableBackgroundSync(this, store, options)
+
+/**
+ * A running background sync whose [status] is a [StateFlow]. Started by
+ * [SyncClient.startBackgroundSync]; it stops when the server refuses the token, on [stop], or
+ * on [close]. Keep a reference while it should run: once unreachable, it is stopped when
+ * garbage-collected.
+ */
+class ObservableBackgroundSync internal constructor(
+    client: SyncClient,
+    store: Store,
+    options: BackgroundOptions,
+) : AutoCloseable {
+    // The status the library starts from; the loop reports every change after it.
+    private val state = MutableStateFlow(
+        SyncStatus(
+            state = SyncState.IDLE,
+            progress = SyncProgress(pushed = 0uL, pushTotal = 0uL, pulled = 0uL, pulling = false),
+            lastSuccessMs = null,
+            lastError = null,
+            retryInMs = null,
+            stopped = false,
+        ),
+    )
+
+    private val background: BackgroundSync = client.startBackground(store, options, StatusForwarder(state))
+
+    /**
+     * The latest status. It has [SyncStatus.stopped] set once the loop has stopped for good:
+     * after [stop], or when the server refused the token ([SyncState.ERROR]; enroll again).
+     */
+    val status: StateFlow<SyncStatus> = state.asStateFlow()
+
+    /** Syncs as soon as possible, for example when the app comes to the foreground. */
+    fun syncSoon() = background.syncSoon()
+
+    /**
+     * Stops the loop, letting a sync in progress finish, and returns once it has stopped; [status]
+     * then has [SyncStatus.stopped] set. Calling it again does nothing.
+     */
+    suspend fun stop() = background.stop()
+
+    /** Stops the loop without waiting for it, and releases the native object. */
+    override fun close() = background.close()
+
+    // Holds the flow only, not this object: like the generated BackgroundSync, an unreachable
+    // ObservableBackgroundSync is collected and its loop stopped.
+    private class StatusForwarder(private val state: MutableStateFlow<SyncStatus>) : SyncStatusListener {
+        override fun onStatus(status: SyncStatus) {
+            state.value = status
+        }
+    }
+}

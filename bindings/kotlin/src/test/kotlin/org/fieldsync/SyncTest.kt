@@ -1,0 +1,199 @@
+package org.fieldsync
+
+import java.util.Collections
+import java.util.concurrent.LinkedBlockingQueue
+import java.util.concurrent.TimeUnit
+import kotlin.test.assertEquals
+import kotlin.time.Duration.Companion.seconds
+import kotlin.test.assertFailsWith
+import kotlin.test.assertNotNull
+import kotlin.test.assertTrue
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.cancelAndJoin
+import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeout
+import org.junit.jupiter.api.Test
+
+/** Two stores syncing through a real fieldsync-server process. */
+class SyncTest : ServerTest() {
+    @Test
+    fun `two stores converge and keep both text edits`(): Unit = runBlocking {
+        val phoneToken = server.userWithDevice("ada", "north")
+        val tabletToken = server.userWithDevice("bo", "north")
+        server.start()
+        val (phone, phoneSync) = device("phone", phoneToken)
+        val (tablet, tabletSync) = device("tablet", tabletToken)
+
+        val client = phone.insert(
+            "clients",
+            fieldsOf("caseload_id" to "north", "name" to "Ada", "notes" to "Visit went well."),
+        )
+        val pushed = phoneSync.syncNow(phone, null)
+        assertEquals(1uL to 0uL, pushed.pushed to pushed.rejected)
+        assertEquals(0uL, phone.outboxLen())
+
+        // The merge reaches the tablet's observers as a remote change.
+        val merged = Channel<ChangeEvent>(Channel.UNLIMITED)
+        // Unconfined runs the collector, and with it the subscription, before launch returns.
+        val observer = launch(Dispatchers.Unconfined) {
+            tablet.changes("clients").collect { merged.send(it) }
+        }
+        assertEquals(1uL, tabletSync.syncNow(tablet, null).pulled)
+        assertEquals(ChangeEvent("clients", listOf(client), ChangeOrigin.REMOTE), merged.next())
+        // Events come in commit order: the next one is this write, so the merge told only once.
+        tablet.update("clients", client, fieldsOf("active" to true))
+        assertEquals(ChangeEvent("clients", listOf(client), ChangeOrigin.LOCAL), merged.next())
+        observer.cancelAndJoin()
+
+        // Both edit the note offline, at different places; both edits survive the merge.
+        phone.spliceText("clients", client, "notes", 0uL, 0uL, "Calm. ")
+        tablet.spliceText("clients", client, "notes", "Visit went well.".length.toULong(), 0uL, " Call mum.")
+        for ((store, sync) in listOf(phone to phoneSync, tablet to tabletSync, phone to phoneSync)) {
+            sync.syncNow(store, null)
+        }
+
+        val expected = "Calm. Visit went well. Call mum."
+        assertEquals(expected, phone.get("clients", client)?.string("notes"))
+        assertEquals(expected, tablet.get("clients", client)?.string("notes"))
+        assertEquals(phone.get("clients", client)?.fields, tablet.get("clients", client)?.fields)
+    }
+
+    @Test
+    fun `a conflict has one winner everywhere and keeps the loser`(): Unit = runBlocking {
+        val phoneToken = server.userWithDevice("ada", "north")
+        val tabletToken = server.userWithDevice("bo", "north")
+        server.start()
+        val (phone, phoneSync) = device("phone", phoneToken)
+        val (tablet, tabletSync) = device("tablet", tabletToken)
+
+        val client = phone.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada"))
+        phoneSync.syncNow(phone, null)
+        tabletSync.syncNow(tablet, null)
+
+        phone.update("clients", client, fieldsOf("phone" to "555-0100"))
+        tablet.update("clients", client, fieldsOf("phone" to "555-0199"))
+        for ((store, sync) in listOf(phone to phoneSync, tablet to tabletSync, phone to phoneSync)) {
+            sync.syncNow(store, null)
+        }
+
+        val winner = phone.get("clients", client)?.string("phone")
+        assertEquals(winner, tablet.get("clients", client)?.string("phone"))
+        val loser = if (winner == "555-0199") "555-0100" else "555-0199"
+        for (store in listOf(phone, tablet)) {
+            val conflict = store.conflicts("clients", client).single()
+            assertEquals("phone", conflict.field)
+            assertEquals(fieldValueOf(winner), conflict.winner.value)
+            assertEquals(listOf(fieldValueOf(loser)), conflict.losers.map { it.value })
+        }
+        val devices = phone.history("clients", client).map { it.deviceId }.toSet()
+        assertEquals(setOf(phone.deviceId(), tablet.deviceId()), devices)
+    }
+
+    @Test
+    fun `progress is reported`(): Unit = runBlocking {
+        val token = server.userWithDevice("ada", "north")
+        server.start()
+        val (store, _) = device("phone", token)
+        store.writeBatch(
+            (0 until 30).map { Write.Insert("clients", null, fieldsOf("caseload_id" to "north", "name" to "C$it")) },
+        )
+        val smallBatches = closeLater(SyncClient(SyncConfig(endpoint = server.url, token = token, pushBatchSize = 10u)))
+
+        val seen = Collections.synchronizedList(mutableListOf<SyncProgress>())
+        val report = smallBatches.syncNow(store) { seen += it }
+
+        assertEquals(30uL, report.pushed)
+        assertEquals(listOf(10uL, 20uL, 30uL), seen.filter { !it.pulling }.map { it.pushed })
+        assertTrue(seen.all { it.pushTotal == 30uL })
+        assertTrue(seen.last().pulling)
+    }
+
+    @Test
+    fun `a refused scope stays on the device with its reason`(): Unit = runBlocking {
+        val token = server.userWithDevice("ada", "north")
+        server.start()
+        val (store, client) = device("phone", token)
+        val kept = store.insert("clients", fieldsOf("caseload_id" to "south", "name" to "Cy"))
+
+        val report = client.syncNow(store, null)
+
+        assertEquals(0uL to 1uL, report.pushed to report.rejected)
+        val rejection = store.serverRejections().single()
+        assertEquals(kept to "forbidden_scope", rejection.id to rejection.code)
+        assertNotNull(store.get("clients", kept))
+    }
+
+    @Test
+    fun `a revoked token and an unreachable server raise typed errors`(): Unit = runBlocking {
+        val token = server.userWithDevice("ada", "north")
+        server.start()
+        val (store, client) = device("phone", token)
+        store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada"))
+        client.syncNow(store, null)
+
+        val tokenId = token.split("_")[1]
+        server.admin("revoke-token", tokenId)
+        store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Bo"))
+        assertFailsWith<FieldsyncException.Unauthorized> { client.syncNow(store, null) }
+        assertEquals(1uL, store.outboxLen()) // nothing is lost
+
+        assertFailsWith<FieldsyncException.InvalidConfig> {
+            SyncClient(SyncConfig(endpoint = "ftp://example", token = token))
+        }
+
+        server.stop()
+        val gone = closeLater(SyncClient(SyncConfig(endpoint = server.url, token = token)))
+        assertFailsWith<FieldsyncException.Network> { gone.syncNow(store, null) }
+        assertEquals(1uL, store.outboxLen())
+    }
+
+    @Test
+    fun `background sync reports its status and stops`(): Unit = runBlocking {
+        val phoneToken = server.userWithDevice("ada", "north")
+        val tabletToken = server.userWithDevice("bo", "north")
+        server.start()
+        val (phone, phoneSync) = device("phone", phoneToken)
+        val (tablet, tabletSync) = device("tablet", tabletToken)
+
+        val statuses = LinkedBlockingQueue<SyncStatus>()
+        val listener = object : SyncStatusListener {
+            override fun onStatus(status: SyncStatus) {
+                statuses += status
+            }
+        }
+        val seen = mutableListOf<SyncStatus>()
+        // The next status after a successful sync, skipping the ones before it.
+        fun nextSuccess(): SyncStatus {
+            while (true) {
+                val status = checkNotNull(statuses.poll(30, TimeUnit.SECONDS)) { "no success in $seen" }
+                seen += status
+                if (status.state == SyncState.IDLE && status.lastSuccessMs != null) return status
+            }
+        }
+
+        val background = closeLater(
+            phoneSync.startBackground(phone, BackgroundOptions(debounceMs = 50uL), listener),
+        )
+        val client = phone.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada"))
+        nextSuccess()
+        // The first sync may have started before the write: the write wakes the loop again,
+        // and syncSoon asks for one more, so a bounded number of syncs pushes it.
+        var syncs = 1
+        while (phone.outboxLen() > 0uL && syncs < 10) {
+            background.syncSoon()
+            nextSuccess()
+            syncs++
+        }
+        assertEquals(0uL, phone.outboxLen())
+        tabletSync.syncNow(tablet, null)
+        assertNotNull(tablet.get("clients", client))
+        assertTrue(seen.any { it.state == SyncState.SYNCING })
+
+        background.stop()
+        assertTrue(background.status().stopped)
+    }
+
+    private suspend fun <T> Channel<T>.next(): T = withTimeout(10.seconds) { receive() }
+}
