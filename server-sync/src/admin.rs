@@ -3,7 +3,7 @@
 
 use crate::auth::new_token;
 use crate::error::ServerError;
-use crate::storage::{Access, Role, Storage, sqlite::now_ms};
+use crate::storage::{Access, Role, Storage, now_ms};
 
 /// A device registered for a user, with its first token.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ServerError;
-use crate::storage::{Access, Grant, Storage, sqlite::now_ms};
+use crate::storage::{Access, Grant, Storage, now_ms};
 
 /// A new token: the text to hand to the device once, and what to store.
 pub struct IssuedToken {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{Access, AuditQuery, Role, Storage};
+use crate::storage::{Access, AuditQuery, Database, Role, Storage, postgres};
 use crate::{AppState, Limits, ServerError, admin, router};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -18,14 +18,18 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "The Fieldsync sync server"
 )]
 struct Cli {
-    /// The server's database: a SQLite file, created if missing.
+    /// The server's database: a SQLite file, created if missing, or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/database`) that several instances may share.
     #[arg(
         long,
         global = true,
         env = "FIELDSYNC_DB",
         default_value = "fieldsync-server.db"
     )]
-    db: PathBuf,
+    db: String,
+    /// Most connections this process keeps open to PostgreSQL.
+    #[arg(long, global = true, env = "FIELDSYNC_DB_CONNECTIONS", default_value_t = postgres::DEFAULT_CONNECTIONS)]
+    db_connections: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,7 +169,8 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> Result<(), ServerError> {
-    let storage = SqliteStorage::open(&cli.db)?;
+    let db = Database::parse(&cli.db);
+    let open = || db.open(cli.db_connections);
     match cli.command {
         Command::Serve {
             listen,
@@ -183,20 +188,20 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 request_burst,
                 ..Limits::default()
             };
+            let storage = open()?;
             if storage.count_users()? == 0 {
                 println!(
                     "The database has no users yet. Create one and enroll a device with:\n  \
                      fieldsync-server --db {db} create-user NAME\n  \
                      fieldsync-server --db {db} grant --user NAME --scope SCOPE\n  \
-                     fieldsync-server --db {db} enroll-device --user NAME --name DEVICE",
-                    db = cli.db.display()
+                     fieldsync-server --db {db} enroll-device --user NAME --name DEVICE"
                 );
             }
-            serve(Arc::new(storage), limits, listen)
+            serve(storage, limits, listen)
         }
         Command::CreateUser { name, admin } => {
             let id = admin::create_user(
-                &storage,
+                &*open()?,
                 &name,
                 if admin { Role::Admin } else { Role::Member },
             )?;
@@ -208,7 +213,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             name,
             expires_in_days,
         } => {
-            let enrolled = admin::enroll_device(&storage, &user, &name, expires_in_days)?;
+            let enrolled = admin::enroll_device(&*open()?, &user, &name, expires_in_days)?;
             println!("device {} enrolled for {user}", enrolled.device_id);
             println!("token: {}", enrolled.token);
             Ok(())
@@ -217,17 +222,17 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             device,
             expires_in_days,
         } => {
-            let (token, _) = admin::issue_token(&storage, device, expires_in_days)?;
+            let (token, _) = admin::issue_token(&*open()?, device, expires_in_days)?;
             println!("token: {token}");
             Ok(())
         }
         Command::RevokeToken { token_id } => {
-            admin::revoke_token(&storage, &token_id)?;
+            admin::revoke_token(&*open()?, &token_id)?;
             println!("token {token_id} revoked");
             Ok(())
         }
         Command::RevokeDevice { device } => {
-            admin::revoke_device(&storage, device)?;
+            admin::revoke_device(&*open()?, device)?;
             println!("device {device} revoked");
             Ok(())
         }
@@ -240,7 +245,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 AccessArg::Read => Access::Read,
                 AccessArg::Write => Access::Write,
             };
-            admin::grant(&storage, &user, &scope, access)?;
+            admin::grant(&*open()?, &user, &scope, access)?;
             println!(
                 "{user} may now {} {scope}",
                 if access == Access::Write {
@@ -252,7 +257,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::RevokeGrant { user, scope } => {
-            admin::revoke_grant(&storage, &user, &scope)?;
+            admin::revoke_grant(&*open()?, &user, &scope)?;
             println!("{user} may no longer read {scope}");
             Ok(())
         }
@@ -261,8 +266,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 |id: &dyn std::fmt::Display, user: &str, device: &str, last: &str, state: &str| {
                     println!("{id:>4}  {user:<20} {device:<24} {last:<26} {state}");
                 };
+            let devices = open()?.list_devices()?;
             row(&"id", "user", "device", "last sync (UTC)", "state");
-            for device in storage.list_devices()? {
+            for device in devices {
                 let last = device.last_sync_at.map_or("never".to_owned(), utc);
                 let state = if device.revoked { "revoked" } else { "active" };
                 row(&device.id, &device.user, &device.name, &last, state);
@@ -280,7 +286,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 since: None,
                 limit,
             };
-            for entry in storage.audit(&query)? {
+            for entry in open()?.audit(&query)? {
                 println!(
                     "{} {} device {} {} {}/{} in {}",
                     utc(entry.at),
@@ -294,11 +300,23 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             }
             Ok(())
         }
-        Command::Backup { to } => {
-            storage.backup_to(&to)?;
+        Command::Backup { to } => backup(&db, &to),
+    }
+}
+
+/// Writes a consistent copy of a SQLite database; PostgreSQL has its own tools.
+fn backup(db: &Database, to: &std::path::Path) -> Result<(), ServerError> {
+    match db {
+        Database::Sqlite(path) => {
+            SqliteStorage::open(path)?.backup_to(to)?;
             println!("backup written to {}", to.display());
             Ok(())
         }
+        Database::Postgres(_) => Err(ServerError::Config(
+            "`backup` copies SQLite databases; back up PostgreSQL with pg_dump \
+             (see docs/DEPLOYMENT.md)"
+                .into(),
+        )),
     }
 }
 
@@ -308,31 +326,39 @@ fn utc(ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-fn serve(
-    storage: Arc<SqliteStorage>,
+fn serve(storage: Arc<dyn Storage>, limits: Limits, listen: SocketAddr) -> Result<(), ServerError> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|err| ServerError::Internal(err.to_string()))?;
+    let served = runtime.block_on(serve_on(storage.clone(), limits, listen));
+    // The runtime goes first, with every task still holding the storage; the storage is
+    // dropped last, here: closing a PostgreSQL connection blocks, which must not happen on a
+    // thread that drives async tasks.
+    drop(runtime);
+    drop(storage);
+    served
+}
+
+async fn serve_on(
+    storage: Arc<dyn Storage>,
     limits: Limits,
     listen: SocketAddr,
 ) -> Result<(), ServerError> {
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|err| ServerError::Internal(err.to_string()))?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|err| ServerError::Internal(format!("cannot listen on {listen}: {err}")))?;
-        let address = listener
-            .local_addr()
-            .map_err(|err| ServerError::Internal(err.to_string()))?;
-        // Tests and scripts read this line to find a server started on port 0.
-        println!("listening on http://{address}");
-        tracing::info!(%address, "listening");
-        let app = router(AppState::new(storage, limits));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|err| ServerError::Internal(err.to_string()))?;
-        tracing::info!("stopped");
-        Ok(())
-    })
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|err| ServerError::Internal(format!("cannot listen on {listen}: {err}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|err| ServerError::Internal(err.to_string()))?;
+    // Tests and scripts read this line to find a server started on port 0.
+    println!("listening on http://{address}");
+    tracing::info!(%address, "listening");
+    let app = router(AppState::new(storage, limits));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|err| ServerError::Internal(err.to_string()))?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn shutdown_signal() {

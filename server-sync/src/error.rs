@@ -41,6 +41,16 @@ pub enum ServerError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL refused or failed a statement (its SQLSTATE and message, never the values
+    /// of the rows involved).
+    #[error("PostgreSQL error: {0}")]
+    Postgres(String),
+    /// No connection to PostgreSQL could be had in time.
+    #[error("the database is unavailable ({0}); check that PostgreSQL runs and that --db names it")]
+    DatabaseUnavailable(String),
+    /// The server was started with settings it cannot use.
+    #[error("configuration error: {0}")]
+    Config(String),
     /// Stored data could not be read.
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
@@ -64,10 +74,30 @@ impl ServerError {
             ServerError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
             }
-            ServerError::Database(_) | ServerError::Corrupt(_) | ServerError::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
-            }
+            ServerError::Database(_)
+            | ServerError::Postgres(_)
+            | ServerError::DatabaseUnavailable(_)
+            | ServerError::Config(_)
+            | ServerError::Corrupt(_)
+            | ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
+    }
+}
+
+impl From<postgres::Error> for ServerError {
+    fn from(err: postgres::Error) -> Self {
+        ServerError::Postgres(describe_postgres_error(&err))
+    }
+}
+
+/// A PostgreSQL error for the log. A database error's detail can quote a row's values (a key
+/// that already exists, a failing row), which may be clinical data: only its code and message
+/// are kept. Other errors (connecting, I/O) name their cause.
+pub(crate) fn describe_postgres_error(err: &postgres::Error) -> String {
+    match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{} {}", db.code().code(), db.message()),
+        (None, Some(cause)) => format!("{err}: {cause}"),
+        (None, None) => err.to_string(),
     }
 }
 

@@ -4,7 +4,8 @@
 //! scopes their user may read (`GET /v1/pull`). The server merges every accepted change into
 //! its own copy of the record, keeps a change feed in commit order, and serves whole compacted
 //! documents to devices on their first sync. Storage sits behind [`storage::Storage`]; the
-//! embedded default is [`storage::sqlite::SqliteStorage`].
+//! embedded default is [`storage::sqlite::SqliteStorage`], and
+//! [`storage::postgres::PostgresStorage`] lets several instances share one PostgreSQL database.
 //!
 //! ```no_run
 //! use std::sync::Arc;

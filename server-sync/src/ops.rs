@@ -14,7 +14,7 @@ pub async fn health() -> &'static str {
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let storage = state.storage.clone();
-    let since = crate::storage::sqlite::now_ms() - 5 * 60 * 1000;
+    let since = crate::storage::now_ms() - 5 * 60 * 1000;
     let active = tokio::task::spawn_blocking(move || storage.active_devices(since))
         .await
         .ok()

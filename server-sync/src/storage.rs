@@ -1,12 +1,18 @@
-//! What the server keeps, behind one trait so that backends (SQLite now, PostgreSQL later)
-//! are interchangeable and pass the same conformance tests.
+//! What the server keeps, behind one trait so that backends (the embedded SQLite default, and
+//! PostgreSQL for several server instances) are interchangeable and pass the same conformance
+//! tests.
 //!
 //! The methods block; the HTTP layer calls them on tokio's blocking pool.
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use fieldsync_core::protocol::{PushRecord, PushResponse, Rejection};
+use serde_bytes::ByteBuf;
 
 use crate::error::ServerError;
 
@@ -281,4 +287,102 @@ pub trait Storage: Send + Sync + 'static {
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
     /// How many live devices synced at or after `since` (ms since the epoch).
     fn active_devices(&self, since: i64) -> Result<u64>;
+}
+
+/// Where the server keeps its data, as named by `--db`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file, created if missing (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`), shared by several instances.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads `--db`: a PostgreSQL URL, or else a SQLite file path.
+    pub fn parse(text: &str) -> Database {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Database::Postgres(text.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// Opens the database and brings its schema up to date; `connections` bounds the
+    /// PostgreSQL connections this process keeps (SQLite uses one).
+    pub fn open(&self, connections: u32) -> Result<Arc<dyn Storage>> {
+        Ok(match self {
+            Database::Sqlite(path) => Arc::new(sqlite::SqliteStorage::open(path)?),
+            Database::Postgres(url) => Arc::new(postgres::PostgresStorage::open(url, connections)?),
+        })
+    }
+}
+
+/// Shows the database for messages: a PostgreSQL URL without its password.
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` becomes `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A feed entry's changes as stored: a MessagePack list of byte strings.
+fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
+    let list: Vec<ByteBuf> = changes.iter().cloned().map(ByteBuf::from).collect();
+    rmp_serde::to_vec(&list).expect("byte lists always serialize")
+}
+
+fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let list: Vec<ByteBuf> = rmp_serde::from_slice(bytes)
+        .map_err(|_| ServerError::Corrupt("a feed entry does not decode".into()))?;
+    Ok(list.into_iter().map(ByteBuf::into_vec).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Database;
+
+    #[test]
+    fn db_names_a_sqlite_file_or_a_postgres_url_and_hides_its_password() {
+        assert_eq!(
+            Database::parse("server.db"),
+            Database::Sqlite("server.db".into())
+        );
+        let db = Database::parse("postgres://fs:s3cret@db.example:5432/fieldsync?sslmode=disable");
+        assert!(matches!(db, Database::Postgres(_)));
+        assert_eq!(
+            db.to_string(),
+            "postgres://fs:***@db.example:5432/fieldsync?sslmode=disable"
+        );
+        assert_eq!(
+            Database::parse("postgresql://fs@localhost/fieldsync").to_string(),
+            "postgresql://fs@localhost/fieldsync"
+        );
+    }
 }

@@ -34,7 +34,7 @@ async fn main() {
         size.sessions
     );
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+    let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
     let writer_token = grant_user(&server, "writer", size.therapists);
     let all_token = grant_user(&server, "reader", size.therapists);
     let fifth_token = grant_user(&server, "fifth", size.therapists / 5);

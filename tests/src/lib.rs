@@ -2,6 +2,8 @@
 //! changes between stores the way a sync would.
 
 pub mod clinic_data;
+pub mod load;
+pub mod postgres;
 pub mod server;
 pub mod sim;
 

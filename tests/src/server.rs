@@ -1,5 +1,6 @@
 //! A real `fieldsync-server` process on a free loopback port, killed when dropped.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +14,7 @@ pub struct ServerProcess {
     child: Child,
     stdout: mpsc::Receiver<String>,
     binary: PathBuf,
-    db: PathBuf,
+    db: OsString,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     /// What the server printed before it listened.
@@ -21,13 +22,29 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `binary serve` on `db` and a free port, and waits until it listens.
-    pub fn start(binary: &Path, db: &Path) -> ServerProcess {
-        ServerProcess::start_logging(binary, db, None)
+    /// Starts `binary serve` on `db` (a SQLite path or a PostgreSQL URL) and a free port, and
+    /// waits until it listens.
+    pub fn start(binary: &Path, db: impl AsRef<OsStr>) -> ServerProcess {
+        ServerProcess::start_with(binary, db, &[], None)
     }
 
     /// Like [`ServerProcess::start`], writing every log line (debug and up) to `log`.
-    pub fn start_logging(binary: &Path, db: &Path, log: Option<&Path>) -> ServerProcess {
+    pub fn start_logging(
+        binary: &Path,
+        db: impl AsRef<OsStr>,
+        log: Option<&Path>,
+    ) -> ServerProcess {
+        ServerProcess::start_with(binary, db, &[], log)
+    }
+
+    /// Like [`ServerProcess::start_logging`], with more `serve` flags (`--requests-per-second`).
+    pub fn start_with(
+        binary: &Path,
+        db: impl AsRef<OsStr>,
+        serve_args: &[&str],
+        log: Option<&Path>,
+    ) -> ServerProcess {
+        let db = db.as_ref();
         let (level, stderr) = match log {
             Some(path) => (
                 "debug",
@@ -36,7 +53,10 @@ impl ServerProcess {
             None => ("warn", Stdio::inherit()),
         };
         let mut child = Command::new(binary)
-            .args(["--db", path_str(db), "serve", "--listen", "127.0.0.1:0"])
+            .arg("--db")
+            .arg(db)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(serve_args)
             .env("FIELDSYNC_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -289,9 +309,10 @@ pub fn partial_push(url: &str, token: &str, body: &[u8], send: usize) -> std::ne
 }
 
 /// Runs an admin command of `binary` against `db`; panics if it fails.
-pub fn admin(binary: &Path, db: &Path, args: &[&str]) -> String {
+pub fn admin(binary: &Path, db: &OsStr, args: &[&str]) -> String {
     let output = Command::new(binary)
-        .args(["--db", path_str(db)])
+        .arg("--db")
+        .arg(db)
         .args(args)
         .env("FIELDSYNC_LOG", "warn")
         .output()
@@ -302,8 +323,4 @@ pub fn admin(binary: &Path, db: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("output is UTF-8")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
 }

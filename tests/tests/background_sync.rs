@@ -59,7 +59,7 @@ fn quick() -> BackgroundOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_writes_are_synced_soon_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+    let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
     let token = server.user_with_device("ada", &["north"]);
     let other_token = server.device("ada");
     let phone = open_device(&dir.path().join("phone.db"));
@@ -95,7 +95,7 @@ async fn local_writes_are_synced_soon_in_the_background() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_stops_the_background_sync_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+    let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
     let (device_id, token) = {
         server.admin(&["create-user", "ada"]);
         server.enroll("ada")

@@ -89,7 +89,7 @@ async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_killed_during_a_pull_converges_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+    let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
     let token = server.user_with_device("ada", &["north"]);
     let device_token = server.device("ada");
     let phone = open_device(&dir.path().join("phone.db"));

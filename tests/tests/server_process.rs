@@ -104,7 +104,7 @@ fn logs_carry_request_ids_but_no_tokens_or_record_values() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
     let server =
-        ServerProcess::start_logging(Path::new(SERVER), &dir.path().join("server.db"), Some(&log));
+        ServerProcess::start_logging(Path::new(SERVER), dir.path().join("server.db"), Some(&log));
     let token = server.user_with_device("ada", &["north"]);
     let phone = open_device(&dir.path().join("phone.db"));
     let canary = "CANARY-7f3a-client-name";

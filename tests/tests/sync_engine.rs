@@ -24,7 +24,7 @@ struct Device {
 impl Clinic {
     fn new() -> Clinic {
         let dir = tempfile::tempdir().unwrap();
-        let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+        let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
         Clinic { dir, server }
     }
 

@@ -79,7 +79,7 @@ async fn tls_terminator(pki: &Pki, upstream: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_private_ca_and_a_pinned_key_are_trusted_and_nothing_else_is() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server.db"));
+    let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
     let token = server.user_with_device("ada", &["north"]);
     let pki = pki();
     let url = tls_terminator(&pki, server.url.trim_start_matches("http://").to_owned()).await;

@@ -1,7 +1,10 @@
 //! The conformance suite every [`Storage`] backend must pass, run by each backend's tests
-//! (`tests/storage_sqlite.rs`, and the PostgreSQL backend's when it exists).
+//! (`server-sync/tests/storage_sqlite.rs`, and `tests/tests/postgres.rs` on a throwaway
+//! PostgreSQL cluster).
 //!
 //! Each check takes a fresh, empty storage and panics with a message on failure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fieldsync_core::protocol::{Payload, PushRecord, RejectCode, Rejection};
 use serde_bytes::ByteBuf;
@@ -18,14 +21,20 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     feed_pages_in_order_by_scope(&*fresh());
     documents_page_by_last_change(&*fresh());
     audit_and_activity(&*fresh());
+    a_record_pushed_twice_in_one_batch_keeps_both(&*fresh());
+    concurrent_pushes_lose_nothing_and_readers_skip_nothing(&*fresh());
 }
 
 fn record(id: &str, scope: &str) -> PushRecord {
+    record_with(id, scope, id.as_bytes())
+}
+
+fn record_with(id: &str, scope: &str, change: &[u8]) -> PushRecord {
     PushRecord {
         collection: "clients".into(),
         id: id.into(),
         scope: scope.into(),
-        payload: Payload::Changes(vec![ByteBuf::from(id.as_bytes().to_vec())]),
+        payload: Payload::Changes(vec![ByteBuf::from(change.to_vec())]),
     }
 }
 
@@ -303,4 +312,107 @@ fn audit_and_activity(storage: &dyn Storage) {
     assert_eq!(storage.active_devices(0).unwrap(), 2);
     assert_eq!(storage.active_devices(i64::MAX).unwrap(), 0);
     storage.ping().unwrap();
+}
+
+fn a_record_pushed_twice_in_one_batch_keeps_both(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let records = [
+        record_with("a", "north", b"1"),
+        record_with("a", "north", b"2"),
+    ];
+    storage.push(phone, "twice", &records, &mut accept).unwrap();
+    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(
+        page.entries[0].doc,
+        b"12".to_vec(),
+        "the second merge saw the first"
+    );
+    let feed = storage.feed_page(&["north".into()], 0, 10).unwrap();
+    assert_eq!(feed.entries.len(), 2);
+}
+
+/// Several devices push at once, each to one shared record and to records of its own, while a
+/// reader pages through the feed. Every change must be in the shared document (no merge saw
+/// a stale document), and the reader must have seen every feed entry (no position became
+/// visible after the reader had moved past it).
+fn concurrent_pushes_lose_nothing_and_readers_skip_nothing(storage: &dyn Storage) {
+    let writers = 6;
+    let per_writer: usize = 30;
+    let devices: Vec<i64> = (0..writers)
+        .map(|w| device(storage, &format!("writer{w}")))
+        .collect();
+    let north = vec!["north".to_owned()];
+    let writing_done = AtomicBool::new(false);
+    let seen = std::thread::scope(|scope| {
+        let pushers: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(w, &device)| {
+                scope.spawn(move || {
+                    for i in 0..per_writer {
+                        // Pushes of different records run side by side in a backend that
+                        // can; the shared record makes some of them meet.
+                        let mut records = vec![record(&format!("own-{w}-{i}"), "north")];
+                        if i % 3 == 0 {
+                            let change = format!("<{w}.{i}>");
+                            records.push(record_with("shared", "north", change.as_bytes()));
+                        }
+                        storage
+                            .push(device, &format!("{w}-{i}"), &records, &mut accept)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let reader = scope.spawn(|| {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            loop {
+                // Read before the page: if writing was done, this page sees every change.
+                let done = writing_done.load(Ordering::SeqCst);
+                let page = storage.feed_page(&north, after, 7).unwrap();
+                seen.extend(page.entries.iter().map(|e| e.seq));
+                after = page.last_seq;
+                if done && !page.more {
+                    return seen;
+                }
+                std::thread::yield_now();
+            }
+        });
+        for pusher in pushers {
+            pusher.join().unwrap();
+        }
+        writing_done.store(true, Ordering::SeqCst);
+        reader.join().unwrap()
+    });
+    let all = storage.feed_page(&north, 0, 10_000).unwrap().entries;
+    let shared_pushes = writers * per_writer.div_ceil(3);
+    assert_eq!(all.len(), writers * per_writer + shared_pushes);
+    let skipped: Vec<i64> = all
+        .iter()
+        .map(|e| e.seq)
+        .filter(|seq| !seen.contains(seq))
+        .collect();
+    assert!(
+        skipped.is_empty(),
+        "the reader's cursor moved past feed entries {skipped:?} before they were visible"
+    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "the feed is in order");
+    let shared = storage
+        .documents_page(&north, 0, 10_000)
+        .unwrap()
+        .entries
+        .into_iter()
+        .find(|e| e.record_id == "shared")
+        .expect("the shared record exists");
+    let doc = String::from_utf8(shared.doc).unwrap();
+    for w in 0..writers {
+        for i in (0..per_writer).step_by(3) {
+            assert!(
+                doc.contains(&format!("<{w}.{i}>")),
+                "change {w}.{i} of the shared record was lost"
+            );
+        }
+    }
 }

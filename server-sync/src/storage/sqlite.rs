@@ -10,17 +10,16 @@ use std::time::Duration;
 
 use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
-use serde_bytes::ByteBuf;
 
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant, Merge, Page,
-    Result, Role, Storage, StoredRecord, TokenRecord,
+    Result, Role, Storage, StoredRecord, TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
 const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/001_init.sql"),
-    include_str!("migrations/002_records_by_seq.sql"),
+    include_str!("migrations/sqlite/001_init.sql"),
+    include_str!("migrations/sqlite/002_records_by_seq.sql"),
 ];
 
 /// Server storage in one SQLite file.
@@ -78,13 +77,6 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 fn placeholders(from: usize, count: usize) -> String {
     (from..from + count)
         .map(|i| format!("?{i}"))
@@ -98,17 +90,6 @@ fn page_params(after: i64, limit: u32, scopes: &[String]) -> Vec<rusqlite::types
     let mut values: Vec<rusqlite::types::Value> = vec![after.into(), (i64::from(limit) + 1).into()];
     values.extend(scopes.iter().map(|s| s.clone().into()));
     values
-}
-
-fn encode_changes(changes: &[Vec<u8>]) -> Vec<u8> {
-    let list: Vec<ByteBuf> = changes.iter().cloned().map(ByteBuf::from).collect();
-    rmp_serde::to_vec(&list).expect("byte lists always serialize")
-}
-
-fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let list: Vec<ByteBuf> = rmp_serde::from_slice(bytes)
-        .map_err(|_| ServerError::Corrupt("a feed entry does not decode".into()))?;
-    Ok(list.into_iter().map(ByteBuf::into_vec).collect())
 }
 
 fn is_unique_violation(err: &rusqlite::Error) -> bool {

@@ -1,0 +1,56 @@
+//! A small run of the load test (docs/BENCHMARKS.md has the big one), so that it cannot rot:
+//! devices writing offline and syncing through real servers end with the server's data.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fieldsync_tests::load::{self, LoadConfig};
+use fieldsync_tests::postgres::TestPostgres;
+use fieldsync_tests::server::ServerProcess;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
+
+fn small_run(urls: Vec<String>, db: String, dir: &Path) -> load::LoadReport {
+    let report = load::run(&LoadConfig {
+        urls,
+        db,
+        devices: 10,
+        devices_per_scope: 5,
+        duration: Duration::from_secs(3),
+        interval: Duration::from_millis(200),
+        work_dir: dir.to_owned(),
+    })
+    .unwrap();
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+    assert!(report.pushes >= 10 && report.pulls >= 10, "{report}");
+    assert!(
+        report.changes_pulled > 0,
+        "devices of a scope hear of each other"
+    );
+    report
+}
+
+#[test]
+fn a_small_load_test_on_sqlite_passes_within_the_default_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server.db");
+    let server = ServerProcess::start(Path::new(SERVER), &db);
+    small_run(
+        vec![server.url.clone()],
+        db.to_str().unwrap().to_owned(),
+        dir.path(),
+    );
+}
+
+#[test]
+fn a_small_load_test_on_two_postgres_instances_passes() {
+    let cluster = TestPostgres::start();
+    let db = cluster.database();
+    let (a, b) = (
+        ServerProcess::start(Path::new(SERVER), &db),
+        ServerProcess::start(Path::new(SERVER), &db),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    small_run(vec![a.url.clone(), b.url.clone()], db, dir.path());
+}

@@ -1,0 +1,204 @@
+//! The PostgreSQL backend on a throwaway cluster: the storage conformance suite, migrations
+//! racing at start, and several server processes over one database.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fieldsync_server::storage::conformance;
+use fieldsync_server::storage::postgres::PostgresStorage;
+use fieldsync_server::storage::{Role, Storage};
+use fieldsync_tests::postgres::TestPostgres;
+use fieldsync_tests::server::{Client, ServerProcess};
+use fieldsync_tests::{fields, open_device};
+use serde_json::json;
+
+#[test]
+fn postgres_storage_passes_the_conformance_suite() {
+    let cluster = TestPostgres::start();
+    conformance::run_all(&|| Box::new(PostgresStorage::open(&cluster.database(), 8).unwrap()));
+}
+
+#[test]
+fn instances_starting_at_once_migrate_once() {
+    let cluster = TestPostgres::start();
+    let url = cluster.database();
+    let opened: Vec<PostgresStorage> = std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| PostgresStorage::open(&url, 2)))
+            .collect();
+        starting
+            .into_iter()
+            .map(|s| s.join().unwrap().expect("every instance opens"))
+            .collect()
+    });
+    opened[0].create_user("ada", Role::Member).unwrap();
+    assert_eq!(opened[3].count_users().unwrap(), 1);
+    // Opening an up-to-date database changes nothing.
+    let again = PostgresStorage::open(&url, 1).unwrap();
+    assert_eq!(again.user_id("ada").unwrap(), Some(1));
+}
+
+#[test]
+fn the_audit_log_is_append_only() {
+    let cluster = TestPostgres::start();
+    let url = cluster.database();
+    let storage = PostgresStorage::open(&url, 1).unwrap();
+    let ada = storage.create_user("ada", Role::Member).unwrap();
+    let phone = storage.create_device(ada, "phone").unwrap();
+    storage
+        .record_pull(phone, &[("clients".into(), "a".into(), "north".into())])
+        .unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    for statement in [
+        "UPDATE audit SET action = 'push'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        assert!(client.batch_execute(statement).is_err(), "{statement}");
+    }
+    let query = fieldsync_server::storage::AuditQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        storage.audit(&query).unwrap().len(),
+        1,
+        "the line is still there"
+    );
+}
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
+
+/// Two server processes over one database, with no rate limit (the tests push in bursts),
+/// logging to `a.log` and `b.log` in `dir`.
+fn two_instances(url: &str, dir: &Path) -> (ServerProcess, ServerProcess) {
+    let start = |name: &str| {
+        ServerProcess::start_with(
+            Path::new(SERVER),
+            url,
+            &["--requests-per-second", "0"],
+            Some(&dir.join(name)),
+        )
+    };
+    (start("a.log"), start("b.log"))
+}
+
+#[test]
+fn devices_on_two_instances_see_each_others_changes_and_concurrent_edits_both_survive() {
+    let cluster = TestPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_instances(&cluster.database(), dir.path());
+    let phone_token = a.user_with_device("ada", &["north"]);
+    let tablet_token = b.device("ada");
+    let (phone, tablet) = (
+        open_device(&dir.path().join("phone.db")),
+        open_device(&dir.path().join("tablet.db")),
+    );
+    let (via_a, via_b) = (
+        Client::new(&a.url, &phone_token),
+        Client::new(&b.url, &tablet_token),
+    );
+    let id = phone
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Ada", "notes": "first visit"})),
+        )
+        .unwrap();
+    assert_eq!(via_a.push_outbox(&phone, "p1"), 1);
+    let tablet_cursor = via_b.pull_into(&tablet, None);
+    assert_eq!(
+        tablet.get("clients", &id).unwrap().unwrap().fields["name"],
+        "Ada",
+        "pushed through A, pulled through B"
+    );
+
+    // Both devices edit the record offline, then push at the same moment through different
+    // instances.
+    phone
+        .update("clients", &id, fields(json!({"phone": "555-0100"})))
+        .unwrap();
+    tablet
+        .splice_text("clients", &id, "notes", 0, 0, "calm; ")
+        .unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| assert_eq!(via_a.push_outbox(&phone, "p2"), 1));
+        scope.spawn(|| assert_eq!(via_b.push_outbox(&tablet, "t1"), 1));
+    });
+    via_a.pull_into(&phone, None);
+    via_b.pull_into(&tablet, Some(tablet_cursor));
+    let newcomer = open_device(&dir.path().join("newcomer.db"));
+    Client::new(&a.url, &a.device("ada")).pull_into(&newcomer, None);
+    for store in [&phone, &tablet, &newcomer] {
+        let record = store.get("clients", &id).unwrap().unwrap();
+        assert_eq!(record.fields["phone"], "555-0100");
+        assert_eq!(record.fields["notes"], "calm; first visit");
+    }
+    assert!(a.terminate(), "SIGTERM stops an instance cleanly");
+    assert!(b.terminate(), "SIGTERM stops an instance cleanly");
+    for log in ["a.log", "b.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
+        assert!(!text.contains("panicked"), "{log}:\n{text}");
+    }
+}
+
+#[test]
+fn concurrent_pushers_on_two_instances_never_make_a_reader_skip_a_change() {
+    let cluster = TestPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_instances(&cluster.database(), dir.path());
+    let urls = [a.url.as_str(), b.url.as_str()];
+    let pushers = 12;
+    let per_pusher = 20;
+    let tokens: Vec<String> = (0..pushers)
+        .map(|p| a.user_with_device(&format!("user{p}"), &["north"]))
+        .collect();
+    a.admin(&["create-user", "reader"]);
+    a.admin(&[
+        "grant", "--user", "reader", "--scope", "north", "--access", "read",
+    ]);
+    let reader_token = b.device("reader");
+    let pushing = AtomicUsize::new(pushers);
+    let mut seen = std::collections::HashSet::new();
+    std::thread::scope(|scope| {
+        for (p, token) in tokens.iter().enumerate() {
+            let (store, client) = (
+                open_device(&dir.path().join(format!("pusher{p}.db"))),
+                Client::new(urls[p % 2], token),
+            );
+            let pushing = &pushing;
+            scope.spawn(move || {
+                for i in 0..per_pusher {
+                    store
+                        .insert(
+                            "clients",
+                            fields(json!({"caseload_id": "north", "name": format!("{p}-{i}")})),
+                        )
+                        .unwrap();
+                    assert_eq!(client.push_outbox(&store, &format!("{p}-{i}")), 1);
+                }
+                pushing.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        // The reader follows the feed through both instances in turn while the pushers push,
+        // then once more after they are done, remembering every record it was sent.
+        let readers = [
+            Client::new(urls[0], &reader_token),
+            Client::new(urls[1], &reader_token),
+        ];
+        let mut cursor: Option<String> = None;
+        for turn in 0.. {
+            let done = pushing.load(Ordering::SeqCst) == 0;
+            let page = readers[turn % 2].pull(cursor.as_deref(), 1000).unwrap();
+            seen.extend(page.records.into_iter().map(|r| r.id));
+            cursor = Some(page.next_cursor);
+            if done && !page.more {
+                break;
+            }
+        }
+    });
+    assert_eq!(
+        seen.len(),
+        pushers * per_pusher,
+        "the reader ended with every change"
+    );
+}
