@@ -11,7 +11,7 @@ targets=(aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios aarch64-apple-
     x86_64-apple-darwin)
 rustup target add "${targets[@]}"
 for target in "${targets[@]}"; do
-    cargo build --release -p fieldsync-ffi --target "$target"
+    cargo rustc --release -p fieldsync-ffi --lib --crate-type staticlib --target "$target"
 done
 
 work="$(mktemp -d)"
