@@ -259,8 +259,10 @@ pub trait Storage: Send + Sync + 'static {
     fn revoke_grant(&self, user_id: i64, scope: &str) -> Result<bool>;
     /// A user's grants.
     fn grants(&self, user_id: i64) -> Result<Vec<Grant>>;
-    /// Binds the device to `actor` if it has no actor yet; returns the device's actor.
-    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<String>;
+    /// Binds the device to `actor` if it has no actor yet, unless another device that is not
+    /// revoked is bound to `actor` (a revoked device's actor may be taken over). Returns the
+    /// device's actor, or `None` when it stays unbound because `actor` is taken.
+    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>>;
 
     /// Applies a push in one transaction: a replayed `batch_id` returns the stored response
     /// and changes nothing; otherwise each record is merged by `merge` and written with its

@@ -63,14 +63,16 @@ pub async fn push(
                 limits.max_changes_per_push
             )));
         }
+        // `None` when the device is unbound and its first change's actor belongs to another
+        // live device (or no change decodes): then no change it pushes is its own.
         let actor = match (&caller.actor, first_actor(&request)) {
-            (Some(bound), _) => bound.clone(),
+            (Some(bound), _) => Some(bound.clone()),
             (None, Some(claimed)) => storage.bind_actor(caller.device_id, &claimed)?,
-            (None, None) => String::new(),
+            (None, None) => None,
         };
         let mut applied = 0;
         let mut merge = |record: &PushRecord, stored: Option<StoredRecord>| {
-            let merged = merge(&caller, &actor, &limits, record, stored);
+            let merged = merge(&caller, actor.as_deref(), &limits, record, stored);
             if let Ok(merged) = &merged {
                 applied += merged.new_changes.len();
             }
@@ -326,6 +328,12 @@ fn guarded<T>(work: impl FnOnce() -> T) -> Option<T> {
     catch_unwind(AssertUnwindSafe(work)).ok()
 }
 
+/// Whether a change was made by the pushing device, whose actor is `actor` (`None`: no
+/// change is the device's own).
+fn is_own(actor: Option<&str>, change_actor: &automerge::ActorId) -> bool {
+    actor.is_some_and(|actor| change_actor.to_hex_string() == actor)
+}
+
 fn reject(code: RejectCode, message: &str) -> Rejection {
     Rejection {
         code,
@@ -343,7 +351,7 @@ fn valid_collection(name: &str) -> bool {
 /// Checks one pushed record and merges it into the stored document.
 fn merge(
     caller: &Caller,
-    actor: &str,
+    actor: Option<&str>,
     limits: &Limits,
     record: &PushRecord,
     stored: Option<StoredRecord>,
@@ -390,7 +398,7 @@ fn merge(
             for bytes in raw {
                 let change = Change::from_bytes(bytes.to_vec())
                     .map_err(|_| reject(RejectCode::Malformed, "a change does not decode"))?;
-                if change.actor_id().to_hex_string() != actor {
+                if !is_own(actor, change.actor_id()) {
                     return Err(reject(
                         RejectCode::ForeignActor,
                         "a change was made by another device",
@@ -424,7 +432,7 @@ fn merge(
                 .flatten()
                 .ok_or_else(|| reject(RejectCode::Malformed, "the document does not load"))?;
             let foreign = incoming.get_changes(&[]).iter().any(|c| {
-                c.actor_id().to_hex_string() != actor && doc.get_change_by_hash(&c.hash()).is_none()
+                !is_own(actor, c.actor_id()) && doc.get_change_by_hash(&c.hash()).is_none()
             });
             if foreign {
                 return Err(reject(
@@ -463,7 +471,7 @@ fn merge(
 /// A record the server does not have yet, pushed as its whole document: loading it validates
 /// it, and it is stored as sent (it is already a compact save), without a merge.
 fn new_record_from_document(
-    actor: &str,
+    actor: Option<&str>,
     limits: &Limits,
     bytes: &[u8],
 ) -> Result<MergedRecord, Rejection> {
@@ -477,10 +485,7 @@ fn new_record_from_document(
         .flatten()
         .ok_or_else(|| reject(RejectCode::Malformed, "the document does not load"))?;
     let changes = doc.get_changes(&[]);
-    if changes
-        .iter()
-        .any(|c| c.actor_id().to_hex_string() != actor)
-    {
+    if changes.iter().any(|c| !is_own(actor, c.actor_id())) {
         return Err(reject(
             RejectCode::ForeignActor,
             "the document holds another device's changes",

@@ -683,3 +683,108 @@ async fn metrics_count_pushes_pulls_and_refusals() {
         );
     }
 }
+
+/// A new record's saved document and its one change, made by `actor` (hex) as if on that
+/// device.
+fn written_by(actor: &str, scope: &str, name: &str) -> (Vec<u8>, Vec<u8>) {
+    use automerge::transaction::Transactable as _;
+    let actor = automerge::ActorId::try_from(actor).unwrap();
+    let mut doc = automerge::AutoCommit::new().with_actor(actor);
+    doc.put(automerge::ROOT, "caseload_id", scope).unwrap();
+    doc.put(automerge::ROOT, "name", name).unwrap();
+    let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    (doc.save(), change)
+}
+
+fn claim(id: &str, (doc, change): &(Vec<u8>, Vec<u8>), as_document: bool) -> PushRecord {
+    PushRecord {
+        collection: "clients".into(),
+        id: id.into(),
+        scope: "north".into(),
+        payload: if as_document {
+            Payload::Document(serde_bytes::ByteBuf::from(doc.clone()))
+        } else {
+            Payload::Changes(vec![serde_bytes::ByteBuf::from(change.clone())])
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_new_device_cannot_claim_the_actor_of_another_live_device() {
+    let server = Server::new();
+    let ada = server.user("ada", &[("north", Access::Write)]);
+    // Bob may write the scope too, so that only the actor check stands in the way.
+    let bob = server.user("bob", &[("north", Access::Write)]);
+    let reader = server.user("reader", &[("north", Access::Read)]);
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    assert_eq!(accepted(&server.push_outbox(&ada, &phone, "p1").await), 1);
+    let actor = phone.device_id().to_owned();
+    let (cursor, _) = server
+        .pull_all(&reader, &server.store("reader"), None)
+        .await;
+
+    // Fresh, unbound devices of another user and of the same user push records made with
+    // the phone's actor, as changes and as whole documents.
+    let tablet = server.device("ada");
+    for (who, token) in [("bob", &bob), ("tablet", &tablet)] {
+        for as_document in [false, true] {
+            let id = format!("{who}-{as_document}");
+            let request = PushRequest {
+                batch_id: id.clone(),
+                records: vec![claim(&id, &written_by(&actor, "north", "x"), as_document)],
+            };
+            let response = server.push(token, &request).await.ok();
+            assert_eq!(
+                response.results[0].rejected.as_ref().map(|r| r.code),
+                Some(RejectCode::ForeignActor),
+                "{who} claiming the phone's actor, document: {as_document}"
+            );
+        }
+    }
+    let page = server.pull(&reader, cursor.as_deref(), 100).await.ok();
+    assert!(page.records.is_empty(), "a refused claim stored nothing");
+    let devices = server.storage.list_devices().unwrap();
+    assert_eq!(
+        devices
+            .iter()
+            .filter(|d| d.actor.as_deref() == Some(actor.as_str()))
+            .count(),
+        1,
+        "only the phone holds its actor"
+    );
+    let phone_device = devices
+        .iter()
+        .find(|d| d.actor.as_deref() == Some(actor.as_str()))
+        .unwrap()
+        .id;
+
+    // The refused devices are still free to bind their own actors.
+    let bobs_store = server.store("bob");
+    bobs_store
+        .insert("clients", client("north", "Bob"))
+        .unwrap();
+    assert_eq!(
+        accepted(&server.push_outbox(&bob, &bobs_store, "b1").await),
+        1
+    );
+
+    // Once the phone is revoked, a device enrolled again with the same store takes its actor
+    // over, and the revoked phone's token no longer works.
+    admin::revoke_device(&*server.storage, phone_device).unwrap();
+    let reinstalled = server.device("ada");
+    let request = PushRequest {
+        batch_id: "r1".into(),
+        records: vec![claim(
+            "reinstalled",
+            &written_by(&actor, "north", "again"),
+            false,
+        )],
+    };
+    let response = server.push(&reinstalled, &request).await.ok();
+    assert!(response.results[0].rejected.is_none(), "{response:?}");
+    assert_eq!(
+        server.pull(&ada, None, 10).await.err(),
+        (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+    );
+}

@@ -16,6 +16,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     users_devices_and_tokens(&*fresh());
     grants(&*fresh());
     actor_binding(&*fresh());
+    concurrent_bindings_give_an_actor_to_one_device(&*fresh());
     push_writes_accepted_records_only(&*fresh());
     replayed_batches_change_nothing(&*fresh());
     feed_pages_in_order_by_scope(&*fresh());
@@ -114,13 +115,76 @@ fn grants(storage: &dyn Storage) {
 }
 
 fn actor_binding(storage: &dyn Storage) {
+    let bound = |device, actor| storage.bind_actor(device, actor).unwrap();
     let phone = device(storage, "ada");
-    assert_eq!(storage.bind_actor(phone, "aa").unwrap(), "aa");
+    assert_eq!(bound(phone, "aa").as_deref(), Some("aa"));
     assert_eq!(
-        storage.bind_actor(phone, "bb").unwrap(),
-        "aa",
+        bound(phone, "bb").as_deref(),
+        Some("aa"),
         "the first actor stays bound"
     );
+
+    // Another device, of the same user or another, cannot take a live device's actor, and
+    // stays free to bind its own.
+    let tablet = device(storage, "ada");
+    let bobs = device(storage, "bob");
+    assert_eq!(
+        bound(tablet, "aa"),
+        None,
+        "another device's actor is refused"
+    );
+    assert_eq!(bound(bobs, "aa"), None, "another user's actor is refused");
+    assert_eq!(bound(tablet, "cc").as_deref(), Some("cc"));
+    assert_eq!(
+        bound(tablet, "aa").as_deref(),
+        Some("cc"),
+        "a bound device keeps its actor"
+    );
+    let listed = storage.list_devices().unwrap();
+    let actor_of = |id| listed.iter().find(|d| d.id == id).unwrap().actor.clone();
+    assert_eq!(actor_of(phone).as_deref(), Some("aa"));
+    assert_eq!(actor_of(bobs), None, "a refused binding writes nothing");
+
+    // A revoked token keeps its device's actor; a revoked device's actor may be taken over
+    // (an app reinstalled with the same store, enrolled again).
+    storage
+        .insert_token("phone-token", phone, &[1], None)
+        .unwrap();
+    storage.revoke_token("phone-token").unwrap();
+    assert_eq!(bound(bobs, "aa"), None, "a revoked token frees nothing");
+    storage.revoke_device(phone).unwrap();
+    let reinstalled = device(storage, "ada");
+    assert_eq!(bound(reinstalled, "aa").as_deref(), Some("aa"));
+    assert_eq!(
+        bound(bobs, "aa"),
+        None,
+        "the actor is taken again, by the live device"
+    );
+}
+
+/// Devices binding one actor at once, as requests on several connections or instances would:
+/// exactly one gets it.
+fn concurrent_bindings_give_an_actor_to_one_device(storage: &dyn Storage) {
+    for round in 0..5 {
+        let actor = format!("shared-{round}");
+        let devices: Vec<i64> = (0..6)
+            .map(|i| device(storage, &format!("user{i}")))
+            .collect();
+        let winners = std::thread::scope(|scope| {
+            let binders: Vec<_> = devices
+                .iter()
+                .map(|&device| {
+                    let actor = &actor;
+                    scope.spawn(move || storage.bind_actor(device, actor).unwrap())
+                })
+                .collect();
+            binders
+                .into_iter()
+                .filter_map(|binder| binder.join().unwrap())
+                .count()
+        });
+        assert_eq!(winners, 1, "round {round}: {winners} devices bound {actor}");
+    }
 }
 
 fn push_writes_accepted_records_only(storage: &dyn Storage) {

@@ -17,6 +17,8 @@
 //!   after the other: the second sees the first's document, so both survive.
 //! - **The device lock** makes one device's pushes take turns, so a batch replayed through
 //!   another instance while the first attempt is in flight waits and gets the stored answer.
+//! - **The actor lock** makes actor bindings take turns, so two devices can never both bind
+//!   one actor.
 //!
 //! Migrations (`migrations/postgres/`) run at open in one transaction under their own lock, so
 //! instances starting at once migrate once.
@@ -44,6 +46,7 @@ const LOCK_MIGRATIONS: i32 = 0x4653_0001;
 const LOCK_FEED: i32 = 0x4653_0002;
 const LOCK_DEVICE: i32 = 0x4653_0003;
 const LOCK_RECORD: i32 = 0x4653_0004;
+const LOCK_ACTOR: i32 = 0x4653_0005;
 
 /// How long a request waits for a connection before the database counts as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -414,18 +417,26 @@ impl Storage for PostgresStorage {
             .collect()
     }
 
-    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<String> {
+    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>> {
         let mut conn = self.conn()?;
-        // Of two instances binding at once, the second's update waits for the first's row
-        // lock, then finds an actor and changes nothing.
-        conn.execute(
-            "UPDATE devices SET actor = $2 WHERE id = $1 AND actor IS NULL",
+        let mut tx = conn.transaction()?;
+        // Two devices binding the same actor at once update different rows, so no row lock
+        // orders them, and each statement's snapshot would miss the other's uncommitted
+        // binding: both would pass the NOT EXISTS. Under the lock, the second binding's
+        // statement starts after the first committed and sees it. Bindings happen once per
+        // device, so one lock for all of them costs nothing.
+        tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_ACTOR])?;
+        tx.execute(
+            "UPDATE devices SET actor = $2 WHERE id = $1 AND actor IS NULL
+               AND NOT EXISTS (SELECT 1 FROM devices
+                               WHERE actor = $2 AND id <> $1 AND revoked_at IS NULL)",
             &[&device_id, &actor],
         )?;
-        let bound: Option<String> = conn
+        let bound: Option<String> = tx
             .query_one("SELECT actor FROM devices WHERE id = $1", &[&device_id])?
             .get(0);
-        bound.ok_or_else(|| ServerError::Corrupt("a device lost its actor".into()))
+        tx.commit()?;
+        Ok(bound)
     }
 
     fn push(

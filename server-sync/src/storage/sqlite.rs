@@ -249,18 +249,21 @@ impl Storage for SqliteStorage {
         Ok(grants)
     }
 
-    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<String> {
+    fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>> {
         let conn = self.lock();
+        // One statement under the one connection: no other binding can slip in between the
+        // check that the actor is free and the update.
         conn.execute(
-            "UPDATE devices SET actor = ?2 WHERE id = ?1 AND actor IS NULL",
+            "UPDATE devices SET actor = ?2 WHERE id = ?1 AND actor IS NULL
+               AND NOT EXISTS (SELECT 1 FROM devices
+                               WHERE actor = ?2 AND id <> ?1 AND revoked_at IS NULL)",
             params![device_id, actor],
         )?;
-        let bound: Option<String> = conn.query_row(
+        Ok(conn.query_row(
             "SELECT actor FROM devices WHERE id = ?1",
             [device_id],
             |row| row.get(0),
-        )?;
-        bound.ok_or_else(|| ServerError::Corrupt("a device lost its actor".into()))
+        )?)
     }
 
     fn push(
