@@ -11,6 +11,7 @@
 //! and JavaScript strings index by.
 
 use std::collections::{BTreeSet, HashMap};
+use std::panic::catch_unwind;
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{
@@ -28,6 +29,12 @@ pub const TEXT_ENCODING: TextEncoding = TextEncoding::Utf16CodeUnit;
 
 const DELETED_KEY: &str = "_deleted";
 
+/// How deeply maps and lists may nest in one field value (a map is one level, a list in it
+/// two). Deeper values are refused, written locally or merged from elsewhere: reading a value
+/// out recurses once per level, and a record nested thousands deep would overflow the stack of
+/// whichever thread reads it.
+pub const MAX_NESTING_DEPTH: usize = 100;
+
 /// A fresh, empty record document written by `actor`.
 pub(crate) fn new_doc(actor: &ActorId) -> AutoCommit {
     AutoCommit::new_with_encoding(TEXT_ENCODING).with_actor(actor.clone())
@@ -35,8 +42,12 @@ pub(crate) fn new_doc(actor: &ActorId) -> AutoCommit {
 
 /// Loads saved document bytes (a full save, optionally followed by incremental chunks).
 pub(crate) fn load_doc(bytes: &[u8], actor: &ActorId) -> Result<AutoCommit> {
-    let doc = AutoCommit::load_with_options(bytes, LoadOptions::new().text_encoding(TEXT_ENCODING))
-        .map_err(|_| Error::Corrupt("a record document does not load".into()))?;
+    let corrupt = || Error::Corrupt("a record document does not load".into());
+    // Stored bytes can be damaged on disk, and Automerge panics on some malformed input.
+    let loaded = catch_unwind(|| {
+        AutoCommit::load_with_options(bytes, LoadOptions::new().text_encoding(TEXT_ENCODING))
+    });
+    let doc = loaded.map_err(|_| corrupt())?.map_err(|_| corrupt())?;
     Ok(doc.with_actor(actor.clone()))
 }
 
@@ -174,7 +185,7 @@ pub(crate) fn materialize(
         let Some((value, id)) = doc.get(ROOT, name.as_str())? else {
             continue;
         };
-        let json = read_value(doc, value, &id)?;
+        let json = read_value(doc, name, value, &id, 0)?;
         if !json.is_null() {
             crate::value::check_type(collection_name, name, field, &json)?;
             if field.field_type == FieldType::Text
@@ -202,10 +213,8 @@ pub fn document_values(doc: &AutoCommit) -> Result<(Fields, bool)> {
             continue;
         }
         let id = item.id();
-        fields.insert(
-            item.key.to_string(),
-            read_value(doc, item.value.into(), &id)?,
-        );
+        let value = read_value(doc, &item.key, item.value.into(), &id, 0)?;
+        fields.insert(item.key.to_string(), value);
     }
     Ok((fields, is_deleted(doc)))
 }
@@ -245,7 +254,7 @@ pub(crate) fn conflicts(doc: &AutoCommit, collection: &Collection) -> Result<Vec
         let mut losers = Vec::new();
         for (value, id) in all {
             let entry = ConflictValue {
-                value: read_value(doc, value, &id)?,
+                value: read_value(doc, name, value, &id, 0)?,
                 device_id: actor_of(&id),
             };
             if id == winner_id {
@@ -326,7 +335,20 @@ fn actor_of(id: &ObjId) -> String {
     }
 }
 
-fn read_value(doc: &AutoCommit, value: AmValue<'_>, id: &ObjId) -> Result<Value> {
+/// The value of field `field` as JSON; `depth` counts the objects around it.
+fn read_value(
+    doc: &AutoCommit,
+    field: &str,
+    value: AmValue<'_>,
+    id: &ObjId,
+    depth: usize,
+) -> Result<Value> {
+    if matches!(value, AmValue::Object(_)) && depth >= MAX_NESTING_DEPTH {
+        return Err(Error::NestingTooDeep {
+            field: field.to_owned(),
+            limit: MAX_NESTING_DEPTH,
+        });
+    }
     Ok(match value {
         AmValue::Scalar(scalar) => scalar_to_json(&scalar),
         AmValue::Object(ObjType::Text) => Value::String(doc.text(id)?),
@@ -334,10 +356,8 @@ fn read_value(doc: &AutoCommit, value: AmValue<'_>, id: &ObjId) -> Result<Value>
             let mut map = serde_json::Map::new();
             for item in doc.map_range(id, ..) {
                 let id = item.id();
-                map.insert(
-                    item.key.to_string(),
-                    read_value(doc, item.value.into(), &id)?,
-                );
+                let value = read_value(doc, field, item.value.into(), &id, depth + 1)?;
+                map.insert(item.key.to_string(), value);
             }
             Value::Object(map)
         }
@@ -345,7 +365,7 @@ fn read_value(doc: &AutoCommit, value: AmValue<'_>, id: &ObjId) -> Result<Value>
             let mut list = Vec::new();
             for item in doc.list_range(id, ..) {
                 let id = item.id();
-                list.push(read_value(doc, item.value.into(), &id)?);
+                list.push(read_value(doc, field, item.value.into(), &id, depth + 1)?);
             }
             Value::Array(list)
         }

@@ -199,6 +199,30 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
 
+    /// A field value nests maps and lists deeper than
+    /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) levels. A write holding one is refused:
+    /// flatten the value. A remote record holding one is not merged.
+    #[error("field `{field}` nests maps and lists deeper than {limit} levels")]
+    NestingTooDeep {
+        /// The field holding the value.
+        field: String,
+        /// The deepest nesting accepted.
+        limit: usize,
+    },
+
+    /// A remote record's changes or document inflate to more than
+    /// [`MAX_RECORD_INFLATED_BYTES`](crate::protocol::MAX_RECORD_INFLATED_BYTES); it was not
+    /// loaded or merged. Nothing of it was written; the sender must split or compact it.
+    #[error("the remote record `{collection}/{id}` inflates to more than {limit} bytes")]
+    RemoteTooLarge {
+        /// Collection of the record.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// The most one record may inflate to.
+        limit: usize,
+    },
+
     /// Too many changes are waiting for their dependencies; sync the whole document instead.
     #[error("{waiting} remote changes are waiting for missing dependencies (limit {limit})")]
     TooManyPendingChanges {

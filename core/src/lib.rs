@@ -59,7 +59,9 @@ mod subscription;
 mod sync;
 mod value;
 
-pub use document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING, document_values};
+pub use document::{
+    ConflictValue, FieldConflict, HistoryEntry, MAX_NESTING_DEPTH, TEXT_ENCODING, document_values,
+};
 pub use encryption::EncryptionKey;
 pub use error::{Error, Result};
 pub use query::{Filter, Order, Query};

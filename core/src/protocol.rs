@@ -166,20 +166,33 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// Why a body could not be decoded.
+/// How deeply maps and lists may nest in a decoded body. A pulled record's values sit four
+/// levels down (page, records, record, fields), and a field value may nest
+/// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) levels more; anything deeper is hostile, and
+/// decoding it would recurse once per level on a thread with a small stack.
+pub const MAX_MESSAGE_DEPTH: usize = crate::MAX_NESTING_DEPTH + 28;
+
+/// The most one record's Automerge changes (together) or saved document may inflate to. A
+/// store refuses larger remote records before loading them ([`Error::RemoteTooLarge`]), so a
+/// few compressed bytes cannot make it allocate gigabytes.
+///
+/// [`Error::RemoteTooLarge`]: crate::Error::RemoteTooLarge
+pub const MAX_RECORD_INFLATED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a body, or Automerge bytes, could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The body is not a DEFLATE stream.
-    #[error("the body is not valid compressed data")]
+    /// The data is not a DEFLATE stream.
+    #[error("the data is not valid compressed data")]
     Compression,
-    /// The body decompresses to more than the limit.
-    #[error("the body decompresses to more than {limit} bytes")]
+    /// The data decompresses to more than the limit.
+    #[error("the data decompresses to more than {limit} bytes")]
     TooLarge {
         /// The limit.
         limit: usize,
     },
-    /// The decompressed body is not the expected message.
-    #[error("the body is not a valid message: {0}")]
+    /// The data is not the expected message, or not well-formed Automerge chunks.
+    #[error("the data is malformed: {0}")]
     Malformed(String),
 }
 
@@ -210,7 +223,173 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], max_decompressed: usize) -> Resu
             limit: max_decompressed,
         });
     }
-    rmp_serde::from_slice(&packed).map_err(|err| DecodeError::Malformed(err.to_string()))
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(&packed);
+    deserializer.set_max_depth(MAX_MESSAGE_DEPTH);
+    T::deserialize(&mut deserializer).map_err(|err| DecodeError::Malformed(err.to_string()))
+}
+
+/// Checks that Automerge bytes (a saved document, a change, or several such chunks one after
+/// the other) inflate to at most `limit` bytes, inflating no more than `limit + 1` bytes of
+/// them and keeping none of it.
+///
+/// Automerge inflates compressed changes, and the compressed columns of documents, in full
+/// before it looks at them, so a few kilobytes can claim gigabytes. This reads the chunk
+/// headers of the Automerge binary format: the magic bytes `85 6f 4a 83`, a 4-byte checksum,
+/// the chunk type (0 document, 1 change, 2 compressed change) and the LEB128 length of the
+/// chunk's body. A document's body lists its columns; those with the DEFLATE bit are inflated
+/// into a counter. A compressed change's body is raw DEFLATE, counted the same way. Bundles
+/// (type 3, experimental in Automerge and never sent by Fieldsync) are refused, as is a chunk
+/// whose declared length runs past the end of the bytes.
+///
+/// Checksums and operations are not checked here: Automerge does that when it loads the
+/// bytes, which this makes safe to do. Empty input passes (it holds nothing).
+pub fn check_inflated_size(bytes: &[u8], limit: usize) -> Result<(), DecodeError> {
+    inflated_size(bytes, limit).map(|_| ())
+}
+
+/// The bytes `bytes` inflate to, or `TooLarge` as soon as that is known to exceed `limit`.
+pub(crate) fn inflated_size(bytes: &[u8], limit: usize) -> Result<usize, DecodeError> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    let too_large = || DecodeError::TooLarge { limit };
+    let mut input = Reader { rest: bytes };
+    let mut total = 0usize;
+    while !input.rest.is_empty() {
+        if input.take(4)? != MAGIC {
+            return Err(malformed(
+                "an Automerge chunk does not start with the magic bytes",
+            ));
+        }
+        input.take(4)?;
+        let chunk_type = input.take(1)?[0];
+        let len = input.length()?;
+        let body = input.take(len)?;
+        let budget = limit.saturating_sub(total);
+        let size = match chunk_type {
+            0 => document_size(body, budget),
+            1 => Ok(body.len()),
+            2 => inflate_counted(body, budget),
+            3 => Err(malformed("Automerge bundles are not accepted")),
+            other => Err(malformed(&format!("unknown Automerge chunk type {other}"))),
+        };
+        // The parts report what was left of the budget; the caller wants the whole limit.
+        let size = match size {
+            Err(DecodeError::TooLarge { .. }) => return Err(too_large()),
+            other => other?,
+        };
+        total = total.checked_add(size).ok_or_else(too_large)?;
+        if total > limit {
+            return Err(too_large());
+        }
+    }
+    Ok(total)
+}
+
+/// The inflated size of a document chunk's body: its own bytes, with each compressed
+/// column's bytes replaced by what they inflate to.
+fn document_size(body: &[u8], budget: usize) -> Result<usize, DecodeError> {
+    let mut input = Reader { rest: body };
+    let actors = input.leb128()?;
+    for _ in 0..actors {
+        let len = input.length()?;
+        input.take(len)?;
+    }
+    let heads = input.length()?;
+    input.take(heads.checked_mul(32).ok_or_else(|| truncated(heads))?)?;
+    let change_columns = input.columns()?;
+    let op_columns = input.columns()?;
+    let mut size = body.len();
+    for (spec, len) in change_columns.into_iter().chain(op_columns) {
+        let data = input.take(len)?;
+        if spec & DEFLATE_BIT != 0 {
+            let inflated = inflate_counted(data, budget.saturating_sub(size - len))?;
+            size = size - len + inflated;
+            if size > budget {
+                return Err(DecodeError::TooLarge { limit: budget });
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// The column specification bit that marks a column's data as DEFLATE-compressed.
+const DEFLATE_BIT: u32 = 0b1000;
+
+/// How many bytes raw DEFLATE `data` inflates to, counting at most `limit + 1` of them.
+fn inflate_counted(data: &[u8], limit: usize) -> Result<usize, DecodeError> {
+    let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    let mut inflater = flate2::read::DeflateDecoder::new(data).take(bound);
+    let inflated =
+        std::io::copy(&mut inflater, &mut std::io::sink()).map_err(|_| DecodeError::Compression)?;
+    match usize::try_from(inflated) {
+        Ok(inflated) if inflated <= limit => Ok(inflated),
+        _ => Err(DecodeError::TooLarge { limit }),
+    }
+}
+
+fn malformed(reason: &str) -> DecodeError {
+    DecodeError::Malformed(reason.to_owned())
+}
+
+fn truncated(declared: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Malformed(format!(
+        "Automerge data declares {declared} bytes or items beyond its end"
+    ))
+}
+
+/// A cursor over Automerge bytes that fails cleanly where they end early.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.rest.len() {
+            return Err(truncated(n));
+        }
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    fn leb128(&mut self) -> Result<u64, DecodeError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.take(1)?[0];
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                break;
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(malformed("an Automerge LEB128 number overflows 64 bits"))
+    }
+
+    /// A LEB128 length, which must fit in what remains.
+    fn length(&mut self) -> Result<usize, DecodeError> {
+        let len = self.leb128()?;
+        match usize::try_from(len) {
+            Ok(len) if len <= self.rest.len() => Ok(len),
+            _ => Err(truncated(len)),
+        }
+    }
+
+    /// A column list: a count, then per column its specification and data length.
+    fn columns(&mut self) -> Result<Vec<(u32, usize)>, DecodeError> {
+        let count = self.leb128()?;
+        let mut columns = Vec::new();
+        // Each column takes at least two bytes, so a huge count runs out of input quickly.
+        for _ in 0..count {
+            let spec = u32::try_from(self.leb128()?)
+                .map_err(|_| malformed("an Automerge column specification overflows 32 bits"))?;
+            let len = self.leb128()?;
+            let len = usize::try_from(len).map_err(|_| truncated(len))?;
+            columns.push((spec, len));
+        }
+        Ok(columns)
+    }
 }
 
 impl From<crate::RemotePayload> for Payload {

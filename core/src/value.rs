@@ -20,7 +20,15 @@ pub(crate) fn check_type(collection: &str, name: &str, field: &Field, value: &Va
         FieldType::Integer | FieldType::Timestamp => value.is_i64(),
         FieldType::Float => value.is_number(),
         FieldType::Boolean => value.is_boolean(),
-        FieldType::Json => true,
+        FieldType::Json => {
+            if nests_deeper(value, crate::MAX_NESTING_DEPTH) {
+                return Err(Error::NestingTooDeep {
+                    field: name.to_owned(),
+                    limit: crate::MAX_NESTING_DEPTH,
+                });
+            }
+            true
+        }
     };
     if ok {
         Ok(())
@@ -30,6 +38,16 @@ pub(crate) fn check_type(collection: &str, name: &str, field: &Field, value: &Va
             field: name.to_owned(),
             expected: field.field_type,
         })
+    }
+}
+
+/// Whether maps and lists nest more than `levels` deep in `value`; stops looking at the limit,
+/// so the recursion is bounded however deep the value is.
+fn nests_deeper(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Array(items) => levels == 0 || items.iter().any(|v| nests_deeper(v, levels - 1)),
+        Value::Object(map) => levels == 0 || map.values().any(|v| nests_deeper(v, levels - 1)),
+        _ => false,
     }
 }
 

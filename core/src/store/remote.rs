@@ -13,6 +13,7 @@ use rusqlite::{Transaction, TransactionBehavior};
 use super::{CachedDoc, Db, DocKey, Shared, read};
 use crate::document;
 use crate::error::{Error, Result};
+use crate::protocol::{self, DecodeError};
 use crate::subscription::Changed;
 use crate::value::Fields;
 
@@ -117,7 +118,20 @@ pub(super) fn apply(
             continue;
         }
         tx.execute_batch("SAVEPOINT remote_record")?;
-        match merge_one(shared, &tx, &record, existing, now) {
+        // Remote bytes reach Automerge in many places (decode, apply, materialize, save), and
+        // Automerge panics on some crafted input: a panic anywhere in the merge rejects the
+        // record like any other failure instead of unwinding through the caller.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            merge_one(shared, &tx, &record, existing, now)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::InvalidRemoteChange {
+                collection: record.collection.clone(),
+                id: record.id.clone(),
+                reason: "the record's changes or document made Automerge fail".into(),
+            })
+        });
+        match outcome {
             Ok(Outcome::Changed(doc, change)) => {
                 tx.execute_batch("RELEASE remote_record")?;
                 merged.insert(key, doc);
@@ -193,6 +207,11 @@ fn store_known(
         }
     }
     if fields.get(&decl.scope_field).and_then(|v| v.as_str()) != Some(record.scope.as_str()) {
+        return Ok(None);
+    }
+    // The document is stored unread, but it is loaded on the first write, history or merge:
+    // one that inflates past the limit must not get in this way.
+    if protocol::check_inflated_size(bytes, protocol::MAX_RECORD_INFLATED_BYTES).is_err() {
         return Ok(None);
     }
     let row = read::RowData {
@@ -295,13 +314,30 @@ fn merge_one(
     let before = (!is_new && !cached.deleted).then(|| cached.fields.clone());
     let heads_before = cached.doc.get_heads();
 
+    // Measured before Automerge sees the bytes, which it would inflate in full.
+    let mut budget = protocol::MAX_RECORD_INFLATED_BYTES;
+    let mut measure = |bytes: &[u8]| match protocol::inflated_size(bytes, budget) {
+        Ok(size) => {
+            budget -= size;
+            Ok(())
+        }
+        Err(DecodeError::TooLarge { .. }) => Err(Error::RemoteTooLarge {
+            collection: collection.to_owned(),
+            id: record.id.clone(),
+            limit: protocol::MAX_RECORD_INFLATED_BYTES,
+        }),
+        Err(err) => Err(invalid(&format!("not Automerge data ({err})"))),
+    };
     match &record.payload {
         RemotePayload::Changes(raw) => {
+            for bytes in raw {
+                measure(bytes)?;
+            }
             let mut changes = Vec::with_capacity(raw.len());
             for bytes in raw {
                 changes.push(
-                    Change::from_bytes(bytes.clone())
-                        .map_err(|_| invalid("a change does not decode"))?,
+                    decode_change(bytes.clone())
+                        .ok_or_else(|| invalid("a change does not decode"))?,
                 );
             }
             changes.extend(take_pending(tx, collection, &record.id)?);
@@ -319,10 +355,17 @@ fn merge_one(
             keep_pending(shared, tx, collection, &record.id, &waiting, now)?;
         }
         RemotePayload::Document(bytes) => {
-            guarded(&mut cached.doc, |doc| {
-                doc.load_incremental(bytes).map(|_| ())
-            })
-            .map_err(|_| invalid("the document does not load"))?;
+            measure(bytes)?;
+            // Loaded whole first: `load_incremental` would merge what parses and silently drop
+            // the rest, accepting a damaged document in part.
+            let mut incoming = document::load_doc(bytes, &shared.actor)
+                .map_err(|_| invalid("the document does not load"))?;
+            if is_new {
+                cached.doc = incoming;
+            } else {
+                guarded(&mut cached.doc, |doc| doc.merge(&mut incoming).map(|_| ()))
+                    .map_err(|_| invalid("the document does not merge"))?;
+            }
         }
     }
 
@@ -369,6 +412,13 @@ fn guarded(
     }
 }
 
+/// Decodes one change, `None` if it does not decode (or Automerge panics on it).
+fn decode_change(bytes: Vec<u8>) -> Option<Change> {
+    catch_unwind(move || Change::from_bytes(bytes).ok())
+        .ok()
+        .flatten()
+}
+
 fn take_pending(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Vec<Change>> {
     let mut stmt = tx.prepare_cached(
         "SELECT change FROM pending_changes WHERE collection = ?1 AND record_id = ?2",
@@ -377,7 +427,7 @@ fn take_pending(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Vec<
     let mut changes = Vec::new();
     for bytes in rows {
         // Only changes that decoded were ever kept aside.
-        if let Ok(change) = Change::from_bytes(bytes?) {
+        if let Some(change) = decode_change(bytes?) {
             changes.push(change);
         }
     }
