@@ -158,8 +158,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    // The PostgreSQL client's debug lines quote every statement's parameters (record values,
+    // token ids), so no filter, however verbose, may turn them on.
+    let quiet_postgres = "tokio_postgres=info"
+        .parse()
+        .expect("the directive is valid");
     let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(quiet_postgres);
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
