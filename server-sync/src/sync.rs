@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use automerge::{AutoCommit, Change, ChangeHash};
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -139,10 +140,14 @@ impl Cursor {
 pub async fn pull(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(params): Query<PullParams>,
+    params: Result<Query<PullParams>, QueryRejection>,
 ) -> Result<Response, ServerError> {
     let started = Instant::now();
     let caller = authorize(&state, &headers).await?;
+    // Looked at only once the token checked out, and refused with the JSON error body, not
+    // the extractor's plain text.
+    let Query(params) =
+        params.map_err(|_| ServerError::BadRequest("the query string does not decode".into()))?;
     let cursor = params.cursor.as_deref().map(Cursor::decode).transpose()?;
     let limit = params
         .limit
