@@ -66,10 +66,12 @@ pub async fn push(
         }
         // `None` when the device is unbound and its first change's actor belongs to another
         // live device (or no change decodes): then no change it pushes is its own.
-        let actor = match (&caller.actor, first_actor(&request)) {
-            (Some(bound), _) => Some(bound.clone()),
-            (None, Some(claimed)) => storage.bind_actor(caller.device_id, &claimed)?,
-            (None, None) => None,
+        let actor = match &caller.actor {
+            Some(bound) => Some(bound.clone()),
+            None => match first_actor(&request, limits.max_decompressed_bytes) {
+                Some(claimed) => storage.bind_actor(caller.device_id, &claimed)?,
+                None => None,
+            },
         };
         let mut applied = 0;
         let mut merge = |record: &PushRecord, stored: Option<StoredRecord>| {
@@ -309,23 +311,56 @@ fn decode_error(err: DecodeError) -> ServerError {
 }
 
 /// The actor of the first change in a push, which binds a device that has pushed nothing yet.
-fn first_actor(request: &PushRequest) -> Option<String> {
+fn first_actor(request: &PushRequest, max_inflated: usize) -> Option<String> {
     request
         .records
         .iter()
         .find_map(|record| match &record.payload {
             Payload::Changes(changes) => changes
                 .first()
-                .and_then(|bytes| Change::from_bytes(bytes.to_vec()).ok())
+                .and_then(|bytes| decode_change(bytes, max_inflated).ok())
                 .map(|change| change.actor_id().to_hex_string()),
-            Payload::Document(bytes) => guarded(|| AutoCommit::load(bytes).ok())
-                .flatten()
-                .and_then(|mut doc| {
-                    doc.get_changes(&[])
-                        .first()
-                        .map(|c| c.actor_id().to_hex_string())
-                }),
+            Payload::Document(bytes) => {
+                load_document(bytes, max_inflated).ok().and_then(|mut doc| {
+                    guarded(|| {
+                        doc.get_changes(&[])
+                            .first()
+                            .map(|c| c.actor_id().to_hex_string())
+                    })
+                    .flatten()
+                })
+            }
         })
+}
+
+/// Automerge inflates compressed chunks in full before looking at them, so a few kilobytes
+/// could claim gigabytes: the inflated size is bounded first, without keeping any of it.
+fn check_inflated(bytes: &[u8], max_inflated: usize) -> Result<(), Rejection> {
+    protocol::check_inflated_size(bytes, max_inflated).map_err(|err| match err {
+        DecodeError::TooLarge { .. } => reject(
+            RejectCode::TooLarge,
+            "the Automerge data inflates past the size limit",
+        ),
+        DecodeError::Compression | DecodeError::Malformed(_) => {
+            reject(RejectCode::Malformed, "the Automerge data does not decode")
+        }
+    })
+}
+
+/// A pushed change, once its inflated size is known to be bounded.
+fn decode_change(bytes: &[u8], max_inflated: usize) -> Result<Change, Rejection> {
+    check_inflated(bytes, max_inflated)?;
+    guarded(|| Change::from_bytes(bytes.to_vec()).ok())
+        .flatten()
+        .ok_or_else(|| reject(RejectCode::Malformed, "a change does not decode"))
+}
+
+/// A pushed document, once its inflated size is known to be bounded.
+fn load_document(bytes: &[u8], max_inflated: usize) -> Result<AutoCommit, Rejection> {
+    check_inflated(bytes, max_inflated)?;
+    guarded(|| AutoCommit::load(bytes).ok())
+        .flatten()
+        .ok_or_else(|| reject(RejectCode::Malformed, "the document does not load"))
 }
 
 /// Runs Automerge on bytes from outside; a panic inside the library becomes `None`.
@@ -380,6 +415,11 @@ fn merge(
             "the record cannot be written in this scope",
         ));
     }
+    // A record that brings no change at all is not something a device sends; accepting it
+    // would answer "stored" for a record the server does not have.
+    if matches!(&record.payload, Payload::Changes(changes) if changes.is_empty()) {
+        return Err(reject(RejectCode::Malformed, "the record holds no changes"));
+    }
     if let (None, Payload::Document(bytes)) = (&stored, &record.payload) {
         return new_record_from_document(actor, limits, bytes);
     }
@@ -399,10 +439,12 @@ fn merge(
                     "the changes exceed the document size limit",
                 ));
             }
+            // Bounded together, since each change alone could stay under the limit.
+            let joined: Vec<u8> = raw.iter().flat_map(|c| c.iter().copied()).collect();
+            check_inflated(&joined, limits.max_decompressed_bytes)?;
             let mut changes = Vec::with_capacity(raw.len());
             for bytes in raw {
-                let change = Change::from_bytes(bytes.to_vec())
-                    .map_err(|_| reject(RejectCode::Malformed, "a change does not decode"))?;
+                let change = decode_change(bytes, limits.max_decompressed_bytes)?;
                 if !is_own(actor, change.actor_id()) {
                     return Err(reject(
                         RejectCode::ForeignActor,
@@ -433,9 +475,7 @@ fn merge(
                     "the document exceeds the size limit",
                 ));
             }
-            let mut incoming = guarded(|| AutoCommit::load(bytes).ok())
-                .flatten()
-                .ok_or_else(|| reject(RejectCode::Malformed, "the document does not load"))?;
+            let mut incoming = load_document(bytes, limits.max_decompressed_bytes)?;
             let foreign = incoming.get_changes(&[]).iter().any(|c| {
                 !is_own(actor, c.actor_id()) && doc.get_change_by_hash(&c.hash()).is_none()
             });
@@ -486,10 +526,14 @@ fn new_record_from_document(
             "the document exceeds the size limit",
         ));
     }
-    let mut doc = guarded(|| AutoCommit::load(bytes).ok())
-        .flatten()
-        .ok_or_else(|| reject(RejectCode::Malformed, "the document does not load"))?;
+    let mut doc = load_document(bytes, limits.max_decompressed_bytes)?;
     let changes = doc.get_changes(&[]);
+    if changes.is_empty() {
+        return Err(reject(
+            RejectCode::Malformed,
+            "the document holds no changes",
+        ));
+    }
     if changes.iter().any(|c| !is_own(actor, c.actor_id())) {
         return Err(reject(
             RejectCode::ForeignActor,
