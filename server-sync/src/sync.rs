@@ -39,9 +39,13 @@ pub async fn push(
     let response = blocking(move || {
         let request: PushRequest =
             protocol::decode(&body, limits.max_decompressed_bytes).map_err(decode_error)?;
-        if request.batch_id.is_empty() || request.batch_id.len() > 128 {
+        // A NUL byte cannot be stored in PostgreSQL text; refused here on every backend.
+        if request.batch_id.is_empty()
+            || request.batch_id.len() > 128
+            || request.batch_id.contains('\0')
+        {
             return Err(ServerError::BadRequest(
-                "batch_id must be 1 to 128 characters".into(),
+                "batch_id must be 1 to 128 characters, without NUL".into(),
             ));
         }
         if request.records.len() > limits.max_records_per_push {
@@ -396,7 +400,9 @@ fn merge(
     record: &PushRecord,
     stored: Option<StoredRecord>,
 ) -> Result<MergedRecord, Rejection> {
-    if !valid_collection(&record.collection) || fieldsync_core::check_record_id(&record.id).is_err()
+    if !valid_collection(&record.collection)
+        || fieldsync_core::check_record_id(&record.id).is_err()
+        || record.scope.contains('\0')
     {
         return Err(reject(
             RejectCode::InvalidRecord,

@@ -202,3 +202,86 @@ fn concurrent_pushers_on_two_instances_never_make_a_reader_skip_a_change() {
         "the reader ended with every change"
     );
 }
+
+/// PostgreSQL text cannot hold a NUL byte and refuses a statement that passes one, where
+/// SQLite stores it: names with one must be refused before they reach the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_nul_bytes_are_refused_before_they_reach_postgres() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use fieldsync_core::protocol::{self, PushRecord, PushRequest, PushResponse};
+    use fieldsync_server::storage::Access;
+    use fieldsync_server::{AppState, Limits, admin, router};
+    use tower::ServiceExt as _;
+
+    let cluster = TestPostgres::start();
+    // The blocking PostgreSQL client runs its own runtime, which cannot start on this one's
+    // worker threads without leave; the router itself calls storage on the blocking pool.
+    let (storage, token) = tokio::task::block_in_place(|| {
+        let storage = std::sync::Arc::new(PostgresStorage::open(&cluster.database(), 2).unwrap());
+        admin::create_user(&*storage, "ada", Role::Member).unwrap();
+        admin::grant(&*storage, "ada", "north", Access::Write).unwrap();
+        let token = admin::enroll_device(&*storage, "ada", "phone", None)
+            .unwrap()
+            .token;
+        (storage, token)
+    });
+    let app = router(AppState::new(storage.clone(), Limits::default()));
+    let dir = tempfile::tempdir().unwrap();
+    let phone = open_device(&dir.path().join("phone.db"));
+    phone
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Ada"})),
+        )
+        .unwrap();
+    let real = PushRecord::from(phone.outbox(1).unwrap().remove(0));
+    let with_nul = |collection: &str, id: &str, scope: &str| PushRecord {
+        collection: collection.into(),
+        id: id.into(),
+        scope: scope.into(),
+        payload: real.payload.clone(),
+    };
+    let pushes = [
+        ("b\0", vec![real.clone()]),
+        ("b1", vec![with_nul("clients", "a\0b", "north")]),
+        ("b2", vec![with_nul("clients\0", &real.id, "north")]),
+        ("b3", vec![with_nul("clients", &real.id, "north\0")]),
+        (
+            "b4",
+            vec![with_nul("clients", "x", "north"), with_nul("c", "\0", "\0")],
+        ),
+    ];
+    for (batch_id, records) in pushes {
+        let count = records.len();
+        let request = Request::post("/v1/push")
+            .header(protocol::VERSION_HEADER, "1")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(protocol::encode(&PushRequest {
+                batch_id: batch_id.into(),
+                records,
+            })))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(
+            status.is_success() || status.is_client_error(),
+            "batch {batch_id:?}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        if status.is_success() {
+            let answer: PushResponse = protocol::decode(&body, 1 << 20).unwrap();
+            assert_eq!(answer.results.len(), count);
+            for result in &answer.results {
+                if result.id.contains('\0') || result.collection.contains('\0') {
+                    assert!(result.rejected.is_some(), "{result:?}");
+                }
+            }
+        }
+    }
+    // The blocking client's connections close on its own runtime, outside this one.
+    tokio::task::block_in_place(move || drop((app, storage)));
+}

@@ -484,6 +484,9 @@ impl Storage for PostgresStorage {
                     scope: record.scope.clone(),
                     doc: doc.clone(),
                 }),
+                // PostgreSQL text holds no NUL byte and fails the statement that passes one;
+                // no stored record has such a name, and the merge refuses it.
+                None if key.0.contains('\0') || key.1.contains('\0') => None,
                 None => tx
                     .query_opt(
                         "SELECT scope, doc FROM records WHERE collection = $1 AND id = $2",
