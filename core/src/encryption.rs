@@ -95,6 +95,9 @@ enum FileKind {
     Other,
 }
 
+/// SQLite's smallest page size; SQLCipher's pages are 4096 bytes unless configured otherwise.
+const MIN_PAGE_SIZE: u64 = 512;
+
 fn file_kind(path: &Path) -> Result<FileKind> {
     let mut header = [0u8; 16];
     let mut file = match File::open(path) {
@@ -102,6 +105,17 @@ fn file_kind(path: &Path) -> Result<FileKind> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(FileKind::New),
         Err(err) => return Err(Error::Corrupt(format!("the file cannot be read: {err}"))),
     };
+    let len = file
+        .metadata()
+        .map_err(|err| Error::Corrupt(format!("the file cannot be read: {err}")))?
+        .len();
+    // SQLite sees a file shorter than one page as holding no pages, an empty database, and
+    // the store would be created afresh over what is left of the old one.
+    if (1..MIN_PAGE_SIZE).contains(&len) {
+        return Err(Error::Corrupt(format!(
+            "the file is {len} bytes long, shorter than one database page: it was cut short"
+        )));
+    }
     let mut read = 0;
     while read < header.len() {
         match file.read(&mut header[read..]) {
