@@ -71,10 +71,10 @@ pub enum FieldsyncError {
     /// A record id is empty, too long, or uses characters outside `[A-Za-z0-9_.:-]`.
     #[error("{0}")]
     InvalidId(String),
-    /// A `Json` field value is not valid JSON.
+    /// A `Json` field value is not valid JSON, or nests deeper than the store accepts.
     #[error("{0}")]
     InvalidValue(String),
-    /// Changes from elsewhere could not be decoded or merged.
+    /// Changes from elsewhere could not be decoded or merged, or inflate beyond the limit.
     #[error("{0}")]
     InvalidRemoteChange(String),
     /// Too many remote changes wait for missing dependencies.
@@ -128,7 +128,10 @@ impl From<CoreError> for FieldsyncError {
             CoreError::InvalidQuery(_) => FieldsyncError::InvalidQuery(message),
             CoreError::InvalidTextEdit { .. } => FieldsyncError::InvalidTextEdit(message),
             CoreError::InvalidId(_) => FieldsyncError::InvalidId(message),
-            CoreError::InvalidRemoteChange { .. } => FieldsyncError::InvalidRemoteChange(message),
+            CoreError::InvalidRemoteChange { .. } | CoreError::RemoteTooLarge { .. } => {
+                FieldsyncError::InvalidRemoteChange(message)
+            }
+            CoreError::NestingTooDeep { .. } => FieldsyncError::InvalidValue(message),
             CoreError::TooManyPendingChanges { .. } => {
                 FieldsyncError::TooManyPendingChanges(message)
             }

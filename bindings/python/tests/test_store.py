@@ -147,6 +147,10 @@ def test_errors_are_typed_exceptions(tmp_path, schema):
         bad_json = fieldsync.fields(caseload_id="north", name="Ada")
         bad_json["goals"] = FieldValue.JSON("{not json")
         store.insert("clients", bad_json)
+    with pytest.raises(FieldsyncError.InvalidValue, match="deeper than 100"):
+        too_deep = fieldsync.fields(caseload_id="north", name="Ada")
+        too_deep["goals"] = FieldValue.JSON("[" * 110 + "]" * 110)
+        store.insert("clients", too_deep)
     with pytest.raises(FieldsyncError.InvalidQuery):
         store.query("clients", Query(filter=Filter.EQ("goals", FieldValue.STR("x"))))
     # Nothing above was written.
