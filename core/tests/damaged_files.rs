@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::{fields, options, schema};
-use fieldsync_core::{EncryptionKey, Error, Filter, Query, Store, StoreOptions};
+use fieldsync_core::{EncryptionKey, Error, Filter, Query, RemotePayload, Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
@@ -299,6 +299,60 @@ fn a_record_whose_document_is_damaged_in_place_gives_corrupt() {
     println!(
         "damaged documents: seed {seed}, {tried} inputs tried, errors {:?}",
         seen.0
+    );
+}
+
+#[test]
+fn a_damaged_local_document_refuses_only_its_own_remote_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, ids) = make_store(dir.path(), None);
+    let path = write_damaged(dir.path(), "stalled.db", &bytes);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let original: Vec<u8> = conn
+        .query_row(
+            "SELECT _doc FROM rec_clients WHERE _id = ?1",
+            [&ids[0]],
+            |row| row.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE rec_clients SET _doc = ?1 WHERE _id = ?2",
+        rusqlite::params![&original[..original.len() / 2], ids[0]],
+    )
+    .unwrap();
+    drop(conn);
+
+    // A peer's edit of the damaged record, and a record new to this store, in one page.
+    let mut peer = automerge::AutoCommit::load(&original).unwrap();
+    automerge::transaction::Transactable::put(&mut peer, automerge::ROOT, "name", "Renamed")
+        .unwrap();
+    peer.commit();
+    let edit = peer.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let fresh = common::client_doc(&[("caseload_id", "north".into()), ("name", "Fresh".into())]);
+    let store = Store::open(&path, schema(), options()).unwrap();
+    let report = store
+        .apply_remote(vec![
+            common::record(
+                "clients",
+                &ids[0],
+                "north",
+                RemotePayload::Changes(vec![edit]),
+            ),
+            common::record(
+                "clients",
+                "fresh-1",
+                "north",
+                RemotePayload::Document(fresh),
+            ),
+        ])
+        .expect("a damaged record must not fail the whole page");
+    assert_eq!(report.changed, 1);
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(report.rejected[0].id, ids[0]);
+    assert!(report.rejected[0].reason.contains("damaged"));
+    assert_eq!(
+        store.get("clients", "fresh-1").unwrap().unwrap().fields["name"],
+        "Fresh"
     );
 }
 

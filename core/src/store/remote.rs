@@ -106,7 +106,20 @@ pub(super) fn apply(
             Some(doc) => Some(doc),
             None => match cache.pop(&key) {
                 Some(doc) => Some(doc),
-                None => load_existing(shared, &tx, &record)?,
+                None => match load_existing(shared, &tx, &record) {
+                    Ok(doc) => doc,
+                    // A damaged local copy must not stall every later pull: its record is
+                    // refused and the rest of the page merges.
+                    Err(Error::Corrupt(reason)) => {
+                        report.rejected.push(RejectedRecord {
+                            collection: record.collection,
+                            id: record.id,
+                            reason: format!("the local copy is damaged: {reason}"),
+                        });
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
             },
         };
         if let (None, Some(values), RemotePayload::Document(bytes)) =

@@ -3906,12 +3906,12 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     case InvalidId(message: String)
     
     /**
-     * A `Json` field value is not valid JSON.
+     * A `Json` field value is not valid JSON, or nests deeper than the store accepts.
      */
     case InvalidValue(message: String)
     
     /**
-     * Changes from elsewhere could not be decoded or merged.
+     * Changes from elsewhere could not be decoded or merged, or inflate beyond the limit.
      */
     case InvalidRemoteChange(message: String)
     
