@@ -48,6 +48,10 @@ pub enum ServerError {
     /// No connection to PostgreSQL could be had in time.
     #[error("the database is unavailable ({0}); check that PostgreSQL runs and that --db names it")]
     DatabaseUnavailable(String),
+    /// The embedded database's commits could not be flushed to disk; nothing was answered as
+    /// stored, so devices keep their changes and retry.
+    #[error("the database could not be flushed to disk ({0}); check the disk")]
+    Flush(String),
     /// The server was started with settings it cannot use.
     #[error("configuration error: {0}")]
     Config(String),
@@ -77,6 +81,7 @@ impl ServerError {
             ServerError::Database(_)
             | ServerError::Postgres(_)
             | ServerError::DatabaseUnavailable(_)
+            | ServerError::Flush(_)
             | ServerError::Config(_)
             | ServerError::Corrupt(_)
             | ServerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),

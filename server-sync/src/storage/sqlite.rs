@@ -3,9 +3,17 @@
 //! One connection behind a mutex serializes every transaction, so feed positions
 //! (`AUTOINCREMENT`) are assigned in commit order and a reader always sees a prefix of the feed:
 //! a cursor can never step over a change that commits later with a smaller position.
+//!
+//! Pushes and pulls commit as a group: their transactions commit with `synchronous = NORMAL`
+//! (written to the WAL, not yet flushed), and no answer leaves until one `fsync` of the WAL has
+//! covered its commit. Whoever waits first flushes for everyone who committed before it, so
+//! under load one flush serves many syncs instead of one each. Reads that serve records wait
+//! the same way, so no device ever receives a change that a power cut could still take back.
+//! Rare writes (users, devices, tokens, grants, actor bindings) flush before they return.
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
@@ -25,6 +33,20 @@ const MIGRATIONS: &[&str] = &[
 /// Server storage in one SQLite file.
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
+    /// The WAL file, flushed to make commits durable.
+    wal: PathBuf,
+    durability: Mutex<Durability>,
+    flushed: Condvar,
+}
+
+/// Which commits are on stable storage. Commits are counted under the connection lock, after
+/// they commit, so a flush that starts after a commit was counted covers it.
+#[derive(Debug, Default)]
+struct Durability {
+    committed: u64,
+    durable: u64,
+    flushing: bool,
+    flushes: u64,
 }
 
 impl SqliteStorage {
@@ -37,8 +59,15 @@ impl SqliteStorage {
         })?;
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         migrate(&mut conn)?;
+        // From here on, commits are flushed by `wait_durable`, in groups.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
         Ok(SqliteStorage {
             conn: Mutex::new(conn),
+            wal: PathBuf::from(wal),
+            durability: Mutex::new(Durability::default()),
+            flushed: Condvar::new(),
         })
     }
 
@@ -47,6 +76,84 @@ impl SqliteStorage {
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn durability(&self) -> MutexGuard<'_, Durability> {
+        self.durability
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a commit; call with the connection lock held, right after the commit. Returns
+    /// what to pass to [`SqliteStorage::wait_durable`].
+    fn committed(&self, _conn: &Connection) -> u64 {
+        let mut durability = self.durability();
+        durability.committed += 1;
+        durability.committed
+    }
+
+    /// What a read may have seen; call with the connection lock held.
+    fn seen(&self, _conn: &Connection) -> u64 {
+        self.durability().committed
+    }
+
+    /// Returns once commit number `commit` is on stable storage, flushing the WAL if no one
+    /// else is. Call without holding the connection lock, so that others commit meanwhile and
+    /// the next flush covers them too.
+    fn wait_durable(&self, commit: u64) -> Result<()> {
+        let mut durability = self.durability();
+        loop {
+            if durability.durable >= commit {
+                return Ok(());
+            }
+            if durability.flushing {
+                durability = self
+                    .flushed
+                    .wait(durability)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            durability.flushing = true;
+            let covered = durability.committed;
+            drop(durability);
+            // fsync flushes the file's data whichever descriptor asks; the WAL is opened anew
+            // each time so that a file SQLite has replaced is never the one flushed.
+            let flushed = File::open(&self.wal).and_then(|wal| wal.sync_data());
+            durability = self.durability();
+            durability.flushing = false;
+            if flushed.is_ok() {
+                durability.durable = durability.durable.max(covered);
+                durability.flushes += 1;
+            }
+            self.flushed.notify_all();
+            flushed.map_err(|err| ServerError::Flush(err.to_string()))?;
+        }
+    }
+
+    /// Runs `work` on the connection, then returns once what it committed is durable.
+    fn write<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        let value = work(&mut conn)?;
+        let commit = self.committed(&conn);
+        drop(conn);
+        self.wait_durable(commit)?;
+        Ok(value)
+    }
+
+    /// Runs `work` on the connection, then returns once everything it could have read is
+    /// durable.
+    fn read<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.lock();
+        let value = work(&conn)?;
+        let seen = self.seen(&conn);
+        drop(conn);
+        self.wait_durable(seen)?;
+        Ok(value)
+    }
+
+    /// Flushes of the WAL so far: fewer than commits when commits share them.
+    pub fn wal_flushes(&self) -> u64 {
+        self.durability().flushes
     }
 
     /// Writes a consistent copy of the database to `path` (SQLite online backup).
@@ -104,19 +211,20 @@ impl Storage for SqliteStorage {
     }
 
     fn create_user(&self, name: &str, role: Role) -> Result<i64> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO users (name, role, created_at) VALUES (?1, ?2, ?3)",
-            params![name, role.as_str(), now_ms()],
-        )
-        .map_err(|err| {
-            if is_unique_violation(&err) {
-                ServerError::Conflict(format!("a user named `{name}` exists"))
-            } else {
-                err.into()
-            }
-        })?;
-        Ok(conn.last_insert_rowid())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO users (name, role, created_at) VALUES (?1, ?2, ?3)",
+                params![name, role.as_str(), now_ms()],
+            )
+            .map_err(|err| {
+                if is_unique_violation(&err) {
+                    ServerError::Conflict(format!("a user named `{name}` exists"))
+                } else {
+                    err.into()
+                }
+            })?;
+            Ok(conn.last_insert_rowid())
+        })
     }
 
     fn user_id(&self, name: &str) -> Result<Option<i64>> {
@@ -136,19 +244,22 @@ impl Storage for SqliteStorage {
     }
 
     fn create_device(&self, user_id: i64, name: &str) -> Result<i64> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO devices (user_id, name, created_at) VALUES (?1, ?2, ?3)",
-            params![user_id, name, now_ms()],
-        )?;
-        Ok(conn.last_insert_rowid())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO devices (user_id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![user_id, name, now_ms()],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
     }
 
     fn revoke_device(&self, device_id: i64) -> Result<bool> {
-        let changed = self.lock().execute(
-            "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![device_id, now_ms()],
-        )?;
+        let changed = self.write(|conn| {
+            Ok(conn.execute(
+                "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![device_id, now_ms()],
+            )?)
+        })?;
         Ok(changed > 0)
     }
 
@@ -178,18 +289,22 @@ impl Storage for SqliteStorage {
         secret_hash: &[u8],
         expires_at: Option<i64>,
     ) -> Result<()> {
-        self.lock().execute(
-            "INSERT INTO tokens (id, device_id, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![token_id, device_id, secret_hash, now_ms(), expires_at],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO tokens (id, device_id, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token_id, device_id, secret_hash, now_ms(), expires_at],
+            )?;
+            Ok(())
+        })
     }
 
     fn revoke_token(&self, token_id: &str) -> Result<bool> {
-        let changed = self.lock().execute(
-            "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![token_id, now_ms()],
-        )?;
+        let changed = self.write(|conn| {
+            Ok(conn.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![token_id, now_ms()],
+            )?)
+        })?;
         Ok(changed > 0)
     }
 
@@ -216,19 +331,23 @@ impl Storage for SqliteStorage {
     }
 
     fn set_grant(&self, user_id: i64, scope: &str, access: Access) -> Result<()> {
-        self.lock().execute(
-            "INSERT INTO grants (user_id, scope, access) VALUES (?1, ?2, ?3)
-             ON CONFLICT (user_id, scope) DO UPDATE SET access = excluded.access",
-            params![user_id, scope, access.as_str()],
-        )?;
-        Ok(())
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO grants (user_id, scope, access) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, scope) DO UPDATE SET access = excluded.access",
+                params![user_id, scope, access.as_str()],
+            )?;
+            Ok(())
+        })
     }
 
     fn revoke_grant(&self, user_id: i64, scope: &str) -> Result<bool> {
-        let changed = self.lock().execute(
-            "DELETE FROM grants WHERE user_id = ?1 AND scope = ?2",
-            params![user_id, scope],
-        )?;
+        let changed = self.write(|conn| {
+            Ok(conn.execute(
+                "DELETE FROM grants WHERE user_id = ?1 AND scope = ?2",
+                params![user_id, scope],
+            )?)
+        })?;
         Ok(changed > 0)
     }
 
@@ -250,20 +369,21 @@ impl Storage for SqliteStorage {
     }
 
     fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>> {
-        let conn = self.lock();
-        // One statement under the one connection: no other binding can slip in between the
-        // check that the actor is free and the update.
-        conn.execute(
-            "UPDATE devices SET actor = ?2 WHERE id = ?1 AND actor IS NULL
-               AND NOT EXISTS (SELECT 1 FROM devices
-                               WHERE actor = ?2 AND id <> ?1 AND revoked_at IS NULL)",
-            params![device_id, actor],
-        )?;
-        Ok(conn.query_row(
-            "SELECT actor FROM devices WHERE id = ?1",
-            [device_id],
-            |row| row.get(0),
-        )?)
+        self.write(|conn| {
+            // One statement under the one connection: no other binding can slip in between the
+            // check that the actor is free and the update.
+            conn.execute(
+                "UPDATE devices SET actor = ?2 WHERE id = ?1 AND actor IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM devices
+                                   WHERE actor = ?2 AND id <> ?1 AND revoked_at IS NULL)",
+                params![device_id, actor],
+            )?;
+            Ok(conn.query_row(
+                "SELECT actor FROM devices WHERE id = ?1",
+                [device_id],
+                |row| row.get(0),
+            )?)
+        })
     }
 
     fn push(
@@ -273,143 +393,12 @@ impl Storage for SqliteStorage {
         records: &[PushRecord],
         merge: &mut Merge<'_>,
     ) -> Result<PushResponse> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let replay: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT response FROM push_batches WHERE device_id = ?1 AND batch_id = ?2",
-                params![device_id, batch_id],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(bytes) = replay {
-            return rmp_serde::from_slice(&bytes)
-                .map_err(|_| ServerError::Corrupt("a stored push answer does not decode".into()));
-        }
-        let user_id: i64 = tx.query_row(
-            "SELECT user_id FROM devices WHERE id = ?1",
-            [device_id],
-            |row| row.get(0),
-        )?;
-        let now = now_ms();
-        let mut results = Vec::with_capacity(records.len());
-        for record in records {
-            let stored = tx
-                .prepare_cached("SELECT scope, doc FROM records WHERE collection = ?1 AND id = ?2")?
-                .query_row(params![record.collection, record.id], |row| {
-                    Ok(StoredRecord {
-                        scope: row.get(0)?,
-                        doc: row.get(1)?,
-                    })
-                })
-                .optional()?;
-            let rejected = match merge(record, stored) {
-                Err(rejection) => Some(rejection),
-                Ok(merged) if merged.new_changes.is_empty() => None,
-                Ok(merged) => {
-                    tx.prepare_cached(
-                        "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![
-                        record.collection,
-                        record.id,
-                        record.scope,
-                        device_id,
-                        encode_changes(&merged.new_changes),
-                        now
-                    ])?;
-                    let seq = tx.last_insert_rowid();
-                    tx.prepare_cached(
-                        "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                         ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,
-                             fields = excluded.fields, deleted = excluded.deleted,
-                             updated_seq = excluded.updated_seq",
-                    )?
-                    .execute(params![
-                        record.collection,
-                        record.id,
-                        record.scope,
-                        merged.doc,
-                        merged.fields_json,
-                        merged.deleted,
-                        seq
-                    ])?;
-                    tx.prepare_cached(
-                        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
-                         VALUES (?1, ?2, ?3, 'push', ?4, ?5, ?6)",
-                    )?
-                    .execute(params![now, user_id, device_id, record.collection, record.id, record.scope])?;
-                    None
-                }
-            };
-            results.push(PushResult {
-                collection: record.collection.clone(),
-                id: record.id.clone(),
-                rejected,
-            });
-        }
-        let response = PushResponse { results };
-        let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
-        tx.execute(
-            "INSERT INTO push_batches (device_id, batch_id, response, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![device_id, batch_id, stored, now],
-        )?;
-        tx.execute(
-            "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
-            params![device_id, now],
-        )?;
-        tx.commit()?;
-        Ok(response)
+        // A replayed batch's stored answer, too, goes out only once its commit is durable.
+        self.write(|conn| push_in(conn, device_id, batch_id, records, merge))
     }
 
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {
-        if scopes.is_empty() {
-            return Ok(Page {
-                entries: Vec::new(),
-                last_seq: after,
-                more: false,
-            });
-        }
-        let conn = self.lock();
-        let sql = format!(
-            "SELECT seq, collection, record_id, scope, device_id, changes FROM feed
-             WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
-            placeholders(3, scopes.len())
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let values = page_params(after, limit, scopes);
-        let rows = stmt.query_map(params_from_iter(values), |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, i64>(4)?,
-                row.get::<_, Vec<u8>>(5)?,
-            ))
-        })?;
-        let mut entries = Vec::new();
-        for row in rows {
-            let (seq, collection, record_id, scope, device_id, changes) = row?;
-            entries.push(FeedEntry {
-                seq,
-                collection,
-                record_id,
-                scope,
-                device_id,
-                changes: decode_changes(&changes)?,
-            });
-        }
-        let more = entries.len() > limit as usize;
-        entries.truncate(limit as usize);
-        let last_seq = entries.last().map_or(after, |e| e.seq);
-        Ok(Page {
-            entries,
-            last_seq,
-            more,
-        })
+        self.read(|conn| feed_page_in(conn, scopes, after, limit))
     }
 
     fn documents_page(
@@ -418,67 +407,11 @@ impl Storage for SqliteStorage {
         after: i64,
         limit: u32,
     ) -> Result<Page<DocumentEntry>> {
-        if scopes.is_empty() {
-            return Ok(Page {
-                entries: Vec::new(),
-                last_seq: after,
-                more: false,
-            });
-        }
-        let conn = self.lock();
-        let sql = format!(
-            "SELECT updated_seq, collection, id, scope, doc, fields, deleted FROM records
-             WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
-            placeholders(3, scopes.len())
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let values = page_params(after, limit, scopes);
-        let rows = stmt.query_map(params_from_iter(values), |row| {
-            Ok(DocumentEntry {
-                seq: row.get(0)?,
-                collection: row.get(1)?,
-                record_id: row.get(2)?,
-                scope: row.get(3)?,
-                doc: row.get(4)?,
-                fields_json: row.get(5)?,
-                deleted: row.get(6)?,
-            })
-        })?;
-        let mut entries = rows.collect::<Result<Vec<_>, _>>()?;
-        let more = entries.len() > limit as usize;
-        entries.truncate(limit as usize);
-        let last_seq = entries.last().map_or(after, |e| e.seq);
-        Ok(Page {
-            entries,
-            last_seq,
-            more,
-        })
+        self.read(|conn| documents_page_in(conn, scopes, after, limit))
     }
 
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let now = now_ms();
-        let user_id: i64 = tx.query_row(
-            "SELECT user_id FROM devices WHERE id = ?1",
-            [device_id],
-            |row| row.get(0),
-        )?;
-        for (collection, record_id, scope) in records {
-            tx.prepare_cached(
-                "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
-                 VALUES (?1, ?2, ?3, 'pull', ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                now, user_id, device_id, collection, record_id, scope
-            ])?;
-        }
-        tx.execute(
-            "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
-            params![device_id, now],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|conn| record_pull_in(conn, device_id, records))
     }
 
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
@@ -514,5 +447,263 @@ impl Storage for SqliteStorage {
             |row| row.get(0),
         )?;
         Ok(count as u64)
+    }
+}
+
+fn push_in(
+    conn: &mut Connection,
+    device_id: i64,
+    batch_id: &str,
+    records: &[PushRecord],
+    merge: &mut Merge<'_>,
+) -> Result<PushResponse> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let replay: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT response FROM push_batches WHERE device_id = ?1 AND batch_id = ?2",
+            params![device_id, batch_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(bytes) = replay {
+        return rmp_serde::from_slice(&bytes)
+            .map_err(|_| ServerError::Corrupt("a stored push answer does not decode".into()));
+    }
+    let user_id: i64 = tx.query_row(
+        "SELECT user_id FROM devices WHERE id = ?1",
+        [device_id],
+        |row| row.get(0),
+    )?;
+    let now = now_ms();
+    let mut results = Vec::with_capacity(records.len());
+    for record in records {
+        let stored = tx
+            .prepare_cached("SELECT scope, doc FROM records WHERE collection = ?1 AND id = ?2")?
+            .query_row(params![record.collection, record.id], |row| {
+                Ok(StoredRecord {
+                    scope: row.get(0)?,
+                    doc: row.get(1)?,
+                })
+            })
+            .optional()?;
+        let rejected = match merge(record, stored) {
+            Err(rejection) => Some(rejection),
+            Ok(merged) if merged.new_changes.is_empty() => None,
+            Ok(merged) => {
+                tx.prepare_cached(
+                        "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        record.collection,
+                        record.id,
+                        record.scope,
+                        device_id,
+                        encode_changes(&merged.new_changes),
+                        now
+                    ])?;
+                let seq = tx.last_insert_rowid();
+                tx.prepare_cached(
+                    "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,
+                             fields = excluded.fields, deleted = excluded.deleted,
+                             updated_seq = excluded.updated_seq",
+                )?
+                .execute(params![
+                    record.collection,
+                    record.id,
+                    record.scope,
+                    merged.doc,
+                    merged.fields_json,
+                    merged.deleted,
+                    seq
+                ])?;
+                tx.prepare_cached(
+                        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
+                         VALUES (?1, ?2, ?3, 'push', ?4, ?5, ?6)",
+                    )?
+                    .execute(params![now, user_id, device_id, record.collection, record.id, record.scope])?;
+                None
+            }
+        };
+        results.push(PushResult {
+            collection: record.collection.clone(),
+            id: record.id.clone(),
+            rejected,
+        });
+    }
+    let response = PushResponse { results };
+    let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
+    tx.execute(
+            "INSERT INTO push_batches (device_id, batch_id, response, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![device_id, batch_id, stored, now],
+        )?;
+    tx.execute(
+        "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
+        params![device_id, now],
+    )?;
+    tx.commit()?;
+    Ok(response)
+}
+
+fn feed_page_in(
+    conn: &Connection,
+    scopes: &[String],
+    after: i64,
+    limit: u32,
+) -> Result<Page<FeedEntry>> {
+    if scopes.is_empty() {
+        return Ok(Page {
+            entries: Vec::new(),
+            last_seq: after,
+            more: false,
+        });
+    }
+    let sql = format!(
+        "SELECT seq, collection, record_id, scope, device_id, changes FROM feed
+             WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
+        placeholders(3, scopes.len())
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let values = page_params(after, limit, scopes);
+    let rows = stmt.query_map(params_from_iter(values), |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, i64>(4)?,
+            row.get::<_, Vec<u8>>(5)?,
+        ))
+    })?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (seq, collection, record_id, scope, device_id, changes) = row?;
+        entries.push(FeedEntry {
+            seq,
+            collection,
+            record_id,
+            scope,
+            device_id,
+            changes: decode_changes(&changes)?,
+        });
+    }
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    let last_seq = entries.last().map_or(after, |e| e.seq);
+    Ok(Page {
+        entries,
+        last_seq,
+        more,
+    })
+}
+
+fn documents_page_in(
+    conn: &Connection,
+    scopes: &[String],
+    after: i64,
+    limit: u32,
+) -> Result<Page<DocumentEntry>> {
+    if scopes.is_empty() {
+        return Ok(Page {
+            entries: Vec::new(),
+            last_seq: after,
+            more: false,
+        });
+    }
+    let sql = format!(
+        "SELECT updated_seq, collection, id, scope, doc, fields, deleted FROM records
+             WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
+        placeholders(3, scopes.len())
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let values = page_params(after, limit, scopes);
+    let rows = stmt.query_map(params_from_iter(values), |row| {
+        Ok(DocumentEntry {
+            seq: row.get(0)?,
+            collection: row.get(1)?,
+            record_id: row.get(2)?,
+            scope: row.get(3)?,
+            doc: row.get(4)?,
+            fields_json: row.get(5)?,
+            deleted: row.get(6)?,
+        })
+    })?;
+    let mut entries = rows.collect::<Result<Vec<_>, _>>()?;
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    let last_seq = entries.last().map_or(after, |e| e.seq);
+    Ok(Page {
+        entries,
+        last_seq,
+        more,
+    })
+}
+
+fn record_pull_in(
+    conn: &mut Connection,
+    device_id: i64,
+    records: &[(String, String, String)],
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    let now = now_ms();
+    let user_id: i64 = tx.query_row(
+        "SELECT user_id FROM devices WHERE id = ?1",
+        [device_id],
+        |row| row.get(0),
+    )?;
+    for (collection, record_id, scope) in records {
+        tx.prepare_cached(
+            "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
+                 VALUES (?1, ?2, ?3, 'pull', ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            now, user_id, device_id, collection, record_id, scope
+        ])?;
+    }
+    tx.execute(
+        "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
+        params![device_id, now],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_flush_covers_every_commit_made_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
+        let before = storage.wal_flushes();
+
+        // Three commits that nobody has waited for yet, as concurrent pushes leave them.
+        let last = {
+            let conn = storage.lock();
+            let mut last = 0;
+            for name in ["ada", "bob", "carol"] {
+                conn.execute(
+                    "INSERT INTO users (name, role, created_at) VALUES (?1, 'member', 0)",
+                    [name],
+                )
+                .unwrap();
+                last = storage.committed(&conn);
+            }
+            last
+        };
+        storage.wait_durable(last).unwrap();
+        assert_eq!(storage.wal_flushes(), before + 1);
+        // Earlier commits are covered by that flush: no more flushing for them.
+        storage.wait_durable(last - 2).unwrap();
+        assert_eq!(storage.wal_flushes(), before + 1);
+
+        // A read that saw only durable commits does not flush; a write does.
+        storage.feed_page(&["north".into()], 0, 10).unwrap();
+        assert_eq!(storage.wal_flushes(), before + 1);
+        storage.create_user("dave", Role::Member).unwrap();
+        assert_eq!(storage.wal_flushes(), before + 2);
     }
 }
