@@ -11,7 +11,7 @@
 //! the same way, so no device ever receives a change that a power cut could still take back.
 //! Rare writes (users, devices, tokens, grants, actor bindings) flush before they return.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -117,8 +117,12 @@ impl SqliteStorage {
             let covered = durability.committed;
             drop(durability);
             // fsync flushes the file's data whichever descriptor asks; the WAL is opened anew
-            // each time so that a file SQLite has replaced is never the one flushed.
-            let flushed = File::open(&self.wal).and_then(|wal| wal.sync_data());
+            // each time so that a file SQLite has replaced is never the one flushed. Write
+            // access, because some systems refuse to flush a file opened only for reading.
+            let flushed = OpenOptions::new()
+                .write(true)
+                .open(&self.wal)
+                .and_then(|wal| wal.sync_data());
             durability = self.durability();
             durability.flushing = false;
             if flushed.is_ok() {
