@@ -192,6 +192,35 @@ pub struct Page<T> {
     pub more: bool,
 }
 
+impl<T> Page<T> {
+    /// The page made of up to `limit + 1` rows read after `after`: the extra row only tells
+    /// that more are waiting.
+    pub(crate) fn from_rows(
+        mut entries: Vec<T>,
+        after: i64,
+        limit: u32,
+        seq: impl Fn(&T) -> i64,
+    ) -> Page<T> {
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        let last_seq = entries.last().map_or(after, seq);
+        Page {
+            entries,
+            last_seq,
+            more,
+        }
+    }
+
+    /// The page of a caller who may read no scope: nothing, and the cursor stays.
+    pub(crate) fn empty(after: i64) -> Page<T> {
+        Page {
+            entries: Vec::new(),
+            last_seq: after,
+            more: false,
+        }
+    }
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {

@@ -152,17 +152,6 @@ fn record_lock_key(collection: &str, id: &str) -> i32 {
     hash as i32
 }
 
-fn page<T>(mut entries: Vec<T>, after: i64, limit: u32, seq: impl Fn(&T) -> i64) -> Page<T> {
-    let more = entries.len() > limit as usize;
-    entries.truncate(limit as usize);
-    let last_seq = entries.last().map_or(after, seq);
-    Page {
-        entries,
-        last_seq,
-        more,
-    }
-}
-
 fn user_of_device(tx: &mut Transaction<'_>, device_id: i64) -> Result<i64> {
     Ok(tx
         .query_one("SELECT user_id FROM devices WHERE id = $1", &[&device_id])?
@@ -543,7 +532,7 @@ impl Storage for PostgresStorage {
 
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {
         if scopes.is_empty() {
-            return Ok(page(Vec::new(), after, limit, |_: &FeedEntry| after));
+            return Ok(Page::empty(after));
         }
         let rows = self.conn()?.query(
             "SELECT seq, collection, record_id, scope, device_id, changes FROM feed
@@ -563,7 +552,7 @@ impl Storage for PostgresStorage {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(page(entries, after, limit, |e| e.seq))
+        Ok(Page::from_rows(entries, after, limit, |e| e.seq))
     }
 
     fn documents_page(
@@ -573,7 +562,7 @@ impl Storage for PostgresStorage {
         limit: u32,
     ) -> Result<Page<DocumentEntry>> {
         if scopes.is_empty() {
-            return Ok(page(Vec::new(), after, limit, |_: &DocumentEntry| after));
+            return Ok(Page::empty(after));
         }
         let rows = self.conn()?.query(
             "SELECT updated_seq, collection, id, scope, doc, fields, deleted FROM records
@@ -592,7 +581,7 @@ impl Storage for PostgresStorage {
                 deleted: row.get(6),
             })
             .collect();
-        Ok(page(entries, after, limit, |e| e.seq))
+        Ok(Page::from_rows(entries, after, limit, |e| e.seq))
     }
 
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {

@@ -558,15 +558,11 @@ fn feed_page_in(
     limit: u32,
 ) -> Result<Page<FeedEntry>> {
     if scopes.is_empty() {
-        return Ok(Page {
-            entries: Vec::new(),
-            last_seq: after,
-            more: false,
-        });
+        return Ok(Page::empty(after));
     }
     let sql = format!(
         "SELECT seq, collection, record_id, scope, device_id, changes FROM feed
-             WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
+         WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
         placeholders(3, scopes.len())
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -593,14 +589,7 @@ fn feed_page_in(
             changes: decode_changes(&changes)?,
         });
     }
-    let more = entries.len() > limit as usize;
-    entries.truncate(limit as usize);
-    let last_seq = entries.last().map_or(after, |e| e.seq);
-    Ok(Page {
-        entries,
-        last_seq,
-        more,
-    })
+    Ok(Page::from_rows(entries, after, limit, |e| e.seq))
 }
 
 fn documents_page_in(
@@ -610,15 +599,11 @@ fn documents_page_in(
     limit: u32,
 ) -> Result<Page<DocumentEntry>> {
     if scopes.is_empty() {
-        return Ok(Page {
-            entries: Vec::new(),
-            last_seq: after,
-            more: false,
-        });
+        return Ok(Page::empty(after));
     }
     let sql = format!(
         "SELECT updated_seq, collection, id, scope, doc, fields, deleted FROM records
-             WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
+         WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
         placeholders(3, scopes.len())
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -634,15 +619,8 @@ fn documents_page_in(
             deleted: row.get(6)?,
         })
     })?;
-    let mut entries = rows.collect::<Result<Vec<_>, _>>()?;
-    let more = entries.len() > limit as usize;
-    entries.truncate(limit as usize);
-    let last_seq = entries.last().map_or(after, |e| e.seq);
-    Ok(Page {
-        entries,
-        last_seq,
-        more,
-    })
+    let entries = rows.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(entries, after, limit, |e| e.seq))
 }
 
 fn record_pull_in(
