@@ -100,6 +100,11 @@ pub(super) fn apply(
     let mut changed = purge(shared, &tx, cache, effects.purge_scopes)?;
     let mut merged: HashMap<DocKey, CachedDoc> = HashMap::new();
     let now = super::now_ms();
+    // Most pages find nothing kept aside; then no record needs to look for its own.
+    let mut any_pending: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM pending_changes)", [], |row| {
+            row.get(0)
+        })?;
     for Incoming { record, values } in incoming {
         let key = (record.collection.clone(), record.id.clone());
         let existing = match merged.remove(&key) {
@@ -130,12 +135,12 @@ pub(super) fn apply(
             report.changed += 1;
             continue;
         }
-        tx.execute_batch("SAVEPOINT remote_record")?;
+        tx.prepare_cached("SAVEPOINT remote_record")?.execute([])?;
         // Remote bytes reach Automerge in many places (decode, apply, materialize, save), and
         // Automerge panics on some crafted input: a panic anywhere in the merge rejects the
         // record like any other failure instead of unwinding through the caller.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            merge_one(shared, &tx, &record, existing, now)
+            merge_one(shared, &tx, &record, existing, now, &mut any_pending)
         }))
         .unwrap_or_else(|_| {
             Err(Error::InvalidRemoteChange {
@@ -146,13 +151,13 @@ pub(super) fn apply(
         });
         match outcome {
             Ok(Outcome::Changed(doc, change)) => {
-                tx.execute_batch("RELEASE remote_record")?;
+                tx.prepare_cached("RELEASE remote_record")?.execute([])?;
                 merged.insert(key, doc);
                 changed.push(change);
                 report.changed += 1;
             }
             Ok(Outcome::Unchanged(doc)) => {
-                tx.execute_batch("RELEASE remote_record")?;
+                tx.prepare_cached("RELEASE remote_record")?.execute([])?;
                 if let Some(doc) = doc {
                     merged.insert(key, doc);
                 }
@@ -302,6 +307,7 @@ fn merge_one(
     record: &RemoteRecord,
     existing: Option<CachedDoc>,
     now: i64,
+    any_pending: &mut bool,
 ) -> Result<Outcome> {
     let collection = record.collection.as_str();
     let decl = shared.schema.collection(collection)?;
@@ -353,7 +359,9 @@ fn merge_one(
                         .ok_or_else(|| invalid("a change does not decode"))?,
                 );
             }
-            changes.extend(take_pending(tx, collection, &record.id)?);
+            if *any_pending {
+                changes.extend(take_pending(tx, collection, &record.id)?);
+            }
             let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
             guarded(&mut cached.doc, |doc| {
                 doc.apply_changes(changes.clone()).map(|_| ())
@@ -365,7 +373,10 @@ fn merge_one(
                 .filter(|(_, hash)| cached.doc.get_change_by_hash(hash).is_none())
                 .map(|(change, _)| change)
                 .collect();
-            keep_pending(shared, tx, collection, &record.id, &waiting, now)?;
+            if !waiting.is_empty() {
+                keep_pending(shared, tx, collection, &record.id, &waiting, now)?;
+                *any_pending = true;
+            }
         }
         RemotePayload::Document(bytes) => {
             measure(bytes)?;
