@@ -119,7 +119,7 @@ pub struct DeviceInfo {
 }
 
 /// A record's stored state, handed to the merge step of a push.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRecord {
     /// Its scope, fixed at creation.
     pub scope: String,
@@ -128,7 +128,7 @@ pub struct StoredRecord {
 }
 
 /// A record after a push merged into it, for the storage to write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedRecord {
     /// The saved, compacted document.
     pub doc: Vec<u8>,
@@ -293,6 +293,10 @@ pub trait Storage: Send + Sync + 'static {
     /// device's actor, or `None` when it stays unbound because `actor` is taken.
     fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>>;
 
+    /// The stored state of each record named by `(collection, id)`, in order; `None` for a
+    /// record the server does not have. A snapshot for merging ahead of [`Storage::push`],
+    /// which hands each merge the state it must build on and may differ from this one.
+    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>>;
     /// Applies a push in one transaction: a replayed `batch_id` returns the stored response
     /// and changes nothing; otherwise each record is merged by `merge` and written with its
     /// feed entry and audit line, or rejected and not written.

@@ -1,6 +1,6 @@
 //! `POST /v1/push` and `GET /v1/pull`: checking, merging and serving records.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
@@ -77,14 +77,21 @@ pub async fn push(
                 None => None,
             },
         };
-        let mut applied = 0;
-        let mut merge = |record: &PushRecord, stored: Option<StoredRecord>| {
-            let merged = merge(&caller, actor.as_deref(), &limits, record, stored);
-            if let Ok(merged) = &merged {
-                applied += merged.new_changes.len();
-            }
-            merged
-        };
+        let keys: Vec<(&str, &str)> = request
+            .records
+            .iter()
+            .map(|r| (r.collection.as_str(), r.id.as_str()))
+            .collect();
+        let snapshot = storage.stored_records(&keys)?;
+        let mut merger = PushMerger::new(
+            &caller,
+            actor.as_deref(),
+            &limits,
+            &request.records,
+            snapshot,
+        );
+        let mut merge =
+            |record: &PushRecord, stored: Option<StoredRecord>| merger.merge(record, stored);
         let response = storage.push(
             caller.device_id,
             &request.batch_id,
@@ -98,7 +105,7 @@ pub async fn push(
             .count();
         Metrics::add(&metrics.records_rejected, rejected);
         Metrics::add(&metrics.records_accepted, response.results.len() - rejected);
-        Metrics::add(&metrics.changes_applied, applied);
+        Metrics::add(&metrics.changes_applied, merger.applied);
         Ok(response)
     })
     .await?;
@@ -392,6 +399,157 @@ fn valid_collection(name: &str) -> bool {
         && name.len() <= 63
 }
 
+/// Merges the records of one push. The Automerge work happens when it is built, before the
+/// storage's transaction and on several threads for a large push; under the transaction,
+/// [`PushMerger::merge`] only checks that each record's stored state is still the one merged
+/// against, and merges again where another push came between.
+struct PushMerger<'a> {
+    caller: &'a Caller,
+    actor: Option<&'a str>,
+    limits: &'a Limits,
+    ahead: HashMap<(String, String), VecDeque<Premerged>>,
+    /// Changes accepted so far.
+    applied: usize,
+}
+
+impl<'a> PushMerger<'a> {
+    /// Merges `records` against `snapshot`, each record's stored state as read before the
+    /// transaction.
+    fn new(
+        caller: &'a Caller,
+        actor: Option<&'a str>,
+        limits: &'a Limits,
+        records: &[PushRecord],
+        snapshot: Vec<Option<StoredRecord>>,
+    ) -> PushMerger<'a> {
+        PushMerger {
+            caller,
+            actor,
+            limits,
+            ahead: premerge(caller, actor, limits, records, snapshot),
+            applied: 0,
+        }
+    }
+
+    /// The merge of `record` into `stored`, the state the storage hands over.
+    fn merge(
+        &mut self,
+        record: &PushRecord,
+        stored: Option<StoredRecord>,
+    ) -> Result<MergedRecord, Rejection> {
+        let premerged = self
+            .ahead
+            .get_mut(&(record.collection.clone(), record.id.clone()))
+            .and_then(VecDeque::pop_front);
+        let merged = match premerged {
+            Some(premerged) if premerged.input == stored => premerged.result,
+            _ => merge(self.caller, self.actor, self.limits, record, stored),
+        };
+        if let Ok(merged) = &merged {
+            self.applied += merged.new_changes.len();
+        }
+        merged
+    }
+}
+
+/// A merge made ahead of a push's transaction, and the stored state it was made against.
+struct Premerged {
+    input: Option<StoredRecord>,
+    result: Result<MergedRecord, Rejection>,
+}
+
+/// Pushes with fewer distinct records merge on the request's own thread: starting threads
+/// would cost more than it saves.
+const PARALLEL_MERGE_FROM: usize = 16;
+/// At most this many threads merge one push.
+const MAX_MERGE_THREADS: usize = 4;
+
+/// Merges every record of a push against `snapshot` (each record's stored state, in order),
+/// spreading the records over threads when there are many. A record pushed twice merges its
+/// second copy into its first merge, as the storage will hand it. Returns, by record, the
+/// merges in push order.
+fn premerge<'r>(
+    caller: &Caller,
+    actor: Option<&str>,
+    limits: &Limits,
+    records: &'r [PushRecord],
+    snapshot: Vec<Option<StoredRecord>>,
+) -> HashMap<(String, String), VecDeque<Premerged>> {
+    type Key<'r> = (&'r str, &'r str);
+    let mut groups: Vec<(Key<'r>, Vec<usize>, Option<StoredRecord>)> = Vec::new();
+    let mut group_of: HashMap<Key<'r>, usize> = HashMap::new();
+    for (index, (record, stored)) in records.iter().zip(snapshot).enumerate() {
+        let key = (record.collection.as_str(), record.id.as_str());
+        match group_of.get(&key) {
+            Some(&group) => groups[group].1.push(index),
+            None => {
+                group_of.insert(key, groups.len());
+                groups.push((key, vec![index], stored));
+            }
+        }
+    }
+    let merge_group = |indices: Vec<usize>, mut state: Option<StoredRecord>| {
+        let mut merges = VecDeque::with_capacity(indices.len());
+        for index in indices {
+            let record = &records[index];
+            let result = merge(caller, actor, limits, record, state.clone());
+            let next = match &result {
+                Ok(merged) if !merged.new_changes.is_empty() => Some(StoredRecord {
+                    scope: record.scope.clone(),
+                    doc: merged.doc.clone(),
+                }),
+                _ => None,
+            };
+            merges.push_back(Premerged {
+                input: state.clone(),
+                result,
+            });
+            if next.is_some() {
+                state = next;
+            }
+        }
+        merges
+    };
+    let threads = if groups.len() < PARALLEL_MERGE_FROM {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_MERGE_THREADS)
+    };
+    let owned = |(collection, id): Key<'r>| (collection.to_owned(), id.to_owned());
+    if threads == 1 {
+        return groups
+            .into_iter()
+            .map(|(key, indices, state)| (owned(key), merge_group(indices, state)))
+            .collect();
+    }
+    let total = groups.len();
+    let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+    for (n, group) in groups.into_iter().enumerate() {
+        shares[n * threads / total].push(group);
+    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(|| {
+                    share
+                        .into_iter()
+                        .map(|(key, indices, state)| (owned(key), merge_group(indices, state)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A share whose thread panicked is merged again under the transaction, where the
+        // failure is reported as for any request.
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 /// Checks one pushed record and merges it into the stored document.
 fn merge(
     caller: &Caller,
@@ -555,4 +713,192 @@ fn new_record_from_document(
         deleted,
         new_changes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, ROOT};
+
+    use super::*;
+    use crate::storage::{Access, Grant};
+
+    fn caller(actor: &ActorId) -> Caller {
+        Caller {
+            device_id: 1,
+            user_id: 1,
+            actor: Some(actor.to_hex_string()),
+            grants: vec![Grant {
+                scope: "north".into(),
+                access: Access::Write,
+            }],
+        }
+    }
+
+    fn document(actor: &ActorId, name: &str) -> AutoCommit {
+        let mut doc = AutoCommit::new().with_actor(actor.clone());
+        doc.put(ROOT, "name", name).unwrap();
+        doc.commit();
+        doc
+    }
+
+    /// Sets `key` on `doc` and returns the change that did it.
+    fn edit(doc: &mut AutoCommit, key: &str, value: i64) -> Vec<u8> {
+        let heads = doc.get_heads();
+        doc.put(ROOT, key, value).unwrap();
+        doc.commit();
+        doc.get_changes(&heads)[0].raw_bytes().to_vec()
+    }
+
+    fn pushed(id: &str, scope: &str, payload: Payload) -> PushRecord {
+        PushRecord {
+            collection: "clients".into(),
+            id: id.into(),
+            scope: scope.into(),
+            payload,
+        }
+    }
+
+    fn changes(change: Vec<u8>) -> Payload {
+        Payload::Changes(vec![ByteBuf::from(change)])
+    }
+
+    fn stored(doc: &mut AutoCommit) -> StoredRecord {
+        StoredRecord {
+            scope: "north".into(),
+            doc: doc.save(),
+        }
+    }
+
+    /// Hands each record's state to `merge` as a storage does: the state written by the
+    /// merges before it in the push.
+    fn run_push(
+        records: &[PushRecord],
+        mut state: HashMap<String, StoredRecord>,
+        mut merge: impl FnMut(&PushRecord, Option<StoredRecord>) -> Result<MergedRecord, Rejection>,
+    ) -> Vec<Result<MergedRecord, Rejection>> {
+        records
+            .iter()
+            .map(|record| {
+                let result = merge(record, state.get(&record.id).cloned());
+                if let Ok(merged) = &result
+                    && !merged.new_changes.is_empty()
+                {
+                    state.insert(
+                        record.id.clone(),
+                        StoredRecord {
+                            scope: record.scope.clone(),
+                            doc: merged.doc.clone(),
+                        },
+                    );
+                }
+                result
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merging_ahead_on_threads_gives_what_merging_in_turn_gives() {
+        let device = ActorId::random();
+        let other = ActorId::random();
+        let caller = caller(&device);
+        let limits = Limits::default();
+        let mut state = HashMap::new();
+        let mut records = Vec::new();
+        let mut docs: Vec<AutoCommit> = (0..24)
+            .map(|i| document(&device, &format!("client {i}")))
+            .collect();
+        for (i, doc) in docs.iter_mut().enumerate() {
+            state.insert(format!("r{i}"), stored(doc));
+            records.push(pushed(
+                &format!("r{i}"),
+                "north",
+                changes(edit(doc, "visits", 1)),
+            ));
+        }
+        // Pushed twice in the batch: the second change builds on the first.
+        for (i, visits) in [(3, 2), (7, 2), (7, 3)] {
+            let change = edit(&mut docs[i], "visits", visits);
+            records.push(pushed(&format!("r{i}"), "north", changes(change)));
+        }
+        for i in 0..5 {
+            let mut doc = document(&device, &format!("new {i}"));
+            records.push(pushed(
+                &format!("n{i}"),
+                "north",
+                Payload::Document(ByteBuf::from(doc.save())),
+            ));
+        }
+        let mut foreign = document(&other, "someone else's");
+        records.push(pushed("f", "north", changes(edit(&mut foreign, "x", 1))));
+        records.push(pushed("r1", "south", changes(edit(&mut docs[1], "x", 1))));
+        records.push(pushed(
+            "r2",
+            "north",
+            Payload::Changes(vec![ByteBuf::from(vec![1, 2])]),
+        ));
+
+        let actor = caller.actor.as_deref();
+        let in_turn = run_push(&records, state.clone(), |record, stored| {
+            merge(&caller, actor, &limits, record, stored)
+        });
+        let keys: Vec<(&str, &str)> = records
+            .iter()
+            .map(|r| (r.collection.as_str(), r.id.as_str()))
+            .collect();
+        let snapshot = keys.iter().map(|(_, id)| state.get(*id).cloned()).collect();
+        let mut merger = PushMerger::new(&caller, actor, &limits, &records, snapshot);
+        let ahead = run_push(&records, state, |record, stored| {
+            merger.merge(record, stored)
+        });
+
+        assert_eq!(ahead, in_turn);
+        let accepted = ahead.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(
+            accepted,
+            24 + 3 + 5,
+            "every record of the device's own scope"
+        );
+        let codes: Vec<RejectCode> = ahead
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| e.code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                RejectCode::ForeignActor,
+                RejectCode::ForbiddenScope,
+                RejectCode::Malformed
+            ]
+        );
+        assert_eq!(merger.applied, 24 + 3 + 5);
+    }
+
+    #[test]
+    fn a_record_changed_since_the_snapshot_merges_again() {
+        let device = ActorId::random();
+        let colleague = ActorId::random();
+        let caller = caller(&device);
+        let limits = Limits::default();
+        let mut original = document(&device, "Ada");
+        let before = stored(&mut original);
+        // Another push, through another request, lands between the snapshot and the
+        // transaction.
+        let mut theirs = original.fork().with_actor(colleague);
+        edit(&mut theirs, "phone", 555);
+        let moved = stored(&mut theirs);
+        let mut mine = original.fork().with_actor(device.clone());
+        let record = pushed("a", "north", changes(edit(&mut mine, "visits", 3)));
+
+        let actor = caller.actor.as_deref();
+        let records = [record];
+        let mut merger = PushMerger::new(&caller, actor, &limits, &records, vec![Some(before)]);
+        let merged = merger.merge(&records[0], Some(moved)).unwrap();
+
+        let doc = AutoCommit::load(&merged.doc).unwrap();
+        let (fields, _) = fieldsync_core::document_values(&doc).unwrap();
+        assert_eq!(fields["phone"], 555, "the colleague's change is kept");
+        assert_eq!(fields["visits"], 3, "the pushed change is merged");
+        assert_eq!(merged.new_changes.len(), 1);
+    }
 }

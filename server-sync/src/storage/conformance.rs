@@ -18,6 +18,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     actor_binding(&*fresh());
     concurrent_bindings_give_an_actor_to_one_device(&*fresh());
     push_writes_accepted_records_only(&*fresh());
+    stored_records_as_named(&*fresh());
     replayed_batches_change_nothing(&*fresh());
     feed_pages_in_order_by_scope(&*fresh());
     documents_page_by_last_change(&*fresh());
@@ -223,6 +224,47 @@ fn push_writes_accepted_records_only(storage: &dyn Storage) {
         (seen.scope.as_str(), seen.doc.as_slice()),
         ("north", &b"a"[..])
     );
+}
+
+fn stored_records_as_named(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    storage
+        .push(
+            phone,
+            "batch",
+            &[record("a", "north"), record("b", "south")],
+            &mut accept,
+        )
+        .unwrap();
+    let stored = |scope: &str, doc: &[u8]| {
+        Some(StoredRecord {
+            scope: scope.into(),
+            doc: doc.to_vec(),
+        })
+    };
+    let found = storage
+        .stored_records(&[
+            ("clients", "b"),
+            ("clients", "missing"),
+            ("notes", "a"),
+            ("clients", "a"),
+            ("clients", "b"),
+            ("clients", "nul\0"),
+        ])
+        .unwrap();
+    assert_eq!(
+        found,
+        vec![
+            stored("south", b"b"),
+            None,
+            None,
+            stored("north", b"a"),
+            stored("south", b"b"),
+            None
+        ],
+        "each key in order, a key named twice twice, unknown ones as None"
+    );
+    assert!(storage.stored_records(&[]).unwrap().is_empty());
 }
 
 fn replayed_batches_change_nothing(storage: &dyn Storage) {

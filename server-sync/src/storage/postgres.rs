@@ -428,6 +428,41 @@ impl Storage for PostgresStorage {
         Ok(bound)
     }
 
+    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>> {
+        // PostgreSQL text holds no NUL byte; no stored record has one in its name.
+        let (collections, ids): (Vec<&str>, Vec<&str>) = keys
+            .iter()
+            .filter(|(collection, id)| !collection.contains('\0') && !id.contains('\0'))
+            .copied()
+            .unzip();
+        let rows = self.conn()?.query(
+            "SELECT r.collection, r.id, r.scope, r.doc
+             FROM unnest($1::text[], $2::text[]) AS k (collection, id)
+             JOIN records r ON r.collection = k.collection AND r.id = k.id",
+            &[&collections, &ids],
+        )?;
+        let found: HashMap<(String, String), StoredRecord> = rows
+            .iter()
+            .map(|row| {
+                (
+                    (row.get(0), row.get(1)),
+                    StoredRecord {
+                        scope: row.get(2),
+                        doc: row.get(3),
+                    },
+                )
+            })
+            .collect();
+        Ok(keys
+            .iter()
+            .map(|(collection, id)| {
+                let key = ((*collection).to_owned(), (*id).to_owned());
+                // A key named twice gets the same state twice.
+                found.get(&key).cloned()
+            })
+            .collect())
+    }
+
     fn push(
         &self,
         device_id: i64,

@@ -394,6 +394,26 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>> {
+        // Not served to anyone, so it need not wait for a flush.
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT scope, doc FROM records WHERE collection = ?1 AND id = ?2")?;
+        let mut records = Vec::with_capacity(keys.len());
+        for (collection, id) in keys {
+            records.push(
+                stmt.query_row(params![collection, id], |row| {
+                    Ok(StoredRecord {
+                        scope: row.get(0)?,
+                        doc: row.get(1)?,
+                    })
+                })
+                .optional()?,
+            );
+        }
+        Ok(records)
+    }
+
     fn push(
         &self,
         device_id: i64,
