@@ -199,14 +199,26 @@ impl SyncClient {
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
     ) -> Result<()> {
+        let cursor = blocking(store, |s| s.sync_cursor()).await?;
+        let mut page = self.send_pull(cursor.as_deref()).await?;
         loop {
-            let cursor = blocking(store, |s| s.sync_cursor()).await?;
-            let page = self.send_pull(cursor.as_deref()).await?;
-            let more = page.more;
             report
                 .purged_scopes
                 .extend(page.revoked_scopes.iter().cloned());
-            let applied = blocking(store, move |s| s.apply_pull_page(page)).await?;
+            // The next page is asked for while this one is stored: the server reads it while
+            // the device writes, instead of each waiting for the other. Its cursor is the one
+            // this page stores; if storing fails, the next sync asks again from the stored one.
+            let next_cursor = page.more.then(|| page.next_cursor.clone());
+            let apply = blocking(store, move |s| s.apply_pull_page(page));
+            let fetch = async {
+                match &next_cursor {
+                    Some(cursor) => self.send_pull(Some(cursor)).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            // Both run to the end, so that a failed request never hides a page that committed.
+            let (applied, next) = tokio::join!(apply, fetch);
+            let applied = applied?;
             report.pulled += applied.changed;
             progress(report);
             if !applied.rejected.is_empty() {
@@ -215,8 +227,9 @@ impl SyncClient {
                     "pulled records did not merge"
                 );
             }
-            if !more {
-                return Ok(());
+            match next? {
+                Some(next) => page = next,
+                None => return Ok(()),
             }
         }
     }
