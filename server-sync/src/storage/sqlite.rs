@@ -28,6 +28,7 @@ use crate::error::ServerError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_init.sql"),
     include_str!("migrations/sqlite/002_records_by_seq.sql"),
+    include_str!("migrations/sqlite/003_pages_in_position_order.sql"),
 ];
 
 /// Server storage in one SQLite file.
@@ -575,6 +576,27 @@ fn push_in(
     Ok(response)
 }
 
+/// Feed entries after `?1` in `scopes` scopes (`?3`…), in order, at most `?2`.
+fn feed_page_sql(scopes: usize) -> String {
+    format!(
+        "SELECT seq, collection, record_id, scope, device_id, changes
+         FROM feed INDEXED BY feed_by_seq_scope
+         WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
+        placeholders(3, scopes)
+    )
+}
+
+/// Records whose last change is after `?1` in `scopes` scopes (`?3`…), in that order, at
+/// most `?2`.
+fn documents_page_sql(scopes: usize) -> String {
+    format!(
+        "SELECT updated_seq, collection, id, scope, doc, fields, deleted
+         FROM records INDEXED BY records_by_seq_scope
+         WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
+        placeholders(3, scopes)
+    )
+}
+
 fn feed_page_in(
     conn: &Connection,
     scopes: &[String],
@@ -584,12 +606,7 @@ fn feed_page_in(
     if scopes.is_empty() {
         return Ok(Page::empty(after));
     }
-    let sql = format!(
-        "SELECT seq, collection, record_id, scope, device_id, changes FROM feed
-         WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
-        placeholders(3, scopes.len())
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&feed_page_sql(scopes.len()))?;
     let values = page_params(after, limit, scopes);
     let rows = stmt.query_map(params_from_iter(values), |row| {
         Ok((
@@ -625,12 +642,7 @@ fn documents_page_in(
     if scopes.is_empty() {
         return Ok(Page::empty(after));
     }
-    let sql = format!(
-        "SELECT updated_seq, collection, id, scope, doc, fields, deleted FROM records
-         WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
-        placeholders(3, scopes.len())
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&documents_page_sql(scopes.len()))?;
     let values = page_params(after, limit, scopes);
     let rows = stmt.query_map(params_from_iter(values), |row| {
         Ok(DocumentEntry {
@@ -679,6 +691,24 @@ fn record_pull_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_walk_positions_in_order_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
+        let conn = storage.lock();
+        for sql in [feed_page_sql(3), documents_page_sql(3)] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(params![0, 101, "a", "b", "c"], |row| row.get(3))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains("_by_seq_scope"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "a page sorts: {plan}");
+        }
+    }
 
     #[test]
     fn one_flush_covers_every_commit_made_before_it() {
