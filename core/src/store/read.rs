@@ -144,33 +144,60 @@ pub(super) fn load_cached_doc(
     collection: &str,
     id: &str,
 ) -> Result<Option<CachedDoc>> {
+    read_doc_row(shared, conn, collection, id)?
+        .map(|row| row.load(shared, collection))
+        .transpose()
+}
+
+/// A record's stored document and row, read but not yet loaded.
+pub(super) struct DocRow {
+    bytes: Vec<u8>,
+    tail: u32,
+    deleted: bool,
+    created_at: i64,
+    fields: Result<Fields>,
+}
+
+/// Reads what [`DocRow::load`] turns into a loaded document: the database part of
+/// [`load_cached_doc`].
+pub(super) fn read_doc_row(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    id: &str,
+) -> Result<Option<DocRow>> {
     let table = shared.table(collection)?;
     let mut stmt = conn.prepare_cached(&table.select_doc)?;
-    let row = stmt
+    Ok(stmt
         .query_row([id], |row| {
-            let bytes: Vec<u8> = row.get(0)?;
-            let tail: u32 = row.get(1)?;
-            let deleted: bool = row.get(2)?;
-            let created_at: i64 = row.get(3)?;
-            Ok((bytes, tail, deleted, created_at, read_fields(table, row, 4)))
+            Ok(DocRow {
+                bytes: row.get(0)?,
+                tail: row.get(1)?,
+                deleted: row.get(2)?,
+                created_at: row.get(3)?,
+                fields: read_fields(table, row, 4),
+            })
         })
-        .optional()?;
-    let Some((bytes, tail, deleted, created_at, fields)) = row else {
-        return Ok(None);
-    };
-    let fields = fields?;
-    let scope = scope_of(shared, collection, &fields)?;
-    let doc = crate::document::load_doc(&bytes, &shared.actor)?;
-    Ok(Some(CachedDoc {
-        doc,
-        fields,
-        scope,
-        created_at,
-        deleted,
-        stored: bytes,
-        tail,
-        compact_next: tail > 0,
-    }))
+        .optional()?)
+}
+
+impl DocRow {
+    /// Loads the document: the CPU part of [`load_cached_doc`], which needs no connection.
+    pub(super) fn load(self, shared: &Shared, collection: &str) -> Result<CachedDoc> {
+        let fields = self.fields?;
+        let scope = scope_of(shared, collection, &fields)?;
+        let doc = crate::document::load_doc(&self.bytes, &shared.actor)?;
+        Ok(CachedDoc {
+            doc,
+            fields,
+            scope,
+            created_at: self.created_at,
+            deleted: self.deleted,
+            stored: self.bytes,
+            tail: self.tail,
+            compact_next: self.tail > 0,
+        })
+    }
 }
 
 /// Every record (live or deleted) of a scope: its id, and its values when live.

@@ -287,18 +287,37 @@ enum Outcome {
     Unchanged(Option<CachedDoc>),
 }
 
+/// A record merged in memory, not yet written.
+enum DocMerge {
+    Unchanged {
+        /// `None` for a record new to the store that brought nothing.
+        doc: Option<CachedDoc>,
+        waiting: Vec<Change>,
+    },
+    Changed {
+        doc: CachedDoc,
+        /// The live values before the merge, for observers.
+        before: Option<Fields>,
+        waiting: Vec<Change>,
+    },
+}
+
 fn load_existing(
     shared: &Shared,
     tx: &Transaction<'_>,
     record: &RemoteRecord,
 ) -> Result<Option<CachedDoc>> {
-    if shared.schema.collections.contains_key(&record.collection)
-        && super::write::check_id(&record.id).is_ok()
-    {
+    if mergeable(shared, record) {
         read::load_cached_doc(shared, tx, &record.collection, &record.id)
     } else {
         Ok(None)
     }
+}
+
+/// Whether the record names a collection of the schema and a valid id.
+fn mergeable(shared: &Shared, record: &RemoteRecord) -> bool {
+    shared.schema.collections.contains_key(&record.collection)
+        && super::write::check_id(&record.id).is_ok()
 }
 
 fn merge_one(
@@ -309,9 +328,27 @@ fn merge_one(
     now: i64,
     any_pending: &mut bool,
 ) -> Result<Outcome> {
+    let pending = match &record.payload {
+        RemotePayload::Changes(_) if *any_pending && mergeable(shared, record) => {
+            take_pending(tx, &record.collection, &record.id)?
+        }
+        _ => Vec::new(),
+    };
+    let merged = merge_doc(shared, record, existing, pending, now)?;
+    write_merge(shared, tx, record, merged, now, any_pending)
+}
+
+/// The Automerge part of merging one record, with the changes kept aside for it: no database
+/// access, so that it can run on any thread.
+fn merge_doc(
+    shared: &Shared,
+    record: &RemoteRecord,
+    existing: Option<CachedDoc>,
+    pending: Vec<Change>,
+    now: i64,
+) -> Result<DocMerge> {
     let collection = record.collection.as_str();
     let decl = shared.schema.collection(collection)?;
-    let table = shared.table(collection)?;
     super::write::check_id(&record.id)?;
     let invalid = |reason: &str| Error::InvalidRemoteChange {
         collection: collection.to_owned(),
@@ -347,6 +384,7 @@ fn merge_one(
         }),
         Err(err) => Err(invalid(&format!("not Automerge data ({err})"))),
     };
+    let mut waiting = Vec::new();
     match &record.payload {
         RemotePayload::Changes(raw) => {
             for bytes in raw {
@@ -359,24 +397,18 @@ fn merge_one(
                         .ok_or_else(|| invalid("a change does not decode"))?,
                 );
             }
-            if *any_pending {
-                changes.extend(take_pending(tx, collection, &record.id)?);
-            }
+            changes.extend(pending);
             let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
             guarded(&mut cached.doc, |doc| {
                 doc.apply_changes(changes.clone()).map(|_| ())
             })
             .map_err(|_| invalid("the changes do not apply"))?;
-            let waiting: Vec<&Change> = changes
-                .iter()
+            waiting = changes
+                .into_iter()
                 .zip(&hashes)
                 .filter(|(_, hash)| cached.doc.get_change_by_hash(hash).is_none())
                 .map(|(change, _)| change)
                 .collect();
-            if !waiting.is_empty() {
-                keep_pending(shared, tx, collection, &record.id, &waiting, now)?;
-                *any_pending = true;
-            }
         }
         RemotePayload::Document(bytes) => {
             measure(bytes)?;
@@ -395,7 +427,10 @@ fn merge_one(
 
     let heads_after = cached.doc.get_heads();
     if heads_after == heads_before {
-        return Ok(Outcome::Unchanged((!is_new).then_some(cached)));
+        return Ok(DocMerge::Unchanged {
+            doc: (!is_new).then_some(cached),
+            waiting,
+        });
     }
     let fields = document::materialize(&cached.doc, collection, decl)?;
     for (name, field) in &decl.fields {
@@ -416,12 +451,42 @@ fn merge_one(
     cached.tail = 0;
     cached.compact_next = false;
     cached.stored = cached.doc.save();
-    let values = read::row_values(table, &cached.row(&record.id, now));
-    tx.prepare_cached(&table.upsert)?
-        .execute(rusqlite::params_from_iter(values))?;
-    let after = (!cached.deleted).then(|| cached.fields.clone());
-    let change = super::changed(collection, &record.id, before, after);
-    Ok(Outcome::Changed(cached, change))
+    Ok(DocMerge::Changed {
+        doc: cached,
+        before,
+        waiting,
+    })
+}
+
+/// The database part of merging one record: keeps aside the changes still waiting for their
+/// dependencies and writes the merged row.
+fn write_merge(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    record: &RemoteRecord,
+    merged: DocMerge,
+    now: i64,
+    any_pending: &mut bool,
+) -> Result<Outcome> {
+    let collection = record.collection.as_str();
+    let (DocMerge::Unchanged { waiting, .. } | DocMerge::Changed { waiting, .. }) = &merged;
+    if !waiting.is_empty() {
+        let waiting: Vec<&Change> = waiting.iter().collect();
+        keep_pending(shared, tx, collection, &record.id, &waiting, now)?;
+        *any_pending = true;
+    }
+    match merged {
+        DocMerge::Unchanged { doc, .. } => Ok(Outcome::Unchanged(doc)),
+        DocMerge::Changed { doc, before, .. } => {
+            let table = shared.table(collection)?;
+            let values = read::row_values(table, &doc.row(&record.id, now));
+            tx.prepare_cached(&table.upsert)?
+                .execute(rusqlite::params_from_iter(values))?;
+            let after = (!doc.deleted).then(|| doc.fields.clone());
+            let change = super::changed(collection, &record.id, before, after);
+            Ok(Outcome::Changed(doc, change))
+        }
+    }
 }
 
 /// Runs an Automerge operation on bytes from outside, turning a panic inside the library into
