@@ -105,9 +105,21 @@ pub(super) fn apply(
         tx.query_row("SELECT EXISTS (SELECT 1 FROM pending_changes)", [], |row| {
             row.get(0)
         })?;
+    let mut ahead = if any_pending {
+        HashMap::new()
+    } else {
+        merge_ahead(shared, &tx, cache, &incoming, now)?
+    };
     for Incoming { record, values } in incoming {
         let key = (record.collection.clone(), record.id.clone());
+        let ahead = ahead.remove(&key);
+        if let Some(Ahead::Damaged(reason)) = ahead {
+            report.rejected.push(damaged(record, &reason));
+            continue;
+        }
+        // A record merged ahead brings its document with it.
         let existing = match merged.remove(&key) {
+            _ if ahead.is_some() => None,
             Some(doc) => Some(doc),
             None => match cache.pop(&key) {
                 Some(doc) => Some(doc),
@@ -116,11 +128,7 @@ pub(super) fn apply(
                     // A damaged local copy must not stall every later pull: its record is
                     // refused and the rest of the page merges.
                     Err(Error::Corrupt(reason)) => {
-                        report.rejected.push(RejectedRecord {
-                            collection: record.collection,
-                            id: record.id,
-                            reason: format!("the local copy is damaged: {reason}"),
-                        });
+                        report.rejected.push(damaged(record, &reason));
                         continue;
                     }
                     Err(err) => return Err(err),
@@ -139,8 +147,11 @@ pub(super) fn apply(
         // Remote bytes reach Automerge in many places (decode, apply, materialize, save), and
         // Automerge panics on some crafted input: a panic anywhere in the merge rejects the
         // record like any other failure instead of unwinding through the caller.
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            merge_one(shared, &tx, &record, existing, now, &mut any_pending)
+        let outcome = catch_unwind(AssertUnwindSafe(|| match ahead {
+            Some(Ahead::Merged(merge)) => {
+                write_merge(shared, &tx, &record, (*merge)?, now, &mut any_pending)
+            }
+            _ => merge_one(shared, &tx, &record, existing, now, &mut any_pending),
         }))
         .unwrap_or_else(|_| {
             Err(Error::InvalidRemoteChange {
@@ -190,6 +201,130 @@ pub(super) fn apply(
         cache.put(key, doc);
     }
     Ok((report, changed))
+}
+
+fn damaged(record: RemoteRecord, reason: &str) -> RejectedRecord {
+    RejectedRecord {
+        collection: record.collection,
+        id: record.id,
+        reason: format!("the local copy is damaged: {reason}"),
+    }
+}
+
+/// Pages with fewer records to merge ahead merge them on the calling thread: starting threads
+/// would cost more than it saves.
+const PARALLEL_MERGE_FROM: usize = 16;
+/// At most this many threads merge one page.
+const MAX_MERGE_THREADS: usize = 4;
+
+/// A record merged ahead of the page's writes, on a worker thread.
+enum Ahead {
+    Merged(Box<Result<DocMerge>>),
+    /// The stored document does not load.
+    Damaged(String),
+}
+
+/// Where a document merged ahead comes from.
+enum Source {
+    Cached(Box<CachedDoc>),
+    Stored(read::DocRow),
+}
+
+/// Merges in memory, on several threads, the records of a page that can merge without the
+/// database: changes to a record the store has, named once in the page (a second mention
+/// builds on the first) while no changes wait for their dependencies anywhere (those are read
+/// and written as the record merges). Their documents are read here, loaded and merged on the
+/// workers; the page's loop then only writes them, in order. Returns nothing for pages with
+/// too few such records.
+fn merge_ahead(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    cache: &mut lru::LruCache<DocKey, CachedDoc>,
+    incoming: &[Incoming],
+    now: i64,
+) -> Result<HashMap<DocKey, Ahead>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_MERGE_THREADS);
+    let mut mentions: HashMap<(&str, &str), usize> = HashMap::new();
+    for Incoming { record, .. } in incoming {
+        *mentions
+            .entry((record.collection.as_str(), record.id.as_str()))
+            .or_default() += 1;
+    }
+    let candidates: Vec<&RemoteRecord> = incoming
+        .iter()
+        .map(|incoming| &incoming.record)
+        .filter(|record| {
+            matches!(record.payload, RemotePayload::Changes(_))
+                && mentions[&(record.collection.as_str(), record.id.as_str())] == 1
+                && mergeable(shared, record)
+        })
+        .collect();
+    if threads < 2 || candidates.len() < PARALLEL_MERGE_FROM {
+        return Ok(HashMap::new());
+    }
+    let mut jobs = Vec::with_capacity(candidates.len());
+    for record in candidates {
+        let key = (record.collection.clone(), record.id.clone());
+        let source = match cache.pop(&key) {
+            Some(doc) => Source::Cached(Box::new(doc)),
+            None => match read::read_doc_row(shared, tx, &record.collection, &record.id)? {
+                Some(row) => Source::Stored(row),
+                // New to the store: merged in turn.
+                None => continue,
+            },
+        };
+        jobs.push((key, record, source));
+    }
+    let total = jobs.len();
+    let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+    for (n, job) in jobs.into_iter().enumerate() {
+        shares[n * threads / total.max(1)].push(job);
+    }
+    Ok(std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|(key, record, source)| {
+                            (key, merge_one_ahead(shared, record, source, now))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A share whose thread failed is merged in turn by the page's loop.
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_default())
+            .collect()
+    }))
+}
+
+fn merge_one_ahead(shared: &Shared, record: &RemoteRecord, source: Source, now: i64) -> Ahead {
+    // As in the page's loop, a panic inside Automerge rejects the record.
+    catch_unwind(AssertUnwindSafe(|| {
+        let existing = match source {
+            Source::Cached(doc) => *doc,
+            Source::Stored(row) => match row.load(shared, &record.collection) {
+                Ok(doc) => doc,
+                Err(Error::Corrupt(reason)) => return Ahead::Damaged(reason),
+                Err(err) => return Ahead::Merged(Box::new(Err(err))),
+            },
+        };
+        let merged = merge_doc(shared, record, Some(existing), Vec::new(), now);
+        Ahead::Merged(Box::new(merged))
+    }))
+    .unwrap_or_else(|_| {
+        Ahead::Merged(Box::new(Err(Error::InvalidRemoteChange {
+            collection: record.collection.clone(),
+            id: record.id.clone(),
+            reason: "the record's changes or document made Automerge fail".into(),
+        })))
+    })
 }
 
 /// Stores a record new to this store from its document and the sender's values, without
