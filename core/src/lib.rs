@@ -51,6 +51,7 @@
 mod document;
 mod encryption;
 mod error;
+pub mod parallel;
 pub mod protocol;
 mod query;
 mod schema;

@@ -513,41 +513,16 @@ fn premerge<'r>(
     let threads = if groups.len() < PARALLEL_MERGE_FROM {
         1
     } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(MAX_MERGE_THREADS)
+        fieldsync_core::parallel::threads(MAX_MERGE_THREADS)
     };
     let owned = |(collection, id): Key<'r>| (collection.to_owned(), id.to_owned());
-    if threads == 1 {
-        return groups
-            .into_iter()
-            .map(|(key, indices, state)| (owned(key), merge_group(indices, state)))
-            .collect();
-    }
-    let total = groups.len();
-    let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
-    for (n, group) in groups.into_iter().enumerate() {
-        shares[n * threads / total].push(group);
-    }
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = shares
-            .into_iter()
-            .map(|share| {
-                scope.spawn(|| {
-                    share
-                        .into_iter()
-                        .map(|(key, indices, state)| (owned(key), merge_group(indices, state)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        // A share whose thread panicked is merged again under the transaction, where the
-        // failure is reported as for any request.
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().unwrap_or_default())
-            .collect()
+    // A share whose thread panicked is absent: those records merge again under the
+    // transaction, where the failure is reported as for any request.
+    fieldsync_core::parallel::map_in_shares(groups, threads, |(key, indices, state)| {
+        (owned(key), merge_group(indices, state))
     })
+    .into_iter()
+    .collect()
 }
 
 /// Checks one pushed record and merges it into the stored document.

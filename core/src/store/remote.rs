@@ -243,9 +243,8 @@ fn merge_ahead(
     incoming: &[Incoming],
     now: i64,
 ) -> Result<HashMap<DocKey, Ahead>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_MERGE_THREADS);
+    let threads = crate::parallel::threads(MAX_MERGE_THREADS);
+
     let mut mentions: HashMap<(&str, &str), usize> = HashMap::new();
     for Incoming { record, .. } in incoming {
         *mentions
@@ -277,31 +276,14 @@ fn merge_ahead(
         };
         jobs.push((key, record, source));
     }
-    let total = jobs.len();
-    let mut shares: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
-    for (n, job) in jobs.into_iter().enumerate() {
-        shares[n * threads / total.max(1)].push(job);
-    }
-    Ok(std::thread::scope(|scope| {
-        let workers: Vec<_> = shares
-            .into_iter()
-            .map(|share| {
-                scope.spawn(move || {
-                    share
-                        .into_iter()
-                        .map(|(key, record, source)| {
-                            (key, merge_one_ahead(shared, record, source, now))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        // A share whose thread failed is merged in turn by the page's loop.
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().unwrap_or_default())
-            .collect()
-    }))
+    // A share whose thread failed is absent: the page's loop merges those records in turn.
+    Ok(
+        crate::parallel::map_in_shares(jobs, threads, |(key, record, source)| {
+            (key, merge_one_ahead(shared, record, source, now))
+        })
+        .into_iter()
+        .collect(),
+    )
 }
 
 fn merge_one_ahead(shared: &Shared, record: &RemoteRecord, source: Source, now: i64) -> Ahead {
