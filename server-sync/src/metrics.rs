@@ -53,7 +53,7 @@ impl Histogram {
 /// Every series the server exports.
 #[derive(Default)]
 pub struct Metrics {
-    /// HTTP requests answered.
+    /// HTTP requests received (counted once their headers are read).
     pub requests: AtomicU64,
     /// Requests refused for a missing or bad token.
     pub unauthorized: AtomicU64,
@@ -94,7 +94,7 @@ impl Metrics {
         let counters = [
             (
                 "fieldsync_requests_total",
-                "HTTP requests answered",
+                "HTTP requests received",
                 &self.requests,
             ),
             (

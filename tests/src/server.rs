@@ -147,6 +147,40 @@ impl ServerProcess {
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM works");
     }
 
+    /// How many HTTP requests the server has begun to handle, this one included (its
+    /// `fieldsync_requests_total`, counted once a request's headers are read).
+    pub fn requests_begun(&self) -> u64 {
+        // A raw request, so that this works inside async tests too (a blocking reqwest client
+        // refuses to run on a tokio runtime).
+        use std::io::{Read as _, Write as _};
+        let address = self.url.trim_start_matches("http://");
+        let mut connection = std::net::TcpStream::connect(address).expect("the server accepts");
+        write!(
+            connection,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("the connection writes");
+        let mut text = String::new();
+        connection
+            .read_to_string(&mut text)
+            .expect("the server answers /metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix("fieldsync_requests_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("/metrics counts requests")
+    }
+
+    /// Blocks until the server has begun one request more than the `begun` it had counted
+    /// (by [`ServerProcess::requests_begun`]), besides the /metrics requests this makes.
+    pub fn wait_for_request_begun(&self, begun: u64) {
+        for polls in 1.. {
+            if self.requests_begun() > begun + polls {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Blocks until the server prints a line starting with `prefix`.
     pub fn wait_for_line(&self, prefix: &str) {
         loop {

@@ -57,7 +57,9 @@ async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
         batch_id: "cut-off".into(),
         records: all,
     });
+    let begun = server.requests_begun();
     let _connection = partial_push(&server.url, &token, &body, body.len() / 2);
+    server.wait_for_request_begun(begun);
     server.kill();
 
     // The device, which believes nothing was sent, syncs with the restarted server.

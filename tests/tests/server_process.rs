@@ -166,7 +166,11 @@ fn sigterm_lets_a_request_in_flight_finish() {
     });
     // The request is in flight: headers and half the body sent.
     let half = body.len() / 2;
+    let begun = server.requests_begun();
     let mut connection = partial_push(&server.url, &token, &body, half);
+    // A connection whose request the server has not yet read is closed at shutdown, so wait
+    // until the push is being handled.
+    server.wait_for_request_begun(begun);
     server.signal_terminate();
     server.wait_for_line("shutting down");
     // The request in flight completes after the server began shutting down.
