@@ -123,26 +123,33 @@ pub(super) fn apply(
             Some(doc) => Some(doc),
             None => match cache.pop(&key) {
                 Some(doc) => Some(doc),
-                None => match load_existing(shared, &tx, &record) {
-                    Ok(doc) => doc,
-                    // A damaged local copy must not stall every later pull: its record is
-                    // refused and the rest of the page merges.
-                    Err(Error::Corrupt(reason)) => {
-                        report.rejected.push(damaged(record, &reason));
+                None => {
+                    // A whole document with its values is stored unread unless the store has
+                    // the record (the insert then does nothing): a first sync looks nothing up.
+                    let stored = match (&values, &record.payload) {
+                        (Some(values), RemotePayload::Document(bytes)) => {
+                            store_known(shared, &tx, &record, values, bytes, now)?
+                        }
+                        _ => None,
+                    };
+                    if let Some(change) = stored {
+                        changed.push(change);
+                        report.changed += 1;
                         continue;
                     }
-                    Err(err) => return Err(err),
-                },
+                    match load_existing(shared, &tx, &record) {
+                        Ok(doc) => doc,
+                        // A damaged local copy must not stall every later pull: its record is
+                        // refused and the rest of the page merges.
+                        Err(Error::Corrupt(reason)) => {
+                            report.rejected.push(damaged(record, &reason));
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
             },
         };
-        if let (None, Some(values), RemotePayload::Document(bytes)) =
-            (&existing, &values, &record.payload)
-            && let Some(change) = store_known(shared, &tx, &record, values, bytes, now)?
-        {
-            changed.push(change);
-            report.changed += 1;
-            continue;
-        }
         tx.prepare_cached("SAVEPOINT remote_record")?.execute([])?;
         // Remote bytes reach Automerge in many places (decode, apply, materialize, save), and
         // Automerge panics on some crafted input: a panic anywhere in the merge rejects the
@@ -310,8 +317,9 @@ fn merge_one_ahead(shared: &Shared, record: &RemoteRecord, source: Source, now: 
 }
 
 /// Stores a record new to this store from its document and the sender's values, without
-/// loading the document; `None` if the values do not fit the schema (the caller then merges
-/// the document the slow way, which reports what is wrong).
+/// loading the document; `None` if the store has the record (the caller then merges into it)
+/// or the values do not fit the schema (the caller then merges the document the slow way,
+/// which reports what is wrong).
 fn store_known(
     shared: &Shared,
     tx: &Transaction<'_>,
@@ -358,8 +366,12 @@ fn store_known(
         updated_at: now,
         fields: &fields,
     };
-    tx.prepare_cached(&table.insert)?
+    let inserted = tx
+        .prepare_cached(&table.insert_new)?
         .execute(rusqlite::params_from_iter(read::row_values(table, &row)))?;
+    if inserted == 0 {
+        return Ok(None);
+    }
     let after = (!deleted).then_some(fields);
     Ok(Some(super::changed(collection, &record.id, None, after)))
 }

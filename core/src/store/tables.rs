@@ -22,6 +22,8 @@ pub(crate) struct TableSql {
     pub types: Vec<FieldType>,
     /// Inserts a new row from the same values as `upsert`; fails on an existing `_id`.
     pub insert: String,
+    /// Like `insert`, but does nothing on an existing `_id`.
+    pub insert_new: String,
     /// Writes a whole row from the values `_id, _doc, _doc_tail, _deleted, _created_at,
     /// _updated_at, fields...` (see [`row_values`](super::read::row_values)).
     pub upsert: String,
@@ -68,6 +70,7 @@ impl TableSql {
             columns.join(", "),
             placeholders.join(", ")
         );
+        let insert_new = format!("{insert} ON CONFLICT(_id) DO NOTHING");
         let upsert = format!(
             "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT(_id) DO UPDATE SET {}",
             columns.join(", "),
@@ -84,6 +87,7 @@ impl TableSql {
             fields,
             types,
             insert,
+            insert_new,
             upsert,
             select_doc,
             select,
