@@ -1,6 +1,7 @@
 //! Sync benchmarks against a real server process over loopback:
-//! - first sync of a fresh device (records/s and the device process's peak memory, for two
-//!   data sizes, beside plain rusqlite inserting the same rows);
+//! - first sync of a fresh device (records/s, the device process's peak memory, the CPU time
+//!   of the device and of the server, for two data sizes, beside plain rusqlite inserting the
+//!   same rows);
 //! - an incremental sync of 1,000 edits from device A through the server to device B.
 //!
 //! `cargo bench -p fieldsync-tests --bench sync` (100,000 sessions) or `-- --quick` (20,000).
@@ -12,7 +13,7 @@ use std::time::Instant;
 use fieldsync_core::{Filter, SyncClient, SyncConfig, Write};
 use fieldsync_tests::clinic_data::{self, ClinicSize, Rng};
 use fieldsync_tests::server::ServerProcess;
-use fieldsync_tests::{fields, open_device};
+use fieldsync_tests::{cpu_seconds, fields, open_device};
 use serde_json::json;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
@@ -63,6 +64,7 @@ async fn main() {
         ("every caseload", &all_token),
     ] {
         let db = dir.path().join(format!("fresh-{}.db", label.len()));
+        let server_cpu_before = cpu_seconds(server.pid()).unwrap_or(0.0);
         let output = Command::new(DEVICE)
             .args([
                 "first-sync",
@@ -83,11 +85,12 @@ async fn main() {
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect();
-        let [records, seconds, peak_kib] = numbers[..] else {
+        let [records, seconds, peak_kib, device_cpu] = numbers[..] else {
             panic!("unexpected output: {line}")
         };
+        let server_cpu = cpu_seconds(server.pid()).unwrap_or(0.0) - server_cpu_before;
         println!(
-            "first sync, {label}: {records} records in {seconds:.2} s = {:.0} records/s; device peak memory {:.1} MiB",
+            "first sync, {label}: {records} records in {seconds:.2} s = {:.0} records/s; device peak memory {:.1} MiB; CPU seconds: device {device_cpu:.2}, server {server_cpu:.2}",
             records / seconds,
             peak_kib / 1024.0
         );

@@ -22,6 +22,19 @@ pub fn open_device(path: &std::path::Path) -> Store {
     Store::open(path, clinic_schema(), StoreOptions::default()).expect("the store opens")
 }
 
+/// CPU seconds (user and system, every thread) process `pid` has used so far, from Linux's
+/// `/proc/<pid>/stat`; `None` elsewhere.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces; the fields after it are plain.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields (12th and 13th after the name), counted
+    // in USER_HZ, which is 100 on every architecture Linux supports today.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// A field map from a JSON object literal.
 pub fn fields(value: serde_json::Value) -> Fields {
     value.as_object().cloned().expect("a JSON object")

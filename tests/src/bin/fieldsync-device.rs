@@ -6,7 +6,8 @@
 //!   prints `pulled <n>` and waits for a line on stdin before going on, so a test can kill it
 //!   at a known point.
 //! - `fieldsync-device first-sync <db> <url> <token> <page-size>` syncs a fresh store and
-//!   prints `records <n> seconds <s> peak_rss_kib <k>`.
+//!   prints `records <n> seconds <s> peak_rss_kib <k> cpu_seconds <c>` (its CPU time, opening
+//!   the store included).
 //! - `fieldsync-device churn <db> <url> <token> <seed>` writes and syncs until killed: before
 //!   each write it prints `begin <op> <id> [<value>]`, after the call returns `ok`, so a test
 //!   knows which writes must survive a kill and which one may have been in flight.
@@ -175,8 +176,9 @@ fn first_sync(path: &Path, url: &str, token: &str, page_size: u32) {
         .block_on(client.sync_now(&store))
         .expect("the sync succeeds");
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = fieldsync_tests::cpu_seconds(std::process::id()).unwrap_or(0.0);
     println!(
-        "records {} seconds {seconds:.3} peak_rss_kib {}",
+        "records {} seconds {seconds:.3} peak_rss_kib {} cpu_seconds {cpu:.2}",
         report.pulled,
         peak_rss_kib()
     );
