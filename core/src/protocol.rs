@@ -33,6 +33,16 @@ pub enum Payload {
     Document(ByteBuf),
 }
 
+impl Payload {
+    /// How many bytes of Automerge data it carries.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Payload::Changes(changes) => changes.iter().map(|change| change.len()).sum(),
+            Payload::Document(doc) => doc.len(),
+        }
+    }
+}
+
 /// `POST /v1/push`: one device's local changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushRequest {

@@ -42,8 +42,13 @@ pub struct SyncConfig {
     pub pinned_spki_sha256: Vec<String>,
     /// Outbox entries per push.
     pub push_batch_size: usize,
-    /// Records per pull page.
+    /// Records asked for in a pull's first page, and the fewest asked for in any page.
     pub pull_page_size: u32,
+    /// While a pull's pages carry fewer payload bytes than this, the next page asks for as
+    /// many records as should fit (at most four times as many as the page before, and at
+    /// most [`MAX_PULL_PAGE_SIZE`]); `0` keeps every page at `pull_page_size`. Larger pages
+    /// make a long first sync commit less often; the bound keeps its memory flat.
+    pub pull_page_bytes: usize,
     /// Longest one request may take.
     pub request_timeout: Duration,
 }
@@ -58,6 +63,7 @@ impl SyncConfig {
             pinned_spki_sha256: Vec::new(),
             push_batch_size: 500,
             pull_page_size: 500,
+            pull_page_bytes: 2 << 20,
             request_timeout: Duration::from_secs(60),
         }
     }
@@ -200,7 +206,8 @@ impl SyncClient {
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
     ) -> Result<()> {
         let cursor = blocking(store, |s| s.sync_cursor()).await?;
-        let mut page = self.send_pull(cursor.as_deref()).await?;
+        let mut limit = self.config.pull_page_size;
+        let mut page = self.send_pull(cursor.as_deref(), limit).await?;
         loop {
             report
                 .purged_scopes
@@ -209,10 +216,11 @@ impl SyncClient {
             // the device writes, instead of each waiting for the other. Its cursor is the one
             // this page stores; if storing fails, the next sync asks again from the stored one.
             let next_cursor = page.more.then(|| page.next_cursor.clone());
+            limit = next_page_size(&self.config, limit, &page);
             let apply = blocking(store, move |s| s.apply_pull_page(page));
             let fetch = async {
                 match &next_cursor {
-                    Some(cursor) => self.send_pull(Some(cursor)).await.map(Some),
+                    Some(cursor) => self.send_pull(Some(cursor), limit).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -243,7 +251,7 @@ impl SyncClient {
         decode_response(response)
     }
 
-    async fn send_pull(&self, cursor: Option<&str>) -> Result<PullResponse> {
+    async fn send_pull(&self, cursor: Option<&str>, limit: u32) -> Result<PullResponse> {
         if let Some(cursor) = cursor {
             // Cursors are opaque but the server only makes URL-safe ones.
             if !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -251,7 +259,7 @@ impl SyncClient {
             }
         }
         let request = TransportRequest::Pull {
-            limit: self.config.pull_page_size,
+            limit,
             cursor: cursor.map(str::to_owned),
         };
         let response = self.transport.send(&self.config.token, request).await?;
@@ -261,6 +269,32 @@ impl SyncClient {
 
 /// Largest answer the engine accepts once decompressed.
 const MAX_ANSWER_BYTES: usize = 512 << 20;
+
+/// The most records a pull page grows to (the server's default cap; it may cap lower).
+pub const MAX_PULL_PAGE_SIZE: u32 = 5000;
+
+/// How many records to ask for after `page`, which answered a request for `asked`: as many as
+/// should carry `pull_page_bytes` at `page`'s bytes per record, from `pull_page_size` up to four
+/// times `asked` and [`MAX_PULL_PAGE_SIZE`].
+fn next_page_size(config: &SyncConfig, asked: u32, page: &PullResponse) -> u32 {
+    let floor = config.pull_page_size.max(1);
+    let records = page.records.len();
+    if config.pull_page_bytes == 0 {
+        return floor;
+    }
+    if records == 0 {
+        // Nothing to measure by (every entry of the page was this device's own).
+        return asked.clamp(floor, MAX_PULL_PAGE_SIZE.max(floor));
+    }
+    let bytes: usize = page.records.iter().map(|r| r.payload.byte_len()).sum();
+    let fitting = config.pull_page_bytes as u128 * records as u128 / bytes.max(1) as u128;
+    let ceiling = asked
+        .saturating_mul(4)
+        .clamp(floor, MAX_PULL_PAGE_SIZE.max(floor));
+    u32::try_from(fitting)
+        .unwrap_or(u32::MAX)
+        .clamp(floor, ceiling)
+}
 
 fn decode_response<T: serde::de::DeserializeOwned>(response: TransportResponse) -> Result<T> {
     let status = response.status;
@@ -295,4 +329,65 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&store))
         .await
         .map_err(|_| Error::Corrupt("a store task panicked".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_bytes::ByteBuf;
+
+    use super::*;
+    use crate::protocol::{Payload, PulledRecord};
+
+    /// A page of `records` whole documents of `bytes` bytes each.
+    fn page(records: usize, bytes: usize) -> PullResponse {
+        let record = PulledRecord {
+            collection: "clients".into(),
+            id: "id".into(),
+            scope: "north".into(),
+            payload: Payload::Document(ByteBuf::from(vec![0; bytes])),
+            fields: None,
+            deleted: false,
+        };
+        PullResponse {
+            records: vec![record; records],
+            next_cursor: "c".into(),
+            more: true,
+            revoked_scopes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn small_pages_grow_fourfold_until_they_carry_the_byte_target() {
+        let mut config = SyncConfig::new("http://localhost", "t");
+        config.pull_page_size = 100;
+        config.pull_page_bytes = 1 << 20;
+        // 100 records of 100 bytes: a megabyte would hold 10,485 of them.
+        assert_eq!(next_page_size(&config, 100, &page(100, 100)), 400);
+        assert_eq!(next_page_size(&config, 400, &page(400, 100)), 1600);
+        assert_eq!(
+            next_page_size(&config, 1600, &page(1600, 100)),
+            MAX_PULL_PAGE_SIZE
+        );
+        // Records of 1 KiB: 1,024 fit.
+        assert_eq!(next_page_size(&config, 1600, &page(1600, 1024)), 1024);
+    }
+
+    #[test]
+    fn large_records_shrink_pages_back_to_the_configured_size_but_not_below() {
+        let mut config = SyncConfig::new("http://localhost", "t");
+        config.pull_page_size = 100;
+        config.pull_page_bytes = 1 << 20;
+        assert_eq!(next_page_size(&config, 4000, &page(4000, 2048)), 512);
+        assert_eq!(next_page_size(&config, 512, &page(512, 1 << 20)), 100);
+        // An empty page (every entry was this device's own) has nothing to measure by.
+        assert_eq!(next_page_size(&config, 2000, &page(0, 0)), 2000);
+    }
+
+    #[test]
+    fn a_zero_byte_target_keeps_every_page_at_the_configured_size() {
+        let mut config = SyncConfig::new("http://localhost", "t");
+        config.pull_page_size = 50;
+        config.pull_page_bytes = 0;
+        assert_eq!(next_page_size(&config, 50, &page(50, 10)), 50);
+    }
 }

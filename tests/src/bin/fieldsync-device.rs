@@ -75,6 +75,8 @@ fn pull(path: &Path, url: &str, token: &str, page_size: u32) {
     let store = open_device(path);
     let mut config = SyncConfig::new(url, token);
     config.pull_page_size = page_size;
+    // Pages stay at `page_size`, so that the test knows where it stops the pull.
+    config.pull_page_bytes = 0;
     let client = SyncClient::new(config).expect("the client builds");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
     let on_progress = |progress: &fieldsync_core::SyncProgress| {
