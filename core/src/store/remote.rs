@@ -126,7 +126,7 @@ pub(super) fn apply(
                 None => {
                     // A whole document with its values is stored unread unless the store has
                     // the record (the insert then does nothing): a first sync looks nothing up.
-                    let stored = match (&values, &record.payload) {
+                    let stored = match (values, &record.payload) {
                         (Some(values), RemotePayload::Document(bytes)) => {
                             store_known(shared, &tx, &record, values, bytes, now)?
                         }
@@ -324,7 +324,7 @@ fn store_known(
     shared: &Shared,
     tx: &Transaction<'_>,
     record: &RemoteRecord,
-    (values, deleted): &(Fields, bool),
+    (mut values, deleted): (Fields, bool),
     bytes: &[u8],
     now: i64,
 ) -> Result<Option<Changed>> {
@@ -340,9 +340,11 @@ fn store_known(
     }
     let mut fields = Fields::new();
     for (name, field) in &decl.fields {
-        match values.get(name).filter(|v| !v.is_null()) {
-            Some(value) if crate::value::check_type(collection, name, field, value).is_ok() => {
-                fields.insert(name.clone(), value.clone());
+        match values.remove_entry(name).filter(|(_, v)| !v.is_null()) {
+            Some((name, value))
+                if crate::value::check_type(collection, &name, field, &value).is_ok() =>
+            {
+                fields.insert(name, value);
             }
             Some(_) => return Ok(None),
             None if field.required => return Ok(None),
@@ -361,7 +363,7 @@ fn store_known(
         id: &record.id,
         stored: bytes,
         tail: 0,
-        deleted: *deleted,
+        deleted,
         created_at: now,
         updated_at: now,
         fields: &fields,

@@ -88,9 +88,9 @@ impl Store {
         let incoming: Vec<Incoming> = page
             .records
             .into_iter()
-            .map(|record| {
-                let values = match (&record.payload, &record.fields) {
-                    (Payload::Document(_), Some(fields)) => Some((fields.clone(), record.deleted)),
+            .map(|mut record| {
+                let values = match (&record.payload, record.fields.take()) {
+                    (Payload::Document(_), Some(fields)) => Some((fields, record.deleted)),
                     _ => None,
                 };
                 Incoming {
