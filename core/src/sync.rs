@@ -206,8 +206,32 @@ impl SyncClient {
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
     ) -> Result<()> {
         let cursor = blocking(store, |s| s.sync_cursor()).await?;
-        let mut limit = self.config.pull_page_size;
-        let mut page = self.send_pull(cursor.as_deref(), limit).await?;
+        let limit = self.config.pull_page_size;
+        let page = self.send_pull(cursor.as_deref(), limit).await?;
+        // A device's first pull that does not fit one page stores its records without indexes
+        // and builds them once at the end, even when the pull fails half-way.
+        let bulk = cursor.is_none() && page.more;
+        if bulk {
+            blocking(store, |s| s.suspend_indexes()).await?;
+        }
+        let pulled = self.pull_pages(store, page, limit, report, progress).await;
+        if bulk {
+            let rebuilt = blocking(store, |s| s.rebuild_indexes()).await;
+            // The pull's own failure says more than the rebuild's.
+            return pulled.and(rebuilt);
+        }
+        pulled
+    }
+
+    /// Stores `page` and the pages after it, each asked for while the one before is stored.
+    async fn pull_pages(
+        &self,
+        store: &Store,
+        mut page: PullResponse,
+        mut limit: u32,
+        report: &mut SyncReport,
+        progress: &(dyn Fn(&SyncReport) + Send + Sync),
+    ) -> Result<()> {
         loop {
             report
                 .purged_scopes

@@ -135,7 +135,17 @@ async fn a_device_killed_during_a_pull_converges_after_restart() {
     child.kill().unwrap();
     child.wait().unwrap();
 
+    // A first pull stores its pages without indexes; opening the store builds them again.
+    assert_eq!(
+        index_count(&tablet_db),
+        0,
+        "the first pull suspended the indexes"
+    );
     let tablet = open_device(&tablet_db);
+    assert!(
+        index_count(&tablet_db) > 0,
+        "opening the store rebuilt them"
+    );
     assert_eq!(
         tablet.count("clients", &Filter::All).unwrap(),
         200,
@@ -157,4 +167,16 @@ async fn a_device_killed_during_a_pull_converges_after_restart() {
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
+}
+
+/// How many of the record tables' indexes a store file has.
+fn index_count(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx:%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
 }

@@ -176,6 +176,83 @@ async fn a_device_offline_through_many_changes_catches_up() {
     }
 }
 
+/// The record tables' indexes in a store file, with their definitions.
+fn indexes(path: &Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx:%'
+             ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_in_many_pages_ends_with_every_index_and_uses_it() {
+    let clinic = Clinic::new();
+    let writer = clinic.device("ada", &["north"], "writer");
+    let writes = (0..400)
+        .map(|i| fieldsync_core::Write::Insert {
+            collection: "clients".into(),
+            id: None,
+            fields: fields(json!({"caseload_id": "north", "name": format!("c{i}")})),
+        })
+        .collect();
+    writer.store.write_batch(writes).unwrap();
+    writer.sync().await;
+
+    let fresh_path = clinic.dir.path().join("fresh.db");
+    let wanted = {
+        let fresh = open_device(&fresh_path);
+        drop(fresh);
+        indexes(&fresh_path)
+    };
+    assert!(!wanted.is_empty());
+    // Pages of 50 growing from there: several pages, stored without indexes until the end.
+    let device = clinic.device("ada", &["north"], "fresh");
+    let report = device.sync().await;
+    assert_eq!(report.pulled, 400);
+    assert_eq!(indexes(&fresh_path), wanted);
+    let plan: Vec<String> = {
+        let conn = rusqlite::Connection::open(&fresh_path).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT _id FROM rec_clients
+                 WHERE caseload_id = 'north' AND _deleted = 0",
+            )
+            .unwrap();
+        stmt.query_map([], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(
+        plan.iter().any(|step| step.contains("USING INDEX")),
+        "{plan:?}"
+    );
+    assert_eq!(
+        device
+            .store
+            .query(
+                "clients",
+                &fieldsync_core::Query {
+                    filter: Filter::Eq {
+                        field: "caseload_id".into(),
+                        value: json!("north"),
+                    },
+                    ..fieldsync_core::Query::default()
+                }
+            )
+            .unwrap()
+            .len(),
+        400
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_server_refuses_stays_local_and_does_not_block_the_rest() {
     let clinic = Clinic::new();

@@ -74,6 +74,33 @@ impl Store {
             .optional()?)
     }
 
+    /// Drops the indexes of the record tables for the rest of a long first sync, which
+    /// [`Store::rebuild_indexes`] puts back at its end. The server sends records in the order
+    /// they last changed, so each page's records land all over an index such as (client,
+    /// start time), and every page's commit rewrites most of that index's pages; built once at
+    /// the end, each index is written once. Queries keep working in between, by scanning. If
+    /// the process ends first, the next [`Store::open`] rebuilds them.
+    pub(crate) fn suspend_indexes(&self) -> Result<()> {
+        let mut db = self.shared.lock();
+        let tx = db
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        super::tables::drop_indexes(&tx, &self.shared.schema)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Creates the indexes [`Store::suspend_indexes`] dropped (nothing if none are missing).
+    pub(crate) fn rebuild_indexes(&self) -> Result<()> {
+        let mut db = self.shared.lock();
+        let tx = db
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        super::tables::rebuild_indexes(&tx, &self.shared.schema)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Merges a pulled page, purges revoked scopes and stores the page's cursor, in one
     /// transaction; then tells subscribers.
     ///
@@ -230,6 +257,46 @@ mod tests {
                 "Ada"
             );
         }
+    }
+
+    fn index_names(store: &Store) -> Vec<String> {
+        let db = store.shared.lock();
+        let mut stmt = db
+            .conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx:%'
+                 ORDER BY name",
+            )
+            .unwrap();
+        stmt.query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn suspended_indexes_come_back_once_and_queries_work_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("s.db"), Synchronous::Normal);
+        store
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": "Ada"})),
+            )
+            .unwrap();
+        let wanted = index_names(&store);
+        assert!(!wanted.is_empty());
+        store.suspend_indexes().unwrap();
+        assert!(index_names(&store).is_empty());
+        let north = crate::Filter::Eq {
+            field: "caseload_id".into(),
+            value: json!("north"),
+        };
+        assert_eq!(store.count("clients", &north).unwrap(), 1);
+        store.rebuild_indexes().unwrap();
+        store.rebuild_indexes().unwrap();
+        assert_eq!(index_names(&store), wanted);
+        assert_eq!(store.count("clients", &north).unwrap(), 1);
     }
 
     #[test]

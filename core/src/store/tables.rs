@@ -135,6 +135,33 @@ pub(crate) fn sync_tables(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
     Ok(())
 }
 
+/// Drops the indexes of every record table (a long first sync inserts faster without them,
+/// see [`Store::suspend_indexes`](crate::Store)); [`rebuild_indexes`] or the next open puts
+/// them back.
+pub(crate) fn drop_indexes(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
+    for name in schema.collections.keys() {
+        let present: Vec<String> = tx
+            .prepare(
+                "SELECT name FROM sqlite_master
+                 WHERE type = 'index' AND tbl_name = ?1 AND name LIKE 'idx:%'",
+            )?
+            .query_map([format!("rec_{name}")], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for index in present {
+            tx.execute_batch(&format!("DROP INDEX \"{index}\""))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates every index the schema wants that is missing.
+pub(crate) fn rebuild_indexes(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
+    for (name, collection) in &schema.collections {
+        sync_indexes(tx, name, collection)?;
+    }
+    Ok(())
+}
+
 /// The indexes a collection needs: the declared ones, plus one on the scope field (sync and
 /// purge select by scope) and one per reference field (deletes look up referencing records),
 /// unless a declared index already starts with that field.
