@@ -19,7 +19,10 @@ trap 'rm -rf "$out"' EXIT
 # recompiling the unchanged bindings would take most of the run.
 generated="$here/target/generated-sources/uniffi"
 if ! diff -rq "$out" "$generated" >/dev/null 2>&1; then
-    rm -rf "$generated"
+    # Everything compiled against the old bindings goes too: a call that leaves out defaulted
+    # arguments is compiled against the constructor's exact signature, and the incremental
+    # compiler does not notice that it changed.
+    rm -rf "$here/target"
     mkdir -p "$(dirname "$generated")"
     cp -r "$out" "$generated"
 fi

@@ -30,12 +30,17 @@ pub struct SyncConfig {
     /// Outbox entries per push.
     #[uniffi(default = 500)]
     pub push_batch_size: u32,
-    /// Records per pull page.
+    /// Records asked for in a pull's first page, and the fewest asked for in any page.
     #[uniffi(default = 500)]
     pub pull_page_size: u32,
     /// Longest one request may take, in milliseconds.
     #[uniffi(default = 60000)]
     pub request_timeout_ms: u64,
+    /// While a pull's pages carry fewer bytes of record data than this, the next page asks for
+    /// more records (at most four times as many, and 5,000); 0 keeps every page at
+    /// `pull_page_size`. It bounds a long first sync's memory.
+    #[uniffi(default = 2097152)]
+    pub pull_page_bytes: u64,
 }
 
 /// What one `sync_now` did.
@@ -143,6 +148,7 @@ impl SyncClient {
             pinned_spki_sha256: config.pinned_spki_sha256,
             push_batch_size: config.push_batch_size as usize,
             pull_page_size: config.pull_page_size,
+            pull_page_bytes: usize::try_from(config.pull_page_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             ..core::SyncConfig::new(config.endpoint, config.token)
         })?;

@@ -116,6 +116,42 @@ def test_progress_is_reported(server, tmp_path, schema):
     assert seen[-1].pulling
 
 
+def test_pull_pages_grow_unless_told_to_stay_fixed(server, tmp_path, schema):
+    writer_token = server.user_with_device("ada", "north")
+    fixed_token = server.user_with_device("bo", "north")
+    growing_token = server.user_with_device("cy", "north")
+    server.start()
+    writer, writer_sync = device(server, tmp_path, schema, "writer", writer_token)
+    writer.write_batch(
+        [
+            fieldsync.Write.INSERT(
+                "clients", None, fieldsync.fields(caseload_id="north", name=f"C{i}")
+            )
+            for i in range(30)
+        ]
+    )
+    sync(writer_sync, writer)
+
+    def pulled_per_page(name, token, **config):
+        store = fieldsync.Store(str(tmp_path / f"{name}.db"), schema)
+        client = fieldsync.SyncClient(
+            fieldsync.SyncConfig(endpoint=server.url, token=token, pull_page_size=10, **config)
+        )
+        seen = []
+
+        class Progress(fieldsync.SyncProgressListener):
+            def on_progress(self, progress):
+                if progress.pulling:
+                    seen.append(progress.pulled)
+
+        assert sync(client, store, Progress()).pulled == 30
+        return seen
+
+    assert pulled_per_page("fixed", fixed_token, pull_page_bytes=0) == [10, 20, 30]
+    # Small records: the second page asks for four times as many, which is the rest.
+    assert pulled_per_page("growing", growing_token) == [10, 30]
+
+
 def test_a_refused_scope_stays_on_the_device_with_its_reason(server, tmp_path, schema):
     token = server.user_with_device("ada", "north")
     server.start()

@@ -3187,13 +3187,19 @@ public struct SyncConfig: Equatable, Hashable {
      */
     public var pushBatchSize: UInt32
     /**
-     * Records per pull page.
+     * Records asked for in a pull's first page, and the fewest asked for in any page.
      */
     public var pullPageSize: UInt32
     /**
      * Longest one request may take, in milliseconds.
      */
     public var requestTimeoutMs: UInt64
+    /**
+     * While a pull's pages carry fewer bytes of record data than this, the next page asks for
+     * more records (at most four times as many, and 5,000); 0 keeps every page at
+     * `pull_page_size`. It bounds a long first sync's memory.
+     */
+    public var pullPageBytes: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3215,11 +3221,16 @@ public struct SyncConfig: Equatable, Hashable {
          * Outbox entries per push.
          */pushBatchSize: UInt32 = UInt32(500), 
         /**
-         * Records per pull page.
+         * Records asked for in a pull's first page, and the fewest asked for in any page.
          */pullPageSize: UInt32 = UInt32(500), 
         /**
          * Longest one request may take, in milliseconds.
-         */requestTimeoutMs: UInt64 = UInt64(60000)) {
+         */requestTimeoutMs: UInt64 = UInt64(60000), 
+        /**
+         * While a pull's pages carry fewer bytes of record data than this, the next page asks for
+         * more records (at most four times as many, and 5,000); 0 keeps every page at
+         * `pull_page_size`. It bounds a long first sync's memory.
+         */pullPageBytes: UInt64 = UInt64(2097152)) {
         self.endpoint = endpoint
         self.token = token
         self.trustedRootsPem = trustedRootsPem
@@ -3227,6 +3238,7 @@ public struct SyncConfig: Equatable, Hashable {
         self.pushBatchSize = pushBatchSize
         self.pullPageSize = pullPageSize
         self.requestTimeoutMs = requestTimeoutMs
+        self.pullPageBytes = pullPageBytes
     }
 
     
@@ -3251,7 +3263,8 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
                 pinnedSpkiSha256: FfiConverterSequenceString.read(from: &buf), 
                 pushBatchSize: FfiConverterUInt32.read(from: &buf), 
                 pullPageSize: FfiConverterUInt32.read(from: &buf), 
-                requestTimeoutMs: FfiConverterUInt64.read(from: &buf)
+                requestTimeoutMs: FfiConverterUInt64.read(from: &buf), 
+                pullPageBytes: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -3263,6 +3276,7 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.pushBatchSize, into: &buf)
         FfiConverterUInt32.write(value.pullPageSize, into: &buf)
         FfiConverterUInt64.write(value.requestTimeoutMs, into: &buf)
+        FfiConverterUInt64.write(value.pullPageBytes, into: &buf)
     }
 }
 
