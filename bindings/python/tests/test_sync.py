@@ -19,6 +19,18 @@ def device(server, tmp_path, schema, name, token):
     return store, client
 
 
+def write_clients(store, count):
+    """Inserts `count` clients of caseload north in one batch."""
+    store.write_batch(
+        [
+            fieldsync.Write.INSERT(
+                "clients", None, fieldsync.fields(caseload_id="north", name=f"C{i}")
+            )
+            for i in range(count)
+        ]
+    )
+
+
 def test_two_stores_converge_and_keep_both_text_edits(server, tmp_path, schema):
     phone_token = server.user_with_device("ada", "north")
     tablet_token = server.user_with_device("bo", "north")
@@ -91,14 +103,7 @@ def test_progress_is_reported(server, tmp_path, schema):
     token = server.user_with_device("ada", "north")
     server.start()
     store, client = device(server, tmp_path, schema, "phone", token)
-    store.write_batch(
-        [
-            fieldsync.Write.INSERT(
-                "clients", None, fieldsync.fields(caseload_id="north", name=f"C{i}")
-            )
-            for i in range(30)
-        ]
-    )
+    write_clients(store, 30)
     seen = []
 
     class Progress(fieldsync.SyncProgressListener):
@@ -122,14 +127,7 @@ def test_pull_pages_grow_unless_told_to_stay_fixed(server, tmp_path, schema):
     growing_token = server.user_with_device("cy", "north")
     server.start()
     writer, writer_sync = device(server, tmp_path, schema, "writer", writer_token)
-    writer.write_batch(
-        [
-            fieldsync.Write.INSERT(
-                "clients", None, fieldsync.fields(caseload_id="north", name=f"C{i}")
-            )
-            for i in range(30)
-        ]
-    )
+    write_clients(writer, 30)
     sync(writer_sync, writer)
 
     def pulled_per_page(name, token, **config):

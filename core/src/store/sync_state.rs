@@ -81,22 +81,23 @@ impl Store {
     /// the end, each index is written once. Queries keep working in between, by scanning. If
     /// the process ends first, the next [`Store::open`] rebuilds them.
     pub(crate) fn suspend_indexes(&self) -> Result<()> {
-        let mut db = self.shared.lock();
-        let tx = db
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        super::tables::drop_indexes(&tx, &self.shared.schema)?;
-        tx.commit()?;
-        Ok(())
+        self.change_indexes(super::tables::drop_indexes)
     }
 
     /// Creates the indexes [`Store::suspend_indexes`] dropped (nothing if none are missing).
     pub(crate) fn rebuild_indexes(&self) -> Result<()> {
+        self.change_indexes(super::tables::rebuild_indexes)
+    }
+
+    fn change_indexes(
+        &self,
+        change: fn(&rusqlite::Transaction<'_>, &crate::Schema) -> Result<()>,
+    ) -> Result<()> {
         let mut db = self.shared.lock();
         let tx = db
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        super::tables::rebuild_indexes(&tx, &self.shared.schema)?;
+        change(&tx, &self.shared.schema)?;
         tx.commit()?;
         Ok(())
     }
