@@ -111,6 +111,9 @@ type DocKey = (String, String);
 struct Db {
     conn: Connection,
     cache: LruCache<DocKey, CachedDoc>,
+    /// Whether a first sync dropped the record indexes and has not built them again yet
+    /// (see `Store::suspend_indexes`).
+    indexes_suspended: bool,
 }
 
 struct Shared {
@@ -209,6 +212,7 @@ impl Store {
                 db: Mutex::new(Db {
                     conn,
                     cache: LruCache::new(cache_size),
+                    indexes_suspended: false,
                 }),
                 schema,
                 tables,

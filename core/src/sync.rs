@@ -205,6 +205,8 @@ impl SyncClient {
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
     ) -> Result<()> {
+        // A first sync cancelled half-way left its indexes to build.
+        blocking(store, |s| s.rebuild_indexes()).await?;
         let cursor = blocking(store, |s| s.sync_cursor()).await?;
         let limit = self.config.pull_page_size;
         let page = self.send_pull(cursor.as_deref(), limit).await?;

@@ -94,7 +94,7 @@ pub(super) fn apply(
     incoming: Vec<Incoming>,
     effects: PageEffects<'_>,
 ) -> Result<(ApplyReport, Vec<Changed>)> {
-    let Db { conn, cache } = db;
+    let Db { conn, cache, .. } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut report = ApplyReport::default();
     let mut changed = purge(shared, &tx, cache, effects.purge_scopes)?;

@@ -81,24 +81,30 @@ impl Store {
     /// the end, each index is written once. Queries keep working in between, by scanning. If
     /// the process ends first, the next [`Store::open`] rebuilds them.
     pub(crate) fn suspend_indexes(&self) -> Result<()> {
-        self.change_indexes(super::tables::drop_indexes)
+        self.change_indexes(true)
     }
 
-    /// Creates the indexes [`Store::suspend_indexes`] dropped (nothing if none are missing).
+    /// Creates the indexes [`Store::suspend_indexes`] dropped; nothing if it did not. A sync
+    /// that was cancelled half-way (its future dropped) leaves them to the next sync.
     pub(crate) fn rebuild_indexes(&self) -> Result<()> {
-        self.change_indexes(super::tables::rebuild_indexes)
+        self.change_indexes(false)
     }
 
-    fn change_indexes(
-        &self,
-        change: fn(&rusqlite::Transaction<'_>, &crate::Schema) -> Result<()>,
-    ) -> Result<()> {
+    fn change_indexes(&self, suspend: bool) -> Result<()> {
         let mut db = self.shared.lock();
+        if db.indexes_suspended == suspend {
+            return Ok(());
+        }
         let tx = db
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        change(&tx, &self.shared.schema)?;
+        if suspend {
+            super::tables::drop_indexes(&tx, &self.shared.schema)?;
+        } else {
+            super::tables::rebuild_indexes(&tx, &self.shared.schema)?;
+        }
         tx.commit()?;
+        db.indexes_suspended = suspend;
         Ok(())
     }
 

@@ -72,7 +72,7 @@ pub(super) fn apply(
     writes: Vec<Write>,
 ) -> Result<(Vec<String>, Vec<Changed>)> {
     let now = super::now_ms();
-    let Db { conn, cache } = db;
+    let Db { conn, cache, .. } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut batch = Batch {
         shared,
