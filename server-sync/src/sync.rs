@@ -525,8 +525,25 @@ fn premerge<'r>(
     .collect()
 }
 
-/// Checks one pushed record and merges it into the stored document.
+/// Checks one pushed record and merges it into the stored document. Automerge panics on some
+/// crafted input in places no single guard covers (a change that applies can still break a
+/// later lookup): a panic anywhere refuses the record, as malformed.
 fn merge(
+    caller: &Caller,
+    actor: Option<&str>,
+    limits: &Limits,
+    record: &PushRecord,
+    stored: Option<StoredRecord>,
+) -> Result<MergedRecord, Rejection> {
+    guarded(|| merge_unguarded(caller, actor, limits, record, stored)).unwrap_or_else(|| {
+        Err(reject(
+            RejectCode::Malformed,
+            "the record's changes or document made Automerge fail",
+        ))
+    })
+}
+
+fn merge_unguarded(
     caller: &Caller,
     actor: Option<&str>,
     limits: &Limits,
