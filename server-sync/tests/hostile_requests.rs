@@ -150,10 +150,16 @@ impl Barrage {
         (0..len).map(|_| self.rng.random()).collect()
     }
 
+    /// `bytes` with one to eight distinct bits flipped: flipping one bit twice would give the
+    /// input back, which may be valid.
     fn flip_bits(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut bytes = bytes.to_vec();
-        for _ in 0..self.rng.random_range(1..=8) {
-            let bit = self.rng.random_range(0..bytes.len() * 8);
+        let count = self.rng.random_range(1..=8).min(bytes.len() * 8);
+        let mut flipped = std::collections::BTreeSet::new();
+        while flipped.len() < count {
+            flipped.insert(self.rng.random_range(0..bytes.len() * 8));
+        }
+        for bit in flipped {
             bytes[bit / 8] ^= 1 << (bit % 8);
         }
         bytes
