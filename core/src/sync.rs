@@ -46,7 +46,7 @@ pub struct SyncConfig {
     pub pull_page_size: u32,
     /// While a pull's pages carry fewer payload bytes than this, the next page asks for as
     /// many records as should fit (at most four times as many as the page before, and at
-    /// most [`MAX_PULL_PAGE_SIZE`]); `0` keeps every page at `pull_page_size`. Larger pages
+    /// most 5,000, the server's default cap); `0` keeps every page at `pull_page_size`. Larger pages
     /// make a long first sync commit less often; the bound keeps its memory flat.
     pub pull_page_bytes: usize,
     /// Longest one request may take.
@@ -297,7 +297,7 @@ impl SyncClient {
 const MAX_ANSWER_BYTES: usize = 512 << 20;
 
 /// The most records a pull page grows to (the server's default cap; it may cap lower).
-pub const MAX_PULL_PAGE_SIZE: u32 = 5000;
+const MAX_PULL_PAGE_SIZE: u32 = 5000;
 
 /// How many records to ask for after `page`, which answered a request for `asked`: as many as
 /// should carry `pull_page_bytes` at `page`'s bytes per record, from `pull_page_size` up to four

@@ -140,18 +140,25 @@ pub(crate) fn sync_tables(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
 /// them back.
 pub(crate) fn drop_indexes(tx: &Transaction<'_>, schema: &Schema) -> Result<()> {
     for name in schema.collections.keys() {
-        let present: Vec<String> = tx
-            .prepare(
-                "SELECT name FROM sqlite_master
-                 WHERE type = 'index' AND tbl_name = ?1 AND name LIKE 'idx:%'",
-            )?
-            .query_map([format!("rec_{name}")], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        for index in present {
+        for (index, _) in present_indexes(tx, name)? {
             tx.execute_batch(&format!("DROP INDEX \"{index}\""))?;
         }
     }
     Ok(())
+}
+
+/// The store's indexes on a collection's table, with their SQL.
+fn present_indexes(tx: &Transaction<'_>, collection: &str) -> Result<Vec<(String, String)>> {
+    let present = tx
+        .prepare(
+            "SELECT name, sql FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = ?1 AND name LIKE 'idx:%'",
+        )?
+        .query_map([format!("rec_{collection}")], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(present)
 }
 
 /// Creates every index the schema wants that is missing.
@@ -210,15 +217,7 @@ fn sync_indexes(tx: &Transaction<'_>, name: &str, collection: &Collection) -> Re
             (index, sql)
         })
         .collect();
-    let present: Vec<(String, String)> = tx
-        .prepare(
-            "SELECT name, sql FROM sqlite_master
-             WHERE type = 'index' AND tbl_name = ?1 AND name LIKE 'idx:%'",
-        )?
-        .query_map([format!("rec_{name}")], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
+    let present = present_indexes(tx, name)?;
     for (index, sql) in &present {
         if !wanted.iter().any(|(n, s)| n == index && s == sql) {
             tx.execute_batch(&format!("DROP INDEX \"{index}\""))?;
