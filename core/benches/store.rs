@@ -185,10 +185,13 @@ fn single_writes(synchronous: Synchronous, present: usize, samples: usize) {
         .map(Result::unwrap)
         .collect();
 
-    let ours = sample(samples, |i| {
-        store.insert("clients", client(present + i)).unwrap();
-    });
-    let theirs = sample(samples, |i| plain_insert(&plain, present + i));
+    let (ours, theirs) = sample_pair(
+        samples,
+        |i| {
+            store.insert("clients", client(present + i)).unwrap();
+        },
+        |i| plain_insert(&plain, present + i),
+    );
     report(
         &format!("insert, one transaction each, {present} present, synchronous={synchronous:?}"),
         &ours,
@@ -199,23 +202,26 @@ fn single_writes(synchronous: Synchronous, present: usize, samples: usize) {
     // Hot: updates go to a working set of 100 records, as when a therapist edits today's
     // clients; their documents stay loaded.
     for (label, spread) in [("any record (cold)", ids.len()), ("100 hot records", 100)] {
-        let ours = sample(samples, |i| {
-            let patch = fields(json!({"risk_score": i as f64, "active": i.is_multiple_of(2)}));
-            store
-                .update("clients", &ids[(i * 7919) % spread], patch)
-                .unwrap();
-        });
-        let theirs = sample(samples, |i| {
-            plain
-                .prepare_cached("UPDATE clients SET risk_score = ?1, active = ?2 WHERE id = ?3")
-                .unwrap()
-                .execute(params![
-                    i as f64,
-                    i.is_multiple_of(2),
-                    plain_ids[(i * 7919) % spread]
-                ])
-                .unwrap();
-        });
+        let (ours, theirs) = sample_pair(
+            samples,
+            |i| {
+                let patch = fields(json!({"risk_score": i as f64, "active": i.is_multiple_of(2)}));
+                store
+                    .update("clients", &ids[(i * 7919) % spread], patch)
+                    .unwrap();
+            },
+            |i| {
+                plain
+                    .prepare_cached("UPDATE clients SET risk_score = ?1, active = ?2 WHERE id = ?3")
+                    .unwrap()
+                    .execute(params![
+                        i as f64,
+                        i.is_multiple_of(2),
+                        plain_ids[(i * 7919) % spread]
+                    ])
+                    .unwrap();
+            },
+        );
         let what = format!(
             "update of {label}, one transaction each, {present} present, synchronous={synchronous:?}"
         );
@@ -277,38 +283,41 @@ fn bulk_insert(size: usize) {
 fn indexed_query(size: usize) {
     let dir = tempfile::tempdir().unwrap();
     let (store, plain) = filled(dir.path(), size);
-    let rounds = 200;
-    let ours = sample(rounds, |i| {
-        let query = Query {
-            filter: Filter::eq("caseload_id", format!("cl-{:04}", i % CASELOADS)),
-            ..Query::default()
-        };
-        let found = store.query("clients", &query).unwrap();
-        assert_eq!(found.len(), size / CASELOADS);
-    });
-    let theirs = sample(rounds, |i| {
-        let mut stmt = plain
-            .prepare_cached(
-                "SELECT id, caseload_id, name, birth_year, active, risk_score FROM clients
-                 WHERE caseload_id = ?1 ORDER BY id",
-            )
-            .unwrap();
-        let rows: Vec<(String, String, String, i64, bool, f64)> = stmt
-            .query_map([format!("cl-{:04}", i % CASELOADS)], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(rows.len(), size / CASELOADS);
-    });
+    let rounds = 1000;
+    let (ours, theirs) = sample_pair(
+        rounds,
+        |i| {
+            let query = Query {
+                filter: Filter::eq("caseload_id", format!("cl-{:04}", i % CASELOADS)),
+                ..Query::default()
+            };
+            let found = store.query("clients", &query).unwrap();
+            assert_eq!(found.len(), size / CASELOADS);
+        },
+        |i| {
+            let mut stmt = plain
+                .prepare_cached(
+                    "SELECT id, caseload_id, name, birth_year, active, risk_score FROM clients
+                     WHERE caseload_id = ?1 ORDER BY id",
+                )
+                .unwrap();
+            let rows: Vec<(String, String, String, i64, bool, f64)> = stmt
+                .query_map([format!("cl-{:04}", i % CASELOADS)], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(rows.len(), size / CASELOADS);
+        },
+    );
     report(
         &format!(
             "indexed query returning {} of {size} records",
@@ -394,6 +403,27 @@ fn sample(count: usize, mut op: impl FnMut(usize)) -> Vec<Duration> {
         .collect();
     times.sort_unstable();
     times
+}
+
+/// Times `ours` and `theirs` alternately, so that a machine that speeds up or slows down during
+/// the run (other processes, the disk's flushes) affects both sides alike.
+fn sample_pair(
+    count: usize,
+    mut ours: impl FnMut(usize),
+    mut theirs: impl FnMut(usize),
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut timed = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for i in 0..count {
+        let start = Instant::now();
+        ours(i);
+        timed.0.push(start.elapsed());
+        let start = Instant::now();
+        theirs(i);
+        timed.1.push(start.elapsed());
+    }
+    timed.0.sort_unstable();
+    timed.1.sort_unstable();
+    timed
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -78,18 +78,23 @@ pub(crate) fn to_sql_output(field_type: FieldType, value: &Value) -> ToSqlOutput
     }
 }
 
-/// Reads a materialized column back into a field value.
-pub(crate) fn from_sql(field_type: FieldType, value: SqlValue) -> Result<Value> {
+/// Reads a materialized column back into a field value, copying only what the value keeps.
+pub(crate) fn from_sql(field_type: FieldType, value: ValueRef<'_>) -> Result<Value> {
+    let text = |bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| Error::Corrupt("a text column does not hold UTF-8".into()))
+    };
     Ok(match (field_type, value) {
-        (_, SqlValue::Null) => Value::Null,
-        (FieldType::Boolean, SqlValue::Integer(i)) => Value::Bool(i != 0),
-        (FieldType::Json, SqlValue::Text(s)) => serde_json::from_str(&s)
+        (_, ValueRef::Null) => Value::Null,
+        (FieldType::Boolean, ValueRef::Integer(i)) => Value::Bool(i != 0),
+        (FieldType::Json, ValueRef::Text(s)) => serde_json::from_slice(s)
             .map_err(|_| Error::Corrupt("a json column does not hold JSON".into()))?,
-        (FieldType::Float, SqlValue::Integer(i)) => Value::from(i as f64),
-        (_, SqlValue::Integer(i)) => Value::from(i),
-        (_, SqlValue::Real(f)) => Value::from(f),
-        (_, SqlValue::Text(s)) => Value::String(s),
-        (_, SqlValue::Blob(_)) => return Err(Error::Corrupt("unexpected blob column".into())),
+        (FieldType::Float, ValueRef::Integer(i)) => Value::from(i as f64),
+        (_, ValueRef::Integer(i)) => Value::from(i),
+        (_, ValueRef::Real(f)) => Value::from(f),
+        (_, ValueRef::Text(s)) => Value::String(text(s)?),
+        (_, ValueRef::Blob(_)) => return Err(Error::Corrupt("unexpected blob column".into())),
     })
 }
 
@@ -131,6 +136,17 @@ mod tests {
     }
 
     #[test]
+    fn a_column_that_is_not_its_type_reads_as_corrupt() {
+        for (field_type, raw) in [
+            (FieldType::String, ValueRef::Text(b"\xff\xfe")),
+            (FieldType::Json, ValueRef::Text(b"{not json")),
+            (FieldType::String, ValueRef::Blob(b"x")),
+        ] {
+            assert!(matches!(from_sql(field_type, raw), Err(Error::Corrupt(_))));
+        }
+    }
+
+    #[test]
     fn sql_values_round_trip() {
         let cases = [
             (FieldType::Boolean, json!(true)),
@@ -142,7 +158,7 @@ mod tests {
         ];
         for (field_type, value) in cases {
             assert_eq!(
-                from_sql(field_type, to_sql(field_type, &value)).unwrap(),
+                from_sql(field_type, (&to_sql(field_type, &value)).into()).unwrap(),
                 value
             );
         }

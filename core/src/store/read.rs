@@ -44,12 +44,10 @@ pub(super) fn get(
     id: &str,
 ) -> Result<Option<Record>> {
     let table = shared.table(collection)?;
-    let sql = format!("{} WHERE _id = ?1 AND _deleted = 0", table.select);
+    let sql = format!("{} WHERE _id = ?1 AND _deleted = 0", table.select_live);
     let mut stmt = conn.prepare_cached(&sql)?;
     let record = stmt
-        .query_row([id], |row| {
-            Ok(row_to_record(shared, collection, table, row))
-        })
+        .query_row([id], |row| Ok(row_to_record(collection, table, row)))
         .optional()?;
     record.transpose()
 }
@@ -72,13 +70,13 @@ pub(super) fn query(
     let n = filter.params.len();
     let sql = format!(
         "{} WHERE _deleted = 0 AND {} ORDER BY {order} LIMIT ?{} OFFSET ?{n}",
-        table.select,
+        table.select_live,
         filter.sql,
         n - 1
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(filter.params.iter()), |row| {
-        Ok(row_to_record(shared, collection, table, row))
+        Ok(row_to_record(collection, table, row))
     })?;
     let mut records = Vec::new();
     for row in rows {
@@ -185,7 +183,7 @@ impl DocRow {
     /// Loads the document: the CPU part of [`load_cached_doc`], which needs no connection.
     pub(super) fn load(self, shared: &Shared, collection: &str) -> Result<CachedDoc> {
         let fields = self.fields?;
-        let scope = scope_of(shared, collection, &fields)?;
+        let scope = scope_of(shared.table(collection)?, &fields)?;
         let doc = crate::document::load_doc(&self.bytes, &shared.actor)?;
         Ok(CachedDoc {
             doc,
@@ -245,43 +243,37 @@ pub(super) fn referencing(
     Ok(ids.collect::<Result<_, _>>()?)
 }
 
-fn row_to_record(
-    shared: &Shared,
-    collection: &str,
-    table: &TableSql,
-    row: &Row<'_>,
-) -> Result<Record> {
-    let fields = read_fields(table, row, 4)?;
+/// A record from a row of [`TableSql::select_live`].
+fn row_to_record(collection: &str, table: &TableSql, row: &Row<'_>) -> Result<Record> {
+    let fields = read_fields(table, row, 3)?;
     Ok(Record {
         collection: collection.to_owned(),
         id: row.get(0)?,
-        scope: scope_of(shared, collection, &fields)?,
+        scope: scope_of(table, &fields)?,
         fields,
-        created_at_ms: row.get(2)?,
-        updated_at_ms: row.get(3)?,
+        created_at_ms: row.get(1)?,
+        updated_at_ms: row.get(2)?,
     })
+}
+
+fn scope_of(table: &TableSql, fields: &Fields) -> Result<String> {
+    fields
+        .get(&table.fields[table.scope_position])
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Corrupt("a record has no scope".into()))
 }
 
 /// The declared fields from the row's columns starting at `first`; unset fields are left out.
 fn read_fields(table: &TableSql, row: &Row<'_>, first: usize) -> Result<Fields> {
     let mut fields = Fields::new();
     for (i, (name, field_type)) in table.fields.iter().zip(&table.types).enumerate() {
-        let raw: SqlValue = row.get(first + i)?;
-        let value = value::from_sql(*field_type, raw)?;
+        let value = value::from_sql(*field_type, row.get_ref(first + i)?)?;
         if !value.is_null() {
             fields.insert(name.clone(), value);
         }
     }
     Ok(fields)
-}
-
-fn scope_of(shared: &Shared, collection: &str, fields: &Fields) -> Result<String> {
-    let scope_field = &shared.schema.collection(collection)?.scope_field;
-    fields
-        .get(scope_field)
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| Error::Corrupt("a record has no scope".into()))
 }
 
 /// What one row of a record table holds, for [`row_values`].

@@ -31,6 +31,11 @@ pub(crate) struct TableSql {
     pub select_doc: String,
     /// Selects `_id, _deleted, _created_at, _updated_at, fields...`; append a WHERE clause.
     pub select: String,
+    /// Selects `_id, _created_at, _updated_at, fields...`, for live records only (a query
+    /// filters on `_deleted` and need not read it back); append a WHERE clause.
+    pub select_live: String,
+    /// Position in `fields` of the collection's scope field.
+    pub scope_position: usize,
     /// The table's quoted name.
     pub table: String,
 }
@@ -80,6 +85,12 @@ impl TableSql {
         let field_list = quoted.join(", ");
         let select =
             format!("SELECT _id, _deleted, _created_at, _updated_at, {field_list} FROM {table}");
+        let select_live =
+            format!("SELECT _id, _created_at, _updated_at, {field_list} FROM {table}");
+        let scope_position = fields
+            .iter()
+            .position(|f| *f == collection.scope_field)
+            .expect("a validated schema declares its scope field");
         let select_doc = format!(
             "SELECT _doc, _doc_tail, _deleted, _created_at, {field_list} FROM {table} WHERE _id = ?1"
         );
@@ -91,6 +102,8 @@ impl TableSql {
             upsert,
             select_doc,
             select,
+            select_live,
+            scope_position,
             table,
         }
     }
