@@ -35,9 +35,11 @@ struct Args {
     /// Seconds of writing and syncing.
     #[arg(long, default_value_t = 30.0)]
     seconds: f64,
-    /// Mean milliseconds between a device's syncs. Each sync is a push and at least one pull:
-    /// keep this above what the server's per-device rate limit allows (20 a second by default).
-    #[arg(long, default_value_t = 1000)]
+    /// Mean milliseconds between a device's syncs. The default is the busiest a device on the
+    /// engine's default background sync gets: it syncs 2 seconds after its writes pause. Each
+    /// sync is a push and at least one pull: keep this above what the server's per-device rate
+    /// limit allows (20 a second by default).
+    #[arg(long, default_value_t = 2000)]
     interval_ms: u64,
     /// Where the devices' stores go (a temporary directory inside it is removed at the end).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
