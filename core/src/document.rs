@@ -40,7 +40,8 @@ pub(crate) fn new_doc(actor: &ActorId) -> AutoCommit {
     AutoCommit::new_with_encoding(TEXT_ENCODING).with_actor(actor.clone())
 }
 
-/// Loads saved document bytes (a full save, optionally followed by incremental chunks).
+/// Loads stored document bytes (a full save or a first change, optionally followed by more
+/// changes).
 pub(crate) fn load_doc(bytes: &[u8], actor: &ActorId) -> Result<AutoCommit> {
     let corrupt = || Error::Corrupt("a record document does not load".into());
     // Stored bytes can be damaged on disk, and Automerge panics on some malformed input.

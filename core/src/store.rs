@@ -83,8 +83,8 @@ pub struct OutboxEntry {
     pub record_id: String,
     /// Scope of the record.
     pub scope: String,
-    /// What to send: one Automerge change, or for a record's first write the saved document
-    /// (as compact, and it spares encoding the change twice).
+    /// What to send: one Automerge change (a new record's is the bytes its row holds, encoded
+    /// once). Entries written by earlier versions may hold a new record's saved document.
     pub payload: RemotePayload,
 }
 

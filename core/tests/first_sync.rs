@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use common::{fields, options, schema};
 use fieldsync_core::protocol::{self, PullResponse, PulledRecord};
 use fieldsync_core::{
-    BoxFuture, RemotePayload, Store, SyncClient, SyncConfig, Transport, TransportRequest,
-    TransportResponse,
+    BoxFuture, Store, SyncClient, SyncConfig, Transport, TransportRequest, TransportResponse,
 };
 use serde_bytes::ByteBuf;
 use serde_json::json;
@@ -71,9 +70,9 @@ fn first_sync_page(count: usize, more: bool) -> PullResponse {
         .unwrap()
         .into_iter()
         .map(|entry| {
-            let RemotePayload::Document(document) = entry.payload else {
-                panic!("a record's first write is sent whole")
-            };
+            let document = sender
+                .document(&entry.collection, &entry.record_id)
+                .unwrap();
             let values = sender.get("clients", &entry.record_id).unwrap().unwrap();
             PulledRecord {
                 collection: entry.collection,

@@ -58,12 +58,20 @@ fn target_with(target_options: StoreOptions) -> Target {
     sender
         .update("clients", &waiting, fields(json!({"birth_year": 2001})))
         .unwrap();
-    let outbox = sender.outbox(100).unwrap();
-    let (waiting_change, first): (Vec<_>, Vec<_>) = outbox
+    let outbox: Vec<_> = sender
+        .outbox(100)
+        .unwrap()
         .into_iter()
         .map(|e| e.into_remote())
-        .partition(|r| r.id == waiting && matches!(r.payload, RemotePayload::Changes(_)));
-    let first: Vec<_> = first.into_iter().filter(|r| r.id == existing).collect();
+        .collect();
+    // The update of `waiting` without the insert it depends on.
+    let waiting_change: Vec<_> = outbox
+        .iter()
+        .filter(|r| r.id == waiting)
+        .skip(1)
+        .cloned()
+        .collect();
+    let first: Vec<_> = outbox.into_iter().filter(|r| r.id == existing).collect();
     let report = store.apply_remote(first).unwrap();
     assert_eq!(report.changed, 1);
     let report = store.apply_remote(waiting_change).unwrap();
@@ -637,14 +645,15 @@ fn changes_whose_dependencies_never_arrive_wait_within_their_bound() {
     let report = target.refused(&id, RemotePayload::Changes(vec![change(1)]));
     assert!(reason(&report).contains("waiting for missing dependencies"));
 
-    let document = match &entries[0].payload {
-        RemotePayload::Document(document) => document.clone(),
-        RemotePayload::Changes(_) => unreachable!(),
-    };
     let report = target
         .store
         .apply_remote(vec![
-            record("clients", &id, "north", RemotePayload::Document(document)),
+            record(
+                "clients",
+                &id,
+                "north",
+                RemotePayload::Changes(vec![change(0)]),
+            ),
             record(
                 "clients",
                 &id,

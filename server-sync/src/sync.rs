@@ -576,8 +576,20 @@ fn merge_unguarded(
     if matches!(&record.payload, Payload::Changes(changes) if changes.is_empty()) {
         return Err(reject(RejectCode::Malformed, "the record holds no changes"));
     }
-    if let (None, Payload::Document(bytes)) = (&stored, &record.payload) {
-        return new_record_from_document(actor, limits, bytes);
+    match (&stored, &record.payload) {
+        (None, Payload::Document(bytes)) => return new_record_as_sent(actor, limits, bytes),
+        // A new record's first change, as devices send it. Automerge loads a change as it
+        // loads a document, and one change is a third smaller than a save of it; one that
+        // needs changes the server lacks takes the general path, which says so.
+        (None, Payload::Changes(raw))
+            if raw.len() == 1
+                && decode_change(&raw[0], limits.max_decompressed_bytes)?
+                    .deps()
+                    .is_empty() =>
+        {
+            return new_record_as_sent(actor, limits, &raw[0]);
+        }
+        _ => {}
     }
     let mut doc = match &stored {
         Some(stored) => guarded(|| AutoCommit::load(&stored.doc).ok())
@@ -669,9 +681,9 @@ fn merge_unguarded(
     })
 }
 
-/// A record the server does not have yet, pushed as its whole document: loading it validates
-/// it, and it is stored as sent (it is already a compact save), without a merge.
-fn new_record_from_document(
+/// A record the server does not have yet, pushed as its whole document or as its one change:
+/// loading it validates it, and it is stored as sent (it is already compact), without a merge.
+fn new_record_as_sent(
     actor: Option<&str>,
     limits: &Limits,
     bytes: &[u8],
@@ -864,6 +876,50 @@ mod tests {
             ]
         );
         assert_eq!(merger.applied, 24 + 3 + 5);
+    }
+
+    #[test]
+    fn a_new_record_pushed_as_its_one_change_is_stored_as_sent() {
+        let device = ActorId::random();
+        let caller = caller(&device);
+        let actor = caller.actor.as_deref();
+        let limits = Limits::default();
+        let mut doc = document(&device, "Ada");
+        let first = doc.save_after(&[]);
+        let merged = merge(
+            &caller,
+            actor,
+            &limits,
+            &pushed("a", "north", changes(first.clone())),
+            None,
+        )
+        .unwrap();
+        assert_eq!(merged.doc, first);
+        assert_eq!(merged.new_changes, vec![first.clone()]);
+        assert!(merged.fields_json.contains("Ada"));
+        assert!(merged.doc.len() < doc.save().len());
+
+        // A second change alone, for a record the server lacks, needs the first.
+        let second = edit(&mut doc, "visits", 1);
+        let missing = merge(
+            &caller,
+            actor,
+            &limits,
+            &pushed("b", "north", changes(second)),
+            None,
+        );
+        assert_eq!(missing.unwrap_err().code, RejectCode::MissingDependencies);
+
+        // Another device's first change is refused as such.
+        let colleague = document(&ActorId::random(), "Bo").save_after(&[]);
+        let foreign = merge(
+            &caller,
+            actor,
+            &limits,
+            &pushed("c", "north", changes(colleague)),
+            None,
+        );
+        assert_eq!(foreign.unwrap_err().code, RejectCode::ForeignActor);
     }
 
     #[test]

@@ -343,11 +343,15 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
             .map(PushRecord::from)
             .collect(),
     };
-    let documents = outbox_push("documents");
-    let documents_body = protocol::encode(&documents);
-    let pushed = barrage.push("setup", documents_body.clone()).await.unwrap();
+    let created = outbox_push("created");
+    let created_body = protocol::encode(&created);
+    let pushed = barrage.push("setup", created_body.clone()).await.unwrap();
     assert!(pushed.results.iter().all(|r| r.rejected.is_none()));
     phone.acknowledge_outbox(i64::MAX).unwrap();
+    let real_documents: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| phone.document("clients", id).unwrap())
+        .collect();
     for id in &ids {
         phone
             .splice_text("clients", id, "notes", 0, 0, "more ")
@@ -364,14 +368,6 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
         .flat_map(|r| match &r.payload {
             Payload::Changes(c) => c.iter().map(|c| c.to_vec()).collect(),
             Payload::Document(d) => vec![d.to_vec()],
-        })
-        .collect();
-    let real_documents: Vec<Vec<u8>> = documents
-        .records
-        .iter()
-        .filter_map(|r| match &r.payload {
-            Payload::Document(d) => Some(d.to_vec()),
-            Payload::Changes(_) => None,
         })
         .collect();
     let north = vec!["north".to_owned()];
@@ -409,7 +405,7 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
 
         // Every base body, truncated; the edits, with bits flipped before and after DEFLATE.
         let base = if barrage.rng.random_bool(0.5) {
-            documents_body.clone()
+            created_body.clone()
         } else {
             edits_body.clone()
         };

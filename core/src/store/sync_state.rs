@@ -208,14 +208,7 @@ mod tests {
     /// A page holding `id`'s whole document on `from`, with its values, as the server sends
     /// it on a first sync.
     fn whole_document_page(from: &Store, id: &str, cursor: &str, more: bool) -> PullResponse {
-        let bytes: Vec<u8> = from
-            .shared
-            .lock()
-            .conn
-            .query_row("SELECT _doc FROM rec_clients WHERE _id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .unwrap();
+        let bytes = from.document("clients", id).unwrap();
         let record = from.get("clients", id).unwrap().unwrap();
         PullResponse {
             records: vec![PulledRecord {
