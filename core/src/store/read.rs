@@ -185,6 +185,8 @@ impl DocRow {
         let fields = self.fields?;
         let scope = scope_of(shared.table(collection)?, &fields)?;
         let doc = crate::document::load_doc(&self.bytes, &shared.actor)?;
+        let compact_next =
+            self.tail > 0 || !crate::document::starts_with_saved_document(&self.bytes);
         Ok(CachedDoc {
             doc,
             fields,
@@ -193,7 +195,7 @@ impl DocRow {
             deleted: self.deleted,
             stored: self.bytes,
             tail: self.tail,
-            compact_next: self.tail > 0,
+            compact_next,
         })
     }
 }
