@@ -579,7 +579,7 @@ fn merge_unguarded(
     match (&stored, &record.payload) {
         (None, Payload::Document(bytes)) => return new_record_as_sent(actor, limits, bytes),
         // A new record's first change, as devices send it. Automerge loads a change as it
-        // loads a document, and one change is a third smaller than a save of it; one that
+        // loads a document, and one change is 20-30% smaller than a save of it; one that
         // needs changes the server lacks takes the general path, which says so.
         (None, Payload::Changes(raw))
             if raw.len() == 1

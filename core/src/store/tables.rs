@@ -3,7 +3,8 @@
 //!
 //! Table `rec_<collection>` has the store's columns `_id`, `_doc` (the saved Automerge
 //! document, or the record's first change, possibly followed by changes appended since),
-//! `_doc_tail` (how many were appended), `_deleted`, `_created_at`, `_updated_at`, then one column per declared field.
+//! `_doc_tail` (how many were appended), `_deleted`, `_created_at`, `_updated_at`, then one
+//! column per declared field.
 //! Names come from the validated schema (`[a-z][a-z0-9_]*`) and are always quoted.
 
 use std::collections::BTreeSet;

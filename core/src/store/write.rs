@@ -246,7 +246,7 @@ fn encode_insert(
     document::init_fields(&mut doc, decl, &fields)?;
     document::commit(&mut doc, now);
     // The record's one change, not a saved document: Automerge loads either, and for a single
-    // change the change chunk is about a third smaller (no head hash, no change index). Most
+    // change the change chunk is 20-30% smaller (no head hash, no change index). Most
     // records are written once; an edited one is saved whole once its tail grows or it is
     // written after a cold load.
     let stored = doc.save_after(&[]);
