@@ -316,7 +316,9 @@ pub trait Storage: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> Result<Page<DocumentEntry>>;
-    /// Records a pull in the audit log and the device's last sync time.
+    /// Records a pull in the audit log and the device's last sync time. A pull that brought
+    /// nothing moves the last sync time only if it is [`IDLE_PULL_RECORDED_EVERY_MS`] old or
+    /// more, and otherwise writes nothing.
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
@@ -378,6 +380,12 @@ fn redact_password(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+/// How stale a device's last sync time may grow before a pull that brought nothing updates
+/// it. A device's sync after a local write pushes (which records the time) and then pulls,
+/// usually nothing; a write for that pull would cost a commit and, on SQLite, a WAL flush to
+/// wait for, to move a time that the device list and `active_devices` read to the minute.
+pub const IDLE_PULL_RECORDED_EVERY_MS: i64 = 60_000;
 
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> i64 {

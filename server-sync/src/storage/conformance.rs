@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use fieldsync_core::protocol::{Payload, PushRecord, RejectCode, Rejection};
 use serde_bytes::ByteBuf;
 
-use super::{Access, AuditQuery, MergedRecord, Role, Storage, StoredRecord};
+use super::{Access, AuditQuery, MergedRecord, Role, Storage, StoredRecord, now_ms};
 
 /// Runs every check, each on a new storage from `fresh`.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
@@ -23,6 +23,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     feed_pages_in_order_by_scope(&*fresh());
     documents_page_by_last_change(&*fresh());
     audit_and_activity(&*fresh());
+    idle_pulls_move_the_last_sync_at_most_once_a_minute(&*fresh());
     a_record_pushed_twice_in_one_batch_keeps_both(&*fresh());
     concurrent_pushes_lose_nothing_and_readers_skip_nothing(&*fresh());
 }
@@ -418,6 +419,48 @@ fn audit_and_activity(storage: &dyn Storage) {
     assert_eq!(storage.active_devices(0).unwrap(), 2);
     assert_eq!(storage.active_devices(i64::MAX).unwrap(), 0);
     storage.ping().unwrap();
+}
+
+fn idle_pulls_move_the_last_sync_at_most_once_a_minute(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let last_sync = || {
+        storage
+            .list_devices()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.id == phone)
+            .unwrap()
+            .last_sync_at
+    };
+    // A device's first pull is recorded even when it brought nothing.
+    storage.record_pull(phone, &[]).unwrap();
+    let first = last_sync().expect("a first pull sets the last sync time");
+    // Let the clock pass the first time, so that an update would show.
+    while now_ms() <= first {
+        std::hint::spin_loop();
+    }
+    storage.record_pull(phone, &[]).unwrap();
+    assert_eq!(
+        last_sync(),
+        Some(first),
+        "an idle pull within the minute writes nothing"
+    );
+    assert!(
+        storage
+            .audit(&AuditQuery {
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+    storage
+        .record_pull(phone, &[("clients".into(), "a".into(), "north".into())])
+        .unwrap();
+    assert!(
+        last_sync().unwrap() > first,
+        "a pull that brought records is recorded"
+    );
 }
 
 fn a_record_pushed_twice_in_one_batch_keeps_both(storage: &dyn Storage) {

@@ -32,9 +32,9 @@ use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant, Merge,
-    MergedRecord, Page, Result, Role, Storage, StoredRecord, TokenRecord, decode_changes,
-    encode_changes, now_ms,
+    Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
+    IDLE_PULL_RECORDED_EVERY_MS, Merge, MergedRecord, Page, Result, Role, Storage, StoredRecord,
+    TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
@@ -621,6 +621,16 @@ impl Storage for PostgresStorage {
 
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {
         let mut conn = self.conn()?;
+        if records.is_empty() {
+            // Outside a transaction: an update that matches no row commits nothing to flush.
+            let now = now_ms();
+            conn.execute(
+                "UPDATE devices SET last_sync_at = $2
+                 WHERE id = $1 AND (last_sync_at IS NULL OR last_sync_at <= $3)",
+                &[&device_id, &now, &(now - IDLE_PULL_RECORDED_EVERY_MS)],
+            )?;
+            return Ok(());
+        }
         let mut tx = conn.transaction()?;
         let now = now_ms();
         let user_id = user_of_device(&mut tx, device_id)?;

@@ -20,8 +20,9 @@ use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant, Merge, Page,
-    Result, Role, Storage, StoredRecord, TokenRecord, decode_changes, encode_changes, now_ms,
+    Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
+    IDLE_PULL_RECORDED_EVERY_MS, Merge, Page, Result, Role, Storage, StoredRecord, TokenRecord,
+    decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
@@ -440,6 +441,18 @@ impl Storage for SqliteStorage {
     }
 
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {
+        if records.is_empty() {
+            let recent: bool = self.read(|conn| {
+                Ok(conn.query_row(
+                    "SELECT coalesce(last_sync_at > ?2, 0) FROM devices WHERE id = ?1",
+                    params![device_id, now_ms() - IDLE_PULL_RECORDED_EVERY_MS],
+                    |row| row.get(0),
+                )?)
+            })?;
+            if recent {
+                return Ok(());
+            }
+        }
         self.write(|conn| record_pull_in(conn, device_id, records))
     }
 
@@ -741,5 +754,21 @@ mod tests {
         assert_eq!(storage.wal_flushes(), before + 1);
         storage.create_user("dave", Role::Member).unwrap();
         assert_eq!(storage.wal_flushes(), before + 2);
+    }
+
+    #[test]
+    fn a_pull_that_brought_nothing_soon_after_a_sync_commits_and_flushes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
+        let user = storage.create_user("ada", Role::Member).unwrap();
+        let device = storage.create_device(user, "phone").unwrap();
+        storage.record_pull(device, &[]).unwrap();
+        let before = storage.wal_flushes();
+        storage.record_pull(device, &[]).unwrap();
+        assert_eq!(storage.wal_flushes(), before);
+        storage
+            .record_pull(device, &[("c".into(), "r".into(), "s".into())])
+            .unwrap();
+        assert_eq!(storage.wal_flushes(), before + 1);
     }
 }
