@@ -36,3 +36,26 @@ fn the_audit_log_is_append_only() {
     );
     assert!(conn.execute("DELETE FROM audit", []).is_err());
 }
+
+#[test]
+fn several_processes_opening_a_new_file_at_once_migrate_it_once() {
+    // An admin command run while the server starts opens the same new file at the same moment;
+    // separate connections, here on threads, take SQLite's file locks as processes do.
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let (start, path) = (start.clone(), path.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    SqliteStorage::open(&path).map(drop)
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
+    }
+}

@@ -14,7 +14,7 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
@@ -55,10 +55,8 @@ impl SqliteStorage {
     /// Opens (or creates) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStorage> {
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
-            row.get::<_, String>(0)
-        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        enable_wal(&conn)?;
         // SQLite's default page cache (2 MiB) would send most record reads of a busy server
         // back to the file system; a server can afford 64 MiB.
         conn.execute_batch(
@@ -176,22 +174,51 @@ impl SqliteStorage {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let current = usize::try_from(current).unwrap_or(usize::MAX);
-    if current > MIGRATIONS.len() {
-        return Err(ServerError::Corrupt(format!(
-            "the database has schema version {current}, newer than this server ({})",
-            MIGRATIONS.len()
-        )));
+/// How long a statement waits for another connection's lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Switches the file to write-ahead logging. Changing the journal mode fails at once with
+/// `SQLITE_BUSY`, without SQLite's busy handler, when another process holds the file (two
+/// processes opening a new file together), so it is retried here for as long as a statement
+/// would wait; once the other process has switched the file, the retry finds it switched.
+fn enable_wal(conn: &Connection) -> Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |row| {
+            row.get::<_, String>(0)
+        }) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(err, _))
+                if err.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
-    for (index, step) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    loop {
+        // Each step reads the version under the write lock: another process opening the same
+        // file at the same moment (an admin command while the server starts) waits for the
+        // step in progress and then sees it applied, instead of applying it a second time.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        let current = usize::try_from(current).unwrap_or(usize::MAX);
+        if current > MIGRATIONS.len() {
+            return Err(ServerError::Corrupt(format!(
+                "the database has schema version {current}, newer than this server ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some(step) = MIGRATIONS.get(current) else {
+            return Ok(());
+        };
         tx.execute_batch(step)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", index + 1))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", current + 1))?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 fn placeholders(from: usize, count: usize) -> String {
