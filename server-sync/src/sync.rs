@@ -882,18 +882,14 @@ mod tests {
     fn a_new_record_pushed_as_its_one_change_is_stored_as_sent() {
         let device = ActorId::random();
         let caller = caller(&device);
-        let actor = caller.actor.as_deref();
         let limits = Limits::default();
+        let push_new = |id: &str, change: Vec<u8>| {
+            let record = pushed(id, "north", changes(change));
+            merge(&caller, caller.actor.as_deref(), &limits, &record, None)
+        };
         let mut doc = document(&device, "Ada");
         let first = doc.save_after(&[]);
-        let merged = merge(
-            &caller,
-            actor,
-            &limits,
-            &pushed("a", "north", changes(first.clone())),
-            None,
-        )
-        .unwrap();
+        let merged = push_new("a", first.clone()).unwrap();
         assert_eq!(merged.doc, first);
         assert_eq!(merged.new_changes, vec![first.clone()]);
         assert!(merged.fields_json.contains("Ada"));
@@ -901,24 +897,12 @@ mod tests {
 
         // A second change alone, for a record the server lacks, needs the first.
         let second = edit(&mut doc, "visits", 1);
-        let missing = merge(
-            &caller,
-            actor,
-            &limits,
-            &pushed("b", "north", changes(second)),
-            None,
-        );
+        let missing = push_new("b", second);
         assert_eq!(missing.unwrap_err().code, RejectCode::MissingDependencies);
 
         // Another device's first change is refused as such.
         let colleague = document(&ActorId::random(), "Bo").save_after(&[]);
-        let foreign = merge(
-            &caller,
-            actor,
-            &limits,
-            &pushed("c", "north", changes(colleague)),
-            None,
-        );
+        let foreign = push_new("c", colleague);
         assert_eq!(foreign.unwrap_err().code, RejectCode::ForeignActor);
     }
 
