@@ -46,8 +46,8 @@ pub struct SyncConfig {
     pub pull_page_size: u32,
     /// While a pull's pages carry fewer payload bytes than this, the next page asks for as
     /// many records as should fit (at most four times as many as the page before, and at
-    /// most 5,000, the server's default cap); `0` keeps every page at `pull_page_size`. Larger pages
-    /// make a long first sync commit less often; the bound keeps its memory flat.
+    /// most 5,000, the server's default cap); `0` keeps every page at `pull_page_size`.
+    /// Larger pages make a long first sync commit less often; the bound keeps its memory flat.
     pub pull_page_bytes: usize,
     /// Longest one request may take.
     pub request_timeout: Duration,

@@ -35,6 +35,20 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// The record tables' indexes in a store file (`idx:` names), with their definitions.
+pub fn record_indexes(path: &std::path::Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(path).expect("the store file opens");
+    let mut stmt = conn
+        .prepare(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx:%'
+             ORDER BY name",
+        )
+        .expect("sqlite_master reads");
+    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .and_then(|rows| rows.collect())
+        .expect("the index list reads")
+}
+
 /// A field map from a JSON object literal.
 pub fn fields(value: serde_json::Value) -> Fields {
     value.as_object().cloned().expect("a JSON object")

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use fieldsync_core::protocol::{self, PushRecord, PushRequest};
 use fieldsync_core::{Filter, SyncClient, SyncConfig};
 use fieldsync_tests::server::{ServerProcess, partial_push};
-use fieldsync_tests::{fields, open_device};
+use fieldsync_tests::{fields, open_device, record_indexes};
 use serde_json::json;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
@@ -136,14 +136,13 @@ async fn a_device_killed_during_a_pull_converges_after_restart() {
     child.wait().unwrap();
 
     // A first pull stores its pages without indexes; opening the store builds them again.
-    assert_eq!(
-        index_count(&tablet_db),
-        0,
+    assert!(
+        record_indexes(&tablet_db).is_empty(),
         "the first pull suspended the indexes"
     );
     let tablet = open_device(&tablet_db);
     assert!(
-        index_count(&tablet_db) > 0,
+        !record_indexes(&tablet_db).is_empty(),
         "opening the store rebuilt them"
     );
     assert_eq!(
@@ -167,16 +166,4 @@ async fn a_device_killed_during_a_pull_converges_after_restart() {
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
-}
-
-/// How many of the record tables' indexes a store file has.
-fn index_count(path: &Path) -> i64 {
-    rusqlite::Connection::open(path)
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx:%'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap()
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use fieldsync_core::{Error, Filter, Store, SyncClient, SyncConfig};
 use fieldsync_tests::server::ServerProcess;
-use fieldsync_tests::{fields, open_device};
+use fieldsync_tests::{fields, open_device, record_indexes};
 use serde_json::json;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
@@ -176,21 +176,6 @@ async fn a_device_offline_through_many_changes_catches_up() {
     }
 }
 
-/// The record tables' indexes in a store file, with their definitions.
-fn indexes(path: &Path) -> Vec<(String, String)> {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx:%'
-             ORDER BY name",
-        )
-        .unwrap();
-    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_sync_in_many_pages_ends_with_every_index_and_uses_it() {
     let clinic = Clinic::new();
@@ -209,14 +194,14 @@ async fn a_first_sync_in_many_pages_ends_with_every_index_and_uses_it() {
     let wanted = {
         let fresh = open_device(&fresh_path);
         drop(fresh);
-        indexes(&fresh_path)
+        record_indexes(&fresh_path)
     };
     assert!(!wanted.is_empty());
     // Pages of 50 growing from there: several pages, stored without indexes until the end.
     let device = clinic.device("ada", &["north"], "fresh");
     let report = device.sync().await;
     assert_eq!(report.pulled, 400);
-    assert_eq!(indexes(&fresh_path), wanted);
+    assert_eq!(record_indexes(&fresh_path), wanted);
     let plan: Vec<String> = {
         let conn = rusqlite::Connection::open(&fresh_path).unwrap();
         let mut stmt = conn
