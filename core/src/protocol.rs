@@ -138,10 +138,13 @@ pub struct PulledRecord {
     pub scope: String,
     /// New changes, or the whole document (first sync, old cursor).
     pub payload: Payload,
-    /// With a whole document: its current values by root key, so that a device can store a
-    /// large first sync without loading every document.
+    /// The record's current values by root key: always with a whole document, so that a
+    /// device can store a large first sync without loading every document; with changes when
+    /// they are the record's latest on the server, so that a device holding everything that
+    /// came before them (nothing unsent of its own) can append them to its stored document
+    /// and take these values instead of loading it. A device may always ignore them and merge.
     pub fields: Option<Fields>,
-    /// With a whole document: whether the record is deleted.
+    /// With `fields`: whether the record is deleted.
     pub deleted: bool,
 }
 

@@ -160,6 +160,10 @@ pub struct FeedEntry {
     pub device_id: i64,
     /// Automerge changes.
     pub changes: Vec<Vec<u8>>,
+    /// The record's current values (JSON) and deleted flag, when this entry is its latest
+    /// change: a device holding everything before it can then store them without loading
+    /// the document. Read in the same snapshot as the entry.
+    pub latest: Option<(String, bool)>,
 }
 
 /// A whole record, for first syncs.

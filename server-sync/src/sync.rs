@@ -10,6 +10,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use fieldsync_core::Fields;
 use fieldsync_core::protocol::{
     self, DecodeError, Payload, PullResponse, PulledRecord, PushRecord, PushRequest, RejectCode,
     Rejection,
@@ -194,9 +195,7 @@ pub async fn pull(
                     .entries
                     .into_iter()
                     .map(|entry| {
-                        let fields = serde_json::from_str(&entry.fields_json).map_err(|_| {
-                            ServerError::Corrupt("stored values do not decode".into())
-                        })?;
+                        let fields = decode_fields(&entry.fields_json)?;
                         Ok(PulledRecord {
                             collection: entry.collection,
                             id: entry.record_id,
@@ -223,17 +222,23 @@ pub async fn pull(
                     .into_iter()
                     // A device already has the changes it pushed.
                     .filter(|entry| entry.device_id != caller.device_id)
-                    .map(|entry| PulledRecord {
-                        collection: entry.collection,
-                        id: entry.record_id,
-                        scope: entry.scope,
-                        payload: Payload::Changes(
-                            entry.changes.into_iter().map(ByteBuf::from).collect(),
-                        ),
-                        fields: None,
-                        deleted: false,
+                    .map(|entry| {
+                        let (fields, deleted) = match entry.latest {
+                            Some((json, deleted)) => (Some(decode_fields(&json)?), deleted),
+                            None => (None, false),
+                        };
+                        Ok(PulledRecord {
+                            collection: entry.collection,
+                            id: entry.record_id,
+                            scope: entry.scope,
+                            payload: Payload::Changes(
+                                entry.changes.into_iter().map(ByteBuf::from).collect(),
+                            ),
+                            fields,
+                            deleted,
+                        })
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>, ServerError>>()?;
                 let next = Cursor {
                     documents: false,
                     seq: page.last_seq,
@@ -259,6 +264,11 @@ pub async fn pull(
     Metrics::add(&state.metrics.records_pulled, response.records.len());
     state.metrics.pull_latency.observe(started.elapsed());
     Ok(message_response(&response))
+}
+
+fn decode_fields(json: &str) -> Result<Fields, ServerError> {
+    serde_json::from_str(json)
+        .map_err(|_| ServerError::Corrupt("stored values do not decode".into()))
 }
 
 /// Authenticates the caller, then checks the protocol version; without a valid token nothing

@@ -149,11 +149,11 @@ pub(super) fn load_cached_doc(
 
 /// A record's stored document and row, read but not yet loaded.
 pub(super) struct DocRow {
-    bytes: Vec<u8>,
-    tail: u32,
-    deleted: bool,
-    created_at: i64,
-    fields: Result<Fields>,
+    pub bytes: Vec<u8>,
+    pub tail: u32,
+    pub deleted: bool,
+    pub created_at: i64,
+    pub fields: Result<Fields>,
 }
 
 /// Reads what [`DocRow::load`] turns into a loaded document: the database part of

@@ -63,8 +63,9 @@ pub struct RejectedRecord {
     pub reason: String,
 }
 
-/// A remote record and, when the sender computed them, its values and deleted flag: with
-/// those, a whole document for a record new to this store is stored without loading it.
+/// A remote record and, when the server sent them, its current values and deleted flag: with
+/// those, a whole document for a record new to this store is stored without loading it, and
+/// changes that bring a record up to the server's state are appended without loading it.
 pub(crate) struct Incoming {
     pub record: RemoteRecord,
     pub values: Option<(Fields, bool)>,
@@ -84,9 +85,15 @@ impl From<RemoteRecord> for Incoming {
 pub(crate) struct PageEffects<'a> {
     /// Scopes to delete every local record of (hard delete, no tombstones).
     pub purge_scopes: &'a [String],
-    /// The pull cursor to store with the merged records.
+    /// The pull cursor to store with the merged records; `None` for records that come from
+    /// elsewhere than the server's feed ([`Store::apply_remote`](crate::Store::apply_remote)).
     pub cursor: Option<&'a str>,
 }
+
+/// The `sync_state` key set once records merged from elsewhere than the server's feed: the
+/// store may then hold changes the server lacks, and the server's values no longer describe
+/// its documents.
+const MERGED_OUTSIDE_SYNC: &str = "merged_outside_sync";
 
 pub(super) fn apply(
     shared: &Shared,
@@ -105,10 +112,16 @@ pub(super) fn apply(
         tx.query_row("SELECT EXISTS (SELECT 1 FROM pending_changes)", [], |row| {
             row.get(0)
         })?;
+    let from_feed = effects.cursor.is_some();
+    let appendable = if from_feed && !any_pending {
+        Appendable::read(&tx, &incoming)?
+    } else {
+        Appendable::default()
+    };
     let mut ahead = if any_pending {
         HashMap::new()
     } else {
-        merge_ahead(shared, &tx, cache, &incoming, now)?
+        merge_ahead(shared, &tx, cache, &incoming, &appendable, now)?
     };
     for Incoming { record, values } in incoming {
         let key = (record.collection.clone(), record.id.clone());
@@ -126,9 +139,13 @@ pub(super) fn apply(
                 None => {
                     // A whole document with its values is stored unread unless the store has
                     // the record (the insert then does nothing): a first sync looks nothing up.
+                    // Changes with the record's latest values are appended unread.
                     let stored = match (values, &record.payload) {
                         (Some(values), RemotePayload::Document(bytes)) => {
                             store_known(shared, &tx, &record, values, bytes, now)?
+                        }
+                        (Some(values), RemotePayload::Changes(raw)) if appendable.allows(&key) => {
+                            append_known(shared, &tx, &record, values, raw, now)?
                         }
                         _ => None,
                     };
@@ -200,6 +217,12 @@ pub(super) fn apply(
             [cursor],
         )?;
     }
+    if !from_feed && report.changed > 0 {
+        tx.prepare_cached(
+            "INSERT INTO sync_state (key, value) VALUES (?1, '1') ON CONFLICT (key) DO NOTHING",
+        )?
+        .execute([MERGED_OUTSIDE_SYNC])?;
+    }
     report.waiting_changes = tx.query_row("SELECT count(*) FROM pending_changes", [], |row| {
         row.get::<_, i64>(0)
     })? as usize;
@@ -248,6 +271,7 @@ fn merge_ahead(
     tx: &Transaction<'_>,
     cache: &mut lru::LruCache<DocKey, CachedDoc>,
     incoming: &[Incoming],
+    appendable: &Appendable,
     now: i64,
 ) -> Result<HashMap<DocKey, Ahead>> {
     let threads = crate::parallel::threads(MAX_MERGE_THREADS);
@@ -260,6 +284,8 @@ fn merge_ahead(
     }
     let candidates: Vec<&RemoteRecord> = incoming
         .iter()
+        // Records that may be appended unread are left to the page's loop.
+        .filter(|incoming| incoming.values.is_none() || !appendable.allows_record(&incoming.record))
         .map(|incoming| &incoming.record)
         .filter(|record| {
             matches!(record.payload, RemotePayload::Changes(_))
@@ -324,36 +350,17 @@ fn store_known(
     shared: &Shared,
     tx: &Transaction<'_>,
     record: &RemoteRecord,
-    (mut values, deleted): (Fields, bool),
+    (values, deleted): (Fields, bool),
     bytes: &[u8],
     now: i64,
 ) -> Result<Option<Changed>> {
     let collection = record.collection.as_str();
-    let (Ok(decl), Ok(table)) = (
-        shared.schema.collection(collection),
-        shared.table(collection),
-    ) else {
+    let Ok(table) = shared.table(collection) else {
         return Ok(None);
     };
-    if super::write::check_id(&record.id).is_err() {
+    let Some(fields) = fit_values(shared, record, values) else {
         return Ok(None);
-    }
-    let mut fields = Fields::new();
-    for (name, field) in &decl.fields {
-        match values.remove_entry(name).filter(|(_, v)| !v.is_null()) {
-            Some((name, value))
-                if crate::value::check_type(collection, &name, field, &value).is_ok() =>
-            {
-                fields.insert(name, value);
-            }
-            Some(_) => return Ok(None),
-            None if field.required => return Ok(None),
-            None => {}
-        }
-    }
-    if fields.get(&decl.scope_field).and_then(|v| v.as_str()) != Some(record.scope.as_str()) {
-        return Ok(None);
-    }
+    };
     // The document is stored unread, but it is loaded on the first write, history or merge:
     // one that inflates past the limit must not get in this way.
     if protocol::check_inflated_size(bytes, protocol::MAX_RECORD_INFLATED_BYTES).is_err() {
@@ -376,6 +383,178 @@ fn store_known(
     }
     let after = (!deleted).then_some(fields);
     Ok(Some(super::changed(collection, &record.id, None, after)))
+}
+
+/// The declared fields of `record` out of the values the server sent for it; `None` if the
+/// record is not one this store can hold as they stand (unknown collection, invalid id, a value
+/// of the wrong type, a required field missing, another scope): the caller then merges the
+/// Automerge data the slow way, which reports what is wrong.
+fn fit_values(shared: &Shared, record: &RemoteRecord, mut values: Fields) -> Option<Fields> {
+    let collection = record.collection.as_str();
+    let decl = shared.schema.collection(collection).ok()?;
+    super::write::check_id(&record.id).ok()?;
+    let mut fields = Fields::new();
+    for (name, field) in &decl.fields {
+        match values.remove_entry(name).filter(|(_, v)| !v.is_null()) {
+            Some((name, value))
+                if crate::value::check_type(collection, &name, field, &value).is_ok() =>
+            {
+                fields.insert(name, value);
+            }
+            Some(_) => return None,
+            None if field.required => return None,
+            None => {}
+        }
+    }
+    let scope = fields.get(&decl.scope_field).and_then(|v| v.as_str());
+    (scope == Some(record.scope.as_str())).then_some(fields)
+}
+
+/// Which records of a pulled page may take the server's values with their changes instead of
+/// a merge: the server's state of a record is the device's plus the page's changes only when
+/// the device holds nothing the server lacks. That is not so for a record with unsent writes
+/// (in the outbox), with writes the server refused, or when changes were merged from elsewhere
+/// than the feed; nor while changes wait for their dependencies.
+#[derive(Default)]
+struct Appendable {
+    enabled: bool,
+    /// Records with unsent or refused local writes.
+    excluded: std::collections::HashSet<DocKey>,
+}
+
+impl Appendable {
+    fn read(tx: &Transaction<'_>, incoming: &[Incoming]) -> Result<Appendable> {
+        let offered = incoming
+            .iter()
+            .any(|i| i.values.is_some() && matches!(i.record.payload, RemotePayload::Changes(_)));
+        if !offered {
+            return Ok(Appendable::default());
+        }
+        let merged_outside: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM sync_state WHERE key = ?1)")?
+            .query_row([MERGED_OUTSIDE_SYNC], |row| row.get(0))?;
+        if merged_outside {
+            return Ok(Appendable::default());
+        }
+        let mut stmt = tx.prepare_cached(
+            "SELECT collection, record_id FROM outbox
+             UNION SELECT collection, record_id FROM server_rejections",
+        )?;
+        let excluded = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Appendable {
+            enabled: true,
+            excluded,
+        })
+    }
+
+    fn allows(&self, key: &DocKey) -> bool {
+        self.enabled && !self.excluded.contains(key)
+    }
+
+    fn allows_record(&self, record: &RemoteRecord) -> bool {
+        self.allows(&(record.collection.clone(), record.id.clone()))
+    }
+}
+
+/// Appends pulled changes to a record's stored document and takes the server's values for it,
+/// without loading the document (which costs far more than the rest of a merge); `None` when
+/// the record must merge the slow way: its stored row is damaged or in another scope, the
+/// values do not fit the schema, a change does not decode, the row's appended changes would
+/// reach [`super::write::COMPACT_AFTER`] (the merge then saves it whole), or, for a record new
+/// to the store, the changes are not its whole history. Only for records
+/// [`Appendable::allows`].
+fn append_known(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    record: &RemoteRecord,
+    (values, deleted): (Fields, bool),
+    raw: &[Vec<u8>],
+    now: i64,
+) -> Result<Option<Changed>> {
+    let collection = record.collection.as_str();
+    let Ok(table) = shared.table(collection) else {
+        return Ok(None);
+    };
+    let Some(fields) = fit_values(shared, record, values) else {
+        return Ok(None);
+    };
+    let Some(changes) = decode_bounded(raw) else {
+        return Ok(None);
+    };
+    let row = read::read_doc_row(shared, tx, collection, &record.id)?;
+    let (mut stored, tail, created_at, before) = match row {
+        Some(row) => {
+            let Ok(local) = row.fields else {
+                return Ok(None);
+            };
+            let local_scope = shared
+                .schema
+                .collection(collection)
+                .ok()
+                .and_then(|decl| local.get(&decl.scope_field))
+                .and_then(|v| v.as_str());
+            let tail = row.tail.saturating_add(changes.len() as u32);
+            if local_scope != Some(record.scope.as_str()) || tail >= super::write::COMPACT_AFTER {
+                return Ok(None);
+            }
+            let before = (!row.deleted).then_some(local);
+            (row.bytes, tail, row.created_at, before)
+        }
+        None => {
+            if !is_whole_history(&changes) {
+                return Ok(None);
+            }
+            (Vec::new(), changes.len() as u32 - 1, now, None)
+        }
+    };
+    for bytes in raw {
+        stored.extend_from_slice(bytes);
+    }
+    let row = read::RowData {
+        id: &record.id,
+        stored: &stored,
+        tail,
+        deleted,
+        created_at,
+        updated_at: now,
+        fields: &fields,
+    };
+    tx.prepare_cached(&table.upsert)?
+        .execute(rusqlite::params_from_iter(read::row_values(table, &row)))?;
+    let after = (!deleted).then_some(fields);
+    Ok(Some(super::changed(collection, &record.id, before, after)))
+}
+
+/// The changes decoded, if each decodes and all of them together inflate to no more than a
+/// record may.
+fn decode_bounded(raw: &[Vec<u8>]) -> Option<Vec<Change>> {
+    if raw.is_empty() {
+        return None;
+    }
+    let mut budget = protocol::MAX_RECORD_INFLATED_BYTES;
+    for bytes in raw {
+        budget -= protocol::inflated_size(bytes, budget).ok()?;
+    }
+    raw.iter()
+        .map(|bytes| decode_change(bytes.clone()))
+        .collect()
+}
+
+/// Whether `changes`, in order, are a document's whole history: the first depends on nothing
+/// and each later one only on changes before it.
+fn is_whole_history(changes: &[Change]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    changes.iter().enumerate().all(|(i, change)| {
+        let fits = if i == 0 {
+            change.deps().is_empty()
+        } else {
+            change.deps().iter().all(|dep| seen.contains(dep))
+        };
+        seen.insert(change.hash());
+        fits
+    })
 }
 
 /// Deletes every local record of the scopes, with their outbox entries, waiting changes and

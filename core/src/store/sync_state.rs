@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::remote::{Incoming, PageEffects};
 use super::{OutboxEntry, Store, Synchronous, now_ms, remote};
 use crate::error::Result;
-use crate::protocol::{Payload, PullResponse, PushResponse};
+use crate::protocol::{PullResponse, PushResponse};
 use crate::store::ApplyReport;
 use crate::subscription::ChangeOrigin;
 
@@ -123,10 +123,7 @@ impl Store {
             .records
             .into_iter()
             .map(|mut record| {
-                let values = match (&record.payload, record.fields.take()) {
-                    (Payload::Document(_), Some(fields)) => Some((fields, record.deleted)),
-                    _ => None,
-                };
+                let values = record.fields.take().map(|fields| (fields, record.deleted));
                 Incoming {
                     record: record.into(),
                     values,
@@ -183,15 +180,16 @@ mod tests {
     use super::*;
     use serde_bytes::ByteBuf;
 
-    use crate::protocol::PulledRecord;
-    use crate::{Fields, Schema, StoreOptions};
+    use crate::protocol::{Payload, PulledRecord, PushResult, RejectCode, Rejection};
+    use crate::{Fields, RemotePayload, RemoteRecord, Schema, StoreOptions};
 
     fn open(path: &std::path::Path, synchronous: Synchronous) -> Store {
         let schema = Schema::from_json(
             r#"{"collections": {"clients": {"scope_field": "caseload_id", "fields": {
                 "caseload_id": {"type": "string", "required": true},
                 "name": {"type": "string", "required": true},
-                "phone": {"type": "string"}}}}}"#,
+                "phone": {"type": "string"},
+                "notes": {"type": "text"}}}}}"#,
         )
         .unwrap();
         let options = StoreOptions {
@@ -331,5 +329,284 @@ mod tests {
         let merged = device.get("clients", &id).unwrap().unwrap().fields;
         assert_eq!(merged["name"], "Ada L.", "the incoming edit is merged");
         assert_eq!(merged["phone"], "555", "the local edit is kept");
+    }
+
+    /// `from`'s unsent changes to `id` as one feed entry that is the record's latest, with
+    /// `from`'s values, as the server sends it; `from`'s outbox is then acknowledged.
+    fn latest_changes_page(from: &Store, id: &str, cursor: &str) -> PullResponse {
+        let entries = from.outbox(1000).unwrap();
+        let changes: Vec<ByteBuf> = entries
+            .iter()
+            .filter(|entry| entry.record_id == id)
+            .flat_map(|entry| match &entry.payload {
+                RemotePayload::Changes(changes) => changes.clone(),
+                RemotePayload::Document(doc) => vec![doc.clone()],
+            })
+            .map(ByteBuf::from)
+            .collect();
+        assert!(!changes.is_empty());
+        from.acknowledge_outbox(entries.last().unwrap().seq)
+            .unwrap();
+        let record = from.get("clients", id).unwrap().unwrap();
+        PullResponse {
+            records: vec![PulledRecord {
+                collection: "clients".into(),
+                id: id.into(),
+                scope: record.scope,
+                payload: Payload::Changes(changes),
+                fields: Some(record.fields),
+                deleted: false,
+            }],
+            next_cursor: cursor.into(),
+            more: false,
+            revoked_scopes: Vec::new(),
+        }
+    }
+
+    /// The record's stored document bytes and how many changes they have appended.
+    fn stored_row(store: &Store, id: &str) -> (Vec<u8>, u32) {
+        let db = store.shared.lock();
+        db.conn
+            .query_row(
+                "SELECT _doc, _doc_tail FROM \"rec_clients\" WHERE _id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap()
+    }
+
+    fn page_changes(page: &PullResponse) -> Vec<u8> {
+        match &page.records[0].payload {
+            Payload::Changes(changes) => changes.iter().flat_map(|c| c.to_vec()).collect(),
+            Payload::Document(_) => unreachable!(),
+        }
+    }
+
+    /// A record on `server_side` and on a device that got it whole, as after a first sync.
+    fn synced_pair(dir: &std::path::Path) -> (Store, Store, String) {
+        let server_side = open(&dir.join("a.db"), Synchronous::Normal);
+        let device = open(&dir.join("b.db"), Synchronous::Normal);
+        let id = server_side
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": "Ada", "notes": "First visit."})),
+            )
+            .unwrap();
+        let first = server_side.outbox(10).unwrap().last().unwrap().seq;
+        server_side.acknowledge_outbox(first).unwrap();
+        device
+            .apply_pull_page(whole_document_page(&server_side, &id, "c0", false))
+            .unwrap();
+        (server_side, device, id)
+    }
+
+    #[test]
+    fn changes_with_the_record_s_latest_values_are_appended_to_its_document_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        server_side
+            .update("clients", &id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        server_side
+            .splice_text("clients", &id, "notes", 0, 5, "Second")
+            .unwrap();
+        let page = latest_changes_page(&server_side, &id, "c1");
+        let (bytes_before, tail_before) = stored_row(&device, &id);
+
+        let report = device.apply_pull_page(page.clone()).unwrap();
+        assert_eq!((report.changed, report.rejected.len()), (1, 0));
+        let (bytes_after, tail_after) = stored_row(&device, &id);
+        assert_eq!(tail_after, tail_before + 2, "both changes appended");
+        assert_eq!(bytes_after, [bytes_before, page_changes(&page)].concat());
+        let expected = server_side.get("clients", &id).unwrap().unwrap().fields;
+        assert_eq!(
+            device.get("clients", &id).unwrap().unwrap().fields,
+            expected
+        );
+        assert_eq!(device.sync_cursor().unwrap().as_deref(), Some("c1"));
+
+        // The appended document loads whole: a local write builds on every change.
+        device
+            .update("clients", &id, fields(json!({"phone": "555"})))
+            .unwrap();
+        let record = device.get("clients", &id).unwrap().unwrap().fields;
+        assert_eq!(record["name"], "Ada L.");
+        assert_eq!(record["notes"], "Second visit.");
+        assert_eq!(record["phone"], "555");
+        assert_eq!(device.history("clients", &id).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_record_with_unsent_writes_merges_pulled_changes_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        device
+            .update("clients", &id, fields(json!({"phone": "555"})))
+            .unwrap();
+        // Reopened, the device has no document in memory.
+        drop(device);
+        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
+        server_side
+            .update("clients", &id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        // The server's values lack the device's unsent write: taking them would hide it.
+        let report = device
+            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
+            .unwrap();
+        assert_eq!(report.changed, 1);
+        let record = device.get("clients", &id).unwrap().unwrap().fields;
+        assert_eq!(
+            (record["name"].as_str(), record["phone"].as_str()),
+            (Some("Ada L."), Some("555"))
+        );
+        assert_eq!(stored_row(&device, &id).1, 0, "merged and saved whole");
+    }
+
+    #[test]
+    fn a_record_the_server_refused_merges_pulled_changes_instead() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        device
+            .update("clients", &id, fields(json!({"phone": "555"})))
+            .unwrap();
+        let entries = device.outbox(10).unwrap();
+        let refused = PushResponse {
+            results: vec![PushResult {
+                collection: "clients".into(),
+                id: id.clone(),
+                rejected: Some(Rejection {
+                    code: RejectCode::TooLarge,
+                    message: "refused".into(),
+                }),
+            }],
+        };
+        device.complete_push(&entries, &refused).unwrap();
+        assert_eq!(device.outbox_len().unwrap(), 0);
+        drop(device);
+        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
+        server_side
+            .update("clients", &id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        device
+            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
+            .unwrap();
+        let record = device.get("clients", &id).unwrap().unwrap().fields;
+        assert_eq!(
+            (record["name"].as_str(), record["phone"].as_str()),
+            (Some("Ada L."), Some("555"))
+        );
+    }
+
+    #[test]
+    fn after_a_merge_from_elsewhere_pulled_changes_always_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        // Another device's edit reaches this one directly, not through the server.
+        let peer = open(&dir.path().join("peer.db"), Synchronous::Normal);
+        peer.apply_pull_page(whole_document_page(&server_side, &id, "p0", false))
+            .unwrap();
+        peer.update("clients", &id, fields(json!({"phone": "777"})))
+            .unwrap();
+        let from_peer: Vec<RemoteRecord> = peer
+            .outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(|entry| RemoteRecord {
+                collection: entry.collection,
+                id: entry.record_id,
+                scope: entry.scope,
+                payload: entry.payload,
+            })
+            .collect();
+        assert_eq!(device.apply_remote(from_peer).unwrap().changed, 1);
+        // Reopened: the mark outlives the process.
+        drop(device);
+        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
+        server_side
+            .update("clients", &id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        device
+            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
+            .unwrap();
+        let record = device.get("clients", &id).unwrap().unwrap().fields;
+        assert_eq!(
+            (record["name"].as_str(), record["phone"].as_str()),
+            (Some("Ada L."), Some("777"))
+        );
+    }
+
+    #[test]
+    fn a_new_record_s_whole_history_is_stored_from_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, _) = synced_pair(dir.path());
+        let id = server_side
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": "Bo"})),
+            )
+            .unwrap();
+        server_side
+            .update("clients", &id, fields(json!({"phone": "123"})))
+            .unwrap();
+        let page = latest_changes_page(&server_side, &id, "c1");
+        device.apply_pull_page(page.clone()).unwrap();
+        assert_eq!(stored_row(&device, &id), (page_changes(&page), 1));
+        assert_eq!(
+            device.get("clients", &id).unwrap().unwrap().fields,
+            server_side.get("clients", &id).unwrap().unwrap().fields
+        );
+        device
+            .splice_text("clients", &id, "notes", 0, 0, "Met at school.")
+            .unwrap();
+        assert_eq!(device.history("clients", &id).unwrap().len(), 3);
+
+        // A record new to the device whose first change is missing waits for it, values or not.
+        let (other, _) = (
+            server_side
+                .insert(
+                    "clients",
+                    fields(json!({"caseload_id": "north", "name": "Cy"})),
+                )
+                .unwrap(),
+            (),
+        );
+        let first = server_side.outbox(10).unwrap().last().unwrap().seq;
+        server_side.acknowledge_outbox(first).unwrap();
+        server_side
+            .update("clients", &other, fields(json!({"phone": "9"})))
+            .unwrap();
+        let report = device
+            .apply_pull_page(latest_changes_page(&server_side, &other, "c2"))
+            .unwrap();
+        assert_eq!((report.changed, report.waiting_changes), (0, 1));
+        assert!(device.get("clients", &other).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_document_is_saved_whole_before_its_appended_changes_reach_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        let mut tails = Vec::new();
+        for round in 0..2 * crate::store::write::COMPACT_AFTER {
+            server_side
+                .update("clients", &id, fields(json!({"phone": round.to_string()})))
+                .unwrap();
+            device
+                .apply_pull_page(latest_changes_page(&server_side, &id, &format!("c{round}")))
+                .unwrap();
+            tails.push(stored_row(&device, &id).1);
+        }
+        assert!(
+            tails
+                .iter()
+                .all(|&tail| tail < crate::store::write::COMPACT_AFTER)
+        );
+        assert!(tails.contains(&0), "saved whole at least once: {tails:?}");
+        assert!(tails.contains(&(crate::store::write::COMPACT_AFTER - 1)));
+        let last = (2 * crate::store::write::COMPACT_AFTER - 1).to_string();
+        assert_eq!(
+            device.get("clients", &id).unwrap().unwrap().fields["phone"],
+            last.as_str()
+        );
     }
 }

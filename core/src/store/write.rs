@@ -559,7 +559,7 @@ impl Batch<'_> {
 }
 
 /// How many changes may be appended to a stored document before it is saved whole again.
-const COMPACT_AFTER: u32 = 32;
+pub(super) const COMPACT_AFTER: u32 = 32;
 
 /// The value as materialization reads it back: floats stay floats even when written as `3`.
 fn normalize(field_type: FieldType, value: Value) -> Value {

@@ -21,6 +21,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     stored_records_as_named(&*fresh());
     replayed_batches_change_nothing(&*fresh());
     feed_pages_in_order_by_scope(&*fresh());
+    feed_entries_carry_their_record_s_values_when_latest(&*fresh());
     documents_page_by_last_change(&*fresh());
     audit_and_activity(&*fresh());
     idle_pulls_move_the_last_sync_at_most_once_a_minute(&*fresh());
@@ -345,6 +346,42 @@ fn feed_pages_in_order_by_scope(storage: &dyn Storage) {
         .feed_page(&["north".into(), "south".into()], 0, 100)
         .unwrap();
     assert_eq!(both.entries.len(), 10);
+}
+
+fn feed_entries_carry_their_record_s_values_when_latest(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    // The values name the last change; a change named "gone" deletes the record.
+    let mut accept_named = |record: &PushRecord, stored: Option<StoredRecord>| {
+        let mut merged = accept(record, stored)?;
+        let Payload::Changes(changes) = &record.payload else {
+            unreachable!("tests push changes")
+        };
+        let last = String::from_utf8_lossy(changes.last().unwrap()).into_owned();
+        merged.fields_json = format!("{{\"last\": \"{last}\"}}");
+        merged.deleted = last == "gone";
+        Ok(merged)
+    };
+    for (batch, id, change) in [("b1", "a", "one"), ("b2", "b", "gone"), ("b3", "a", "two")] {
+        storage
+            .push(
+                phone,
+                batch,
+                &[record_with(id, "north", change.as_bytes())],
+                &mut accept_named,
+            )
+            .unwrap();
+    }
+    let page = storage.feed_page(&["north".into()], 0, 10).unwrap();
+    let latest: Vec<Option<(String, bool)>> =
+        page.entries.into_iter().map(|entry| entry.latest).collect();
+    assert_eq!(
+        latest,
+        [
+            None,
+            Some(("{\"last\": \"gone\"}".to_owned(), true)),
+            Some(("{\"last\": \"two\"}".to_owned(), false)),
+        ]
+    );
 }
 
 fn documents_page_by_last_change(storage: &dyn Storage) {

@@ -570,8 +570,12 @@ impl Storage for PostgresStorage {
             return Ok(Page::empty(after));
         }
         let rows = self.conn()?.query(
-            "SELECT seq, collection, record_id, scope, device_id, changes FROM feed
-             WHERE seq > $1 AND scope = ANY($3) ORDER BY seq LIMIT $2",
+            "SELECT f.seq, f.collection, f.record_id, f.scope, f.device_id, f.changes,
+                    r.fields, r.deleted
+             FROM feed f
+             LEFT JOIN records r
+               ON r.collection = f.collection AND r.id = f.record_id AND r.updated_seq = f.seq
+             WHERE f.seq > $1 AND f.scope = ANY($3) ORDER BY f.seq LIMIT $2",
             &[&after, &(i64::from(limit) + 1), &scopes],
         )?;
         let entries = rows
@@ -584,6 +588,9 @@ impl Storage for PostgresStorage {
                     scope: row.get(3),
                     device_id: row.get(4),
                     changes: decode_changes(row.get(5))?,
+                    latest: row
+                        .get::<_, Option<String>>(6)
+                        .map(|fields| (fields, row.get::<_, Option<bool>>(7).unwrap_or(false))),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -619,9 +619,12 @@ fn push_in(
 /// Feed entries after `?1` in `scopes` scopes (`?3`…), in order, at most `?2`.
 fn feed_page_sql(scopes: usize) -> String {
     format!(
-        "SELECT seq, collection, record_id, scope, device_id, changes
-         FROM feed INDEXED BY feed_by_seq_scope
-         WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?2",
+        "SELECT f.seq, f.collection, f.record_id, f.scope, f.device_id, f.changes,
+                r.fields, r.deleted
+         FROM feed f INDEXED BY feed_by_seq_scope
+         LEFT JOIN records r
+           ON r.collection = f.collection AND r.id = f.record_id AND r.updated_seq = f.seq
+         WHERE f.seq > ?1 AND f.scope IN ({}) ORDER BY f.seq LIMIT ?2",
         placeholders(3, scopes)
     )
 }
@@ -656,11 +659,13 @@ fn feed_page_in(
             row.get::<_, String>(3)?,
             row.get::<_, i64>(4)?,
             row.get::<_, Vec<u8>>(5)?,
+            row.get::<_, Option<String>>(6)?,
+            row.get::<_, Option<bool>>(7)?,
         ))
     })?;
     let mut entries = Vec::new();
     for row in rows {
-        let (seq, collection, record_id, scope, device_id, changes) = row?;
+        let (seq, collection, record_id, scope, device_id, changes, fields, deleted) = row?;
         entries.push(FeedEntry {
             seq,
             collection,
@@ -668,6 +673,7 @@ fn feed_page_in(
             scope,
             device_id,
             changes: decode_changes(&changes)?,
+            latest: fields.map(|fields| (fields, deleted.unwrap_or(false))),
         });
     }
     Ok(Page::from_rows(entries, after, limit, |e| e.seq))
