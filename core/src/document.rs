@@ -27,7 +27,8 @@ use crate::value::Fields;
 /// The unit of every text position in the public API.
 pub const TEXT_ENCODING: TextEncoding = TextEncoding::Utf16CodeUnit;
 
-const DELETED_KEY: &str = "_deleted";
+/// The reserved root key of a record document that holds its tombstone.
+pub const DELETED_KEY: &str = "_deleted";
 
 /// How deeply maps and lists may nest in one field value (a map is one level, a list in it
 /// two). Deeper values are refused, written locally or merged from elsewhere: reading a value
@@ -381,7 +382,9 @@ fn read_value(
     })
 }
 
-fn scalar_to_json(scalar: &ScalarValue) -> Value {
+/// An Automerge scalar as a record's values show it (the server derives values from changes
+/// with it too, so both agree).
+pub fn scalar_to_json(scalar: &ScalarValue) -> Value {
     match scalar {
         ScalarValue::Str(s) => Value::String(s.to_string()),
         ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Value::from(*i),

@@ -61,7 +61,8 @@ mod sync;
 mod value;
 
 pub use document::{
-    ConflictValue, FieldConflict, HistoryEntry, MAX_NESTING_DEPTH, TEXT_ENCODING, document_values,
+    ConflictValue, DELETED_KEY, FieldConflict, HistoryEntry, MAX_NESTING_DEPTH, TEXT_ENCODING,
+    document_values, scalar_to_json,
 };
 pub use encryption::EncryptionKey;
 pub use error::{Error, Result};

@@ -11,7 +11,9 @@ pub mod sqlite;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use automerge::{ActorId, ChangeHash};
 use fieldsync_core::protocol::{PushRecord, PushResponse, Rejection};
+use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::ServerError;
@@ -123,14 +125,21 @@ pub struct DeviceInfo {
 pub struct StoredRecord {
     /// Its scope, fixed at creation.
     pub scope: String,
-    /// The saved Automerge document.
+    /// The Automerge document: a save (or a first change), then any changes appended since.
     pub doc: Vec<u8>,
+    /// Its values by root key, as JSON.
+    pub fields_json: String,
+    /// Whether it is deleted.
+    pub deleted: bool,
+    /// What is known of its history without loading it; `None` for records stored before
+    /// that was kept (or whose lineage does not decode): they merge the slow way.
+    pub lineage: Option<Lineage>,
 }
 
 /// A record after a push merged into it, for the storage to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedRecord {
-    /// The saved, compacted document.
+    /// The document to store.
     pub doc: Vec<u8>,
     /// Its values by root key, as JSON.
     pub fields_json: String,
@@ -138,6 +147,84 @@ pub struct MergedRecord {
     pub deleted: bool,
     /// The changes the server did not have before, for the feed.
     pub new_changes: Vec<Vec<u8>>,
+    /// Its history's facts after the merge.
+    pub lineage: Lineage,
+}
+
+impl MergedRecord {
+    /// The stored state this merge leaves, as a later merge of the same record is handed it.
+    pub fn to_stored(&self, scope: &str) -> StoredRecord {
+        StoredRecord {
+            scope: scope.to_owned(),
+            doc: self.doc.clone(),
+            fields_json: self.fields_json.clone(),
+            deleted: self.deleted,
+            lineage: Some(self.lineage.clone()),
+        }
+    }
+}
+
+/// What the server knows of a record's Automerge history without loading its document: enough
+/// to tell whether pushed changes follow the stored document in line, which sync.rs then
+/// appends without a load. Stored as MessagePack in `records.lineage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// The document's heads.
+    pub heads: Vec<ChangeHash>,
+    /// The largest operation counter in the document.
+    pub max_op: u64,
+    /// How many changes were appended to the stored bytes since they were saved whole.
+    pub appended: u32,
+    /// With a single head: the actor and sequence number of that change.
+    pub head_change: Option<(ActorId, u64)>,
+}
+
+/// [`Lineage`] as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredLineage {
+    heads: Vec<ByteBuf>,
+    max_op: u64,
+    appended: u32,
+    head_change: Option<(ByteBuf, u64)>,
+}
+
+impl Lineage {
+    /// The bytes the storage keeps.
+    pub fn encode(&self) -> Vec<u8> {
+        let stored = StoredLineage {
+            heads: self
+                .heads
+                .iter()
+                .map(|h| ByteBuf::from(h.0.to_vec()))
+                .collect(),
+            max_op: self.max_op,
+            appended: self.appended,
+            head_change: self
+                .head_change
+                .as_ref()
+                .map(|(actor, seq)| (ByteBuf::from(actor.to_bytes().to_vec()), *seq)),
+        };
+        rmp_serde::to_vec(&stored).expect("lineages always serialize")
+    }
+
+    /// Decodes stored bytes; `None` if they do not decode, which only costs the record a
+    /// slow merge (that writes a new lineage).
+    pub fn decode(bytes: &[u8]) -> Option<Lineage> {
+        let stored: StoredLineage = rmp_serde::from_slice(bytes).ok()?;
+        let heads = stored
+            .heads
+            .iter()
+            .map(|h| ChangeHash::try_from(h.as_slice()).ok())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Lineage {
+            heads,
+            max_op: stored.max_op,
+            appended: stored.appended,
+            head_change: stored
+                .head_change
+                .map(|(actor, seq)| (ActorId::from(actor.as_slice()), seq)),
+        })
+    }
 }
 
 /// The merge step of a push: given a pushed record and its stored state, the merged record,

@@ -4,7 +4,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use automerge::{AutoCommit, Change, ChangeHash};
+use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::{AutoCommit, Change, ChangeHash, ScalarValue};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -21,7 +22,7 @@ use serde_bytes::ByteBuf;
 use crate::auth::{Caller, authenticate};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
-use crate::storage::{MergedRecord, StoredRecord};
+use crate::storage::{Lineage, MergedRecord, StoredRecord};
 use crate::{AppState, Limits};
 
 /// Handles a push: each record is checked, merged into the server's copy and added to the
@@ -504,10 +505,9 @@ fn premerge<'r>(
             let record = &records[index];
             let result = merge(caller, actor, limits, record, state.clone());
             let next = match &result {
-                Ok(merged) if !merged.new_changes.is_empty() => Some(StoredRecord {
-                    scope: record.scope.clone(),
-                    doc: merged.doc.clone(),
-                }),
+                Ok(merged) if !merged.new_changes.is_empty() => {
+                    Some(merged.to_stored(&record.scope))
+                }
                 _ => None,
             };
             merges.push_back(Premerged {
@@ -587,6 +587,11 @@ fn merge_unguarded(
         return Err(reject(RejectCode::Malformed, "the record holds no changes"));
     }
     match (&stored, &record.payload) {
+        (Some(stored), Payload::Changes(raw)) => {
+            if let Some(merged) = append_in_line(actor, limits, stored, raw) {
+                return Ok(merged);
+            }
+        }
         (None, Payload::Document(bytes)) => return new_record_as_sent(actor, limits, bytes),
         // A new record's first change, as devices send it. Automerge loads a change as it
         // loads a document, and one change is 20-30% smaller than a save of it; one that
@@ -669,11 +674,10 @@ fn merge_unguarded(
             }
         }
     }
-    let new_changes: Vec<Vec<u8>> = doc
-        .get_changes(&heads_before)
-        .iter()
-        .map(|c| c.raw_bytes().to_vec())
-        .collect();
+    let new_changes = doc.get_changes(&heads_before);
+    let known = stored.as_ref().map(|stored| stored.lineage.as_ref());
+    let lineage = lineage_after_merge(&mut doc, known, &new_changes);
+    let new_changes: Vec<Vec<u8>> = new_changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
     let saved = doc.save();
     if saved.len() > limits.max_document_bytes {
         return Err(reject(
@@ -688,6 +692,117 @@ fn merge_unguarded(
         fields_json: serde_json::Value::Object(fields).to_string(),
         deleted,
         new_changes,
+        lineage,
+    })
+}
+
+/// The lineage of a document just merged and about to be saved whole. `known` is the stored
+/// record's (`None` for a new record, `Some(None)` for one stored before lineages were kept),
+/// `new_changes` the changes the merge added.
+fn lineage_after_merge(
+    doc: &mut AutoCommit,
+    known: Option<Option<&Lineage>>,
+    new_changes: &[Change],
+) -> Lineage {
+    let newest_op = |changes: &[Change]| changes.iter().map(Change::max_op).max().unwrap_or(0);
+    let max_op = match known {
+        Some(Some(known)) => known.max_op.max(newest_op(new_changes)),
+        // Counted once over the whole history; from then on the lineage is kept.
+        Some(None) => newest_op(&doc.get_changes(&[])),
+        None => newest_op(new_changes),
+    };
+    let heads = doc.get_heads();
+    let head_change = match heads.as_slice() {
+        [head] => new_changes
+            .iter()
+            .find(|change| change.hash() == *head)
+            .cloned()
+            .or_else(|| doc.get_change_by_hash(head))
+            .map(|change| (change.actor_id().clone(), change.seq())),
+        _ => None,
+    };
+    Lineage {
+        heads,
+        max_op,
+        appended: 0,
+        head_change,
+    }
+}
+
+/// How many changes a stored document takes appended before a merge saves it whole again:
+/// each makes loading it slower.
+const APPENDED_AT_MOST: u32 = 32;
+
+/// Appends changes that follow the stored document in line, without loading it: the first
+/// depends on exactly the document's heads, each next one on the one before; each is the next
+/// change of the actor that made the document's head (the pushing device's own, whose actor
+/// is checked), numbered and counted on from it; and each only sets root keys to scalar values.
+/// Then the new values are the stored ones with those keys set, since an operation numbered
+/// above every other in the document is what Automerge shows for its key, whatever it
+/// overwrote. `None` when any of that does not hold or is not known (records stored before
+/// lineages were kept, tombstones, text, nested values, counters, a document that took
+/// [`APPENDED_AT_MOST`] changes): the record then merges the slow way, which also reports
+/// what is wrong.
+fn append_in_line(
+    actor: Option<&str>,
+    limits: &Limits,
+    stored: &StoredRecord,
+    raw: &[ByteBuf],
+) -> Option<MergedRecord> {
+    let lineage = stored.lineage.as_ref()?;
+    let appended = lineage
+        .appended
+        .checked_add(u32::try_from(raw.len()).ok()?)
+        .filter(|appended| *appended <= APPENDED_AT_MOST)?;
+    let size = stored.doc.len() + raw.iter().map(|c| c.len()).sum::<usize>();
+    if size > limits.max_document_bytes {
+        return None;
+    }
+    let joined: Vec<u8> = raw.iter().flat_map(|c| c.iter().copied()).collect();
+    check_inflated(&joined, limits.max_decompressed_bytes).ok()?;
+    let mut fields: Fields = serde_json::from_str(&stored.fields_json).ok()?;
+    let mut heads = lineage.heads.clone();
+    heads.sort();
+    let (mut head_actor, mut head_seq) = lineage.head_change.clone()?;
+    let mut max_op = lineage.max_op;
+    for bytes in raw {
+        let change = decode_change(bytes, limits.max_decompressed_bytes).ok()?;
+        let mut deps = change.deps().to_vec();
+        deps.sort();
+        let follows = deps == heads
+            && is_own(actor, change.actor_id())
+            && *change.actor_id() == head_actor
+            && change.seq() == head_seq + 1
+            && change.start_op().get() == max_op + 1;
+        if !follows {
+            return None;
+        }
+        for op in change.decode().operations {
+            match (op.obj, op.key, op.action, op.insert) {
+                (ObjectId::Root, Key::Map(key), OpType::Put(value), false)
+                    if key != fieldsync_core::DELETED_KEY
+                        && !matches!(value, ScalarValue::Counter(_)) =>
+                {
+                    fields.insert(key.to_string(), fieldsync_core::scalar_to_json(&value));
+                }
+                _ => return None,
+            }
+        }
+        heads = vec![change.hash()];
+        (head_actor, head_seq) = (change.actor_id().clone(), change.seq());
+        max_op = change.max_op();
+    }
+    Some(MergedRecord {
+        doc: [stored.doc.as_slice(), &joined].concat(),
+        fields_json: serde_json::Value::Object(fields).to_string(),
+        deleted: stored.deleted,
+        new_changes: raw.iter().map(|c| c.to_vec()).collect(),
+        lineage: Lineage {
+            heads,
+            max_op,
+            appended,
+            head_change: Some((head_actor, head_seq)),
+        },
     })
 }
 
@@ -718,6 +833,7 @@ fn new_record_as_sent(
             "the document holds another device's changes",
         ));
     }
+    let lineage = lineage_after_merge(&mut doc, None, &changes);
     let new_changes = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
     let (fields, deleted) = fieldsync_core::document_values(&doc)
         .map_err(|_| reject(RejectCode::Malformed, "the document's values do not read"))?;
@@ -726,6 +842,7 @@ fn new_record_as_sent(
         fields_json: serde_json::Value::Object(fields).to_string(),
         deleted,
         new_changes,
+        lineage,
     })
 }
 
@@ -777,10 +894,15 @@ mod tests {
         Payload::Changes(vec![ByteBuf::from(change)])
     }
 
+    /// `doc` as a record stored before lineages were kept.
     fn stored(doc: &mut AutoCommit) -> StoredRecord {
+        let (fields, deleted) = fieldsync_core::document_values(doc).unwrap();
         StoredRecord {
             scope: "north".into(),
             doc: doc.save(),
+            fields_json: serde_json::Value::Object(fields).to_string(),
+            deleted,
+            lineage: None,
         }
     }
 
@@ -798,13 +920,7 @@ mod tests {
                 if let Ok(merged) = &result
                     && !merged.new_changes.is_empty()
                 {
-                    state.insert(
-                        record.id.clone(),
-                        StoredRecord {
-                            scope: record.scope.clone(),
-                            doc: merged.doc.clone(),
-                        },
-                    );
+                    state.insert(record.id.clone(), merged.to_stored(&record.scope));
                 }
                 result
             })
@@ -942,5 +1058,251 @@ mod tests {
         assert_eq!(fields["phone"], 555, "the colleague's change is kept");
         assert_eq!(fields["visits"], 3, "the pushed change is merged");
         assert_eq!(merged.new_changes.len(), 1);
+    }
+
+    /// Pushes `change` for record "a" stored as `stored`, as `device`'s.
+    fn push_change(device: &ActorId, stored: &StoredRecord, change: &[u8]) -> MergedRecord {
+        let caller = caller(device);
+        let record = pushed("a", "north", changes(change.to_vec()));
+        let limits = Limits::default();
+        merge(
+            &caller,
+            caller.actor.as_deref(),
+            &limits,
+            &record,
+            Some(stored.clone()),
+        )
+        .unwrap()
+    }
+
+    /// The values of a stored document, loaded whole.
+    fn loaded_values(doc: &[u8]) -> (Fields, bool) {
+        fieldsync_core::document_values(&AutoCommit::load(doc).unwrap()).unwrap()
+    }
+
+    fn values(merged: &MergedRecord) -> (Fields, bool) {
+        (
+            serde_json::from_str(&merged.fields_json).unwrap(),
+            merged.deleted,
+        )
+    }
+
+    /// A new record "a" as the server stores it from its first change, and the device's
+    /// document.
+    fn new_record(device: &ActorId) -> (AutoCommit, StoredRecord) {
+        let mut doc = document(device, "Ada");
+        let caller = caller(device);
+        let record = pushed("a", "north", changes(doc.save_after(&[])));
+        let merged = merge(
+            &caller,
+            caller.actor.as_deref(),
+            &Limits::default(),
+            &record,
+            None,
+        );
+        (doc, merged.unwrap().to_stored("north"))
+    }
+
+    #[test]
+    fn changes_that_follow_the_stored_document_in_line_are_appended_unread() {
+        let device = ActorId::random();
+        let (mut doc, mut state) = new_record(&device);
+        // A text field (merged the slow way), later replaced by a scalar.
+        let heads = doc.get_heads();
+        doc.put_object(ROOT, "notes", automerge::ObjType::Text)
+            .unwrap();
+        doc.commit();
+        state =
+            push_change(&device, &state, doc.get_changes(&heads)[0].raw_bytes()).to_stored("north");
+        // Scalars of every kind, several keys per change, a key set twice in one change.
+        for round in 0..5i64 {
+            let heads = doc.get_heads();
+            doc.put(ROOT, "visits", round).unwrap();
+            doc.put(ROOT, "rate", 1.5 * round as f64).unwrap();
+            doc.put(ROOT, "name", format!("Ada {round}")).unwrap();
+            doc.put(ROOT, "name", format!("Ada L. {round}")).unwrap();
+            doc.put(ROOT, "active", round % 2 == 0).unwrap();
+            doc.put(
+                ROOT,
+                "since",
+                ScalarValue::Timestamp(1_700_000_000_000 + round),
+            )
+            .unwrap();
+            doc.put(ROOT, "gone", ScalarValue::Null).unwrap();
+            if round == 3 {
+                doc.put(ROOT, "notes", "a scalar now").unwrap();
+            }
+            doc.commit();
+            let change = doc.get_changes(&heads)[0].raw_bytes().to_vec();
+            let merged = push_change(&device, &state, &change);
+            assert_eq!(
+                merged.doc,
+                [state.doc.as_slice(), &change].concat(),
+                "appended"
+            );
+            assert_eq!(merged.lineage.appended, round as u32 + 1);
+            assert_eq!(merged.new_changes, vec![change.clone()]);
+            // The values derived from the change are the ones Automerge shows, and the ones
+            // the slow merge finds.
+            assert_eq!(values(&merged), loaded_values(&merged.doc));
+            let without_lineage = StoredRecord {
+                lineage: None,
+                ..state.clone()
+            };
+            let slow = push_change(&device, &without_lineage, &change);
+            assert_eq!(values(&slow), values(&merged));
+            assert_eq!(slow.lineage.heads, merged.lineage.heads);
+            assert_eq!(slow.lineage.max_op, merged.lineage.max_op);
+            assert_eq!(slow.lineage.head_change, merged.lineage.head_change);
+            state = merged.to_stored("north");
+        }
+        assert_eq!(
+            AutoCommit::load(&state.doc).unwrap().get_heads(),
+            doc.get_heads()
+        );
+    }
+
+    #[test]
+    fn a_document_that_took_enough_appended_changes_is_saved_whole() {
+        let device = ActorId::random();
+        let (mut doc, mut state) = new_record(&device);
+        let mut appended_counts = Vec::new();
+        for round in 0..APPENDED_AT_MOST as i64 + 3 {
+            let merged = push_change(&device, &state, &edit(&mut doc, "visits", round));
+            appended_counts.push(merged.lineage.appended);
+            assert_eq!(values(&merged), loaded_values(&merged.doc));
+            state = merged.to_stored("north");
+        }
+        let at_most = APPENDED_AT_MOST as usize;
+        assert_eq!(appended_counts[at_most - 1], APPENDED_AT_MOST);
+        assert_eq!(appended_counts[at_most], 0, "saved whole");
+        assert_eq!(appended_counts[at_most + 1], 1, "then appended again");
+    }
+
+    #[test]
+    fn changes_out_of_line_merge_the_slow_way() {
+        let device = ActorId::random();
+        let colleague = ActorId::random();
+        let (mut doc, state) = new_record(&device);
+        let slow = |merged: &MergedRecord| merged.lineage.appended == 0;
+
+        // Text edits, nested values and tombstones are not derived from the change.
+        let mut text = doc.fork().with_actor(device.clone());
+        let heads = text.get_heads();
+        let notes = text
+            .put_object(ROOT, "notes", automerge::ObjType::Text)
+            .unwrap();
+        text.splice_text(&notes, 0, 0, "hello").unwrap();
+        text.commit();
+        let merged = push_change(&device, &state, text.get_changes(&heads)[0].raw_bytes());
+        assert!(slow(&merged));
+        assert_eq!(values(&merged).0["notes"], "hello");
+        let mut tombstone = doc.fork().with_actor(device.clone());
+        let heads = tombstone.get_heads();
+        tombstone
+            .put(ROOT, fieldsync_core::DELETED_KEY, true)
+            .unwrap();
+        tombstone.commit();
+        let merged = push_change(
+            &device,
+            &state,
+            tombstone.get_changes(&heads)[0].raw_bytes(),
+        );
+        assert!(slow(&merged) && merged.deleted);
+
+        // A change concurrent with one the server has: its dependencies are not the heads.
+        let mut elsewhere = doc.fork().with_actor(colleague.clone());
+        let first = edit(&mut doc, "visits", 1);
+        let state = push_change(&device, &state, &first).to_stored("north");
+        assert_eq!(state.lineage.as_ref().unwrap().appended, 1);
+        let concurrent = edit(&mut elsewhere, "phone", 555);
+        let merged = push_change(&colleague, &state, &concurrent);
+        assert!(slow(&merged));
+        let (fields, _) = values(&merged);
+        assert_eq!(
+            (fields["visits"].as_i64(), fields["phone"].as_i64()),
+            (Some(1), Some(555))
+        );
+
+        // After another device's change, this device's next one is not known to be next in
+        // its own line.
+        let mut theirs = AutoCommit::load(&state.doc)
+            .unwrap()
+            .with_actor(colleague.clone());
+        let from_colleague = edit(&mut theirs, "phone", 1);
+        let after_colleague = push_change(&colleague, &state, &from_colleague).to_stored("north");
+        let mut mine = AutoCommit::load(&after_colleague.doc)
+            .unwrap()
+            .with_actor(device.clone());
+        let merged = push_change(&device, &after_colleague, &edit(&mut mine, "phone", 2));
+        assert!(slow(&merged));
+        assert_eq!(values(&merged).0["phone"], 2);
+        // ...and once this device's change is the head, its next one is in line again.
+        let state = merged.to_stored("north");
+        let merged = push_change(&device, &state, &edit(&mut mine, "phone", 3));
+        assert_eq!(merged.lineage.appended, 1);
+    }
+
+    #[test]
+    fn a_crafted_change_numbered_out_of_line_is_never_appended() {
+        let device = ActorId::random();
+        let caller = caller(&device);
+        let (mut doc, state) = new_record(&device);
+        let heads = doc.get_heads();
+        doc.put(ROOT, "visits", 1).unwrap();
+        doc.commit();
+        let change = doc.get_changes(&heads)[0].clone();
+        // Automerge fails to load (or panics on) a document whose changes skip a sequence
+        // number or an operation counter: such a change must go through a real merge.
+        for craft in 0..3 {
+            let mut expanded = change.decode();
+            match craft {
+                0 => expanded.seq += 1,
+                1 => expanded.start_op = expanded.start_op.saturating_add(5),
+                _ => expanded.seq = 1,
+            }
+            expanded.hash = None;
+            let crafted: Change = expanded.into();
+            let record = pushed("a", "north", changes(crafted.raw_bytes().to_vec()));
+            let result = merge(
+                &caller,
+                caller.actor.as_deref(),
+                &Limits::default(),
+                &record,
+                Some(state.clone()),
+            );
+            if let Ok(merged) = result {
+                assert_eq!(
+                    merged.lineage.appended, 0,
+                    "craft {craft} merged, not appended"
+                );
+                assert!(AutoCommit::load(&merged.doc).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_stored_before_lineages_gets_one_on_its_next_merge() {
+        let device = ActorId::random();
+        let mut doc = document(&device, "Ada");
+        edit(&mut doc, "visits", 1);
+        let legacy = stored(&mut doc);
+        let merged = push_change(&device, &legacy, &edit(&mut doc, "visits", 2));
+        assert_eq!(merged.lineage.appended, 0);
+        assert_eq!(merged.lineage.heads, doc.get_heads());
+        assert_eq!(merged.lineage.max_op, 3);
+        let heads = doc.get_heads();
+        let head = doc.get_change_by_hash(&heads[0]).unwrap();
+        assert_eq!(
+            merged.lineage.head_change,
+            Some((device.clone(), head.seq()))
+        );
+        // From then on, in line.
+        let next = push_change(
+            &device,
+            &merged.to_stored("north"),
+            &edit(&mut doc, "visits", 3),
+        );
+        assert_eq!(next.lineage.appended, 1);
     }
 }

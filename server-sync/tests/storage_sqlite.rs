@@ -59,3 +59,29 @@ fn several_processes_opening_a_new_file_at_once_migrate_it_once() {
         }
     }
 }
+
+#[test]
+fn a_record_without_a_readable_lineage_is_handed_over_without_one() {
+    use fieldsync_server::storage::Storage;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.db");
+    let storage = SqliteStorage::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    // As a server from before lineages wrote it, and with bytes that do not decode.
+    for (id, lineage) in [("old", None), ("garbled", Some(vec![0xc1u8, 0xff]))] {
+        conn.execute(
+            "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage)
+             VALUES ('clients', ?1, 'north', x'00', '{\"name\": \"Ada\"}', 0, 1, ?2)",
+            rusqlite::params![id, lineage],
+        )
+        .unwrap();
+    }
+    let found = storage
+        .stored_records(&[("clients", "old"), ("clients", "garbled")])
+        .unwrap();
+    for record in found {
+        let record = record.expect("the record is found");
+        assert_eq!(record.lineage, None);
+        assert_eq!(record.fields_json, "{\"name\": \"Ada\"}");
+    }
+}

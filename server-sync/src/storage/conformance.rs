@@ -6,10 +6,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use automerge::{ActorId, ChangeHash};
 use fieldsync_core::protocol::{Payload, PushRecord, RejectCode, Rejection};
 use serde_bytes::ByteBuf;
 
-use super::{Access, AuditQuery, MergedRecord, Role, Storage, StoredRecord, now_ms};
+use super::{Access, AuditQuery, Lineage, MergedRecord, Role, Storage, StoredRecord, now_ms};
 
 /// Runs every check, each on a new storage from `fresh`.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
@@ -50,11 +51,22 @@ fn accept(record: &PushRecord, stored: Option<StoredRecord>) -> Result<MergedRec
     let mut doc = stored.map(|s| s.doc).unwrap_or_default();
     doc.extend(changes.iter().flat_map(|c| c.iter().copied()));
     Ok(MergedRecord {
-        doc,
         fields_json: format!("{{\"id\": \"{}\"}}", record.id),
         deleted: false,
         new_changes: changes.iter().map(|c| c.to_vec()).collect(),
+        lineage: lineage_of(&doc),
+        doc,
     })
+}
+
+/// A lineage the stored "document" determines, so that reading it back can be checked.
+fn lineage_of(doc: &[u8]) -> Lineage {
+    Lineage {
+        heads: vec![ChangeHash([doc.len() as u8; 32])],
+        max_op: doc.len() as u64,
+        appended: doc.len() as u32 % 32,
+        head_change: Some((ActorId::from(doc), doc.len() as u64)),
+    }
 }
 
 fn device(storage: &dyn Storage, user: &str) -> i64 {
@@ -242,6 +254,9 @@ fn stored_records_as_named(storage: &dyn Storage) {
         Some(StoredRecord {
             scope: scope.into(),
             doc: doc.to_vec(),
+            fields_json: format!("{{\"id\": \"{}\"}}", String::from_utf8_lossy(doc)),
+            deleted: false,
+            lineage: Some(lineage_of(doc)),
         })
     };
     let found = storage

@@ -33,12 +33,15 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Merge, MergedRecord, Page, Result, Role, Storage, StoredRecord,
-    TokenRecord, decode_changes, encode_changes, now_ms,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Storage,
+    StoredRecord, TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/001_init.sql"),
+    include_str!("migrations/postgres/002_record_lineage.sql"),
+];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
 /// locks stay apart from any other application's on the same database.
@@ -138,6 +141,19 @@ fn migrate(client: &mut Client) -> Result<()> {
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// A record's stored state from `scope, doc, fields, deleted, lineage` at columns `first`….
+fn stored_record(row: &postgres::Row, first: usize) -> StoredRecord {
+    StoredRecord {
+        scope: row.get(first),
+        doc: row.get(first + 1),
+        fields_json: row.get(first + 2),
+        deleted: row.get(first + 3),
+        lineage: row
+            .get::<_, Option<&[u8]>>(first + 4)
+            .and_then(Lineage::decode),
+    }
 }
 
 /// A record's lock key: FNV-1a of collection and id. It must be the same in every instance,
@@ -245,14 +261,24 @@ fn write_feed_and_records(
     let docs: Vec<&[u8]> = latest.iter().map(|(_, m)| m.doc.as_slice()).collect();
     let values: Vec<&str> = latest.iter().map(|(_, m)| m.fields_json.as_str()).collect();
     let deleted: Vec<bool> = latest.iter().map(|(_, m)| m.deleted).collect();
+    let lineages: Vec<Vec<u8>> = latest.iter().map(|(_, m)| m.lineage.encode()).collect();
     tx.execute(
-        "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq)
+        "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[],
-                              $6::boolean[], $7::bigint[])
+                              $6::boolean[], $7::bigint[], $8::bytea[])
          ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,
              fields = excluded.fields, deleted = excluded.deleted,
-             updated_seq = excluded.updated_seq",
-        &[&collections, &ids, &scopes, &docs, &values, &deleted, &seqs],
+             updated_seq = excluded.updated_seq, lineage = excluded.lineage",
+        &[
+            &collections,
+            &ids,
+            &scopes,
+            &docs,
+            &values,
+            &deleted,
+            &seqs,
+            &lineages,
+        ],
     )?;
     Ok(())
 }
@@ -436,22 +462,14 @@ impl Storage for PostgresStorage {
             .copied()
             .unzip();
         let rows = self.conn()?.query(
-            "SELECT r.collection, r.id, r.scope, r.doc
+            "SELECT r.collection, r.id, r.scope, r.doc, r.fields, r.deleted, r.lineage
              FROM unnest($1::text[], $2::text[]) AS k (collection, id)
              JOIN records r ON r.collection = k.collection AND r.id = k.id",
             &[&collections, &ids],
         )?;
         let found: HashMap<(String, String), StoredRecord> = rows
             .iter()
-            .map(|row| {
-                (
-                    (row.get(0), row.get(1)),
-                    StoredRecord {
-                        scope: row.get(2),
-                        doc: row.get(3),
-                    },
-                )
-            })
+            .map(|row| ((row.get(0), row.get(1)), stored_record(row, 2)))
             .collect();
         Ok(keys
             .iter()
@@ -498,34 +516,29 @@ impl Storage for PostgresStorage {
         )?;
 
         // Merge every record; a record pushed twice in one batch merges into its first merge.
-        let mut merged_so_far: HashMap<(&str, &str), Vec<u8>> = HashMap::new();
+        let mut merged_so_far: HashMap<(&str, &str), StoredRecord> = HashMap::new();
         let mut accepted: Vec<(&PushRecord, MergedRecord)> = Vec::new();
         let mut results = Vec::with_capacity(records.len());
         for record in records {
             let key = (record.collection.as_str(), record.id.as_str());
             let stored = match merged_so_far.get(&key) {
-                Some(doc) => Some(StoredRecord {
-                    scope: record.scope.clone(),
-                    doc: doc.clone(),
-                }),
+                Some(stored) => Some(stored.clone()),
                 // PostgreSQL text holds no NUL byte and fails the statement that passes one;
                 // no stored record has such a name, and the merge refuses it.
                 None if key.0.contains('\0') || key.1.contains('\0') => None,
                 None => tx
                     .query_opt(
-                        "SELECT scope, doc FROM records WHERE collection = $1 AND id = $2",
+                        "SELECT scope, doc, fields, deleted, lineage FROM records
+                         WHERE collection = $1 AND id = $2",
                         &[&record.collection, &record.id],
                     )?
-                    .map(|row| StoredRecord {
-                        scope: row.get(0),
-                        doc: row.get(1),
-                    }),
+                    .map(|row| stored_record(&row, 0)),
             };
             let rejected = match merge(record, stored) {
                 Err(rejection) => Some(rejection),
                 Ok(merged) if merged.new_changes.is_empty() => None,
                 Ok(merged) => {
-                    merged_so_far.insert(key, merged.doc.clone());
+                    merged_so_far.insert(key, merged.to_stored(&record.scope));
                     accepted.push((record, merged));
                     None
                 }

@@ -21,8 +21,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Merge, Page, Result, Role, Storage, StoredRecord, TokenRecord,
-    decode_changes, encode_changes, now_ms,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Storage, StoredRecord,
+    TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_init.sql"),
     include_str!("migrations/sqlite/002_records_by_seq.sql"),
     include_str!("migrations/sqlite/003_pages_in_position_order.sql"),
+    include_str!("migrations/sqlite/004_record_lineage.sql"),
 ];
 
 /// Server storage in one SQLite file.
@@ -426,18 +427,12 @@ impl Storage for SqliteStorage {
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>> {
         // Not served to anyone, so it need not wait for a flush.
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT scope, doc FROM records WHERE collection = ?1 AND id = ?2")?;
+        let mut stmt = conn.prepare_cached(SELECT_STORED_RECORD)?;
         let mut records = Vec::with_capacity(keys.len());
         for (collection, id) in keys {
             records.push(
-                stmt.query_row(params![collection, id], |row| {
-                    Ok(StoredRecord {
-                        scope: row.get(0)?,
-                        doc: row.get(1)?,
-                    })
-                })
-                .optional()?,
+                stmt.query_row(params![collection, id], stored_record)
+                    .optional()?,
             );
         }
         Ok(records)
@@ -519,6 +514,20 @@ impl Storage for SqliteStorage {
     }
 }
 
+/// A record's stored state by collection (`?1`) and id (`?2`), as [`stored_record`] reads it.
+const SELECT_STORED_RECORD: &str =
+    "SELECT scope, doc, fields, deleted, lineage FROM records WHERE collection = ?1 AND id = ?2";
+
+fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+    Ok(StoredRecord {
+        scope: row.get(0)?,
+        doc: row.get(1)?,
+        fields_json: row.get(2)?,
+        deleted: row.get(3)?,
+        lineage: row.get_ref(4)?.as_blob_or_null()?.and_then(Lineage::decode),
+    })
+}
+
 fn push_in(
     conn: &mut Connection,
     device_id: i64,
@@ -547,13 +556,8 @@ fn push_in(
     let mut results = Vec::with_capacity(records.len());
     for record in records {
         let stored = tx
-            .prepare_cached("SELECT scope, doc FROM records WHERE collection = ?1 AND id = ?2")?
-            .query_row(params![record.collection, record.id], |row| {
-                Ok(StoredRecord {
-                    scope: row.get(0)?,
-                    doc: row.get(1)?,
-                })
-            })
+            .prepare_cached(SELECT_STORED_RECORD)?
+            .query_row(params![record.collection, record.id], stored_record)
             .optional()?;
         let rejected = match merge(record, stored) {
             Err(rejection) => Some(rejection),
@@ -573,11 +577,11 @@ fn push_in(
                     ])?;
                 let seq = tx.last_insert_rowid();
                 tx.prepare_cached(
-                    "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                          ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,
                              fields = excluded.fields, deleted = excluded.deleted,
-                             updated_seq = excluded.updated_seq",
+                             updated_seq = excluded.updated_seq, lineage = excluded.lineage",
                 )?
                 .execute(params![
                     record.collection,
@@ -586,7 +590,8 @@ fn push_in(
                     merged.doc,
                     merged.fields_json,
                     merged.deleted,
-                    seq
+                    seq,
+                    merged.lineage.encode()
                 ])?;
                 tx.prepare_cached(
                         "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
