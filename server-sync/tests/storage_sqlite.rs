@@ -85,3 +85,48 @@ fn a_record_without_a_readable_lineage_is_handed_over_without_one() {
         assert_eq!(record.fields_json, "{\"name\": \"Ada\"}");
     }
 }
+
+#[test]
+fn the_wal_is_checkpointed_on_its_own_thread_not_in_a_commit() {
+    use fieldsync_core::protocol::{Payload, PushRecord};
+    use fieldsync_server::storage::{Lineage, MergedRecord, Role, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.db");
+    let storage = SqliteStorage::open(&path).unwrap();
+    let user = storage.create_user("ada", Role::Member).unwrap();
+    let device = storage.create_device(user, "phone").unwrap();
+    // About 6 MB of documents: one commit takes the WAL past SQLite's 1,000 pages.
+    let records: Vec<PushRecord> = (0..300)
+        .map(|i| PushRecord {
+            collection: "clients".into(),
+            id: format!("r{i}"),
+            scope: "north".into(),
+            payload: Payload::Changes(vec![vec![i as u8; 20_000].into()]),
+        })
+        .collect();
+    let mut store_as_sent = |record: &PushRecord, _| {
+        let Payload::Changes(changes) = &record.payload else {
+            unreachable!()
+        };
+        Ok(MergedRecord {
+            doc: changes[0].to_vec(),
+            fields_json: "{}".into(),
+            deleted: false,
+            new_changes: vec![changes[0].to_vec()],
+            lineage: Lineage::default(),
+        })
+    };
+    storage
+        .push(device, "batch", &records, &mut store_as_sent)
+        .unwrap();
+    assert!(
+        storage.wait_for_checkpoints(1, std::time::Duration::from_secs(60)),
+        "the checkpoint thread ran"
+    );
+    assert_eq!(storage.checkpoints().1, 0, "no commit checkpointed itself");
+    let copied = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        copied > 6_000_000,
+        "the pages are in the database file: {copied} bytes"
+    );
+}

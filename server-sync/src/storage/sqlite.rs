@@ -33,8 +33,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/004_record_lineage.sql"),
 ];
 
+mod checkpoint;
+
 /// Server storage in one SQLite file.
 pub struct SqliteStorage {
+    /// Declared first: dropped (its thread stopped) before the connection.
+    checkpointer: checkpoint::Checkpointer,
     conn: Mutex<Connection>,
     /// The WAL file, flushed to make commits durable.
     wal: PathBuf,
@@ -66,14 +70,27 @@ impl SqliteStorage {
         migrate(&mut conn)?;
         // From here on, commits are flushed by `wait_durable`, in groups.
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        let checkpointer = checkpoint::Checkpointer::start(path, &mut conn)?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         Ok(SqliteStorage {
+            checkpointer,
             conn: Mutex::new(conn),
             wal: PathBuf::from(wal),
             durability: Mutex::new(Durability::default()),
             flushed: Condvar::new(),
         })
+    }
+
+    /// How many WAL checkpoints ran on the checkpoint thread and inside commits.
+    pub fn checkpoints(&self) -> (u64, u64) {
+        self.checkpointer.counts()
+    }
+
+    /// Waits until the checkpoint thread has run `count` checkpoints, at most `timeout`;
+    /// returns whether it had.
+    pub fn wait_for_checkpoints(&self, count: u64, timeout: Duration) -> bool {
+        self.checkpointer.wait_for(count, timeout)
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
