@@ -248,6 +248,46 @@ async fn a_pull_never_returns_a_devices_own_changes() {
 }
 
 #[tokio::test]
+async fn a_pull_reads_past_the_devices_own_changes_to_fill_its_page() {
+    let server = Server::new();
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let other = server.device("ada");
+    let (phone, tablet) = (server.store("phone"), server.store("tablet"));
+    let (cursor, _) = server.pull_all(&token, &phone, None).await;
+    for i in 0..30 {
+        phone
+            .insert("clients", client("north", &format!("client {i}")))
+            .unwrap();
+    }
+    server.push_outbox(&token, &phone, "b1").await;
+    tablet.insert("clients", client("north", "Bo")).unwrap();
+    server.push_outbox(&other, &tablet, "t1").await;
+
+    // Pages of 7: the phone's 30 entries come first, and the one answer still reaches Bo.
+    let page = server.pull(&token, cursor.as_deref(), 7).await.ok();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].fields.as_ref().unwrap()["name"], "Bo");
+    assert!(!page.more);
+
+    // Reading on is bounded: with more of its own entries than a pull reads, the answer is
+    // empty, says more, and has moved the cursor past what it read.
+    for i in 0..100 {
+        phone
+            .insert("clients", client("north", &format!("more {i}")))
+            .unwrap();
+    }
+    server.push_outbox(&token, &phone, "b2").await;
+    tablet.insert("clients", client("north", "Cy")).unwrap();
+    server.push_outbox(&other, &tablet, "t2").await;
+    let first = server.pull(&token, Some(&page.next_cursor), 7).await.ok();
+    assert!(first.records.is_empty() && first.more);
+    let second = server.pull(&token, Some(&first.next_cursor), 7).await.ok();
+    assert_eq!(second.records.len(), 1);
+    assert_eq!(second.records[0].fields.as_ref().unwrap()["name"], "Cy");
+    assert!(!second.more);
+}
+
+#[tokio::test]
 async fn a_replayed_batch_is_answered_the_same_and_changes_nothing() {
     let server = Server::new();
     let token = server.user("ada", &[("north", Access::Write)]);
