@@ -59,6 +59,7 @@ mod store;
 mod subscription;
 mod sync;
 mod value;
+pub mod wal_checkpoint;
 
 pub use document::{
     ConflictValue, DELETED_KEY, FieldConflict, HistoryEntry, MAX_NESTING_DEPTH, TEXT_ENCODING,

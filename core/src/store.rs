@@ -10,7 +10,7 @@ mod write;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::query::{Filter, Query};
 use crate::schema::Schema;
 use crate::subscription::{ChangeEvent, ChangeOrigin, Changed, Registry, Subscription};
 use crate::value::Fields;
+use crate::wal_checkpoint::Checkpointer;
 
 pub use read::{Orphan, Record};
 pub use remote::{ApplyReport, RejectedRecord, RemotePayload, RemoteRecord};
@@ -110,6 +111,9 @@ pub(crate) struct CachedDoc {
 type DocKey = (String, String);
 
 struct Db {
+    /// Checkpoints the WAL off the commit path (`None`: SQLite checkpoints in commits).
+    /// Declared first: its thread stops before the connection closes.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
     cache: LruCache<DocKey, CachedDoc>,
     /// Whether a first sync dropped the record indexes and has not built them again yet
@@ -125,6 +129,8 @@ struct Shared {
     device_id: String,
     options: StoreOptions,
     subscriptions: Arc<Registry>,
+    /// The store file, for the checkpoint thread's connection.
+    path: PathBuf,
 }
 
 /// An app's local record store. Cheap to clone; clones share one connection, and every method
@@ -208,9 +214,12 @@ impl Store {
             .collect();
         let cache_size =
             NonZeroUsize::new(options.document_cache_size).unwrap_or(NonZeroUsize::MIN);
+        let checkpointer =
+            start_checkpointer(&mut conn, path.as_ref(), options.encryption_key.as_ref())?;
         Ok(Store {
             shared: Arc::new(Shared {
                 db: Mutex::new(Db {
+                    checkpointer,
                     conn,
                     cache: LruCache::new(cache_size),
                     indexes_suspended: false,
@@ -221,6 +230,7 @@ impl Store {
                 device_id,
                 options,
                 subscriptions: Arc::default(),
+                path: path.as_ref().to_owned(),
             }),
         })
     }
@@ -231,8 +241,14 @@ impl Store {
         if self.shared.options.encryption_key.is_none() {
             return Err(Error::NotEncrypted);
         }
-        let db = self.shared.lock();
-        encryption::rekey(&db.conn, new_key)
+        let mut db = self.shared.lock();
+        // Leaving WAL for the rewrite needs the only connection to the file; the checkpoint
+        // thread's comes back with the new key.
+        db.checkpointer = None;
+        db.conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+        encryption::rekey(&db.conn, new_key)?;
+        db.checkpointer = start_checkpointer(&mut db.conn, &self.shared.path, Some(new_key))?;
+        Ok(())
     }
 
     /// Encrypts an unencrypted store file in place with `key`, keeping every record, outbox
@@ -491,6 +507,25 @@ impl Shared {
     }
 }
 
+/// Moves the WAL's checkpoints off `conn`'s commits, onto a thread with a connection of its
+/// own (see [`crate::wal_checkpoint`]). A pulled page of edits dirties thousands of pages, and
+/// the commit that crossed SQLite's threshold copied them all and flushed twice before the
+/// sync could go on. `None` for a store not in WAL mode (in memory).
+fn start_checkpointer(
+    conn: &mut Connection,
+    path: &Path,
+    key: Option<&EncryptionKey>,
+) -> Result<Option<Checkpointer>> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(None);
+    }
+    let own = Connection::open(path)?;
+    encryption::unlock(&own, path, key)?;
+    own.busy_timeout(Duration::from_secs(5))?;
+    Ok(Checkpointer::start(conn, own)?)
+}
+
 fn configure(conn: &Connection, synchronous: Synchronous) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     // With the bundled SQLite's STAT4, a cached statement whose parameters are compared with
@@ -559,5 +594,94 @@ pub(crate) fn changed(
         id: id.to_owned(),
         before,
         after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn open(path: &Path, key: Option<&EncryptionKey>) -> Store {
+        let schema = Schema::from_json(
+            r#"{"collections": {"notes": {"scope_field": "caseload_id", "fields": {
+                "caseload_id": {"type": "string", "required": true},
+                "body": {"type": "string"}}}}}"#,
+        )
+        .unwrap();
+        let options = StoreOptions {
+            encryption_key: key.cloned(),
+            ..StoreOptions::default()
+        };
+        Store::open(path, schema, options).unwrap()
+    }
+
+    /// Writes about 6 MB: past SQLite's checkpoint threshold of 1,000 pages.
+    fn write_past_the_threshold(store: &Store, round: usize) {
+        let body = "x".repeat(20_000);
+        let writes = (0..300)
+            .map(|i| Write::Insert {
+                collection: "notes".into(),
+                id: Some(format!("n{round}-{i}")),
+                fields: json!({"caseload_id": "north", "body": body})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            })
+            .collect();
+        store.write_batch(writes).unwrap();
+    }
+
+    fn checkpoints(store: &Store) -> (u64, u64) {
+        let db = store.shared.lock();
+        db.checkpointer.as_ref().unwrap().counts()
+    }
+
+    /// Waits for the checkpoint thread's first checkpoint. Under the store's lock: the
+    /// thread does not take it.
+    fn wait_for_checkpoint(store: &Store) -> bool {
+        let db = store.shared.lock();
+        let checkpointer = db.checkpointer.as_ref().unwrap();
+        checkpointer.wait_for(1, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn the_wal_is_checkpointed_on_its_own_thread_not_in_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = open(&path, None);
+        write_past_the_threshold(&store, 0);
+        assert!(wait_for_checkpoint(&store), "the checkpoint thread ran");
+        assert_eq!(checkpoints(&store).1, 0, "no commit checkpointed itself");
+        let copied = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            copied > 6_000_000,
+            "the pages are in the file: {copied} bytes"
+        );
+    }
+
+    #[test]
+    fn an_encrypted_store_checkpoints_on_its_own_thread_before_and_after_a_rekey() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let (old_key, new_key) = (
+            EncryptionKey::from_bytes([1; 32]),
+            EncryptionKey::from_bytes([2; 32]),
+        );
+        let store = open(&path, Some(&old_key));
+        write_past_the_threshold(&store, 0);
+        assert!(wait_for_checkpoint(&store));
+        store.rekey(&new_key).unwrap();
+        // A new thread, keyed anew.
+        assert_eq!(checkpoints(&store), (0, 0));
+        write_past_the_threshold(&store, 1);
+        assert!(wait_for_checkpoint(&store));
+        assert_eq!(checkpoints(&store).1, 0);
+        drop(store);
+        let store = open(&path, Some(&new_key));
+        assert_eq!(store.count("notes", &Filter::All).unwrap(), 600);
     }
 }

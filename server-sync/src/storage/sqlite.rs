@@ -17,6 +17,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
+use fieldsync_core::wal_checkpoint::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
@@ -33,12 +34,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/004_record_lineage.sql"),
 ];
 
-mod checkpoint;
-
 /// Server storage in one SQLite file.
 pub struct SqliteStorage {
+    /// Checkpoints the WAL off the commit path (`None`: SQLite checkpoints in commits).
     /// Declared first: dropped (its thread stopped) before the connection.
-    checkpointer: checkpoint::Checkpointer,
+    checkpointer: Option<Checkpointer>,
     conn: Mutex<Connection>,
     /// The WAL file, flushed to make commits durable.
     wal: PathBuf,
@@ -70,7 +70,11 @@ impl SqliteStorage {
         migrate(&mut conn)?;
         // From here on, commits are flushed by `wait_durable`, in groups.
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        let checkpointer = checkpoint::Checkpointer::start(path, &mut conn)?;
+        let checkpointer = {
+            let own = Connection::open(path)?;
+            own.busy_timeout(BUSY_TIMEOUT)?;
+            Checkpointer::start(&mut conn, own)?
+        };
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         Ok(SqliteStorage {
@@ -84,13 +88,17 @@ impl SqliteStorage {
 
     /// How many WAL checkpoints ran on the checkpoint thread and inside commits.
     pub fn checkpoints(&self) -> (u64, u64) {
-        self.checkpointer.counts()
+        self.checkpointer
+            .as_ref()
+            .map_or((0, 0), Checkpointer::counts)
     }
 
     /// Waits until the checkpoint thread has run `count` checkpoints, at most `timeout`;
     /// returns whether it had.
     pub fn wait_for_checkpoints(&self, count: u64, timeout: Duration) -> bool {
-        self.checkpointer.wait_for(count, timeout)
+        self.checkpointer
+            .as_ref()
+            .is_some_and(|checkpointer| checkpointer.wait_for(count, timeout))
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

@@ -1,14 +1,14 @@
-//! Checkpoints of the server's WAL on a thread of their own.
+//! Checkpoints of a SQLite WAL on a thread of their own, for the store and the server.
 //!
 //! By default SQLite checkpoints (copies the WAL's pages into the database file and flushes
-//! both) inside the commit that takes the WAL past 1,000 pages: that commit, and every request
-//! queued behind the one connection, waited for a copy of some megabytes and two flushes. Here
-//! such a commit only wakes a thread, which checkpoints over its own connection while requests
-//! go on: a passive checkpoint takes no lock that writers wait for. Should that thread fall far
-//! behind, the committing connection checkpoints itself, as SQLite would.
+//! both) inside the commit that takes the WAL past 1,000 pages: that commit, and whoever waits
+//! for the connection behind it, waits for a copy of some megabytes and two flushes. With a
+//! [`Checkpointer`] such a commit only wakes a thread, which checkpoints over a connection of
+//! its own while the main one goes on: a passive checkpoint takes no lock that writers or
+//! readers wait for. Should that thread fall far behind, the committing connection checkpoints
+//! itself, as SQLite would.
 
 use std::ffi::c_int;
-use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,18 +17,14 @@ use rusqlite::Connection;
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
 
-use super::BUSY_TIMEOUT;
-use crate::error::ServerError;
-use crate::storage::Result;
-
 /// A commit that leaves this many pages in the WAL wakes the checkpoint thread (SQLite's
 /// own threshold).
 const BACKGROUND_FROM_PAGES: c_int = 1000;
 /// A commit that leaves this many (64 MiB of 4 KiB pages) checkpoints on the spot.
 const INLINE_FROM_PAGES: c_int = 16_000;
 
-/// The checkpoint thread; stopped and joined when dropped.
-pub(super) struct Checkpointer {
+/// The checkpoint thread; stopped and joined when dropped (its connection closes with it).
+pub struct Checkpointer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -58,22 +54,36 @@ impl Shared {
 }
 
 impl Checkpointer {
-    /// Starts the thread over a connection of its own to `path`, and hooks `conn`'s commits to
-    /// it. Replaces SQLite's automatic checkpoints on `conn`.
-    pub(super) fn start(path: &Path, conn: &mut Connection) -> Result<Checkpointer> {
-        let own = Connection::open(path)?;
-        own.busy_timeout(BUSY_TIMEOUT)?;
-        // A connection only knows the file is in WAL mode once it has read it; until then a
-        // checkpoint does nothing.
+    /// Starts the thread over `own`, a second connection to `main`'s database file, opened
+    /// (and unlocked) as `main` was, and hooks `main`'s commits to it: SQLite's automatic
+    /// checkpoints on `main` are replaced. `None` if the database is not in WAL mode or no
+    /// thread could start: `main` then keeps checkpointing in its commits.
+    pub fn start(main: &mut Connection, own: Connection) -> rusqlite::Result<Option<Checkpointer>> {
+        // `own` only knows the file is in WAL mode once it has read it; until then a checkpoint
+        // does nothing.
         let mode: String = own.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(ServerError::Internal(format!(
-                "the database is in {mode} mode, not WAL"
-            )));
+            return Ok(None);
         }
         let shared = Arc::new(Shared::default());
-        let hooked = Arc::clone(&shared);
-        conn.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
+        let running = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("fieldsync-checkpoint".into())
+            .spawn(move || run(&own, &running));
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(err) => {
+                tracing::warn!(error = %err, "no checkpoint thread; commits checkpoint");
+                return Ok(None);
+            }
+        };
+        // Made before the hook, so that a failure to hook stops the thread.
+        let checkpointer = Checkpointer {
+            shared: Arc::clone(&shared),
+            thread: Some(thread),
+        };
+        let hooked = shared;
+        main.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
             if pages >= INLINE_FROM_PAGES {
                 wal.checkpoint()?;
                 hooked.lock().inline += 1;
@@ -83,26 +93,18 @@ impl Checkpointer {
             }
             Ok(())
         }))?;
-        let running = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("fieldsync-checkpoint".into())
-            .spawn(move || run(&own, &running))
-            .map_err(|err| ServerError::Internal(format!("no checkpoint thread: {err}")))?;
-        Ok(Checkpointer {
-            shared,
-            thread: Some(thread),
-        })
+        Ok(Some(checkpointer))
     }
 
     /// How many checkpoints ran on the thread and in commits.
-    pub(super) fn counts(&self) -> (u64, u64) {
+    pub fn counts(&self) -> (u64, u64) {
         let state = self.shared.lock();
         (state.background, state.inline)
     }
 
     /// Waits until the thread has run `count` checkpoints, at most `timeout`; returns whether
     /// it had.
-    pub(super) fn wait_for(&self, count: u64, timeout: Duration) -> bool {
+    pub fn wait_for(&self, count: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
         while state.background < count {
