@@ -520,10 +520,14 @@ fn start_checkpointer(
     if !mode.eq_ignore_ascii_case("wal") {
         return Ok(None);
     }
-    let own = Connection::open(path)?;
-    encryption::unlock(&own, path, key)?;
-    own.busy_timeout(Duration::from_secs(5))?;
-    Ok(Checkpointer::start(conn, own)?)
+    let (path, key) = (path.to_owned(), key.cloned());
+    let open = move || -> Result<Connection> {
+        let own = Connection::open(&path)?;
+        encryption::unlock(&own, &path, key.as_ref())?;
+        own.busy_timeout(Duration::from_secs(5))?;
+        Ok(own)
+    };
+    Ok(Checkpointer::start(conn, open)?)
 }
 
 fn configure(conn: &Connection, synchronous: Synchronous) -> Result<()> {

@@ -9,6 +9,7 @@
 //! itself, as SQLite would.
 
 use std::ffi::c_int;
+use std::fmt::Display;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,22 +55,21 @@ impl Shared {
 }
 
 impl Checkpointer {
-    /// Starts the thread over `own`, a second connection to `main`'s database file, opened
-    /// (and unlocked) as `main` was, and hooks `main`'s commits to it: SQLite's automatic
-    /// checkpoints on `main` are replaced. `None` if the database is not in WAL mode or no
-    /// thread could start: `main` then keeps checkpointing in its commits.
-    pub fn start(main: &mut Connection, own: Connection) -> rusqlite::Result<Option<Checkpointer>> {
-        // `own` only knows the file is in WAL mode once it has read it; until then a checkpoint
-        // does nothing.
-        let mode: String = own.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Ok(None);
-        }
+    /// Starts the thread and hooks `main`'s commits to it: SQLite's automatic checkpoints on
+    /// `main`, which must be in WAL mode, are replaced. The thread opens its connection with
+    /// `open` (a second connection to `main`'s file, opened and unlocked as `main` was) when
+    /// first asked to checkpoint, so that a connection opened and closed again never makes
+    /// one; if that fails it says so and tries again at the next request. `None` if no thread
+    /// could start: `main` then keeps checkpointing in its commits.
+    pub fn start<E: Display>(
+        main: &mut Connection,
+        open: impl FnMut() -> Result<Connection, E> + Send + 'static,
+    ) -> rusqlite::Result<Option<Checkpointer>> {
         let shared = Arc::new(Shared::default());
         let running = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("fieldsync-checkpoint".into())
-            .spawn(move || run(&own, &running));
+            .spawn(move || run(open, &running));
         let thread = match spawned {
             Ok(thread) => thread,
             Err(err) => {
@@ -123,7 +123,8 @@ impl Checkpointer {
     }
 }
 
-fn run(conn: &Connection, shared: &Shared) {
+fn run<E: Display>(mut open: impl FnMut() -> Result<Connection, E>, shared: &Shared) {
+    let mut conn = None;
     loop {
         {
             let mut state = shared.lock();
@@ -138,6 +139,22 @@ fn run(conn: &Connection, shared: &Shared) {
             }
             state.requested = false;
         }
+        if conn.is_none() {
+            match open() {
+                // A connection only knows the file is in WAL mode once it has read it; until
+                // then a checkpoint does nothing.
+                Ok(opened) => match opened
+                    .query_row("PRAGMA journal_mode", [], |row| row.get::<_, String>(0))
+                {
+                    Ok(_) => conn = Some(opened),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the checkpoint connection cannot read")
+                    }
+                },
+                Err(err) => tracing::warn!(error = %err, "no checkpoint connection"),
+            }
+        }
+        let Some(conn) = &conn else { continue };
         match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
             // SQLite's way of saying that it could not run.
             Ok((-1, _)) => tracing::warn!("a WAL checkpoint did not run"),

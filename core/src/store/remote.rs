@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::{AutoCommit, Change, ChangeHash};
 use rusqlite::{Transaction, TransactionBehavior};
 
+use super::tables::TableSql;
 use super::{CachedDoc, Db, DocKey, Shared, read};
 use crate::document;
 use crate::error::{Error, Result};
@@ -355,10 +356,7 @@ fn store_known(
     now: i64,
 ) -> Result<Option<Changed>> {
     let collection = record.collection.as_str();
-    let Ok(table) = shared.table(collection) else {
-        return Ok(None);
-    };
-    let Some(fields) = fit_values(shared, record, values) else {
+    let Some((table, fields)) = fit_values(shared, record, values) else {
         return Ok(None);
     };
     // The document is stored unread, but it is loaded on the first write, history or merge:
@@ -385,12 +383,17 @@ fn store_known(
     Ok(Some(super::changed(collection, &record.id, None, after)))
 }
 
-/// The declared fields of `record` out of the values the server sent for it; `None` if the
-/// record is not one this store can hold as they stand (unknown collection, invalid id, a value
-/// of the wrong type, a required field missing, another scope): the caller then merges the
-/// Automerge data the slow way, which reports what is wrong.
-fn fit_values(shared: &Shared, record: &RemoteRecord, mut values: Fields) -> Option<Fields> {
+/// The record's table and its declared fields out of the values the server sent for it;
+/// `None` if the record is not one this store can hold as they stand (unknown collection,
+/// invalid id, a value of the wrong type, a required field missing, another scope): the caller
+/// then merges the Automerge data the slow way, which reports what is wrong.
+fn fit_values<'s>(
+    shared: &'s Shared,
+    record: &RemoteRecord,
+    mut values: Fields,
+) -> Option<(&'s TableSql, Fields)> {
     let collection = record.collection.as_str();
+    let table = shared.table(collection).ok()?;
     let decl = shared.schema.collection(collection).ok()?;
     super::write::check_id(&record.id).ok()?;
     let mut fields = Fields::new();
@@ -407,7 +410,7 @@ fn fit_values(shared: &Shared, record: &RemoteRecord, mut values: Fields) -> Opt
         }
     }
     let scope = fields.get(&decl.scope_field).and_then(|v| v.as_str());
-    (scope == Some(record.scope.as_str())).then_some(fields)
+    (scope == Some(record.scope.as_str())).then_some((table, fields))
 }
 
 /// Which records of a pulled page may take the server's values with their changes instead of
@@ -474,10 +477,7 @@ fn append_known(
     now: i64,
 ) -> Result<Option<Changed>> {
     let collection = record.collection.as_str();
-    let Ok(table) = shared.table(collection) else {
-        return Ok(None);
-    };
-    let Some(fields) = fit_values(shared, record, values) else {
+    let Some((table, fields)) = fit_values(shared, record, values) else {
         return Ok(None);
     };
     let Some(changes) = decode_bounded(raw) else {

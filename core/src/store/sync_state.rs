@@ -436,6 +436,31 @@ mod tests {
         assert_eq!(device.history("clients", &id).unwrap().len(), 4);
     }
 
+    /// `server_side` renames the record and the device, reopened from `dir` (no document in
+    /// memory), pulls that as the record's latest change. The server's values lack the
+    /// device's `phone`: it is kept only if the changes were merged rather than appended with
+    /// those values taken.
+    fn pull_rename_keeping_phone(
+        dir: &std::path::Path,
+        server_side: &Store,
+        id: &str,
+        phone: &str,
+    ) -> Store {
+        let device = open(&dir.join("b.db"), Synchronous::Normal);
+        server_side
+            .update("clients", id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        device
+            .apply_pull_page(latest_changes_page(server_side, id, "c1"))
+            .unwrap();
+        let record = device.get("clients", id).unwrap().unwrap().fields;
+        assert_eq!(
+            (record["name"].as_str(), record["phone"].as_str()),
+            (Some("Ada L."), Some(phone))
+        );
+        device
+    }
+
     #[test]
     fn a_record_with_unsent_writes_merges_pulled_changes_instead() {
         let dir = tempfile::tempdir().unwrap();
@@ -443,22 +468,8 @@ mod tests {
         device
             .update("clients", &id, fields(json!({"phone": "555"})))
             .unwrap();
-        // Reopened, the device has no document in memory.
         drop(device);
-        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
-        server_side
-            .update("clients", &id, fields(json!({"name": "Ada L."})))
-            .unwrap();
-        // The server's values lack the device's unsent write: taking them would hide it.
-        let report = device
-            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
-            .unwrap();
-        assert_eq!(report.changed, 1);
-        let record = device.get("clients", &id).unwrap().unwrap().fields;
-        assert_eq!(
-            (record["name"].as_str(), record["phone"].as_str()),
-            (Some("Ada L."), Some("555"))
-        );
+        let device = pull_rename_keeping_phone(dir.path(), &server_side, &id, "555");
         assert_eq!(stored_row(&device, &id).1, 0, "merged and saved whole");
     }
 
@@ -483,18 +494,7 @@ mod tests {
         device.complete_push(&entries, &refused).unwrap();
         assert_eq!(device.outbox_len().unwrap(), 0);
         drop(device);
-        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
-        server_side
-            .update("clients", &id, fields(json!({"name": "Ada L."})))
-            .unwrap();
-        device
-            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
-            .unwrap();
-        let record = device.get("clients", &id).unwrap().unwrap().fields;
-        assert_eq!(
-            (record["name"].as_str(), record["phone"].as_str()),
-            (Some("Ada L."), Some("555"))
-        );
+        pull_rename_keeping_phone(dir.path(), &server_side, &id, "555");
     }
 
     #[test]
@@ -521,18 +521,7 @@ mod tests {
         assert_eq!(device.apply_remote(from_peer).unwrap().changed, 1);
         // Reopened: the mark outlives the process.
         drop(device);
-        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
-        server_side
-            .update("clients", &id, fields(json!({"name": "Ada L."})))
-            .unwrap();
-        device
-            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
-            .unwrap();
-        let record = device.get("clients", &id).unwrap().unwrap().fields;
-        assert_eq!(
-            (record["name"].as_str(), record["phone"].as_str()),
-            (Some("Ada L."), Some("777"))
-        );
+        pull_rename_keeping_phone(dir.path(), &server_side, &id, "777");
     }
 
     #[test]

@@ -71,9 +71,12 @@ impl SqliteStorage {
         // From here on, commits are flushed by `wait_durable`, in groups.
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let checkpointer = {
-            let own = Connection::open(path)?;
-            own.busy_timeout(BUSY_TIMEOUT)?;
-            Checkpointer::start(&mut conn, own)?
+            let path = path.to_owned();
+            Checkpointer::start(&mut conn, move || {
+                let own = Connection::open(&path)?;
+                own.busy_timeout(BUSY_TIMEOUT)?;
+                Ok::<_, rusqlite::Error>(own)
+            })?
         };
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
