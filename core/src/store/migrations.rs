@@ -9,6 +9,7 @@ const STEPS: &[&str] = &[
     include_str!("migrations/001_init.sql"),
     include_str!("migrations/002_pending_changes.sql"),
     include_str!("migrations/003_sync_state.sql"),
+    include_str!("migrations/004_refused_pulls.sql"),
 ];
 
 /// The format version a fully migrated file has.

@@ -128,6 +128,9 @@ pub(super) fn apply(
         let key = (record.collection.clone(), record.id.clone());
         let ahead = ahead.remove(&key);
         if let Some(Ahead::Damaged(reason)) = ahead {
+            if from_feed {
+                remember_refused(&tx, &record.collection, &record.id, now)?;
+            }
             report.rejected.push(damaged(record, &reason));
             continue;
         }
@@ -160,6 +163,9 @@ pub(super) fn apply(
                         // A damaged local copy must not stall every later pull: its record is
                         // refused and the rest of the page merges.
                         Err(Error::Corrupt(reason)) => {
+                            if from_feed {
+                                remember_refused(&tx, &record.collection, &record.id, now)?;
+                            }
                             report.rejected.push(damaged(record, &reason));
                             continue;
                         }
@@ -203,6 +209,9 @@ pub(super) fn apply(
             Err(err) => {
                 // The document is dropped: the next read reloads the committed one.
                 tx.execute_batch("ROLLBACK TO remote_record; RELEASE remote_record")?;
+                if from_feed {
+                    remember_refused(&tx, &record.collection, &record.id, now)?;
+                }
                 report.rejected.push(RejectedRecord {
                     collection: record.collection,
                     id: record.id,
@@ -232,6 +241,16 @@ pub(super) fn apply(
         cache.put(key, doc);
     }
     Ok((report, changed))
+}
+
+/// Remembers that this store refused pulled changes of a record (see [`Appendable`]).
+fn remember_refused(tx: &Transaction<'_>, collection: &str, id: &str, now: i64) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO refused_pulls (collection, record_id, refused_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (collection, record_id) DO UPDATE SET refused_at = excluded.refused_at",
+    )?
+    .execute(rusqlite::params![collection, id, now])?;
+    Ok(())
 }
 
 fn damaged(record: RemoteRecord, reason: &str) -> RejectedRecord {
@@ -415,13 +434,15 @@ fn fit_values<'s>(
 
 /// Which records of a pulled page may take the server's values with their changes instead of
 /// a merge: the server's state of a record is the device's plus the page's changes only when
-/// the device holds nothing the server lacks. That is not so for a record with unsent writes
-/// (in the outbox), with writes the server refused, or when changes were merged from elsewhere
-/// than the feed; nor while changes wait for their dependencies.
+/// the device holds nothing the server lacks and lacks nothing before them. That is not so for
+/// a record with unsent writes (in the outbox), with writes the server refused, with pulled
+/// changes this store refused (`refused_pulls`: its copy may lack them, and appending what
+/// depends on them would leave a document that does not load), or when changes were merged
+/// from elsewhere than the feed; nor while changes wait for their dependencies.
 #[derive(Default)]
 struct Appendable {
     enabled: bool,
-    /// Records with unsent or refused local writes.
+    /// Records with unsent or refused local writes, or refused pulled changes.
     excluded: std::collections::HashSet<DocKey>,
 }
 
@@ -441,7 +462,8 @@ impl Appendable {
         }
         let mut stmt = tx.prepare_cached(
             "SELECT collection, record_id FROM outbox
-             UNION SELECT collection, record_id FROM server_rejections",
+             UNION SELECT collection, record_id FROM server_rejections
+             UNION SELECT collection, record_id FROM refused_pulls",
         )?;
         let excluded = stmt
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
@@ -574,6 +596,10 @@ fn purge(
                 cache.pop(&(name.clone(), id.clone()));
                 tx.prepare_cached(
                     "DELETE FROM pending_changes WHERE collection = ?1 AND record_id = ?2",
+                )?
+                .execute([name, &id])?;
+                tx.prepare_cached(
+                    "DELETE FROM refused_pulls WHERE collection = ?1 AND record_id = ?2",
                 )?
                 .execute([name, &id])?;
                 changed.push(super::changed(name, &id, fields, None));

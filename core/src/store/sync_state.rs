@@ -598,4 +598,54 @@ mod tests {
             last.as_str()
         );
     }
+
+    #[test]
+    fn a_record_whose_pulled_change_was_refused_merges_later_changes() {
+        use automerge::transaction::Transactable;
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        // Another app version drops a field this schema requires, then writes it again.
+        let mut doc =
+            automerge::AutoCommit::load(&server_side.document("clients", &id).unwrap()).unwrap();
+        let page =
+            |doc: &mut automerge::AutoCommit, heads: &[automerge::ChangeHash], cursor: &str| {
+                let change = doc.get_changes(heads)[0].raw_bytes().to_vec();
+                let (fields, deleted) = crate::document_values(doc).unwrap();
+                PullResponse {
+                    records: vec![PulledRecord {
+                        collection: "clients".into(),
+                        id: id.clone(),
+                        scope: "north".into(),
+                        payload: Payload::Changes(vec![ByteBuf::from(change)]),
+                        fields: Some(fields),
+                        deleted,
+                    }],
+                    next_cursor: cursor.into(),
+                    more: false,
+                    revoked_scopes: Vec::new(),
+                }
+            };
+        let heads = doc.get_heads();
+        doc.delete(automerge::ROOT, "name").unwrap();
+        doc.commit();
+        let refused = device
+            .apply_pull_page(page(&mut doc, &heads, "c1"))
+            .unwrap();
+        assert_eq!(refused.rejected.len(), 1);
+        let heads = doc.get_heads();
+        doc.put(automerge::ROOT, "name", "Back").unwrap();
+        doc.commit();
+        let tail_before = stored_row(&device, &id).1;
+        // The change fits the schema, but it depends on the refused one: appended, it would
+        // leave a document missing a change. Merged, it waits for it.
+        let later = device
+            .apply_pull_page(page(&mut doc, &heads, "c2"))
+            .unwrap();
+        assert_eq!((later.changed, later.waiting_changes), (0, 1));
+        assert_eq!(stored_row(&device, &id).1, tail_before);
+        assert_eq!(
+            device.get("clients", &id).unwrap().unwrap().fields["name"],
+            "Ada"
+        );
+    }
 }
