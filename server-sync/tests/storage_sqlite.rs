@@ -130,3 +130,43 @@ fn the_wal_is_checkpointed_on_its_own_thread_not_in_a_commit() {
         "the pages are in the database file: {copied} bytes"
     );
 }
+
+#[test]
+fn a_document_updated_without_its_lineage_loses_the_lineage() {
+    use fieldsync_server::storage::Storage;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.db");
+    let storage = SqliteStorage::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let lineage = fieldsync_server::storage::Lineage::default().encode();
+    conn.execute(
+        "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage)
+         VALUES ('clients', 'a', 'north', x'00', '{}', 0, 1, ?1)",
+        [&lineage],
+    )
+    .unwrap();
+    let lineage_of = || {
+        storage.stored_records(&[("clients", "a")]).unwrap()[0]
+            .clone()
+            .unwrap()
+            .lineage
+    };
+    // Written with the document, as this release does (a new lineage): kept.
+    let next = fieldsync_server::storage::Lineage {
+        max_op: 1,
+        ..Default::default()
+    };
+    conn.execute(
+        "UPDATE records SET doc = x'01', lineage = ?1",
+        [&next.encode()],
+    )
+    .unwrap();
+    assert_eq!(lineage_of(), Some(next));
+    // As an instance from before lineages writes it: dropped.
+    conn.execute(
+        "UPDATE records SET doc = x'02', fields = '{}', deleted = 0, updated_seq = 2",
+        [],
+    )
+    .unwrap();
+    assert_eq!(lineage_of(), None);
+}

@@ -41,6 +41,7 @@ use crate::error::ServerError;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/001_init.sql"),
     include_str!("migrations/postgres/002_record_lineage.sql"),
+    include_str!("migrations/postgres/003_lineage_follows_doc.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/002_records_by_seq.sql"),
     include_str!("migrations/sqlite/003_pages_in_position_order.sql"),
     include_str!("migrations/sqlite/004_record_lineage.sql"),
+    include_str!("migrations/sqlite/005_lineage_follows_doc.sql"),
 ];
 
 /// Server storage in one SQLite file.
