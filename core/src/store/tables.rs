@@ -222,8 +222,14 @@ fn sync_indexes(tx: &Transaction<'_>, name: &str, collection: &Collection) -> Re
     let wanted: Vec<(String, String)> = wanted_indexes(name, collection)
         .into_iter()
         .map(|(index, fields)| {
-            let columns: Vec<String> = fields.iter().map(|f| format!("\"{f}\"")).collect();
-            // Partial on live records: every query filters on `_deleted = 0`.
+            let columns: Vec<String> = fields
+                .iter()
+                .map(|f| format!("\"{f}\""))
+                .chain(["_id".to_owned()])
+                .collect();
+            // Partial on live records: every query filters on `_deleted = 0`. Ending with
+            // `_id` keeps the entries of equal values in id order, the order queries return
+            // by default, so SQLite reads them in order instead of sorting them.
             let sql = format!(
                 "CREATE INDEX \"{index}\" ON {table} ({}) WHERE _deleted = 0",
                 columns.join(", ")
