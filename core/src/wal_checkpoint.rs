@@ -84,14 +84,7 @@ impl Checkpointer {
         };
         let hooked = shared;
         main.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
-            if pages >= INLINE_FROM_PAGES {
-                wal.checkpoint()?;
-                hooked.lock().inline += 1;
-            } else if pages >= BACKGROUND_FROM_PAGES {
-                hooked.lock().requested = true;
-                hooked.changed.notify_all();
-            }
-            Ok(())
+            after_commit(&hooked, pages, || wal.checkpoint())
         }))?;
         Ok(Some(checkpointer))
     }
@@ -121,6 +114,31 @@ impl Checkpointer {
         }
         true
     }
+}
+
+/// What a commit that left `pages` in the WAL does next; `checkpoint` checkpoints over the
+/// committing connection. Never an error: SQLite reports an error from its WAL hook as the
+/// failure of the commit, which has happened all the same.
+fn after_commit(
+    shared: &Shared,
+    pages: c_int,
+    checkpoint: impl FnOnce() -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    if pages >= INLINE_FROM_PAGES {
+        match checkpoint() {
+            Ok(()) => {
+                shared.lock().inline += 1;
+                return Ok(());
+            }
+            // Busy when the thread is checkpointing at that moment; it is then asked again.
+            Err(err) => tracing::debug!(error = %err, "a commit could not checkpoint"),
+        }
+    }
+    if pages >= BACKGROUND_FROM_PAGES {
+        shared.lock().requested = true;
+        shared.changed.notify_all();
+    }
+    Ok(())
 }
 
 fn run<E: Display>(mut open: impl FnMut() -> Result<Connection, E>, shared: &Shared) {
@@ -175,5 +193,43 @@ impl Drop for Checkpointer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_that_cannot_checkpoint_succeeds_and_asks_the_thread() {
+        let shared = Shared::default();
+        let busy = || {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(5),
+                None,
+            ))
+        };
+        assert!(after_commit(&shared, INLINE_FROM_PAGES, busy).is_ok());
+        let state = shared.lock();
+        assert!(state.requested);
+        assert_eq!(state.inline, 0);
+    }
+
+    #[test]
+    fn a_commit_far_past_the_threshold_checkpoints_itself() {
+        let shared = Shared::default();
+        assert!(after_commit(&shared, INLINE_FROM_PAGES, || Ok(())).is_ok());
+        let state = shared.lock();
+        assert_eq!(state.inline, 1);
+        assert!(!state.requested);
+    }
+
+    #[test]
+    fn a_commit_past_the_threshold_only_wakes_the_thread() {
+        let shared = Shared::default();
+        let checkpoint = || panic!("a commit below the inline threshold checkpointed");
+        assert!(after_commit(&shared, BACKGROUND_FROM_PAGES, checkpoint).is_ok());
+        assert!(shared.lock().requested);
+        assert!(after_commit(&Shared::default(), BACKGROUND_FROM_PAGES - 1, checkpoint).is_ok());
     }
 }
