@@ -206,7 +206,7 @@ async fn a_first_sync_in_many_pages_ends_with_every_index_and_uses_it() {
         let conn = rusqlite::Connection::open(&fresh_path).unwrap();
         let mut stmt = conn
             .prepare(
-                "EXPLAIN QUERY PLAN SELECT _id FROM rec_clients
+                "EXPLAIN QUERY PLAN SELECT _id, name FROM rec_clients
                  WHERE caseload_id = 'north' AND _deleted = 0",
             )
             .unwrap();
