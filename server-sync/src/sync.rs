@@ -1,10 +1,10 @@
 //! `POST /v1/push` and `GET /v1/pull`: checking, merging and serving records.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::legacy::{ElementId, Key, ObjectId, OpId, OpType};
 use automerge::{AutoCommit, Change, ChangeHash, ScalarValue};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -720,6 +720,18 @@ fn merge_unguarded(
             "the merged document exceeds the size limit",
         ));
     }
+    // Automerge applies a change whose operations name, as the ones they overwrite,
+    // operations the document does not have, and then saves bytes that do not load: stored,
+    // they would cost everyone the record.
+    let reloads = guarded(|| AutoCommit::load(&saved).map(|mut d| d.get_heads()).ok())
+        .flatten()
+        .is_some_and(|heads| heads == lineage.heads);
+    if !reloads {
+        return Err(reject(
+            RejectCode::Malformed,
+            "the changes overwrite operations the document does not have",
+        ));
+    }
     let (fields, deleted) = fieldsync_core::document_values(&doc)
         .map_err(|_| reject(RejectCode::Malformed, "the document's values do not read"))?;
     Ok(MergedRecord {
@@ -812,7 +824,12 @@ fn append_in_line(
         if !follows {
             return None;
         }
-        for op in change.decode().operations {
+        for (op, counter) in change.decode().operations.into_iter().zip(max_op + 1..) {
+            // What an operation overwrites comes before it; naming anything else is left to
+            // the merge, which refuses it.
+            if op.pred.iter().any(|pred| pred.counter() >= counter) {
+                return None;
+            }
             match (op.obj, op.key, op.action, op.insert) {
                 (ObjectId::Root, Key::Map(key), OpType::Put(value), false)
                     if key != fieldsync_core::DELETED_KEY
@@ -868,6 +885,12 @@ fn new_record_as_sent(
             "the document holds another device's changes",
         ));
     }
+    if !overwrites_only_earlier_operations(&changes) {
+        return Err(reject(
+            RejectCode::Malformed,
+            "the changes overwrite operations the document does not have",
+        ));
+    }
     let lineage = lineage_after_merge(&mut doc, None, &changes);
     let new_changes = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
     let (fields, deleted) = fieldsync_core::document_values(&doc)
@@ -879,6 +902,39 @@ fn new_record_as_sent(
         new_changes,
         lineage,
     })
+}
+
+/// Whether every operation of a whole history (`changes` in causal order, as Automerge
+/// returns them) overwrites only operations that come before it on the same object and key.
+/// Automerge loads a history that breaks this and saves it as bytes that do not load.
+fn overwrites_only_earlier_operations(changes: &[Change]) -> bool {
+    let mut seen: HashSet<(ObjectId, Key, OpId)> = HashSet::new();
+    for change in changes {
+        let expanded = change.decode();
+        for (op, counter) in expanded
+            .operations
+            .into_iter()
+            .zip(expanded.start_op.get()..)
+        {
+            if !op
+                .pred
+                .iter()
+                .all(|pred| seen.contains(&(op.obj.clone(), op.key.clone(), pred.clone())))
+            {
+                return false;
+            }
+            let id = OpId::new(counter, &expanded.actor_id);
+            // An insertion's key names the element it follows; what overwrites the element
+            // it makes names that element as its key.
+            let key = if op.insert {
+                Key::Seq(ElementId::Id(id.clone()))
+            } else {
+                op.key
+            };
+            seen.insert((op.obj, key, id));
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -1314,6 +1370,110 @@ mod tests {
                 assert!(AutoCommit::load(&merged.doc).is_ok());
             }
         }
+    }
+
+    /// `change` with the first operation's overwritten operations replaced by `pred`.
+    fn overwriting(change: &[u8], pred: Vec<OpId>) -> Vec<u8> {
+        let mut expanded = Change::try_from(change).unwrap().decode();
+        expanded.operations[0].pred = pred.into();
+        expanded.hash = None;
+        Change::from(expanded).raw_bytes().to_vec()
+    }
+
+    fn push(
+        device: &ActorId,
+        stored: Option<StoredRecord>,
+        payload: Payload,
+    ) -> Result<MergedRecord, Rejection> {
+        let caller = caller(device);
+        let record = pushed("a", "north", payload);
+        merge(
+            &caller,
+            caller.actor.as_deref(),
+            &Limits::default(),
+            &record,
+            stored,
+        )
+    }
+
+    #[test]
+    fn a_change_overwriting_operations_the_document_lacks_is_refused() {
+        let device = ActorId::random();
+        let (mut doc, in_line) = new_record(&device);
+        let legacy = stored(&mut doc);
+        let change = edit(&mut doc, "visits", 1);
+        // An operation the document does not have, and the name's operation (another key's),
+        // through the merge; the first also where the change would otherwise be appended.
+        let cases = [
+            (OpId::new(99, &device), &legacy),
+            (OpId::new(1, &device), &legacy),
+            (OpId::new(99, &device), &in_line),
+        ];
+        for (pred, state) in cases {
+            let crafted = overwriting(&change, vec![pred.clone()]);
+            let result = push(&device, Some(state.clone()), changes(crafted));
+            let rejection = result.expect_err(&format!("{pred:?} was stored"));
+            assert_eq!(rejection.code, RejectCode::Malformed);
+        }
+        // The change as made is appended.
+        assert_eq!(
+            push(&device, Some(in_line), changes(change))
+                .unwrap()
+                .lineage
+                .appended,
+            1
+        );
+    }
+
+    #[test]
+    fn a_new_record_overwriting_operations_it_lacks_is_refused() {
+        let device = ActorId::random();
+        let mut doc = document(&device, "Ada");
+        let first = doc.save_after(&[]);
+        for pred in [OpId::new(5, &device), OpId::new(1, &ActorId::random())] {
+            let crafted = overwriting(&first, vec![pred]);
+            let rejection = push(&device, None, changes(crafted)).unwrap_err();
+            assert_eq!(rejection.code, RejectCode::Malformed);
+        }
+    }
+
+    #[test]
+    fn a_new_record_editing_its_own_text_is_stored() {
+        let device = ActorId::random();
+        let mut doc = document(&device, "Ada");
+        let notes = doc
+            .put_object(ROOT, "notes", automerge::ObjType::Text)
+            .unwrap();
+        doc.splice_text(&notes, 0, 0, "hello there").unwrap();
+        doc.commit();
+        // Deleting and replacing characters overwrites the insertions of the change before.
+        doc.splice_text(&notes, 0, 5, "HELLO").unwrap();
+        doc.put(ROOT, "name", "Ada L.").unwrap();
+        doc.commit();
+        let merged = push(&device, None, Payload::Document(ByteBuf::from(doc.save()))).unwrap();
+        let loaded = AutoCommit::load(&merged.doc).unwrap();
+        assert_eq!(
+            automerge::ReadDoc::text(&loaded, &notes).unwrap(),
+            "HELLO there"
+        );
+        // The same in one change.
+        let mut single = AutoCommit::new().with_actor(ActorId::random());
+        let notes = single
+            .put_object(ROOT, "notes", automerge::ObjType::Text)
+            .unwrap();
+        single.splice_text(&notes, 0, 0, "abc").unwrap();
+        single.splice_text(&notes, 1, 1, "B").unwrap();
+        single.commit();
+        let caller = caller(single.get_actor());
+        let record = pushed("b", "north", changes(single.save_after(&[])));
+        let merged = merge(
+            &caller,
+            caller.actor.as_deref(),
+            &Limits::default(),
+            &record,
+            None,
+        );
+        assert!(merged.is_ok(), "{merged:?}");
     }
 
     #[test]
