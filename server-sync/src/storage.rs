@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -177,7 +178,14 @@ pub struct Lineage {
     pub appended: u32,
     /// With a single head: the actor and sequence number of that change.
     pub head_change: Option<(ActorId, u64)>,
+    /// For each key of the document's root, the operations holding its value (more than one
+    /// after concurrent writes), which a change that follows in line names as what it
+    /// overwrites. `None` in lineages written before they were kept.
+    pub root_ops: Option<RootOps>,
 }
+
+/// Root keys and the operations (counter, actor) holding their values, each list sorted.
+pub type RootOps = BTreeMap<String, Vec<(u64, ActorId)>>;
 
 /// [`Lineage`] as stored.
 #[derive(Serialize, Deserialize)]
@@ -186,12 +194,20 @@ struct StoredLineage {
     max_op: u64,
     appended: u32,
     head_change: Option<(ByteBuf, u64)>,
+    /// The actors `root_ops` refers to by position.
+    #[serde(default)]
+    actors: Vec<ByteBuf>,
+    #[serde(default)]
+    root_ops: Option<Vec<StoredRootKey>>,
 }
+
+/// A root key and its operations, each a counter and a position in `actors`.
+type StoredRootKey = (String, Vec<(u64, u32)>);
 
 impl Lineage {
     /// The bytes the storage keeps.
     pub fn encode(&self) -> Vec<u8> {
-        let stored = StoredLineage {
+        let mut stored = StoredLineage {
             heads: self
                 .heads
                 .iter()
@@ -203,7 +219,33 @@ impl Lineage {
                 .head_change
                 .as_ref()
                 .map(|(actor, seq)| (ByteBuf::from(actor.to_bytes().to_vec()), *seq)),
+            actors: Vec::new(),
+            root_ops: None,
         };
+        if let Some(root_ops) = &self.root_ops {
+            let mut actors: Vec<ActorId> = Vec::new();
+            let mut position = |actor: &ActorId| {
+                let found = actors.iter().position(|known| known == actor);
+                found.unwrap_or_else(|| {
+                    actors.push(actor.clone());
+                    actors.len() - 1
+                }) as u32
+            };
+            let root_ops = root_ops
+                .iter()
+                .map(|(key, ops)| {
+                    let ops = ops
+                        .iter()
+                        .map(|(counter, actor)| (*counter, position(actor)));
+                    (key.clone(), ops.collect())
+                })
+                .collect();
+            stored.root_ops = Some(root_ops);
+            stored.actors = actors
+                .into_iter()
+                .map(|actor| ByteBuf::from(actor.to_bytes().to_vec()))
+                .collect();
+        }
         rmp_serde::to_vec(&stored).expect("lineages always serialize")
     }
 
@@ -216,6 +258,25 @@ impl Lineage {
             .iter()
             .map(|h| ChangeHash::try_from(h.as_slice()).ok())
             .collect::<Option<Vec<_>>>()?;
+        let actors: Vec<ActorId> = stored
+            .actors
+            .iter()
+            .map(|actor| ActorId::from(actor.as_slice()))
+            .collect();
+        let root_ops = match stored.root_ops {
+            Some(root_ops) => Some(
+                root_ops
+                    .into_iter()
+                    .map(|(key, ops)| {
+                        let ops = ops.into_iter().map(|(counter, actor)| {
+                            Some((counter, actors.get(actor as usize)?.clone()))
+                        });
+                        Some((key, ops.collect::<Option<Vec<_>>>()?))
+                    })
+                    .collect::<Option<RootOps>>()?,
+            ),
+            None => None,
+        };
         Some(Lineage {
             heads,
             max_op: stored.max_op,
@@ -223,6 +284,7 @@ impl Lineage {
             head_change: stored
                 .head_change
                 .map(|(actor, seq)| (ActorId::from(actor.as_slice()), seq)),
+            root_ops,
         })
     }
 }
@@ -500,7 +562,7 @@ fn decode_changes(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
 
 #[cfg(test)]
 mod tests {
-    use super::Database;
+    use super::*;
 
     #[test]
     fn db_names_a_sqlite_file_or_a_postgres_url_and_hides_its_password() {
@@ -518,5 +580,45 @@ mod tests {
             Database::parse("postgresql://fs@localhost/fieldsync").to_string(),
             "postgresql://fs@localhost/fieldsync"
         );
+    }
+
+    #[test]
+    fn lineages_written_before_root_operations_were_kept_still_read() {
+        let head = ChangeHash([3; 32]);
+        let actor = ActorId::from(&[5u8; 16][..]);
+        // The four fields lineages had then, in their order.
+        let old = rmp_serde::to_vec(&(
+            vec![ByteBuf::from(head.0.to_vec())],
+            9u64,
+            2u32,
+            Some((ByteBuf::from(actor.to_bytes().to_vec()), 4u64)),
+        ))
+        .unwrap();
+        let read = Lineage::decode(&old).unwrap();
+        assert_eq!(
+            read,
+            Lineage {
+                heads: vec![head],
+                max_op: 9,
+                appended: 2,
+                head_change: Some((actor.clone(), 4)),
+                root_ops: None,
+            }
+        );
+        let with_ops = Lineage {
+            root_ops: Some(
+                [
+                    (
+                        "a".to_owned(),
+                        vec![(1, actor.clone()), (2, ActorId::random())],
+                    ),
+                    ("b".to_owned(), vec![(3, actor)]),
+                    ("c".to_owned(), vec![]),
+                ]
+                .into(),
+            ),
+            ..read
+        };
+        assert_eq!(Lineage::decode(&with_ops.encode()), Some(with_ops));
     }
 }

@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use automerge::legacy::{ElementId, Key, ObjectId, OpId, OpType};
-use automerge::{AutoCommit, Change, ChangeHash, ScalarValue};
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ROOT, ReadDoc, ScalarValue};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -22,7 +22,7 @@ use serde_bytes::ByteBuf;
 use crate::auth::{Caller, authenticate};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
-use crate::storage::{Lineage, MergedRecord, StoredRecord};
+use crate::storage::{Lineage, MergedRecord, RootOps, StoredRecord};
 use crate::{AppState, Limits};
 
 /// Handles a push: each record is checked, merged into the server's copy and added to the
@@ -773,7 +773,25 @@ fn lineage_after_merge(
         max_op,
         appended: 0,
         head_change,
+        root_ops: root_ops(doc),
     }
+}
+
+/// The operations holding each root key's value; `None` if Automerge does not say.
+fn root_ops(doc: &AutoCommit) -> Option<RootOps> {
+    let mut root_ops = RootOps::new();
+    for key in doc.keys(ROOT) {
+        let mut ops = Vec::new();
+        for (_, id) in doc.get_all(ROOT, key.as_str()).ok()? {
+            match id {
+                ObjId::Id(counter, actor, _) => ops.push((counter, actor)),
+                ObjId::Root => return None,
+            }
+        }
+        ops.sort();
+        root_ops.insert(key, ops);
+    }
+    Some(root_ops)
 }
 
 /// How many changes a stored document takes appended before a merge saves it whole again:
@@ -812,6 +830,7 @@ fn append_in_line(
     heads.sort();
     let (mut head_actor, mut head_seq) = lineage.head_change.clone()?;
     let mut max_op = lineage.max_op;
+    let mut root_ops = lineage.root_ops.clone()?;
     for bytes in raw {
         let change = decode_change(bytes, limits.max_decompressed_bytes).ok()?;
         let mut deps = change.deps().to_vec();
@@ -825,16 +844,24 @@ fn append_in_line(
             return None;
         }
         for (op, counter) in change.decode().operations.into_iter().zip(max_op + 1..) {
-            // What an operation overwrites comes before it; naming anything else is left to
-            // the merge, which refuses it.
-            if op.pred.iter().any(|pred| pred.counter() >= counter) {
-                return None;
-            }
             match (op.obj, op.key, op.action, op.insert) {
                 (ObjectId::Root, Key::Map(key), OpType::Put(value), false)
                     if key != fieldsync_core::DELETED_KEY
                         && !matches!(value, ScalarValue::Counter(_)) =>
                 {
+                    // A change made on the whole document overwrites exactly the operations
+                    // holding the key's value: Automerge breaks on a change that names others.
+                    let mut pred: Vec<(u64, ActorId)> = op
+                        .pred
+                        .iter()
+                        .map(|id| (id.counter(), id.actor().clone()))
+                        .collect();
+                    pred.sort();
+                    let holding = root_ops.get(key.as_str()).map_or(&[][..], Vec::as_slice);
+                    if pred != holding {
+                        return None;
+                    }
+                    root_ops.insert(key.to_string(), vec![(counter, change.actor_id().clone())]);
                     fields.insert(key.to_string(), fieldsync_core::scalar_to_json(&value));
                 }
                 _ => return None,
@@ -854,6 +881,7 @@ fn append_in_line(
             max_op,
             appended,
             head_change: Some((head_actor, head_seq)),
+            root_ops: Some(root_ops),
         },
     })
 }
@@ -1245,6 +1273,7 @@ mod tests {
             assert_eq!(slow.lineage.heads, merged.lineage.heads);
             assert_eq!(slow.lineage.max_op, merged.lineage.max_op);
             assert_eq!(slow.lineage.head_change, merged.lineage.head_change);
+            assert_eq!(slow.lineage.root_ops, merged.lineage.root_ops);
             state = merged.to_stored("north");
         }
         assert_eq!(
@@ -1403,11 +1432,12 @@ mod tests {
         let legacy = stored(&mut doc);
         let change = edit(&mut doc, "visits", 1);
         // An operation the document does not have, and the name's operation (another key's),
-        // through the merge; the first also where the change would otherwise be appended.
+        // where the change merges and where it would otherwise be appended.
         let cases = [
             (OpId::new(99, &device), &legacy),
             (OpId::new(1, &device), &legacy),
             (OpId::new(99, &device), &in_line),
+            (OpId::new(1, &device), &in_line),
         ];
         for (pred, state) in cases {
             let crafted = overwriting(&change, vec![pred.clone()]);

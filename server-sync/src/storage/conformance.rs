@@ -66,6 +66,16 @@ fn lineage_of(doc: &[u8]) -> Lineage {
         max_op: doc.len() as u64,
         appended: doc.len() as u32 % 32,
         head_change: Some((ActorId::from(doc), doc.len() as u64)),
+        root_ops: Some(
+            [(
+                "name".to_owned(),
+                vec![
+                    (doc.len() as u64, ActorId::from(doc)),
+                    (1, ActorId::from(&[7u8][..])),
+                ],
+            )]
+            .into(),
+        ),
     }
 }
 
