@@ -162,9 +162,13 @@ fn a_document_updated_without_its_lineage_loses_the_lineage() {
     )
     .unwrap();
     assert_eq!(lineage_of(), Some(next));
+    // Another column alone: kept.
+    conn.execute("UPDATE records SET updated_seq = 2", [])
+        .unwrap();
+    assert!(lineage_of().is_some());
     // As an instance from before lineages writes it: dropped.
     conn.execute(
-        "UPDATE records SET doc = x'02', fields = '{}', deleted = 0, updated_seq = 2",
+        "UPDATE records SET doc = x'02', fields = '{}', deleted = 0, updated_seq = 3",
         [],
     )
     .unwrap();

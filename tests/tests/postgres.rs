@@ -67,6 +67,53 @@ fn the_audit_log_is_append_only() {
     );
 }
 
+#[test]
+fn a_document_updated_without_its_lineage_loses_the_lineage() {
+    use fieldsync_server::storage::Lineage;
+    let cluster = TestPostgres::start();
+    let url = cluster.database();
+    let storage = PostgresStorage::open(&url, 1).unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .execute(
+            "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage)
+             VALUES ('clients', 'a', 'north', $1, '{}', false, 1, $2)",
+            &[&vec![0u8], &Lineage::default().encode()],
+        )
+        .unwrap();
+    let lineage_of = || {
+        storage.stored_records(&[("clients", "a")]).unwrap()[0]
+            .clone()
+            .unwrap()
+            .lineage
+    };
+    // Written with the document, as this release does (a new lineage): kept.
+    let next = Lineage {
+        max_op: 1,
+        ..Default::default()
+    };
+    client
+        .execute(
+            "UPDATE records SET doc = $1, lineage = $2",
+            &[&vec![1u8], &next.encode()],
+        )
+        .unwrap();
+    assert_eq!(lineage_of(), Some(next));
+    // Another column alone: kept.
+    client
+        .execute("UPDATE records SET updated_seq = 2", &[])
+        .unwrap();
+    assert!(lineage_of().is_some());
+    // As an instance from before lineages writes it: dropped.
+    client
+        .execute(
+            "UPDATE records SET doc = $1, fields = '{}', deleted = false, updated_seq = 3",
+            &[&vec![2u8]],
+        )
+        .unwrap();
+    assert_eq!(lineage_of(), None);
+}
+
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
 
 /// Two server processes over one database, with no rate limit (the tests push in bursts),
