@@ -242,14 +242,25 @@ fn encode_insert(
         }
         None => uuid::Uuid::now_v7().to_string(),
     };
-    let mut doc = document::new_doc(&shared.actor);
-    document::init_fields(&mut doc, decl, &fields)?;
-    document::commit(&mut doc, now);
     // The record's one change, not a saved document: Automerge loads either, and for a single
     // change the change chunk is 20-30% smaller (no head hash, no change index). Most
     // records are written once; an edited one is saved whole once its tail grows or it is
     // written after a cold load.
-    let stored = doc.save_after(&[]);
+    let fast = if keep_doc {
+        None
+    } else {
+        document::first_change_of_scalars(&shared.actor, decl, &fields, now)
+    };
+    let (doc, stored) = match fast {
+        Some(stored) => (None, stored),
+        None => {
+            let mut doc = document::new_doc(&shared.actor);
+            document::init_fields(&mut doc, decl, &fields)?;
+            document::commit(&mut doc, now);
+            let stored = doc.save_after(&[]);
+            (keep_doc.then_some(doc), stored)
+        }
+    };
     let fields: Fields = fields
         .into_iter()
         .filter(|(_, value)| !value.is_null())
@@ -264,7 +275,7 @@ fn encode_insert(
         .to_owned();
     Ok(Encoded {
         id,
-        doc: keep_doc.then_some(doc),
+        doc,
         stored,
         fields,
         scope,
