@@ -1210,15 +1210,7 @@ mod tests {
     /// document.
     fn new_record(device: &ActorId) -> (AutoCommit, StoredRecord) {
         let mut doc = document(device, "Ada");
-        let caller = caller(device);
-        let record = pushed("a", "north", changes(doc.save_after(&[])));
-        let merged = merge(
-            &caller,
-            caller.actor.as_deref(),
-            &Limits::default(),
-            &record,
-            None,
-        );
+        let merged = push(device, None, changes(doc.save_after(&[])));
         (doc, merged.unwrap().to_stored("north"))
     }
 
@@ -1494,15 +1486,8 @@ mod tests {
         single.splice_text(&notes, 0, 0, "abc").unwrap();
         single.splice_text(&notes, 1, 1, "B").unwrap();
         single.commit();
-        let caller = caller(single.get_actor());
-        let record = pushed("b", "north", changes(single.save_after(&[])));
-        let merged = merge(
-            &caller,
-            caller.actor.as_deref(),
-            &Limits::default(),
-            &record,
-            None,
-        );
+        let actor = single.get_actor().clone();
+        let merged = push(&actor, None, changes(single.save_after(&[])));
         assert!(merged.is_ok(), "{merged:?}");
     }
 
