@@ -25,6 +25,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     feed_entries_carry_their_record_s_values_when_latest(&*fresh());
     documents_page_by_last_change(&*fresh());
     audit_and_activity(&*fresh());
+    a_record_s_audit_lines_among_many(&*fresh());
     idle_pulls_move_the_last_sync_at_most_once_a_minute(&*fresh());
     a_record_pushed_twice_in_one_batch_keeps_both(&*fresh());
     concurrent_pushes_lose_nothing_and_readers_skip_nothing(&*fresh());
@@ -481,6 +482,62 @@ fn audit_and_activity(storage: &dyn Storage) {
     assert_eq!(storage.active_devices(0).unwrap(), 2);
     assert_eq!(storage.active_devices(i64::MAX).unwrap(), 0);
     storage.ping().unwrap();
+}
+
+/// A record's lines found among thousands of others' (more than one of the embedded backend's
+/// index blocks), newest first, by user and from a time.
+fn a_record_s_audit_lines_among_many(storage: &dyn Storage) {
+    let ada = device(storage, "ada");
+    let bob = device(storage, "bob");
+    let pull = |device: i64, record_at: &[usize]| {
+        let lines: Vec<(String, String, String)> = (0..4500)
+            .map(|i| {
+                let id = if record_at.contains(&i) {
+                    "r".to_owned()
+                } else {
+                    format!("x{i}")
+                };
+                ("clients".into(), id, "north".into())
+            })
+            .collect();
+        storage.record_pull(device, &lines).unwrap();
+    };
+    pull(ada, &[10]);
+    let first = now_ms();
+    while now_ms() <= first {
+        std::hint::spin_loop();
+    }
+    let later = now_ms();
+    pull(bob, &[4000, 4400]);
+    pull(ada, &[0]);
+    let of_r = |user: Option<&str>, since: Option<i64>, limit: u32| -> Vec<String> {
+        storage
+            .audit(&AuditQuery {
+                user: user.map(str::to_owned),
+                record_id: Some("r".into()),
+                since,
+                limit,
+            })
+            .unwrap()
+            .into_iter()
+            .map(|line| {
+                assert_eq!(
+                    (line.record_id.as_str(), line.action.as_str()),
+                    ("r", "pull")
+                );
+                line.user
+            })
+            .collect()
+    };
+    assert_eq!(
+        of_r(None, None, 10),
+        ["ada", "bob", "bob", "ada"],
+        "newest first"
+    );
+    assert_eq!(of_r(None, None, 3), ["ada", "bob", "bob"]);
+    assert_eq!(of_r(Some("bob"), None, 10), ["bob", "bob"]);
+    assert_eq!(of_r(None, Some(later), 10), ["ada", "bob", "bob"]);
+    assert!(of_r(Some("carol"), None, 10).is_empty());
 }
 
 fn idle_pulls_move_the_last_sync_at_most_once_a_minute(storage: &dyn Storage) {

@@ -33,7 +33,12 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/003_pages_in_position_order.sql"),
     include_str!("migrations/sqlite/004_record_lineage.sql"),
     include_str!("migrations/sqlite/005_lineage_follows_doc.sql"),
+    include_str!("migrations/sqlite/006_audit_by_record_in_blocks.sql"),
 ];
+
+/// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
+/// (migration 6; the index's expression must match [`AUDIT_OF_RECORD_IN_BLOCK`]'s).
+const AUDIT_BLOCK_BITS: u32 = 12;
 
 /// Server storage in one SQLite file.
 pub struct SqliteStorage {
@@ -509,27 +514,16 @@ impl Storage for SqliteStorage {
 
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let conn = self.lock();
+        if query.record_id.is_some() {
+            return audit_of_record(&conn, query);
+        }
         let mut stmt = conn.prepare_cached(
             "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope
              FROM audit a JOIN users u ON u.id = a.user_id
-             WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.record_id = ?2)
-               AND (?3 IS NULL OR a.at >= ?3)
-             ORDER BY a.id DESC LIMIT ?4",
+             WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.at >= ?2)
+             ORDER BY a.id DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(
-            params![query.user, query.record_id, query.since, query.limit],
-            |row| {
-                Ok(AuditEntry {
-                    at: row.get(0)?,
-                    user: row.get(1)?,
-                    device_id: row.get(2)?,
-                    action: row.get(3)?,
-                    collection: row.get(4)?,
-                    record_id: row.get(5)?,
-                    scope: row.get(6)?,
-                })
-            },
-        )?;
+        let rows = stmt.query_map(params![query.user, query.since, query.limit], audit_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -554,6 +548,55 @@ fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
         fields_json: row.get(2)?,
         deleted: row.get(3)?,
         lineage: row.get_ref(4)?.as_blob_or_null()?.and_then(Lineage::decode),
+    })
+}
+
+/// A record's (`?2`) audit lines in block `?1`, as [`audit_entry`] reads them, newest first:
+/// by user name `?3` and from time `?4` when not null, at most `?5`.
+const AUDIT_OF_RECORD_IN_BLOCK: &str =
+    "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope
+     FROM audit a INDEXED BY audit_by_record_in_blocks JOIN users u ON u.id = a.user_id
+     WHERE (a.id >> 12) = ?1 AND a.record_id = ?2
+       AND (?3 IS NULL OR u.name = ?3) AND (?4 IS NULL OR a.at >= ?4)
+     ORDER BY a.id DESC LIMIT ?5";
+
+/// Looks for the record's lines block by block, newest first, until the limit is reached: one
+/// index search per block (a few thousand for millions of lines), which keeps the index cheap
+/// to write (see migration 6).
+fn audit_of_record(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+    let (oldest, newest): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM audit", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    let (Some(oldest), Some(newest)) = (oldest, newest) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare_cached(AUDIT_OF_RECORD_IN_BLOCK)?;
+    let mut entries = Vec::new();
+    let mut block = newest >> AUDIT_BLOCK_BITS;
+    while block >= oldest >> AUDIT_BLOCK_BITS && entries.len() < query.limit as usize {
+        let left = query.limit as usize - entries.len();
+        let rows = stmt.query_map(
+            params![block, query.record_id, query.user, query.since, left as i64],
+            audit_entry,
+        )?;
+        for row in rows {
+            entries.push(row?);
+        }
+        block -= 1;
+    }
+    Ok(entries)
+}
+
+fn audit_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        at: row.get(0)?,
+        user: row.get(1)?,
+        device_id: row.get(2)?,
+        action: row.get(3)?,
+        collection: row.get(4)?,
+        record_id: row.get(5)?,
+        scope: row.get(6)?,
     })
 }
 
@@ -771,6 +814,28 @@ fn record_pull_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_s_audit_lines_are_read_from_the_block_index_without_sorting() {
+        assert!(AUDIT_OF_RECORD_IN_BLOCK.contains(&format!("(a.id >> {AUDIT_BLOCK_BITS})")));
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
+        let conn = storage.lock();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {AUDIT_OF_RECORD_IN_BLOCK}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params![0, "r", "ada", 0, 10], |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains("USING INDEX audit_by_record_in_blocks (<expr>=? AND record_id=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
 
     #[test]
     fn pages_walk_positions_in_order_without_sorting() {
