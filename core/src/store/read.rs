@@ -306,6 +306,47 @@ impl CachedDoc {
 
 /// The values `upsert` takes: `_id, _doc, _doc_tail, _deleted, _created_at, _updated_at,
 /// fields...`.
+/// Rewrites the existing row `row.id`, which held `before` (its values) and `was_deleted`:
+/// the document columns always, `_deleted` and the fields only where they changed (see
+/// [`TableSql::update_sql`]).
+pub(super) fn update_row(
+    conn: &Connection,
+    table: &TableSql,
+    row: &RowData<'_>,
+    before: &Fields,
+    was_deleted: bool,
+) -> Result<()> {
+    let set_deleted = row.deleted != was_deleted;
+    let changed: Vec<usize> = table
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| row.fields.get(*name) != before.get(*name))
+        .map(|(position, _)| position)
+        .collect();
+    let mut values: Vec<ToSqlOutput<'_>> = vec![
+        ToSqlOutput::Borrowed(ValueRef::Text(row.id.as_bytes())),
+        ToSqlOutput::Borrowed(ValueRef::Blob(row.stored)),
+        ToSqlOutput::Owned(SqlValue::Integer(i64::from(row.tail))),
+        ToSqlOutput::Owned(SqlValue::Integer(row.updated_at)),
+    ];
+    if set_deleted {
+        values.push(ToSqlOutput::Owned(SqlValue::Integer(i64::from(
+            row.deleted,
+        ))));
+    }
+    for &position in &changed {
+        let value = row
+            .fields
+            .get(&table.fields[position])
+            .unwrap_or(&serde_json::Value::Null);
+        values.push(value::to_sql_output(table.types[position], value));
+    }
+    conn.prepare_cached(&table.update_sql(set_deleted, &changed))?
+        .execute(rusqlite::params_from_iter(values))?;
+    Ok(())
+}
+
 pub(super) fn row_values<'a>(table: &TableSql, row: &RowData<'a>) -> Vec<ToSqlOutput<'a>> {
     let mut values = Vec::with_capacity(6 + table.fields.len());
     values.push(ToSqlOutput::Borrowed(ValueRef::Text(row.id.as_bytes())));

@@ -505,46 +505,53 @@ fn append_known(
     let Some(changes) = decode_bounded(raw) else {
         return Ok(None);
     };
-    let row = read::read_doc_row(shared, tx, collection, &record.id)?;
-    let (mut stored, tail, created_at, before) = match row {
-        Some(row) => {
-            let Ok(local) = row.fields else {
-                return Ok(None);
-            };
-            let local_scope = shared
-                .schema
-                .collection(collection)
-                .ok()
-                .and_then(|decl| local.get(&decl.scope_field))
-                .and_then(|v| v.as_str());
-            let tail = row.tail.saturating_add(changes.len() as u32);
-            if local_scope != Some(record.scope.as_str()) || tail >= super::write::COMPACT_AFTER {
-                return Ok(None);
-            }
-            let before = (!row.deleted).then_some(local);
-            (row.bytes, tail, row.created_at, before)
+    let Some(row) = read::read_doc_row(shared, tx, collection, &record.id)? else {
+        if !is_whole_history(&changes) {
+            return Ok(None);
         }
-        None => {
-            if !is_whole_history(&changes) {
-                return Ok(None);
-            }
-            (Vec::new(), changes.len() as u32 - 1, now, None)
-        }
+        let stored: Vec<u8> = raw.concat();
+        let row = read::RowData {
+            id: &record.id,
+            stored: &stored,
+            tail: changes.len() as u32 - 1,
+            deleted,
+            created_at: now,
+            updated_at: now,
+            fields: &fields,
+        };
+        tx.prepare_cached(&table.upsert)?
+            .execute(rusqlite::params_from_iter(read::row_values(table, &row)))?;
+        let after = (!deleted).then_some(fields);
+        return Ok(Some(super::changed(collection, &record.id, None, after)));
     };
+    let Ok(local) = row.fields else {
+        return Ok(None);
+    };
+    let local_scope = shared
+        .schema
+        .collection(collection)
+        .ok()
+        .and_then(|decl| local.get(&decl.scope_field))
+        .and_then(|v| v.as_str());
+    let tail = row.tail.saturating_add(changes.len() as u32);
+    if local_scope != Some(record.scope.as_str()) || tail >= super::write::COMPACT_AFTER {
+        return Ok(None);
+    }
+    let mut stored = row.bytes;
     for bytes in raw {
         stored.extend_from_slice(bytes);
     }
-    let row = read::RowData {
+    let update = read::RowData {
         id: &record.id,
         stored: &stored,
         tail,
         deleted,
-        created_at,
+        created_at: row.created_at,
         updated_at: now,
         fields: &fields,
     };
-    tx.prepare_cached(&table.upsert)?
-        .execute(rusqlite::params_from_iter(read::row_values(table, &row)))?;
+    read::update_row(tx, table, &update, &local, row.deleted)?;
+    let before = (!row.deleted).then_some(local);
     let after = (!deleted).then_some(fields);
     Ok(Some(super::changed(collection, &record.id, before, after)))
 }

@@ -334,6 +334,17 @@ mod tests {
     /// `from`'s unsent changes to `id` as one feed entry that is the record's latest, with
     /// `from`'s values, as the server sends it; `from`'s outbox is then acknowledged.
     fn latest_changes_page(from: &Store, id: &str, cursor: &str) -> PullResponse {
+        let values = from.get("clients", id).unwrap().unwrap().fields;
+        latest_changes_page_of(from, id, cursor, values)
+    }
+
+    /// A page of `from`'s unsent changes to `id`, as its latest, with `values`.
+    fn latest_changes_page_of(
+        from: &Store,
+        id: &str,
+        cursor: &str,
+        values: Fields,
+    ) -> PullResponse {
         let entries = from.outbox(1000).unwrap();
         let changes: Vec<ByteBuf> = entries
             .iter()
@@ -347,14 +358,13 @@ mod tests {
         assert!(!changes.is_empty());
         from.acknowledge_outbox(entries.last().unwrap().seq)
             .unwrap();
-        let record = from.get("clients", id).unwrap().unwrap();
         PullResponse {
             records: vec![PulledRecord {
                 collection: "clients".into(),
                 id: id.into(),
-                scope: record.scope,
+                scope: values["caseload_id"].as_str().unwrap().into(),
                 payload: Payload::Changes(changes),
-                fields: Some(record.fields),
+                fields: Some(values),
                 deleted: false,
             }],
             next_cursor: cursor.into(),
@@ -434,6 +444,45 @@ mod tests {
         assert_eq!(record["notes"], "Second visit.");
         assert_eq!(record["phone"], "555");
         assert_eq!(device.history("clients", &id).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn appended_changes_that_rename_then_delete_a_record_update_its_row_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        let in_north = || {
+            device
+                .count(
+                    "clients",
+                    &crate::Filter::Eq {
+                        field: "caseload_id".into(),
+                        value: json!("north"),
+                    },
+                )
+                .unwrap()
+        };
+        // One field changes: the row takes it and keeps the others.
+        server_side
+            .update("clients", &id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        let renamed = server_side.get("clients", &id).unwrap().unwrap().fields;
+        let report = device
+            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
+            .unwrap();
+        assert_eq!((report.changed, report.rejected.len()), (1, 0));
+        assert_eq!(stored_row(&device, &id).1, 1, "appended, not merged");
+        assert_eq!(device.get("clients", &id).unwrap().unwrap().fields, renamed);
+        assert_eq!(in_north(), 1);
+
+        // Deleted: the row says so and the scope's index no longer lists it.
+        server_side.delete("clients", &id).unwrap();
+        let mut deletion = latest_changes_page_of(&server_side, &id, "c2", renamed);
+        deletion.records[0].deleted = true;
+        let report = device.apply_pull_page(deletion).unwrap();
+        assert_eq!((report.changed, report.rejected.len()), (1, 0));
+        assert_eq!(stored_row(&device, &id).1, 2, "appended, not merged");
+        assert!(device.get("clients", &id).unwrap().is_none());
+        assert_eq!(in_north(), 0);
     }
 
     /// `server_side` renames the record and the device, reopened from `dir` (no document in

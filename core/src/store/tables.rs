@@ -41,6 +41,29 @@ pub(crate) struct TableSql {
     pub table: String,
 }
 
+impl TableSql {
+    /// Updates the row `?1`: `_doc = ?2, _doc_tail = ?3, _updated_at = ?4`, then `_deleted`
+    /// when `set_deleted`, then the columns of `fields` (positions in [`TableSql::fields`]),
+    /// numbered on from `?5`. SQLite rewrites the index entries of every column an update
+    /// sets, changed or not: an update that sets only what changed leaves the others' index
+    /// pages alone.
+    pub(crate) fn update_sql(&self, set_deleted: bool, fields: &[usize]) -> String {
+        let mut sql = format!(
+            "UPDATE {} SET _doc = ?2, _doc_tail = ?3, _updated_at = ?4",
+            self.table
+        );
+        let columns = set_deleted
+            .then_some("_deleted")
+            .into_iter()
+            .chain(fields.iter().map(|&i| self.fields[i].as_str()));
+        for (column, number) in columns.zip(5..) {
+            sql.push_str(&format!(", \"{column}\" = ?{number}"));
+        }
+        sql.push_str(" WHERE _id = ?1");
+        sql
+    }
+}
+
 pub(crate) fn table_name(collection: &str) -> String {
     format!("\"rec_{collection}\"")
 }
