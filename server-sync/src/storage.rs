@@ -364,6 +364,22 @@ impl<T> Page<T> {
         }
     }
 
+    /// Like [`Page::from_rows`], from rows by position, `None` for a row read but left out.
+    pub(crate) fn from_rows_leaving_out(
+        mut rows: Vec<(i64, Option<T>)>,
+        after: i64,
+        limit: u32,
+    ) -> Page<T> {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let last_seq = rows.last().map_or(after, |(seq, _)| *seq);
+        Page {
+            entries: rows.into_iter().filter_map(|(_, entry)| entry).collect(),
+            last_seq,
+            more,
+        }
+    }
+
     /// The page of a caller who may read no scope: nothing, and the cursor stays.
     pub(crate) fn empty(after: i64) -> Page<T> {
         Page {
@@ -462,6 +478,16 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<PushResponse>;
     /// Feed entries after `after` in the scopes, in feed order.
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>>;
+    /// Like [`Storage::feed_page`] without the entries device `reader` pushed, which it has:
+    /// they count against `limit` and the page's position moves past them, but their changes
+    /// are neither read nor decoded (a device's pull right after its push reads mostly its own).
+    fn feed_page_for(
+        &self,
+        reader: i64,
+        scopes: &[String],
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<FeedEntry>>;
     /// Whole records of the scopes whose last change is after `after`, in that order.
     fn documents_page(
         &self,

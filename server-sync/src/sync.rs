@@ -287,12 +287,8 @@ fn feed_page_of_others(
     };
     for _ in 0..FEED_READS_PER_PULL {
         let wanted = limit - page.entries.len() as u32;
-        let read = storage.feed_page(scopes, page.last_seq, wanted)?;
-        page.entries.extend(
-            read.entries
-                .into_iter()
-                .filter(|entry| entry.device_id != device),
-        );
+        let read = storage.feed_page_for(device, scopes, page.last_seq, wanted)?;
+        page.entries.extend(read.entries);
         page.last_seq = read.last_seq;
         page.more = read.more;
         if !page.more || page.entries.len() as u32 >= limit {

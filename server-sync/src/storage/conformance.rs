@@ -23,6 +23,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     replayed_batches_change_nothing(&*fresh());
     feed_pages_in_order_by_scope(&*fresh());
     feed_entries_carry_their_record_s_values_when_latest(&*fresh());
+    a_reader_s_feed_pages_leave_out_its_own_entries(&*fresh());
     documents_page_by_last_change(&*fresh());
     audit_and_activity(&*fresh());
     a_record_s_audit_lines_among_many(&*fresh());
@@ -372,6 +373,51 @@ fn feed_pages_in_order_by_scope(storage: &dyn Storage) {
         .feed_page(&["north".into(), "south".into()], 0, 100)
         .unwrap();
     assert_eq!(both.entries.len(), 10);
+}
+
+fn a_reader_s_feed_pages_leave_out_its_own_entries(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let tablet = device(storage, "bob");
+    // The phone's four entries, then one of the tablet's and one more of the phone's.
+    for (device, id) in [(phone, "a"), (phone, "b"), (phone, "c"), (phone, "d")] {
+        storage
+            .push(device, id, &[record(id, "north")], &mut accept)
+            .unwrap();
+    }
+    storage
+        .push(tablet, "e", &[record("e", "north")], &mut accept)
+        .unwrap();
+    storage
+        .push(phone, "f", &[record("f", "north")], &mut accept)
+        .unwrap();
+    let north = vec!["north".to_owned()];
+    let all = storage.feed_page(&north, 0, 10).unwrap();
+    assert_eq!(all.entries.len(), 6);
+
+    // A page of nothing but its own entries still moves past them.
+    let own = storage.feed_page_for(phone, &north, 0, 3).unwrap();
+    assert!(own.entries.is_empty());
+    assert!(own.more);
+    assert_eq!(own.last_seq, all.entries[2].seq);
+    let rest = storage
+        .feed_page_for(phone, &north, own.last_seq, 10)
+        .unwrap();
+    assert_eq!(
+        rest.entries,
+        vec![all.entries[4].clone()],
+        "the tablet's, whole"
+    );
+    assert!(!rest.more);
+    assert_eq!(rest.last_seq, all.entries[5].seq);
+    // The tablet gets the phone's entries as anyone would.
+    let for_tablet = storage.feed_page_for(tablet, &north, 0, 10).unwrap();
+    let phone_s: Vec<_> = all
+        .entries
+        .iter()
+        .filter(|e| e.device_id == phone)
+        .collect();
+    assert_eq!(for_tablet.entries.iter().collect::<Vec<_>>(), phone_s);
+    assert_eq!(for_tablet.last_seq, all.entries[5].seq);
 }
 
 fn feed_entries_carry_their_record_s_values_when_latest(storage: &dyn Storage) {

@@ -67,6 +67,56 @@ pub struct PostgresStorage {
 }
 
 impl PostgresStorage {
+    /// Feed entries after `after` in `scopes`, those `reader` pushed left out (see
+    /// [`Storage::feed_page_for`]).
+    fn feed_page_of(
+        &self,
+        reader: Option<i64>,
+        scopes: &[String],
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<FeedEntry>> {
+        if scopes.is_empty() {
+            return Ok(Page::empty(after));
+        }
+        let rows = self.conn()?.query(
+            "SELECT f.seq, f.device_id IS NOT DISTINCT FROM $4, f.collection, f.record_id,
+                    f.scope, f.device_id,
+                    CASE WHEN f.device_id IS DISTINCT FROM $4 THEN f.changes END,
+                    r.fields, r.deleted
+             FROM feed f
+             LEFT JOIN records r
+               ON f.device_id IS DISTINCT FROM $4 AND r.collection = f.collection
+                  AND r.id = f.record_id AND r.updated_seq = f.seq
+             WHERE f.seq > $1 AND f.scope = ANY($3) ORDER BY f.seq LIMIT $2",
+            &[&after, &(i64::from(limit) + 1), &scopes, &reader],
+        )?;
+        let read = rows
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.get(0);
+                if row.get::<_, bool>(1) {
+                    return Ok((seq, None));
+                }
+                Ok((
+                    seq,
+                    Some(FeedEntry {
+                        seq,
+                        collection: row.get(2),
+                        record_id: row.get(3),
+                        scope: row.get(4),
+                        device_id: row.get(5),
+                        changes: decode_changes(row.get(6))?,
+                        latest: row
+                            .get::<_, Option<String>>(7)
+                            .map(|fields| (fields, row.get::<_, Option<bool>>(8).unwrap_or(false))),
+                    }),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_rows_leaving_out(read, after, limit))
+    }
+
     /// Connects to `url` (`postgres://user:password@host:port/database`) with at most
     /// `connections` connections, and brings the schema up to date.
     ///
@@ -580,35 +630,17 @@ impl Storage for PostgresStorage {
     }
 
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {
-        if scopes.is_empty() {
-            return Ok(Page::empty(after));
-        }
-        let rows = self.conn()?.query(
-            "SELECT f.seq, f.collection, f.record_id, f.scope, f.device_id, f.changes,
-                    r.fields, r.deleted
-             FROM feed f
-             LEFT JOIN records r
-               ON r.collection = f.collection AND r.id = f.record_id AND r.updated_seq = f.seq
-             WHERE f.seq > $1 AND f.scope = ANY($3) ORDER BY f.seq LIMIT $2",
-            &[&after, &(i64::from(limit) + 1), &scopes],
-        )?;
-        let entries = rows
-            .iter()
-            .map(|row| {
-                Ok(FeedEntry {
-                    seq: row.get(0),
-                    collection: row.get(1),
-                    record_id: row.get(2),
-                    scope: row.get(3),
-                    device_id: row.get(4),
-                    changes: decode_changes(row.get(5))?,
-                    latest: row
-                        .get::<_, Option<String>>(6)
-                        .map(|fields| (fields, row.get::<_, Option<bool>>(7).unwrap_or(false))),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_rows(entries, after, limit, |e| e.seq))
+        self.feed_page_of(None, scopes, after, limit)
+    }
+
+    fn feed_page_for(
+        &self,
+        reader: i64,
+        scopes: &[String],
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<FeedEntry>> {
+        self.feed_page_of(Some(reader), scopes, after, limit)
     }
 
     fn documents_page(

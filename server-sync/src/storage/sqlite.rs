@@ -484,7 +484,17 @@ impl Storage for SqliteStorage {
     }
 
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {
-        self.read(|conn| feed_page_in(conn, scopes, after, limit))
+        self.read(|conn| feed_page_in(conn, None, scopes, after, limit))
+    }
+
+    fn feed_page_for(
+        &self,
+        reader: i64,
+        scopes: &[String],
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<FeedEntry>> {
+        self.read(|conn| feed_page_in(conn, Some(reader), scopes, after, limit))
     }
 
     fn documents_page(
@@ -693,16 +703,19 @@ fn push_in(
     Ok(response)
 }
 
-/// Feed entries after `?1` in `scopes` scopes (`?3`…), in order, at most `?2`.
+/// Feed entries after `?1` in `scopes` scopes (`?4`…), in order, at most `?2`; the second
+/// column says whether device `?3` (or none, if null) pushed the entry, which then finds no
+/// record to join.
 fn feed_page_sql(scopes: usize) -> String {
     format!(
-        "SELECT f.seq, f.collection, f.record_id, f.scope, f.device_id, f.changes,
-                r.fields, r.deleted
+        "SELECT f.seq, f.device_id IS ?3, f.collection, f.record_id, f.scope, f.device_id,
+                f.changes, r.fields, r.deleted
          FROM feed f INDEXED BY feed_by_seq_scope
          LEFT JOIN records r
-           ON r.collection = f.collection AND r.id = f.record_id AND r.updated_seq = f.seq
+           ON f.device_id IS NOT ?3 AND r.collection = f.collection AND r.id = f.record_id
+              AND r.updated_seq = f.seq
          WHERE f.seq > ?1 AND f.scope IN ({}) ORDER BY f.seq LIMIT ?2",
-        placeholders(3, scopes)
+        placeholders(4, scopes)
     )
 }
 
@@ -719,6 +732,7 @@ fn documents_page_sql(scopes: usize) -> String {
 
 fn feed_page_in(
     conn: &Connection,
+    reader: Option<i64>,
     scopes: &[String],
     after: i64,
     limit: u32,
@@ -727,33 +741,35 @@ fn feed_page_in(
         return Ok(Page::empty(after));
     }
     let mut stmt = conn.prepare_cached(&feed_page_sql(scopes.len()))?;
-    let values = page_params(after, limit, scopes);
-    let rows = stmt.query_map(params_from_iter(values), |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-            row.get::<_, String>(3)?,
-            row.get::<_, i64>(4)?,
-            row.get::<_, Vec<u8>>(5)?,
-            row.get::<_, Option<String>>(6)?,
-            row.get::<_, Option<bool>>(7)?,
-        ))
-    })?;
-    let mut entries = Vec::new();
-    for row in rows {
-        let (seq, collection, record_id, scope, device_id, changes, fields, deleted) = row?;
-        entries.push(FeedEntry {
+    let mut values = page_params(after, limit, &[]);
+    values.push(reader.map_or(rusqlite::types::Value::Null, Into::into));
+    values.extend(scopes.iter().map(|s| s.clone().into()));
+    let mut rows = stmt.query(params_from_iter(values))?;
+    let mut read = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        if row.get::<_, bool>(1)? {
+            read.push((seq, None));
+            continue;
+        }
+        let latest = match row.get::<_, Option<String>>(7)? {
+            Some(fields) => Some((fields, row.get::<_, Option<bool>>(8)?.unwrap_or(false))),
+            None => None,
+        };
+        read.push((
             seq,
-            collection,
-            record_id,
-            scope,
-            device_id,
-            changes: decode_changes(&changes)?,
-            latest: fields.map(|fields| (fields, deleted.unwrap_or(false))),
-        });
+            Some(FeedEntry {
+                seq,
+                collection: row.get(2)?,
+                record_id: row.get(3)?,
+                scope: row.get(4)?,
+                device_id: row.get(5)?,
+                changes: decode_changes(&row.get::<_, Vec<u8>>(6)?)?,
+                latest,
+            }),
+        ));
     }
-    Ok(Page::from_rows(entries, after, limit, |e| e.seq))
+    Ok(Page::from_rows_leaving_out(read, after, limit))
 }
 
 fn documents_page_in(
@@ -842,10 +858,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
         let conn = storage.lock();
-        for sql in [feed_page_sql(3), documents_page_sql(3)] {
+        let feed = (feed_page_sql(3), params![0, 101, 7, "a", "b", "c"]);
+        let documents = (documents_page_sql(3), params![0, 101, "a", "b", "c"]);
+        for (sql, params) in [feed, documents] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = stmt
-                .query_map(params![0, 101, "a", "b", "c"], |row| row.get(3))
+                .query_map(params, |row| row.get(3))
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
