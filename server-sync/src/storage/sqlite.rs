@@ -264,9 +264,15 @@ fn placeholders(from: usize, count: usize) -> String {
 }
 
 /// `?1` the position to read after, `?2` one more than the page (to learn whether more wait),
-/// then the scopes.
-fn page_params(after: i64, limit: u32, scopes: &[String]) -> Vec<rusqlite::types::Value> {
+/// then `extra`, then the scopes.
+fn page_params(
+    after: i64,
+    limit: u32,
+    extra: &[rusqlite::types::Value],
+    scopes: &[String],
+) -> Vec<rusqlite::types::Value> {
     let mut values: Vec<rusqlite::types::Value> = vec![after.into(), (i64::from(limit) + 1).into()];
+    values.extend_from_slice(extra);
     values.extend(scopes.iter().map(|s| s.clone().into()));
     values
 }
@@ -704,12 +710,12 @@ fn push_in(
 }
 
 /// Feed entries after `?1` in `scopes` scopes (`?4`…), in order, at most `?2`; the second
-/// column says whether device `?3` (or none, if null) pushed the entry, which then finds no
-/// record to join.
+/// column says whether device `?3` (or none, if null) pushed the entry, which then comes
+/// without its changes and finds no record to join.
 fn feed_page_sql(scopes: usize) -> String {
     format!(
         "SELECT f.seq, f.device_id IS ?3, f.collection, f.record_id, f.scope, f.device_id,
-                f.changes, r.fields, r.deleted
+                CASE WHEN f.device_id IS NOT ?3 THEN f.changes END, r.fields, r.deleted
          FROM feed f INDEXED BY feed_by_seq_scope
          LEFT JOIN records r
            ON f.device_id IS NOT ?3 AND r.collection = f.collection AND r.id = f.record_id
@@ -741,9 +747,8 @@ fn feed_page_in(
         return Ok(Page::empty(after));
     }
     let mut stmt = conn.prepare_cached(&feed_page_sql(scopes.len()))?;
-    let mut values = page_params(after, limit, &[]);
-    values.push(reader.map_or(rusqlite::types::Value::Null, Into::into));
-    values.extend(scopes.iter().map(|s| s.clone().into()));
+    let reader = reader.map_or(rusqlite::types::Value::Null, Into::into);
+    let values = page_params(after, limit, &[reader], scopes);
     let mut rows = stmt.query(params_from_iter(values))?;
     let mut read = Vec::new();
     while let Some(row) = rows.next()? {
@@ -782,7 +787,7 @@ fn documents_page_in(
         return Ok(Page::empty(after));
     }
     let mut stmt = conn.prepare_cached(&documents_page_sql(scopes.len()))?;
-    let values = page_params(after, limit, scopes);
+    let values = page_params(after, limit, &[], scopes);
     let rows = stmt.query_map(params_from_iter(values), |row| {
         Ok(DocumentEntry {
             seq: row.get(0)?,
