@@ -135,6 +135,10 @@ pub struct StoredRecord {
     /// What is known of its history without loading it; `None` for records stored before
     /// that was kept (or whose lineage does not decode): they merge the slow way.
     pub lineage: Option<Lineage>,
+    /// The feed position of the push that wrote it (`updated_seq`), which no other write
+    /// shares: a record whose version has not moved has not changed. `None` for a state not
+    /// written yet.
+    pub version: Option<i64>,
 }
 
 /// A record after a push merged into it, for the storage to write.
@@ -161,6 +165,7 @@ impl MergedRecord {
             fields_json: self.fields_json.clone(),
             deleted: self.deleted,
             lineage: Some(self.lineage.clone()),
+            version: None,
         }
     }
 }
@@ -290,9 +295,60 @@ impl Lineage {
 }
 
 /// The merge step of a push: given a pushed record and its stored state, the merged record,
-/// or why the pushed record is refused.
-pub type Merge<'a> =
-    dyn FnMut(&PushRecord, Option<StoredRecord>) -> Result<MergedRecord, Rejection> + 'a;
+/// or why the pushed record is refused. [`Storage::push`] asks, record by record under its
+/// transaction, for the merge made ahead against what is stored now, and reads the record
+/// whole for [`Merge::merge`] only when there is none.
+///
+/// Any closure taking the record and its stored state is a `Merge` that merges everything
+/// under the transaction.
+pub trait Merge {
+    /// The merge of `record` made before the transaction, if it was made against the state
+    /// `now` names; `None` otherwise, and then the storage calls [`Merge::merge`]. Called once
+    /// for each pushed record, in push order.
+    fn merged_ahead(
+        &mut self,
+        record: &PushRecord,
+        now: StoredVersion,
+    ) -> Option<Result<MergedRecord, Rejection>>;
+    /// Merges `record` into `stored`, its state read under the transaction.
+    fn merge(
+        &mut self,
+        record: &PushRecord,
+        stored: Option<StoredRecord>,
+    ) -> Result<MergedRecord, Rejection>;
+}
+
+impl<F> Merge for F
+where
+    F: FnMut(&PushRecord, Option<StoredRecord>) -> Result<MergedRecord, Rejection>,
+{
+    fn merged_ahead(
+        &mut self,
+        _record: &PushRecord,
+        _now: StoredVersion,
+    ) -> Option<Result<MergedRecord, Rejection>> {
+        None
+    }
+
+    fn merge(
+        &mut self,
+        record: &PushRecord,
+        stored: Option<StoredRecord>,
+    ) -> Result<MergedRecord, Rejection> {
+        self(record, stored)
+    }
+}
+
+/// What a push's transaction finds stored for a record, named without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredVersion {
+    /// No such record.
+    Absent,
+    /// The record as the push at this feed position wrote it ([`StoredRecord::version`]).
+    Written(i64),
+    /// The record as an earlier copy of it in the same push left it.
+    ThisPush,
+}
 
 /// One feed entry: the new changes one push brought to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -474,7 +530,7 @@ pub trait Storage: Send + Sync + 'static {
         device_id: i64,
         batch_id: &str,
         records: &[PushRecord],
-        merge: &mut Merge<'_>,
+        merge: &mut dyn Merge,
     ) -> Result<PushResponse>;
     /// Feed entries after `after` in the scopes, in feed order.
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>>;

@@ -22,7 +22,7 @@ use serde_bytes::ByteBuf;
 use crate::auth::{Caller, authenticate};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
-use crate::storage::{Lineage, MergedRecord, RootOps, StoredRecord};
+use crate::storage::{Lineage, Merge, MergedRecord, RootOps, StoredRecord, StoredVersion};
 use crate::{AppState, Limits};
 
 /// Handles a push: each record is checked, merged into the server's copy and added to the
@@ -92,13 +92,11 @@ pub async fn push(
             &request.records,
             snapshot,
         );
-        let mut merge =
-            |record: &PushRecord, stored: Option<StoredRecord>| merger.merge(record, stored);
         let response = storage.push(
             caller.device_id,
             &request.batch_id,
             &request.records,
-            &mut merge,
+            &mut merger,
         )?;
         let rejected = response
             .results
@@ -443,13 +441,17 @@ fn valid_collection(name: &str) -> bool {
 
 /// Merges the records of one push. The Automerge work happens when it is built, before the
 /// storage's transaction and on several threads for a large push; under the transaction,
-/// [`PushMerger::merge`] only checks that each record's stored state is still the one merged
-/// against, and merges again where another push came between.
+/// [`Merge::merged_ahead`] hands each record's merge over if the record's stored version is
+/// still the one merged against, and the storage reads the record whole only where another
+/// push came between.
 struct PushMerger<'a> {
     caller: &'a Caller,
     actor: Option<&'a str>,
     limits: &'a Limits,
     ahead: HashMap<(String, String), VecDeque<Premerged>>,
+    /// Records written by this push, and whether each is still the state merged ahead (false
+    /// once a copy of it merged again under the transaction).
+    written: HashMap<(String, String), bool>,
     /// Changes accepted so far.
     applied: usize,
 }
@@ -469,34 +471,63 @@ impl<'a> PushMerger<'a> {
             actor,
             limits,
             ahead: premerge(caller, actor, limits, records, snapshot),
+            written: HashMap::new(),
             applied: 0,
         }
     }
 
-    /// The merge of `record` into `stored`, the state the storage hands over.
+    /// Counts what `outcome` brings to `key`, merged ahead or again.
+    fn account(
+        &mut self,
+        key: (String, String),
+        outcome: &Result<MergedRecord, Rejection>,
+        as_merged_ahead: bool,
+    ) {
+        if let Ok(merged) = outcome
+            && !merged.new_changes.is_empty()
+        {
+            self.applied += merged.new_changes.len();
+            let intact = self.written.entry(key).or_insert(true);
+            *intact &= as_merged_ahead;
+        }
+    }
+}
+
+impl Merge for PushMerger<'_> {
+    fn merged_ahead(
+        &mut self,
+        record: &PushRecord,
+        now: StoredVersion,
+    ) -> Option<Result<MergedRecord, Rejection>> {
+        let key = (record.collection.clone(), record.id.clone());
+        let premerged = self.ahead.get_mut(&key)?.pop_front()?;
+        let current = match now {
+            StoredVersion::ThisPush => *self.written.get(&key)?,
+            _ => true,
+        };
+        if !current || premerged.against != Some(now) {
+            return None;
+        }
+        self.account(key, &premerged.result, true);
+        Some(premerged.result)
+    }
+
     fn merge(
         &mut self,
         record: &PushRecord,
         stored: Option<StoredRecord>,
     ) -> Result<MergedRecord, Rejection> {
-        let premerged = self
-            .ahead
-            .get_mut(&(record.collection.clone(), record.id.clone()))
-            .and_then(VecDeque::pop_front);
-        let merged = match premerged {
-            Some(premerged) if premerged.input == stored => premerged.result,
-            _ => merge(self.caller, self.actor, self.limits, record, stored),
-        };
-        if let Ok(merged) = &merged {
-            self.applied += merged.new_changes.len();
-        }
-        merged
+        let outcome = merge(self.caller, self.actor, self.limits, record, stored);
+        let key = (record.collection.clone(), record.id.clone());
+        self.account(key, &outcome, false);
+        outcome
     }
 }
 
-/// A merge made ahead of a push's transaction, and the stored state it was made against.
+/// A merge made ahead of a push's transaction, and the stored state it was made against
+/// (`None`: a snapshot of a state without a version, which nothing matches).
 struct Premerged {
-    input: Option<StoredRecord>,
+    against: Option<StoredVersion>,
     result: Result<MergedRecord, Rejection>,
 }
 
@@ -531,6 +562,10 @@ fn premerge<'r>(
         }
     }
     let merge_group = |indices: Vec<usize>, mut state: Option<StoredRecord>| {
+        let mut against = match &state {
+            None => Some(StoredVersion::Absent),
+            Some(stored) => stored.version.map(StoredVersion::Written),
+        };
         let mut merges = VecDeque::with_capacity(indices.len());
         for index in indices {
             let record = &records[index];
@@ -541,12 +576,10 @@ fn premerge<'r>(
                 }
                 _ => None,
             };
-            merges.push_back(Premerged {
-                input: state.clone(),
-                result,
-            });
+            merges.push_back(Premerged { against, result });
             if next.is_some() {
                 state = next;
+                against = Some(StoredVersion::ThisPush);
             }
         }
         merges
@@ -1018,28 +1051,46 @@ mod tests {
             fields_json: serde_json::Value::Object(fields).to_string(),
             deleted,
             lineage: None,
+            version: Some(1),
         }
     }
 
-    /// Hands each record's state to `merge` as a storage does: the state written by the
-    /// merges before it in the push.
+    /// Runs `merge` over a push as a storage does: it names each record's stored version
+    /// first and reads the record whole only when no merge made ahead fits; what a merge
+    /// writes gets the next version. Returns the outcomes and how many records were read.
     fn run_push(
         records: &[PushRecord],
         mut state: HashMap<String, StoredRecord>,
-        mut merge: impl FnMut(&PushRecord, Option<StoredRecord>) -> Result<MergedRecord, Rejection>,
-    ) -> Vec<Result<MergedRecord, Rejection>> {
-        records
+        merge: &mut dyn Merge,
+    ) -> (Vec<Result<MergedRecord, Rejection>>, usize) {
+        let mut written = HashSet::new();
+        let mut reads = 0;
+        let mut next_version = 1000;
+        let outcomes = records
             .iter()
             .map(|record| {
-                let result = merge(record, state.get(&record.id).cloned());
+                let now = match state.get(&record.id) {
+                    _ if written.contains(&record.id) => StoredVersion::ThisPush,
+                    Some(stored) => StoredVersion::Written(stored.version.unwrap()),
+                    None => StoredVersion::Absent,
+                };
+                let result = merge.merged_ahead(record, now).unwrap_or_else(|| {
+                    reads += 1;
+                    merge.merge(record, state.get(&record.id).cloned())
+                });
                 if let Ok(merged) = &result
                     && !merged.new_changes.is_empty()
                 {
-                    state.insert(record.id.clone(), merged.to_stored(&record.scope));
+                    let mut stored = merged.to_stored(&record.scope);
+                    stored.version = Some(next_version);
+                    next_version += 1;
+                    state.insert(record.id.clone(), stored);
+                    written.insert(record.id.clone());
                 }
                 result
             })
-            .collect()
+            .collect();
+        (outcomes, reads)
     }
 
     #[test]
@@ -1084,20 +1135,25 @@ mod tests {
         ));
 
         let actor = caller.actor.as_deref();
-        let in_turn = run_push(&records, state.clone(), |record, stored| {
-            merge(&caller, actor, &limits, record, stored)
-        });
+        let (in_turn, read_in_turn) = run_push(
+            &records,
+            state.clone(),
+            &mut |record: &PushRecord, stored| merge(&caller, actor, &limits, record, stored),
+        );
+        assert_eq!(read_in_turn, records.len());
         let keys: Vec<(&str, &str)> = records
             .iter()
             .map(|r| (r.collection.as_str(), r.id.as_str()))
             .collect();
         let snapshot = keys.iter().map(|(_, id)| state.get(*id).cloned()).collect();
         let mut merger = PushMerger::new(&caller, actor, &limits, &records, snapshot);
-        let ahead = run_push(&records, state, |record, stored| {
-            merger.merge(record, stored)
-        });
+        let (ahead, read_ahead) = run_push(&records, state, &mut merger);
 
         assert_eq!(ahead, in_turn);
+        assert_eq!(
+            read_ahead, 0,
+            "no record changed since the snapshot, copies pushed twice included"
+        );
         let accepted = ahead.iter().filter(|r| r.is_ok()).count();
         assert_eq!(
             accepted,
@@ -1163,16 +1219,55 @@ mod tests {
         let mut mine = original.fork().with_actor(device.clone());
         let record = pushed("a", "north", changes(edit(&mut mine, "visits", 3)));
 
-        let actor = caller.actor.as_deref();
-        let records = [record];
-        let mut merger = PushMerger::new(&caller, actor, &limits, &records, vec![Some(before)]);
-        let merged = merger.merge(&records[0], Some(moved)).unwrap();
+        let moved = StoredRecord {
+            version: Some(2),
+            ..moved
+        };
+        // Pushed twice: the second copy builds on the first.
+        let again = pushed("a", "north", changes(edit(&mut mine, "visits", 4)));
 
+        let actor = caller.actor.as_deref();
+        let records = [record, again];
+        let snapshot = || vec![Some(before.clone()), Some(before.clone())];
+        let mut unmoved = PushMerger::new(&caller, actor, &limits, &records, snapshot());
+        assert!(
+            unmoved
+                .merged_ahead(&records[0], StoredVersion::Written(1))
+                .is_some(),
+            "the version merged against"
+        );
+        assert!(
+            unmoved
+                .merged_ahead(&records[1], StoredVersion::ThisPush)
+                .is_some(),
+            "the copy before it was merged ahead"
+        );
+
+        let mut merger = PushMerger::new(&caller, actor, &limits, &records, snapshot());
+        let now = StoredVersion::Written(2);
+        assert!(merger.merged_ahead(&records[0], now).is_none());
+        let merged = merger.merge(&records[0], Some(moved)).unwrap();
         let doc = AutoCommit::load(&merged.doc).unwrap();
         let (fields, _) = fieldsync_core::document_values(&doc).unwrap();
         assert_eq!(fields["phone"], 555, "the colleague's change is kept");
         assert_eq!(fields["visits"], 3, "the pushed change is merged");
         assert_eq!(merged.new_changes.len(), 1);
+        // The merge ahead of the second copy built on a first merge that did not happen.
+        assert!(
+            merger
+                .merged_ahead(&records[1], StoredVersion::ThisPush)
+                .is_none()
+        );
+        let merged = merger
+            .merge(&records[1], Some(merged.to_stored("north")))
+            .unwrap();
+        let doc = AutoCommit::load(&merged.doc).unwrap();
+        let (fields, _) = fieldsync_core::document_values(&doc).unwrap();
+        assert_eq!(
+            (&fields["phone"], &fields["visits"]),
+            (&serde_json::json!(555), &serde_json::json!(4))
+        );
+        assert_eq!(merger.applied, 2);
     }
 
     /// Pushes `change` for record "a" stored as `stored`, as `device`'s.

@@ -10,7 +10,10 @@ use automerge::{ActorId, ChangeHash};
 use fieldsync_core::protocol::{Payload, PushRecord, RejectCode, Rejection};
 use serde_bytes::ByteBuf;
 
-use super::{Access, AuditQuery, Lineage, MergedRecord, Role, Storage, StoredRecord, now_ms};
+use super::{
+    Access, AuditQuery, Lineage, Merge, MergedRecord, Role, Storage, StoredRecord, StoredVersion,
+    now_ms,
+};
 
 /// Runs every check, each on a new storage from `fresh`.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
@@ -20,6 +23,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     concurrent_bindings_give_an_actor_to_one_device(&*fresh());
     push_writes_accepted_records_only(&*fresh());
     stored_records_as_named(&*fresh());
+    merges_made_ahead_are_asked_for_by_stored_version(&*fresh());
     replayed_batches_change_nothing(&*fresh());
     feed_pages_in_order_by_scope(&*fresh());
     feed_entries_carry_their_record_s_values_when_latest(&*fresh());
@@ -262,6 +266,16 @@ fn stored_records_as_named(storage: &dyn Storage) {
             &mut accept,
         )
         .unwrap();
+    // A record's version is the feed position of the push that wrote it.
+    let page = storage
+        .documents_page(&["north".into(), "south".into()], 0, 10)
+        .unwrap();
+    let version = |id: &[u8]| {
+        page.entries
+            .iter()
+            .find(|e| e.record_id.as_bytes() == id)
+            .map(|e| e.seq)
+    };
     let stored = |scope: &str, doc: &[u8]| {
         Some(StoredRecord {
             scope: scope.into(),
@@ -269,6 +283,7 @@ fn stored_records_as_named(storage: &dyn Storage) {
             fields_json: format!("{{\"id\": \"{}\"}}", String::from_utf8_lossy(doc)),
             deleted: false,
             lineage: Some(lineage_of(doc)),
+            version: Some(version(doc).expect("a written record is on a page")),
         })
     };
     let found = storage
@@ -294,6 +309,107 @@ fn stored_records_as_named(storage: &dyn Storage) {
         "each key in order, a key named twice twice, unknown ones as None"
     );
     assert!(storage.stored_records(&[]).unwrap().is_empty());
+}
+
+/// Offers [`accept`]'s merge as made ahead against the version it expects next for each
+/// record, and records what the storage asked with and what it read.
+#[derive(Default)]
+struct ExpectingMerge {
+    expected: Vec<StoredVersion>,
+    asked: Vec<StoredVersion>,
+    read: Vec<Option<StoredRecord>>,
+}
+
+impl Merge for ExpectingMerge {
+    fn merged_ahead(
+        &mut self,
+        record: &PushRecord,
+        now: StoredVersion,
+    ) -> Option<Result<MergedRecord, Rejection>> {
+        let expected = self.expected.get(self.asked.len()).copied();
+        self.asked.push(now);
+        // Built on nothing: a result the storage can only have taken from here.
+        (expected == Some(now)).then(|| accept(record, None))
+    }
+
+    fn merge(
+        &mut self,
+        record: &PushRecord,
+        stored: Option<StoredRecord>,
+    ) -> Result<MergedRecord, Rejection> {
+        self.read.push(stored.clone());
+        accept(record, stored)
+    }
+}
+
+/// Under its transaction a push names each record's stored version to the merge (the feed
+/// position that wrote it, or that this push did), takes a merge made ahead against it, and
+/// reads a record whole only otherwise.
+fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let mut first = ExpectingMerge {
+        expected: vec![StoredVersion::Absent; 2],
+        ..ExpectingMerge::default()
+    };
+    let pushed = [record("a", "north"), record_with("a", "north", b"2")];
+    storage.push(phone, "first", &pushed, &mut first).unwrap();
+    assert_eq!(
+        first.asked,
+        [StoredVersion::Absent, StoredVersion::ThisPush],
+        "a record new to the server, then as this push left it"
+    );
+    let read: Vec<Option<&[u8]>> = first
+        .read
+        .iter()
+        .map(|stored| stored.as_ref().map(|s| s.doc.as_slice()))
+        .collect();
+    assert_eq!(
+        read,
+        [Some(&b"a"[..])],
+        "the copy whose merge ahead did not fit, handed the record as the push left it"
+    );
+    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    assert_eq!(page.entries.len(), 1);
+    let version = page.entries[0].seq;
+    assert_eq!(
+        page.entries[0].doc, b"a2",
+        "both copies are written in turn"
+    );
+
+    // Offered a merge against a version that is not the stored one, the storage reads.
+    let mut stale = ExpectingMerge {
+        expected: vec![StoredVersion::Written(version - 1)],
+        ..ExpectingMerge::default()
+    };
+    let pushed = [record_with("a", "north", b"3")];
+    storage.push(phone, "second", &pushed, &mut stale).unwrap();
+    assert_eq!(stale.asked, [StoredVersion::Written(version)]);
+    assert_eq!(stale.read.len(), 1);
+    let read = stale.read[0].as_ref().expect("the stored record");
+    assert_eq!(
+        (read.doc.as_slice(), read.version),
+        (&b"a2"[..], Some(version))
+    );
+
+    // The stored version offered: its merge is written and nothing is read.
+    let version = storage
+        .documents_page(&["north".into()], 0, 10)
+        .unwrap()
+        .entries[0]
+        .seq;
+    let mut fitting = ExpectingMerge {
+        expected: vec![StoredVersion::Written(version)],
+        ..ExpectingMerge::default()
+    };
+    let pushed = [record_with("a", "north", b"4")];
+    storage.push(phone, "third", &pushed, &mut fitting).unwrap();
+    assert!(fitting.read.is_empty());
+    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    assert_eq!(
+        page.entries[0].doc, b"4",
+        "the merge made ahead, as it was made"
+    );
+    assert!(page.entries[0].seq > version);
 }
 
 fn replayed_batches_change_nothing(storage: &dyn Storage) {

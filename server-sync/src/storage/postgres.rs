@@ -34,7 +34,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Storage,
-    StoredRecord, TokenRecord, decode_changes, encode_changes, now_ms,
+    StoredRecord, StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
@@ -194,7 +194,8 @@ fn migrate(client: &mut Client) -> Result<()> {
     Ok(())
 }
 
-/// A record's stored state from `scope, doc, fields, deleted, lineage` at columns `first`….
+/// A record's stored state from `scope, doc, fields, deleted, lineage, updated_seq` at
+/// columns `first`….
 fn stored_record(row: &postgres::Row, first: usize) -> StoredRecord {
     StoredRecord {
         scope: row.get(first),
@@ -204,7 +205,41 @@ fn stored_record(row: &postgres::Row, first: usize) -> StoredRecord {
         lineage: row
             .get::<_, Option<&[u8]>>(first + 4)
             .and_then(Lineage::decode),
+        version: Some(row.get(first + 5)),
     }
+}
+
+/// The version of each pushed record that is stored, by `(collection, id)`, in one query.
+/// Call with the records' locks held: nothing else writes them until the commit.
+fn stored_versions<'r>(
+    tx: &mut Transaction<'_>,
+    records: &'r [PushRecord],
+) -> Result<HashMap<(&'r str, &'r str), i64>> {
+    // PostgreSQL text holds no NUL byte and fails the statement that passes one; no stored
+    // record has such a name, and the merge refuses it.
+    let (collections, ids): (Vec<&str>, Vec<&str>) = records
+        .iter()
+        .map(|r| (r.collection.as_str(), r.id.as_str()))
+        .filter(|(collection, id)| !collection.contains('\0') && !id.contains('\0'))
+        .unzip();
+    let rows = tx.query(
+        "SELECT r.collection, r.id, r.updated_seq
+         FROM unnest($1::text[], $2::text[]) AS k (collection, id)
+         JOIN records r ON r.collection = k.collection AND r.id = k.id",
+        &[&collections, &ids],
+    )?;
+    let found: HashMap<(String, String), i64> = rows
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+    Ok(records
+        .iter()
+        .filter_map(|r| {
+            let key = (r.collection.as_str(), r.id.as_str());
+            let version = found.get(&(key.0.to_owned(), key.1.to_owned()))?;
+            Some((key, *version))
+        })
+        .collect())
 }
 
 /// A record's lock key: FNV-1a of collection and id. It must be the same in every instance,
@@ -513,7 +548,8 @@ impl Storage for PostgresStorage {
             .copied()
             .unzip();
         let rows = self.conn()?.query(
-            "SELECT r.collection, r.id, r.scope, r.doc, r.fields, r.deleted, r.lineage
+            "SELECT r.collection, r.id, r.scope, r.doc, r.fields, r.deleted, r.lineage,
+                    r.updated_seq
              FROM unnest($1::text[], $2::text[]) AS k (collection, id)
              JOIN records r ON r.collection = k.collection AND r.id = k.id",
             &[&collections, &ids],
@@ -537,7 +573,7 @@ impl Storage for PostgresStorage {
         device_id: i64,
         batch_id: &str,
         records: &[PushRecord],
-        merge: &mut Merge<'_>,
+        merge: &mut dyn Merge,
     ) -> Result<PushResponse> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
@@ -567,25 +603,40 @@ impl Storage for PostgresStorage {
         )?;
 
         // Merge every record; a record pushed twice in one batch merges into its first merge.
+        // Records are written after the loop, so an earlier copy's merge stands for them.
+        let versions = stored_versions(&mut tx, records)?;
         let mut merged_so_far: HashMap<(&str, &str), StoredRecord> = HashMap::new();
         let mut accepted: Vec<(&PushRecord, MergedRecord)> = Vec::new();
         let mut results = Vec::with_capacity(records.len());
         for record in records {
             let key = (record.collection.as_str(), record.id.as_str());
-            let stored = match merged_so_far.get(&key) {
-                Some(stored) => Some(stored.clone()),
-                // PostgreSQL text holds no NUL byte and fails the statement that passes one;
-                // no stored record has such a name, and the merge refuses it.
-                None if key.0.contains('\0') || key.1.contains('\0') => None,
-                None => tx
-                    .query_opt(
-                        "SELECT scope, doc, fields, deleted, lineage FROM records
-                         WHERE collection = $1 AND id = $2",
-                        &[&record.collection, &record.id],
-                    )?
-                    .map(|row| stored_record(&row, 0)),
+            let now_stored = if merged_so_far.contains_key(&key) {
+                StoredVersion::ThisPush
+            } else {
+                versions
+                    .get(&key)
+                    .map_or(StoredVersion::Absent, |&version| {
+                        StoredVersion::Written(version)
+                    })
             };
-            let rejected = match merge(record, stored) {
+            let outcome = match merge.merged_ahead(record, now_stored) {
+                Some(outcome) => outcome,
+                None => {
+                    let stored = match merged_so_far.get(&key) {
+                        Some(stored) => Some(stored.clone()),
+                        None if !versions.contains_key(&key) => None,
+                        None => tx
+                            .query_opt(
+                                "SELECT scope, doc, fields, deleted, lineage, updated_seq
+                                 FROM records WHERE collection = $1 AND id = $2",
+                                &[&record.collection, &record.id],
+                            )?
+                            .map(|row| stored_record(&row, 0)),
+                    };
+                    merge.merge(record, stored)
+                }
+            };
+            let rejected = match outcome {
                 Err(rejection) => Some(rejection),
                 Ok(merged) if merged.new_changes.is_empty() => None,
                 Ok(merged) => {

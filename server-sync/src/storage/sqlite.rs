@@ -11,6 +11,7 @@
 //! the same way, so no device ever receives a change that a power cut could still take back.
 //! Rare writes (users, devices, tokens, grants, actor bindings) flush before they return.
 
+use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -23,7 +24,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Storage, StoredRecord,
-    TokenRecord, decode_changes, encode_changes, now_ms,
+    StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
@@ -483,7 +484,7 @@ impl Storage for SqliteStorage {
         device_id: i64,
         batch_id: &str,
         records: &[PushRecord],
-        merge: &mut Merge<'_>,
+        merge: &mut dyn Merge,
     ) -> Result<PushResponse> {
         // A replayed batch's stored answer, too, goes out only once its commit is durable.
         self.write(|conn| push_in(conn, device_id, batch_id, records, merge))
@@ -554,8 +555,8 @@ impl Storage for SqliteStorage {
 }
 
 /// A record's stored state by collection (`?1`) and id (`?2`), as [`stored_record`] reads it.
-const SELECT_STORED_RECORD: &str =
-    "SELECT scope, doc, fields, deleted, lineage FROM records WHERE collection = ?1 AND id = ?2";
+const SELECT_STORED_RECORD: &str = "SELECT scope, doc, fields, deleted, lineage, updated_seq
+     FROM records WHERE collection = ?1 AND id = ?2";
 
 fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     Ok(StoredRecord {
@@ -564,6 +565,7 @@ fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
         fields_json: row.get(2)?,
         deleted: row.get(3)?,
         lineage: row.get_ref(4)?.as_blob_or_null()?.and_then(Lineage::decode),
+        version: Some(row.get(5)?),
     })
 }
 
@@ -621,7 +623,7 @@ fn push_in(
     device_id: i64,
     batch_id: &str,
     records: &[PushRecord],
-    merge: &mut Merge<'_>,
+    merge: &mut dyn Merge,
 ) -> Result<PushResponse> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let replay: Option<Vec<u8>> = tx
@@ -642,15 +644,32 @@ fn push_in(
     )?;
     let now = now_ms();
     let mut results = Vec::with_capacity(records.len());
+    let mut written: HashSet<(&str, &str)> = HashSet::new();
     for record in records {
-        let stored = tx
-            .prepare_cached(SELECT_STORED_RECORD)?
-            .query_row(params![record.collection, record.id], stored_record)
-            .optional()?;
-        let rejected = match merge(record, stored) {
+        let key = (record.collection.as_str(), record.id.as_str());
+        let now_stored = if written.contains(&key) {
+            StoredVersion::ThisPush
+        } else {
+            tx.prepare_cached("SELECT updated_seq FROM records WHERE collection = ?1 AND id = ?2")?
+                .query_row(params![record.collection, record.id], |row| row.get(0))
+                .optional()?
+                .map_or(StoredVersion::Absent, StoredVersion::Written)
+        };
+        let outcome = match merge.merged_ahead(record, now_stored) {
+            Some(outcome) => outcome,
+            None => {
+                let stored = tx
+                    .prepare_cached(SELECT_STORED_RECORD)?
+                    .query_row(params![record.collection, record.id], stored_record)
+                    .optional()?;
+                merge.merge(record, stored)
+            }
+        };
+        let rejected = match outcome {
             Err(rejection) => Some(rejection),
             Ok(merged) if merged.new_changes.is_empty() => None,
             Ok(merged) => {
+                written.insert(key);
                 tx.prepare_cached(
                         "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
