@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::remote::{Incoming, PageEffects};
-use super::{OutboxEntry, Store, Synchronous, now_ms, remote};
+use super::{Db, OutboxEntry, Store, Synchronous, now_ms, remote};
 use crate::error::Result;
 use crate::protocol::{PullResponse, PushResponse};
 use crate::store::ApplyReport;
@@ -30,35 +30,37 @@ pub struct ServerRejection {
 impl Store {
     /// Records the server's answer to a push of `entries`: they leave the outbox, and the
     /// rejected ones are remembered with their reason. One transaction.
+    ///
+    /// It commits without waiting for the disk, even at `synchronous = FULL`: if a power cut
+    /// takes it back, the entries are pushed again and the server, which has their changes,
+    /// adds nothing and refuses what it refused. The pull that follows every push flushes it
+    /// with its last page.
     pub(crate) fn complete_push(
         &self,
         entries: &[OutboxEntry],
         response: &PushResponse,
     ) -> Result<()> {
         let mut db = self.shared.lock();
-        let tx = db
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = now_ms();
-        for (entry, result) in entries.iter().zip(&response.results) {
-            tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-                .execute([entry.seq])?;
-            if let Some(rejection) = &result.rejected {
-                let code = serde_json::to_value(rejection.code)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                tx.prepare_cached(
-                    "INSERT INTO server_rejections (collection, record_id, scope, code, message, rejected_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (collection, record_id) DO UPDATE SET code = excluded.code,
-                         message = excluded.message, rejected_at = excluded.rejected_at",
-                )?
-                .execute(params![entry.collection, entry.record_id, entry.scope, code, rejection.message, now])?;
-            }
+        self.without_waiting_for_disk(&mut db, true, |db| remove_pushed(db, entries, response))
+    }
+
+    /// Runs `work`, its commits not waiting for the disk when `relaxed` and the store's own
+    /// level is `FULL`; then puts that level back, whatever `work` returned.
+    fn without_waiting_for_disk<T>(
+        &self,
+        db: &mut Db,
+        relaxed: bool,
+        work: impl FnOnce(&mut Db) -> Result<T>,
+    ) -> Result<T> {
+        let relaxed = relaxed && self.shared.options.synchronous == Synchronous::Full;
+        if relaxed {
+            db.conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
-        tx.commit()?;
-        Ok(())
+        let done = work(db);
+        if relaxed {
+            db.conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        done
     }
 
     /// The pull cursor stored with the last merged page, if any.
@@ -118,7 +120,7 @@ impl Store {
     /// pages before it: a pull that has returned is on disk. A first sync pays one flush
     /// instead of one a page.
     pub(crate) fn apply_pull_page(&self, page: PullResponse) -> Result<ApplyReport> {
-        let relaxed = page.more && self.shared.options.synchronous == Synchronous::Full;
+        let more = page.more;
         let incoming: Vec<Incoming> = page
             .records
             .into_iter()
@@ -136,14 +138,9 @@ impl Store {
         };
         let (report, changed) = {
             let mut db = self.shared.lock();
-            if relaxed {
-                db.conn.pragma_update(None, "synchronous", "NORMAL")?;
-            }
-            let applied = remote::apply(&self.shared, &mut db, incoming, effects);
-            if relaxed {
-                db.conn.pragma_update(None, "synchronous", "FULL")?;
-            }
-            applied?
+            self.without_waiting_for_disk(&mut db, more, |db| {
+                remote::apply(&self.shared, db, incoming, effects)
+            })?
         };
         self.shared
             .subscriptions
@@ -171,6 +168,33 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Removes pushed `entries` from the outbox and remembers the ones `response` refused.
+fn remove_pushed(db: &mut Db, entries: &[OutboxEntry], response: &PushResponse) -> Result<()> {
+    let tx = db
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    for (entry, result) in entries.iter().zip(&response.results) {
+        tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+            .execute([entry.seq])?;
+        if let Some(rejection) = &result.rejected {
+            let code = serde_json::to_value(rejection.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            tx.prepare_cached(
+                "INSERT INTO server_rejections (collection, record_id, scope, code, message, rejected_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (collection, record_id) DO UPDATE SET code = excluded.code,
+                     message = excluded.message, rejected_at = excluded.rejected_at",
+            )?
+            .execute(params![entry.collection, entry.record_id, entry.scope, code, rejection.message, now])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -254,6 +278,36 @@ mod tests {
                 store.get("clients", &id).unwrap().unwrap().fields["name"],
                 "Ada"
             );
+        }
+    }
+
+    #[test]
+    fn an_acknowledged_push_leaves_the_store_at_its_own_level() {
+        let dir = tempfile::tempdir().unwrap();
+        for (synchronous, level) in [(Synchronous::Full, 2), (Synchronous::Normal, 1)] {
+            let store = open(&dir.path().join(format!("{level}.db")), synchronous);
+            for name in ["Ada", "Bo"] {
+                store
+                    .insert(
+                        "clients",
+                        fields(json!({"caseload_id": "north", "name": name})),
+                    )
+                    .unwrap();
+            }
+            let entries = store.outbox(10).unwrap();
+            let response = PushResponse {
+                results: entries
+                    .iter()
+                    .map(|entry| PushResult {
+                        collection: entry.collection.clone(),
+                        id: entry.record_id.clone(),
+                        rejected: None,
+                    })
+                    .collect(),
+            };
+            store.complete_push(&entries, &response).unwrap();
+            assert_eq!(store.outbox_len().unwrap(), 0);
+            assert_eq!(synchronous_level(&store), level);
         }
     }
 
