@@ -466,16 +466,22 @@ impl Storage for SqliteStorage {
     }
 
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>> {
-        // Not served to anyone, so it need not wait for a flush.
+        // Not served to anyone, so it need not wait for a flush. One read transaction for
+        // all the records: outside one, each read begins and ends its own, taking and
+        // releasing the WAL's shared-memory locks (system calls) every time.
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(SELECT_STORED_RECORD)?;
+        let tx = conn.unchecked_transaction()?;
         let mut records = Vec::with_capacity(keys.len());
-        for (collection, id) in keys {
-            records.push(
-                stmt.query_row(params![collection, id], stored_record)
-                    .optional()?,
-            );
+        {
+            let mut stmt = tx.prepare_cached(SELECT_STORED_RECORD)?;
+            for (collection, id) in keys {
+                records.push(
+                    stmt.query_row(params![collection, id], stored_record)
+                        .optional()?,
+                );
+            }
         }
+        tx.commit()?;
         Ok(records)
     }
 
