@@ -2,13 +2,14 @@
 //! - first sync of a fresh device (records/s, the device process's peak memory, the CPU time
 //!   of the device and of the server, for two data sizes, beside plain rusqlite inserting the
 //!   same rows);
-//! - an incremental sync of 1,000 edits from device A through the server to device B.
+//! - an incremental sync of 1,000 edits from device A through the server to device B, nine
+//!   rounds, each timed from A's sync to B's sync returning.
 //!
 //! `cargo bench -p fieldsync-tests --bench sync` (100,000 sessions) or `-- --quick` (20,000).
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fieldsync_core::{Filter, SyncClient, SyncConfig, Write};
 use fieldsync_tests::clinic_data::{self, ClinicSize, Rng};
@@ -103,9 +104,9 @@ async fn main() {
     let reader = open_device(&reader_db);
     let reader_client = SyncClient::new(SyncConfig::new(&server.url, reader_token)).unwrap();
     reader_client.sync_now(&reader).await.unwrap();
-    // Five rounds, each editing 1,000 other sessions (documents neither side has loaded).
+    // Nine rounds, each editing 1,000 other sessions (documents neither side has loaded).
     let mut rounds = Vec::new();
-    for round in 0..5 {
+    for round in 0..9 {
         let edited = |i: usize| format!("session-{:06}", i * (size.sessions / 1000) + round);
         let stamp = 9_000_000_000_000i64 + round as i64 * 1000;
         let edits: Vec<Write> = (0..1000)
@@ -116,6 +117,7 @@ async fn main() {
             })
             .collect();
         writer.write_batch(edits).unwrap();
+        settle(&dir.path().join("writer.db"));
         let started = Instant::now();
         let pushed = writer_client.sync_now(&writer).await.unwrap().pushed;
         let push_done = started.elapsed();
@@ -205,6 +207,22 @@ fn grant_user(server: &ServerProcess, name: &str, caseloads: usize) -> String {
         ]);
     }
     server.device(name)
+}
+
+/// Returns once the WAL that device A's untimed edits left is copied into its database file.
+/// The engine's background sync starts 2 seconds after writes pause, long after the store's
+/// checkpoint thread has done that; timed right after the edits, the sync would share the
+/// machine's two cores with the copy.
+fn settle(db: &Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    // FULL waits for a checkpoint already running on the store's thread.
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    let (busy, frames, copied): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(FULL)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((busy, frames), (0, copied), "the WAL is copied whole");
 }
 
 /// Seconds for plain rusqlite to insert the same session rows (same columns) in one
