@@ -171,14 +171,21 @@ impl Store {
 }
 
 /// Removes pushed `entries` from the outbox and remembers the ones `response` refused.
+/// `entries` are the outbox's oldest, in order, as [`Store::outbox`] reads them: every entry
+/// from the first to the last is one of them, and entries written since come after.
 fn remove_pushed(db: &mut Db, entries: &[OutboxEntry], response: &PushResponse) -> Result<()> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(());
+    };
     let tx = db
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2",
+        [first.seq, last.seq],
+    )?;
     let now = now_ms();
     for (entry, result) in entries.iter().zip(&response.results) {
-        tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-            .execute([entry.seq])?;
         if let Some(rejection) = &result.rejected {
             let code = serde_json::to_value(rejection.code)
                 .ok()
@@ -295,6 +302,13 @@ mod tests {
                     .unwrap();
             }
             let entries = store.outbox(10).unwrap();
+            // Written while the push was on its way: not part of it.
+            store
+                .insert(
+                    "clients",
+                    fields(json!({"caseload_id": "north", "name": "Cy"})),
+                )
+                .unwrap();
             let response = PushResponse {
                 results: entries
                     .iter()
@@ -306,7 +320,9 @@ mod tests {
                     .collect(),
             };
             store.complete_push(&entries, &response).unwrap();
-            assert_eq!(store.outbox_len().unwrap(), 0);
+            let left = store.outbox(10).unwrap();
+            assert_eq!(left.len(), 1, "the entry written since stays");
+            assert!(left[0].seq > entries[1].seq);
             assert_eq!(synchronous_level(&store), level);
         }
     }
