@@ -33,8 +33,8 @@ impl Store {
     ///
     /// It commits without waiting for the disk, even at `synchronous = FULL`: if a power cut
     /// takes it back, the entries are pushed again and the server, which has their changes,
-    /// adds nothing and refuses what it refused. The pull that follows every push flushes it
-    /// with its last page.
+    /// adds nothing and refuses what it refused. The next commit at the store's level (a
+    /// local write, or a pull's last page that brings records) flushes it.
     pub(crate) fn complete_push(
         &self,
         entries: &[OutboxEntry],
@@ -117,10 +117,13 @@ impl Store {
     /// `synchronous = FULL`: what it brings is on the server and its cursor is in the same
     /// transaction, so losing the commit to a power cut only means pulling it again. The last
     /// page of a pull commits at the store's own level, and its flush of the WAL covers the
-    /// pages before it: a pull that has returned is on disk. A first sync pays one flush
-    /// instead of one a page.
+    /// pages before it: a pull that has returned with records is on disk. A first sync pays
+    /// one flush instead of one a page. A last page that brings nothing (no record, no
+    /// revoked scope: a pull that found nothing new, or only this device's own changes) stores
+    /// only its cursor and does not wait for the disk either; losing it means reading the same
+    /// feed positions again.
     pub(crate) fn apply_pull_page(&self, page: PullResponse) -> Result<ApplyReport> {
-        let more = page.more;
+        let relaxed = need_not_wait_for_disk(&page);
         let incoming: Vec<Incoming> = page
             .records
             .into_iter()
@@ -138,7 +141,7 @@ impl Store {
         };
         let (report, changed) = {
             let mut db = self.shared.lock();
-            self.without_waiting_for_disk(&mut db, more, |db| {
+            self.without_waiting_for_disk(&mut db, relaxed, |db| {
                 remote::apply(&self.shared, db, incoming, effects)
             })?
         };
@@ -168,6 +171,12 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Whether storing `page` may commit without waiting for the disk (see
+/// [`Store::apply_pull_page`]).
+fn need_not_wait_for_disk(page: &PullResponse) -> bool {
+    page.more || (page.records.is_empty() && page.revoked_scopes.is_empty())
 }
 
 /// Removes pushed `entries` from the outbox and remembers the ones `response` refused.
@@ -286,6 +295,30 @@ mod tests {
                 "Ada"
             );
         }
+    }
+
+    #[test]
+    fn only_a_last_page_that_brings_something_waits_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = open(&dir.path().join("w.db"), Synchronous::Normal);
+        let id = writer
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": "Ada"})),
+            )
+            .unwrap();
+        let with_record = |more| whole_document_page(&writer, &id, "c", more);
+        let empty = |more, revoked: &[&str]| PullResponse {
+            records: Vec::new(),
+            next_cursor: "c".into(),
+            more,
+            revoked_scopes: revoked.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(need_not_wait_for_disk(&with_record(true)));
+        assert!(!need_not_wait_for_disk(&with_record(false)));
+        assert!(need_not_wait_for_disk(&empty(false, &[])));
+        assert!(!need_not_wait_for_disk(&empty(false, &["north"])));
+        assert!(need_not_wait_for_disk(&empty(true, &["north"])));
     }
 
     #[test]
