@@ -209,19 +209,25 @@ fn stored_record(row: &postgres::Row, first: usize) -> StoredRecord {
     }
 }
 
+/// Record keys as the two arrays a lookup by `unnest` takes, without the keys that name a
+/// NUL byte: PostgreSQL text cannot hold one and fails the statement that passes one, and
+/// no stored record has one in its name (the merge refuses such a record).
+fn key_arrays<'k>(keys: impl Iterator<Item = (&'k str, &'k str)>) -> (Vec<&'k str>, Vec<&'k str>) {
+    keys.filter(|(collection, id)| !collection.contains('\0') && !id.contains('\0'))
+        .unzip()
+}
+
 /// The version of each pushed record that is stored, by `(collection, id)`, in one query.
 /// Call with the records' locks held: nothing else writes them until the commit.
 fn stored_versions<'r>(
     tx: &mut Transaction<'_>,
     records: &'r [PushRecord],
 ) -> Result<HashMap<(&'r str, &'r str), i64>> {
-    // PostgreSQL text holds no NUL byte and fails the statement that passes one; no stored
-    // record has such a name, and the merge refuses it.
-    let (collections, ids): (Vec<&str>, Vec<&str>) = records
-        .iter()
-        .map(|r| (r.collection.as_str(), r.id.as_str()))
-        .filter(|(collection, id)| !collection.contains('\0') && !id.contains('\0'))
-        .unzip();
+    let (collections, ids) = key_arrays(
+        records
+            .iter()
+            .map(|r| (r.collection.as_str(), r.id.as_str())),
+    );
     let rows = tx.query(
         "SELECT r.collection, r.id, r.updated_seq
          FROM unnest($1::text[], $2::text[]) AS k (collection, id)
@@ -541,12 +547,7 @@ impl Storage for PostgresStorage {
     }
 
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>> {
-        // PostgreSQL text holds no NUL byte; no stored record has one in its name.
-        let (collections, ids): (Vec<&str>, Vec<&str>) = keys
-            .iter()
-            .filter(|(collection, id)| !collection.contains('\0') && !id.contains('\0'))
-            .copied()
-            .unzip();
+        let (collections, ids) = key_arrays(keys.iter().copied());
         let rows = self.conn()?.query(
             "SELECT r.collection, r.id, r.scope, r.doc, r.fields, r.deleted, r.lineage,
                     r.updated_seq
