@@ -374,7 +374,9 @@ pub struct FeedEntry {
 /// A whole record, for first syncs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentEntry {
-    /// Feed position of the record's last change.
+    /// Feed position of the change that created the record.
+    pub created_seq: i64,
+    /// Feed position of the record's last change (its version).
     pub seq: i64,
     /// Collection of the record.
     pub collection: String,
@@ -544,11 +546,17 @@ pub trait Storage: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> Result<Page<FeedEntry>>;
-    /// Whole records of the scopes whose last change is after `after`, in that order.
+    /// The feed's last position (0 while it is empty). Every change that commits after this
+    /// call comes after it in the feed.
+    fn feed_head(&self) -> Result<i64>;
+    /// Whole records of the scopes created at a feed position after `after` and up to
+    /// `up_to`, in that order (their creation never moves, so a push writes nothing to
+    /// keep this order but the records it creates).
     fn documents_page(
         &self,
         scopes: &[String],
         after: i64,
+        up_to: i64,
         limit: u32,
     ) -> Result<Page<DocumentEntry>>;
     /// Records a pull in the audit log and the device's last sync time. A pull that brought

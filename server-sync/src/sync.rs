@@ -126,10 +126,16 @@ pub struct PullParams {
 struct Cursor {
     /// `true` while a first sync pages through whole documents.
     documents: bool,
-    /// Feed position reached.
+    /// Feed position reached. During a first sync, the feed's head when it began: the feed
+    /// after it holds every change the documents sent may not have had.
     seq: i64,
     /// The scopes the client has been sent.
     scopes: BTreeSet<String>,
+    /// During a first sync, the creation position of the last document sent. Absent from
+    /// cursors of first syncs that paged by last change, which start over; left out of feed
+    /// cursors, which instances of that release still read during an upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_to: Option<i64>,
 }
 
 impl Cursor {
@@ -181,15 +187,27 @@ pub async fn pull(
             ),
             None => (Vec::new(), 0),
         };
-        let documents_from = match &cursor {
-            None => Some(0),
-            Some(_) if added > 0 => Some(0),
-            Some(cursor) if cursor.documents => Some(cursor.seq),
+        // A first sync pages through the documents created after `sent_to`; it starts
+        // (again) without a cursor, when scopes were added, and from a cursor that does not
+        // say where it is.
+        let first_sync = match &cursor {
+            None => Some(None),
+            Some(_) if added > 0 => Some(None),
+            Some(cursor) if cursor.documents => {
+                Some(cursor.sent_to.map(|sent_to| (cursor.seq, sent_to)))
+            }
             Some(_) => None,
         };
-        let (records, next, more) = match documents_from {
-            Some(after) => {
-                let page = storage.documents_page(&scopes, after, limit)?;
+        let (records, next, more) = match first_sync {
+            Some(from) => {
+                // The head is taken before the first page is read: whatever commits while
+                // the documents are paged through comes after it in the feed, and records
+                // created after it come only from there.
+                let (head, sent_to) = match from {
+                    Some(from) => from,
+                    None => (storage.feed_head()?, 0),
+                };
+                let page = storage.documents_page(&scopes, sent_to, head, limit)?;
                 let records = page
                     .entries
                     .into_iter()
@@ -205,13 +223,16 @@ pub async fn pull(
                         })
                     })
                     .collect::<Result<Vec<_>, ServerError>>()?;
-                // Once every document is sent, the feed after the last one holds the rest.
+                // Once every document is sent, the feed after the head holds the rest, and
+                // the device reads on at once if anything was written there meanwhile.
                 let next = Cursor {
                     documents: page.more,
-                    seq: page.last_seq,
+                    seq: head,
                     scopes: readable,
+                    sent_to: page.more.then_some(page.last_seq),
                 };
-                (records, next, page.more)
+                let more = page.more || storage.feed_head()? > head;
+                (records, next, more)
             }
             None => {
                 let after = cursor.as_ref().map_or(0, |c| c.seq);
@@ -240,6 +261,7 @@ pub async fn pull(
                     documents: false,
                     seq: page.last_seq,
                     scopes: readable,
+                    sent_to: None,
                 };
                 (records, next, page.more)
             }

@@ -372,7 +372,7 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
         .collect();
     let north = vec!["north".to_owned()];
     let feed_before = storage.feed_page(&north, 0, 10_000).unwrap();
-    let documents_before = storage.documents_page(&north, 0, 10_000).unwrap();
+    let documents_before = storage.documents_page(&north, 0, i64::MAX, 10_000).unwrap();
     let mut reader_cursor = None;
     barrage.token = reader.clone();
     while let Some(page) = barrage
@@ -552,7 +552,7 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
     // pulls nothing new.
     assert_eq!(storage.feed_page(&north, 0, 10_000).unwrap(), feed_before);
     assert_eq!(
-        storage.documents_page(&north, 0, 10_000).unwrap(),
+        storage.documents_page(&north, 0, i64::MAX, 10_000).unwrap(),
         documents_before
     );
     barrage.token = reader.clone();

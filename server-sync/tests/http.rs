@@ -235,6 +235,109 @@ async fn records_pushed_by_one_device_reach_another() {
 }
 
 #[tokio::test]
+async fn a_first_sync_sends_each_document_once_and_then_what_was_written_meanwhile() {
+    let server = Server::new();
+    let scopes = ["north", "south", "west"];
+    let grants: Vec<(&str, Access)> = scopes.iter().map(|s| (*s, Access::Write)).collect();
+    let token = server.user("ada", &grants);
+    let reader = server.device("ada");
+    let (phone, tablet) = (server.store("phone"), server.store("tablet"));
+    for scope in scopes {
+        for i in 0..10 {
+            phone
+                .insert("clients", client(scope, &format!("{scope} {i}")))
+                .unwrap();
+        }
+    }
+    server.push_outbox(&token, &phone, "b1").await;
+
+    let mut documents: Vec<(String, String)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = server.pull(&reader, cursor.as_deref(), 5).await.ok();
+        pages += 1;
+        assert!(!page.records.is_empty(), "page {pages} is empty");
+        for record in &page.records {
+            if matches!(record.payload, Payload::Document(_)) {
+                documents.push((record.scope.clone(), record.id.clone()));
+            }
+        }
+        tablet
+            .apply_remote(page.records.into_iter().map(Into::into).collect())
+            .unwrap();
+        cursor = Some(page.next_cursor);
+        if pages == 1 {
+            // Written after the first page: an edit of a record sent already, and a new
+            // record whose id comes before every other.
+            let sent = &documents[0].1;
+            phone
+                .update("clients", sent, fields(json!({"phone": "555"})))
+                .unwrap();
+            let earliest = phone
+                .insert_with_id("clients", Some("0-first".into()), client("north", "Early"))
+                .unwrap();
+            assert_eq!(earliest, "0-first");
+            server.push_outbox(&token, &phone, "b2").await;
+        }
+        if !page.more {
+            break;
+        }
+    }
+    // In the order they were created, each once; the record created meanwhile comes with
+    // the feed.
+    let in_order = documents.windows(2).all(|pair| pair[0] < pair[1]);
+    assert!(in_order, "documents in creation order: {documents:?}");
+    assert_eq!(documents.len(), 30, "no document twice: {documents:?}");
+    assert_eq!(tablet.count("clients", &Filter::All).unwrap(), 31);
+    let edited = &documents[0].1;
+    assert_eq!(
+        tablet.get("clients", edited).unwrap().unwrap().fields["phone"],
+        "555",
+        "the edit made during the first sync came with the feed"
+    );
+    assert_eq!(
+        tablet.get("clients", "0-first").unwrap().unwrap().fields["name"],
+        "Early"
+    );
+}
+
+#[tokio::test]
+async fn first_sync_cursors_from_before_creation_order_start_over_and_feed_cursors_stay_readable() {
+    // Cursors of first syncs that paged by last change held no creation position to go on
+    // from.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OldCursor {
+        documents: bool,
+        seq: i64,
+        scopes: std::collections::BTreeSet<String>,
+    }
+    let server = Server::new();
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let reader = server.device("ada");
+    let phone = server.store("phone");
+    for i in 0..3 {
+        phone
+            .insert("clients", client("north", &format!("client {i}")))
+            .unwrap();
+    }
+    server.push_outbox(&token, &phone, "b1").await;
+    let old = OldCursor {
+        documents: true,
+        seq: 2,
+        scopes: ["north".to_owned()].into(),
+    };
+    let old = hex::encode(rmp_serde::to_vec(&old).unwrap());
+    let page = server.pull(&reader, Some(&old), 100).await.ok();
+    assert_eq!(page.records.len(), 3, "every document, from the first");
+    assert!(!page.more);
+    // The feed cursor it ends with is one the previous release reads.
+    let bytes = hex::decode(&page.next_cursor).unwrap();
+    let read: OldCursor = rmp_serde::from_slice(&bytes).unwrap();
+    assert!(!read.documents);
+}
+
+#[tokio::test]
 async fn a_pull_never_returns_a_devices_own_changes() {
     let server = Server::new();
     let token = server.user("ada", &[("north", Access::Write)]);

@@ -311,7 +311,7 @@ fn server_records(
     let mut records = HashMap::new();
     let mut after = 0;
     loop {
-        let page = storage.documents_page(&scopes, after, 1000)?;
+        let page = storage.documents_page(&scopes, after, i64::MAX, 1000)?;
         for entry in page.entries {
             let fields: Fields = serde_json::from_str(&entry.fields_json)
                 .map_err(|_| ServerError::Corrupt("stored values do not decode".into()))?;

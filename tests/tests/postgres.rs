@@ -68,6 +68,34 @@ fn the_audit_log_is_append_only() {
 }
 
 #[test]
+fn a_record_inserted_as_an_instance_from_before_creation_positions_does_is_paged() {
+    let cluster = TestPostgres::start();
+    let url = cluster.database();
+    let storage = PostgresStorage::open(&url, 1).unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    // Without `created_seq`, as an instance of the previous release still inserts during an
+    // upgrade.
+    for (id, seq) in [("late", 9i64), ("early", 4)] {
+        client
+            .execute(
+                "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq)
+                 VALUES ('clients', $1, 'north', $2, '{}', false, $3)",
+                &[&id, &vec![0u8], &seq],
+            )
+            .unwrap();
+    }
+    let page = storage
+        .documents_page(&["north".into()], 0, i64::MAX, 10)
+        .unwrap();
+    let read: Vec<(&str, i64)> = page
+        .entries
+        .iter()
+        .map(|e| (e.record_id.as_str(), e.created_seq))
+        .collect();
+    assert_eq!(read, [("early", 4), ("late", 9)]);
+}
+
+#[test]
 fn a_document_updated_without_its_lineage_loses_the_lineage() {
     use fieldsync_server::storage::Lineage;
     let cluster = TestPostgres::start();

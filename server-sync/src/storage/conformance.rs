@@ -28,7 +28,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     feed_pages_in_order_by_scope(&*fresh());
     feed_entries_carry_their_record_s_values_when_latest(&*fresh());
     a_reader_s_feed_pages_leave_out_its_own_entries(&*fresh());
-    documents_page_by_last_change(&*fresh());
+    documents_page_in_creation_order(&*fresh());
+    feed_head_is_the_last_position(&*fresh());
     audit_and_activity(&*fresh());
     a_record_s_audit_lines_among_many(&*fresh());
     idle_pulls_move_the_last_sync_at_most_once_a_minute(&*fresh());
@@ -237,7 +238,9 @@ fn push_writes_accepted_records_only(storage: &dyn Storage) {
         response.results[1].rejected.as_ref().unwrap().code,
         RejectCode::Malformed
     );
-    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    let page = storage
+        .documents_page(&["north".into()], 0, i64::MAX, 10)
+        .unwrap();
     assert_eq!(page.entries.len(), 1, "the rejected record was not written");
     assert_eq!(page.entries[0].record_id, "a");
     // The merge sees the stored state of a record pushed before.
@@ -268,7 +271,7 @@ fn stored_records_as_named(storage: &dyn Storage) {
         .unwrap();
     // A record's version is the feed position of the push that wrote it.
     let page = storage
-        .documents_page(&["north".into(), "south".into()], 0, 10)
+        .documents_page(&["north".into(), "south".into()], 0, i64::MAX, 10)
         .unwrap();
     let version = |id: &[u8]| {
         page.entries
@@ -368,7 +371,9 @@ fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
         [Some(&b"a"[..])],
         "the copy whose merge ahead did not fit, handed the record as the push left it"
     );
-    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    let page = storage
+        .documents_page(&["north".into()], 0, i64::MAX, 10)
+        .unwrap();
     assert_eq!(page.entries.len(), 1);
     let version = page.entries[0].seq;
     assert_eq!(
@@ -393,7 +398,7 @@ fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
 
     // The stored version offered: its merge is written and nothing is read.
     let version = storage
-        .documents_page(&["north".into()], 0, 10)
+        .documents_page(&["north".into()], 0, i64::MAX, 10)
         .unwrap()
         .entries[0]
         .seq;
@@ -404,7 +409,9 @@ fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
     let pushed = [record_with("a", "north", b"4")];
     storage.push(phone, "third", &pushed, &mut fitting).unwrap();
     assert!(fitting.read.is_empty());
-    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    let page = storage
+        .documents_page(&["north".into()], 0, i64::MAX, 10)
+        .unwrap();
     assert_eq!(
         page.entries[0].doc, b"4",
         "the merge made ahead, as it was made"
@@ -572,32 +579,63 @@ fn feed_entries_carry_their_record_s_values_when_latest(storage: &dyn Storage) {
     );
 }
 
-fn documents_page_by_last_change(storage: &dyn Storage) {
+fn documents_page_in_creation_order(storage: &dyn Storage) {
     let phone = device(storage, "ada");
-    for id in ["a", "b", "c"] {
+    for id in ["c", "a", "b"] {
         storage
             .push(phone, id, &[record(id, "north")], &mut accept)
             .unwrap();
     }
-    // Changing "a" moves it after "c".
+    // Changing "c" leaves it where it is.
     storage
-        .push(phone, "a2", &[record("a", "north")], &mut accept)
+        .push(phone, "c2", &[record("c", "north")], &mut accept)
+        .unwrap();
+    let head = storage.feed_head().unwrap();
+    // Created after the head: not among the documents up to it.
+    storage
+        .push(phone, "d", &[record("d", "north")], &mut accept)
         .unwrap();
     let north = vec!["north".to_owned()];
-    let page = storage.documents_page(&north, 0, 2).unwrap();
+    let page = storage.documents_page(&north, 0, head, 2).unwrap();
     let ids: Vec<&str> = page.entries.iter().map(|e| e.record_id.as_str()).collect();
-    assert_eq!(ids, ["b", "c"]);
+    assert_eq!(ids, ["c", "a"]);
     assert!(page.more);
-    let rest = storage.documents_page(&north, page.last_seq, 2).unwrap();
-    assert_eq!(rest.entries.len(), 1);
-    assert_eq!(rest.entries[0].record_id, "a");
+    assert_eq!(page.last_seq, page.entries[1].created_seq);
     assert_eq!(
-        rest.entries[0].doc,
-        b"aa".to_vec(),
+        page.entries[0].doc,
+        b"cc".to_vec(),
         "the latest merged document"
     );
-    assert_eq!(rest.entries[0].fields_json, "{\"id\": \"a\"}");
+    assert_eq!(page.entries[0].fields_json, "{\"id\": \"c\"}");
+    assert!(
+        page.entries[0].seq > page.entries[0].created_seq,
+        "each with its version, its last change"
+    );
+    let rest = storage
+        .documents_page(&north, page.last_seq, head, 2)
+        .unwrap();
+    let ids: Vec<&str> = rest.entries.iter().map(|e| e.record_id.as_str()).collect();
+    assert_eq!(ids, ["b"]);
     assert!(!rest.more);
+    let all = storage.documents_page(&north, 0, i64::MAX, 10).unwrap();
+    assert_eq!(all.entries.len(), 4);
+}
+
+fn feed_head_is_the_last_position(storage: &dyn Storage) {
+    assert_eq!(storage.feed_head().unwrap(), 0, "an empty feed");
+    let phone = device(storage, "ada");
+    storage
+        .push(
+            phone,
+            "one",
+            &[record("a", "north"), record("b", "south")],
+            &mut accept,
+        )
+        .unwrap();
+    let both = vec!["north".to_owned(), "south".to_owned()];
+    let feed = storage.feed_page(&both, 0, 10).unwrap();
+    assert_eq!(feed.entries.len(), 2);
+    assert_eq!(storage.feed_head().unwrap(), feed.last_seq);
 }
 
 fn audit_and_activity(storage: &dyn Storage) {
@@ -751,7 +789,9 @@ fn a_record_pushed_twice_in_one_batch_keeps_both(storage: &dyn Storage) {
         record_with("a", "north", b"2"),
     ];
     storage.push(phone, "twice", &records, &mut accept).unwrap();
-    let page = storage.documents_page(&["north".into()], 0, 10).unwrap();
+    let page = storage
+        .documents_page(&["north".into()], 0, i64::MAX, 10)
+        .unwrap();
     assert_eq!(page.entries.len(), 1);
     assert_eq!(
         page.entries[0].doc,
@@ -830,7 +870,7 @@ fn concurrent_pushes_lose_nothing_and_readers_skip_nothing(storage: &dyn Storage
     );
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "the feed is in order");
     let shared = storage
-        .documents_page(&north, 0, 10_000)
+        .documents_page(&north, 0, i64::MAX, 10_000)
         .unwrap()
         .entries
         .into_iter()

@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/001_init.sql"),
     include_str!("migrations/postgres/002_record_lineage.sql"),
     include_str!("migrations/postgres/003_lineage_follows_doc.sql"),
+    include_str!("migrations/postgres/004_first_syncs_by_creation.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -355,9 +356,11 @@ fn write_feed_and_records(
     let deleted: Vec<bool> = latest.iter().map(|(_, m)| m.deleted).collect();
     let lineages: Vec<Vec<u8>> = latest.iter().map(|(_, m)| m.lineage.encode()).collect();
     tx.execute(
-        "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[],
-                              $6::boolean[], $7::bigint[], $8::bytea[])
+        "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage,
+                              created_seq)
+         SELECT c, i, s, d, f, del, seq, lin, seq
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[],
+                     $6::boolean[], $7::bigint[], $8::bytea[]) AS u (c, i, s, d, f, del, seq, lin)
          ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,
              fields = excluded.fields, deleted = excluded.deleted,
              updated_seq = excluded.updated_seq, lineage = excluded.lineage",
@@ -695,33 +698,46 @@ impl Storage for PostgresStorage {
         self.feed_page_of(Some(reader), scopes, after, limit)
     }
 
+    fn feed_head(&self) -> Result<i64> {
+        // Positions become visible in order (the feed lock), so everything that commits
+        // after this read comes after the head it returns.
+        let row = self
+            .conn()?
+            .query_one("SELECT coalesce(max(seq), 0) FROM feed", &[])?;
+        Ok(row.get(0))
+    }
+
     fn documents_page(
         &self,
         scopes: &[String],
         after: i64,
+        up_to: i64,
         limit: u32,
     ) -> Result<Page<DocumentEntry>> {
         if scopes.is_empty() {
             return Ok(Page::empty(after));
         }
         let rows = self.conn()?.query(
-            "SELECT updated_seq, collection, id, scope, doc, fields, deleted FROM records
-             WHERE updated_seq > $1 AND scope = ANY($3) ORDER BY updated_seq LIMIT $2",
-            &[&after, &(i64::from(limit) + 1), &scopes],
+            "SELECT created_seq, updated_seq, collection, id, scope, doc, fields, deleted
+             FROM records
+             WHERE created_seq > $1 AND created_seq <= $4 AND scope = ANY($3)
+             ORDER BY created_seq LIMIT $2",
+            &[&after, &(i64::from(limit) + 1), &scopes, &up_to],
         )?;
         let entries = rows
             .iter()
             .map(|row| DocumentEntry {
-                seq: row.get(0),
-                collection: row.get(1),
-                record_id: row.get(2),
-                scope: row.get(3),
-                doc: row.get(4),
-                fields_json: row.get(5),
-                deleted: row.get(6),
+                created_seq: row.get(0),
+                seq: row.get(1),
+                collection: row.get(2),
+                record_id: row.get(3),
+                scope: row.get(4),
+                doc: row.get(5),
+                fields_json: row.get(6),
+                deleted: row.get(7),
             })
             .collect();
-        Ok(Page::from_rows(entries, after, limit, |e| e.seq))
+        Ok(Page::from_rows(entries, after, limit, |e| e.created_seq))
     }
 
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {

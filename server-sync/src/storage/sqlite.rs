@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/004_record_lineage.sql"),
     include_str!("migrations/sqlite/005_lineage_follows_doc.sql"),
     include_str!("migrations/sqlite/006_audit_by_record_in_blocks.sql"),
+    include_str!("migrations/sqlite/007_first_syncs_by_creation.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -510,13 +511,24 @@ impl Storage for SqliteStorage {
         self.read(|conn| feed_page_in(conn, Some(reader), scopes, after, limit))
     }
 
+    fn feed_head(&self) -> Result<i64> {
+        self.read(|conn| {
+            Ok(
+                conn.query_row("SELECT coalesce(max(seq), 0) FROM feed", [], |row| {
+                    row.get(0)
+                })?,
+            )
+        })
+    }
+
     fn documents_page(
         &self,
         scopes: &[String],
         after: i64,
+        up_to: i64,
         limit: u32,
     ) -> Result<Page<DocumentEntry>> {
-        self.read(|conn| documents_page_in(conn, scopes, after, limit))
+        self.read(|conn| documents_page_in(conn, scopes, after, up_to, limit))
     }
 
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {
@@ -690,8 +702,8 @@ fn push_in(
                     ])?;
                 let seq = tx.last_insert_rowid();
                 tx.prepare_cached(
-                    "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage, created_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)
                          ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,
                              fields = excluded.fields, deleted = excluded.deleted,
                              updated_seq = excluded.updated_seq, lineage = excluded.lineage",
@@ -750,14 +762,15 @@ fn feed_page_sql(scopes: usize) -> String {
     )
 }
 
-/// Records whose last change is after `?1` in `scopes` scopes (`?3`…), in that order, at
-/// most `?2`.
+/// Records created after position `?1` and up to `?3` in `scopes` scopes (`?4`…), in that
+/// order, at most `?2`.
 fn documents_page_sql(scopes: usize) -> String {
     format!(
-        "SELECT updated_seq, collection, id, scope, doc, fields, deleted
-         FROM records INDEXED BY records_by_seq_scope
-         WHERE updated_seq > ?1 AND scope IN ({}) ORDER BY updated_seq LIMIT ?2",
-        placeholders(3, scopes)
+        "SELECT created_seq, updated_seq, collection, id, scope, doc, fields, deleted
+         FROM records INDEXED BY records_by_creation_scope
+         WHERE created_seq > ?1 AND created_seq <= ?3 AND scope IN ({})
+         ORDER BY created_seq LIMIT ?2",
+        placeholders(4, scopes)
     )
 }
 
@@ -806,26 +819,28 @@ fn documents_page_in(
     conn: &Connection,
     scopes: &[String],
     after: i64,
+    up_to: i64,
     limit: u32,
 ) -> Result<Page<DocumentEntry>> {
     if scopes.is_empty() {
         return Ok(Page::empty(after));
     }
     let mut stmt = conn.prepare_cached(&documents_page_sql(scopes.len()))?;
-    let values = page_params(after, limit, &[], scopes);
+    let values = page_params(after, limit, &[up_to.into()], scopes);
     let rows = stmt.query_map(params_from_iter(values), |row| {
         Ok(DocumentEntry {
-            seq: row.get(0)?,
-            collection: row.get(1)?,
-            record_id: row.get(2)?,
-            scope: row.get(3)?,
-            doc: row.get(4)?,
-            fields_json: row.get(5)?,
-            deleted: row.get(6)?,
+            created_seq: row.get(0)?,
+            seq: row.get(1)?,
+            collection: row.get(2)?,
+            record_id: row.get(3)?,
+            scope: row.get(4)?,
+            doc: row.get(5)?,
+            fields_json: row.get(6)?,
+            deleted: row.get(7)?,
         })
     })?;
     let entries = rows.collect::<Result<Vec<_>, _>>()?;
-    Ok(Page::from_rows(entries, after, limit, |e| e.seq))
+    Ok(Page::from_rows(entries, after, limit, |e| e.created_seq))
 }
 
 fn record_pull_in(
@@ -884,13 +899,53 @@ mod tests {
     }
 
     #[test]
+    fn records_stored_before_creation_positions_are_paged_by_their_last_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (version, step) in MIGRATIONS[..6].iter().enumerate() {
+                conn.execute_batch(step).unwrap();
+                conn.pragma_update(None, "user_version", version as i64 + 1)
+                    .unwrap();
+            }
+            for (id, seq) in [("late", 9), ("early", 4)] {
+                conn.execute(
+                    "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq)
+                     VALUES ('clients', ?1, 'north', x'00', '{}', 0, ?2)",
+                    params![id, seq],
+                )
+                .unwrap();
+            }
+        }
+        let storage = SqliteStorage::open(&path).unwrap();
+        let page = storage
+            .documents_page(&["north".into()], 0, i64::MAX, 10)
+            .unwrap();
+        let read: Vec<(&str, i64, i64)> = page
+            .entries
+            .iter()
+            .map(|e| (e.record_id.as_str(), e.created_seq, e.seq))
+            .collect();
+        assert_eq!(read, [("early", 4, 4), ("late", 9, 9)]);
+    }
+
+    #[test]
     fn pages_walk_positions_in_order_without_sorting() {
         let dir = tempfile::tempdir().unwrap();
         let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
         let conn = storage.lock();
-        let feed = (feed_page_sql(3), params![0, 101, 7, "a", "b", "c"]);
-        let documents = (documents_page_sql(3), params![0, 101, "a", "b", "c"]);
-        for (sql, params) in [feed, documents] {
+        let feed = (
+            feed_page_sql(3),
+            params![0, 101, 7, "a", "b", "c"],
+            "feed_by_seq_scope",
+        );
+        let documents = (
+            documents_page_sql(3),
+            params![0, 101, 1000, "a", "b", "c"],
+            "records_by_creation_scope",
+        );
+        for (sql, params, index) in [feed, documents] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = stmt
                 .query_map(params, |row| row.get(3))
@@ -898,7 +953,7 @@ mod tests {
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
             let plan = plan.join("; ");
-            assert!(plan.contains("_by_seq_scope"), "{plan}");
+            assert!(plan.contains(index), "{plan}");
             assert!(!plan.contains("TEMP B-TREE"), "a page sorts: {plan}");
         }
     }
