@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use automerge::legacy::{ElementId, Key, ObjectId, OpId, OpType};
@@ -85,19 +86,23 @@ pub async fn push(
             .map(|r| (r.collection.as_str(), r.id.as_str()))
             .collect();
         let snapshot = storage.stored_records(&keys)?;
-        let mut merger = PushMerger::new(
-            &caller,
-            actor.as_deref(),
-            &limits,
-            &request.records,
-            snapshot,
-        );
-        let response = storage.push(
-            caller.device_id,
-            &request.batch_id,
-            &request.records,
-            &mut merger,
-        )?;
+        let context = MergeContext {
+            caller: &caller,
+            actor: actor.as_deref(),
+            limits: &limits,
+        };
+        let premerges = Premerges::for_records(&request.records);
+        let (response, applied) = std::thread::scope(|scope| {
+            premerges.start(scope, context, &request.records, snapshot);
+            let mut merger = PushMerger::new(context, &premerges);
+            let response = storage.push(
+                caller.device_id,
+                &request.batch_id,
+                &request.records,
+                &mut merger,
+            )?;
+            Ok::<_, ServerError>((response, merger.applied))
+        })?;
         let rejected = response
             .results
             .iter()
@@ -105,7 +110,7 @@ pub async fn push(
             .count();
         Metrics::add(&metrics.records_rejected, rejected);
         Metrics::add(&metrics.records_accepted, response.results.len() - rejected);
-        Metrics::add(&metrics.changes_applied, merger.applied);
+        Metrics::add(&metrics.changes_applied, applied);
         Ok(response)
     })
     .await?;
@@ -461,16 +466,14 @@ fn valid_collection(name: &str) -> bool {
         && name.len() <= 63
 }
 
-/// Merges the records of one push. The Automerge work happens when it is built, before the
-/// storage's transaction and on several threads for a large push; under the transaction,
+/// Merges the records of one push. The Automerge work is done by [`Premerges`], ahead of the
+/// storage's transaction (or alongside it, for a large push); under the transaction,
 /// [`Merge::merged_ahead`] hands each record's merge over if the record's stored version is
 /// still the one merged against, and the storage reads the record whole only where another
 /// push came between.
 struct PushMerger<'a> {
-    caller: &'a Caller,
-    actor: Option<&'a str>,
-    limits: &'a Limits,
-    ahead: HashMap<(String, String), VecDeque<Premerged>>,
+    context: MergeContext<'a>,
+    ahead: &'a Premerges,
     /// Records written by this push, and whether each is still the state merged ahead (false
     /// once a copy of it merged again under the transaction).
     written: HashMap<(String, String), bool>,
@@ -479,20 +482,10 @@ struct PushMerger<'a> {
 }
 
 impl<'a> PushMerger<'a> {
-    /// Merges `records` against `snapshot`, each record's stored state as read before the
-    /// transaction.
-    fn new(
-        caller: &'a Caller,
-        actor: Option<&'a str>,
-        limits: &'a Limits,
-        records: &[PushRecord],
-        snapshot: Vec<Option<StoredRecord>>,
-    ) -> PushMerger<'a> {
+    fn new(context: MergeContext<'a>, ahead: &'a Premerges) -> PushMerger<'a> {
         PushMerger {
-            caller,
-            actor,
-            limits,
-            ahead: premerge(caller, actor, limits, records, snapshot),
+            context,
+            ahead,
             written: HashMap::new(),
             applied: 0,
         }
@@ -522,7 +515,7 @@ impl Merge for PushMerger<'_> {
         now: StoredVersion,
     ) -> Option<Result<MergedRecord, Rejection>> {
         let key = (record.collection.clone(), record.id.clone());
-        let premerged = self.ahead.get_mut(&key)?.pop_front()?;
+        let premerged = self.ahead.next_of(&key)?;
         let current = match now {
             StoredVersion::ThisPush => *self.written.get(&key)?,
             _ => true,
@@ -539,7 +532,12 @@ impl Merge for PushMerger<'_> {
         record: &PushRecord,
         stored: Option<StoredRecord>,
     ) -> Result<MergedRecord, Rejection> {
-        let outcome = merge(self.caller, self.actor, self.limits, record, stored);
+        let MergeContext {
+            caller,
+            actor,
+            limits,
+        } = self.context;
+        let outcome = merge(caller, actor, limits, record, stored);
         let key = (record.collection.clone(), record.id.clone());
         self.account(key, &outcome, false);
         outcome
@@ -559,66 +557,186 @@ const PARALLEL_MERGE_FROM: usize = 16;
 /// At most this many threads merge one push.
 const MAX_MERGE_THREADS: usize = 4;
 
-/// Merges every record of a push against `snapshot` (each record's stored state, in order),
-/// spreading the records over threads when there are many. A record pushed twice merges its
-/// second copy into its first merge, as the storage will hand it. Returns, by record, the
-/// merges in push order.
-fn premerge<'r>(
-    caller: &Caller,
-    actor: Option<&str>,
-    limits: &Limits,
-    records: &'r [PushRecord],
-    snapshot: Vec<Option<StoredRecord>>,
-) -> HashMap<(String, String), VecDeque<Premerged>> {
-    type Key<'r> = (&'r str, &'r str);
-    let mut groups: Vec<(Key<'r>, Vec<usize>, Option<StoredRecord>)> = Vec::new();
-    let mut group_of: HashMap<Key<'r>, usize> = HashMap::new();
-    for (index, (record, stored)) in records.iter().zip(snapshot).enumerate() {
-        let key = (record.collection.as_str(), record.id.as_str());
-        match group_of.get(&key) {
-            Some(&group) => groups[group].1.push(index),
-            None => {
-                group_of.insert(key, groups.len());
-                groups.push((key, vec![index], stored));
+/// The copies of one record in a push (its positions in the push) and the stored state the
+/// first is merged against.
+type Group = (Vec<usize>, Option<StoredRecord>);
+
+/// The merges of a push made ahead of its transaction, by record: each record's copies merge
+/// in turn, the first against the stored state read before the transaction (the snapshot),
+/// the next into the first's merge, as the storage will hand them.
+///
+/// A push with many records merges on threads, in push order; for it the storage's
+/// transaction starts at once and [`Premerges::next_of`] waits for a record's merge only if
+/// the transaction reaches the record first, so the merges and the writes overlap instead of
+/// following each other.
+struct Premerges {
+    group_of: HashMap<(String, String), usize>,
+    merges: Mutex<Vec<GroupMerges>>,
+    merged: Condvar,
+}
+
+enum GroupMerges {
+    Pending,
+    Made(VecDeque<Premerged>),
+    /// The merging thread failed: these records merge again under the transaction, where a
+    /// failure is reported as for any request.
+    Lost,
+}
+
+impl Premerges {
+    /// Starts merging `records` against `snapshot` (each record's stored state, in order):
+    /// here for a small push, on threads of `scope` for a large one.
+    fn start<'scope, 'env: 'scope>(
+        &'env self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        context: MergeContext<'env>,
+        records: &'env [PushRecord],
+        snapshot: Vec<Option<StoredRecord>>,
+    ) {
+        let groups = self.groups(records, snapshot);
+        let threads = if groups.len() < PARALLEL_MERGE_FROM {
+            1
+        } else {
+            fieldsync_core::parallel::threads(MAX_MERGE_THREADS)
+        };
+        let queue = Arc::new(Mutex::new(groups.into_iter().enumerate()));
+        if threads == 1 {
+            self.merge_from(&queue, context, records);
+            return;
+        }
+        for _ in 0..threads {
+            let queue = Arc::clone(&queue);
+            scope.spawn(move || self.merge_from(&queue, context, records));
+        }
+    }
+
+    /// Merges everything before returning (tests).
+    #[cfg(test)]
+    fn made(
+        context: MergeContext<'_>,
+        records: &[PushRecord],
+        snapshot: Vec<Option<StoredRecord>>,
+    ) -> Premerges {
+        let premerges = Premerges::for_records(records);
+        std::thread::scope(|scope| premerges.start(scope, context, records, snapshot));
+        premerges
+    }
+
+    /// Groups the copies of each record, in the order of their first copy.
+    fn for_records(records: &[PushRecord]) -> Premerges {
+        let mut group_of = HashMap::new();
+        for record in records {
+            let next = group_of.len();
+            group_of
+                .entry((record.collection.clone(), record.id.clone()))
+                .or_insert(next);
+        }
+        let merges = (0..group_of.len()).map(|_| GroupMerges::Pending).collect();
+        Premerges {
+            group_of,
+            merges: Mutex::new(merges),
+            merged: Condvar::new(),
+        }
+    }
+
+    fn groups(&self, records: &[PushRecord], snapshot: Vec<Option<StoredRecord>>) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::with_capacity(self.group_of.len());
+        for (index, (record, stored)) in records.iter().zip(snapshot).enumerate() {
+            let key = (record.collection.clone(), record.id.clone());
+            let group = self.group_of[&key];
+            if group == groups.len() {
+                groups.push((vec![index], stored));
+            } else {
+                groups[group].0.push(index);
+            }
+        }
+        groups
+    }
+
+    /// Merges groups taken from `queue` until it is empty.
+    fn merge_from(
+        &self,
+        queue: &Mutex<impl Iterator<Item = (usize, Group)>>,
+        context: MergeContext<'_>,
+        records: &[PushRecord],
+    ) {
+        loop {
+            let next = lock(queue).next();
+            let Some((group, (indices, stored))) = next else {
+                return;
+            };
+            let made = guarded(|| merge_group(context, records, indices, stored))
+                .map_or(GroupMerges::Lost, GroupMerges::Made);
+            lock(&self.merges)[group] = made;
+            self.merged.notify_all();
+        }
+    }
+
+    /// The next merge made ahead for `key`'s copies, once it is made; `None` if there is none
+    /// (the record is not in the push, its copies are used up, or their thread failed).
+    fn next_of(&self, key: &(String, String)) -> Option<Premerged> {
+        let group = *self.group_of.get(key)?;
+        let mut merges = lock(&self.merges);
+        loop {
+            match &mut merges[group] {
+                GroupMerges::Pending => {
+                    merges = self
+                        .merged
+                        .wait(merges)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                GroupMerges::Made(made) => return made.pop_front(),
+                GroupMerges::Lost => return None,
             }
         }
     }
-    let merge_group = |indices: Vec<usize>, mut state: Option<StoredRecord>| {
-        let mut against = match &state {
-            None => Some(StoredVersion::Absent),
-            Some(stored) => stored.version.map(StoredVersion::Written),
+}
+
+/// Who pushes, as every merge of a push needs it.
+#[derive(Clone, Copy)]
+struct MergeContext<'a> {
+    caller: &'a Caller,
+    actor: Option<&'a str>,
+    limits: &'a Limits,
+}
+
+/// Merges one record's copies in turn, the first against `state`.
+fn merge_group(
+    context: MergeContext<'_>,
+    records: &[PushRecord],
+    indices: Vec<usize>,
+    mut state: Option<StoredRecord>,
+) -> VecDeque<Premerged> {
+    let MergeContext {
+        caller,
+        actor,
+        limits,
+    } = context;
+    let mut against = match &state {
+        None => Some(StoredVersion::Absent),
+        Some(stored) => stored.version.map(StoredVersion::Written),
+    };
+    let mut merges = VecDeque::with_capacity(indices.len());
+    for index in indices {
+        let record = &records[index];
+        let result = merge(caller, actor, limits, record, state.clone());
+        let next = match &result {
+            Ok(merged) if !merged.new_changes.is_empty() => Some(merged.to_stored(&record.scope)),
+            _ => None,
         };
-        let mut merges = VecDeque::with_capacity(indices.len());
-        for index in indices {
-            let record = &records[index];
-            let result = merge(caller, actor, limits, record, state.clone());
-            let next = match &result {
-                Ok(merged) if !merged.new_changes.is_empty() => {
-                    Some(merged.to_stored(&record.scope))
-                }
-                _ => None,
-            };
-            merges.push_back(Premerged { against, result });
-            if next.is_some() {
-                state = next;
-                against = Some(StoredVersion::ThisPush);
-            }
+        merges.push_back(Premerged { against, result });
+        if next.is_some() {
+            state = next;
+            against = Some(StoredVersion::ThisPush);
         }
-        merges
-    };
-    let threads = if groups.len() < PARALLEL_MERGE_FROM {
-        1
-    } else {
-        fieldsync_core::parallel::threads(MAX_MERGE_THREADS)
-    };
-    let owned = |(collection, id): Key<'r>| (collection.to_owned(), id.to_owned());
-    // A share whose thread panicked is absent: those records merge again under the
-    // transaction, where the failure is reported as for any request.
-    fieldsync_core::parallel::map_in_shares(groups, threads, |(key, indices, state)| {
-        (owned(key), merge_group(indices, state))
-    })
-    .into_iter()
-    .collect()
+    }
+    merges
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Checks one pushed record and merges it into the stored document. Automerge panics on some
@@ -1167,13 +1285,31 @@ mod tests {
             .iter()
             .map(|r| (r.collection.as_str(), r.id.as_str()))
             .collect();
-        let snapshot = keys.iter().map(|(_, id)| state.get(*id).cloned()).collect();
-        let mut merger = PushMerger::new(&caller, actor, &limits, &records, snapshot);
-        let (ahead, read_ahead) = run_push(&records, state, &mut merger);
+        let snapshot = || keys.iter().map(|(_, id)| state.get(*id).cloned()).collect();
+        let context = MergeContext {
+            caller: &caller,
+            actor,
+            limits: &limits,
+        };
+        // Merged before the transaction runs, and while it runs.
+        let made = Premerges::made(context, &records, snapshot());
+        let mut merger = PushMerger::new(context, &made);
+        let (ahead, read_ahead) = run_push(&records, state.clone(), &mut merger);
+        let alongside = Premerges::for_records(&records);
+        let (along, read_along) = std::thread::scope(|scope| {
+            alongside.start(scope, context, &records, snapshot());
+            run_push(
+                &records,
+                state.clone(),
+                &mut PushMerger::new(context, &alongside),
+            )
+        });
 
         assert_eq!(ahead, in_turn);
+        assert_eq!(along, in_turn);
         assert_eq!(
-            read_ahead, 0,
+            (read_ahead, read_along),
+            (0, 0),
             "no record changed since the snapshot, copies pushed twice included"
         );
         let accepted = ahead.iter().filter(|r| r.is_ok()).count();
@@ -1251,7 +1387,13 @@ mod tests {
         let actor = caller.actor.as_deref();
         let records = [record, again];
         let snapshot = || vec![Some(before.clone()), Some(before.clone())];
-        let mut unmoved = PushMerger::new(&caller, actor, &limits, &records, snapshot());
+        let context = MergeContext {
+            caller: &caller,
+            actor,
+            limits: &limits,
+        };
+        let made = Premerges::made(context, &records, snapshot());
+        let mut unmoved = PushMerger::new(context, &made);
         assert!(
             unmoved
                 .merged_ahead(&records[0], StoredVersion::Written(1))
@@ -1265,7 +1407,8 @@ mod tests {
             "the copy before it was merged ahead"
         );
 
-        let mut merger = PushMerger::new(&caller, actor, &limits, &records, snapshot());
+        let made = Premerges::made(context, &records, snapshot());
+        let mut merger = PushMerger::new(context, &made);
         let now = StoredVersion::Written(2);
         assert!(merger.merged_ahead(&records[0], now).is_none());
         let merged = merger.merge(&records[0], Some(moved)).unwrap();
