@@ -15,12 +15,16 @@ pub async fn health() -> &'static str {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let storage = state.storage.clone();
     let since = crate::storage::now_ms() - 5 * 60 * 1000;
-    let active = tokio::task::spawn_blocking(move || storage.active_devices(since))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
-    let mut response = state.metrics.render(active).into_response();
+    let (active, backend) = tokio::task::spawn_blocking(move || {
+        let mut backend = String::new();
+        storage.render_metrics(&mut backend);
+        (storage.active_devices(since).unwrap_or(0), backend)
+    })
+    .await
+    .unwrap_or_default();
+    let mut text = state.metrics.render(active);
+    text.push_str(&backend);
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

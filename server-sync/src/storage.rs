@@ -567,6 +567,10 @@ pub trait Storage: Send + Sync + 'static {
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
     /// How many live devices synced at or after `since` (ms since the epoch).
     fn active_devices(&self, since: i64) -> Result<u64>;
+    /// Appends the backend's own series to the Prometheus text of `/metrics`: what making
+    /// commits durable costs, where the backend does it itself (the embedded SQLite file;
+    /// PostgreSQL flushes inside the database).
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
 /// Where the server keeps its data, as named by `--db`.

@@ -825,6 +825,19 @@ async fn metrics_count_pushes_pulls_and_refusals() {
             "missing `{line}` in\n{text}"
         );
     }
+    // The embedded backend's own series: its flushes, and the waits of requests for them
+    // (the push's and the pull's at least, besides the admin commands').
+    let count = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+            .unwrap_or_else(|| panic!("missing {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let flushes = count("fieldsync_wal_flush_seconds");
+    let waits = count("fieldsync_durable_wait_seconds");
+    assert!(flushes >= 1, "{text}");
+    assert!(waits >= 2 && waits >= flushes, "{text}");
 }
 
 /// A new record's saved document and its one change, made by `actor` (hex) as if on that

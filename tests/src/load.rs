@@ -53,6 +53,67 @@ pub struct Latency {
     pub max: Duration,
 }
 
+/// The servers' own account of making commits durable, where they keep one (the embedded
+/// SQLite backend flushes its WAL itself), over the run and its final catch-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskReport {
+    /// Flushes of the WAL.
+    pub flushes: u64,
+    /// Flushes that took more than 100 ms.
+    pub slow_flushes: u64,
+    /// Requests that waited for a flush covering their commit or what they read.
+    pub waits: u64,
+    /// Waits longer than 100 ms.
+    pub slow_waits: u64,
+}
+
+impl DiskReport {
+    /// Reads the servers' `/metrics` text; `None` where no server reports its flushes.
+    fn scrape(http: &reqwest::blocking::Client, urls: &[String]) -> Option<DiskReport> {
+        let mut total: Option<DiskReport> = None;
+        for url in urls {
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .and_then(|response| response.text())
+                .ok()?;
+            let (Some(flushes), Some(waits)) = (
+                over_100ms(&text, "fieldsync_wal_flush_seconds"),
+                over_100ms(&text, "fieldsync_durable_wait_seconds"),
+            ) else {
+                continue;
+            };
+            let sum = total.get_or_insert_with(DiskReport::default);
+            sum.flushes += flushes.0;
+            sum.slow_flushes += flushes.1;
+            sum.waits += waits.0;
+            sum.slow_waits += waits.1;
+        }
+        total
+    }
+
+    fn since(self, before: DiskReport) -> DiskReport {
+        DiskReport {
+            flushes: self.flushes - before.flushes,
+            slow_flushes: self.slow_flushes - before.slow_flushes,
+            waits: self.waits - before.waits,
+            slow_waits: self.slow_waits - before.slow_waits,
+        }
+    }
+}
+
+/// A histogram's count and how many of its observations exceed 100 ms, from Prometheus text.
+fn over_100ms(text: &str, name: &str) -> Option<(u64, u64)> {
+    let value = |prefix: String| -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.trim().parse().ok())
+    };
+    let count = value(format!("{name}_count "))?;
+    let fast = value(format!("{name}_bucket{{le=\"0.1\"}} "))?;
+    Some((count, count.saturating_sub(fast)))
+}
+
 /// What a run measured and found.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
@@ -81,6 +142,8 @@ pub struct LoadReport {
     pub server_records: usize,
     /// Devices whose records differ from the server's in their scope.
     pub devices_differing: usize,
+    /// The servers' flushes and the waits for them, if they report them.
+    pub disk: Option<DiskReport>,
     /// Writes of a device (a last value of its own record, or a line it added to a shared
     /// record) missing from the server.
     pub lost_changes: u64,
@@ -130,6 +193,13 @@ impl std::fmt::Display for LoadReport {
                 ms(latency.p50),
                 ms(latency.p99),
                 ms(latency.max)
+            )?;
+        }
+        if let Some(disk) = self.disk {
+            writeln!(
+                f,
+                "server disk: {} WAL flushes, {} over 100 ms; {} waits of requests for a flush, {} over 100 ms",
+                disk.flushes, disk.slow_flushes, disk.waits, disk.slow_waits
             )?;
         }
         writeln!(f, "errors {}", self.errors)?;
@@ -223,6 +293,7 @@ pub fn run(config: &LoadConfig) -> Result<LoadReport, ServerError> {
         })
         .collect();
     // Every device has its scope's shared record; the clock starts.
+    let disk_before = DiskReport::scrape(&http, &config.urls);
     start_line.wait();
     let started = Instant::now();
     let devices: Vec<Device> = handles
@@ -230,9 +301,13 @@ pub fn run(config: &LoadConfig) -> Result<LoadReport, ServerError> {
         .map(|h| h.join().expect("a device thread panicked"))
         .collect();
     let elapsed = started.elapsed().min(config.duration);
+    let disk = DiskReport::scrape(&http, &config.urls)
+        .zip(disk_before)
+        .map(|(after, before)| after.since(before));
     let mut report = LoadReport {
         devices: devices.len(),
         elapsed,
+        disk,
         ..LoadReport::default()
     };
     let mut push_times = Vec::new();

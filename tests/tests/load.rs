@@ -36,11 +36,14 @@ fn a_small_load_test_on_sqlite_passes_within_the_default_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("server.db");
     let server = ServerProcess::start(Path::new(SERVER), &db);
-    small_run(
+    let report = small_run(
         vec![server.url.clone()],
         db.to_str().unwrap().to_owned(),
         dir.path(),
     );
+    // The embedded server reports its flushes: every push waited for one.
+    let disk = report.disk.expect("the embedded server reports its disk");
+    assert!(disk.flushes >= 1 && disk.waits >= report.pushes, "{report}");
 }
 
 #[test]
@@ -52,5 +55,6 @@ fn a_small_load_test_on_two_postgres_instances_passes() {
         ServerProcess::start(Path::new(SERVER), &db),
     );
     let dir = tempfile::tempdir().unwrap();
-    small_run(vec![a.url.clone(), b.url.clone()], db, dir.path());
+    let report = small_run(vec![a.url.clone(), b.url.clone()], db, dir.path());
+    assert_eq!(report.disk, None, "PostgreSQL flushes inside the database");
 }

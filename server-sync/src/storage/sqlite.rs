@@ -27,6 +27,7 @@ use super::{
     StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
+use crate::metrics::Histogram;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_init.sql"),
@@ -52,6 +53,10 @@ pub struct SqliteStorage {
     wal: PathBuf,
     durability: Mutex<Durability>,
     flushed: Condvar,
+    /// How long each flush of the WAL took.
+    flush_latency: Histogram,
+    /// How long each request waited for its commit (or what it read) to be flushed.
+    durable_wait: Histogram,
 }
 
 /// Which commits are on stable storage. Commits are counted under the connection lock, after
@@ -94,6 +99,8 @@ impl SqliteStorage {
             wal: PathBuf::from(wal),
             durability: Mutex::new(Durability::default()),
             flushed: Condvar::new(),
+            flush_latency: Histogram::default(),
+            durable_wait: Histogram::default(),
         })
     }
 
@@ -142,9 +149,11 @@ impl SqliteStorage {
     /// else is. Call without holding the connection lock, so that others commit meanwhile and
     /// the next flush covers them too.
     fn wait_durable(&self, commit: u64) -> Result<()> {
+        let waiting = Instant::now();
         let mut durability = self.durability();
         loop {
             if durability.durable >= commit {
+                self.durable_wait.observe(waiting.elapsed());
                 return Ok(());
             }
             if durability.flushing {
@@ -160,10 +169,12 @@ impl SqliteStorage {
             // fsync flushes the file's data whichever descriptor asks; the WAL is opened anew
             // each time so that a file SQLite has replaced is never the one flushed. Write
             // access, because some systems refuse to flush a file opened only for reading.
+            let flushing = Instant::now();
             let flushed = OpenOptions::new()
                 .write(true)
                 .open(&self.wal)
                 .and_then(|wal| wal.sync_data());
+            self.flush_latency.observe(flushing.elapsed());
             durability = self.durability();
             durability.flushing = false;
             if flushed.is_ok() {
@@ -560,6 +571,19 @@ impl Storage for SqliteStorage {
         )?;
         let rows = stmt.query_map(params![query.user, query.since, query.limit], audit_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        self.flush_latency.render(
+            out,
+            "fieldsync_wal_flush_seconds",
+            "flushes of the SQLite WAL (fsync), which make commits durable",
+        );
+        self.durable_wait.render(
+            out,
+            "fieldsync_durable_wait_seconds",
+            "waits of requests for a flush covering their commit or what they read",
+        );
     }
 
     fn active_devices(&self, since: i64) -> Result<u64> {
