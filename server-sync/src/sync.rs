@@ -578,8 +578,8 @@ struct Premerges {
 enum GroupMerges {
     Pending,
     Made(VecDeque<Premerged>),
-    /// The merging thread failed: these records merge again under the transaction, where a
-    /// failure is reported as for any request.
+    /// Merging the group failed outside each record's own guard: these records merge again
+    /// under the transaction, where a failure is reported as for any request.
     Lost,
 }
 
@@ -673,7 +673,7 @@ impl Premerges {
     }
 
     /// The next merge made ahead for `key`'s copies, once it is made; `None` if there is none
-    /// (the record is not in the push, its copies are used up, or their thread failed).
+    /// (the record is not in the push, its copies are used up, or merging them failed).
     fn next_of(&self, key: &(String, String)) -> Option<Premerged> {
         let group = *self.group_of.get(key)?;
         let mut merges = lock(&self.merges);
