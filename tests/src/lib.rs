@@ -35,6 +35,15 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// This process's peak resident memory in KiB (Linux `VmHWM`); `None` elsewhere.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// The record tables' indexes in a store file (`idx:` names), with their definitions.
 pub fn record_indexes(path: &std::path::Path) -> Vec<(String, String)> {
     let conn = rusqlite::Connection::open(path).expect("the store file opens");

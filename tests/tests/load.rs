@@ -28,6 +28,12 @@ fn small_run(urls: Vec<String>, db: String, dir: &Path) -> load::LoadReport {
         report.changes_pulled > 0,
         "devices of a scope hear of each other"
     );
+    if cfg!(target_os = "linux") {
+        assert!(
+            report.devices_peak_kib.is_some_and(|kib| kib > 0),
+            "{report}"
+        );
+    }
     report
 }
 

@@ -182,19 +182,6 @@ fn first_sync(path: &Path, url: &str, token: &str, page_size: u32) {
     println!(
         "records {} seconds {seconds:.3} peak_rss_kib {} cpu_seconds {cpu:.2}",
         report.pulled,
-        peak_rss_kib()
+        fieldsync_tests::peak_rss_kib().unwrap_or(0)
     );
-}
-
-/// The process's peak resident memory (Linux `VmHWM`), or 0 where unknown.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
