@@ -51,7 +51,9 @@ pub enum Synchronous {
 pub struct StoreOptions {
     /// Durability of commits.
     pub synchronous: Synchronous,
-    /// How many record documents stay loaded in memory between writes.
+    /// How many record documents stay loaded in memory between writes. A loaded document of a
+    /// small record takes about 20 KiB (more with long text or a long history), so the default
+    /// of 512 holds about 10 MiB for such records.
     pub document_cache_size: usize,
     /// How many remote changes may wait for missing dependencies before `apply_remote`
     /// refuses more (the sync engine then asks for whole documents).
