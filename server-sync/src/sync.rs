@@ -896,10 +896,7 @@ fn merge_unguarded(
         .flatten()
         .is_some_and(|heads| heads == lineage.heads);
     if !reloads {
-        return Err(reject(
-            RejectCode::Malformed,
-            "the changes overwrite operations the document does not have",
-        ));
+        return Err(overwrites_missing_operations());
     }
     let (fields, deleted) = fieldsync_core::document_values(&doc)
         .map_err(|_| reject(RejectCode::Malformed, "the document's values do not read"))?;
@@ -1082,11 +1079,8 @@ fn new_record_as_sent(
             "the document holds another device's changes",
         ));
     }
-    if !overwrites_only_earlier_operations(&changes) {
-        return Err(reject(
-            RejectCode::Malformed,
-            "the changes overwrite operations the document does not have",
-        ));
+    if !history_is_intact(&mut doc, &changes) || !overwrites_only_earlier_operations(&changes) {
+        return Err(overwrites_missing_operations());
     }
     let lineage = lineage_after_merge(&mut doc, None, &changes);
     let new_changes = changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
@@ -1099,6 +1093,26 @@ fn new_record_as_sent(
         new_changes,
         lineage,
     })
+}
+
+/// Whether `changes`, as Automerge rebuilt them from the loaded `doc`, are the history that
+/// `doc`'s hashes name. A release build of Automerge loads an operation that overwrites
+/// operations the history lacks by dropping what it cannot find (a debug build panics): the
+/// rebuilt change then hashes differently from the one sent, which the bytes as sent still
+/// hold, and a save of the document does not load.
+fn history_is_intact(doc: &mut AutoCommit, changes: &[Change]) -> bool {
+    let hashes: HashSet<ChangeHash> = changes.iter().map(Change::hash).collect();
+    doc.get_heads().iter().all(|head| hashes.contains(head))
+        && changes
+            .iter()
+            .all(|change| change.deps().iter().all(|dep| hashes.contains(dep)))
+}
+
+fn overwrites_missing_operations() -> Rejection {
+    reject(
+        RejectCode::Malformed,
+        "the changes overwrite operations the document does not have",
+    )
 }
 
 /// Whether every operation of a whole history (`changes` in causal order, as Automerge
@@ -1710,7 +1724,11 @@ mod tests {
         let first = doc.save_after(&[]);
         for pred in [OpId::new(5, &device), OpId::new(1, &ActorId::random())] {
             let crafted = overwriting(&first, vec![pred]);
-            let rejection = push(&device, None, changes(crafted)).unwrap_err();
+            let rejection = push(&device, None, changes(crafted.clone())).unwrap_err();
+            assert_eq!(rejection.code, RejectCode::Malformed);
+            // Automerge loads a change chunk as a document, too.
+            let as_document = Payload::Document(ByteBuf::from(crafted));
+            let rejection = push(&device, None, as_document).unwrap_err();
             assert_eq!(rejection.code, RejectCode::Malformed);
         }
     }
