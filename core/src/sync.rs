@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::OutboxEntry;
 use crate::error::{Error, Result};
 use crate::protocol::{self, ErrorBody, PullResponse, PushRecord, PushRequest, PushResponse};
 use crate::store::Store;
@@ -155,28 +156,34 @@ impl SyncClient {
                 pulling,
             })
         };
-        self.push_all(store, &mut report, &|r| progress(r, false))
+        let last_batch = self
+            .push_all(store, &mut report, &|r| progress(r, false))
             .await?;
-        self.pull_all(store, &mut report, &|r| progress(r, true))
+        self.pull_all(store, last_batch, &mut report, &progress)
             .await?;
         Ok(report)
     }
 
+    /// Pushes the outbox in batches, storing each answer, except the last batch's: that one
+    /// is returned for [`SyncClient::pull_all`] to store while its first page is asked for.
     async fn push_all(
         &self,
         store: &Store,
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
-    ) -> Result<()> {
+    ) -> Result<Option<AnsweredBatch>> {
+        let batch_size = self.config.push_batch_size.max(1);
         loop {
-            let batch_size = self.config.push_batch_size.max(1);
-            let entries = blocking(store, move |s| s.outbox(batch_size)).await?;
-            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-                return Ok(());
+            // One entry more than a batch says whether this batch is the last.
+            let mut entries = blocking(store, move |s| s.outbox(batch_size + 1)).await?;
+            let last = entries.len() <= batch_size;
+            entries.truncate(batch_size);
+            let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
+                return Ok(None);
             };
             // The same entries make the same batch id, so a retry after a lost answer is
             // answered from the server's record instead of being applied twice.
-            let batch_id = format!("{}:{}-{}", store.device_id(), first.seq, last.seq);
+            let batch_id = format!("{}:{}-{}", store.device_id(), first.seq, end.seq);
             let request = PushRequest {
                 batch_id,
                 records: entries.iter().cloned().map(PushRecord::from).collect(),
@@ -187,36 +194,53 @@ impl SyncClient {
                     "the push answer does not match the request".into(),
                 ));
             }
-            let rejected = response
-                .results
-                .iter()
-                .filter(|r| r.rejected.is_some())
-                .count();
-            report.rejected += rejected;
-            report.pushed += entries.len() - rejected;
-            blocking(store, move |s| s.complete_push(&entries, &response)).await?;
+            let batch = AnsweredBatch { entries, response };
+            if last {
+                return Ok(Some(batch));
+            }
+            batch.store(store, report).await?;
             progress(report);
         }
     }
 
+    /// Stores `last_batch`'s answer, then pulls until caught up. The first page is asked for
+    /// while that answer is stored: the push it answers has committed on the server, so the
+    /// page holds the same either way, and it is stored after the answer, as it would be
+    /// without the overlap.
     async fn pull_all(
         &self,
         store: &Store,
+        last_batch: Option<AnsweredBatch>,
         report: &mut SyncReport,
-        progress: &(dyn Fn(&SyncReport) + Send + Sync),
+        progress: &(dyn Fn(&SyncReport, bool) + Send + Sync),
     ) -> Result<()> {
         // A first sync cancelled half-way left its indexes to build.
-        blocking(store, |s| s.rebuild_indexes()).await?;
-        let cursor = blocking(store, |s| s.sync_cursor()).await?;
+        let cursor = blocking(store, |s| {
+            s.rebuild_indexes()?;
+            s.sync_cursor()
+        })
+        .await?;
         let limit = self.config.pull_page_size;
-        let page = self.send_pull(cursor.as_deref(), limit).await?;
+        let acknowledge = async {
+            if let Some(batch) = last_batch {
+                batch.store(store, report).await?;
+                progress(report, false);
+            }
+            Ok::<(), Error>(())
+        };
+        // Both run to the end, so that a failed request never hides an answer that was stored.
+        let (acknowledged, page) =
+            tokio::join!(acknowledge, self.send_pull(cursor.as_deref(), limit));
+        acknowledged?;
+        let page = page?;
         // A device's first pull that does not fit one page stores its records without indexes
         // and builds them once at the end, even when the pull fails half-way.
         let bulk = cursor.is_none() && page.more;
         if bulk {
             blocking(store, |s| s.suspend_indexes()).await?;
         }
-        let pulled = self.pull_pages(store, page, limit, report, progress).await;
+        let progress = |r: &SyncReport| progress(r, true);
+        let pulled = self.pull_pages(store, page, limit, report, &progress).await;
         if bulk {
             let rebuilt = blocking(store, |s| s.rebuild_indexes()).await;
             // The pull's own failure says more than the rebuild's.
@@ -290,6 +314,30 @@ impl SyncClient {
         };
         let response = self.transport.send(&self.config.token, request).await?;
         decode_response(response)
+    }
+}
+
+/// A pushed batch and the server's answer to it, not yet stored.
+struct AnsweredBatch {
+    entries: Vec<OutboxEntry>,
+    response: PushResponse,
+}
+
+impl AnsweredBatch {
+    /// Removes the batch's entries from the outbox (remembering refusals) and counts them.
+    async fn store(self, store: &Store, report: &mut SyncReport) -> Result<()> {
+        let rejected = self
+            .response
+            .results
+            .iter()
+            .filter(|r| r.rejected.is_some())
+            .count();
+        let AnsweredBatch { entries, response } = self;
+        let count = entries.len();
+        blocking(store, move |s| s.complete_push(&entries, &response)).await?;
+        report.rejected += rejected;
+        report.pushed += count - rejected;
+        Ok(())
     }
 }
 
