@@ -175,7 +175,8 @@ impl SyncClient {
         let batch_size = self.config.push_batch_size.max(1);
         loop {
             // One entry more than a batch says whether this batch is the last.
-            let mut entries = blocking(store, move |s| s.outbox(batch_size + 1)).await?;
+            let mut entries =
+                blocking(store, move |s| s.outbox(batch_size.saturating_add(1))).await?;
             let last = entries.len() <= batch_size;
             entries.truncate(batch_size);
             let (Some(first), Some(end)) = (entries.first(), entries.last()) else {

@@ -135,3 +135,13 @@ async fn the_last_answer_and_the_first_page_are_both_stored() {
         vec![Some("c1".to_owned())]
     );
 }
+
+#[tokio::test]
+async fn a_batch_size_without_bound_pushes_the_outbox_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_writes(dir.path(), 3);
+    let (server, result) = sync(&store, 200, usize::MAX).await;
+    assert_eq!(result.unwrap(), 3);
+    assert_eq!(*server.pushes.lock().unwrap(), 1);
+    assert_eq!(store.outbox_len().unwrap(), 0);
+}
