@@ -1,5 +1,6 @@
-//! The last push batch's answer is stored while the pull's first page is asked for: whichever of
-//! the two fails, what the other did must hold, and the answer must be stored before the page.
+//! The last push batch's answer is stored while the pull's first page is asked for: when the
+//! pull fails, the stored answer must hold, and when both succeed, both the answer and the
+//! page's cursor are stored.
 
 mod common;
 
