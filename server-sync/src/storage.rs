@@ -316,6 +316,31 @@ pub trait Merge {
         record: &PushRecord,
         stored: Option<StoredRecord>,
     ) -> Result<MergedRecord, Rejection>;
+    /// The mark of the [`Snapshot`] the merges ahead were made against. A storage that finds
+    /// under its transaction that nothing has changed since names each record the push has
+    /// not written yet [`StoredVersion::Current`] instead of looking its version up.
+    fn snapshot_mark(&self) -> Option<SnapshotMark> {
+        None
+    }
+}
+
+/// Stored states read for merging ahead of a push ([`Storage::stored_records`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Each named record's state, in order; `None` for a record the server does not have.
+    pub records: Vec<Option<StoredRecord>>,
+    /// What the storage looked like when the states were read, if it can tell later whether
+    /// anything changed since ([`Merge::snapshot_mark`]).
+    pub mark: Option<SnapshotMark>,
+}
+
+/// A storage's own note of its state when a [`Snapshot`] was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotMark {
+    /// Rows the storage's connection had changed (SQLite's total changes).
+    pub(crate) changes: u64,
+    /// How many times other connections had committed, as SQLite counts (`data_version`).
+    pub(crate) others: i64,
 }
 
 impl<F> Merge for F
@@ -348,6 +373,9 @@ pub enum StoredVersion {
     Written(i64),
     /// The record as an earlier copy of it in the same push left it.
     ThisPush,
+    /// The record as the snapshot the merge names ([`Merge::snapshot_mark`]) read it: nothing
+    /// has changed since.
+    Current,
 }
 
 /// One feed entry: the new changes one push brought to one record.
@@ -523,7 +551,7 @@ pub trait Storage: Send + Sync + 'static {
     /// The stored state of each record named by `(collection, id)`, in order; `None` for a
     /// record the server does not have. A snapshot for merging ahead of [`Storage::push`],
     /// which hands each merge the state it must build on and may differ from this one.
-    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>>;
+    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot>;
     /// Applies a push in one transaction: a replayed `batch_id` returns the stored response
     /// and changes nothing; otherwise each record is merged by `merge` and written with its
     /// feed entry and audit line, or rejected and not written.

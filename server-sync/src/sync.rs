@@ -23,7 +23,9 @@ use serde_bytes::ByteBuf;
 use crate::auth::{Caller, authenticate};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
-use crate::storage::{Lineage, Merge, MergedRecord, RootOps, StoredRecord, StoredVersion};
+use crate::storage::{
+    Lineage, Merge, MergedRecord, RootOps, SnapshotMark, StoredRecord, StoredVersion,
+};
 use crate::{AppState, Limits};
 
 /// Handles a push: each record is checked, merged into the server's copy and added to the
@@ -93,8 +95,8 @@ pub async fn push(
         };
         let premerges = Premerges::for_records(&request.records);
         let (response, applied) = std::thread::scope(|scope| {
-            premerges.start(scope, context, &request.records, snapshot);
-            let mut merger = PushMerger::new(context, &premerges);
+            premerges.start(scope, context, &request.records, snapshot.records);
+            let mut merger = PushMerger::new(context, &premerges, snapshot.mark);
             let response = storage.push(
                 caller.device_id,
                 &request.batch_id,
@@ -474,6 +476,8 @@ fn valid_collection(name: &str) -> bool {
 struct PushMerger<'a> {
     context: MergeContext<'a>,
     ahead: &'a Premerges,
+    /// The mark of the snapshot the merges ahead were made against.
+    snapshot: Option<SnapshotMark>,
     /// Records written by this push, and whether each is still the state merged ahead (false
     /// once a copy of it merged again under the transaction).
     written: HashMap<(String, String), bool>,
@@ -482,10 +486,15 @@ struct PushMerger<'a> {
 }
 
 impl<'a> PushMerger<'a> {
-    fn new(context: MergeContext<'a>, ahead: &'a Premerges) -> PushMerger<'a> {
+    fn new(
+        context: MergeContext<'a>,
+        ahead: &'a Premerges,
+        snapshot: Option<SnapshotMark>,
+    ) -> PushMerger<'a> {
         PushMerger {
             context,
             ahead,
+            snapshot,
             written: HashMap::new(),
             applied: 0,
         }
@@ -516,11 +525,15 @@ impl Merge for PushMerger<'_> {
     ) -> Option<Result<MergedRecord, Rejection>> {
         let key = (record.collection.clone(), record.id.clone());
         let premerged = self.ahead.next_of(&key)?;
-        let current = match now {
-            StoredVersion::ThisPush => *self.written.get(&key)?,
-            _ => true,
+        let fits = match now {
+            StoredVersion::ThisPush => {
+                *self.written.get(&key)? && premerged.against == Some(StoredVersion::ThisPush)
+            }
+            // Unchanged since the snapshot: a merge against it fits, whatever its version.
+            StoredVersion::Current => premerged.against != Some(StoredVersion::ThisPush),
+            now => premerged.against == Some(now),
         };
-        if !current || premerged.against != Some(now) {
+        if !fits {
             return None;
         }
         self.account(key, &premerged.result, true);
@@ -542,10 +555,15 @@ impl Merge for PushMerger<'_> {
         self.account(key, &outcome, false);
         outcome
     }
+
+    fn snapshot_mark(&self) -> Option<SnapshotMark> {
+        self.snapshot
+    }
 }
 
 /// A merge made ahead of a push's transaction, and the stored state it was made against
-/// (`None`: a snapshot of a state without a version, which nothing matches).
+/// (`None`: a snapshot of a state without a version, which only [`StoredVersion::Current`]
+/// matches).
 struct Premerged {
     against: Option<StoredVersion>,
     result: Result<MergedRecord, Rejection>,
@@ -1307,7 +1325,7 @@ mod tests {
         };
         // Merged before the transaction runs, and while it runs.
         let made = Premerges::made(context, &records, snapshot());
-        let mut merger = PushMerger::new(context, &made);
+        let mut merger = PushMerger::new(context, &made, None);
         let (ahead, read_ahead) = run_push(&records, state.clone(), &mut merger);
         let alongside = Premerges::for_records(&records);
         let (along, read_along) = std::thread::scope(|scope| {
@@ -1315,7 +1333,7 @@ mod tests {
             run_push(
                 &records,
                 state.clone(),
-                &mut PushMerger::new(context, &alongside),
+                &mut PushMerger::new(context, &alongside, None),
             )
         });
 
@@ -1407,7 +1425,7 @@ mod tests {
             limits: &limits,
         };
         let made = Premerges::made(context, &records, snapshot());
-        let mut unmoved = PushMerger::new(context, &made);
+        let mut unmoved = PushMerger::new(context, &made, None);
         assert!(
             unmoved
                 .merged_ahead(&records[0], StoredVersion::Written(1))
@@ -1422,7 +1440,7 @@ mod tests {
         );
 
         let made = Premerges::made(context, &records, snapshot());
-        let mut merger = PushMerger::new(context, &made);
+        let mut merger = PushMerger::new(context, &made, None);
         let now = StoredVersion::Written(2);
         assert!(merger.merged_ahead(&records[0], now).is_none());
         let merged = merger.merge(&records[0], Some(moved)).unwrap();
@@ -1447,6 +1465,62 @@ mod tests {
             (&serde_json::json!(555), &serde_json::json!(4))
         );
         assert_eq!(merger.applied, 2);
+    }
+
+    #[test]
+    fn a_snapshot_nothing_changed_since_fits_whatever_its_version() {
+        let device = ActorId::random();
+        let caller = caller(&device);
+        let limits = Limits::default();
+        let mut original = document(&device, "Ada");
+        // As stored before versions were kept: no version to name.
+        let unversioned = StoredRecord {
+            version: None,
+            ..stored(&mut original)
+        };
+        let mut mine = original.fork().with_actor(device.clone());
+        let records = [
+            pushed("a", "north", changes(edit(&mut mine, "visits", 3))),
+            pushed("a", "north", changes(edit(&mut mine, "visits", 4))),
+        ];
+        let context = MergeContext {
+            caller: &caller,
+            actor: caller.actor.as_deref(),
+            limits: &limits,
+        };
+        let snapshot = || vec![Some(unversioned.clone()), Some(unversioned.clone())];
+
+        let made = Premerges::made(context, &records, snapshot());
+        let mut versioned = PushMerger::new(context, &made, None);
+        assert!(
+            versioned
+                .merged_ahead(&records[0], StoredVersion::Written(1))
+                .is_none(),
+            "no version to match"
+        );
+
+        let made = Premerges::made(context, &records, snapshot());
+        let mut current = PushMerger::new(context, &made, None);
+        assert!(
+            current
+                .merged_ahead(&records[0], StoredVersion::Current)
+                .is_some()
+        );
+        // The second copy was merged ahead into the first: it fits as this push left it, not
+        // as the snapshot read it.
+        assert!(
+            current
+                .merged_ahead(&records[1], StoredVersion::ThisPush)
+                .is_some()
+        );
+        let made = Premerges::made(context, &records, snapshot());
+        let mut confused = PushMerger::new(context, &made, None);
+        confused.merged_ahead(&records[0], StoredVersion::Current);
+        assert!(
+            confused
+                .merged_ahead(&records[1], StoredVersion::Current)
+                .is_none()
+        );
     }
 
     /// Pushes `change` for record "a" stored as `stored`, as `device`'s.

@@ -79,7 +79,7 @@ fn a_record_without_a_readable_lineage_is_handed_over_without_one() {
     let found = storage
         .stored_records(&[("clients", "old"), ("clients", "garbled")])
         .unwrap();
-    for record in found {
+    for record in found.records {
         let record = record.expect("the record is found");
         assert_eq!(record.lineage, None);
         assert_eq!(record.fields_json, "{\"name\": \"Ada\"}");
@@ -146,7 +146,7 @@ fn a_document_updated_without_its_lineage_loses_the_lineage() {
     )
     .unwrap();
     let lineage_of = || {
-        storage.stored_records(&[("clients", "a")]).unwrap()[0]
+        storage.stored_records(&[("clients", "a")]).unwrap().records[0]
             .clone()
             .unwrap()
             .lineage

@@ -110,7 +110,7 @@ fn a_document_updated_without_its_lineage_loses_the_lineage() {
         )
         .unwrap();
     let lineage_of = || {
-        storage.stored_records(&[("clients", "a")]).unwrap()[0]
+        storage.stored_records(&[("clients", "a")]).unwrap().records[0]
             .clone()
             .unwrap()
             .lineage

@@ -11,8 +11,8 @@ use fieldsync_core::protocol::{Payload, PushRecord, RejectCode, Rejection};
 use serde_bytes::ByteBuf;
 
 use super::{
-    Access, AuditQuery, Lineage, Merge, MergedRecord, Role, Storage, StoredRecord, StoredVersion,
-    now_ms,
+    Access, AuditQuery, Lineage, Merge, MergedRecord, Role, SnapshotMark, Storage, StoredRecord,
+    StoredVersion, now_ms,
 };
 
 /// Runs every check, each on a new storage from `fresh`.
@@ -24,6 +24,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     push_writes_accepted_records_only(&*fresh());
     stored_records_as_named(&*fresh());
     merges_made_ahead_are_asked_for_by_stored_version(&*fresh());
+    only_a_snapshot_nothing_changed_since_is_current(&*fresh());
     replayed_batches_change_nothing(&*fresh());
     feed_pages_in_order_by_scope(&*fresh());
     feed_entries_carry_their_record_s_values_when_latest(&*fresh());
@@ -298,7 +299,8 @@ fn stored_records_as_named(storage: &dyn Storage) {
             ("clients", "b"),
             ("clients", "nul\0"),
         ])
-        .unwrap();
+        .unwrap()
+        .records;
     assert_eq!(
         found,
         vec![
@@ -311,7 +313,7 @@ fn stored_records_as_named(storage: &dyn Storage) {
         ],
         "each key in order, a key named twice twice, unknown ones as None"
     );
-    assert!(storage.stored_records(&[]).unwrap().is_empty());
+    assert!(storage.stored_records(&[]).unwrap().records.is_empty());
 }
 
 /// Offers [`accept`]'s merge as made ahead against the version it expects next for each
@@ -321,6 +323,8 @@ struct ExpectingMerge {
     expected: Vec<StoredVersion>,
     asked: Vec<StoredVersion>,
     read: Vec<Option<StoredRecord>>,
+    /// The snapshot mark it names.
+    mark: Option<SnapshotMark>,
 }
 
 impl Merge for ExpectingMerge {
@@ -343,6 +347,64 @@ impl Merge for ExpectingMerge {
         self.read.push(stored.clone());
         accept(record, stored)
     }
+
+    fn snapshot_mark(&self) -> Option<SnapshotMark> {
+        self.mark
+    }
+}
+
+/// A merge that names its snapshot's mark is told that the records it has not written are
+/// [`StoredVersion::Current`] only when nothing changed since the snapshot was read (and only
+/// by a storage that marks its snapshots); otherwise it is told their stored versions.
+fn only_a_snapshot_nothing_changed_since_is_current(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    storage
+        .push(phone, "seed", &[record("a", "north")], &mut accept)
+        .unwrap();
+    let keys = [("clients", "a"), ("clients", "b")];
+
+    let snapshot = storage.stored_records(&keys).unwrap();
+    let mut quiet = ExpectingMerge {
+        mark: snapshot.mark,
+        ..ExpectingMerge::default()
+    };
+    let pushed = [record_with("a", "north", b"2"), record("b", "north")];
+    storage.push(phone, "quiet", &pushed, &mut quiet).unwrap();
+    if snapshot.mark.is_some() {
+        assert_eq!(quiet.asked, [StoredVersion::Current; 2]);
+    } else {
+        assert!(matches!(quiet.asked[0], StoredVersion::Written(_)));
+        assert_eq!(quiet.asked[1], StoredVersion::Absent);
+    }
+    // A copy pushed after one this push wrote is still as this push left it.
+    let snapshot = storage.stored_records(&[("clients", "e")]).unwrap();
+    let mut twice = ExpectingMerge {
+        mark: snapshot.mark,
+        ..ExpectingMerge::default()
+    };
+    let pushed = [record("e", "north"), record_with("e", "north", b"2")];
+    storage.push(phone, "twice", &pushed, &mut twice).unwrap();
+    assert_eq!(twice.asked[1], StoredVersion::ThisPush);
+
+    // Another push commits between the snapshot and this push.
+    let snapshot = storage.stored_records(&keys).unwrap();
+    storage
+        .push(phone, "between", &[record("c", "north")], &mut accept)
+        .unwrap();
+    let mut late = ExpectingMerge {
+        mark: snapshot.mark,
+        ..ExpectingMerge::default()
+    };
+    let pushed = [record_with("a", "north", b"3"), record("d", "north")];
+    storage.push(phone, "late", &pushed, &mut late).unwrap();
+    assert!(
+        matches!(late.asked[0], StoredVersion::Written(_)),
+        "{:?}",
+        late.asked
+    );
+    assert_eq!(late.asked[1], StoredVersion::Absent);
+    let read = late.read[0].as_ref().expect("the stored record is read");
+    assert_eq!(read.doc, b"a2", "the merge builds on what is stored");
 }
 
 /// Under its transaction a push names each record's stored version to the merge (the feed

@@ -33,8 +33,8 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Storage,
-    StoredRecord, StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Snapshot,
+    Storage, StoredRecord, StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
@@ -549,7 +549,7 @@ impl Storage for PostgresStorage {
         Ok(bound)
     }
 
-    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>> {
+    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot> {
         let (collections, ids) = key_arrays(keys.iter().copied());
         let rows = self.conn()?.query(
             "SELECT r.collection, r.id, r.scope, r.doc, r.fields, r.deleted, r.lineage,
@@ -562,14 +562,19 @@ impl Storage for PostgresStorage {
             .iter()
             .map(|row| ((row.get(0), row.get(1)), stored_record(row, 2)))
             .collect();
-        Ok(keys
+        let records = keys
             .iter()
             .map(|(collection, id)| {
                 let key = ((*collection).to_owned(), (*id).to_owned());
                 // A key named twice gets the same state twice.
                 found.get(&key).cloned()
             })
-            .collect())
+            .collect();
+        // Other instances write too: every push looks the versions up again.
+        Ok(Snapshot {
+            records,
+            mark: None,
+        })
     }
 
     fn push(

@@ -23,8 +23,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Storage, StoredRecord,
-    StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Snapshot, SnapshotMark,
+    Storage, StoredRecord, StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -477,12 +477,13 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<StoredRecord>>> {
+    fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot> {
         // Not served to anyone, so it need not wait for a flush. One read transaction for
         // all the records: outside one, each read begins and ends its own, taking and
         // releasing the WAL's shared-memory locks (system calls) every time.
         let conn = self.lock();
         let tx = conn.unchecked_transaction()?;
+        let mark = snapshot_mark(&tx)?;
         let mut records = Vec::with_capacity(keys.len());
         {
             let mut stmt = tx.prepare_cached(SELECT_STORED_RECORD)?;
@@ -494,7 +495,10 @@ impl Storage for SqliteStorage {
             }
         }
         tx.commit()?;
-        Ok(records)
+        Ok(Snapshot {
+            records,
+            mark: Some(mark),
+        })
     }
 
     fn push(
@@ -600,6 +604,16 @@ impl Storage for SqliteStorage {
 const SELECT_STORED_RECORD: &str = "SELECT scope, doc, fields, deleted, lineage, updated_seq
      FROM records WHERE collection = ?1 AND id = ?2";
 
+/// What `conn` sees now: rows it changed (completed statements count even if rolled back,
+/// which only makes a snapshot look stale) and commits by other connections (another
+/// process on the same file, which nothing else here expects but this must not miss).
+fn snapshot_mark(conn: &Connection) -> Result<SnapshotMark> {
+    Ok(SnapshotMark {
+        changes: conn.total_changes(),
+        others: conn.query_row("PRAGMA data_version", [], |row| row.get(0))?,
+    })
+}
+
 fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     Ok(StoredRecord {
         scope: row.get(0)?,
@@ -668,6 +682,11 @@ fn push_in(
     merge: &mut dyn Merge,
 ) -> Result<PushResponse> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Nothing changed since the merges' snapshot was read: its states are the stored ones.
+    let unchanged = match merge.snapshot_mark() {
+        Some(mark) => snapshot_mark(&tx)? == mark,
+        None => false,
+    };
     let replay: Option<Vec<u8>> = tx
         .query_row(
             "SELECT response FROM push_batches WHERE device_id = ?1 AND batch_id = ?2",
@@ -691,6 +710,8 @@ fn push_in(
         let key = (record.collection.as_str(), record.id.as_str());
         let now_stored = if written.contains(&key) {
             StoredVersion::ThisPush
+        } else if unchanged {
+            StoredVersion::Current
         } else {
             tx.prepare_cached("SELECT updated_seq FROM records WHERE collection = ?1 AND id = ?2")?
                 .query_row(params![record.collection, record.id], |row| row.get(0))
@@ -996,6 +1017,44 @@ mod tests {
                 .any(|step| step.contains("SEARCH r USING INDEX sqlite_autoindex_records_1")),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn a_snapshot_mark_moves_with_every_change_to_the_file_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let storage = SqliteStorage::open(&path).unwrap();
+        let mark = || snapshot_mark(&storage.lock()).unwrap();
+        let first = mark();
+        storage
+            .lock()
+            .query_row("SELECT count(*) FROM records", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .unwrap();
+        assert_eq!(mark(), first, "a read changes nothing");
+
+        storage.create_user("ada", Role::Member).unwrap();
+        let own = mark();
+        assert_ne!(own, first, "a change through the storage");
+
+        // Nothing expects another process to write the file, but a write must not go unseen.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute(
+                "INSERT INTO users (name, role, created_at) VALUES ('bo', 'member', 0)",
+                [],
+            )
+            .unwrap();
+        let others = mark();
+        assert_ne!(others, own, "a commit by another connection");
+
+        // The checkpoint thread's kind. (One that resets the WAL moves the mark, which only
+        // costs the next push a look at the versions.)
+        other
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .unwrap();
+        assert_eq!(mark(), others, "a passive checkpoint changes no data");
     }
 
     #[test]
