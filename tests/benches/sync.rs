@@ -106,6 +106,9 @@ async fn main() {
     reader_client.sync_now(&reader).await.unwrap();
     // Nine rounds, each editing 1,000 other sessions (documents neither side has loaded).
     let mut rounds = Vec::new();
+    // CPU the rounds took, in the server and in this process (both devices).
+    let (mut server_cpu, mut devices_cpu) = (0.0, 0.0);
+    let bench_pid = std::process::id();
     for round in 0..9 {
         let edited = |i: usize| format!("session-{:06}", i * (size.sessions / 1000) + round);
         let stamp = 9_000_000_000_000i64 + round as i64 * 1000;
@@ -118,11 +121,15 @@ async fn main() {
             .collect();
         writer.write_batch(edits).unwrap();
         settle(&dir.path().join("writer.db"));
+        let cpu_before = (cpu_seconds(server.pid()), cpu_seconds(bench_pid));
         let started = Instant::now();
         let pushed = writer_client.sync_now(&writer).await.unwrap().pushed;
         let push_done = started.elapsed();
         let pulled = reader_client.sync_now(&reader).await.unwrap().pulled;
         let elapsed = started.elapsed();
+        let cpu_after = (cpu_seconds(server.pid()), cpu_seconds(bench_pid));
+        server_cpu += cpu_after.0.zip(cpu_before.0).map_or(0.0, |(a, b)| a - b);
+        devices_cpu += cpu_after.1.zip(cpu_before.1).map_or(0.0, |(a, b)| a - b);
         assert_eq!((pushed, pulled), (1000, 1000));
         let moved = reader
             .count(
@@ -144,6 +151,11 @@ async fn main() {
         rounds.push(elapsed);
     }
     rounds.sort();
+    println!(
+        "  CPU per round (9 rounds together): server {:.0} ms, both devices {:.0} ms",
+        server_cpu / 9.0 * 1e3,
+        devices_cpu / 9.0 * 1e3
+    );
     println!(
         "incremental sync of 1,000 edits from device A through the server to device B: median {:.0} ms",
         rounds[rounds.len() / 2].as_secs_f64() * 1e3
