@@ -610,7 +610,9 @@ const SELECT_STORED_RECORD: &str = "SELECT scope, doc, fields, deleted, lineage,
 fn snapshot_mark(conn: &Connection) -> Result<SnapshotMark> {
     Ok(SnapshotMark {
         changes: conn.total_changes(),
-        others: conn.query_row("PRAGMA data_version", [], |row| row.get(0))?,
+        others: conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |row| row.get(0))?,
     })
 }
 
@@ -1003,7 +1005,8 @@ mod tests {
             assert!(plan.contains(index), "{plan}");
             assert!(!plan.contains("TEMP B-TREE"), "a page sorts: {plan}");
         }
-        // The feed's join finds each record by its key, null for the reader's own entries.
+        // The feed's join finds each record by its key, and skips the search when the key is
+        // null (the reader's own entries): the program tests the key's register before seeking.
         let mut stmt = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {}", feed_page_sql(1)))
             .unwrap();
@@ -1016,6 +1019,39 @@ mod tests {
             plan.iter()
                 .any(|step| step.contains("SEARCH r USING INDEX sqlite_autoindex_records_1")),
             "{plan:?}"
+        );
+        let records_index: i64 = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 'sqlite_autoindex_records_1'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN {}", feed_page_sql(1)))
+            .unwrap();
+        let program: Vec<(String, i64, i64, i64)> = stmt
+            .query_map(params![0, 101, 7, "a"], |row| {
+                Ok((row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let cursor = program
+            .iter()
+            .find(|(op, _, root, _)| op == "OpenRead" && *root == records_index)
+            .map(|(_, cursor, _, _)| *cursor)
+            .expect("the records index is opened");
+        let seek = program
+            .iter()
+            .position(|(op, p1, _, _)| op.starts_with("Seek") && *p1 == cursor)
+            .expect("the records index is searched");
+        let key = program[seek].3;
+        assert!(
+            program[..seek]
+                .iter()
+                .any(|(op, register, _, _)| op == "IsNull" && *register == key),
+            "no test of the key before the search: {program:?}"
         );
     }
 
