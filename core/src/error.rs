@@ -233,6 +233,44 @@ pub enum Error {
     },
 }
 
+impl From<fieldsync_record::Error> for Error {
+    fn from(err: fieldsync_record::Error) -> Self {
+        use fieldsync_record::Error as Record;
+        match err {
+            Record::InvalidSchema(reason) => Error::InvalidSchema(reason),
+            Record::IncompatibleSchema(reason) => Error::IncompatibleSchema(reason),
+            Record::UnknownCollection(name) => Error::UnknownCollection(name),
+            Record::UnknownField { collection, field } => Error::UnknownField { collection, field },
+            Record::WrongType {
+                collection,
+                field,
+                expected,
+            } => Error::WrongType {
+                collection,
+                field,
+                expected,
+            },
+            Record::MissingField { collection, field } => Error::MissingField { collection, field },
+            Record::ScopeChange { collection } => Error::ScopeChange { collection },
+            Record::NestingTooDeep { field, limit } => Error::NestingTooDeep { field, limit },
+            Record::InvalidTextEdit {
+                collection,
+                field,
+                reason,
+            } => Error::InvalidTextEdit {
+                collection,
+                field,
+                reason,
+            },
+            Record::InvalidId(reason) => Error::InvalidId(reason),
+            Record::Corrupt(reason) => Error::Corrupt(reason),
+            // The record engine's error is non-exhaustive; a new kind is a damaged record
+            // until it gets a case of its own here.
+            other => Error::Corrupt(other.to_string()),
+        }
+    }
+}
+
 impl From<automerge::AutomergeError> for Error {
     fn from(err: automerge::AutomergeError) -> Self {
         // Automerge errors describe document structure, not values, but stay conservative:

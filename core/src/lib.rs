@@ -48,25 +48,21 @@
 //! - **Unknown data is kept.** Keys in a merged document that this app's schema does not
 //!   declare (a newer app version wrote them) stay in the document and sync on, unseen.
 
-mod document;
 mod encryption;
 mod error;
-pub mod parallel;
-pub mod protocol;
 mod query;
-mod schema;
 mod store;
 mod subscription;
 mod sync;
 mod value;
-pub mod wal_checkpoint;
 
-pub use document::{
-    ConflictValue, DELETED_KEY, FieldConflict, HistoryEntry, MAX_NESTING_DEPTH, TEXT_ENCODING,
-    document_values, scalar_to_json,
-};
+// The record model is the record engine's, shared with the server.
+use fieldsync_record::{document, merge, parallel, protocol, schema, stored};
+
 pub use encryption::EncryptionKey;
 pub use error::{Error, Result};
+pub use fieldsync_record::MAX_NESTING_DEPTH;
+pub use fieldsync_record::document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING};
 pub use query::{Filter, Order, Query};
 pub use schema::{Collection, Field, FieldType, Index, OnDelete, Schema};
 pub use store::{
@@ -80,12 +76,6 @@ pub use sync::{
     TransportResponse,
 };
 pub use value::Fields;
-
-/// Checks a record id against the rule stores and the server share: 1 to 128 characters from
-/// `[A-Za-z0-9_.:-]`.
-pub fn check_record_id(id: &str) -> Result<()> {
-    store::check_id(id)
-}
 
 impl OutboxEntry {
     /// The entry as another store's [`Store::apply_remote`] takes it.

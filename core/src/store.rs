@@ -24,13 +24,12 @@ use crate::query::{Filter, Query};
 use crate::schema::Schema;
 use crate::subscription::{ChangeEvent, ChangeOrigin, Changed, Registry, Subscription};
 use crate::value::Fields;
-use crate::wal_checkpoint::Checkpointer;
+use fieldsync_sqlite::Checkpointer;
 
 pub use read::{Orphan, Record};
 pub use remote::{ApplyReport, RejectedRecord, RemotePayload, RemoteRecord};
 pub use sync_state::ServerRejection;
 pub use write::Write;
-pub(crate) use write::check_id;
 
 use tables::TableSql;
 
@@ -377,7 +376,7 @@ impl Store {
         let mut db = self.shared.lock();
         let cached = self.shared.load_doc(&mut db, collection, id)?;
         let collection_decl = self.shared.schema.collection(collection)?;
-        crate::document::conflicts(&cached.doc, collection_decl)
+        Ok(crate::document::conflicts(&cached.doc, collection_decl)?)
     }
 
     /// Every change of the record (including ones merged from other devices), oldest first:

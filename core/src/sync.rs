@@ -23,6 +23,7 @@ use transport::HttpTransport;
 mod background;
 mod tls;
 mod transport;
+mod wire;
 
 pub use background::{BackgroundOptions, BackgroundSync, SyncListener, SyncState, SyncStatus};
 pub use transport::{BoxFuture, Transport, TransportRequest, TransportResponse};

@@ -1,55 +1,14 @@
-//! Field values: checking them against their declared type and turning them into SQLite
-//! values for the materialized columns.
-//!
-//! Values travel as `serde_json::Value` so that the same shape crosses the FFI as JSON.
+//! Field values as SQLite values, for the materialized columns (their type checks are the
+//! record engine's, `fieldsync_record::value`).
 
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::schema::{Field, FieldType};
+use crate::schema::FieldType;
 
-/// A record's field values by field name.
-pub type Fields = serde_json::Map<String, Value>;
-
-/// Checks that a non-null `value` fits `field`; `Null` is handled by the callers because its
-/// meaning (clear the field) depends on the operation.
-pub(crate) fn check_type(collection: &str, name: &str, field: &Field, value: &Value) -> Result<()> {
-    let ok = match field.field_type {
-        FieldType::String | FieldType::Text | FieldType::Reference => value.is_string(),
-        FieldType::Integer | FieldType::Timestamp => value.is_i64(),
-        FieldType::Float => value.is_number(),
-        FieldType::Boolean => value.is_boolean(),
-        FieldType::Json => {
-            if nests_deeper(value, crate::MAX_NESTING_DEPTH) {
-                return Err(Error::NestingTooDeep {
-                    field: name.to_owned(),
-                    limit: crate::MAX_NESTING_DEPTH,
-                });
-            }
-            true
-        }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::WrongType {
-            collection: collection.to_owned(),
-            field: name.to_owned(),
-            expected: field.field_type,
-        })
-    }
-}
-
-/// Whether maps and lists nest more than `levels` deep in `value`; stops looking at the limit,
-/// so the recursion is bounded however deep the value is.
-fn nests_deeper(value: &Value, levels: usize) -> bool {
-    match value {
-        Value::Array(items) => levels == 0 || items.iter().any(|v| nests_deeper(v, levels - 1)),
-        Value::Object(map) => levels == 0 || map.values().any(|v| nests_deeper(v, levels - 1)),
-        _ => false,
-    }
-}
+pub use fieldsync_record::value::Fields;
+pub(crate) use fieldsync_record::value::check_type;
 
 /// The SQLite value stored in a materialized column (and bound in queries).
 pub(crate) fn to_sql(field_type: FieldType, value: &Value) -> SqlValue {
@@ -115,25 +74,6 @@ pub(crate) fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn field(field_type: FieldType) -> Field {
-        Field {
-            field_type,
-            required: false,
-            target: None,
-            on_delete: None,
-        }
-    }
-
-    #[test]
-    fn type_checks_follow_the_declaration() {
-        assert!(check_type("c", "f", &field(FieldType::Integer), &json!(3)).is_ok());
-        assert!(check_type("c", "f", &field(FieldType::Integer), &json!(3.5)).is_err());
-        assert!(check_type("c", "f", &field(FieldType::Float), &json!(3)).is_ok());
-        assert!(check_type("c", "f", &field(FieldType::Boolean), &json!("true")).is_err());
-        assert!(check_type("c", "f", &field(FieldType::Text), &json!("note")).is_ok());
-        assert!(check_type("c", "f", &field(FieldType::Json), &json!({"a": [1]})).is_ok());
-    }
 
     #[test]
     fn a_column_that_is_not_its_type_reads_as_corrupt() {

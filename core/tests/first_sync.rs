@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::{fields, options, schema};
-use fieldsync_core::protocol::{self, PullResponse, PulledRecord};
 use fieldsync_core::{
     BoxFuture, Store, SyncClient, SyncConfig, Transport, TransportRequest, TransportResponse,
 };
+use fieldsync_record::protocol::{self, PullResponse, PulledRecord};
 use serde_bytes::ByteBuf;
 use serde_json::json;
 use tokio::sync::oneshot;

@@ -11,8 +11,8 @@
 mod common;
 
 use common::{fields, options, record, schema};
-use fieldsync_core::protocol::{self, DecodeError};
 use fieldsync_core::{RemotePayload, Store};
+use fieldsync_record::protocol::{self, DecodeError};
 use peak_alloc::PeakAlloc;
 use serde_json::json;
 

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use common::{dump, fields, options, record, schema};
-use fieldsync_core::protocol::{self, DecodeError, PullResponse, PulledRecord};
 use fieldsync_core::{
     ApplyReport, BoxFuture, Error, RemotePayload, Store, StoreOptions, SyncClient, SyncConfig,
     Transport, TransportRequest, TransportResponse,
 };
+use fieldsync_record::protocol::{self, DecodeError, PullResponse, PulledRecord};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_bytes::ByteBuf;

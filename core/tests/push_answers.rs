@@ -7,10 +7,10 @@ mod common;
 use std::sync::Mutex;
 
 use common::{fields, options, schema};
-use fieldsync_core::protocol::{self, PullResponse, PushRequest, PushResponse, PushResult};
 use fieldsync_core::{
     BoxFuture, Error, Store, SyncClient, SyncConfig, Transport, TransportRequest, TransportResponse,
 };
+use fieldsync_record::protocol::{self, PullResponse, PushRequest, PushResponse, PushResult};
 use serde_json::json;
 
 /// Accepts every pushed record and answers pulls with `pull_status` (an empty, final page when

@@ -62,7 +62,7 @@ impl Store {
         schema_json: String,
         options: StoreOptions,
     ) -> Result<Arc<Store>> {
-        let schema = core::Schema::from_json(&schema_json)?;
+        let schema = core::Schema::from_json(&schema_json).map_err(core::Error::from)?;
         let inner = core::Store::open(path, schema, options.try_into()?)?;
         Ok(Arc::new(Store { inner }))
     }

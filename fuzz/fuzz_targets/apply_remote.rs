@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use fieldsync_core::protocol::{self, PullResponse};
+use fieldsync_record::protocol::{self, PullResponse};
 use fieldsync_core::{RemotePayload, RemoteRecord, Schema, Store, StoreOptions, Synchronous};
 use libfuzzer_sys::fuzz_target;
 

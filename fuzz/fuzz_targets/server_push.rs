@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
-use fieldsync_core::protocol;
+use fieldsync_record::protocol;
 use fieldsync_server::storage::sqlite::SqliteStorage;
 use fieldsync_server::storage::{Access, Role};
 use fieldsync_server::{AppState, Limits, admin, router};

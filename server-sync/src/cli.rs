@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::schema::{self, SchemaSet};
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Access, AuditQuery, Database, Role, Storage, postgres};
 use crate::{AppState, Limits, ServerError, admin, router};
@@ -136,6 +137,28 @@ enum Command {
         /// Where to write the copy.
         to: PathBuf,
     },
+    /// Set or show the schema pushed records are validated against.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Make the schema in FILE (the app's JSON declaration) the one in force. Only compatible
+    /// changes are accepted: new collections, fields and indexes, required fields becoming
+    /// optional. A running server picks it up at its next push.
+    Set {
+        /// The schema's JSON file.
+        file: PathBuf,
+    },
+    /// Print the schema in force (or an earlier version) as JSON.
+    Show {
+        /// The version to show (default: the one in force).
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// List the schema versions and when each was set.
+    History,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -197,10 +220,17 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let storage = open()?;
             if storage.count_users()? == 0 {
                 println!(
-                    "The database has no users yet. Create one and enroll a device with:\n  \
+                    "The database has no users yet. Set the app's schema, create a user and \
+                     enroll a device with:\n  \
+                     fieldsync-server --db {db} schema set SCHEMA.json\n  \
                      fieldsync-server --db {db} create-user NAME\n  \
                      fieldsync-server --db {db} grant --user NAME --scope SCOPE\n  \
                      fieldsync-server --db {db} enroll-device --user NAME --name DEVICE"
+                );
+            } else if storage.schema_version()? == 0 {
+                println!(
+                    "No schema is set: pushes are refused until one is, with\n  \
+                     fieldsync-server --db {db} schema set SCHEMA.json"
                 );
             }
             serve(storage, limits, listen)
@@ -293,8 +323,12 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 limit,
             };
             for entry in open()?.audit(&query)? {
+                let code = entry
+                    .code
+                    .map(|code| format!(" ({code})"))
+                    .unwrap_or_default();
                 println!(
-                    "{} {} device {} {} {}/{} in {}",
+                    "{} {} device {} {} {}/{} in {}{code}",
                     utc(entry.at),
                     entry.user,
                     entry.device_id,
@@ -307,6 +341,54 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::Backup { to } => backup(&db, &to),
+        Command::Schema(command) => run_schema(&*open()?, command),
+    }
+}
+
+fn run_schema(storage: &dyn Storage, command: SchemaCommand) -> Result<(), ServerError> {
+    match command {
+        SchemaCommand::Set { file } => {
+            let json = std::fs::read_to_string(&file).map_err(|err| {
+                ServerError::Config(format!("cannot read {}: {err}", file.display()))
+            })?;
+            match schema::set_schema(storage, &json)? {
+                SchemaSet::Added(version) => println!("schema version {version} is in force"),
+                SchemaSet::Unchanged(version) => {
+                    println!("schema unchanged: version {version} is already this schema")
+                }
+            }
+            Ok(())
+        }
+        SchemaCommand::Show { version } => {
+            let history = storage.schema_history()?;
+            let shown = match version {
+                Some(version) => history.into_iter().find(|s| s.version == version),
+                None => history.into_iter().last(),
+            };
+            let stored = shown.ok_or_else(|| match version {
+                Some(version) => ServerError::NotFound(format!("no schema version {version}")),
+                None => ServerError::NoSchema,
+            })?;
+            let pretty = serde_json::to_string_pretty(&schema::parse(&stored)?)
+                .expect("a schema always serializes");
+            println!("{pretty}");
+            Ok(())
+        }
+        SchemaCommand::History => {
+            let history = storage.schema_history()?;
+            if history.is_empty() {
+                println!("no schema set");
+            }
+            for stored in history {
+                let collections = schema::parse(&stored)?.collections.len();
+                println!(
+                    "version {} set {} ({collections} collections)",
+                    stored.version,
+                    utc(stored.set_at)
+                );
+            }
+            Ok(())
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use fieldsync_core::protocol::{ErrorBody, ErrorCode};
+use fieldsync_record::protocol::{ErrorBody, ErrorCode};
 
 /// Everything that can go wrong in the server.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +18,7 @@ pub enum ServerError {
     #[error("forbidden: {0}")]
     Forbidden(String),
     /// The client speaks another protocol version.
-    #[error("unsupported protocol version {0}; this server speaks {supported}", supported = fieldsync_core::protocol::VERSION)]
+    #[error("unsupported protocol version {0}; this server speaks {supported}", supported = fieldsync_record::protocol::VERSION)]
     UnsupportedVersion(String),
     /// The request does not decode or is not valid.
     #[error("bad request: {0}")]
@@ -38,6 +38,15 @@ pub enum ServerError {
     /// Something named does not exist (admin commands).
     #[error("not found: {0}")]
     NotFound(String),
+    /// A schema that does not parse, or that cannot follow the one in force (the reason names
+    /// the collection and field).
+    #[error("{0}")]
+    InvalidSchema(String),
+    /// No schema was set, so no record can be validated or stored.
+    #[error(
+        "the server has no schema yet; an administrator sets one with `fieldsync-server schema set FILE`"
+    )]
+    NoSchema,
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
@@ -71,9 +80,11 @@ impl ServerError {
             ServerError::UnsupportedVersion(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::UnsupportedVersion)
             }
-            ServerError::BadRequest(_) | ServerError::Conflict(_) | ServerError::NotFound(_) => {
-                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
-            }
+            ServerError::BadRequest(_)
+            | ServerError::Conflict(_)
+            | ServerError::NotFound(_)
+            | ServerError::InvalidSchema(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ServerError::NoSchema => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoSchema),
             ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             ServerError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)
@@ -109,7 +120,7 @@ pub(crate) fn describe_postgres_error(err: &postgres::Error) -> String {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
+        let message = if status.is_server_error() && !matches!(self, ServerError::NoSchema) {
             tracing::error!(error = %self, "request failed");
             "the server could not complete the request".to_owned()
         } else {

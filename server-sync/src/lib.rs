@@ -23,11 +23,16 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod error;
+mod http;
+mod merge;
 pub mod metrics;
 mod ops;
+mod premerge;
+mod pull;
+mod push;
 pub mod rate_limit;
+pub mod schema;
 pub mod storage;
-mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +101,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The per-device request limit.
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// The schema pushes are validated against.
+    pub schema: Arc<schema::SchemaCache>,
 }
 
 impl AppState {
@@ -110,6 +117,7 @@ impl AppState {
             limits,
             metrics: Arc::default(),
             rate_limiter,
+            schema: Arc::default(),
         }
     }
 }
@@ -118,8 +126,9 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let timeout = state.limits.request_timeout;
     Router::new()
-        .route("/v1/push", post(sync::push))
-        .route("/v1/pull", get(sync::pull))
+        .route("/v1/push", post(push::push))
+        .route("/v1/pull", get(pull::pull))
+        .route("/v1/schema", get(schema::get))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use automerge::{ActorId, ChangeHash};
-use fieldsync_core::protocol::{PushRecord, PushResponse, Rejection};
+use fieldsync_record::protocol::{PushRecord, PushResponse, Rejection};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -485,7 +485,7 @@ pub struct AuditEntry {
     pub user: String,
     /// From which device.
     pub device_id: i64,
-    /// `push` or `pull`.
+    /// `push`, `pull`, or `refuse` for a pushed record the server refused.
     pub action: String,
     /// Collection of the record.
     pub collection: String,
@@ -493,6 +493,19 @@ pub struct AuditEntry {
     pub record_id: String,
     /// Scope of the record.
     pub scope: String,
+    /// For `refuse`: the refusal's code (`forbidden_scope`, `invalid_record`, ...).
+    pub code: Option<String>,
+}
+
+/// One version of the schema pushed records are validated against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSchema {
+    /// The version, counted from 1; the newest is in force.
+    pub version: u32,
+    /// The schema as JSON (`fieldsync_record::Schema`).
+    pub schema_json: String,
+    /// When it was set (ms since the epoch).
+    pub set_at: i64,
 }
 
 /// Which audit lines to list.
@@ -593,6 +606,17 @@ pub trait Storage: Send + Sync + 'static {
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// The number of the schema version in force, 0 while none was set: cheap enough to ask
+    /// on every push, which reads the schema again only when it changed.
+    fn schema_version(&self) -> Result<u32>;
+    /// The schema version in force, if one was set.
+    fn current_schema(&self) -> Result<Option<StoredSchema>>;
+    /// Every schema version, oldest first.
+    fn schema_history(&self) -> Result<Vec<StoredSchema>>;
+    /// Stores `schema_json` as `version`; false, storing nothing, when that version exists
+    /// already (someone set another schema meanwhile, which the caller checks against again).
+    fn add_schema(&self, version: u32, schema_json: &str) -> Result<bool>;
     /// How many live devices synced at or after `since` (ms since the epoch).
     fn active_devices(&self, since: i64) -> Result<u64>;
     /// Appends the backend's own series to the Prometheus text of `/metrics`: what making
@@ -668,6 +692,22 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+/// A pushed record's collection, id or scope as an audit line of its refusal keeps it. A
+/// refused record's names may be anything a client sent: they are cut to a bounded length,
+/// and a NUL (which PostgreSQL text cannot hold) is replaced.
+pub(crate) fn audited_name(name: &str) -> String {
+    name.chars()
+        .take(128)
+        .map(|c| {
+            if c == '\0' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// A feed entry's changes as stored: a MessagePack list of byte strings.

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use fieldsync_core::protocol::{
+use fieldsync_core::{Schema, Store, StoreOptions};
+use fieldsync_record::protocol::{
     self, ErrorBody, Payload, PullResponse, PushRecord, PushRequest, PushResponse,
 };
-use fieldsync_core::{Schema, Store, StoreOptions};
 use fieldsync_server::storage::sqlite::SqliteStorage;
 use fieldsync_server::storage::{Access, Role, Storage};
 use fieldsync_server::{AppState, Limits, admin, router};
@@ -303,6 +303,7 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
         requests_per_second: 0,
         ..Limits::default()
     };
+    fieldsync_server::schema::set_schema(&*storage, SCHEMA).unwrap();
     let app = router(AppState::new(storage.clone(), limits.clone()));
     admin::create_user(&*storage, "ada", Role::Member).unwrap();
     admin::grant(&*storage, "ada", "north", Access::Write).unwrap();

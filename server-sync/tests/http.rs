@@ -5,11 +5,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use fieldsync_core::protocol::{
+use fieldsync_core::{Fields, Filter, Schema, Store, StoreOptions};
+use fieldsync_record::protocol::{
     self, ErrorBody, ErrorCode, Payload, PullResponse, PushRecord, PushRequest, PushResponse,
     RejectCode,
 };
-use fieldsync_core::{Fields, Filter, Schema, Store, StoreOptions};
 use fieldsync_server::storage::sqlite::SqliteStorage;
 use fieldsync_server::storage::{Access, Role, Storage};
 use fieldsync_server::{AppState, Limits, admin, router};
@@ -55,6 +55,12 @@ impl Server {
     }
 
     fn with_limits(limits: Limits) -> Server {
+        let server = Server::without_schema(limits);
+        fieldsync_server::schema::set_schema(&*server.storage, SCHEMA).unwrap();
+        server
+    }
+
+    fn without_schema(limits: Limits) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(SqliteStorage::open(&dir.path().join("server.db")).unwrap());
         let app = router(AppState::new(storage.clone(), limits));
@@ -101,6 +107,15 @@ impl Server {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         self.send(request.body(Body::from(body)).unwrap()).await
+    }
+
+    async fn get_schema(&self, token: &str) -> (StatusCode, Vec<u8>) {
+        let request = Request::get("/v1/schema")
+            .header(protocol::VERSION_HEADER, "1")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        self.send(request).await
     }
 
     async fn push(&self, token: &str, request: &PushRequest) -> Answer<PushResponse> {
@@ -943,4 +958,178 @@ async fn a_new_device_cannot_claim_the_actor_of_another_live_device() {
         server.pull(&ada, None, 10).await.err(),
         (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
     );
+}
+
+#[tokio::test]
+async fn a_server_without_a_schema_refuses_pushes_until_one_is_set() {
+    let server = Server::without_schema(Limits {
+        requests_per_second: 0,
+        ..Limits::default()
+    });
+    let ada = server.user("ada", &[("north", Access::Write)]);
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    let request = PushRequest {
+        batch_id: "p1".into(),
+        records: phone
+            .outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(PushRecord::from)
+            .collect(),
+    };
+    let (status, body) = server
+        .push_raw(Some(&ada), protocol::encode(&request))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error.code, ErrorCode::NoSchema);
+    assert!(error.message.contains("schema set"), "{}", error.message);
+    let (status, _) = server.get_schema(&ada).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        server
+            .storage
+            .audit(&Default::default())
+            .unwrap()
+            .is_empty()
+    );
+
+    fieldsync_server::schema::set_schema(&*server.storage, SCHEMA).unwrap();
+    let response = server.push(&ada, &request).await.ok();
+    assert_eq!(accepted(&response), 1);
+    let (status, body) = server.get_schema(&ada).await;
+    assert_eq!(status, StatusCode::OK);
+    let served: protocol::SchemaResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served.version, 1);
+    assert_eq!(
+        served.schema.collections,
+        Schema::from_json(SCHEMA).unwrap().collections
+    );
+    let (status, _) = server.get_schema("fs_0000000000000000_00").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// The actor of the device that pushes [`crafted`] records.
+static CRAFTING_DEVICE: std::sync::LazyLock<automerge::ActorId> =
+    std::sync::LazyLock::new(automerge::ActorId::random);
+
+/// A new client record of `north` written on one device, with `write` applied before its one
+/// change is made.
+fn crafted(id: &str, write: impl FnOnce(&mut automerge::AutoCommit)) -> PushRecord {
+    use automerge::transaction::Transactable as _;
+    let mut doc = automerge::AutoCommit::new().with_actor(CRAFTING_DEVICE.clone());
+    doc.put(automerge::ROOT, "caseload_id", "north").unwrap();
+    doc.put(automerge::ROOT, "name", "Ada").unwrap();
+    write(&mut doc);
+    let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    PushRecord {
+        collection: "clients".into(),
+        id: id.into(),
+        scope: "north".into(),
+        payload: Payload::Changes(vec![serde_bytes::ByteBuf::from(change)]),
+    }
+}
+
+#[tokio::test]
+async fn records_that_break_the_schema_are_refused_audited_and_never_served() {
+    use automerge::transaction::Transactable as _;
+    let server = Server::new();
+    let ada = server.user("ada", &[("north", Access::Write), ("south", Access::Write)]);
+    let bo = server.user("bo", &[("north", Access::Read), ("south", Access::Read)]);
+    let records = vec![
+        crafted("scope", |d| {
+            d.put(automerge::ROOT, "caseload_id", "south").unwrap();
+        }),
+        crafted("required", |d| d.delete(automerge::ROOT, "name").unwrap()),
+        crafted("tombstone", |d| {
+            d.put(automerge::ROOT, "_deleted", "yes").unwrap();
+        }),
+        crafted("typed", |d| {
+            d.put(automerge::ROOT, "birth_year", "nineteen").unwrap();
+        }),
+        PushRecord {
+            collection: "referrals".into(),
+            ..crafted("collection", |_| {})
+        },
+        crafted("valid", |_| {}),
+    ];
+    let response = server
+        .push(
+            &ada,
+            &PushRequest {
+                batch_id: "p1".into(),
+                records,
+            },
+        )
+        .await
+        .ok();
+    let refusals: Vec<(String, Option<RejectCode>, String)> = response
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.id.clone(),
+                r.rejected.as_ref().map(|x| x.code),
+                r.rejected
+                    .as_ref()
+                    .map(|x| x.message.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let invalid = Some(RejectCode::InvalidRecord);
+    assert_eq!(
+        refusals,
+        vec![
+            (
+                "scope".into(),
+                invalid,
+                "the scope field must hold the record's scope".into()
+            ),
+            (
+                "required".into(),
+                invalid,
+                "field `name` is required".into()
+            ),
+            (
+                "tombstone".into(),
+                invalid,
+                "field `_deleted` must be of type boolean".into()
+            ),
+            (
+                "typed".into(),
+                invalid,
+                "field `birth_year` must be of type integer".into()
+            ),
+            (
+                "collection".into(),
+                invalid,
+                "collection `referrals` is not declared".into()
+            ),
+            ("valid".into(), None, String::new()),
+        ]
+    );
+    let audit = server
+        .storage
+        .audit(&fieldsync_server::storage::AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let refused: Vec<(&str, Option<&str>)> = audit
+        .iter()
+        .filter(|line| line.action == "refuse")
+        .map(|line| (line.record_id.as_str(), line.code.as_deref()))
+        .collect();
+    assert_eq!(refused.len(), 5, "{audit:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, code)| *code == Some("invalid_record"))
+    );
+    // Nothing refused reaches another device.
+    let page = server.pull(&bo, None, 100).await.ok();
+    let served: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(served, vec!["valid"]);
 }

@@ -88,7 +88,7 @@ fn a_record_without_a_readable_lineage_is_handed_over_without_one() {
 
 #[test]
 fn the_wal_is_checkpointed_on_its_own_thread_not_in_a_commit() {
-    use fieldsync_core::protocol::{Payload, PushRecord};
+    use fieldsync_record::protocol::{Payload, PushRecord};
     use fieldsync_server::storage::{Lineage, MergedRecord, Role, Storage};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.db");

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use fieldsync_core::protocol::{self, PullResponse, PushRecord, PushRequest, PushResponse};
 use fieldsync_core::{Fields, Query, Store, StoreOptions, Synchronous};
+use fieldsync_record::protocol::{self, PullResponse, PushRecord, PushRequest, PushResponse};
 use fieldsync_server::storage::{Access, Database, Role, Storage};
 use fieldsync_server::{ServerError, admin};
 use serde_json::json;
@@ -249,6 +249,10 @@ pub fn run(config: &LoadConfig) -> Result<LoadReport, ServerError> {
             .unwrap_or_default()
             .as_millis()
     );
+    // The load is the clinic's records; a database without a schema gets the clinic schema.
+    if storage.schema_version()? == 0 {
+        fieldsync_server::schema::set_schema(&*storage, crate::CLINIC_SCHEMA)?;
+    }
     let per_scope = config.devices_per_scope.max(1);
     let groups = config.devices.div_ceil(per_scope);
     let mut devices = Vec::with_capacity(config.devices);

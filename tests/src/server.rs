@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use fieldsync_core::Store;
-use fieldsync_core::protocol::{self, PullResponse, PushRecord, PushRequest, PushResponse};
+use fieldsync_record::protocol::{self, PullResponse, PushRecord, PushRequest, PushResponse};
 
 /// A running server process.
 pub struct ServerProcess {
@@ -45,6 +45,14 @@ impl ServerProcess {
         log: Option<&Path>,
     ) -> ServerProcess {
         let db = db.as_ref();
+        // Devices here run the clinic app: a database without a schema gets its schema.
+        if admin(binary, db, &["schema", "history"]) == "no schema set\n" {
+            let fixture = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../core/tests/fixtures/clinic.schema.json"
+            );
+            admin(binary, db, &["schema", "set", fixture]);
+        }
         let (level, stderr) = match log {
             Some(path) => (
                 "debug",

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, header};
-use fieldsync_core::protocol;
 use fieldsync_core::{
     BoxFuture, Error, Fields, Filter, Query, Result, Store, StoreOptions, SyncClient, SyncConfig,
     Synchronous, Transport, TransportRequest, TransportResponse,
 };
+use fieldsync_record::protocol;
 use fieldsync_server::storage::sqlite::SqliteStorage;
 use fieldsync_server::storage::{Access, Role};
 use fieldsync_server::{AppState, Limits, admin, router};
@@ -139,6 +139,8 @@ impl Network {
 
 fn server_app(db: &Path) -> Router {
     let storage = Arc::new(SqliteStorage::open(db).expect("the server database opens"));
+    fieldsync_server::schema::set_schema(&*storage, crate::CLINIC_SCHEMA)
+        .expect("the clinic schema is set");
     router(AppState::new(
         storage,
         Limits {

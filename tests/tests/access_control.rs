@@ -12,10 +12,10 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use automerge::transaction::Transactable as _;
-use fieldsync_core::protocol::{
+use fieldsync_core::{RemotePayload, Store};
+use fieldsync_record::protocol::{
     self, ErrorBody, Payload, PullResponse, PushRecord, PushRequest, PushResponse, RejectCode,
 };
-use fieldsync_core::{RemotePayload, Store};
 use fieldsync_tests::postgres::TestPostgres;
 use fieldsync_tests::server::ServerProcess;
 use fieldsync_tests::{fields, open_device};

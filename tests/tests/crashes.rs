@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use fieldsync_core::protocol::{self, PushRecord, PushRequest};
 use fieldsync_core::{Filter, SyncClient, SyncConfig};
+use fieldsync_record::protocol::{self, PushRecord, PushRequest};
 use fieldsync_tests::server::{ServerProcess, partial_push};
 use fieldsync_tests::{fields, open_device, record_indexes};
 use serde_json::json;

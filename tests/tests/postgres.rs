@@ -284,7 +284,7 @@ fn concurrent_pushers_on_two_instances_never_make_a_reader_skip_a_change() {
 async fn names_with_nul_bytes_are_refused_before_they_reach_postgres() {
     use axum::body::Body;
     use axum::http::Request;
-    use fieldsync_core::protocol::{self, PushRecord, PushRequest, PushResponse};
+    use fieldsync_record::protocol::{self, PushRecord, PushRequest, PushResponse};
     use fieldsync_server::storage::Access;
     use fieldsync_server::{AppState, Limits, admin, router};
     use tower::ServiceExt as _;
@@ -294,6 +294,7 @@ async fn names_with_nul_bytes_are_refused_before_they_reach_postgres() {
     // worker threads without leave; the router itself calls storage on the blocking pool.
     let (storage, token) = tokio::task::block_in_place(|| {
         let storage = std::sync::Arc::new(PostgresStorage::open(&cluster.database(), 2).unwrap());
+        fieldsync_server::schema::set_schema(&*storage, fieldsync_tests::CLINIC_SCHEMA).unwrap();
         admin::create_user(&*storage, "ada", Role::Member).unwrap();
         admin::grant(&*storage, "ada", "north", Access::Write).unwrap();
         let token = admin::enroll_device(&*storage, "ada", "phone", None)

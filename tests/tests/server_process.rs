@@ -155,7 +155,7 @@ fn sigterm_lets_a_request_in_flight_finish() {
             fields(json!({"caseload_id": "north", "name": "Ada"})),
         )
         .unwrap();
-    let body = fieldsync_core::protocol::encode(&fieldsync_core::protocol::PushRequest {
+    let body = fieldsync_record::protocol::encode(&fieldsync_record::protocol::PushRequest {
         batch_id: "p1".into(),
         records: phone
             .outbox(10)
@@ -187,4 +187,146 @@ fn sigterm_lets_a_request_in_flight_finish() {
     let restarted = start(&dir.path().join("server.db"));
     let page = Client::new(&restarted.url, &token).pull(None, 10).unwrap();
     assert_eq!(page.records.len(), 1);
+}
+
+/// Runs the server's command line on `db`; returns whether it succeeded and what it printed.
+fn command(db: &Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(SERVER)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("FIELDSYNC_LOG", "warn")
+        .output()
+        .expect("the command runs");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), printed)
+}
+
+#[test]
+fn the_schema_is_set_shown_and_changed_only_compatibly_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server.db");
+    let file = |name: &str, json: &serde_json::Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, json.to_string()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ok, printed) = command(&db, &["schema", "show"]);
+    assert!(!ok && printed.contains("no schema"), "{printed}");
+    let clinic: serde_json::Value = serde_json::from_str(fieldsync_tests::CLINIC_SCHEMA).unwrap();
+    let first = file("v1.json", &clinic);
+    assert_eq!(
+        command(&db, &["schema", "set", &first]),
+        (true, "schema version 1 is in force\n".into())
+    );
+    let (ok, printed) = command(&db, &["schema", "set", &first]);
+    assert!(ok && printed.contains("unchanged"), "{printed}");
+
+    let mut removed = clinic.clone();
+    removed["collections"]["clients"]["fields"]
+        .as_object_mut()
+        .unwrap()
+        .remove("phone");
+    let (ok, printed) = command(&db, &["schema", "set", &file("removed.json", &removed)]);
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("field `clients.phone` was removed"),
+        "{printed}"
+    );
+
+    let mut added = clinic.clone();
+    added["collections"]["clients"]["fields"]["pronouns"] = json!({"type": "string"});
+    let (ok, printed) = command(&db, &["schema", "set", &file("v2.json", &added)]);
+    assert!(ok, "{printed}");
+    let (_, history) = command(&db, &["schema", "history"]);
+    assert_eq!(history.lines().count(), 2, "{history}");
+    assert!(history.starts_with("version 1 set 20"), "{history}");
+    let (_, shown) = command(&db, &["schema", "show"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["version"], 2);
+    assert_eq!(
+        shown["collections"]["clients"]["fields"]["pronouns"]["type"],
+        "string"
+    );
+    let (_, old) = command(&db, &["schema", "show", "--version", "1"]);
+    assert!(!old.contains("pronouns"), "{old}");
+
+    // A running server validates against the version set while it runs.
+    let server = start(&db);
+    let token = server.user_with_device("ada", &["north"]);
+    let newer = fieldsync_core::Schema::from_json(&added.to_string()).unwrap();
+    let phone = fieldsync_core::Store::open(
+        dir.path().join("phone.db"),
+        newer,
+        fieldsync_core::StoreOptions::default(),
+    )
+    .unwrap();
+    phone
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Ada", "pronouns": "she/her"})),
+        )
+        .unwrap();
+    assert_eq!(
+        Client::new(&server.url, &token).push_outbox(&phone, "p1"),
+        1
+    );
+}
+
+#[test]
+fn records_devices_would_refuse_are_refused_by_a_real_server_and_audited() {
+    use automerge::transaction::Transactable as _;
+    use fieldsync_record::protocol::{Payload, PushRecord, PushRequest, RejectCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("server.db"));
+    let ada = server.user_with_device("ada", &["north", "south"]);
+    let bo = server.user_with_device("bo", &["north", "south"]);
+    // The app of a careless integration: the name is optional there and the scope field may
+    // say anything.
+    let actor = automerge::ActorId::random();
+    let crafted = |id: &str, write: &dyn Fn(&mut automerge::AutoCommit)| {
+        let mut doc = automerge::AutoCommit::new().with_actor(actor.clone());
+        doc.put(automerge::ROOT, "caseload_id", "north").unwrap();
+        doc.put(automerge::ROOT, "name", "Ada").unwrap();
+        write(&mut doc);
+        PushRecord {
+            collection: "clients".into(),
+            id: id.into(),
+            scope: "north".into(),
+            payload: Payload::Changes(vec![serde_bytes::ByteBuf::from(
+                doc.get_last_local_change().unwrap().raw_bytes().to_vec(),
+            )]),
+        }
+    };
+    let request = PushRequest {
+        batch_id: "crafted".into(),
+        records: vec![
+            crafted("other-scope", &|d| {
+                d.put(automerge::ROOT, "caseload_id", "south").unwrap()
+            }),
+            crafted("no-name", &|d| d.delete(automerge::ROOT, "name").unwrap()),
+            crafted("deleted-yes", &|d| {
+                d.put(automerge::ROOT, "_deleted", "yes").unwrap()
+            }),
+            crafted("fine", &|_| {}),
+        ],
+    };
+    let response = Client::new(&server.url, &ada).push(&request).unwrap();
+    let codes: Vec<Option<RejectCode>> = response
+        .results
+        .iter()
+        .map(|r| r.rejected.as_ref().map(|x| x.code))
+        .collect();
+    let invalid = Some(RejectCode::InvalidRecord);
+    assert_eq!(codes, vec![invalid, invalid, invalid, None]);
+
+    // Another device stores everything it is sent: nothing is parked as refused.
+    let tablet = open_device(&dir.path().join("tablet.db"));
+    Client::new(&server.url, &bo).pull_into(&tablet, None);
+    assert_eq!(tablet.count("clients", &Filter::All).unwrap(), 1);
+    let audit = server.admin(&["audit", "--user", "ada"]);
+    assert_eq!(audit.matches("refuse clients/").count(), 3, "{audit}");
+    assert!(audit.contains("(invalid_record)"), "{audit}");
 }

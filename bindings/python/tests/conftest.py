@@ -29,6 +29,8 @@ class Server:
         return result.stdout
 
     def start(self) -> None:
+        # The server validates pushed records against the app's schema.
+        self.admin("schema", "set", str(ROOT / "core/tests/fixtures/clinic.schema.json"))
         env = dict(os.environ, FIELDSYNC_LOG="warn")
         self.process = subprocess.Popen(
             [str(self.binary), "--db", str(self.db), "serve", "--listen", "127.0.0.1:0"],

@@ -5,18 +5,19 @@
 //! `pending_changes` and are retried whenever more changes for the record come in.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use automerge::{AutoCommit, Change, ChangeHash};
+use automerge::{Change, ChangeHash};
 use rusqlite::{Transaction, TransactionBehavior};
 
 use super::tables::TableSql;
 use super::{CachedDoc, Db, DocKey, Shared, read};
 use crate::document;
 use crate::error::{Error, Result};
+use crate::merge::{decode_change, guarded};
 use crate::protocol::{self, DecodeError};
 use crate::subscription::Changed;
 use crate::value::Fields;
+use fieldsync_record::validate;
 
 /// Changes or a whole document for one record, from another device or the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,13 +179,13 @@ pub(super) fn apply(
         // Remote bytes reach Automerge in many places (decode, apply, materialize, save), and
         // Automerge panics on some crafted input: a panic anywhere in the merge rejects the
         // record like any other failure instead of unwinding through the caller.
-        let outcome = catch_unwind(AssertUnwindSafe(|| match ahead {
+        let outcome = guarded(|| match ahead {
             Some(Ahead::Merged(merge)) => {
                 write_merge(shared, &tx, &record, (*merge)?, now, &mut any_pending)
             }
             _ => merge_one(shared, &tx, &record, existing, now, &mut any_pending),
-        }))
-        .unwrap_or_else(|_| {
+        })
+        .unwrap_or_else(|| {
             Err(Error::InvalidRemoteChange {
                 collection: record.collection.clone(),
                 id: record.id.clone(),
@@ -341,7 +342,7 @@ fn merge_ahead(
 
 fn merge_one_ahead(shared: &Shared, record: &RemoteRecord, source: Source, now: i64) -> Ahead {
     // As in the page's loop, a panic inside Automerge rejects the record.
-    catch_unwind(AssertUnwindSafe(|| {
+    guarded(|| {
         let existing = match source {
             Source::Cached(doc) => *doc,
             Source::Stored(row) => match row.load(shared, &record.collection) {
@@ -352,8 +353,8 @@ fn merge_one_ahead(shared: &Shared, record: &RemoteRecord, source: Source, now: 
         };
         let merged = merge_doc(shared, record, Some(existing), Vec::new(), now);
         Ahead::Merged(Box::new(merged))
-    }))
-    .unwrap_or_else(|_| {
+    })
+    .unwrap_or_else(|| {
         Ahead::Merged(Box::new(Err(Error::InvalidRemoteChange {
             collection: record.collection.clone(),
             id: record.id.clone(),
@@ -487,7 +488,7 @@ impl Appendable {
 /// without loading the document (which costs far more than the rest of a merge); `None` when
 /// the record must merge the slow way: its stored row is damaged or in another scope, the
 /// values do not fit the schema, a change does not decode, the row's appended changes would
-/// reach [`super::write::COMPACT_AFTER`] (the merge then saves it whole), or, for a record new
+/// reach [`crate::stored::APPENDED_AT_MOST`] (the merge then saves it whole), or, for a record new
 /// to the store, the changes are not its whole history. Only for records
 /// [`Appendable::allows`].
 fn append_known(
@@ -534,7 +535,7 @@ fn append_known(
         .and_then(|decl| local.get(&decl.scope_field))
         .and_then(|v| v.as_str());
     let tail = row.tail.saturating_add(changes.len() as u32);
-    if local_scope != Some(record.scope.as_str()) || tail >= super::write::COMPACT_AFTER {
+    if local_scope != Some(record.scope.as_str()) || tail >= crate::stored::APPENDED_AT_MOST {
         return Ok(None);
     }
     let mut stored = row.bytes;
@@ -691,7 +692,7 @@ fn merge_doc(
     now: i64,
 ) -> Result<DocMerge> {
     let collection = record.collection.as_str();
-    let decl = shared.schema.collection(collection)?;
+    shared.schema.collection(collection)?;
     super::write::check_id(&record.id)?;
     let invalid = |reason: &str| Error::InvalidRemoteChange {
         collection: collection.to_owned(),
@@ -742,10 +743,9 @@ fn merge_doc(
             }
             changes.extend(pending);
             let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
-            guarded(&mut cached.doc, |doc| {
-                doc.apply_changes(changes.clone()).map(|_| ())
-            })
-            .map_err(|_| invalid("the changes do not apply"))?;
+            guarded(|| cached.doc.apply_changes(changes.clone()))
+                .and_then(Result::ok)
+                .ok_or_else(|| invalid("the changes do not apply"))?;
             waiting = changes
                 .into_iter()
                 .zip(&hashes)
@@ -762,8 +762,9 @@ fn merge_doc(
             if is_new {
                 cached.doc = incoming;
             } else {
-                guarded(&mut cached.doc, |doc| doc.merge(&mut incoming).map(|_| ()))
-                    .map_err(|_| invalid("the document does not merge"))?;
+                guarded(|| cached.doc.merge(&mut incoming))
+                    .and_then(Result::ok)
+                    .ok_or_else(|| invalid("the document does not merge"))?;
             }
         }
     }
@@ -775,20 +776,8 @@ fn merge_doc(
             waiting,
         });
     }
-    let fields = document::materialize(&cached.doc, collection, decl)?;
-    for (name, field) in &decl.fields {
-        if field.required && fields.get(name).is_none_or(serde_json::Value::is_null) {
-            return Err(Error::MissingField {
-                collection: collection.to_owned(),
-                field: name.clone(),
-            });
-        }
-    }
-    if fields[&decl.scope_field].as_str() != Some(cached.scope.as_str()) {
-        return Err(Error::ScopeChange {
-            collection: collection.to_owned(),
-        });
-    }
+    let fields =
+        validate::validate_document(&shared.schema, collection, &cached.scope, &cached.doc)?;
     cached.deleted = document::is_deleted(&cached.doc);
     cached.fields = fields;
     cached.tail = 0;
@@ -830,25 +819,6 @@ fn write_merge(
             Ok(Outcome::Changed(doc, change))
         }
     }
-}
-
-/// Runs an Automerge operation on bytes from outside, turning a panic inside the library into
-/// an error. The document is discarded by the caller on error either way.
-fn guarded(
-    doc: &mut AutoCommit,
-    op: impl FnOnce(&mut AutoCommit) -> Result<(), automerge::AutomergeError>,
-) -> Result<(), ()> {
-    match catch_unwind(AssertUnwindSafe(|| op(doc))) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(()),
-    }
-}
-
-/// Decodes one change, `None` if it does not decode (or Automerge panics on it).
-fn decode_change(bytes: Vec<u8>) -> Option<Change> {
-    catch_unwind(move || Change::from_bytes(bytes).ok())
-        .ok()
-        .flatten()
 }
 
 fn take_pending(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Vec<Change>> {

@@ -728,7 +728,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (server_side, device, id) = synced_pair(dir.path());
         let mut tails = Vec::new();
-        for round in 0..2 * crate::store::write::COMPACT_AFTER {
+        for round in 0..2 * crate::stored::APPENDED_AT_MOST {
             server_side
                 .update("clients", &id, fields(json!({"phone": round.to_string()})))
                 .unwrap();
@@ -740,11 +740,11 @@ mod tests {
         assert!(
             tails
                 .iter()
-                .all(|&tail| tail < crate::store::write::COMPACT_AFTER)
+                .all(|&tail| tail < crate::stored::APPENDED_AT_MOST)
         );
         assert!(tails.contains(&0), "saved whole at least once: {tails:?}");
-        assert!(tails.contains(&(crate::store::write::COMPACT_AFTER - 1)));
-        let last = (2 * crate::store::write::COMPACT_AFTER - 1).to_string();
+        assert!(tails.contains(&(crate::stored::APPENDED_AT_MOST - 1)));
+        let last = (2 * crate::stored::APPENDED_AT_MOST - 1).to_string();
         assert_eq!(
             device.get("clients", &id).unwrap().unwrap().fields["phone"],
             last.as_str()
@@ -762,7 +762,7 @@ mod tests {
         let page =
             |doc: &mut automerge::AutoCommit, heads: &[automerge::ChangeHash], cursor: &str| {
                 let change = doc.get_changes(heads)[0].raw_bytes().to_vec();
-                let (fields, deleted) = crate::document_values(doc).unwrap();
+                let (fields, deleted) = crate::document::document_values(doc).unwrap();
                 PullResponse {
                     records: vec![PulledRecord {
                         collection: "clients".into(),

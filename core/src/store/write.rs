@@ -533,7 +533,7 @@ impl Batch<'_> {
                 ));
             }
         };
-        if cached.compact_next || cached.tail + 1 >= COMPACT_AFTER {
+        if cached.compact_next || cached.tail + 1 >= crate::stored::APPENDED_AT_MOST {
             cached.stored = cached.doc.save();
             cached.tail = 0;
             cached.compact_next = false;
@@ -568,9 +568,6 @@ impl Batch<'_> {
         Ok(())
     }
 }
-
-/// How many changes may be appended to a stored document before it is saved whole again.
-pub(super) const COMPACT_AFTER: u32 = 32;
 
 /// The value as materialization reads it back: floats stay floats even when written as `3`.
 fn normalize(field_type: FieldType, value: Value) -> Value {
@@ -624,12 +621,5 @@ fn validate_patch(collection: &str, decl: &Collection, patch: &Fields, scope: &s
 
 /// Ids appear in URLs, logs and file names, so they keep to a safe alphabet.
 pub(crate) fn check_id(id: &str) -> Result<()> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
-    if !id.is_empty() && id.len() <= 128 && id.chars().all(ok_char) {
-        Ok(())
-    } else {
-        Err(Error::InvalidId(
-            "use 1 to 128 characters from [A-Za-z0-9_.:-]".into(),
-        ))
-    }
+    Ok(fieldsync_record::ids::check_record_id(id)?)
 }

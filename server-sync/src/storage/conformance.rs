@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use automerge::{ActorId, ChangeHash};
-use fieldsync_core::protocol::{Payload, PushRecord, RejectCode, Rejection};
+use fieldsync_record::protocol::{Payload, PushRecord, RejectCode, Rejection};
 use serde_bytes::ByteBuf;
 
 use super::{
@@ -36,6 +36,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     idle_pulls_move_the_last_sync_at_most_once_a_minute(&*fresh());
     a_record_pushed_twice_in_one_batch_keeps_both(&*fresh());
     concurrent_pushes_lose_nothing_and_readers_skip_nothing(&*fresh());
+    refused_records_are_audited_with_their_code(&*fresh());
+    schema_versions_are_kept_in_order(&*fresh());
 }
 
 fn record(id: &str, scope: &str) -> PushRecord {
@@ -947,4 +949,102 @@ fn concurrent_pushes_lose_nothing_and_readers_skip_nothing(storage: &dyn Storage
             );
         }
     }
+}
+
+fn refused_records_are_audited_with_their_code(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let records = [
+        record("a", "north"),
+        record("b", "south"),
+        PushRecord {
+            collection: "bad\0name".into(),
+            ..record("c", "north")
+        },
+    ];
+    let mut merge = |r: &PushRecord, stored: Option<StoredRecord>| match r.id.as_str() {
+        "a" => accept(r, stored),
+        "b" => Err(Rejection {
+            code: RejectCode::ForbiddenScope,
+            message: "no".into(),
+        }),
+        _ => Err(Rejection {
+            code: RejectCode::InvalidRecord,
+            message: "no".into(),
+        }),
+    };
+    storage.push(phone, "batch", &records, &mut merge).unwrap();
+    let lines = storage
+        .audit(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    let mut seen: Vec<(&str, &str, &str, Option<&str>)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.action.as_str(),
+                l.record_id.as_str(),
+                l.scope.as_str(),
+                l.code.as_deref(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("push", "a", "north", None),
+            ("refuse", "b", "south", Some("forbidden_scope")),
+            ("refuse", "c", "north", Some("invalid_record")),
+        ]
+    );
+    let odd = lines.iter().find(|l| l.record_id == "c").unwrap();
+    assert_eq!(odd.collection, "bad\u{fffd}name", "a NUL cannot be stored");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.user == "ada" && l.device_id == phone)
+    );
+    // A replayed batch is answered from its record and audited once.
+    storage.push(phone, "batch", &records, &mut merge).unwrap();
+    let again = storage
+        .audit(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(again.len(), 3);
+}
+
+fn schema_versions_are_kept_in_order(storage: &dyn Storage) {
+    assert_eq!(storage.schema_version().unwrap(), 0);
+    assert_eq!(storage.current_schema().unwrap(), None);
+    assert!(storage.schema_history().unwrap().is_empty());
+    assert!(storage.add_schema(1, r#"{"first": 1}"#).unwrap());
+    assert!(
+        !storage.add_schema(1, r#"{"other": 1}"#).unwrap(),
+        "a version is set once"
+    );
+    assert!(storage.add_schema(3, r#"{"third": 3}"#).unwrap());
+    assert_eq!(storage.schema_version().unwrap(), 3);
+    let current = storage.current_schema().unwrap().unwrap();
+    assert_eq!(
+        (current.version, current.schema_json.as_str()),
+        (3, r#"{"third": 3}"#)
+    );
+    assert!(current.set_at > 0);
+    let history: Vec<(u32, String)> = storage
+        .schema_history()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.version, s.schema_json))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (1, r#"{"first": 1}"#.to_owned()),
+            (3, r#"{"third": 3}"#.to_owned())
+        ]
+    );
 }

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
+use fieldsync_record::protocol::{PushRecord, PushResponse, PushResult};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -34,7 +34,8 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Snapshot,
-    Storage, StoredRecord, StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
+    Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
+    encode_changes, now_ms,
 };
 use crate::error::ServerError;
 
@@ -43,6 +44,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/002_record_lineage.sql"),
     include_str!("migrations/postgres/003_lineage_follows_doc.sql"),
     include_str!("migrations/postgres/004_first_syncs_by_creation.sql"),
+    include_str!("migrations/postgres/005_schemas.sql"),
+    include_str!("migrations/postgres/006_audit_refusals.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -261,6 +264,14 @@ fn record_lock_key(collection: &str, id: &str) -> i32 {
     hash as i32
 }
 
+fn stored_schema(row: &postgres::Row) -> StoredSchema {
+    StoredSchema {
+        version: row.get::<_, i32>(0) as u32,
+        schema_json: row.get(1),
+        set_at: row.get(2),
+    }
+}
+
 fn user_of_device(tx: &mut Transaction<'_>, device_id: i64) -> Result<i64> {
     Ok(tx
         .query_one("SELECT user_id FROM devices WHERE id = $1", &[&device_id])?
@@ -294,6 +305,35 @@ fn insert_audit(
             &collections,
             &ids,
             &scopes,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Audit lines for refused records (collection, id, scope, code), in one statement.
+fn insert_refusals(
+    tx: &mut Transaction<'_>,
+    at: i64,
+    user_id: i64,
+    device_id: i64,
+    refused: &[[String; 4]],
+) -> Result<()> {
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let column = |n: usize| refused.iter().map(|r| r[n].as_str()).collect::<Vec<_>>();
+    tx.execute(
+        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope, code)
+         SELECT $1, $2, $3, 'refuse', c, r, s, k
+         FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS t (c, r, s, k)",
+        &[
+            &at,
+            &user_id,
+            &device_id,
+            &column(0),
+            &column(1),
+            &column(2),
+            &column(3),
         ],
     )?;
     Ok(())
@@ -616,6 +656,7 @@ impl Storage for PostgresStorage {
         let versions = stored_versions(&mut tx, records)?;
         let mut merged_so_far: HashMap<(&str, &str), StoredRecord> = HashMap::new();
         let mut accepted: Vec<(&PushRecord, MergedRecord)> = Vec::new();
+        let mut refused: Vec<[String; 4]> = Vec::new();
         let mut results = Vec::with_capacity(records.len());
         for record in records {
             let key = (record.collection.as_str(), record.id.as_str());
@@ -646,7 +687,15 @@ impl Storage for PostgresStorage {
                 }
             };
             let rejected = match outcome {
-                Err(rejection) => Some(rejection),
+                Err(rejection) => {
+                    refused.push([
+                        audited_name(&record.collection),
+                        audited_name(&record.id),
+                        audited_name(&record.scope),
+                        rejection.code.as_str().to_owned(),
+                    ]);
+                    Some(rejection)
+                }
                 Ok(merged) if merged.new_changes.is_empty() => None,
                 Ok(merged) => {
                     merged_so_far.insert(key, merged.to_stored(&record.scope));
@@ -669,6 +718,7 @@ impl Storage for PostgresStorage {
             .map(|(r, _)| (r.collection.as_str(), r.id.as_str(), r.scope.as_str()))
             .collect();
         insert_audit(&mut tx, now, user_id, device_id, "push", &audited)?;
+        insert_refusals(&mut tx, now, user_id, device_id, &refused)?;
         let response = PushResponse { results };
         let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
         tx.execute(
@@ -773,9 +823,44 @@ impl Storage for PostgresStorage {
         Ok(())
     }
 
+    fn schema_version(&self) -> Result<u32> {
+        let version: Option<i32> = self
+            .conn()?
+            .query_one("SELECT max(version) FROM schemas", &[])?
+            .get(0);
+        Ok(version.map_or(0, |v| v as u32))
+    }
+
+    fn current_schema(&self) -> Result<Option<StoredSchema>> {
+        let row = self.conn()?.query_opt(
+            "SELECT version, schema, set_at FROM schemas ORDER BY version DESC LIMIT 1",
+            &[],
+        )?;
+        Ok(row.map(|row| stored_schema(&row)))
+    }
+
+    fn schema_history(&self) -> Result<Vec<StoredSchema>> {
+        let rows = self.conn()?.query(
+            "SELECT version, schema, set_at FROM schemas ORDER BY version",
+            &[],
+        )?;
+        Ok(rows.iter().map(stored_schema).collect())
+    }
+
+    fn add_schema(&self, version: u32, schema_json: &str) -> Result<bool> {
+        let version = i32::try_from(version)
+            .map_err(|_| ServerError::BadRequest("schema versions end at 2^31".into()))?;
+        let added = self.conn()?.execute(
+            "INSERT INTO schemas (version, schema, set_at) VALUES ($1, $2, $3)
+             ON CONFLICT (version) DO NOTHING",
+            &[&version, &schema_json, &now_ms()],
+        )?;
+        Ok(added == 1)
+    }
+
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let rows = self.conn()?.query(
-            "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope
+            "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
              FROM audit a JOIN users u ON u.id = a.user_id
              WHERE ($1::text IS NULL OR u.name = $1) AND ($2::text IS NULL OR a.record_id = $2)
                AND ($3::bigint IS NULL OR a.at >= $3)
@@ -797,6 +882,7 @@ impl Storage for PostgresStorage {
                 collection: row.get(4),
                 record_id: row.get(5),
                 scope: row.get(6),
+                code: row.get(7),
             })
             .collect())
     }

@@ -17,14 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fieldsync_core::protocol::{PushRecord, PushResponse, PushResult};
-use fieldsync_core::wal_checkpoint::Checkpointer;
+use fieldsync_record::protocol::{PushRecord, PushResponse, PushResult};
+use fieldsync_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
     Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Snapshot, SnapshotMark,
-    Storage, StoredRecord, StoredVersion, TokenRecord, decode_changes, encode_changes, now_ms,
+    Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
+    encode_changes, now_ms,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -37,6 +38,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/005_lineage_follows_doc.sql"),
     include_str!("migrations/sqlite/006_audit_by_record_in_blocks.sql"),
     include_str!("migrations/sqlite/007_first_syncs_by_creation.sql"),
+    include_str!("migrations/sqlite/008_schemas.sql"),
+    include_str!("migrations/sqlite/009_audit_refusals.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -568,13 +571,48 @@ impl Storage for SqliteStorage {
             return audit_of_record(&conn, query);
         }
         let mut stmt = conn.prepare_cached(
-            "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope
+            "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
              FROM audit a JOIN users u ON u.id = a.user_id
              WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.at >= ?2)
              ORDER BY a.id DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![query.user, query.since, query.limit], audit_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn schema_version(&self) -> Result<u32> {
+        let conn = self.lock();
+        let version: Option<u32> = conn
+            .prepare_cached("SELECT max(version) FROM schemas")?
+            .query_row([], |row| row.get(0))?;
+        Ok(version.unwrap_or(0))
+    }
+
+    fn current_schema(&self) -> Result<Option<StoredSchema>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT version, schema, set_at FROM schemas ORDER BY version DESC LIMIT 1",
+        )?;
+        Ok(stmt.query_row([], stored_schema).optional()?)
+    }
+
+    fn schema_history(&self) -> Result<Vec<StoredSchema>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT version, schema, set_at FROM schemas ORDER BY version")?;
+        let rows = stmt.query_map([], stored_schema)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_schema(&self, version: u32, schema_json: &str) -> Result<bool> {
+        self.write(|conn| {
+            let added = conn.execute(
+                "INSERT INTO schemas (version, schema, set_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (version) DO NOTHING",
+                params![version, schema_json, now_ms()],
+            )?;
+            Ok(added == 1)
+        })
     }
 
     fn render_metrics(&self, out: &mut String) {
@@ -630,7 +668,7 @@ fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
 /// A record's (`?2`) audit lines in block `?1`, as [`audit_entry`] reads them, newest first:
 /// by user name `?3` and from time `?4` when not null, at most `?5`.
 const AUDIT_OF_RECORD_IN_BLOCK: &str =
-    "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope
+    "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
      FROM audit a INDEXED BY audit_by_record_in_blocks JOIN users u ON u.id = a.user_id
      WHERE (a.id >> 12) = ?1 AND a.record_id = ?2
        AND (?3 IS NULL OR u.name = ?3) AND (?4 IS NULL OR a.at >= ?4)
@@ -664,6 +702,14 @@ fn audit_of_record(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEnt
     Ok(entries)
 }
 
+fn stored_schema(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSchema> {
+    Ok(StoredSchema {
+        version: row.get(0)?,
+        schema_json: row.get(1)?,
+        set_at: row.get(2)?,
+    })
+}
+
 fn audit_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
         at: row.get(0)?,
@@ -673,6 +719,7 @@ fn audit_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
         collection: row.get(4)?,
         record_id: row.get(5)?,
         scope: row.get(6)?,
+        code: row.get(7)?,
     })
 }
 
@@ -731,7 +778,22 @@ fn push_in(
             }
         };
         let rejected = match outcome {
-            Err(rejection) => Some(rejection),
+            Err(rejection) => {
+                tx.prepare_cached(
+                        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope, code)
+                         VALUES (?1, ?2, ?3, 'refuse', ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        now,
+                        user_id,
+                        device_id,
+                        audited_name(&record.collection),
+                        audited_name(&record.id),
+                        audited_name(&record.scope),
+                        rejection.code.as_str()
+                    ])?;
+                Some(rejection)
+            }
             Ok(merged) if merged.new_changes.is_empty() => None,
             Ok(merged) => {
                 written.insert(key);

@@ -41,6 +41,8 @@ class TestServer(directory: Path) : AutoCloseable {
 
     /** Starts serving and returns once the server listens. */
     fun start() {
+        // The server validates pushed records against the app's schema.
+        admin("schema", "set", property("fieldsync.schema"))
         val started = ProcessBuilder(binary.path, "--db", db, "serve", "--listen", "127.0.0.1:0")
             .redirectError(ProcessBuilder.Redirect.INHERIT)
             .apply { environment()["FIELDSYNC_LOG"] = "warn" }

@@ -109,8 +109,24 @@ pub enum RejectCode {
     MissingDependencies,
     /// The record exceeds the server's size limits.
     TooLarge,
-    /// The collection or id is not acceptable.
+    /// The record breaks the server's schema (its message names the field and the rule), or
+    /// its collection or id is not acceptable.
     InvalidRecord,
+}
+
+impl RejectCode {
+    /// The code as the wire spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::ForbiddenScope => "forbidden_scope",
+            RejectCode::ScopeChange => "scope_change",
+            RejectCode::Malformed => "malformed",
+            RejectCode::ForeignActor => "foreign_actor",
+            RejectCode::MissingDependencies => "missing_dependencies",
+            RejectCode::TooLarge => "too_large",
+            RejectCode::InvalidRecord => "invalid_record",
+        }
+    }
 }
 
 /// `GET /v1/pull?cursor=…&limit=…`: what changed in the caller's scopes after the cursor.
@@ -148,6 +164,17 @@ pub struct PulledRecord {
     pub deleted: bool,
 }
 
+/// `GET /v1/schema`: the schema the server validates pushed records against (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaResponse {
+    /// The version in force, counted from 1.
+    pub version: u32,
+    /// The schema, as apps declare it, with `version` set.
+    pub schema: crate::Schema,
+    /// When it was set (ms since the epoch).
+    pub set_at: i64,
+}
+
 /// The JSON body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -175,8 +202,14 @@ pub enum ErrorCode {
     RateLimited,
     /// The server cannot serve now (503); retry later.
     Unavailable,
+    /// The server has no schema yet, so it stores no records (503): an administrator sets one
+    /// with `fieldsync-server schema set`; retry later.
+    NoSchema,
     /// An unexpected server error (500).
     Internal,
+    /// A code this build does not know (a newer server's); the status says what kind it is.
+    #[serde(other)]
+    Unknown,
 }
 
 /// How deeply maps and lists may nest in a decoded body. A pulled record's values sit four
@@ -186,10 +219,8 @@ pub enum ErrorCode {
 pub const MAX_MESSAGE_DEPTH: usize = crate::MAX_NESTING_DEPTH + 28;
 
 /// The most one record's Automerge changes (together) or saved document may inflate to. A
-/// store refuses larger remote records before loading them ([`Error::RemoteTooLarge`]), so a
-/// few compressed bytes cannot make it allocate gigabytes.
-///
-/// [`Error::RemoteTooLarge`]: crate::Error::RemoteTooLarge
+/// store refuses larger remote records before loading them, so a few compressed bytes cannot
+/// make it allocate gigabytes.
 pub const MAX_RECORD_INFLATED_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why a body, or Automerge bytes, could not be decoded.
@@ -261,7 +292,7 @@ pub fn check_inflated_size(bytes: &[u8], limit: usize) -> Result<(), DecodeError
 }
 
 /// The bytes `bytes` inflate to, or `TooLarge` as soon as that is known to exceed `limit`.
-pub(crate) fn inflated_size(bytes: &[u8], limit: usize) -> Result<usize, DecodeError> {
+pub fn inflated_size(bytes: &[u8], limit: usize) -> Result<usize, DecodeError> {
     const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
     let too_large = || DecodeError::TooLarge { limit };
     let mut input = Reader { rest: bytes };
@@ -405,50 +436,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl From<crate::RemotePayload> for Payload {
-    fn from(payload: crate::RemotePayload) -> Payload {
-        match payload {
-            crate::RemotePayload::Changes(changes) => {
-                Payload::Changes(changes.into_iter().map(ByteBuf::from).collect())
-            }
-            crate::RemotePayload::Document(doc) => Payload::Document(ByteBuf::from(doc)),
-        }
-    }
-}
-
-impl From<Payload> for crate::RemotePayload {
-    fn from(payload: Payload) -> crate::RemotePayload {
-        match payload {
-            Payload::Changes(changes) => {
-                crate::RemotePayload::Changes(changes.into_iter().map(ByteBuf::into_vec).collect())
-            }
-            Payload::Document(doc) => crate::RemotePayload::Document(doc.into_vec()),
-        }
-    }
-}
-
-impl From<crate::OutboxEntry> for PushRecord {
-    fn from(entry: crate::OutboxEntry) -> PushRecord {
-        PushRecord {
-            collection: entry.collection,
-            id: entry.record_id,
-            scope: entry.scope,
-            payload: entry.payload.into(),
-        }
-    }
-}
-
-impl From<PulledRecord> for crate::RemoteRecord {
-    fn from(record: PulledRecord) -> crate::RemoteRecord {
-        crate::RemoteRecord {
-            collection: record.collection,
-            id: record.id,
-            scope: record.scope,
-            payload: record.payload.into(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +450,30 @@ mod tests {
                 payload: Payload::Changes(vec![ByteBuf::from(vec![1, 2, 3])]),
             }],
         }
+    }
+
+    #[test]
+    fn codes_are_spelled_as_on_the_wire_and_unknown_error_codes_still_read() {
+        for code in [
+            RejectCode::ForbiddenScope,
+            RejectCode::ScopeChange,
+            RejectCode::Malformed,
+            RejectCode::ForeignActor,
+            RejectCode::MissingDependencies,
+            RejectCode::TooLarge,
+            RejectCode::InvalidRecord,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"code": "from_a_newer_server", "message": "m"}"#).unwrap();
+        assert_eq!(body.code, ErrorCode::Unknown);
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"code": "no_schema", "message": "m"}"#).unwrap();
+        assert_eq!(body.code, ErrorCode::NoSchema);
     }
 
     #[test]

@@ -38,13 +38,13 @@ pub const DELETED_KEY: &str = "_deleted";
 pub const MAX_NESTING_DEPTH: usize = 100;
 
 /// A fresh, empty record document written by `actor`.
-pub(crate) fn new_doc(actor: &ActorId) -> AutoCommit {
+pub fn new_doc(actor: &ActorId) -> AutoCommit {
     AutoCommit::new_with_encoding(TEXT_ENCODING).with_actor(actor.clone())
 }
 
 /// Loads stored document bytes (a full save or a first change, optionally followed by more
 /// changes).
-pub(crate) fn load_doc(bytes: &[u8], actor: &ActorId) -> Result<AutoCommit> {
+pub fn load_doc(bytes: &[u8], actor: &ActorId) -> Result<AutoCommit> {
     let corrupt = || Error::Corrupt("a record document does not load".into());
     // Stored bytes can be damaged on disk, and Automerge panics on some malformed input.
     let loaded = catch_unwind(|| {
@@ -54,25 +54,13 @@ pub(crate) fn load_doc(bytes: &[u8], actor: &ActorId) -> Result<AutoCommit> {
     Ok(doc.with_actor(actor.clone()))
 }
 
-/// Whether stored bytes start with a saved document (chunk type 0, after the 4 magic bytes and
-/// the 4-byte checksum) rather than a change. Automerge loads a record kept as its first change
-/// more slowly than a save of it (about 1.8 times for a note of a hundred characters), so such a
-/// record is saved whole on its first write after a cold load.
-pub(crate) fn starts_with_saved_document(bytes: &[u8]) -> bool {
-    bytes.get(8) == Some(&0)
-}
-
 /// Commits the pending operations as one change stamped with `time_ms`.
-pub(crate) fn commit(doc: &mut AutoCommit, time_ms: i64) -> Option<ChangeHash> {
+pub fn commit(doc: &mut AutoCommit, time_ms: i64) -> Option<ChangeHash> {
     doc.commit_with(CommitOptions::default().with_time(time_ms))
 }
 
 /// Writes the fields of a new record in one batch operation (much cheaper than one put each).
-pub(crate) fn init_fields(
-    doc: &mut AutoCommit,
-    collection: &Collection,
-    fields: &Fields,
-) -> Result<()> {
+pub fn init_fields(doc: &mut AutoCommit, collection: &Collection, fields: &Fields) -> Result<()> {
     let mut root = HashMap::with_capacity(fields.len());
     for (name, value) in fields {
         if value.is_null() {
@@ -89,7 +77,7 @@ pub(crate) fn init_fields(
 /// [`new_doc`], [`init_fields`] and [`commit`] make (one put per field at the root, seq 1, no
 /// dependencies), without building a document, which costs more than ten times as much.
 /// `None` when a field is text or a nested value, or none is set.
-pub(crate) fn first_change_of_scalars(
+pub fn first_change_of_scalars(
     actor: &ActorId,
     collection: &Collection,
     fields: &Fields,
@@ -136,12 +124,7 @@ pub(crate) fn first_change_of_scalars(
 
 /// Sets one field, diffing text and json values against the current ones so that concurrent
 /// edits elsewhere in the same text or object still merge.
-pub(crate) fn put_field(
-    doc: &mut AutoCommit,
-    name: &str,
-    field: &Field,
-    value: &Value,
-) -> Result<()> {
+pub fn put_field(doc: &mut AutoCommit, name: &str, field: &Field, value: &Value) -> Result<()> {
     if value.is_null() {
         doc.delete(ROOT, name)?;
         return Ok(());
@@ -171,7 +154,7 @@ pub(crate) fn put_field(
 
 /// Edits a text field in place: at `index`, delete `delete_count` units and insert `insert`.
 /// Returns the text after the edit.
-pub(crate) fn splice_text(
+pub fn splice_text(
     doc: &mut AutoCommit,
     collection_name: &str,
     name: &str,
@@ -217,13 +200,13 @@ fn is_low_surrogate(unit: u16) -> bool {
 }
 
 /// Marks the record deleted. The key is never set back, so the delete wins every merge.
-pub(crate) fn mark_deleted(doc: &mut AutoCommit) -> Result<()> {
+pub fn mark_deleted(doc: &mut AutoCommit) -> Result<()> {
     doc.put(ROOT, DELETED_KEY, true)?;
     Ok(())
 }
 
 /// Whether any merged change deleted the record.
-pub(crate) fn is_deleted(doc: &AutoCommit) -> bool {
+pub fn is_deleted(doc: &AutoCommit) -> bool {
     doc.get_all(ROOT, DELETED_KEY)
         .map(|values| {
             values
@@ -235,7 +218,7 @@ pub(crate) fn is_deleted(doc: &AutoCommit) -> bool {
 
 /// The declared fields' current values, checked against their declared types. Keys the schema
 /// does not declare (written by a newer app version) are kept in the document but not shown.
-pub(crate) fn materialize(
+pub fn materialize(
     doc: &AutoCommit,
     collection_name: &str,
     collection: &Collection,
@@ -300,7 +283,7 @@ pub struct ConflictValue {
 }
 
 /// Every declared field that holds concurrent values.
-pub(crate) fn conflicts(doc: &AutoCommit, collection: &Collection) -> Result<Vec<FieldConflict>> {
+pub fn conflicts(doc: &AutoCommit, collection: &Collection) -> Result<Vec<FieldConflict>> {
     let mut conflicts = Vec::new();
     for name in collection.fields.keys() {
         let all = doc.get_all(ROOT, name.as_str())?;
@@ -350,7 +333,7 @@ pub struct HistoryEntry {
 }
 
 /// Every change of the document in causal order, with the fields each one touched.
-pub(crate) fn history(doc: &mut AutoCommit) -> Vec<HistoryEntry> {
+pub fn history(doc: &mut AutoCommit) -> Vec<HistoryEntry> {
     use automerge::legacy::{Key, ObjectId, OpType};
     // Objects (texts, nested json) belong to the root field that created them.
     let mut owner: HashMap<ObjectId, String> = HashMap::new();

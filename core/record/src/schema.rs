@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// The whole data model of an app.
 ///
 /// ```
-/// use fieldsync_core::Schema;
+/// use fieldsync_record::Schema;
 ///
 /// let schema = Schema::from_json(r#"{
 ///   "collections": {
@@ -33,6 +33,10 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schema {
+    /// The app's number for this declaration, raised with each change (optional). Devices
+    /// tell the server which version they run; the server numbers the versions it is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
     /// Collections by name.
     pub collections: BTreeMap<String, Collection>,
 }
@@ -158,7 +162,8 @@ impl Schema {
             .ok_or_else(|| Error::UnknownCollection(name.to_owned()))
     }
 
-    /// Checks every rule a schema must follow; [`Store::open`](crate::Store::open) calls it.
+    /// Checks every rule a schema must follow; opening a store and setting the server's schema
+    /// call it.
     pub fn validate(&self) -> Result<()> {
         if self.collections.is_empty() {
             return Err(Error::InvalidSchema(
@@ -172,7 +177,9 @@ impl Schema {
         Ok(())
     }
 
-    /// Refuses an upgrade from `old` that would lose or reinterpret stored data.
+    /// Refuses an upgrade from `old` that would lose or reinterpret stored data: the rule a
+    /// store applies when the app's schema changes, and the server when a new version is set.
+    /// The [`version`](Schema::version) numbers play no part.
     ///
     /// Allowed: new collections, new optional fields, new or removed indexes, a required field
     /// becoming optional, a new `on_delete` rule. Refused: removing a collection or a field,
@@ -282,18 +289,13 @@ impl Collection {
     }
 
     /// The delete rule of a reference field (`restrict` when not declared).
-    pub(crate) fn on_delete(field: &Field) -> OnDelete {
+    pub fn on_delete(field: &Field) -> OnDelete {
         field.on_delete.unwrap_or(OnDelete::Restrict)
     }
 }
 
-/// Names become SQL identifiers (always quoted), so they are kept to a safe alphabet; a leading
-/// underscore is reserved for the store's own columns.
 fn check_identifier(kind: &str, name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if first_ok && rest_ok && name.len() <= 63 {
+    if crate::ids::is_valid_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidSchema(format!(
@@ -327,6 +329,12 @@ mod tests {
     fn round_trips_through_json() {
         let schema = clinic();
         assert_eq!(Schema::from_json(&schema.to_json()).unwrap(), schema);
+        let versioned = Schema {
+            version: Some(3),
+            ..schema
+        };
+        assert!(versioned.to_json().starts_with(r#"{"version":3,"#));
+        assert_eq!(Schema::from_json(&versioned.to_json()).unwrap(), versioned);
     }
 
     #[test]

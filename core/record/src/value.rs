@@ -1,0 +1,76 @@
+//! Field values: checking a value against its declared type.
+//!
+//! Values travel as `serde_json::Value`, so that the same shape crosses the FFI and the wire
+//! as JSON.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::schema::{Field, FieldType};
+
+/// A record's field values by field name.
+pub type Fields = serde_json::Map<String, Value>;
+
+/// Checks that a non-null `value` fits `field`; `Null` is handled by the callers because its
+/// meaning (clear the field) depends on the operation.
+pub fn check_type(collection: &str, name: &str, field: &Field, value: &Value) -> Result<()> {
+    let ok = match field.field_type {
+        FieldType::String | FieldType::Text | FieldType::Reference => value.is_string(),
+        FieldType::Integer | FieldType::Timestamp => value.is_i64(),
+        FieldType::Float => value.is_number(),
+        FieldType::Boolean => value.is_boolean(),
+        FieldType::Json => {
+            if nests_deeper(value, crate::MAX_NESTING_DEPTH) {
+                return Err(Error::NestingTooDeep {
+                    field: name.to_owned(),
+                    limit: crate::MAX_NESTING_DEPTH,
+                });
+            }
+            true
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::WrongType {
+            collection: collection.to_owned(),
+            field: name.to_owned(),
+            expected: field.field_type,
+        })
+    }
+}
+
+/// Whether maps and lists nest more than `levels` deep in `value`; stops looking at the limit,
+/// so the recursion is bounded however deep the value is.
+fn nests_deeper(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Array(items) => levels == 0 || items.iter().any(|v| nests_deeper(v, levels - 1)),
+        Value::Object(map) => levels == 0 || map.values().any(|v| nests_deeper(v, levels - 1)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field(field_type: FieldType) -> Field {
+        Field {
+            field_type,
+            required: false,
+            target: None,
+            on_delete: None,
+        }
+    }
+
+    #[test]
+    fn type_checks_follow_the_declaration() {
+        assert!(check_type("c", "f", &field(FieldType::Integer), &json!(3)).is_ok());
+        assert!(check_type("c", "f", &field(FieldType::Integer), &json!(3.5)).is_err());
+        assert!(check_type("c", "f", &field(FieldType::Float), &json!(3)).is_ok());
+        assert!(check_type("c", "f", &field(FieldType::Boolean), &json!("true")).is_err());
+        assert!(check_type("c", "f", &field(FieldType::Text), &json!("note")).is_ok());
+        assert!(check_type("c", "f", &field(FieldType::Json), &json!({"a": [1]})).is_ok());
+    }
+}

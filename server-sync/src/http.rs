@@ -1,0 +1,76 @@
+//! What every `/v1` handler shares: authenticating the caller, reading the body, running
+//! storage work on the blocking pool, and answering in the protocol's encoding.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use fieldsync_record::protocol::{self, DecodeError};
+use serde::Serialize;
+
+use crate::AppState;
+use crate::auth::{Caller, authenticate};
+use crate::error::ServerError;
+use crate::metrics::Metrics;
+
+/// Authenticates the caller, then checks the protocol version; without a valid token nothing
+/// else is looked at.
+pub(crate) async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Caller, ServerError> {
+    let storage = state.storage.clone();
+    let headers_for_auth = headers.clone();
+    let caller = blocking(move || authenticate(&*storage, &headers_for_auth))
+        .await
+        .inspect_err(|err| {
+            if matches!(err, ServerError::Unauthorized(_)) {
+                Metrics::inc(&state.metrics.unauthorized);
+            }
+        })?;
+    if let Err(retry_after_secs) = state.rate_limiter.check(caller.device_id) {
+        Metrics::inc(&state.metrics.rate_limited);
+        return Err(ServerError::RateLimited { retry_after_secs });
+    }
+    let version = headers
+        .get(protocol::VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    if version != protocol::VERSION.to_string() {
+        return Err(ServerError::UnsupportedVersion(
+            version.chars().take(16).collect(),
+        ));
+    }
+    Ok(caller)
+}
+
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ServerError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ServerError::TooLarge(format!("bodies are limited to {limit} bytes")))
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ServerError::Internal(format!("a blocking task failed: {err}")))?
+}
+
+pub(crate) fn message_response<T: Serialize>(message: &T) -> Response {
+    let mut response = protocol::encode(message).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(protocol::CONTENT_TYPE),
+    );
+    response
+}
+
+pub(crate) fn decode_error(err: DecodeError) -> ServerError {
+    match err {
+        DecodeError::TooLarge { .. } => ServerError::TooLarge(err.to_string()),
+        DecodeError::Compression | DecodeError::Malformed(_) => {
+            ServerError::BadRequest(err.to_string())
+        }
+    }
+}

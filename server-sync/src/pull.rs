@@ -1,0 +1,228 @@
+//! `GET /v1/pull`: what changed in the caller's readable scopes after its cursor, as whole
+//! documents on a first sync and as feed entries after that.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use fieldsync_record::Fields;
+use fieldsync_record::protocol::{Payload, PullResponse, PulledRecord};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::AppState;
+use crate::error::ServerError;
+use crate::http::{authorize, blocking, message_response};
+use crate::metrics::Metrics;
+
+/// The query string of a pull.
+#[derive(Debug, Deserialize)]
+pub struct PullParams {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// What a cursor remembers: where the client is, in which mode, for which scopes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Cursor {
+    /// `true` while a first sync pages through whole documents.
+    documents: bool,
+    /// Feed position reached. During a first sync, the feed's head when it began: the feed
+    /// after it holds every change the documents sent may not have had.
+    seq: i64,
+    /// The scopes the client has been sent.
+    scopes: BTreeSet<String>,
+    /// During a first sync, the creation position of the last document sent. Absent from
+    /// cursors of first syncs that paged by last change, which start over; left out of feed
+    /// cursors, which instances of that release still read during an upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_to: Option<i64>,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        hex::encode(rmp_serde::to_vec(self).expect("cursors always serialize"))
+    }
+
+    fn decode(text: &str) -> Result<Cursor, ServerError> {
+        let invalid = || ServerError::BadRequest("invalid cursor".into());
+        let bytes = hex::decode(text).map_err(|_| invalid())?;
+        rmp_serde::from_slice(&bytes).map_err(|_| invalid())
+    }
+}
+
+/// Handles a pull: what changed in the caller's scopes after the cursor.
+///
+/// Without a cursor, or when scopes were added to the caller's grants since the cursor, the
+/// pull pages through whole documents (with their values) ordered by their last change; then
+/// it follows the feed of changes. Scopes the cursor covers but the caller may no longer read
+/// come back in `revoked_scopes` until the client moves on to the new cursor.
+pub async fn pull(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<PullParams>, QueryRejection>,
+) -> Result<Response, ServerError> {
+    let started = Instant::now();
+    let caller = authorize(&state, &headers).await?;
+    // Looked at only once the token checked out, and refused with the JSON error body, not
+    // the extractor's plain text.
+    let Query(params) =
+        params.map_err(|_| ServerError::BadRequest("the query string does not decode".into()))?;
+    let cursor = params.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let limit = params
+        .limit
+        .unwrap_or(state.limits.default_pull_limit)
+        .clamp(1, state.limits.max_pull_limit);
+    let storage = state.storage.clone();
+    let response = blocking(move || {
+        let readable: BTreeSet<String> = caller.readable_scopes().into_iter().collect();
+        let scopes: Vec<String> = readable.iter().cloned().collect();
+        let (revoked, added) = match &cursor {
+            Some(cursor) => (
+                cursor
+                    .scopes
+                    .difference(&readable)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                readable.difference(&cursor.scopes).count(),
+            ),
+            None => (Vec::new(), 0),
+        };
+        // A first sync pages through the documents created after `sent_to`; it starts
+        // (again) without a cursor, when scopes were added, and from a cursor that does not
+        // say where it is.
+        let first_sync = match &cursor {
+            None => Some(None),
+            Some(_) if added > 0 => Some(None),
+            Some(cursor) if cursor.documents => {
+                Some(cursor.sent_to.map(|sent_to| (cursor.seq, sent_to)))
+            }
+            Some(_) => None,
+        };
+        let (records, next, more) = match first_sync {
+            Some(from) => {
+                // The head is taken before the first page is read: whatever commits while
+                // the documents are paged through comes after it in the feed, and records
+                // created after it come only from there.
+                let (head, sent_to) = match from {
+                    Some(from) => from,
+                    None => (storage.feed_head()?, 0),
+                };
+                let page = storage.documents_page(&scopes, sent_to, head, limit)?;
+                let records = page
+                    .entries
+                    .into_iter()
+                    .map(|entry| {
+                        let fields = decode_fields(&entry.fields_json)?;
+                        Ok(PulledRecord {
+                            collection: entry.collection,
+                            id: entry.record_id,
+                            scope: entry.scope,
+                            payload: Payload::Document(ByteBuf::from(entry.doc)),
+                            fields: Some(fields),
+                            deleted: entry.deleted,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ServerError>>()?;
+                // Once every document is sent, the feed after the head holds the rest, and
+                // the device reads on at once if anything was written there meanwhile.
+                let next = Cursor {
+                    documents: page.more,
+                    seq: head,
+                    scopes: readable,
+                    sent_to: page.more.then_some(page.last_seq),
+                };
+                let more = page.more || storage.feed_head()? > head;
+                (records, next, more)
+            }
+            None => {
+                let after = cursor.as_ref().map_or(0, |c| c.seq);
+                let page = feed_page_of_others(&*storage, &scopes, caller.device_id, after, limit)?;
+                let records = page
+                    .entries
+                    .into_iter()
+                    .map(|entry| {
+                        let (fields, deleted) = match entry.latest {
+                            Some((json, deleted)) => (Some(decode_fields(&json)?), deleted),
+                            None => (None, false),
+                        };
+                        Ok(PulledRecord {
+                            collection: entry.collection,
+                            id: entry.record_id,
+                            scope: entry.scope,
+                            payload: Payload::Changes(
+                                entry.changes.into_iter().map(ByteBuf::from).collect(),
+                            ),
+                            fields,
+                            deleted,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ServerError>>()?;
+                let next = Cursor {
+                    documents: false,
+                    seq: page.last_seq,
+                    scopes: readable,
+                    sent_to: None,
+                };
+                (records, next, page.more)
+            }
+        };
+        let pulled: Vec<(String, String, String)> = records
+            .iter()
+            .map(|r| (r.collection.clone(), r.id.clone(), r.scope.clone()))
+            .collect();
+        storage.record_pull(caller.device_id, &pulled)?;
+        Ok(PullResponse {
+            records,
+            next_cursor: next.encode(),
+            more,
+            revoked_scopes: revoked,
+        })
+    })
+    .await?;
+    Metrics::inc(&state.metrics.pulls);
+    Metrics::add(&state.metrics.records_pulled, response.records.len());
+    state.metrics.pull_latency.observe(started.elapsed());
+    Ok(message_response(&response))
+}
+
+/// How many feed pages one pull reads at most to fill its page with other devices' entries.
+const FEED_READS_PER_PULL: usize = 8;
+
+/// Up to `limit` feed entries after `after` that `device` did not push (a device already has
+/// the changes it pushed). The pull right after a device's own push finds mostly its own
+/// entries: reading on until the page fills, instead of answering an empty page with more to
+/// come, spares the device a round trip per page of them. The page still reaches the last
+/// position read, own entries included.
+fn feed_page_of_others(
+    storage: &dyn crate::storage::Storage,
+    scopes: &[String],
+    device: i64,
+    after: i64,
+    limit: u32,
+) -> Result<crate::storage::Page<crate::storage::FeedEntry>, ServerError> {
+    let mut page = crate::storage::Page {
+        entries: Vec::new(),
+        last_seq: after,
+        more: true,
+    };
+    for _ in 0..FEED_READS_PER_PULL {
+        let wanted = limit - page.entries.len() as u32;
+        let read = storage.feed_page_for(device, scopes, page.last_seq, wanted)?;
+        page.entries.extend(read.entries);
+        page.last_seq = read.last_seq;
+        page.more = read.more;
+        if !page.more || page.entries.len() as u32 >= limit {
+            break;
+        }
+    }
+    Ok(page)
+}
+
+fn decode_fields(json: &str) -> Result<Fields, ServerError> {
+    serde_json::from_str(json)
+        .map_err(|_| ServerError::Corrupt("stored values do not decode".into()))
+}

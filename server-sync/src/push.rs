@@ -1,0 +1,138 @@
+//! `POST /v1/push`: a device's changes, each record checked, merged into the server's copy and
+//! added to the feed, or refused on its own (the merge itself is `merge.rs`, the threads that
+//! make it ahead `premerge.rs`).
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use fieldsync_record::merge::guarded;
+use fieldsync_record::protocol::{self, Payload, PushRequest};
+
+use crate::AppState;
+use crate::error::ServerError;
+use crate::http::{authorize, blocking, decode_error, message_response, read_body};
+use crate::merge::{MergeContext, decode_change, load_document};
+use crate::metrics::Metrics;
+use crate::premerge::{Premerges, PushMerger};
+
+/// Handles a push: each record is checked, merged into the server's copy and added to the
+/// feed, or rejected on its own.
+pub async fn push(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServerError> {
+    let started = Instant::now();
+    let caller = authorize(&state, &headers).await?;
+    let body = read_body(body, state.limits.max_body_bytes).await?;
+    let storage = state.storage.clone();
+    let limits = state.limits.clone();
+    let metrics = state.metrics.clone();
+    let schemas = state.schema.clone();
+    let response = blocking(move || {
+        let schema = schemas.current(&*storage)?;
+        let request: PushRequest =
+            protocol::decode(&body, limits.max_decompressed_bytes).map_err(decode_error)?;
+        // A NUL byte cannot be stored in PostgreSQL text; refused here on every backend.
+        if request.batch_id.is_empty()
+            || request.batch_id.len() > 128
+            || request.batch_id.contains('\0')
+        {
+            return Err(ServerError::BadRequest(
+                "batch_id must be 1 to 128 characters, without NUL".into(),
+            ));
+        }
+        if request.records.len() > limits.max_records_per_push {
+            return Err(ServerError::TooLarge(format!(
+                "at most {} records per push",
+                limits.max_records_per_push
+            )));
+        }
+        let changes: usize = request
+            .records
+            .iter()
+            .map(|r| match &r.payload {
+                Payload::Changes(changes) => changes.len(),
+                Payload::Document(_) => 1,
+            })
+            .sum();
+        if changes > limits.max_changes_per_push {
+            return Err(ServerError::TooLarge(format!(
+                "at most {} changes per push",
+                limits.max_changes_per_push
+            )));
+        }
+        // `None` when the device is unbound and its first change's actor belongs to another
+        // live device (or no change decodes): then no change it pushes is its own.
+        let actor = match &caller.actor {
+            Some(bound) => Some(bound.clone()),
+            None => match first_actor(&request, limits.max_decompressed_bytes) {
+                Some(claimed) => storage.bind_actor(caller.device_id, &claimed)?,
+                None => None,
+            },
+        };
+        let keys: Vec<(&str, &str)> = request
+            .records
+            .iter()
+            .map(|r| (r.collection.as_str(), r.id.as_str()))
+            .collect();
+        let snapshot = storage.stored_records(&keys)?;
+        let context = MergeContext {
+            caller: &caller,
+            actor: actor.as_deref(),
+            limits: &limits,
+            schema: &schema.schema,
+        };
+        let premerges = Premerges::for_records(&request.records);
+        let (response, applied) = std::thread::scope(|scope| {
+            premerges.start(scope, context, &request.records, snapshot.records);
+            let mut merger = PushMerger::new(context, &premerges, snapshot.mark);
+            let response = storage.push(
+                caller.device_id,
+                &request.batch_id,
+                &request.records,
+                &mut merger,
+            )?;
+            Ok::<_, ServerError>((response, merger.applied))
+        })?;
+        let rejected = response
+            .results
+            .iter()
+            .filter(|r| r.rejected.is_some())
+            .count();
+        Metrics::add(&metrics.records_rejected, rejected);
+        Metrics::add(&metrics.records_accepted, response.results.len() - rejected);
+        Metrics::add(&metrics.changes_applied, applied);
+        Ok(response)
+    })
+    .await?;
+    Metrics::inc(&state.metrics.pushes);
+    state.metrics.push_latency.observe(started.elapsed());
+    Ok(message_response(&response))
+}
+
+/// The actor of the first change in a push, which binds a device that has pushed nothing yet.
+fn first_actor(request: &PushRequest, max_inflated: usize) -> Option<String> {
+    request
+        .records
+        .iter()
+        .find_map(|record| match &record.payload {
+            Payload::Changes(changes) => changes
+                .first()
+                .and_then(|bytes| decode_change(bytes, max_inflated).ok())
+                .map(|change| change.actor_id().to_hex_string()),
+            Payload::Document(bytes) => {
+                load_document(bytes, max_inflated).ok().and_then(|mut doc| {
+                    guarded(|| {
+                        doc.get_changes(&[])
+                            .first()
+                            .map(|c| c.actor_id().to_hex_string())
+                    })
+                    .flatten()
+                })
+            }
+        })
+}
