@@ -66,8 +66,8 @@ pub use fieldsync_record::document::{ConflictValue, FieldConflict, HistoryEntry,
 pub use query::{Filter, Order, Query};
 pub use schema::{Collection, Field, FieldType, Index, OnDelete, Schema};
 pub use store::{
-    ApplyReport, Orphan, OutboxEntry, Record, RejectedRecord, RemotePayload, RemoteRecord,
-    ServerRejection, Store, StoreOptions, Synchronous, Write,
+    ApplyReport, Orphan, OutboxEntry, Record, RejectedRecord, RejectedWrite, RemotePayload,
+    RemoteRecord, Store, StoreOptions, Synchronous, Write,
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
 pub use sync::{

@@ -3,6 +3,7 @@
 
 mod migrations;
 mod read;
+mod rejected;
 mod remote;
 mod sync_state;
 mod tables;
@@ -27,8 +28,8 @@ use crate::value::Fields;
 use fieldsync_sqlite::Checkpointer;
 
 pub use read::{Orphan, Record};
+pub use rejected::RejectedWrite;
 pub use remote::{ApplyReport, RejectedRecord, RemotePayload, RemoteRecord};
-pub use sync_state::ServerRejection;
 pub use write::Write;
 
 use tables::TableSql;
@@ -414,7 +415,7 @@ impl Store {
     /// Each record is merged or rejected on its own; see [`ApplyReport`].
     pub fn apply_remote(&self, records: Vec<RemoteRecord>) -> Result<ApplyReport> {
         let incoming = records.into_iter().map(remote::Incoming::from).collect();
-        let (report, changed) = {
+        let (report, changed, _) = {
             let mut db = self.shared.lock();
             remote::apply(
                 &self.shared,

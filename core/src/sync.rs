@@ -76,7 +76,8 @@ impl SyncConfig {
 pub struct SyncReport {
     /// Outbox entries the server accepted.
     pub pushed: usize,
-    /// Outbox entries the server rejected (see [`Store::server_rejections`]).
+    /// Outbox entries the server refused: their writes were taken back out of their records
+    /// and kept (see [`Store::rejected_writes`]).
     pub rejected: usize,
     /// Pulled records that changed this store (records it already had are not counted).
     pub pulled: usize,
@@ -260,6 +261,8 @@ impl SyncClient {
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
     ) -> Result<()> {
+        // Records, each once however many pages bring it.
+        let mut pulled = std::collections::HashSet::new();
         loop {
             report
                 .purged_scopes
@@ -269,7 +272,7 @@ impl SyncClient {
             // this page stores; if storing fails, the next sync asks again from the stored one.
             let next_cursor = page.more.then(|| page.next_cursor.clone());
             limit = next_page_size(&self.config, limit, &page);
-            let apply = blocking(store, move |s| s.apply_pull_page(page));
+            let apply = blocking(store, move |s| s.apply_pulled_page(page));
             let fetch = async {
                 match &next_cursor {
                     Some(cursor) => self.send_pull(Some(cursor), limit).await.map(Some),
@@ -278,8 +281,9 @@ impl SyncClient {
             };
             // Both run to the end, so that a failed request never hides a page that committed.
             let (applied, next) = tokio::join!(apply, fetch);
-            let applied = applied?;
-            report.pulled += applied.changed;
+            let (applied, records) = applied?;
+            pulled.extend(records);
+            report.pulled = pulled.len();
             progress(report);
             if !applied.rejected.is_empty() {
                 tracing::warn!(

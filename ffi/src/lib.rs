@@ -44,7 +44,7 @@ pub use sync::{
 };
 pub use values::{
     ChangeEvent, ChangeOrigin, ConflictValue, FieldConflict, FieldMap, FieldValue, Filter,
-    HistoryEntry, Order, Orphan, Query, Record, ServerRejection, StoreOptions, Synchronous, Write,
+    HistoryEntry, Order, Orphan, Query, Record, RejectedWrite, StoreOptions, Synchronous, Write,
 };
 
 uniffi::setup_scaffolding!("fieldsync");

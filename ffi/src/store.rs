@@ -7,7 +7,7 @@ use fieldsync_core as core;
 use crate::error::Result;
 use crate::values::{
     ChangeEvent, FieldConflict, FieldMap, Filter, HistoryEntry, Orphan, Query, Record,
-    ServerRejection, StoreOptions, Write, fields_to_core, to_usize,
+    RejectedWrite, StoreOptions, Write, fields_to_core, to_usize,
 };
 
 /// An app's local record store: one SQLite file. Every method may be called from any thread;
@@ -194,10 +194,22 @@ impl Store {
         Ok(self.inner.outbox_len()? as u64)
     }
 
-    /// Local records the server refused, with its reasons; they stay on the device.
-    pub fn server_rejections(&self) -> Result<Vec<ServerRejection>> {
-        let rejections = self.inner.server_rejections()?;
-        Ok(rejections.into_iter().map(ServerRejection::from).collect())
+    /// Writes that did not reach the server, oldest first: refused by it (the record shows
+    /// what the server has again), or taken away with a revoked scope.
+    pub fn rejected_writes(&self) -> Result<Vec<RejectedWrite>> {
+        let writes = self.inner.rejected_writes()?;
+        Ok(writes.into_iter().map(RejectedWrite::from).collect())
+    }
+
+    /// Writes a rejected write again as a new edit on top of the record as it is now (or as
+    /// a new record, if the write had created it), then forgets it.
+    pub fn retry_rejected_write(&self, id: i64) -> Result<()> {
+        Ok(self.inner.retry_rejected_write(id)?)
+    }
+
+    /// Forgets a rejected write; the record stays as the server has it.
+    pub fn discard_rejected_write(&self, id: i64) -> Result<()> {
+        Ok(self.inner.discard_rejected_write(id)?)
     }
 }
 

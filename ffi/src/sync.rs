@@ -48,7 +48,8 @@ pub struct SyncConfig {
 pub struct SyncReport {
     /// Outbox entries the server accepted.
     pub pushed: u64,
-    /// Outbox entries the server refused (see `Store.server_rejections`).
+    /// Outbox entries the server refused; their writes were taken back (see
+    /// `Store.rejected_writes`).
     pub rejected: u64,
     /// Pulled records that changed this store.
     pub pulled: u64,

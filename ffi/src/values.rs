@@ -494,32 +494,47 @@ impl From<core::Orphan> for Orphan {
     }
 }
 
-/// A local record the server refused; it stays on the device.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct ServerRejection {
+/// A write that did not reach the server: refused by it (the record shows what the server has
+/// again), or taken away with a revoked scope. It keeps what the user wrote until the app
+/// retries or discards it.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct RejectedWrite {
+    /// Identifies the entry for `retry_rejected_write` and `discard_rejected_write`.
+    pub id: i64,
     /// Collection of the record.
     pub collection: String,
     /// Record id.
-    pub id: String,
+    pub record_id: String,
     /// The record's scope.
     pub scope: String,
-    /// The server's stable code (`forbidden_scope`, `malformed`, ...).
+    /// Each field the write set, with the value the user last gave it (`Null`: cleared).
+    pub fields: FieldMap,
+    /// Whether the write deleted the record.
+    pub deleted: bool,
+    /// Whether the write created the record (the store no longer has it).
+    pub created: bool,
+    /// The server's stable code (`forbidden_scope`, `invalid_record`, ...), or
+    /// `scope_revoked`.
     pub code: String,
-    /// The server's message.
+    /// The server's message (fields and rules, never values).
     pub message: String,
     /// When it was refused (ms since the epoch).
     pub rejected_at_ms: i64,
 }
 
-impl From<core::ServerRejection> for ServerRejection {
-    fn from(rejection: core::ServerRejection) -> Self {
-        ServerRejection {
-            collection: rejection.collection,
-            id: rejection.id,
-            scope: rejection.scope,
-            code: rejection.code,
-            message: rejection.message,
-            rejected_at_ms: rejection.rejected_at_ms,
+impl From<core::RejectedWrite> for RejectedWrite {
+    fn from(write: core::RejectedWrite) -> Self {
+        RejectedWrite {
+            fields: fields_from_core(&write.fields),
+            id: write.id,
+            collection: write.collection,
+            record_id: write.record_id,
+            scope: write.scope,
+            deleted: write.deleted,
+            created: write.created,
+            code: write.code,
+            message: write.message,
+            rejected_at_ms: write.rejected_at_ms,
         }
     }
 }

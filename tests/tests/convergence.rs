@@ -43,6 +43,8 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (usize, Tally) {
                 total.syncs += tally.syncs;
                 total.failed_syncs += tally.failed_syncs;
                 total.restarts += tally.restarts;
+                total.grant_changes += tally.grant_changes;
+                total.refused_writes += tally.refused_writes;
             }
             Err(panic) => {
                 eprintln!(
@@ -74,17 +76,23 @@ fn devices_converge_over_an_unreliable_network() {
     total.syncs += tally.syncs;
     total.failed_syncs += tally.failed_syncs;
     total.restarts += tally.restarts;
+    total.grant_changes += tally.grant_changes;
+    total.refused_writes += tally.refused_writes;
     println!(
-        "{} scenarios converged: {} writes, {} syncs of which {} failed on the network, {} restarts",
+        "{} scenarios converged: {} writes, {} syncs of which {} failed on the network, {} \
+         restarts, {} grant changes, {} writes refused and taken back",
         mine + theirs,
         total.writes,
         total.syncs,
         total.failed_syncs,
-        total.restarts
+        total.restarts,
+        total.grant_changes,
+        total.refused_writes
     );
     assert_eq!(mine + theirs, seeds.len());
     // The faults did happen: a run where nothing failed would prove little.
     if seeds.len() >= 20 {
         assert!(total.failed_syncs > 0, "no sync ever failed");
+        assert!(total.refused_writes > 0, "no write was ever refused");
     }
 }

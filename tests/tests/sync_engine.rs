@@ -239,7 +239,7 @@ async fn a_first_sync_in_many_pages_ends_with_every_index_and_uses_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_the_server_refuses_stays_local_and_does_not_block_the_rest() {
+async fn a_refused_new_record_leaves_the_device_and_waits_to_be_retried() {
     let clinic = Clinic::new();
     let ada = clinic.device("ada", &["north"], "ada");
     let forbidden = ada
@@ -258,21 +258,107 @@ async fn a_record_the_server_refuses_stays_local_and_does_not_block_the_rest() {
         .unwrap();
     let report = ada.sync().await;
     assert_eq!((report.pushed, report.rejected), (1, 1));
-    let rejections = ada.store.server_rejections().unwrap();
-    assert_eq!(rejections.len(), 1);
+    let rejected = ada.store.rejected_writes().unwrap();
+    assert_eq!(rejected.len(), 1);
+    let write = &rejected[0];
     assert_eq!(
-        (rejections[0].id.as_str(), rejections[0].code.as_str()),
-        (forbidden.as_str(), "forbidden_scope")
+        (write.record_id.as_str(), write.code.as_str(), write.created),
+        (forbidden.as_str(), "forbidden_scope", true)
     );
+    assert_eq!(write.fields["name"], "Elsewhere");
+    assert_eq!(write.fields["caseload_id"], "south");
     assert!(
-        ada.client_record(&forbidden).is_some(),
-        "the refused record stays on the device"
+        ada.client_record(&forbidden).is_none(),
+        "no other device has it: it leaves this one too"
     );
     assert!(ada.store.outbox(10).unwrap().is_empty());
     let other = clinic.device("ada", &[], "other");
     other.sync().await;
     assert!(other.client_record(&allowed).is_some());
     assert!(other.client_record(&forbidden).is_none());
+
+    // Once the user may write there, the app retries it.
+    clinic
+        .server
+        .admin(&["grant", "--user", "ada", "--scope", "south"]);
+    ada.store.retry_rejected_write(write.id).unwrap();
+    assert!(ada.store.rejected_writes().unwrap().is_empty());
+    let report = ada.sync().await;
+    assert_eq!((report.pushed, report.rejected), (1, 0));
+    other.sync().await;
+    assert_eq!(
+        other.client_record(&forbidden).unwrap()["name"],
+        "Elsewhere"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_reverts_to_what_everyone_sees_and_the_next_edit_goes_through() {
+    let clinic = Clinic::new();
+    let ada = clinic.device("ada", &["north"], "ada");
+    let id = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Sam", "notes": "Calm."})),
+        )
+        .unwrap();
+    ada.sync().await;
+    let reader_token = clinic.server.user_with_device("bo", &[]);
+    clinic.server.admin(&[
+        "grant", "--user", "bo", "--scope", "north", "--access", "read",
+    ]);
+    let bo = clinic.device_with_token(&reader_token, "bo");
+    bo.sync().await;
+
+    // A read-only user edits the record anyway; the writer edits it too.
+    bo.store
+        .update("clients", &id, fields(json!({"phone": "555-0101"})))
+        .unwrap();
+    bo.store
+        .splice_text("clients", &id, "notes", 5, 0, " Bo was here.")
+        .unwrap();
+    ada.store
+        .update("clients", &id, fields(json!({"name": "Samuel"})))
+        .unwrap();
+    ada.sync().await;
+    let report = bo.sync().await;
+    assert_eq!((report.pushed, report.rejected), (0, 2));
+
+    // The reader shows what everyone shows, and keeps what it typed.
+    let shown = bo.client_record(&id).unwrap();
+    assert_eq!(shown, ada.client_record(&id).unwrap());
+    assert_eq!(shown["name"], "Samuel");
+    assert!(shown.get("phone").is_none_or(|v| v.is_null()), "{shown:?}");
+    assert_eq!(shown["notes"], "Calm.");
+    let rejected = bo.store.rejected_writes().unwrap();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "both writes of the record, taken back together"
+    );
+    assert_eq!(rejected[0].code, "forbidden_scope");
+    assert_eq!(rejected[0].fields["phone"], "555-0101");
+    assert_eq!(rejected[0].fields["notes"], "Calm. Bo was here.");
+    assert!(!rejected[0].created);
+
+    // Given write access, the reader's next edit is accepted (it depends only on changes
+    // the server has), and so is the retried one.
+    clinic.server.admin(&[
+        "grant", "--user", "bo", "--scope", "north", "--access", "write",
+    ]);
+    bo.store
+        .update("clients", &id, fields(json!({"active": true})))
+        .unwrap();
+    bo.store.retry_rejected_write(rejected[0].id).unwrap();
+    let report = bo.sync().await;
+    assert_eq!((report.pushed, report.rejected), (2, 0));
+    ada.sync().await;
+    let merged = ada.client_record(&id).unwrap();
+    assert_eq!(merged["active"], true);
+    assert_eq!(merged["phone"], "555-0101");
+    assert_eq!(merged["notes"], "Calm. Bo was here.");
+    assert_eq!(merged, bo.client_record(&id).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,6 +416,96 @@ async fn revoked_tokens_stop_syncing_and_revoked_scopes_disappear() {
         1,
         "other devices go on"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_writes_in_a_revoked_scope_are_kept_before_its_records_go() {
+    let clinic = Clinic::new();
+    let ada = clinic.device("ada", &["north", "south"], "ada");
+    let south = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "south", "name": "S"})),
+        )
+        .unwrap();
+    ada.sync().await;
+    // Offline, the therapist writes a note and a new client; meanwhile the scope is revoked.
+    ada.store
+        .update("clients", &south, fields(json!({"phone": "555-0199"})))
+        .unwrap();
+    let new = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "south", "name": "New"})),
+        )
+        .unwrap();
+    clinic
+        .server
+        .admin(&["revoke-grant", "--user", "ada", "--scope", "south"]);
+    let report = ada.sync().await;
+    assert_eq!(report.purged_scopes, vec!["south".to_owned()]);
+    assert_eq!(ada.store.count("clients", &Filter::All).unwrap(), 0);
+    let kept = ada.store.rejected_writes().unwrap();
+    let by_record: Vec<(&str, &serde_json::Value, bool)> = kept
+        .iter()
+        .map(|w| {
+            (
+                w.record_id.as_str(),
+                w.fields.get("phone").or(w.fields.get("name")).unwrap(),
+                w.created,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_record,
+        vec![
+            (south.as_str(), &json!("555-0199"), false),
+            (new.as_str(), &json!("New"), true)
+        ]
+    );
+    assert!(ada.store.outbox(10).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_reports_each_pulled_record_once() {
+    let clinic = Clinic::new();
+    let ada = clinic.device("ada", &["north"], "ada");
+    let bo = clinic.device("ada", &[], "bo");
+    let id = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Sam"})),
+        )
+        .unwrap();
+    ada.sync().await;
+    bo.sync().await;
+    // Three pushes of one record, then 60 other records, then the first again: its feed
+    // entries fall in both of the pull's pages of 50.
+    for phone in ["1", "2", "3"] {
+        ada.store
+            .update("clients", &id, fields(json!({"phone": phone})))
+            .unwrap();
+        ada.sync().await;
+    }
+    for n in 0..60 {
+        ada.store
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": format!("c{n}")})),
+            )
+            .unwrap();
+    }
+    ada.sync().await;
+    ada.store
+        .update("clients", &id, fields(json!({"phone": "4"})))
+        .unwrap();
+    ada.sync().await;
+    let report = bo.sync().await;
+    assert_eq!(report.pulled, 61);
+    assert_eq!(bo.client_record(&id).unwrap()["phone"], "4");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

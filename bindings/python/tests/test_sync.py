@@ -150,16 +150,24 @@ def test_pull_pages_grow_unless_told_to_stay_fixed(server, tmp_path, schema):
     assert pulled_per_page("growing", growing_token) == [10, 30]
 
 
-def test_a_refused_scope_stays_on_the_device_with_its_reason(server, tmp_path, schema):
+def test_a_refused_write_is_taken_back_and_kept_for_a_retry(server, tmp_path, schema):
     token = server.user_with_device("ada", "north")
     server.start()
     store, client = device(server, tmp_path, schema, "phone", token)
-    kept = store.insert("clients", fieldsync.fields(caseload_id="south", name="Cy"))
+    refused = store.insert("clients", fieldsync.fields(caseload_id="south", name="Cy"))
     report = sync(client, store)
     assert (report.pushed, report.rejected) == (0, 1)
-    [rejection] = store.server_rejections()
-    assert (rejection.id, rejection.code) == (kept, "forbidden_scope")
-    assert store.get("clients", kept) is not None
+    [write] = store.rejected_writes()
+    assert (write.record_id, write.code, write.created) == (refused, "forbidden_scope", True)
+    assert fieldsync.values(write.fields) == {"caseload_id": "south", "name": "Cy"}
+    assert store.get("clients", refused) is None
+
+    server.admin("grant", "--user", "ada", "--scope", "south")
+    store.retry_rejected_write(write.id)
+    assert store.rejected_writes() == []
+    report = sync(client, store)
+    assert (report.pushed, report.rejected) == (1, 0)
+    assert fieldsync.values(store.get("clients", refused).fields)["name"] == "Cy"
 
 
 def test_revoked_token_and_unreachable_server_raise_typed_errors(server, tmp_path, schema):

@@ -10,6 +10,7 @@ const STEPS: &[&str] = &[
     include_str!("migrations/002_pending_changes.sql"),
     include_str!("migrations/003_sync_state.sql"),
     include_str!("migrations/004_refused_pulls.sql"),
+    include_str!("migrations/005_rejected_writes.sql"),
 ];
 
 /// The format version a fully migrated file has.
@@ -71,6 +72,30 @@ mod tests {
                 .unwrap();
             assert_eq!(version, LATEST);
         }
+    }
+
+    #[test]
+    fn records_refused_before_writes_were_taken_back_are_listed_as_not_reverted() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 4).unwrap();
+        conn.execute(
+            "INSERT INTO server_rejections (collection, record_id, scope, code, message, rejected_at)
+             VALUES ('clients', 'c1', 'south', 'forbidden_scope', 'no write grant', 7)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let row: (String, String, String, i64, bool) = conn
+            .query_row(
+                "SELECT record_id, fields, code, rejected_at, reverted FROM rejected_writes",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            ("c1".into(), "{}".into(), "forbidden_scope".into(), 7, false)
+        );
     }
 
     #[test]

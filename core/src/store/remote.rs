@@ -4,7 +4,7 @@
 //! commits in one transaction. Changes whose dependencies have not arrived wait in
 //! `pending_changes` and are retried whenever more changes for the record come in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use automerge::{Change, ChangeHash};
 use rusqlite::{Transaction, TransactionBehavior};
@@ -102,10 +102,12 @@ pub(super) fn apply(
     db: &mut Db,
     incoming: Vec<Incoming>,
     effects: PageEffects<'_>,
-) -> Result<(ApplyReport, Vec<Changed>)> {
+) -> Result<(ApplyReport, Vec<Changed>, HashSet<DocKey>)> {
     let Db { conn, cache, .. } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut report = ApplyReport::default();
+    // A page may hold several feed entries of one record: it counts once.
+    let mut changed_records: HashSet<DocKey> = HashSet::new();
     let mut changed = purge(shared, &tx, cache, effects.purge_scopes)?;
     let mut merged: HashMap<DocKey, CachedDoc> = HashMap::new();
     let now = super::now_ms();
@@ -156,7 +158,7 @@ pub(super) fn apply(
                     };
                     if let Some(change) = stored {
                         changed.push(change);
-                        report.changed += 1;
+                        changed_records.insert(key);
                         continue;
                     }
                     match load_existing(shared, &tx, &record) {
@@ -195,9 +197,9 @@ pub(super) fn apply(
         match outcome {
             Ok(Outcome::Changed(doc, change)) => {
                 tx.prepare_cached("RELEASE remote_record")?.execute([])?;
+                changed_records.insert(key.clone());
                 merged.insert(key, doc);
                 changed.push(change);
-                report.changed += 1;
             }
             Ok(Outcome::Unchanged(doc)) => {
                 tx.prepare_cached("RELEASE remote_record")?.execute([])?;
@@ -228,6 +230,7 @@ pub(super) fn apply(
             [cursor],
         )?;
     }
+    report.changed = changed_records.len();
     if !from_feed && report.changed > 0 {
         tx.prepare_cached(
             "INSERT INTO sync_state (key, value) VALUES (?1, '1') ON CONFLICT (key) DO NOTHING",
@@ -241,7 +244,7 @@ pub(super) fn apply(
     for (key, doc) in merged {
         cache.put(key, doc);
     }
-    Ok((report, changed))
+    Ok((report, changed, changed_records))
 }
 
 /// Remembers that this store refused pulled changes of a record (see [`Appendable`]).
@@ -463,7 +466,7 @@ impl Appendable {
         }
         let mut stmt = tx.prepare_cached(
             "SELECT collection, record_id FROM outbox
-             UNION SELECT collection, record_id FROM server_rejections
+             UNION SELECT collection, record_id FROM rejected_writes WHERE reverted = 0
              UNION SELECT collection, record_id FROM refused_pulls",
         )?;
         let excluded = stmt
@@ -587,8 +590,8 @@ fn is_whole_history(changes: &[Change]) -> bool {
     })
 }
 
-/// Deletes every local record of the scopes, with their outbox entries, waiting changes and
-/// rejections: the user may no longer read them.
+/// Deletes every local record of the scopes, with their outbox entries and waiting changes:
+/// the user may no longer read them. Their unsent writes are kept as rejected writes first.
 fn purge(
     shared: &Shared,
     tx: &Transaction<'_>,
@@ -596,7 +599,19 @@ fn purge(
     scopes: &[String],
 ) -> Result<Vec<Changed>> {
     let mut changed = Vec::new();
+    let now = super::now_ms();
     for scope in scopes {
+        for ((collection, id), payloads) in unsent_in_scope(tx, scope)? {
+            if shared.schema.collections.contains_key(&collection) {
+                super::rejected::keep_revoked(
+                    shared,
+                    tx,
+                    (&collection, &id, scope),
+                    &payloads,
+                    now,
+                )?;
+            }
+        }
         for (name, decl) in &shared.schema.collections {
             let table = shared.table(name)?;
             let purged = read::records_in_scope(shared, tx, name, &decl.scope_field, scope)?;
@@ -621,9 +636,34 @@ fn purge(
             )?;
         }
         tx.execute("DELETE FROM outbox WHERE scope = ?1", [scope])?;
-        tx.execute("DELETE FROM server_rejections WHERE scope = ?1", [scope])?;
     }
     Ok(changed)
+}
+
+/// The outbox entries of a scope, by record, in write order.
+fn unsent_in_scope(tx: &Transaction<'_>, scope: &str) -> Result<Vec<(DocKey, Vec<RemotePayload>)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT collection, record_id, is_document, payload FROM outbox WHERE scope = ?1
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([scope], |row| {
+        let bytes: Vec<u8> = row.get(3)?;
+        let payload = if row.get(2)? {
+            RemotePayload::Document(bytes)
+        } else {
+            RemotePayload::Changes(vec![bytes])
+        };
+        Ok(((row.get(0)?, row.get(1)?), payload))
+    })?;
+    let mut by_record: Vec<(DocKey, Vec<RemotePayload>)> = Vec::new();
+    for row in rows {
+        let (key, payload) = row?;
+        match by_record.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, payloads)) => payloads.push(payload),
+            None => by_record.push((key, vec![payload])),
+        }
+    }
+    Ok(by_record)
 }
 
 enum Outcome {

@@ -1,35 +1,22 @@
 //! What the sync engine needs from the store: finishing a push, the pull cursor, merging a
-//! pulled page, and the records the server refused.
+//! pulled page, and taking back the writes the server refused.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use std::collections::HashSet;
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 
 use super::remote::{Incoming, PageEffects};
-use super::{Db, OutboxEntry, Store, Synchronous, now_ms, remote};
+use super::{Db, OutboxEntry, RemotePayload, Shared, Store, Synchronous, now_ms, rejected, remote};
 use crate::error::Result;
-use crate::protocol::{PullResponse, PushResponse};
+use crate::protocol::{PullResponse, PushResponse, Rejection};
 use crate::store::ApplyReport;
-use crate::subscription::ChangeOrigin;
-
-/// A local record the server refused; it stays on the device.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ServerRejection {
-    /// Collection of the record.
-    pub collection: String,
-    /// Record id.
-    pub id: String,
-    /// The record's scope.
-    pub scope: String,
-    /// The server's stable code (`forbidden_scope`, `malformed`, ...).
-    pub code: String,
-    /// The server's message.
-    pub message: String,
-    /// When it was refused (ms since the epoch).
-    pub rejected_at_ms: i64,
-}
+use crate::subscription::{ChangeOrigin, Changed};
 
 impl Store {
-    /// Records the server's answer to a push of `entries`: they leave the outbox, and the
-    /// rejected ones are remembered with their reason. One transaction.
+    /// Records the server's answer to a push of `entries`: they leave the outbox, and each
+    /// refused record's writes are taken back out of its document and kept as rejected writes
+    /// (`rejected.rs`), with the record's later unsent writes, which build on them. One
+    /// transaction; observers hear of the records that changed.
     ///
     /// It commits without waiting for the disk, even at `synchronous = FULL`: if a power cut
     /// takes it back, the entries are pushed again and the server, which has their changes,
@@ -40,8 +27,14 @@ impl Store {
         entries: &[OutboxEntry],
         response: &PushResponse,
     ) -> Result<()> {
-        let mut db = self.shared.lock();
-        self.without_waiting_for_disk(&mut db, true, |db| remove_pushed(db, entries, response))
+        let changed = {
+            let mut db = self.shared.lock();
+            self.without_waiting_for_disk(&mut db, true, |db| {
+                remove_pushed(&self.shared, db, entries, response)
+            })?
+        };
+        super::rejected::notify(self, &changed);
+        Ok(())
     }
 
     /// Runs `work`, its commits not waiting for the disk when `relaxed` and the store's own
@@ -122,7 +115,12 @@ impl Store {
     /// revoked scope: a pull that found nothing new, or only this device's own changes) stores
     /// only its cursor and does not wait for the disk either; losing it means reading the same
     /// feed positions again.
-    pub(crate) fn apply_pull_page(&self, page: PullResponse) -> Result<ApplyReport> {
+    /// Returns the report and the records that changed, which a sync counts once however
+    /// many of its pages bring them.
+    pub(crate) fn apply_pulled_page(
+        &self,
+        page: PullResponse,
+    ) -> Result<(ApplyReport, HashSet<(String, String)>)> {
         let relaxed = need_not_wait_for_disk(&page);
         let incoming: Vec<Incoming> = page
             .records
@@ -139,7 +137,7 @@ impl Store {
             purge_scopes: &page.revoked_scopes,
             cursor: Some(&page.next_cursor),
         };
-        let (report, changed) = {
+        let (report, changed, records) = {
             let mut db = self.shared.lock();
             self.without_waiting_for_disk(&mut db, relaxed, |db| {
                 remote::apply(&self.shared, db, incoming, effects)
@@ -148,33 +146,20 @@ impl Store {
         self.shared
             .subscriptions
             .notify(&changed, ChangeOrigin::Remote);
-        Ok(report)
+        Ok((report, records))
     }
+}
 
-    /// Local records the server refused, newest first. They stay on the device; writing them
-    /// again sends them again.
-    pub fn server_rejections(&self) -> Result<Vec<ServerRejection>> {
-        let db = self.shared.lock();
-        let mut stmt = db.conn.prepare_cached(
-            "SELECT collection, record_id, scope, code, message, rejected_at FROM server_rejections
-             ORDER BY rejected_at DESC, collection, record_id",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            Ok(ServerRejection {
-                collection: row.get(0)?,
-                id: row.get(1)?,
-                scope: row.get(2)?,
-                code: row.get(3)?,
-                message: row.get(4)?,
-                rejected_at_ms: row.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+#[cfg(test)]
+impl Store {
+    /// [`Store::apply_pulled_page`]'s report alone.
+    pub(crate) fn apply_pull_page(&self, page: PullResponse) -> Result<ApplyReport> {
+        Ok(self.apply_pulled_page(page)?.0)
     }
 }
 
 /// Whether storing `page` may commit without waiting for the disk (see
-/// [`Store::apply_pull_page`]).
+/// [`Store::apply_pulled_page`]).
 fn need_not_wait_for_disk(page: &PullResponse) -> bool {
     page.more || (page.records.is_empty() && page.revoked_scopes.is_empty())
 }
@@ -182,35 +167,75 @@ fn need_not_wait_for_disk(page: &PullResponse) -> bool {
 /// Removes pushed `entries` from the outbox and remembers the ones `response` refused.
 /// `entries` are the outbox's oldest, in order, as [`Store::outbox`] reads them: every entry
 /// from the first to the last is one of them, and entries written since come after.
-fn remove_pushed(db: &mut Db, entries: &[OutboxEntry], response: &PushResponse) -> Result<()> {
+fn remove_pushed(
+    shared: &Shared,
+    db: &mut Db,
+    entries: &[OutboxEntry],
+    response: &PushResponse,
+) -> Result<Vec<Changed>> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    let tx = db
-        .conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Db { conn, cache, .. } = db;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
         "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2",
         [first.seq, last.seq],
     )?;
     let now = now_ms();
+    // Each refused record's writes from its first refused entry on, in order: the batch's,
+    // then those still queued (they build on the refused ones).
+    let mut refused: Vec<(&OutboxEntry, &Rejection, Vec<RemotePayload>)> = Vec::new();
     for (entry, result) in entries.iter().zip(&response.results) {
-        if let Some(rejection) = &result.rejected {
-            let code = serde_json::to_value(rejection.code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            tx.prepare_cached(
-                "INSERT INTO server_rejections (collection, record_id, scope, code, message, rejected_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (collection, record_id) DO UPDATE SET code = excluded.code,
-                     message = excluded.message, rejected_at = excluded.rejected_at",
-            )?
-            .execute(params![entry.collection, entry.record_id, entry.scope, code, rejection.message, now])?;
+        let same =
+            |e: &OutboxEntry| e.collection == entry.collection && e.record_id == entry.record_id;
+        match refused.iter_mut().find(|(e, _, _)| same(e)) {
+            Some((_, _, payloads)) => payloads.push(entry.payload.clone()),
+            None => {
+                if let Some(rejection) = &result.rejected {
+                    refused.push((entry, rejection, vec![entry.payload.clone()]));
+                }
+            }
+        }
+    }
+    let mut changed = Vec::new();
+    for (entry, rejection, mut payloads) in refused {
+        payloads.extend(take_queued(&tx, &entry.collection, &entry.record_id)?);
+        let key = (
+            entry.collection.as_str(),
+            entry.record_id.as_str(),
+            entry.scope.as_str(),
+        );
+        let reason = (rejection.code.as_str(), rejection.message.as_str());
+        if shared.schema.collections.contains_key(&entry.collection) {
+            changed.extend(rejected::take_back(
+                shared, &tx, cache, key, &payloads, reason, now,
+            )?);
         }
     }
     tx.commit()?;
-    Ok(())
+    Ok(changed)
+}
+
+/// Removes a record's queued outbox entries and returns their payloads, in order.
+fn take_queued(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Vec<RemotePayload>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT is_document, payload FROM outbox WHERE collection = ?1 AND record_id = ?2
+         ORDER BY seq",
+    )?;
+    let payloads = stmt
+        .query_map([collection, id], |row| {
+            let bytes: Vec<u8> = row.get(1)?;
+            Ok(if row.get(0)? {
+                RemotePayload::Document(bytes)
+            } else {
+                RemotePayload::Changes(vec![bytes])
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.prepare_cached("DELETE FROM outbox WHERE collection = ?1 AND record_id = ?2")?
+        .execute([collection, id])?;
+    Ok(payloads)
 }
 
 #[cfg(test)]
@@ -626,7 +651,7 @@ mod tests {
     }
 
     #[test]
-    fn a_record_the_server_refused_merges_pulled_changes_instead() {
+    fn a_record_whose_refused_write_was_taken_back_shows_what_the_server_sends() {
         let dir = tempfile::tempdir().unwrap();
         let (server_side, device, id) = synced_pair(dir.path());
         device
@@ -645,8 +670,20 @@ mod tests {
         };
         device.complete_push(&entries, &refused).unwrap();
         assert_eq!(device.outbox_len().unwrap(), 0);
+        assert_eq!(device.rejected_writes().unwrap()[0].fields["phone"], "555");
         drop(device);
-        pull_rename_keeping_phone(dir.path(), &server_side, &id, "555");
+        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
+        server_side
+            .update("clients", &id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        device
+            .apply_pull_page(latest_changes_page(&server_side, &id, "c1"))
+            .unwrap();
+        assert_eq!(
+            device.get("clients", &id).unwrap().unwrap().fields,
+            server_side.get("clients", &id).unwrap().unwrap().fields
+        );
+        assert_eq!(stored_row(&device, &id).1, 1, "appended unread");
     }
 
     #[test]

@@ -1036,6 +1036,11 @@ public protocol StoreProtocol: AnyObject, Sendable {
     func deviceId()  -> String
     
     /**
+     * Forgets a rejected write; the record stays as the server has it.
+     */
+    func discardRejectedWrite(id: Int64) throws 
+    
+    /**
      * The live record with this id, or null if there is none or it was deleted.
      */
     func get(collection: String, id: String) throws  -> Record?
@@ -1071,15 +1076,22 @@ public protocol StoreProtocol: AnyObject, Sendable {
     func query(collection: String, query: Query) throws  -> [Record]
     
     /**
+     * Writes that did not reach the server, oldest first: refused by it (the record shows
+     * what the server has again), or taken away with a revoked scope.
+     */
+    func rejectedWrites() throws  -> [RejectedWrite]
+    
+    /**
      * Re-encrypts the store with `new_key` (32 bytes); afterwards only that key opens it.
      * The store must have been opened with a key.
      */
     func rekey(newKey: Data) throws 
     
     /**
-     * Local records the server refused, with its reasons; they stay on the device.
+     * Writes a rejected write again as a new edit on top of the record as it is now (or as
+     * a new record, if the write had created it), then forgets it.
      */
-    func serverRejections() throws  -> [ServerRejection]
+    func retryRejectedWrite(id: Int64) throws 
     
     /**
      * Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
@@ -1245,6 +1257,18 @@ open func deviceId() -> String  {
 }
     
     /**
+     * Forgets a rejected write; the record stays as the server has it.
+     */
+open func discardRejectedWrite(id: Int64)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_discard_rejected_write(
+            self.uniffiCloneHandle(),
+        FfiConverterInt64.lower(id),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * The live record with this id, or null if there is none or it was deleted.
      */
 open func get(collection: String, id: String)throws  -> Record?  {
@@ -1340,6 +1364,19 @@ open func query(collection: String, query: Query)throws  -> [Record]  {
 }
     
     /**
+     * Writes that did not reach the server, oldest first: refused by it (the record shows
+     * what the server has again), or taken away with a revoked scope.
+     */
+open func rejectedWrites()throws  -> [RejectedWrite]  {
+    return try  FfiConverterSequenceTypeRejectedWrite.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_rejected_writes(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Re-encrypts the store with `new_key` (32 bytes); afterwards only that key opens it.
      * The store must have been opened with a key.
      */
@@ -1353,15 +1390,16 @@ open func rekey(newKey: Data)throws   {try rustCallWithError(FfiConverterTypeFie
 }
     
     /**
-     * Local records the server refused, with its reasons; they stay on the device.
+     * Writes a rejected write again as a new edit on top of the record as it is now (or as
+     * a new record, if the write had created it), then forgets it.
      */
-open func serverRejections()throws  -> [ServerRejection]  {
-    return try  FfiConverterSequenceTypeServerRejection.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+open func retryRejectedWrite(id: Int64)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
-    uniffi_fieldsync_ffi_fn_method_store_server_rejections(
-            self.uniffiCloneHandle(),uniffiCallStatus
+    uniffi_fieldsync_ffi_fn_method_store_retry_rejected_write(
+            self.uniffiCloneHandle(),
+        FfiConverterInt64.lower(id),uniffiCallStatus
     )
-})
+}
 }
     
     /**
@@ -2962,9 +3000,15 @@ public func FfiConverterTypeRecord_lower(_ value: Record) -> RustBuffer {
 
 
 /**
- * A local record the server refused; it stays on the device.
+ * A write that did not reach the server: refused by it (the record shows what the server has
+ * again), or taken away with a revoked scope. It keeps what the user wrote until the app
+ * retries or discards it.
  */
-public struct ServerRejection: Equatable, Hashable {
+public struct RejectedWrite: Equatable, Hashable {
+    /**
+     * Identifies the entry for `retry_rejected_write` and `discard_rejected_write`.
+     */
+    public var id: Int64
     /**
      * Collection of the record.
      */
@@ -2972,17 +3016,30 @@ public struct ServerRejection: Equatable, Hashable {
     /**
      * Record id.
      */
-    public var id: String
+    public var recordId: String
     /**
      * The record's scope.
      */
     public var scope: String
     /**
-     * The server's stable code (`forbidden_scope`, `malformed`, ...).
+     * Each field the write set, with the value the user last gave it (`Null`: cleared).
+     */
+    public var fields: [String: FieldValue]
+    /**
+     * Whether the write deleted the record.
+     */
+    public var deleted: Bool
+    /**
+     * Whether the write created the record (the store no longer has it).
+     */
+    public var created: Bool
+    /**
+     * The server's stable code (`forbidden_scope`, `invalid_record`, ...), or
+     * `scope_revoked`.
      */
     public var code: String
     /**
-     * The server's message.
+     * The server's message (fields and rules, never values).
      */
     public var message: String
     /**
@@ -2994,26 +3051,43 @@ public struct ServerRejection: Equatable, Hashable {
     // declare one manually.
     public init(
         /**
+         * Identifies the entry for `retry_rejected_write` and `discard_rejected_write`.
+         */id: Int64, 
+        /**
          * Collection of the record.
          */collection: String, 
         /**
          * Record id.
-         */id: String, 
+         */recordId: String, 
         /**
          * The record's scope.
          */scope: String, 
         /**
-         * The server's stable code (`forbidden_scope`, `malformed`, ...).
+         * Each field the write set, with the value the user last gave it (`Null`: cleared).
+         */fields: [String: FieldValue], 
+        /**
+         * Whether the write deleted the record.
+         */deleted: Bool, 
+        /**
+         * Whether the write created the record (the store no longer has it).
+         */created: Bool, 
+        /**
+         * The server's stable code (`forbidden_scope`, `invalid_record`, ...), or
+         * `scope_revoked`.
          */code: String, 
         /**
-         * The server's message.
+         * The server's message (fields and rules, never values).
          */message: String, 
         /**
          * When it was refused (ms since the epoch).
          */rejectedAtMs: Int64) {
-        self.collection = collection
         self.id = id
+        self.collection = collection
+        self.recordId = recordId
         self.scope = scope
+        self.fields = fields
+        self.deleted = deleted
+        self.created = created
         self.code = code
         self.message = message
         self.rejectedAtMs = rejectedAtMs
@@ -3025,29 +3099,37 @@ public struct ServerRejection: Equatable, Hashable {
 }
 
 #if compiler(>=6)
-extension ServerRejection: Sendable {}
+extension RejectedWrite: Sendable {}
 #endif
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public struct FfiConverterTypeServerRejection: FfiConverterRustBuffer {
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ServerRejection {
+public struct FfiConverterTypeRejectedWrite: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RejectedWrite {
         return
-            try ServerRejection(
+            try RejectedWrite(
+                id: FfiConverterInt64.read(from: &buf), 
                 collection: FfiConverterString.read(from: &buf), 
-                id: FfiConverterString.read(from: &buf), 
+                recordId: FfiConverterString.read(from: &buf), 
                 scope: FfiConverterString.read(from: &buf), 
+                fields: FfiConverterDictionaryStringTypeFieldValue.read(from: &buf), 
+                deleted: FfiConverterBool.read(from: &buf), 
+                created: FfiConverterBool.read(from: &buf), 
                 code: FfiConverterString.read(from: &buf), 
                 message: FfiConverterString.read(from: &buf), 
                 rejectedAtMs: FfiConverterInt64.read(from: &buf)
         )
     }
 
-    public static func write(_ value: ServerRejection, into buf: inout [UInt8]) {
+    public static func write(_ value: RejectedWrite, into buf: inout [UInt8]) {
+        FfiConverterInt64.write(value.id, into: &buf)
         FfiConverterString.write(value.collection, into: &buf)
-        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.recordId, into: &buf)
         FfiConverterString.write(value.scope, into: &buf)
+        FfiConverterDictionaryStringTypeFieldValue.write(value.fields, into: &buf)
+        FfiConverterBool.write(value.deleted, into: &buf)
+        FfiConverterBool.write(value.created, into: &buf)
         FfiConverterString.write(value.code, into: &buf)
         FfiConverterString.write(value.message, into: &buf)
         FfiConverterInt64.write(value.rejectedAtMs, into: &buf)
@@ -3058,15 +3140,15 @@ public struct FfiConverterTypeServerRejection: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeServerRejection_lift(_ buf: RustBuffer) throws -> ServerRejection {
-    return try FfiConverterTypeServerRejection.lift(buf)
+public func FfiConverterTypeRejectedWrite_lift(_ buf: RustBuffer) throws -> RejectedWrite {
+    return try FfiConverterTypeRejectedWrite.lift(buf)
 }
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-public func FfiConverterTypeServerRejection_lower(_ value: ServerRejection) -> RustBuffer {
-    return FfiConverterTypeServerRejection.lower(value)
+public func FfiConverterTypeRejectedWrite_lower(_ value: RejectedWrite) -> RustBuffer {
+    return FfiConverterTypeRejectedWrite.lower(value)
 }
 
 
@@ -3394,7 +3476,8 @@ public struct SyncReport: Equatable, Hashable {
      */
     public var pushed: UInt64
     /**
-     * Outbox entries the server refused (see `Store.server_rejections`).
+     * Outbox entries the server refused; their writes were taken back (see
+     * `Store.rejected_writes`).
      */
     public var rejected: UInt64
     /**
@@ -3413,7 +3496,8 @@ public struct SyncReport: Equatable, Hashable {
          * Outbox entries the server accepted.
          */pushed: UInt64, 
         /**
-         * Outbox entries the server refused (see `Store.server_rejections`).
+         * Outbox entries the server refused; their writes were taken back (see
+         * `Store.rejected_writes`).
          */rejected: UInt64, 
         /**
          * Pulled records that changed this store.
@@ -5180,23 +5264,23 @@ fileprivate struct FfiConverterSequenceTypeRecord: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterSequenceTypeServerRejection: FfiConverterRustBuffer {
-    typealias SwiftType = [ServerRejection]
+fileprivate struct FfiConverterSequenceTypeRejectedWrite: FfiConverterRustBuffer {
+    typealias SwiftType = [RejectedWrite]
 
-    public static func write(_ value: [ServerRejection], into buf: inout [UInt8]) {
+    public static func write(_ value: [RejectedWrite], into buf: inout [UInt8]) {
         let len = Int32(value.count)
         writeInt(&buf, len)
         for item in value {
-            FfiConverterTypeServerRejection.write(item, into: &buf)
+            FfiConverterTypeRejectedWrite.write(item, into: &buf)
         }
     }
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ServerRejection] {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RejectedWrite] {
         let len: Int32 = try readInt(&buf)
-        var seq = [ServerRejection]()
+        var seq = [RejectedWrite]()
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
-            seq.append(try FfiConverterTypeServerRejection.read(from: &buf))
+            seq.append(try FfiConverterTypeRejectedWrite.read(from: &buf))
         }
         return seq
     }
@@ -5410,6 +5494,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_store_device_id() != 12145) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fieldsync_ffi_checksum_method_store_discard_rejected_write() != 64366) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fieldsync_ffi_checksum_method_store_get() != 23340) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5431,10 +5518,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_store_query() != 61494) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fieldsync_ffi_checksum_method_store_rejected_writes() != 55935) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fieldsync_ffi_checksum_method_store_rekey() != 20914) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_store_server_rejections() != 22958) {
+    if (uniffi_fieldsync_ffi_checksum_method_store_retry_rejected_write() != 44862) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_splice_text() != 21039) {

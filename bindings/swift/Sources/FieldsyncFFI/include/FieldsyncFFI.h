@@ -351,6 +351,11 @@ void uniffi_fieldsync_ffi_fn_method_store_delete(uint64_t ptr, RustBuffer collec
 RustBuffer uniffi_fieldsync_ffi_fn_method_store_device_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_DISCARD_REJECTED_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_DISCARD_REJECTED_WRITE
+void uniffi_fieldsync_ffi_fn_method_store_discard_rejected_write(uint64_t ptr, int64_t id, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_GET
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_GET
 RustBuffer uniffi_fieldsync_ffi_fn_method_store_get(uint64_t ptr, RustBuffer collection, RustBuffer id, RustCallStatus *_Nonnull out_status
@@ -386,14 +391,19 @@ uint64_t uniffi_fieldsync_ffi_fn_method_store_outbox_len(uint64_t ptr, RustCallS
 RustBuffer uniffi_fieldsync_ffi_fn_method_store_query(uint64_t ptr, RustBuffer collection, RustBuffer query, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_REJECTED_WRITES
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_REJECTED_WRITES
+RustBuffer uniffi_fieldsync_ffi_fn_method_store_rejected_writes(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_REKEY
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_REKEY
 void uniffi_fieldsync_ffi_fn_method_store_rekey(uint64_t ptr, RustBuffer new_key, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SERVER_REJECTIONS
-#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SERVER_REJECTIONS
-RustBuffer uniffi_fieldsync_ffi_fn_method_store_server_rejections(uint64_t ptr, RustCallStatus *_Nonnull out_status
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_RETRY_REJECTED_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_RETRY_REJECTED_WRITE
+void uniffi_fieldsync_ffi_fn_method_store_retry_rejected_write(uint64_t ptr, int64_t id, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SPLICE_TEXT
@@ -834,6 +844,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_store_device_id(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_DISCARD_REJECTED_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_DISCARD_REJECTED_WRITE
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_discard_rejected_write(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_GET
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_GET
 uint16_t uniffi_fieldsync_ffi_checksum_method_store_get(void
@@ -876,15 +892,21 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_store_query(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_REJECTED_WRITES
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_REJECTED_WRITES
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_rejected_writes(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_REKEY
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_REKEY
 uint16_t uniffi_fieldsync_ffi_checksum_method_store_rekey(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SERVER_REJECTIONS
-#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SERVER_REJECTIONS
-uint16_t uniffi_fieldsync_ffi_checksum_method_store_server_rejections(void
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_RETRY_REJECTED_WRITE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_RETRY_REJECTED_WRITE
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_retry_rejected_write(void
     
 );
 #endif

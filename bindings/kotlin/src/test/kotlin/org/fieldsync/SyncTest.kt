@@ -7,6 +7,7 @@ import kotlin.test.assertEquals
 import kotlin.time.Duration.Companion.seconds
 import kotlin.test.assertFailsWith
 import kotlin.test.assertNotNull
+import kotlin.test.assertNull
 import kotlin.test.assertTrue
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.cancelAndJoin
@@ -111,18 +112,26 @@ class SyncTest : ServerTest() {
     }
 
     @Test
-    fun `a refused scope stays on the device with its reason`(): Unit = runBlocking {
+    fun `a refused write is taken back and kept for a retry`(): Unit = runBlocking {
         val token = server.userWithDevice("ada", "north")
         server.start()
         val (store, client) = device("phone", token)
-        val kept = store.insert("clients", fieldsOf("caseload_id" to "south", "name" to "Cy"))
+        val refused = store.insert("clients", fieldsOf("caseload_id" to "south", "name" to "Cy"))
 
         val report = client.syncNow(store, null)
 
         assertEquals(0uL to 1uL, report.pushed to report.rejected)
-        val rejection = store.serverRejections().single()
-        assertEquals(kept to "forbidden_scope", rejection.id to rejection.code)
-        assertNotNull(store.get("clients", kept))
+        val write = store.rejectedWrites().single()
+        assertEquals(refused to "forbidden_scope", write.recordId to write.code)
+        assertTrue(write.created)
+        assertEquals(FieldValue.Str("Cy"), write.fields["name"])
+        assertNull(store.get("clients", refused))
+
+        server.admin("grant", "--user", "ada", "--scope", "south")
+        store.retryRejectedWrite(write.id)
+        assertTrue(store.rejectedWrites().isEmpty())
+        assertEquals(1uL to 0uL, client.syncNow(store, null).let { it.pushed to it.rejected })
+        assertNotNull(store.get("clients", refused))
     }
 
     @Test
