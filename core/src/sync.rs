@@ -189,6 +189,7 @@ impl SyncClient {
             let batch_id = format!("{}:{}-{}", store.device_id(), first.seq, end.seq);
             let request = PushRequest {
                 batch_id,
+                outbox_seq: Some(end.seq),
                 records: entries.iter().cloned().map(PushRecord::from).collect(),
             };
             let response: PushResponse = self.send_push(&request).await?;
@@ -218,9 +219,9 @@ impl SyncClient {
         progress: &(dyn Fn(&SyncReport, bool) + Send + Sync),
     ) -> Result<()> {
         // A first sync cancelled half-way left its indexes to build.
-        let cursor = blocking(store, |s| {
+        let (cursor, outbox_seq) = blocking(store, |s| {
             s.rebuild_indexes()?;
-            s.sync_cursor()
+            Ok((s.sync_cursor()?, s.outbox_high_water()?))
         })
         .await?;
         let limit = self.config.pull_page_size;
@@ -232,8 +233,10 @@ impl SyncClient {
             Ok::<(), Error>(())
         };
         // Both run to the end, so that a failed request never hides an answer that was stored.
-        let (acknowledged, page) =
-            tokio::join!(acknowledge, self.send_pull(cursor.as_deref(), limit));
+        let (acknowledged, page) = tokio::join!(
+            acknowledge,
+            self.send_pull(cursor.as_deref(), limit, outbox_seq)
+        );
         acknowledged?;
         let page = page?;
         // A device's first pull that does not fit one page stores its records without indexes
@@ -243,7 +246,9 @@ impl SyncClient {
             blocking(store, |s| s.suspend_indexes()).await?;
         }
         let progress = |r: &SyncReport| progress(r, true);
-        let pulled = self.pull_pages(store, page, limit, report, &progress).await;
+        let pulled = self
+            .pull_pages(store, page, (limit, outbox_seq), report, &progress)
+            .await;
         if bulk {
             let rebuilt = blocking(store, |s| s.rebuild_indexes()).await;
             // The pull's own failure says more than the rebuild's.
@@ -257,7 +262,7 @@ impl SyncClient {
         &self,
         store: &Store,
         mut page: PullResponse,
-        mut limit: u32,
+        (mut limit, outbox_seq): (u32, i64),
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
     ) -> Result<()> {
@@ -275,7 +280,10 @@ impl SyncClient {
             let apply = blocking(store, move |s| s.apply_pulled_page(page));
             let fetch = async {
                 match &next_cursor {
-                    Some(cursor) => self.send_pull(Some(cursor), limit).await.map(Some),
+                    Some(cursor) => self
+                        .send_pull(Some(cursor), limit, outbox_seq)
+                        .await
+                        .map(Some),
                     None => Ok(None),
                 }
             };
@@ -307,7 +315,12 @@ impl SyncClient {
         decode_response(response)
     }
 
-    async fn send_pull(&self, cursor: Option<&str>, limit: u32) -> Result<PullResponse> {
+    async fn send_pull(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+        outbox_seq: i64,
+    ) -> Result<PullResponse> {
         if let Some(cursor) = cursor {
             // Cursors are opaque but the server only makes URL-safe ones.
             if !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -317,6 +330,7 @@ impl SyncClient {
         let request = TransportRequest::Pull {
             limit,
             cursor: cursor.map(str::to_owned),
+            outbox_seq,
         };
         let response = self.transport.send(&self.config.token, request).await?;
         decode_response(response)
@@ -338,12 +352,22 @@ impl AnsweredBatch {
             .iter()
             .filter(|r| r.rejected.is_some())
             .count();
+        let restored = self.response.results.iter().find_map(|r| {
+            r.rejected
+                .as_ref()
+                .filter(|r| r.code == protocol::RejectCode::ActorReused)
+        });
+        let restored = restored.map(|rejection| Error::Server {
+            status: 409,
+            message: rejection.message.clone(),
+        });
         let AnsweredBatch { entries, response } = self;
         let count = entries.len();
         blocking(store, move |s| s.complete_push(&entries, &response)).await?;
         report.rejected += rejected;
         report.pushed += count - rejected;
-        Ok(())
+        // Its writes stay queued; the app hears why the sync cannot finish.
+        restored.map_or(Ok(()), Err)
     }
 }
 

@@ -42,6 +42,15 @@ pub enum ServerError {
     /// the collection and field).
     #[error("{0}")]
     InvalidSchema(String),
+    /// The batch id was used before for other records: the device's store was restored from
+    /// an older copy.
+    #[error(
+        "this batch id was used for other records: the device's store was restored from an older copy"
+    )]
+    BatchConflict,
+    /// The device reads from behind what it pushed: its store was restored from an older copy.
+    #[error("the device's store is older than what it pushed: it was restored from an older copy")]
+    ActorReused,
     /// No schema was set, so no record can be validated or stored.
     #[error(
         "the server has no schema yet; an administrator sets one with `fieldsync-server schema set FILE`"
@@ -85,6 +94,8 @@ impl ServerError {
             | ServerError::NotFound(_)
             | ServerError::InvalidSchema(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ServerError::NoSchema => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoSchema),
+            ServerError::BatchConflict => (StatusCode::CONFLICT, ErrorCode::BatchConflict),
+            ServerError::ActorReused => (StatusCode::CONFLICT, ErrorCode::ActorReused),
             ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
             ServerError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited)

@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 
 use automerge::legacy::{ElementId, Key, ObjectId, OpId, OpType};
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ROOT, ReadDoc, ScalarValue};
+use automerge::{
+    ActorId, AutoCommit, AutomergeError, Change, ChangeHash, ObjId, ROOT, ReadDoc, ScalarValue,
+};
 use fieldsync_record::Fields;
 use fieldsync_record::Schema;
 use fieldsync_record::merge::guarded;
@@ -187,9 +189,18 @@ fn merge_unguarded(
                 changes.push(change);
             }
             let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
-            let applied = guarded(|| doc.apply_changes(changes).is_ok()).unwrap_or(false);
-            if !applied {
-                return Err(reject(RejectCode::Malformed, "the changes do not apply"));
+            match guarded(|| doc.apply_changes(changes)) {
+                Some(Ok(())) => {}
+                // Another change of the device's own actor has this sequence number: the
+                // device's store went back to an older copy and numbers its changes again.
+                Some(Err(AutomergeError::DuplicateSeqNumber(..))) => {
+                    return Err(reject(
+                        RejectCode::ActorReused,
+                        "a change reuses a sequence number of this device's actor: its store \
+                         was restored from an older copy",
+                    ));
+                }
+                _ => return Err(reject(RejectCode::Malformed, "the changes do not apply")),
             }
             if hashes
                 .iter()
@@ -1076,5 +1087,22 @@ pub(crate) mod tests {
         let change = edit(&mut edited, "visits", 2);
         assert!(push(&device, Some(in_line.clone()), changes(change.clone())).is_ok());
         assert!(push(&device, Some(legacy), changes(change)).is_ok());
+    }
+
+    #[test]
+    fn a_change_numbered_again_by_a_restored_store_is_refused_as_actor_reused() {
+        let device = ActorId::random();
+        let (mut doc, _) = new_record(&device);
+        let backup = doc.fork().with_actor(device.clone());
+        edit(&mut doc, "visits", 1);
+        let stored = stored(&mut doc);
+        // The store, restored from before that edit, numbers its next change the same.
+        let mut restored = backup;
+        let again = edit(&mut restored, "visits", 7);
+        let result = push(&device, Some(stored.clone()), changes(again));
+        assert_eq!(result.unwrap_err().code, RejectCode::ActorReused);
+        // A change that follows what the server has is the device's own as before.
+        let next = edit(&mut doc, "visits", 2);
+        assert!(push(&device, Some(stored), changes(next)).is_ok());
     }
 }

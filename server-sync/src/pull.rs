@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 pub struct PullParams {
     cursor: Option<String>,
     limit: Option<u32>,
+    /// The highest position the device's outbox has reached.
+    outbox_seq: Option<i64>,
 }
 
 /// What a cursor remembers: where the client is, in which mode, for which scopes.
@@ -77,7 +79,17 @@ pub async fn pull(
         .unwrap_or(state.limits.default_pull_limit)
         .clamp(1, state.limits.max_pull_limit);
     let storage = state.storage.clone();
+    let outbox_seq = params.outbox_seq;
     let response = blocking(move || {
+        // A device whose outbox is behind what it pushed reads from an older copy of its
+        // store, which lacks what it pushed since (the feed leaves a device's own entries out).
+        if let Some(mark) = outbox_seq
+            && storage
+                .pushed_outbox_seq(caller.device_id)?
+                .is_some_and(|pushed| mark < pushed)
+        {
+            return Err(ServerError::ActorReused);
+        }
         let readable: BTreeSet<String> = caller.readable_scopes().into_iter().collect();
         let scopes: Vec<String> = readable.iter().cloned().collect();
         let (revoked, added) = match &cursor {

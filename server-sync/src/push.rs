@@ -17,6 +17,7 @@ use crate::http::{authorize, blocking, decode_error, message_response, read_body
 use crate::merge::{MergeContext, decode_change, load_document};
 use crate::metrics::Metrics;
 use crate::premerge::{Premerges, PushMerger};
+use crate::storage::Batch;
 
 /// Handles a push: each record is checked, merged into the server's copy and added to the
 /// feed, or rejected on its own.
@@ -90,12 +91,11 @@ pub async fn push(
         let (response, applied) = std::thread::scope(|scope| {
             premerges.start(scope, context, &request.records, snapshot.records);
             let mut merger = PushMerger::new(context, &premerges, snapshot.mark);
-            let response = storage.push(
-                caller.device_id,
-                &request.batch_id,
-                &request.records,
-                &mut merger,
-            )?;
+            let batch = Batch {
+                outbox_seq: request.outbox_seq,
+                ..Batch::new(&request.batch_id, &request.records)
+            };
+            let response = storage.push(caller.device_id, &batch, &mut merger)?;
             Ok::<_, ServerError>((response, merger.applied))
         })?;
         let rejected = response

@@ -378,6 +378,74 @@ pub enum StoredVersion {
     Current,
 }
 
+/// One push's records and what names the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The device's batch id.
+    pub id: &'a str,
+    /// The records, in order.
+    pub records: &'a [PushRecord],
+    /// SHA-256 of the records: a stored batch id answers again only the same records.
+    pub hash: [u8; 32],
+    /// The device's outbox position of the batch's last record, if it counts its writes.
+    pub outbox_seq: Option<i64>,
+}
+
+impl<'a> Batch<'a> {
+    /// The batch `id` of `records`.
+    pub fn new(id: &'a str, records: &'a [PushRecord]) -> Batch<'a> {
+        Batch {
+            id,
+            records,
+            hash: batch_hash(records),
+            outbox_seq: None,
+        }
+    }
+}
+
+/// The answer to a batch whose id the device used before (`stored`: the stored answer and the
+/// hash of the records it answered, which batches stored before hashes were kept lack): that
+/// answer if the records are the same, [`ServerError::BatchConflict`] if not.
+pub(crate) fn replayed(
+    batch: &Batch<'_>,
+    stored: (Vec<u8>, Option<Vec<u8>>),
+) -> Result<PushResponse> {
+    let (answer, hash) = stored;
+    if hash.is_some_and(|hash| hash != batch.hash) {
+        return Err(ServerError::BatchConflict);
+    }
+    rmp_serde::from_slice(&answer)
+        .map_err(|_| ServerError::Corrupt("a stored push answer does not decode".into()))
+}
+
+/// What identifies a batch's contents: each record's collection, id, scope and Automerge
+/// bytes, length-prefixed so that no two lists of records hash alike by shifting bytes.
+fn batch_hash(records: &[PushRecord]) -> [u8; 32] {
+    use fieldsync_record::protocol::Payload;
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    for record in records {
+        field(record.collection.as_bytes());
+        field(record.id.as_bytes());
+        field(record.scope.as_bytes());
+        match &record.payload {
+            Payload::Changes(changes) => {
+                field(b"changes");
+                changes.iter().for_each(|change| field(change));
+            }
+            Payload::Document(doc) => {
+                field(b"document");
+                field(doc);
+            }
+        }
+    }
+    hash.finalize().into()
+}
+
 /// One feed entry: the new changes one push brought to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedEntry {
@@ -565,16 +633,19 @@ pub trait Storage: Send + Sync + 'static {
     /// record the server does not have. A snapshot for merging ahead of [`Storage::push`],
     /// which hands each merge the state it must build on and may differ from this one.
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot>;
-    /// Applies a push in one transaction: a replayed `batch_id` returns the stored response
-    /// and changes nothing; otherwise each record is merged by `merge` and written with its
-    /// feed entry and audit line, or rejected and not written.
+    /// Applies a push in one transaction: a replayed batch (its id and records) returns the
+    /// stored response and changes nothing; the id of a stored batch with other records is
+    /// [`ServerError::BatchConflict`]; otherwise each record is merged by `merge` and written
+    /// with its feed entry and audit line, or rejected and written only to the audit log, and
+    /// the device's highest pushed outbox position is kept.
     fn push(
         &self,
         device_id: i64,
-        batch_id: &str,
-        records: &[PushRecord],
+        batch: &Batch<'_>,
         merge: &mut dyn Merge,
     ) -> Result<PushResponse>;
+    /// The highest outbox position `device_id` has pushed, if it said.
+    fn pushed_outbox_seq(&self, device_id: i64) -> Result<Option<i64>>;
     /// Feed entries after `after` in the scopes, in feed order.
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>>;
     /// Like [`Storage::feed_page`] without the entries device `reader` pushed, which it has:

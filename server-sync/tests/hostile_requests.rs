@@ -117,7 +117,11 @@ impl Barrage {
                 Payload::Document(d) => format!("a document of {} bytes", d.len()),
             })
             .collect();
-        let body = protocol::encode(&PushRequest { batch_id, records });
+        let body = protocol::encode(&PushRequest {
+            batch_id,
+            outbox_seq: None,
+            records,
+        });
         let response = self.push(category, body).await;
         if let Some(response) = response {
             assert_eq!(response.results.len(), count, "{category}");
@@ -336,6 +340,7 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
         rejected_records: 0,
     };
     let outbox_push = |batch_id: &str| PushRequest {
+        outbox_seq: None,
         batch_id: batch_id.into(),
         records: phone
             .outbox(100)

@@ -142,6 +142,7 @@ impl Server {
         let entries = store.outbox(10_000).unwrap();
         let last = entries.last().map(|e| e.seq);
         let request = PushRequest {
+            outbox_seq: None,
             batch_id: batch_id.into(),
             records: entries.into_iter().map(PushRecord::from).collect(),
         };
@@ -413,6 +414,7 @@ async fn a_replayed_batch_is_answered_the_same_and_changes_nothing() {
     let phone = server.store("phone");
     phone.insert("clients", client("north", "Ada")).unwrap();
     let request = PushRequest {
+        outbox_seq: None,
         batch_id: "same".into(),
         records: phone
             .outbox(10)
@@ -474,6 +476,7 @@ async fn scopes_limit_what_a_user_reads_and_writes() {
         .unwrap()
         .id;
     let hijack = PushRequest {
+        outbox_seq: None,
         batch_id: "b2".into(),
         records: vec![PushRecord {
             collection: "clients".into(),
@@ -516,6 +519,7 @@ async fn a_change_made_by_another_device_is_rejected() {
         .update("clients", &id, fields(json!({"phone": "1"})))
         .unwrap();
     let request = PushRequest {
+        outbox_seq: None,
         batch_id: "t2".into(),
         records: phone
             .outbox(10)
@@ -587,6 +591,7 @@ async fn bad_bodies_are_refused_cleanly_and_write_nothing() {
     let phone = server.store("phone");
     phone.insert("clients", client("north", "Ada")).unwrap();
     let good = protocol::encode(&PushRequest {
+        outbox_seq: None,
         batch_id: "b".into(),
         records: phone
             .outbox(10)
@@ -629,6 +634,7 @@ async fn bad_bodies_are_refused_cleanly_and_write_nothing() {
 
     // A decodable push whose change bytes are garbage: that record is rejected alone.
     let garbage = PushRequest {
+        outbox_seq: None,
         batch_id: "g".into(),
         records: vec![PushRecord {
             collection: "clients".into(),
@@ -902,6 +908,7 @@ async fn a_new_device_cannot_claim_the_actor_of_another_live_device() {
         for as_document in [false, true] {
             let id = format!("{who}-{as_document}");
             let request = PushRequest {
+                outbox_seq: None,
                 batch_id: id.clone(),
                 records: vec![claim(&id, &written_by(&actor, "north", "x"), as_document)],
             };
@@ -945,6 +952,7 @@ async fn a_new_device_cannot_claim_the_actor_of_another_live_device() {
     admin::revoke_device(&*server.storage, phone_device).unwrap();
     let reinstalled = server.device("ada");
     let request = PushRequest {
+        outbox_seq: None,
         batch_id: "r1".into(),
         records: vec![claim(
             "reinstalled",
@@ -970,6 +978,7 @@ async fn a_server_without_a_schema_refuses_pushes_until_one_is_set() {
     let phone = server.store("phone");
     phone.insert("clients", client("north", "Ada")).unwrap();
     let request = PushRequest {
+        outbox_seq: None,
         batch_id: "p1".into(),
         records: phone
             .outbox(10)
@@ -1058,6 +1067,7 @@ async fn records_that_break_the_schema_are_refused_audited_and_never_served() {
         .push(
             &ada,
             &PushRequest {
+                outbox_seq: None,
                 batch_id: "p1".into(),
                 records,
             },

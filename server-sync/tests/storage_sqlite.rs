@@ -1,7 +1,7 @@
 //! The storage conformance suite against the embedded SQLite backend.
 
-use fieldsync_server::storage::conformance;
 use fieldsync_server::storage::sqlite::SqliteStorage;
+use fieldsync_server::storage::{Batch, conformance};
 
 #[test]
 fn sqlite_storage_passes_the_conformance_suite() {
@@ -117,7 +117,7 @@ fn the_wal_is_checkpointed_on_its_own_thread_not_in_a_commit() {
         })
     };
     storage
-        .push(device, "batch", &records, &mut store_as_sent)
+        .push(device, &Batch::new("batch", &records), &mut store_as_sent)
         .unwrap();
     assert!(
         storage.wait_for_checkpoints(1, std::time::Duration::from_secs(60)),

@@ -623,6 +623,7 @@ impl Device {
         };
         let (first, last) = (first.seq, last.seq);
         let request = PushRequest {
+            outbox_seq: None,
             batch_id: format!("{first}-{last}"),
             records: entries.into_iter().map(PushRecord::from).collect(),
         };

@@ -284,6 +284,7 @@ impl Client {
             return 0;
         };
         let request = PushRequest {
+            outbox_seq: None,
             batch_id: batch_id.to_owned(),
             records: entries.into_iter().map(PushRecord::from).collect(),
         };

@@ -184,6 +184,7 @@ fn insert(store: &Store, scope: &str, i: usize) -> String {
 
 fn outbox_request(store: &Store, batch_id: &str) -> PushRequest {
     PushRequest {
+        outbox_seq: None,
         batch_id: batch_id.into(),
         records: store
             .outbox(1000)
@@ -518,6 +519,7 @@ fn run_matrix(backend: &str, db: &OsStr, dir: &Path) {
             }
             batch += 1;
             let request = PushRequest {
+                outbox_seq: None,
                 batch_id: format!("hostile-{batch}"),
                 records,
             };
@@ -552,6 +554,7 @@ fn run_matrix(backend: &str, db: &OsStr, dir: &Path) {
         ("bound device", &user("bob").token),
     ] {
         let request = PushRequest {
+            outbox_seq: None,
             batch_id: format!("claim-{what}"),
             records: vec![record_by(
                 &phone_actor,

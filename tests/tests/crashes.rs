@@ -45,6 +45,7 @@ async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
 
     // 1. The server stored the first half but its answer never reached the device.
     let body = protocol::encode(&PushRequest {
+        outbox_seq: None,
         batch_id: "lost-answer".into(),
         records: first_half,
     });
@@ -54,6 +55,7 @@ async fn a_server_killed_during_a_push_loses_nothing_and_duplicates_nothing() {
     assert!(answer.starts_with(b"HTTP/1.1 200"));
     // 2. Then a push of everything is cut off half-way: the server dies with the body unread.
     let body = protocol::encode(&PushRequest {
+        outbox_seq: None,
         batch_id: "cut-off".into(),
         records: all,
     });

@@ -334,6 +334,7 @@ async fn names_with_nul_bytes_are_refused_before_they_reach_postgres() {
             .header(protocol::VERSION_HEADER, "1")
             .header("authorization", format!("Bearer {token}"))
             .body(Body::from(protocol::encode(&PushRequest {
+                outbox_seq: None,
                 batch_id: batch_id.into(),
                 records,
             })))

@@ -156,6 +156,7 @@ fn sigterm_lets_a_request_in_flight_finish() {
         )
         .unwrap();
     let body = fieldsync_record::protocol::encode(&fieldsync_record::protocol::PushRequest {
+        outbox_seq: None,
         batch_id: "p1".into(),
         records: phone
             .outbox(10)
@@ -301,6 +302,7 @@ fn records_devices_would_refuse_are_refused_by_a_real_server_and_audited() {
         }
     };
     let request = PushRequest {
+        outbox_seq: None,
         batch_id: "crafted".into(),
         records: vec![
             crafted("other-scope", &|d| {

@@ -508,6 +508,85 @@ async fn a_sync_reports_each_pulled_record_once() {
     assert_eq!(bo.client_record(&id).unwrap()["phone"], "4");
 }
 
+/// Puts `backup` back as the store file `name`, as a phone restored from a backup does.
+fn restore(clinic: &Clinic, backup: &Path, name: &str) {
+    let path = clinic.dir.path().join(format!("{name}.db"));
+    for leftover in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{leftover}", path.display()));
+    }
+    std::fs::copy(backup, &path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_from_an_older_copy_loses_nothing_silently() {
+    let clinic = Clinic::new();
+    let token = clinic.server.user_with_device("ada", &["north"]);
+    let reader = clinic.device("bo", &["north"], "bo");
+    let ada = clinic.device_with_token(&token, "ada");
+    let id = ada
+        .store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Sam"})),
+        )
+        .unwrap();
+    ada.sync().await;
+    drop(ada);
+    let backup = clinic.dir.path().join("backup.db");
+    std::fs::copy(clinic.dir.path().join("ada.db"), &backup).unwrap();
+
+    // After the backup: an edit and a new record, pushed.
+    let ada = clinic.device_with_token(&token, "ada");
+    ada.store
+        .update("clients", &id, fields(json!({"phone": "111"})))
+        .unwrap();
+    ada.store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "After the backup"})),
+        )
+        .unwrap();
+    ada.sync().await;
+    drop(ada);
+
+    // Restored, the store numbers its next writes as it did those: the server refuses the
+    // batch id it answered before instead of answering for other records, and the writes
+    // stay queued.
+    restore(&clinic, &backup, "ada");
+    let ada = clinic.device_with_token(&token, "ada");
+    for name in ["New one", "New two"] {
+        ada.store
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": name})),
+            )
+            .unwrap();
+    }
+    let err = ada.client.sync_now(&ada.store).await.unwrap_err();
+    assert!(matches!(err, Error::Server { status: 409, .. }), "{err}");
+    assert!(err.to_string().contains("restored"), "{err}");
+    assert_eq!(ada.store.outbox_len().unwrap(), 2, "nothing dropped");
+    reader.sync().await;
+    assert_eq!(reader.store.count("clients", &Filter::All).unwrap(), 2);
+    drop(ada);
+
+    // A restored store that writes nothing would read without what it pushed: refused too.
+    restore(&clinic, &backup, "ada");
+    let ada = clinic.device_with_token(&token, "ada");
+    let err = ada.client.sync_now(&ada.store).await.unwrap_err();
+    assert!(matches!(err, Error::Server { status: 409, .. }), "{err}");
+
+    // An edit of a record whose later changes the server has reuses their numbers.
+    ada.store
+        .update("clients", &id, fields(json!({"phone": "222"})))
+        .unwrap();
+    let err = ada.client.sync_now(&ada.store).await.unwrap_err();
+    assert!(matches!(err, Error::Server { status: 409, .. }), "{err}");
+    assert_eq!(ada.store.outbox_len().unwrap(), 1, "the edit stays queued");
+    reader.sync().await;
+    assert_eq!(reader.client_record(&id).unwrap()["phone"], "111");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_devices_with_random_writes_and_sync_timing_converge() {
     let clinic = Clinic::new();

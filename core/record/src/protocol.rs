@@ -46,9 +46,15 @@ impl Payload {
 /// `POST /v1/push`: one device's local changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushRequest {
-    /// Chosen by the client, unique per batch: a replay of the same batch id is answered with
-    /// the first answer and changes nothing.
+    /// Chosen by the client, unique per batch: a replay of the same batch id with the same
+    /// records is answered with the first answer and changes nothing; the same id with other
+    /// records is refused (`batch_conflict`).
     pub batch_id: String,
+    /// The position in the device's outbox of the last record sent, if it counts its writes:
+    /// a device whose store goes back below a position it pushed was restored from an older
+    /// copy (see `GET /v1/pull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_seq: Option<i64>,
     /// The records, each accepted or rejected on its own.
     pub records: Vec<PushRecord>,
 }
@@ -112,6 +118,10 @@ pub enum RejectCode {
     /// The record breaks the server's schema (its message names the field and the rule), or
     /// its collection or id is not acceptable.
     InvalidRecord,
+    /// A change reuses a sequence number the device's actor already used for another change:
+    /// the device's store was restored from an older copy. It must take a new actor, make its
+    /// unsent writes again under it, and sync again.
+    ActorReused,
 }
 
 impl RejectCode {
@@ -125,6 +135,7 @@ impl RejectCode {
             RejectCode::MissingDependencies => "missing_dependencies",
             RejectCode::TooLarge => "too_large",
             RejectCode::InvalidRecord => "invalid_record",
+            RejectCode::ActorReused => "actor_reused",
         }
     }
 }
@@ -205,6 +216,12 @@ pub enum ErrorCode {
     /// The server has no schema yet, so it stores no records (503): an administrator sets one
     /// with `fieldsync-server schema set`; retry later.
     NoSchema,
+    /// The batch id was used before for other records (409): the device's store was restored
+    /// from an older copy (see [`RejectCode::ActorReused`]).
+    BatchConflict,
+    /// The device's store is older than what the device pushed (409): it was restored from an
+    /// older copy (see [`RejectCode::ActorReused`]).
+    ActorReused,
     /// An unexpected server error (500).
     Internal,
     /// A code this build does not know (a newer server's); the status says what kind it is.
@@ -442,6 +459,7 @@ mod tests {
 
     fn push() -> PushRequest {
         PushRequest {
+            outbox_seq: None,
             batch_id: "b1".into(),
             records: vec![PushRecord {
                 collection: "clients".into(),
@@ -462,6 +480,7 @@ mod tests {
             RejectCode::MissingDependencies,
             RejectCode::TooLarge,
             RejectCode::InvalidRecord,
+            RejectCode::ActorReused,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 use super::remote::{Incoming, PageEffects};
 use super::{Db, OutboxEntry, RemotePayload, Shared, Store, Synchronous, now_ms, rejected, remote};
 use crate::error::Result;
-use crate::protocol::{PullResponse, PushResponse, Rejection};
+use crate::protocol::{PullResponse, PushResponse, PushResult, RejectCode, Rejection};
 use crate::store::ApplyReport;
 use crate::subscription::{ChangeOrigin, Changed};
 
@@ -54,6 +54,22 @@ impl Store {
             db.conn.pragma_update(None, "synchronous", "FULL")?;
         }
         done
+    }
+
+    /// The highest position the outbox has reached (0 before the first write), which only
+    /// ever grows: the server takes a store whose position is behind what it pushed for an
+    /// older copy of it.
+    pub(crate) fn outbox_high_water(&self) -> Result<i64> {
+        let db = self.shared.lock();
+        Ok(db
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
     }
 
     /// The pull cursor stored with the last merged page, if any.
@@ -178,10 +194,27 @@ fn remove_pushed(
     };
     let Db { conn, cache, .. } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2",
-        [first.seq, last.seq],
-    )?;
+    // A change refused as `actor_reused` is this store's own, numbered again after a restore:
+    // it stays queued (nothing is taken back) until the store syncs under a new actor.
+    let reused = |result: &PushResult| {
+        result
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.code == RejectCode::ActorReused)
+    };
+    if response.results.iter().any(reused) {
+        let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for (entry, result) in entries.iter().zip(&response.results) {
+            if !reused(result) {
+                stmt.execute([entry.seq])?;
+            }
+        }
+    } else {
+        tx.execute(
+            "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2",
+            [first.seq, last.seq],
+        )?;
+    }
     let now = now_ms();
     // Each refused record's writes from its first refused entry on, in order: the batch's,
     // then those still queued (they build on the refused ones).
@@ -192,7 +225,7 @@ fn remove_pushed(
         match refused.iter_mut().find(|(e, _, _)| same(e)) {
             Some((_, _, payloads)) => payloads.push(entry.payload.clone()),
             None => {
-                if let Some(rejection) = &result.rejected {
+                if let Some(rejection) = result.rejected.as_ref().filter(|_| !reused(result)) {
                     refused.push((entry, rejection, vec![entry.payload.clone()]));
                 }
             }

@@ -19,12 +19,14 @@ pub enum TransportRequest {
         /// The encoded body.
         body: Vec<u8>,
     },
-    /// `GET /v1/pull?limit=..&cursor=..`.
+    /// `GET /v1/pull?limit=..&cursor=..&outbox_seq=..`.
     Pull {
         /// Records per page.
         limit: u32,
         /// Where the last page ended (URL-safe), if anywhere.
         cursor: Option<String>,
+        /// The highest position the store's outbox has reached.
+        outbox_seq: i64,
     },
 }
 
@@ -33,9 +35,15 @@ impl TransportRequest {
     pub fn path_and_query(&self) -> String {
         match self {
             TransportRequest::Push { .. } => "/v1/push".to_owned(),
-            TransportRequest::Pull { limit, cursor } => match cursor {
-                Some(cursor) => format!("/v1/pull?limit={limit}&cursor={cursor}"),
-                None => format!("/v1/pull?limit={limit}"),
+            TransportRequest::Pull {
+                limit,
+                cursor,
+                outbox_seq,
+            } => match cursor {
+                Some(cursor) => {
+                    format!("/v1/pull?limit={limit}&cursor={cursor}&outbox_seq={outbox_seq}")
+                }
+                None => format!("/v1/pull?limit={limit}&outbox_seq={outbox_seq}"),
             },
         }
     }

@@ -11,8 +11,8 @@ use fieldsync_record::protocol::{Payload, PushRecord, RejectCode, Rejection};
 use serde_bytes::ByteBuf;
 
 use super::{
-    Access, AuditQuery, Lineage, Merge, MergedRecord, Role, SnapshotMark, Storage, StoredRecord,
-    StoredVersion, now_ms,
+    Access, AuditQuery, Batch, Lineage, Merge, MergedRecord, Role, SnapshotMark, Storage,
+    StoredRecord, StoredVersion, now_ms,
 };
 
 /// Runs every check, each on a new storage from `fresh`.
@@ -38,6 +38,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     concurrent_pushes_lose_nothing_and_readers_skip_nothing(&*fresh());
     refused_records_are_audited_with_their_code(&*fresh());
     schema_versions_are_kept_in_order(&*fresh());
+    a_batch_id_names_one_batch(&*fresh());
 }
 
 fn record(id: &str, scope: &str) -> PushRecord {
@@ -235,7 +236,9 @@ fn push_writes_accepted_records_only(storage: &dyn Storage) {
             accept(r, stored)
         }
     };
-    let response = storage.push(phone, "batch", &records, &mut merge).unwrap();
+    let response = storage
+        .push(phone, &Batch::new("batch", &records), &mut merge)
+        .unwrap();
     assert!(response.results[0].rejected.is_none());
     assert_eq!(
         response.results[1].rejected.as_ref().unwrap().code,
@@ -253,7 +256,11 @@ fn push_writes_accepted_records_only(storage: &dyn Storage) {
         accept(r, stored)
     };
     storage
-        .push(phone, "batch2", &[record("a", "north")], &mut remember)
+        .push(
+            phone,
+            &Batch::new("batch2", &[record("a", "north")]),
+            &mut remember,
+        )
         .unwrap();
     let seen = seen.expect("the stored record was handed to the merge");
     assert_eq!(
@@ -267,8 +274,7 @@ fn stored_records_as_named(storage: &dyn Storage) {
     storage
         .push(
             phone,
-            "batch",
-            &[record("a", "north"), record("b", "south")],
+            &Batch::new("batch", &[record("a", "north"), record("b", "south")]),
             &mut accept,
         )
         .unwrap();
@@ -361,7 +367,11 @@ impl Merge for ExpectingMerge {
 fn only_a_snapshot_nothing_changed_since_is_current(storage: &dyn Storage) {
     let phone = device(storage, "ada");
     storage
-        .push(phone, "seed", &[record("a", "north")], &mut accept)
+        .push(
+            phone,
+            &Batch::new("seed", &[record("a", "north")]),
+            &mut accept,
+        )
         .unwrap();
     let keys = [("clients", "a"), ("clients", "b")];
 
@@ -371,7 +381,9 @@ fn only_a_snapshot_nothing_changed_since_is_current(storage: &dyn Storage) {
         ..ExpectingMerge::default()
     };
     let pushed = [record_with("a", "north", b"2"), record("b", "north")];
-    storage.push(phone, "quiet", &pushed, &mut quiet).unwrap();
+    storage
+        .push(phone, &Batch::new("quiet", &pushed), &mut quiet)
+        .unwrap();
     if snapshot.mark.is_some() {
         assert_eq!(quiet.asked, [StoredVersion::Current; 2]);
     } else {
@@ -385,20 +397,28 @@ fn only_a_snapshot_nothing_changed_since_is_current(storage: &dyn Storage) {
         ..ExpectingMerge::default()
     };
     let pushed = [record("e", "north"), record_with("e", "north", b"2")];
-    storage.push(phone, "twice", &pushed, &mut twice).unwrap();
+    storage
+        .push(phone, &Batch::new("twice", &pushed), &mut twice)
+        .unwrap();
     assert_eq!(twice.asked[1], StoredVersion::ThisPush);
 
     // Another push commits between the snapshot and this push.
     let snapshot = storage.stored_records(&keys).unwrap();
     storage
-        .push(phone, "between", &[record("c", "north")], &mut accept)
+        .push(
+            phone,
+            &Batch::new("between", &[record("c", "north")]),
+            &mut accept,
+        )
         .unwrap();
     let mut late = ExpectingMerge {
         mark: snapshot.mark,
         ..ExpectingMerge::default()
     };
     let pushed = [record_with("a", "north", b"3"), record("d", "north")];
-    storage.push(phone, "late", &pushed, &mut late).unwrap();
+    storage
+        .push(phone, &Batch::new("late", &pushed), &mut late)
+        .unwrap();
     assert!(
         matches!(late.asked[0], StoredVersion::Written(_)),
         "{:?}",
@@ -419,7 +439,9 @@ fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
         ..ExpectingMerge::default()
     };
     let pushed = [record("a", "north"), record_with("a", "north", b"2")];
-    storage.push(phone, "first", &pushed, &mut first).unwrap();
+    storage
+        .push(phone, &Batch::new("first", &pushed), &mut first)
+        .unwrap();
     assert_eq!(
         first.asked,
         [StoredVersion::Absent, StoredVersion::ThisPush],
@@ -451,7 +473,9 @@ fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
         ..ExpectingMerge::default()
     };
     let pushed = [record_with("a", "north", b"3")];
-    storage.push(phone, "second", &pushed, &mut stale).unwrap();
+    storage
+        .push(phone, &Batch::new("second", &pushed), &mut stale)
+        .unwrap();
     assert_eq!(stale.asked, [StoredVersion::Written(version)]);
     assert_eq!(stale.read.len(), 1);
     let read = stale.read[0].as_ref().expect("the stored record");
@@ -471,7 +495,9 @@ fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
         ..ExpectingMerge::default()
     };
     let pushed = [record_with("a", "north", b"4")];
-    storage.push(phone, "third", &pushed, &mut fitting).unwrap();
+    storage
+        .push(phone, &Batch::new("third", &pushed), &mut fitting)
+        .unwrap();
     assert!(fitting.read.is_empty());
     let page = storage
         .documents_page(&["north".into()], 0, i64::MAX, 10)
@@ -486,7 +512,11 @@ fn merges_made_ahead_are_asked_for_by_stored_version(storage: &dyn Storage) {
 fn replayed_batches_change_nothing(storage: &dyn Storage) {
     let phone = device(storage, "ada");
     let first = storage
-        .push(phone, "same", &[record("a", "north")], &mut accept)
+        .push(
+            phone,
+            &Batch::new("same", &[record("a", "north")]),
+            &mut accept,
+        )
         .unwrap();
     let mut called = false;
     let mut never = |r: &PushRecord, s: Option<StoredRecord>| {
@@ -494,7 +524,11 @@ fn replayed_batches_change_nothing(storage: &dyn Storage) {
         accept(r, s)
     };
     let second = storage
-        .push(phone, "same", &[record("a", "north")], &mut never)
+        .push(
+            phone,
+            &Batch::new("same", &[record("a", "north")]),
+            &mut never,
+        )
         .unwrap();
     assert_eq!(first, second);
     assert!(!called, "a replay does not merge again");
@@ -509,7 +543,11 @@ fn replayed_batches_change_nothing(storage: &dyn Storage) {
     // Batch ids are per device.
     let tablet = device(storage, "ada");
     storage
-        .push(tablet, "same", &[record("b", "north")], &mut accept)
+        .push(
+            tablet,
+            &Batch::new("same", &[record("b", "north")]),
+            &mut accept,
+        )
         .unwrap();
     assert_eq!(
         storage
@@ -528,8 +566,7 @@ fn feed_pages_in_order_by_scope(storage: &dyn Storage) {
         storage
             .push(
                 phone,
-                &format!("b{i}"),
-                &[record(&format!("r{i}"), scope)],
+                &Batch::new(&format!("b{i}"), &[record(&format!("r{i}"), scope)]),
                 &mut accept,
             )
             .unwrap();
@@ -568,14 +605,22 @@ fn a_reader_s_feed_pages_leave_out_its_own_entries(storage: &dyn Storage) {
     // The phone's four entries, then one of the tablet's and one more of the phone's.
     for (device, id) in [(phone, "a"), (phone, "b"), (phone, "c"), (phone, "d")] {
         storage
-            .push(device, id, &[record(id, "north")], &mut accept)
+            .push(device, &Batch::new(id, &[record(id, "north")]), &mut accept)
             .unwrap();
     }
     storage
-        .push(tablet, "e", &[record("e", "north")], &mut accept)
+        .push(
+            tablet,
+            &Batch::new("e", &[record("e", "north")]),
+            &mut accept,
+        )
         .unwrap();
     storage
-        .push(phone, "f", &[record("f", "north")], &mut accept)
+        .push(
+            phone,
+            &Batch::new("f", &[record("f", "north")]),
+            &mut accept,
+        )
         .unwrap();
     let north = vec!["north".to_owned()];
     let all = storage.feed_page(&north, 0, 10).unwrap();
@@ -624,8 +669,7 @@ fn feed_entries_carry_their_record_s_values_when_latest(storage: &dyn Storage) {
         storage
             .push(
                 phone,
-                batch,
-                &[record_with(id, "north", change.as_bytes())],
+                &Batch::new(batch, &[record_with(id, "north", change.as_bytes())]),
                 &mut accept_named,
             )
             .unwrap();
@@ -647,17 +691,25 @@ fn documents_page_in_creation_order(storage: &dyn Storage) {
     let phone = device(storage, "ada");
     for id in ["c", "a", "b"] {
         storage
-            .push(phone, id, &[record(id, "north")], &mut accept)
+            .push(phone, &Batch::new(id, &[record(id, "north")]), &mut accept)
             .unwrap();
     }
     // Changing "c" leaves it where it is.
     storage
-        .push(phone, "c2", &[record("c", "north")], &mut accept)
+        .push(
+            phone,
+            &Batch::new("c2", &[record("c", "north")]),
+            &mut accept,
+        )
         .unwrap();
     let head = storage.feed_head().unwrap();
     // Created after the head: not among the documents up to it.
     storage
-        .push(phone, "d", &[record("d", "north")], &mut accept)
+        .push(
+            phone,
+            &Batch::new("d", &[record("d", "north")]),
+            &mut accept,
+        )
         .unwrap();
     let north = vec!["north".to_owned()];
     let page = storage.documents_page(&north, 0, head, 2).unwrap();
@@ -691,8 +743,7 @@ fn feed_head_is_the_last_position(storage: &dyn Storage) {
     storage
         .push(
             phone,
-            "one",
-            &[record("a", "north"), record("b", "south")],
+            &Batch::new("one", &[record("a", "north"), record("b", "south")]),
             &mut accept,
         )
         .unwrap();
@@ -706,7 +757,11 @@ fn audit_and_activity(storage: &dyn Storage) {
     let phone = device(storage, "ada");
     let bob_phone = device(storage, "bob");
     storage
-        .push(phone, "p", &[record("a", "north")], &mut accept)
+        .push(
+            phone,
+            &Batch::new("p", &[record("a", "north")]),
+            &mut accept,
+        )
         .unwrap();
     storage
         .record_pull(bob_phone, &[("clients".into(), "a".into(), "north".into())])
@@ -852,7 +907,9 @@ fn a_record_pushed_twice_in_one_batch_keeps_both(storage: &dyn Storage) {
         record_with("a", "north", b"1"),
         record_with("a", "north", b"2"),
     ];
-    storage.push(phone, "twice", &records, &mut accept).unwrap();
+    storage
+        .push(phone, &Batch::new("twice", &records), &mut accept)
+        .unwrap();
     let page = storage
         .documents_page(&["north".into()], 0, i64::MAX, 10)
         .unwrap();
@@ -893,7 +950,11 @@ fn concurrent_pushes_lose_nothing_and_readers_skip_nothing(storage: &dyn Storage
                             records.push(record_with("shared", "north", change.as_bytes()));
                         }
                         storage
-                            .push(device, &format!("{w}-{i}"), &records, &mut accept)
+                            .push(
+                                device,
+                                &Batch::new(&format!("{w}-{i}"), &records),
+                                &mut accept,
+                            )
                             .unwrap();
                     }
                 })
@@ -972,7 +1033,9 @@ fn refused_records_are_audited_with_their_code(storage: &dyn Storage) {
             message: "no".into(),
         }),
     };
-    storage.push(phone, "batch", &records, &mut merge).unwrap();
+    storage
+        .push(phone, &Batch::new("batch", &records), &mut merge)
+        .unwrap();
     let lines = storage
         .audit(&AuditQuery {
             limit: 10,
@@ -1007,7 +1070,9 @@ fn refused_records_are_audited_with_their_code(storage: &dyn Storage) {
             .all(|l| l.user == "ada" && l.device_id == phone)
     );
     // A replayed batch is answered from its record and audited once.
-    storage.push(phone, "batch", &records, &mut merge).unwrap();
+    storage
+        .push(phone, &Batch::new("batch", &records), &mut merge)
+        .unwrap();
     let again = storage
         .audit(&AuditQuery {
             limit: 10,
@@ -1047,4 +1112,38 @@ fn schema_versions_are_kept_in_order(storage: &dyn Storage) {
             (3, r#"{"third": 3}"#.to_owned())
         ]
     );
+}
+
+fn a_batch_id_names_one_batch(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), None);
+    let first = [record("a", "north")];
+    let batch = Batch {
+        outbox_seq: Some(5),
+        ..Batch::new("dev:4-5", &first)
+    };
+    let answer = storage.push(phone, &batch, &mut accept).unwrap();
+    assert_eq!(storage.push(phone, &batch, &mut accept).unwrap(), answer);
+    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), Some(5));
+    // The same id with other records: a store restored from an older copy.
+    let other = [record("b", "north")];
+    let conflict = storage.push(phone, &Batch::new("dev:4-5", &other), &mut accept);
+    assert!(
+        matches!(conflict, Err(crate::error::ServerError::BatchConflict)),
+        "{conflict:?}"
+    );
+    let page = storage
+        .documents_page(&["north".into()], 0, i64::MAX, 10)
+        .unwrap();
+    assert_eq!(page.entries.len(), 1, "the conflicting batch wrote nothing");
+    // A retry split differently, or without positions, never moves the mark back.
+    let lower = Batch {
+        outbox_seq: Some(4),
+        ..Batch::new("dev:4-4", &first)
+    };
+    storage.push(phone, &lower, &mut accept).unwrap();
+    storage
+        .push(phone, &Batch::new("other", &other), &mut accept)
+        .unwrap();
+    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), Some(5));
 }

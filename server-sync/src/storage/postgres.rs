@@ -32,10 +32,10 @@ use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
+    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Snapshot,
     Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
-    encode_changes, now_ms,
+    encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 
@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/004_first_syncs_by_creation.sql"),
     include_str!("migrations/postgres/005_schemas.sql"),
     include_str!("migrations/postgres/006_audit_refusals.sql"),
+    include_str!("migrations/postgres/007_restored_devices.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -617,13 +618,21 @@ impl Storage for PostgresStorage {
         })
     }
 
+    fn pushed_outbox_seq(&self, device_id: i64) -> Result<Option<i64>> {
+        let row = self.conn()?.query_opt(
+            "SELECT outbox_seq FROM devices WHERE id = $1",
+            &[&device_id],
+        )?;
+        Ok(row.and_then(|row| row.get(0)))
+    }
+
     fn push(
         &self,
         device_id: i64,
-        batch_id: &str,
-        records: &[PushRecord],
+        batch: &Batch<'_>,
         merge: &mut dyn Merge,
     ) -> Result<PushResponse> {
+        let records = batch.records;
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
         tx.execute(
@@ -631,13 +640,11 @@ impl Storage for PostgresStorage {
             &[&LOCK_DEVICE, &(device_id as i32)],
         )?;
         let replay = tx.query_opt(
-            "SELECT response FROM push_batches WHERE device_id = $1 AND batch_id = $2",
-            &[&device_id, &batch_id],
+            "SELECT response, body_hash FROM push_batches WHERE device_id = $1 AND batch_id = $2",
+            &[&device_id, &batch.id],
         )?;
         if let Some(row) = replay {
-            let bytes: Vec<u8> = row.get(0);
-            return rmp_serde::from_slice(&bytes)
-                .map_err(|_| ServerError::Corrupt("a stored push answer does not decode".into()));
+            return replayed(batch, (row.get(0), row.get(1)));
         }
         let user_id = user_of_device(&mut tx, device_id)?;
         let mut keys: Vec<i32> = records
@@ -722,13 +729,14 @@ impl Storage for PostgresStorage {
         let response = PushResponse { results };
         let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
         tx.execute(
-            "INSERT INTO push_batches (device_id, batch_id, response, created_at)
-             VALUES ($1, $2, $3, $4)",
-            &[&device_id, &batch_id, &stored, &now],
+            "INSERT INTO push_batches (device_id, batch_id, response, created_at, body_hash)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&device_id, &batch.id, &stored, &now, &batch.hash.as_slice()],
         )?;
         tx.execute(
-            "UPDATE devices SET last_sync_at = $2 WHERE id = $1",
-            &[&device_id, &now],
+            "UPDATE devices SET last_sync_at = $2, outbox_seq = GREATEST(outbox_seq, $3)
+             WHERE id = $1",
+            &[&device_id, &now, &batch.outbox_seq],
         )?;
         if !accepted.is_empty() {
             // Held until commit: positions become visible in the order they are taken.

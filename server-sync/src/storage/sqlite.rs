@@ -17,15 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fieldsync_record::protocol::{PushRecord, PushResponse, PushResult};
+use fieldsync_record::protocol::{PushResponse, PushResult};
 use fieldsync_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    Access, AuditEntry, AuditQuery, DeviceInfo, DocumentEntry, FeedEntry, Grant,
+    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Snapshot, SnapshotMark,
     Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
-    encode_changes, now_ms,
+    encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/007_first_syncs_by_creation.sql"),
     include_str!("migrations/sqlite/008_schemas.sql"),
     include_str!("migrations/sqlite/009_audit_refusals.sql"),
+    include_str!("migrations/sqlite/010_restored_devices.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -507,12 +508,20 @@ impl Storage for SqliteStorage {
     fn push(
         &self,
         device_id: i64,
-        batch_id: &str,
-        records: &[PushRecord],
+        batch: &Batch<'_>,
         merge: &mut dyn Merge,
     ) -> Result<PushResponse> {
         // A replayed batch's stored answer, too, goes out only once its commit is durable.
-        self.write(|conn| push_in(conn, device_id, batch_id, records, merge))
+        self.write(|conn| push_in(conn, device_id, batch, merge))
+    }
+
+    fn pushed_outbox_seq(&self, device_id: i64) -> Result<Option<i64>> {
+        let conn = self.lock();
+        let seq = conn
+            .prepare_cached("SELECT outbox_seq FROM devices WHERE id = ?1")?
+            .query_row([device_id], |row| row.get(0))
+            .optional()?;
+        Ok(seq.flatten())
     }
 
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {
@@ -726,26 +735,25 @@ fn audit_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
 fn push_in(
     conn: &mut Connection,
     device_id: i64,
-    batch_id: &str,
-    records: &[PushRecord],
+    batch: &Batch<'_>,
     merge: &mut dyn Merge,
 ) -> Result<PushResponse> {
+    let records = batch.records;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Nothing changed since the merges' snapshot was read: its states are the stored ones.
     let unchanged = match merge.snapshot_mark() {
         Some(mark) => snapshot_mark(&tx)? == mark,
         None => false,
     };
-    let replay: Option<Vec<u8>> = tx
+    let replay = tx
         .query_row(
-            "SELECT response FROM push_batches WHERE device_id = ?1 AND batch_id = ?2",
-            params![device_id, batch_id],
-            |row| row.get(0),
+            "SELECT response, body_hash FROM push_batches WHERE device_id = ?1 AND batch_id = ?2",
+            params![device_id, batch.id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    if let Some(bytes) = replay {
-        return rmp_serde::from_slice(&bytes)
-            .map_err(|_| ServerError::Corrupt("a stored push answer does not decode".into()));
+    if let Some(stored) = replay {
+        return replayed(batch, stored);
     }
     let user_id: i64 = tx.query_row(
         "SELECT user_id FROM devices WHERE id = ?1",
@@ -844,12 +852,16 @@ fn push_in(
     let response = PushResponse { results };
     let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
     tx.execute(
-            "INSERT INTO push_batches (device_id, batch_id, response, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![device_id, batch_id, stored, now],
-        )?;
+        "INSERT INTO push_batches (device_id, batch_id, response, created_at, body_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![device_id, batch.id, stored, now, batch.hash.as_slice()],
+    )?;
     tx.execute(
-        "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
-        params![device_id, now],
+        "UPDATE devices SET last_sync_at = ?2,
+             outbox_seq = CASE WHEN ?3 IS NULL THEN outbox_seq
+                               ELSE max(coalesce(outbox_seq, ?3), ?3) END
+         WHERE id = ?1",
+        params![device_id, now, batch.outbox_seq],
     )?;
     tx.commit()?;
     Ok(response)
