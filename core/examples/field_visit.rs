@@ -23,10 +23,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let phone = Device::open(dir, "phone", url, phone_token)?;
     let tablet = Device::open(dir, "tablet", url, tablet_token)?;
     println!("Two devices, each with its own local store file:");
-    println!("  Ada's phone  (device {})", short(phone.store.device_id()));
+    println!(
+        "  Ada's phone  (device {})",
+        short(&phone.store.device_id())
+    );
     println!(
         "  Bo's tablet  (device {})",
-        short(tablet.store.device_id())
+        short(&tablet.store.device_id())
     );
 
     step("At the clinic, with signal: Ada records a new client and a session, and syncs.");

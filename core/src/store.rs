@@ -5,6 +5,7 @@ mod migrations;
 mod read;
 mod rejected;
 mod remote;
+mod restore;
 mod sync_state;
 mod tables;
 mod write;
@@ -127,8 +128,9 @@ struct Shared {
     db: Mutex<Db>,
     schema: Schema,
     tables: BTreeMap<String, TableSql>,
-    actor: ActorId,
-    device_id: String,
+    /// The actor this store writes as, and the device id it is (its hex). A store restored
+    /// from an older copy takes a new one (`restore.rs`), hence the lock.
+    identity: std::sync::RwLock<(ActorId, String)>,
     options: StoreOptions,
     subscriptions: Arc<Registry>,
     /// The store file, for the checkpoint thread's connection.
@@ -170,7 +172,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("device_id", &self.shared.device_id)
+            .field("device_id", &self.device_id())
             .finish_non_exhaustive()
     }
 }
@@ -228,8 +230,7 @@ impl Store {
                 }),
                 schema,
                 tables,
-                actor,
-                device_id,
+                identity: std::sync::RwLock::new((actor, device_id)),
                 options,
                 subscriptions: Arc::default(),
                 path: path.as_ref().to_owned(),
@@ -263,8 +264,8 @@ impl Store {
     }
 
     /// This device's stable id (its Automerge actor id, hex), kept in the file.
-    pub fn device_id(&self) -> &str {
-        &self.shared.device_id
+    pub fn device_id(&self) -> String {
+        self.shared.identity().1
     }
 
     /// The schema the store was opened with.
@@ -473,6 +474,19 @@ impl Store {
 }
 
 impl Shared {
+    /// The actor this store writes as, and its device id.
+    fn identity(&self) -> (ActorId, String) {
+        self.identity
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The actor this store writes as.
+    fn actor(&self) -> ActorId {
+        self.identity().0
+    }
+
     fn lock(&self) -> MutexGuard<'_, Db> {
         // Writers hand documents back to the cache only after their commit succeeded, so a
         // writer that panicked left nothing half-done behind the lock.

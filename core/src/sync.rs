@@ -85,6 +85,15 @@ pub struct SyncReport {
     pub purged_scopes: Vec<String>,
 }
 
+impl SyncReport {
+    fn add(&mut self, later: SyncReport) {
+        self.pushed += later.pushed;
+        self.rejected += later.rejected;
+        self.pulled += later.pulled;
+        self.purged_scopes.extend(later.purged_scopes);
+    }
+}
+
 /// How far a running sync has come, for a progress bar.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncProgress {
@@ -143,7 +152,29 @@ impl SyncClient {
     }
 
     /// Like [`SyncClient::sync_now`], telling `on_progress` after every batch and page.
+    ///
+    /// A store restored from an older copy of its file is told so by the server (409): it
+    /// takes a new actor, makes its unsent writes again under it, and syncs again from the
+    /// start, which brings back what it pushed after the copy was made.
     pub async fn sync_now_with_progress(
+        &self,
+        store: &Store,
+        on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
+    ) -> Result<SyncReport> {
+        match self.sync_once(store, on_progress).await {
+            Err(Error::Server { status: 409, .. }) => {
+                tracing::warn!("the store was restored from an older copy; it takes a new actor");
+                blocking(store, |s| s.take_new_actor()).await?;
+                let mut report = self.sync_once(store, on_progress).await?;
+                blocking(store, |s| s.write_restored_again()).await?;
+                report.add(self.sync_once(store, on_progress).await?);
+                Ok(report)
+            }
+            done => done,
+        }
+    }
+
+    async fn sync_once(
         &self,
         store: &Store,
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
@@ -219,9 +250,13 @@ impl SyncClient {
         progress: &(dyn Fn(&SyncReport, bool) + Send + Sync),
     ) -> Result<()> {
         // A first sync cancelled half-way left its indexes to build.
-        let (cursor, outbox_seq) = blocking(store, |s| {
+        let (cursor, writer) = blocking(store, |s| {
             s.rebuild_indexes()?;
-            Ok((s.sync_cursor()?, s.outbox_high_water()?))
+            let writer = Writer {
+                outbox_seq: s.outbox_high_water()?,
+                actor: s.device_id(),
+            };
+            Ok((s.sync_cursor()?, writer))
         })
         .await?;
         let limit = self.config.pull_page_size;
@@ -235,7 +270,7 @@ impl SyncClient {
         // Both run to the end, so that a failed request never hides an answer that was stored.
         let (acknowledged, page) = tokio::join!(
             acknowledge,
-            self.send_pull(cursor.as_deref(), limit, outbox_seq)
+            self.send_pull(cursor.as_deref(), limit, &writer)
         );
         acknowledged?;
         let page = page?;
@@ -247,7 +282,7 @@ impl SyncClient {
         }
         let progress = |r: &SyncReport| progress(r, true);
         let pulled = self
-            .pull_pages(store, page, (limit, outbox_seq), report, &progress)
+            .pull_pages(store, page, (limit, &writer), report, &progress)
             .await;
         if bulk {
             let rebuilt = blocking(store, |s| s.rebuild_indexes()).await;
@@ -262,7 +297,7 @@ impl SyncClient {
         &self,
         store: &Store,
         mut page: PullResponse,
-        (mut limit, outbox_seq): (u32, i64),
+        (mut limit, writer): (u32, &Writer),
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
     ) -> Result<()> {
@@ -280,10 +315,7 @@ impl SyncClient {
             let apply = blocking(store, move |s| s.apply_pulled_page(page));
             let fetch = async {
                 match &next_cursor {
-                    Some(cursor) => self
-                        .send_pull(Some(cursor), limit, outbox_seq)
-                        .await
-                        .map(Some),
+                    Some(cursor) => self.send_pull(Some(cursor), limit, writer).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -319,7 +351,7 @@ impl SyncClient {
         &self,
         cursor: Option<&str>,
         limit: u32,
-        outbox_seq: i64,
+        writer: &Writer,
     ) -> Result<PullResponse> {
         if let Some(cursor) = cursor {
             // Cursors are opaque but the server only makes URL-safe ones.
@@ -330,11 +362,19 @@ impl SyncClient {
         let request = TransportRequest::Pull {
             limit,
             cursor: cursor.map(str::to_owned),
-            outbox_seq,
+            outbox_seq: writer.outbox_seq,
+            actor: writer.actor.clone(),
         };
         let response = self.transport.send(&self.config.token, request).await?;
         decode_response(response)
     }
+}
+
+/// Who a pull comes from: the store's actor and how far its outbox has come, by which the
+/// server tells a store restored from an older copy.
+struct Writer {
+    outbox_seq: i64,
+    actor: String,
 }
 
 /// A pushed batch and the server's answer to it, not yet stored.

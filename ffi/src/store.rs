@@ -77,7 +77,7 @@ impl Store {
 
     /// This device's stable id, kept in the file.
     pub fn device_id(&self) -> String {
-        self.inner.device_id().to_owned()
+        self.inner.device_id()
     }
 
     /// Inserts a record with a new UUIDv7 id and returns the id.

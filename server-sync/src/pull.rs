@@ -25,6 +25,8 @@ pub struct PullParams {
     limit: Option<u32>,
     /// The highest position the device's outbox has reached.
     outbox_seq: Option<i64>,
+    /// The Automerge actor the device writes as (hex).
+    actor: Option<String>,
 }
 
 /// What a cursor remembers: where the client is, in which mode, for which scopes.
@@ -80,7 +82,26 @@ pub async fn pull(
         .clamp(1, state.limits.max_pull_limit);
     let storage = state.storage.clone();
     let outbox_seq = params.outbox_seq;
+    let actor = params.actor;
+    if actor
+        .as_deref()
+        .is_some_and(|a| a.is_empty() || a.len() > 64 || !a.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ServerError::BadRequest(
+            "actor must be 1 to 64 hex digits".into(),
+        ));
+    }
     let response = blocking(move || {
+        // A store restored from an older copy takes a new actor; a pull may be the first
+        // request that says so, and the device's outbox positions then start over.
+        if let Some(actor) = actor.filter(|a| caller.actor.as_ref() != Some(a)) {
+            // An actor the device had before is an older copy's.
+            if storage.bind_actor(caller.device_id, &actor)?.as_ref() != Some(&actor)
+                && storage.retired_actor(caller.device_id, &actor)?
+            {
+                return Err(ServerError::ActorReused);
+            }
+        }
         // A device whose outbox is behind what it pushed reads from an older copy of its
         // store, which lacks what it pushed since (the feed leaves a device's own entries out).
         if let Some(mark) = outbox_seq

@@ -66,14 +66,25 @@ pub async fn push(
                 limits.max_changes_per_push
             )));
         }
-        // `None` when the device is unbound and its first change's actor belongs to another
-        // live device (or no change decodes): then no change it pushes is its own.
-        let actor = match &caller.actor {
-            Some(bound) => Some(bound.clone()),
-            None => match first_actor(&request, limits.max_decompressed_bytes) {
-                Some(claimed) => storage.bind_actor(caller.device_id, &claimed)?,
-                None => None,
-            },
+        // The device pushes as the actor of its first change: bound on its first push, and
+        // again when a store restored from an older copy took a new one. `None` when the
+        // device is unbound and that actor belongs to another live device (or no change
+        // decodes): then no change it pushes is its own.
+        let claimed = first_actor(&request, limits.max_decompressed_bytes);
+        let actor = match (&caller.actor, claimed) {
+            (Some(bound), Some(claimed)) if *bound == claimed => Some(claimed),
+            (_, Some(claimed)) => {
+                let bound = storage.bind_actor(caller.device_id, &claimed)?;
+                // An actor the device had before is an older copy's: it syncs again under a
+                // new one.
+                if bound.as_ref() != Some(&claimed)
+                    && storage.retired_actor(caller.device_id, &claimed)?
+                {
+                    return Err(ServerError::ActorReused);
+                }
+                bound
+            }
+            (bound, None) => bound.clone(),
         };
         let keys: Vec<(&str, &str)> = request
             .records

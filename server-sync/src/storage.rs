@@ -624,10 +624,15 @@ pub trait Storage: Send + Sync + 'static {
     fn revoke_grant(&self, user_id: i64, scope: &str) -> Result<bool>;
     /// A user's grants.
     fn grants(&self, user_id: i64) -> Result<Vec<Grant>>;
-    /// Binds the device to `actor` if it has no actor yet, unless another device that is not
-    /// revoked is bound to `actor` (a revoked device's actor may be taken over). Returns the
-    /// device's actor, or `None` when it stays unbound because `actor` is taken.
+    /// Makes `actor` the device's actor, unless another device that is not revoked pushes or
+    /// pushed as `actor` (a revoked device's actors may be taken over), or the device had it
+    /// before. A device takes a new actor when its store was restored from an older copy; the
+    /// actors it had stay its own, never taken again, and its outbox positions start over.
+    /// Returns the device's actor, `None` while it has none.
     fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>>;
+    /// Whether the device pushed as `actor` before it took the actor it has now: a store that
+    /// writes as it again is an older copy.
+    fn retired_actor(&self, device_id: i64, actor: &str) -> Result<bool>;
 
     /// The stored state of each record named by `(collection, id)`, in order; `None` for a
     /// record the server does not have. A snapshot for merging ahead of [`Storage::push`],

@@ -271,6 +271,8 @@ pub struct Device {
     client: SyncClient,
     /// Ids of the records this device inserted, to name the next one.
     inserted: usize,
+    /// A copy of the store file, as a phone's backup keeps it.
+    backup: Option<PathBuf>,
 }
 
 impl Device {
@@ -280,6 +282,7 @@ impl Device {
             store: None,
             client,
             inserted: 0,
+            backup: None,
         };
         device.restart();
         device
@@ -288,6 +291,30 @@ impl Device {
     /// The running store.
     pub fn store(&self) -> &Store {
         self.store.as_ref().expect("the device is running")
+    }
+
+    /// Copies the store file aside, as a phone's backup does (the app closes it first).
+    pub fn back_up(&mut self) {
+        self.store = None;
+        let backup = self.path.with_extension("backup");
+        std::fs::copy(&self.path, &backup).expect("the store file copies");
+        self.backup = Some(backup);
+        self.restart();
+    }
+
+    /// Puts the last backup back as the store file, as restoring a phone does; false if
+    /// there is none.
+    pub fn restore(&mut self) -> bool {
+        let Some(backup) = self.backup.clone() else {
+            return false;
+        };
+        self.store = None;
+        for leftover in ["db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(self.path.with_extension(leftover));
+        }
+        std::fs::copy(&backup, &self.path).expect("the backup copies back");
+        self.restart();
+        true
     }
 
     /// Closes the store and opens it again, as an app restart does.
@@ -318,6 +345,8 @@ pub struct Tally {
     pub grant_changes: usize,
     /// Writes the server refused (or a revoked scope took away) that devices took back.
     pub refused_writes: usize,
+    /// Devices restored from an older copy of their store file.
+    pub restores: usize,
 }
 
 /// Runs the scenario of `seed`: 2 to 8 devices write and sync over a faulty network, then
@@ -327,7 +356,7 @@ pub struct Tally {
 /// Two therapists share the caseload, each with several devices; the devices of a third user
 /// may only read it and write anyway, and the second therapist's grant changes as the
 /// scenario goes (read only, revoked, given back), so the server refuses writes and devices
-/// take them back.
+/// take them back. Devices back their store file up and are restored from the copy.
 pub async fn run_scenario(seed: u64, steps: usize) -> Tally {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = scratch_dir();
@@ -343,6 +372,10 @@ pub async fn run_scenario(seed: u64, steps: usize) -> Tally {
         .collect();
     if device_count > 2 {
         network.set_access("cy", "north", Some(Access::Read));
+    }
+    // Every phone keeps a backup, taken now and again as the scenario goes.
+    for device in &mut devices {
+        device.back_up();
     }
     network.set_faults(Faults::UNRELIABLE);
 
@@ -374,9 +407,15 @@ pub async fn run_scenario(seed: u64, steps: usize) -> Tally {
                 let cut = rng.random_bool(0.5);
                 network.set_partitioned(d, cut);
             }
-            93..98 => {
+            93..96 => {
                 devices[d].restart();
                 tally.restarts += 1;
+            }
+            96 => devices[d].back_up(),
+            97 => {
+                if devices[d].restore() {
+                    tally.restores += 1;
+                }
             }
             _ => {
                 network.restart_server();

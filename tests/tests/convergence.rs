@@ -45,6 +45,7 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (usize, Tally) {
                 total.restarts += tally.restarts;
                 total.grant_changes += tally.grant_changes;
                 total.refused_writes += tally.refused_writes;
+                total.restores += tally.restores;
             }
             Err(panic) => {
                 eprintln!(
@@ -78,21 +79,24 @@ fn devices_converge_over_an_unreliable_network() {
     total.restarts += tally.restarts;
     total.grant_changes += tally.grant_changes;
     total.refused_writes += tally.refused_writes;
+    total.restores += tally.restores;
     println!(
         "{} scenarios converged: {} writes, {} syncs of which {} failed on the network, {} \
-         restarts, {} grant changes, {} writes refused and taken back",
+         restarts, {} grant changes, {} writes refused and taken back, {} restores",
         mine + theirs,
         total.writes,
         total.syncs,
         total.failed_syncs,
         total.restarts,
         total.grant_changes,
-        total.refused_writes
+        total.refused_writes,
+        total.restores
     );
     assert_eq!(mine + theirs, seeds.len());
     // The faults did happen: a run where nothing failed would prove little.
     if seeds.len() >= 20 {
         assert!(total.failed_syncs > 0, "no sync ever failed");
         assert!(total.refused_writes > 0, "no write was ever refused");
+        assert!(total.restores > 0, "no device was ever restored");
     }
 }

@@ -518,7 +518,7 @@ fn restore(clinic: &Clinic, backup: &Path, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_restored_from_an_older_copy_loses_nothing_silently() {
+async fn a_store_restored_from_an_older_copy_loses_nothing_and_converges() {
     let clinic = Clinic::new();
     let token = clinic.server.user_with_device("ada", &["north"]);
     let reader = clinic.device("bo", &["north"], "bo");
@@ -527,10 +527,11 @@ async fn a_store_restored_from_an_older_copy_loses_nothing_silently() {
         .store
         .insert(
             "clients",
-            fields(json!({"caseload_id": "north", "name": "Sam"})),
+            fields(json!({"caseload_id": "north", "name": "Sam", "notes": "Calm."})),
         )
         .unwrap();
     ada.sync().await;
+    let actor_before = ada.store.device_id();
     drop(ada);
     let backup = clinic.dir.path().join("backup.db");
     std::fs::copy(clinic.dir.path().join("ada.db"), &backup).unwrap();
@@ -540,7 +541,8 @@ async fn a_store_restored_from_an_older_copy_loses_nothing_silently() {
     ada.store
         .update("clients", &id, fields(json!({"phone": "111"})))
         .unwrap();
-    ada.store
+    let after_backup = ada
+        .store
         .insert(
             "clients",
             fields(json!({"caseload_id": "north", "name": "After the backup"})),
@@ -549,42 +551,65 @@ async fn a_store_restored_from_an_older_copy_loses_nothing_silently() {
     ada.sync().await;
     drop(ada);
 
-    // Restored, the store numbers its next writes as it did those: the server refuses the
-    // batch id it answered before instead of answering for other records, and the writes
-    // stay queued.
+    // Restored, the store writes two records (under batch ids it used before) and edits the
+    // record whose later change the server has (with a sequence number it used before).
     restore(&clinic, &backup, "ada");
     let ada = clinic.device_with_token(&token, "ada");
+    let mut new = Vec::new();
     for name in ["New one", "New two"] {
-        ada.store
-            .insert(
-                "clients",
-                fields(json!({"caseload_id": "north", "name": name})),
-            )
-            .unwrap();
+        new.push(
+            ada.store
+                .insert(
+                    "clients",
+                    fields(json!({"caseload_id": "north", "name": name})),
+                )
+                .unwrap(),
+        );
     }
-    let err = ada.client.sync_now(&ada.store).await.unwrap_err();
-    assert!(matches!(err, Error::Server { status: 409, .. }), "{err}");
-    assert!(err.to_string().contains("restored"), "{err}");
-    assert_eq!(ada.store.outbox_len().unwrap(), 2, "nothing dropped");
-    reader.sync().await;
-    assert_eq!(reader.store.count("clients", &Filter::All).unwrap(), 2);
-    drop(ada);
-
-    // A restored store that writes nothing would read without what it pushed: refused too.
-    restore(&clinic, &backup, "ada");
-    let ada = clinic.device_with_token(&token, "ada");
-    let err = ada.client.sync_now(&ada.store).await.unwrap_err();
-    assert!(matches!(err, Error::Server { status: 409, .. }), "{err}");
-
-    // An edit of a record whose later changes the server has reuses their numbers.
     ada.store
         .update("clients", &id, fields(json!({"phone": "222"})))
         .unwrap();
-    let err = ada.client.sync_now(&ada.store).await.unwrap_err();
-    assert!(matches!(err, Error::Server { status: 409, .. }), "{err}");
-    assert_eq!(ada.store.outbox_len().unwrap(), 1, "the edit stays queued");
+    ada.store
+        .splice_text("clients", &id, "notes", 5, 0, " Restored.")
+        .unwrap();
+    let report = ada.sync().await;
+    assert_eq!(report.rejected, 0, "{report:?}");
+    assert_ne!(ada.store.device_id(), actor_before, "a new actor");
+    assert!(ada.store.rejected_writes().unwrap().is_empty());
+    assert_eq!(ada.store.outbox_len().unwrap(), 0);
+
     reader.sync().await;
-    assert_eq!(reader.client_record(&id).unwrap()["phone"], "111");
+    ada.sync().await;
+    let everyone = |device: &Device| {
+        let mut records: Vec<(String, fieldsync_core::Fields)> = device
+            .store
+            .query("clients", &Default::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.fields))
+            .collect();
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        records
+    };
+    assert_eq!(everyone(&ada), everyone(&reader));
+    assert_eq!(everyone(&ada).len(), 4, "nothing lost, nothing twice");
+    assert!(ada.client_record(&after_backup).is_some(), "pulled back");
+    let sam = reader.client_record(&id).unwrap();
+    assert_eq!(
+        sam["phone"], "222",
+        "the write made after the restore is the newest"
+    );
+    assert_eq!(sam["notes"], "Calm. Restored.");
+    for id in &new {
+        assert!(reader.client_record(id).is_some());
+    }
+
+    // A restored store that only pulls gets back what it pushed after the copy was made.
+    drop(ada);
+    restore(&clinic, &backup, "ada");
+    let ada = clinic.device_with_token(&token, "ada");
+    ada.sync().await;
+    assert_eq!(everyone(&ada), everyone(&reader));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

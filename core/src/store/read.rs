@@ -184,7 +184,7 @@ impl DocRow {
     pub(super) fn load(self, shared: &Shared, collection: &str) -> Result<CachedDoc> {
         let fields = self.fields?;
         let scope = scope_of(shared.table(collection)?, &fields)?;
-        let doc = crate::document::load_doc(&self.bytes, &shared.actor)?;
+        let doc = crate::document::load_doc(&self.bytes, &shared.actor())?;
         let compact_next = self.tail > 0 || !crate::stored::starts_with_saved_document(&self.bytes);
         Ok(CachedDoc {
             doc,

@@ -97,7 +97,7 @@ pub(super) fn take_back(
             .execute([id])?;
         None
     } else {
-        let mut doc = document::new_doc(&shared.actor);
+        let mut doc = document::new_doc(&shared.actor());
         guarded(|| doc.apply_changes(kept))
             .and_then(std::result::Result::ok)
             .ok_or_else(|| Error::Corrupt("a record's own changes do not apply again".into()))?;

@@ -742,7 +742,7 @@ fn merge_doc(
 
     let is_new = existing.is_none();
     let mut cached = existing.unwrap_or_else(|| CachedDoc {
-        doc: document::new_doc(&shared.actor),
+        doc: document::new_doc(&shared.actor()),
         fields: Fields::new(),
         scope: record.scope.clone(),
         created_at: now,
@@ -797,7 +797,7 @@ fn merge_doc(
             measure(bytes)?;
             // Loaded whole first: `load_incremental` would merge what parses and silently drop
             // the rest, accepting a damaged document in part.
-            let mut incoming = document::load_doc(bytes, &shared.actor)
+            let mut incoming = document::load_doc(bytes, &shared.actor())
                 .map_err(|_| invalid("the document does not load"))?;
             if is_new {
                 cached.doc = incoming;

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 use super::remote::{Incoming, PageEffects};
 use super::{Db, OutboxEntry, RemotePayload, Shared, Store, Synchronous, now_ms, rejected, remote};
 use crate::error::Result;
-use crate::protocol::{PullResponse, PushResponse, PushResult, RejectCode, Rejection};
+use crate::protocol::{PullResponse, PushResponse, RejectCode, Rejection};
 use crate::store::ApplyReport;
 use crate::subscription::{ChangeOrigin, Changed};
 
@@ -195,25 +195,32 @@ fn remove_pushed(
     let Db { conn, cache, .. } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // A change refused as `actor_reused` is this store's own, numbered again after a restore:
-    // it stays queued (nothing is taken back) until the store syncs under a new actor.
-    let reused = |result: &PushResult| {
-        result
-            .rejected
-            .as_ref()
-            .is_some_and(|r| r.code == RejectCode::ActorReused)
+    // its record's writes stay queued (nothing is taken back; those after it were refused
+    // for depending on it) until the store syncs under a new actor.
+    let reused: HashSet<(&str, &str)> = entries
+        .iter()
+        .zip(&response.results)
+        .filter(|(_, result)| {
+            result
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.code == RejectCode::ActorReused)
+        })
+        .map(|(entry, _)| (entry.collection.as_str(), entry.record_id.as_str()))
+        .collect();
+    let kept = |entry: &OutboxEntry| {
+        reused.contains(&(entry.collection.as_str(), entry.record_id.as_str()))
     };
-    if response.results.iter().any(reused) {
-        let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-        for (entry, result) in entries.iter().zip(&response.results) {
-            if !reused(result) {
-                stmt.execute([entry.seq])?;
-            }
-        }
-    } else {
+    if reused.is_empty() {
         tx.execute(
             "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2",
             [first.seq, last.seq],
         )?;
+    } else {
+        let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for entry in entries.iter().filter(|e| !kept(e)) {
+            stmt.execute([entry.seq])?;
+        }
     }
     let now = now_ms();
     // Each refused record's writes from its first refused entry on, in order: the batch's,
@@ -225,7 +232,7 @@ fn remove_pushed(
         match refused.iter_mut().find(|(e, _, _)| same(e)) {
             Some((_, _, payloads)) => payloads.push(entry.payload.clone()),
             None => {
-                if let Some(rejection) = result.rejected.as_ref().filter(|_| !reused(result)) {
+                if let Some(rejection) = result.rejected.as_ref().filter(|_| !kept(entry)) {
                     refused.push((entry, rejection, vec![entry.payload.clone()]));
                 }
             }

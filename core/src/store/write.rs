@@ -249,12 +249,12 @@ fn encode_insert(
     let fast = if keep_doc {
         None
     } else {
-        document::first_change_of_scalars(&shared.actor, decl, &fields, now)
+        document::first_change_of_scalars(&shared.actor(), decl, &fields, now)
     };
     let (doc, stored) = match fast {
         Some(stored) => (None, stored),
         None => {
-            let mut doc = document::new_doc(&shared.actor);
+            let mut doc = document::new_doc(&shared.actor());
             document::init_fields(&mut doc, decl, &fields)?;
             document::commit(&mut doc, now);
             let stored = doc.save_after(&[]);

@@ -19,7 +19,7 @@ pub enum TransportRequest {
         /// The encoded body.
         body: Vec<u8>,
     },
-    /// `GET /v1/pull?limit=..&cursor=..&outbox_seq=..`.
+    /// `GET /v1/pull?limit=..&cursor=..&outbox_seq=..&actor=..`.
     Pull {
         /// Records per page.
         limit: u32,
@@ -27,6 +27,8 @@ pub enum TransportRequest {
         cursor: Option<String>,
         /// The highest position the store's outbox has reached.
         outbox_seq: i64,
+        /// The Automerge actor the store writes as (hex).
+        actor: String,
     },
 }
 
@@ -39,12 +41,14 @@ impl TransportRequest {
                 limit,
                 cursor,
                 outbox_seq,
-            } => match cursor {
-                Some(cursor) => {
-                    format!("/v1/pull?limit={limit}&cursor={cursor}&outbox_seq={outbox_seq}")
-                }
-                None => format!("/v1/pull?limit={limit}&outbox_seq={outbox_seq}"),
-            },
+                actor,
+            } => {
+                let cursor = cursor
+                    .as_ref()
+                    .map(|c| format!("&cursor={c}"))
+                    .unwrap_or_default();
+                format!("/v1/pull?limit={limit}{cursor}&outbox_seq={outbox_seq}&actor={actor}")
+            }
         }
     }
 }

@@ -154,11 +154,6 @@ fn actor_binding(storage: &dyn Storage) {
     let bound = |device, actor| storage.bind_actor(device, actor).unwrap();
     let phone = device(storage, "ada");
     assert_eq!(bound(phone, "aa").as_deref(), Some("aa"));
-    assert_eq!(
-        bound(phone, "bb").as_deref(),
-        Some("aa"),
-        "the first actor stays bound"
-    );
 
     // Another device, of the same user or another, cannot take a live device's actor, and
     // stays free to bind its own.
@@ -174,14 +169,47 @@ fn actor_binding(storage: &dyn Storage) {
     assert_eq!(
         bound(tablet, "aa").as_deref(),
         Some("cc"),
-        "a bound device keeps its actor"
+        "a bound device keeps its actor when the new one is taken"
     );
     let listed = storage.list_devices().unwrap();
     let actor_of = |id| listed.iter().find(|d| d.id == id).unwrap().actor.clone();
     assert_eq!(actor_of(phone).as_deref(), Some("aa"));
     assert_eq!(actor_of(bobs), None, "a refused binding writes nothing");
 
-    // A revoked token keeps its device's actor; a revoked device's actor may be taken over
+    // A restored store takes a new actor; the one it had stays its own, and its outbox
+    // positions start over.
+    let batch = Batch {
+        outbox_seq: Some(9),
+        ..Batch::new("p1", &[])
+    };
+    storage.push(phone, &batch, &mut accept).unwrap();
+    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), Some(9));
+    assert_eq!(bound(phone, "aa").as_deref(), Some("aa"));
+    assert_eq!(
+        storage.pushed_outbox_seq(phone).unwrap(),
+        Some(9),
+        "same actor, same positions"
+    );
+    assert_eq!(bound(phone, "bb").as_deref(), Some("bb"));
+    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), None);
+    assert_eq!(
+        bound(bobs, "aa"),
+        None,
+        "a retired actor stays its device's"
+    );
+    assert!(storage.retired_actor(phone, "aa").unwrap());
+    assert!(
+        !storage.retired_actor(phone, "bb").unwrap(),
+        "the current one is not retired"
+    );
+    assert!(!storage.retired_actor(tablet, "aa").unwrap());
+    assert_eq!(
+        bound(phone, "aa").as_deref(),
+        Some("bb"),
+        "an older copy's actor is not taken again"
+    );
+
+    // A revoked token keeps its device's actor; a revoked device's actors may be taken over
     // (an app reinstalled with the same store, enrolled again).
     storage
         .insert_token("phone-token", phone, &[1], None)
@@ -195,6 +223,11 @@ fn actor_binding(storage: &dyn Storage) {
         bound(bobs, "aa"),
         None,
         "the actor is taken again, by the live device"
+    );
+    assert_eq!(
+        bound(bobs, "bb").as_deref(),
+        Some("bb"),
+        "a revoked device's actor"
     );
 }
 

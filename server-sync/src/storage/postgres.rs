@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/005_schemas.sql"),
     include_str!("migrations/postgres/006_audit_refusals.sql"),
     include_str!("migrations/postgres/007_restored_devices.sql"),
+    include_str!("migrations/postgres/008_device_actors.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -575,19 +576,52 @@ impl Storage for PostgresStorage {
         // orders them, and each statement's snapshot would miss the other's uncommitted
         // binding: both would pass the NOT EXISTS. Under the lock, the second binding's
         // statement starts after the first committed and sees it. Bindings happen once per
-        // device, so one lock for all of them costs nothing.
+        // device and actor, so one lock for all of them costs nothing.
         tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_ACTOR])?;
-        tx.execute(
-            "UPDATE devices SET actor = $2 WHERE id = $1 AND actor IS NULL
-               AND NOT EXISTS (SELECT 1 FROM devices
-                               WHERE actor = $2 AND id <> $1 AND revoked_at IS NULL)",
-            &[&device_id, &actor],
-        )?;
+        let taken: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                                WHERE a.actor = $2 AND a.device_id <> $1
+                                  AND d.revoked_at IS NULL)
+                     OR EXISTS (SELECT 1 FROM devices
+                                WHERE actor = $2 AND id <> $1 AND revoked_at IS NULL)
+                     OR EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                                WHERE a.actor = $2 AND a.device_id = $1
+                                  AND d.actor IS DISTINCT FROM $2)",
+                &[&device_id, &actor],
+            )?
+            .get(0);
+        if !taken {
+            tx.execute(
+                "INSERT INTO device_actors (actor, device_id) VALUES ($2, $1)
+                 ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
+                &[&device_id, &actor],
+            )?;
+            // A new actor starts its outbox positions over (see `pushed_outbox_seq`).
+            tx.execute(
+                "UPDATE devices SET actor = $2,
+                     outbox_seq = CASE WHEN actor IS NOT DISTINCT FROM $2 THEN outbox_seq END
+                 WHERE id = $1",
+                &[&device_id, &actor],
+            )?;
+        }
         let bound: Option<String> = tx
             .query_one("SELECT actor FROM devices WHERE id = $1", &[&device_id])?
             .get(0);
         tx.commit()?;
         Ok(bound)
+    }
+
+    fn retired_actor(&self, device_id: i64, actor: &str) -> Result<bool> {
+        Ok(self
+            .conn()?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                                WHERE a.actor = $2 AND a.device_id = $1
+                                  AND d.actor IS DISTINCT FROM $2)",
+                &[&device_id, &actor],
+            )?
+            .get(0))
     }
 
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot> {

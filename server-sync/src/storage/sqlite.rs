@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/008_schemas.sql"),
     include_str!("migrations/sqlite/009_audit_refusals.sql"),
     include_str!("migrations/sqlite/010_restored_devices.sql"),
+    include_str!("migrations/sqlite/011_device_actors.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -465,20 +466,40 @@ impl Storage for SqliteStorage {
 
     fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>> {
         self.write(|conn| {
-            // One statement under the one connection: no other binding can slip in between the
-            // check that the actor is free and the update.
-            conn.execute(
-                "UPDATE devices SET actor = ?2 WHERE id = ?1 AND actor IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM devices
-                                   WHERE actor = ?2 AND id <> ?1 AND revoked_at IS NULL)",
-                params![device_id, actor],
-            )?;
-            Ok(conn.query_row(
+            // One transaction under the one connection: no other binding can slip in between
+            // the check that the actor is free and the binding.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let taken: bool =
+                tx.query_row(ACTOR_TAKEN, params![device_id, actor], |row| row.get(0))?;
+            if !taken {
+                tx.execute(
+                    "INSERT INTO device_actors (actor, device_id) VALUES (?2, ?1)
+                     ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
+                    params![device_id, actor],
+                )?;
+                // A new actor starts its outbox positions over (see `pushed_outbox_seq`).
+                tx.execute(
+                    "UPDATE devices SET actor = ?2,
+                         outbox_seq = CASE WHEN actor IS ?2 THEN outbox_seq END
+                     WHERE id = ?1",
+                    params![device_id, actor],
+                )?;
+            }
+            let bound = tx.query_row(
                 "SELECT actor FROM devices WHERE id = ?1",
                 [device_id],
                 |row| row.get(0),
-            )?)
+            )?;
+            tx.commit()?;
+            Ok(bound)
         })
+    }
+
+    fn retired_actor(&self, device_id: i64, actor: &str) -> Result<bool> {
+        let conn = self.lock();
+        Ok(conn
+            .prepare_cached(ACTOR_RETIRED)?
+            .query_row(params![device_id, actor], |row| row.get(0))?)
     }
 
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot> {
@@ -866,6 +887,20 @@ fn push_in(
     tx.commit()?;
     Ok(response)
 }
+
+/// Whether device `?1` may not take actor `?2`: another device that is not revoked has pushed
+/// as it, now or before, or the device itself did before its current actor.
+const ACTOR_TAKEN: &str =
+    "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                    WHERE a.actor = ?2 AND a.device_id <> ?1 AND d.revoked_at IS NULL)
+         OR EXISTS (SELECT 1 FROM devices WHERE actor = ?2 AND id <> ?1 AND revoked_at IS NULL)
+         OR EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                    WHERE a.actor = ?2 AND a.device_id = ?1 AND d.actor IS NOT ?2)";
+
+/// Whether device `?1` pushed as `?2` before its current actor.
+const ACTOR_RETIRED: &str =
+    "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                    WHERE a.actor = ?2 AND a.device_id = ?1 AND d.actor IS NOT ?2)";
 
 /// Feed entries after `?1` in `scopes` scopes (`?4`…), in order, at most `?2`; the second
 /// column says whether device `?3` (or none, if null) pushed the entry, which then comes
