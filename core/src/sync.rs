@@ -255,6 +255,7 @@ impl SyncClient {
             let writer = Writer {
                 outbox_seq: s.outbox_high_water()?,
                 actor: s.device_id(),
+                schema_version: s.schema().version,
             };
             Ok((s.sync_cursor()?, writer))
         })
@@ -364,6 +365,7 @@ impl SyncClient {
             cursor: cursor.map(str::to_owned),
             outbox_seq: writer.outbox_seq,
             actor: writer.actor.clone(),
+            schema_version: writer.schema_version,
         };
         let response = self.transport.send(&self.config.token, request).await?;
         decode_response(response)
@@ -371,10 +373,12 @@ impl SyncClient {
 }
 
 /// Who a pull comes from: the store's actor and how far its outbox has come, by which the
-/// server tells a store restored from an older copy.
+/// server tells a store restored from an older copy, and the schema version it runs.
 struct Writer {
     outbox_seq: i64,
     actor: String,
+    /// The app schema's version, which the server shows in its device list.
+    schema_version: Option<u32>,
 }
 
 /// A pushed batch and the server's answer to it, not yet stored.

@@ -298,16 +298,37 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::Devices => {
-            let row =
-                |id: &dyn std::fmt::Display, user: &str, device: &str, last: &str, state: &str| {
-                    println!("{id:>4}  {user:<20} {device:<24} {last:<26} {state}");
-                };
+            let row = |id: &dyn std::fmt::Display,
+                       user: &str,
+                       device: &str,
+                       last: &str,
+                       schema: &str,
+                       state: &str| {
+                println!("{id:>4}  {user:<20} {device:<24} {last:<26} {schema:<7} {state}");
+            };
             let devices = open()?.list_devices()?;
-            row(&"id", "user", "device", "last sync (UTC)", "state");
+            row(
+                &"id",
+                "user",
+                "device",
+                "last sync (UTC)",
+                "schema",
+                "state",
+            );
             for device in devices {
                 let last = device.last_sync_at.map_or("never".to_owned(), utc);
+                let schema = device
+                    .schema_version
+                    .map_or("-".to_owned(), |v| v.to_string());
                 let state = if device.revoked { "revoked" } else { "active" };
-                row(&device.id, &device.user, &device.name, &last, state);
+                row(
+                    &device.id,
+                    &device.user,
+                    &device.name,
+                    &last,
+                    &schema,
+                    state,
+                );
             }
             Ok(())
         }

@@ -27,6 +27,8 @@ pub struct PullParams {
     outbox_seq: Option<i64>,
     /// The Automerge actor the device writes as (hex).
     actor: Option<String>,
+    /// The version of the app's schema the device runs.
+    schema_version: Option<u32>,
 }
 
 /// What a cursor remembers: where the client is, in which mode, for which scopes.
@@ -83,6 +85,7 @@ pub async fn pull(
     let storage = state.storage.clone();
     let outbox_seq = params.outbox_seq;
     let actor = params.actor;
+    let schema_version = params.schema_version;
     if actor
         .as_deref()
         .is_some_and(|a| a.is_empty() || a.len() > 64 || !a.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -102,14 +105,17 @@ pub async fn pull(
                 return Err(ServerError::ActorReused);
             }
         }
+        let device = storage.device_sync(caller.device_id)?;
         // A device whose outbox is behind what it pushed reads from an older copy of its
         // store, which lacks what it pushed since (the feed leaves a device's own entries out).
         if let Some(mark) = outbox_seq
-            && storage
-                .pushed_outbox_seq(caller.device_id)?
-                .is_some_and(|pushed| mark < pushed)
+            && device.outbox_seq.is_some_and(|pushed| mark < pushed)
         {
             return Err(ServerError::ActorReused);
+        }
+        // Written when it changes only: a pull writes nothing else when it brings nothing.
+        if let Some(version) = schema_version.filter(|v| device.schema_version != Some(*v)) {
+            storage.set_device_schema_version(caller.device_id, version)?;
         }
         let readable: BTreeSet<String> = caller.readable_scopes().into_iter().collect();
         let scopes: Vec<String> = readable.iter().cloned().collect();

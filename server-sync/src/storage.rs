@@ -119,6 +119,17 @@ pub struct DeviceInfo {
     pub last_sync_at: Option<i64>,
     /// Whether it was revoked.
     pub revoked: bool,
+    /// The version of the app's schema it last said it runs.
+    pub schema_version: Option<u32>,
+}
+
+/// What a pull checks of its device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceSync {
+    /// The highest outbox position the device pushed under its current actor, if it said.
+    pub outbox_seq: Option<i64>,
+    /// The version of the app's schema it last said it runs.
+    pub schema_version: Option<u32>,
 }
 
 /// A record's stored state, handed to the merge step of a push.
@@ -649,8 +660,11 @@ pub trait Storage: Send + Sync + 'static {
         batch: &Batch<'_>,
         merge: &mut dyn Merge,
     ) -> Result<PushResponse>;
-    /// The highest outbox position `device_id` has pushed, if it said.
-    fn pushed_outbox_seq(&self, device_id: i64) -> Result<Option<i64>>;
+    /// What a pull checks of `device_id`: the highest outbox position it pushed, and the
+    /// schema version it runs.
+    fn device_sync(&self, device_id: i64) -> Result<DeviceSync>;
+    /// Records the version of the app's schema `device_id` runs.
+    fn set_device_schema_version(&self, device_id: i64, version: u32) -> Result<()>;
     /// Feed entries after `after` in the scopes, in feed order.
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>>;
     /// Like [`Storage::feed_page`] without the entries device `reader` pushed, which it has:

@@ -253,9 +253,11 @@ fn the_schema_is_set_shown_and_changed_only_compatibly_from_the_command_line() {
     let (_, old) = command(&db, &["schema", "show", "--version", "1"]);
     assert!(!old.contains("pronouns"), "{old}");
 
-    // A running server validates against the version set while it runs.
+    // A running server validates against the version set while it runs, and lists which
+    // schema version each device runs.
     let server = start(&db);
     let token = server.user_with_device("ada", &["north"]);
+    added["version"] = json!(2);
     let newer = fieldsync_core::Schema::from_json(&added.to_string()).unwrap();
     let phone = fieldsync_core::Store::open(
         dir.path().join("phone.db"),

@@ -19,7 +19,7 @@ pub enum TransportRequest {
         /// The encoded body.
         body: Vec<u8>,
     },
-    /// `GET /v1/pull?limit=..&cursor=..&outbox_seq=..&actor=..`.
+    /// `GET /v1/pull?limit=..&cursor=..&outbox_seq=..&actor=..&schema_version=..`.
     Pull {
         /// Records per page.
         limit: u32,
@@ -29,6 +29,8 @@ pub enum TransportRequest {
         outbox_seq: i64,
         /// The Automerge actor the store writes as (hex).
         actor: String,
+        /// The app schema's declared version, if it declares one.
+        schema_version: Option<u32>,
     },
 }
 
@@ -42,12 +44,18 @@ impl TransportRequest {
                 cursor,
                 outbox_seq,
                 actor,
+                schema_version,
             } => {
                 let cursor = cursor
                     .as_ref()
                     .map(|c| format!("&cursor={c}"))
                     .unwrap_or_default();
-                format!("/v1/pull?limit={limit}{cursor}&outbox_seq={outbox_seq}&actor={actor}")
+                let schema = schema_version
+                    .map(|v| format!("&schema_version={v}"))
+                    .unwrap_or_default();
+                format!(
+                    "/v1/pull?limit={limit}{cursor}&outbox_seq={outbox_seq}&actor={actor}{schema}"
+                )
             }
         }
     }

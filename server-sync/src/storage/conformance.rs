@@ -183,15 +183,15 @@ fn actor_binding(storage: &dyn Storage) {
         ..Batch::new("p1", &[])
     };
     storage.push(phone, &batch, &mut accept).unwrap();
-    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), Some(9));
+    assert_eq!(storage.device_sync(phone).unwrap().outbox_seq, Some(9));
     assert_eq!(bound(phone, "aa").as_deref(), Some("aa"));
     assert_eq!(
-        storage.pushed_outbox_seq(phone).unwrap(),
+        storage.device_sync(phone).unwrap().outbox_seq,
         Some(9),
         "same actor, same positions"
     );
     assert_eq!(bound(phone, "bb").as_deref(), Some("bb"));
-    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), None);
+    assert_eq!(storage.device_sync(phone).unwrap().outbox_seq, None);
     assert_eq!(
         bound(bobs, "aa"),
         None,
@@ -834,6 +834,12 @@ fn audit_and_activity(storage: &dyn Storage) {
     assert_eq!(storage.active_devices(0).unwrap(), 2);
     assert_eq!(storage.active_devices(i64::MAX).unwrap(), 0);
     storage.ping().unwrap();
+    assert_eq!(storage.device_sync(phone).unwrap().schema_version, None);
+    storage.set_device_schema_version(phone, 3).unwrap();
+    assert_eq!(storage.device_sync(phone).unwrap().schema_version, Some(3));
+    let listed = storage.list_devices().unwrap();
+    let shown = listed.iter().find(|d| d.id == phone).unwrap();
+    assert_eq!(shown.schema_version, Some(3));
 }
 
 /// A record's lines found among thousands of others' (more than one of the embedded backend's
@@ -1149,7 +1155,7 @@ fn schema_versions_are_kept_in_order(storage: &dyn Storage) {
 
 fn a_batch_id_names_one_batch(storage: &dyn Storage) {
     let phone = device(storage, "ada");
-    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), None);
+    assert_eq!(storage.device_sync(phone).unwrap().outbox_seq, None);
     let first = [record("a", "north")];
     let batch = Batch {
         outbox_seq: Some(5),
@@ -1157,7 +1163,7 @@ fn a_batch_id_names_one_batch(storage: &dyn Storage) {
     };
     let answer = storage.push(phone, &batch, &mut accept).unwrap();
     assert_eq!(storage.push(phone, &batch, &mut accept).unwrap(), answer);
-    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), Some(5));
+    assert_eq!(storage.device_sync(phone).unwrap().outbox_seq, Some(5));
     // The same id with other records: a store restored from an older copy.
     let other = [record("b", "north")];
     let conflict = storage.push(phone, &Batch::new("dev:4-5", &other), &mut accept);
@@ -1178,5 +1184,5 @@ fn a_batch_id_names_one_batch(storage: &dyn Storage) {
     storage
         .push(phone, &Batch::new("other", &other), &mut accept)
         .unwrap();
-    assert_eq!(storage.pushed_outbox_seq(phone).unwrap(), Some(5));
+    assert_eq!(storage.device_sync(phone).unwrap().outbox_seq, Some(5));
 }

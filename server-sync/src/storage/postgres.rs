@@ -32,7 +32,7 @@ use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DocumentEntry, FeedEntry, Grant,
+    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceSync, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Snapshot,
     Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
     encode_changes, now_ms, replayed,
@@ -48,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/006_audit_refusals.sql"),
     include_str!("migrations/postgres/007_restored_devices.sql"),
     include_str!("migrations/postgres/008_device_actors.sql"),
+    include_str!("migrations/postgres/009_device_schema_versions.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -478,7 +479,8 @@ impl Storage for PostgresStorage {
 
     fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
         let rows = self.conn()?.query(
-            "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL
+            "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL,
+                    d.schema_version
              FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.id",
             &[],
         )?;
@@ -491,6 +493,7 @@ impl Storage for PostgresStorage {
                 actor: row.get(3),
                 last_sync_at: row.get(4),
                 revoked: row.get(5),
+                schema_version: row.get::<_, Option<i32>>(6).map(|v| v as u32),
             })
             .collect())
     }
@@ -597,7 +600,7 @@ impl Storage for PostgresStorage {
                  ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
                 &[&device_id, &actor],
             )?;
-            // A new actor starts its outbox positions over (see `pushed_outbox_seq`).
+            // A new actor starts its outbox positions over (see `device_sync`).
             tx.execute(
                 "UPDATE devices SET actor = $2,
                      outbox_seq = CASE WHEN actor IS NOT DISTINCT FROM $2 THEN outbox_seq END
@@ -652,12 +655,25 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn pushed_outbox_seq(&self, device_id: i64) -> Result<Option<i64>> {
+    fn device_sync(&self, device_id: i64) -> Result<DeviceSync> {
         let row = self.conn()?.query_opt(
-            "SELECT outbox_seq FROM devices WHERE id = $1",
+            "SELECT outbox_seq, schema_version FROM devices WHERE id = $1",
             &[&device_id],
         )?;
-        Ok(row.and_then(|row| row.get(0)))
+        Ok(row.map_or_else(DeviceSync::default, |row| DeviceSync {
+            outbox_seq: row.get(0),
+            schema_version: row.get::<_, Option<i32>>(1).map(|v| v as u32),
+        }))
+    }
+
+    fn set_device_schema_version(&self, device_id: i64, version: u32) -> Result<()> {
+        let version = i32::try_from(version)
+            .map_err(|_| ServerError::BadRequest("schema versions end at 2^31".into()))?;
+        self.conn()?.execute(
+            "UPDATE devices SET schema_version = $2 WHERE id = $1",
+            &[&device_id, &version],
+        )?;
+        Ok(())
     }
 
     fn push(

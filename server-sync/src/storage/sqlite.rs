@@ -22,7 +22,7 @@ use fieldsync_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DocumentEntry, FeedEntry, Grant,
+    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceSync, DocumentEntry, FeedEntry, Grant,
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Snapshot, SnapshotMark,
     Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
     encode_changes, now_ms, replayed,
@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/009_audit_refusals.sql"),
     include_str!("migrations/sqlite/010_restored_devices.sql"),
     include_str!("migrations/sqlite/011_device_actors.sql"),
+    include_str!("migrations/sqlite/012_device_schema_versions.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -362,7 +363,8 @@ impl Storage for SqliteStorage {
     fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL
+            "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL,
+                    d.schema_version
              FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.id",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -373,6 +375,7 @@ impl Storage for SqliteStorage {
                 actor: row.get(3)?,
                 last_sync_at: row.get(4)?,
                 revoked: row.get(5)?,
+                schema_version: row.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -477,7 +480,7 @@ impl Storage for SqliteStorage {
                      ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
                     params![device_id, actor],
                 )?;
-                // A new actor starts its outbox positions over (see `pushed_outbox_seq`).
+                // A new actor starts its outbox positions over (see `device_sync`).
                 tx.execute(
                     "UPDATE devices SET actor = ?2,
                          outbox_seq = CASE WHEN actor IS ?2 THEN outbox_seq END
@@ -536,13 +539,26 @@ impl Storage for SqliteStorage {
         self.write(|conn| push_in(conn, device_id, batch, merge))
     }
 
-    fn pushed_outbox_seq(&self, device_id: i64) -> Result<Option<i64>> {
+    fn device_sync(&self, device_id: i64) -> Result<DeviceSync> {
         let conn = self.lock();
-        let seq = conn
-            .prepare_cached("SELECT outbox_seq FROM devices WHERE id = ?1")?
-            .query_row([device_id], |row| row.get(0))
+        let sync = conn
+            .prepare_cached("SELECT outbox_seq, schema_version FROM devices WHERE id = ?1")?
+            .query_row([device_id], |row| {
+                Ok(DeviceSync {
+                    outbox_seq: row.get(0)?,
+                    schema_version: row.get(1)?,
+                })
+            })
             .optional()?;
-        Ok(seq.flatten())
+        Ok(sync.unwrap_or_default())
+    }
+
+    fn set_device_schema_version(&self, device_id: i64, version: u32) -> Result<()> {
+        self.write(|conn| {
+            conn.prepare_cached("UPDATE devices SET schema_version = ?2 WHERE id = ?1")?
+                .execute(params![device_id, version])?;
+            Ok(())
+        })
     }
 
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {
