@@ -439,17 +439,12 @@ impl Store {
              FROM outbox ORDER BY seq LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit.min(i64::MAX as usize) as i64], |row| {
-            let bytes: Vec<u8> = row.get(5)?;
             Ok(OutboxEntry {
                 seq: row.get(0)?,
                 collection: row.get(1)?,
                 record_id: row.get(2)?,
                 scope: row.get(3)?,
-                payload: if row.get(4)? {
-                    RemotePayload::Document(bytes)
-                } else {
-                    RemotePayload::Changes(vec![bytes])
-                },
+                payload: RemotePayload::from_outbox(row.get(4)?, row.get(5)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -7,7 +7,8 @@
 //! with the value the user last gave it) is kept in `rejected_writes`, for the app to retry as
 //! a new edit once the user may write, or to discard.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{AutoCommit, Change, ChangeHash};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -153,6 +154,40 @@ pub(super) fn keep_revoked(
         (SCOPE_REVOKED, message),
         now,
     )
+}
+
+/// A record's unsent writes: collection, id, scope, and the outbox payloads in write order.
+pub(super) type Unsent = (String, String, String, Vec<RemotePayload>);
+
+/// The outbox's entries by record (of one scope, or all), records in the order of their first
+/// entry.
+pub(super) fn unsent_by_record(tx: &Transaction<'_>, scope: Option<&str>) -> Result<Vec<Unsent>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT collection, record_id, scope, is_document, payload FROM outbox
+         WHERE ?1 IS NULL OR scope = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([scope], |row| {
+        let payload = RemotePayload::from_outbox(row.get(3)?, row.get(4)?);
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            payload,
+        ))
+    })?;
+    let mut unsent: Vec<Unsent> = Vec::new();
+    let mut index: HashMap<DocKey, usize> = HashMap::new();
+    for row in rows {
+        let (collection, id, scope, payload) = row?;
+        match index.entry((collection.clone(), id.clone())) {
+            Entry::Occupied(at) => unsent[*at.get()].3.push(payload),
+            Entry::Vacant(at) => {
+                at.insert(unsent.len());
+                unsent.push((collection, id, scope, vec![payload]));
+            }
+        }
+    }
+    Ok(unsent)
 }
 
 /// The hashes of the changes `payloads` hold (every change of a saved document, which earlier

@@ -41,6 +41,17 @@ pub enum RemotePayload {
     Document(Vec<u8>),
 }
 
+impl RemotePayload {
+    /// An outbox row's payload: one change, or (written by earlier versions) a saved document.
+    pub(crate) fn from_outbox(is_document: bool, bytes: Vec<u8>) -> RemotePayload {
+        if is_document {
+            RemotePayload::Document(bytes)
+        } else {
+            RemotePayload::Changes(vec![bytes])
+        }
+    }
+}
+
 /// What [`Store::apply_remote`](crate::Store::apply_remote) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -601,7 +612,7 @@ fn purge(
     let mut changed = Vec::new();
     let now = super::now_ms();
     for scope in scopes {
-        for ((collection, id), payloads) in unsent_in_scope(tx, scope)? {
+        for (collection, id, _, payloads) in super::rejected::unsent_by_record(tx, Some(scope))? {
             if shared.schema.collections.contains_key(&collection) {
                 super::rejected::keep_revoked(
                     shared,
@@ -638,32 +649,6 @@ fn purge(
         tx.execute("DELETE FROM outbox WHERE scope = ?1", [scope])?;
     }
     Ok(changed)
-}
-
-/// The outbox entries of a scope, by record, in write order.
-fn unsent_in_scope(tx: &Transaction<'_>, scope: &str) -> Result<Vec<(DocKey, Vec<RemotePayload>)>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT collection, record_id, is_document, payload FROM outbox WHERE scope = ?1
-         ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([scope], |row| {
-        let bytes: Vec<u8> = row.get(3)?;
-        let payload = if row.get(2)? {
-            RemotePayload::Document(bytes)
-        } else {
-            RemotePayload::Changes(vec![bytes])
-        };
-        Ok(((row.get(0)?, row.get(1)?), payload))
-    })?;
-    let mut by_record: Vec<(DocKey, Vec<RemotePayload>)> = Vec::new();
-    for row in rows {
-        let (key, payload) = row?;
-        match by_record.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, payloads)) => payloads.push(payload),
-            None => by_record.push((key, vec![payload])),
-        }
-    }
-    Ok(by_record)
 }
 
 enum Outcome {

@@ -15,9 +15,9 @@
 //! nothing is sent twice.
 
 use automerge::ActorId;
-use rusqlite::{Transaction, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 
-use super::{Db, RemotePayload, Store, now_ms, rejected};
+use super::{Db, Store, now_ms, rejected};
 use crate::error::Result;
 
 /// The code of the writes a restored store keeps aside while it syncs again.
@@ -42,7 +42,7 @@ impl Store {
             let now = now_ms();
             let message = "kept while the store, restored from an older copy, syncs again";
             let mut changed = Vec::new();
-            for (collection, id, scope, payloads) in unsent_by_record(&tx)? {
+            for (collection, id, scope, payloads) in rejected::unsent_by_record(&tx, None)? {
                 if self.shared.schema.collections.contains_key(&collection) {
                     let key = (collection.as_str(), id.as_str(), scope.as_str());
                     let reason = (STORE_RESTORED, message);
@@ -86,39 +86,4 @@ impl Store {
         }
         Ok(())
     }
-}
-
-type Unsent = (String, String, String, Vec<RemotePayload>);
-
-/// The outbox's entries by record, records in the order of their first entry.
-fn unsent_by_record(tx: &Transaction<'_>) -> Result<Vec<Unsent>> {
-    let mut stmt = tx.prepare(
-        "SELECT collection, record_id, scope, is_document, payload FROM outbox ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        let bytes: Vec<u8> = row.get(4)?;
-        let payload = if row.get(3)? {
-            RemotePayload::Document(bytes)
-        } else {
-            RemotePayload::Changes(vec![bytes])
-        };
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-            payload,
-        ))
-    })?;
-    let mut unsent: Vec<Unsent> = Vec::new();
-    for row in rows {
-        let (collection, id, scope, payload) = row?;
-        match unsent
-            .iter_mut()
-            .find(|(c, i, _, _)| *c == collection && *i == id)
-        {
-            Some((_, _, _, payloads)) => payloads.push(payload),
-            None => unsent.push((collection, id, scope, vec![payload])),
-        }
-    }
-    Ok(unsent)
 }

@@ -265,12 +265,7 @@ fn take_queued(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Vec<R
     )?;
     let payloads = stmt
         .query_map([collection, id], |row| {
-            let bytes: Vec<u8> = row.get(1)?;
-            Ok(if row.get(0)? {
-                RemotePayload::Document(bytes)
-            } else {
-                RemotePayload::Changes(vec![bytes])
-            })
+            Ok(RemotePayload::from_outbox(row.get(0)?, row.get(1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     tx.prepare_cached("DELETE FROM outbox WHERE collection = ?1 AND record_id = ?2")?
