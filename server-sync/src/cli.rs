@@ -118,8 +118,15 @@ enum Command {
         #[arg(long)]
         scope: String,
     },
-    /// List devices with their user and last sync.
+    /// List devices with their user, last sync and the Automerge actor they push as.
     Devices,
+    /// Free an Automerge actor from the device holding it, so that the device whose changes
+    /// it makes can bind it again (a device that took an actor not its own locks that device
+    /// out with `foreign_actor`).
+    ReleaseActor {
+        /// The actor, in hex, as `devices` lists it.
+        actor: String,
+    },
     /// Show who pushed and pulled which records when, newest first.
     Audit {
         /// Only this user's.
@@ -140,6 +147,28 @@ enum Command {
     /// Set or show the schema pushed records are validated against.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Find records whose stored bytes do not load as what the server says they are; exits
+    /// with failure if there are any.
+    Check {
+        /// Rebuild each damaged record from what is still good of it (see `repair`).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Rebuild a damaged record from the intact parts of its stored bytes, its changes in the
+    /// feed and, if given, a device's copy of its document; devices get what they lack at
+    /// their next sync.
+    Repair {
+        /// The record's collection.
+        #[arg(long)]
+        collection: String,
+        /// The record's id.
+        #[arg(long)]
+        id: String,
+        /// A file holding a device's copy of the record's document (its saved Automerge
+        /// bytes), merged in.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -303,8 +332,11 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                        device: &str,
                        last: &str,
                        schema: &str,
-                       state: &str| {
-                println!("{id:>4}  {user:<20} {device:<24} {last:<26} {schema:<7} {state}");
+                       state: &str,
+                       actor: &str| {
+                println!(
+                    "{id:>4}  {user:<20} {device:<24} {last:<26} {schema:<7} {state:<8} {actor}"
+                );
             };
             let devices = open()?.list_devices()?;
             row(
@@ -314,6 +346,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 "last sync (UTC)",
                 "schema",
                 "state",
+                "actor",
             );
             for device in devices {
                 let last = device.last_sync_at.map_or("never".to_owned(), utc);
@@ -328,9 +361,22 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                     &last,
                     &schema,
                     state,
+                    device.actor.as_deref().unwrap_or("-"),
                 );
             }
             Ok(())
+        }
+        Command::ReleaseActor { actor } => {
+            if open()?.release_actor(&actor)? {
+                println!(
+                    "actor {actor} released: the next device that stores a push as it binds it"
+                );
+                Ok(())
+            } else {
+                Err(ServerError::NotFound(format!(
+                    "no device holds actor {actor}"
+                )))
+            }
         }
         Command::Audit {
             user,
@@ -363,7 +409,74 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         }
         Command::Backup { to } => backup(&db, &to),
         Command::Schema(command) => run_schema(&*open()?, command),
+        Command::Check { repair } => check(&*open()?, repair),
+        Command::Repair {
+            collection,
+            id,
+            from,
+        } => {
+            let copy = from
+                .map(|path| {
+                    std::fs::read(&path).map_err(|err| {
+                        ServerError::BadRequest(format!("cannot read {}: {err}", path.display()))
+                    })
+                })
+                .transpose()?;
+            let storage = open()?;
+            let schema = current_schema(&*storage)?;
+            let repaired =
+                crate::repair::repair(&*storage, &schema, (&collection, &id), copy.as_deref())?;
+            print_repaired(&collection, &id, repaired);
+            Ok(())
+        }
     }
+}
+
+fn check(storage: &dyn Storage, repair: bool) -> Result<(), ServerError> {
+    let (checked, damaged) = crate::repair::check(storage)?;
+    for damage in &damaged {
+        println!("{}/{}: {}", damage.collection, damage.id, damage.problem);
+    }
+    println!("{checked} records checked, {} damaged", damaged.len());
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    if !repair {
+        return Err(ServerError::Corrupt(format!(
+            "{} damaged records; rebuild them with `check --repair` or `repair`",
+            damaged.len()
+        )));
+    }
+    let schema = current_schema(storage)?;
+    let mut failed = 0;
+    for damage in &damaged {
+        let key = (damage.collection.as_str(), damage.id.as_str());
+        match crate::repair::repair(storage, &schema, key, None) {
+            Ok(repaired) => print_repaired(&damage.collection, &damage.id, repaired),
+            Err(err) => {
+                failed += 1;
+                println!("{}/{}: not repaired: {err}", damage.collection, damage.id);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(ServerError::Corrupt(format!(
+            "{failed} damaged records could not be repaired"
+        )));
+    }
+    Ok(())
+}
+
+fn current_schema(storage: &dyn Storage) -> Result<fieldsync_record::Schema, ServerError> {
+    let stored = storage.current_schema()?.ok_or(ServerError::NoSchema)?;
+    schema::parse(&stored)
+}
+
+fn print_repaired(collection: &str, id: &str, repaired: crate::repair::Repaired) {
+    println!(
+        "{collection}/{id}: repaired with {} changes, {} left out",
+        repaired.changes, repaired.left_out
+    );
 }
 
 fn run_schema(storage: &dyn Storage, command: SchemaCommand) -> Result<(), ServerError> {

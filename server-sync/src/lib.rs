@@ -31,6 +31,7 @@ mod premerge;
 mod pull;
 mod push;
 pub mod rate_limit;
+pub mod repair;
 pub mod schema;
 pub mod storage;
 

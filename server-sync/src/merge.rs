@@ -270,7 +270,7 @@ fn merge_unguarded(
 /// The lineage of a document just merged and about to be saved whole. `known` is the stored
 /// record's (`None` for a new record, `Some(None)` for one stored before lineages were kept),
 /// `new_changes` the changes the merge added.
-fn lineage_after_merge(
+pub(crate) fn lineage_after_merge(
     doc: &mut AutoCommit,
     known: Option<Option<&Lineage>>,
     new_changes: &[Change],

@@ -95,20 +95,22 @@ pub async fn pull(
         ));
     }
     let response = blocking(move || {
-        // A store restored from an older copy takes a new actor; a pull may be the first
-        // request that says so, and the device's outbox positions then start over.
-        if let Some(actor) = actor.filter(|a| caller.actor.as_ref() != Some(a)) {
-            // An actor the device had before is an older copy's.
-            if storage.bind_actor(caller.device_id, &actor)?.as_ref() != Some(&actor)
-                && storage.retired_actor(caller.device_id, &actor)?
-            {
-                return Err(ServerError::ActorReused);
-            }
+        // A store restored from an older copy takes a new actor, bound by its first push
+        // that stores something (a pull binds nothing: a device that may only read must not
+        // take an actor another device will push as). An actor the device had before is an
+        // older copy's.
+        let new_actor = actor.filter(|a| caller.actor.as_ref() != Some(a));
+        if let Some(actor) = &new_actor
+            && storage.retired_actor(caller.device_id, actor)?
+        {
+            return Err(ServerError::ActorReused);
         }
         let device = storage.device_sync(caller.device_id)?;
         // A device whose outbox is behind what it pushed reads from an older copy of its
         // store, which lacks what it pushed since (the feed leaves a device's own entries out).
+        // Under a new actor its outbox positions start over.
         if let Some(mark) = outbox_seq
+            && new_actor.is_none()
             && device.outbox_seq.is_some_and(|pushed| mark < pushed)
         {
             return Err(ServerError::ActorReused);

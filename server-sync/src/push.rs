@@ -66,25 +66,23 @@ pub async fn push(
                 limits.max_changes_per_push
             )));
         }
-        // The device pushes as the actor of its first change: bound on its first push, and
-        // again when a store restored from an older copy took a new one. `None` when the
-        // device is unbound and that actor belongs to another live device (or no change
-        // decodes): then no change it pushes is its own.
+        // The device pushes as the actor of its first change: bound by its first push that
+        // stores something, and again when a store restored from an older copy took a new
+        // one. Until then the changes count as its own only if no other live device holds
+        // the actor; an actor the device had before is an older copy's.
         let claimed = first_actor(&request, limits.max_decompressed_bytes);
-        let actor = match (&caller.actor, claimed) {
-            (Some(bound), Some(claimed)) if *bound == claimed => Some(claimed),
-            (_, Some(claimed)) => {
-                let bound = storage.bind_actor(caller.device_id, &claimed)?;
-                // An actor the device had before is an older copy's: it syncs again under a
-                // new one.
-                if bound.as_ref() != Some(&claimed)
-                    && storage.retired_actor(caller.device_id, &claimed)?
-                {
+        let (actor, binds) = match (&caller.actor, claimed) {
+            (Some(bound), Some(claimed)) if *bound == claimed => (Some(claimed), None),
+            (bound, Some(claimed)) => {
+                if storage.actor_free(caller.device_id, &claimed)? {
+                    (Some(claimed.clone()), Some(claimed))
+                } else if storage.retired_actor(caller.device_id, &claimed)? {
                     return Err(ServerError::ActorReused);
+                } else {
+                    (bound.clone(), None)
                 }
-                bound
             }
-            (bound, None) => bound.clone(),
+            (bound, None) => (bound.clone(), None),
         };
         let keys: Vec<(&str, &str)> = request
             .records
@@ -104,6 +102,7 @@ pub async fn push(
             let mut merger = PushMerger::new(context, &premerges, snapshot.mark);
             let batch = Batch {
                 outbox_seq: request.outbox_seq,
+                binds: binds.as_deref(),
                 ..Batch::new(&request.batch_id, &request.records)
             };
             let response = storage.push(caller.device_id, &batch, &mut merger)?;

@@ -152,6 +152,17 @@ pub struct StoredRecord {
     pub version: Option<i64>,
 }
 
+/// A stored record with its key, as [`Storage::records_after`] lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedRecord {
+    /// Collection of the record.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// Its stored state.
+    pub stored: StoredRecord,
+}
+
 /// A record after a push merged into it, for the storage to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedRecord {
@@ -400,6 +411,9 @@ pub struct Batch<'a> {
     pub hash: [u8; 32],
     /// The device's outbox position of the batch's last record, if it counts its writes.
     pub outbox_seq: Option<i64>,
+    /// An actor the device pushes as for the first time, bound to it if the push stores
+    /// anything (a push whose records are all refused binds nothing).
+    pub binds: Option<&'a str>,
 }
 
 impl<'a> Batch<'a> {
@@ -410,6 +424,7 @@ impl<'a> Batch<'a> {
             records,
             hash: batch_hash(records),
             outbox_seq: None,
+            binds: None,
         }
     }
 }
@@ -564,7 +579,8 @@ pub struct AuditEntry {
     pub user: String,
     /// From which device.
     pub device_id: i64,
-    /// `push`, `pull`, or `refuse` for a pushed record the server refused.
+    /// `push`, `pull`, `refuse` for a pushed record the server refused, or `repair` for a
+    /// record the server rebuilt (by the user `(server)`, device 0).
     pub action: String,
     /// Collection of the record.
     pub collection: String,
@@ -644,6 +660,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether the device pushed as `actor` before it took the actor it has now: a store that
     /// writes as it again is an older copy.
     fn retired_actor(&self, device_id: i64, actor: &str) -> Result<bool>;
+    /// Whether [`Storage::bind_actor`] would make `actor` the device's actor now.
+    fn actor_free(&self, device_id: i64, actor: &str) -> Result<bool>;
+    /// Frees `actor` from the device holding it (now or before), so that another device may
+    /// bind it: for an administrator, when a device took an actor that was not its own.
+    /// False if no device holds it.
+    fn release_actor(&self, actor: &str) -> Result<bool>;
 
     /// The stored state of each record named by `(collection, id)`, in order; `None` for a
     /// record the server does not have. A snapshot for merging ahead of [`Storage::push`],
@@ -653,7 +675,10 @@ pub trait Storage: Send + Sync + 'static {
     /// stored response and changes nothing; the id of a stored batch with other records is
     /// [`ServerError::BatchConflict`]; otherwise each record is merged by `merge` and written
     /// with its feed entry and audit line, or rejected and written only to the audit log, and
-    /// the device's highest pushed outbox position is kept.
+    /// the device's highest pushed outbox position is kept. If the push stores anything and
+    /// [`Batch::binds`] names an actor, the device is bound to it as by
+    /// [`Storage::bind_actor`] in the same transaction; if another device took the actor
+    /// meanwhile, nothing is written and the push fails with [`ServerError::Conflict`].
     fn push(
         &self,
         device_id: i64,
@@ -696,6 +721,23 @@ pub trait Storage: Send + Sync + 'static {
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+
+    /// Stored records in (collection, id) order after `after`, at most `limit`: what
+    /// `fieldsync-server check` reads the whole database through.
+    fn records_after(&self, after: Option<(&str, &str)>, limit: u32) -> Result<Vec<ListedRecord>>;
+    /// Every change the feed holds for a record, oldest entry first, as they were stored.
+    fn feed_changes_of(&self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>>;
+    /// Writes `record` as the new state of the record `key` names, with a feed entry holding
+    /// its `new_changes` and an audit line of `action` by the server itself (user and device
+    /// 0), if the record is still at `version`; false, writing nothing, if another write came
+    /// between. For what the server does to a record outside a push (a repair).
+    fn rewrite_record(
+        &self,
+        key: (&str, &str),
+        version: i64,
+        record: &MergedRecord,
+        action: &str,
+    ) -> Result<bool>;
 
     /// The number of the schema version in force, 0 while none was set: cheap enough to ask
     /// on every push, which reads the schema again only when it changed.
@@ -777,6 +819,11 @@ fn redact_password(url: &str) -> String {
 pub const IDLE_PULL_RECORDED_EVERY_MS: i64 = 60_000;
 
 /// Milliseconds since the epoch.
+/// A push's new actor was bound by another device between the check and the push.
+fn actor_taken_meanwhile() -> ServerError {
+    ServerError::Conflict("another device took this actor meanwhile; sync again".into())
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -376,6 +376,28 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
             Payload::Document(d) => vec![d.to_vec()],
         })
         .collect();
+    // Edits that follow each stored record in line, never pushed intact: damaged, they are
+    // what an older server appended unchecked.
+    for id in &ids {
+        phone
+            .update(
+                "clients",
+                id,
+                json!({"phone": "555"}).as_object().unwrap().clone(),
+            )
+            .unwrap();
+    }
+    let in_line: Vec<(String, Vec<u8>)> = phone
+        .outbox(100)
+        .unwrap()
+        .into_iter()
+        .map(|entry| match entry.payload {
+            fieldsync_core::RemotePayload::Changes(changes) => {
+                (entry.record_id, changes[0].clone())
+            }
+            fieldsync_core::RemotePayload::Document(_) => unreachable!("edits are changes"),
+        })
+        .collect();
     let north = vec!["north".to_owned()];
     let feed_before = storage.feed_page(&north, 0, 10_000).unwrap();
     let documents_before = storage.documents_page(&north, 0, i64::MAX, 10_000).unwrap();
@@ -445,6 +467,17 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
             record(&id, document(Vec::new())),
         ];
         barrage.push_rejected("broken Automerge", records).await;
+
+        // An in-line edit of a stored record with bits flipped (the checksum's among them).
+        let (id, change) = in_line[barrage.rng.random_range(0..in_line.len())].clone();
+        let mut checksum_only = change.clone();
+        checksum_only[barrage.rng.random_range(4..8)] ^= 1 << barrage.rng.random_range(0..8);
+        let damaged = vec![checksum_only, barrage.flip_bits(&change)];
+        let records = damaged
+            .into_iter()
+            .map(|bytes| record(&id, changes(vec![bytes])))
+            .collect();
+        barrage.push_rejected("damaged in-line edit", records).await;
 
         // Odd pull query strings.
         let query = odd_query(&mut barrage.rng, &reader_cursor);
@@ -554,8 +587,14 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
             .await;
     }
 
-    // Nothing was written: the feed and the records are as they were, and another device
-    // pulls nothing new.
+    // Nothing was written: the feed and the records are as they were (every one of them
+    // loads), and another device pulls nothing new.
+    assert!(
+        fieldsync_server::repair::check(&*storage)
+            .unwrap()
+            .1
+            .is_empty()
+    );
     assert_eq!(storage.feed_page(&north, 0, 10_000).unwrap(), feed_before);
     assert_eq!(
         storage.documents_page(&north, 0, i64::MAX, 10_000).unwrap(),

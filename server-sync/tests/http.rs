@@ -968,6 +968,69 @@ async fn a_new_device_cannot_claim_the_actor_of_another_live_device() {
     );
 }
 
+/// A freed actor (its device revoked) goes to the first device whose push stores something:
+/// a read-only device that pulls naming it, or pushes records that are all refused, takes
+/// nothing. An administrator can see which device holds an actor and free it.
+#[tokio::test]
+async fn only_a_push_that_stores_something_binds_an_actor() {
+    let server = Server::new();
+    let ada = server.user("ada", &[("north", Access::Write)]);
+    let reader = server.user("reader", &[("north", Access::Read)]);
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    assert_eq!(accepted(&server.push_outbox(&ada, &phone, "p1").await), 1);
+    let actor = phone.device_id().to_owned();
+    let holder = |actor: &str| {
+        let devices = server.storage.list_devices().unwrap();
+        let holders: Vec<i64> = devices
+            .iter()
+            .filter(|d| d.actor.as_deref() == Some(actor) && !d.revoked)
+            .map(|d| d.id)
+            .collect();
+        assert!(holders.len() <= 1, "{holders:?}");
+        holders.first().copied()
+    };
+    admin::revoke_device(&*server.storage, holder(&actor).unwrap()).unwrap();
+
+    // The reader names the freed actor on its pull, then pushes records made with it, which
+    // are refused (it may not write): it holds no actor.
+    let query = format!("/v1/pull?actor={actor}");
+    let request = Request::get(&query)
+        .header("authorization", format!("Bearer {reader}"))
+        .header(protocol::VERSION_HEADER, "1")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(server.send(request).await.0, StatusCode::OK);
+    let refused = PushRequest {
+        outbox_seq: None,
+        batch_id: "taken".into(),
+        records: vec![claim("grab", &written_by(&actor, "north", "x"), false)],
+    };
+    let response = server.push(&reader, &refused).await.ok();
+    assert_eq!(
+        response.results[0].rejected.as_ref().map(|r| r.code),
+        Some(RejectCode::ForbiddenScope)
+    );
+    assert_eq!(holder(&actor), None, "nothing stored, nothing bound");
+
+    // The phone, enrolled again with the same store, takes its actor back by writing.
+    let reinstalled = server.device("ada");
+    let request = PushRequest {
+        outbox_seq: None,
+        batch_id: "r1".into(),
+        records: vec![claim("again", &written_by(&actor, "north", "again"), false)],
+    };
+    let response = server.push(&reinstalled, &request).await.ok();
+    assert!(response.results[0].rejected.is_none(), "{response:?}");
+    let device = holder(&actor).unwrap();
+
+    // Freed by an administrator, the actor may be bound again by another device.
+    assert!(server.storage.release_actor(&actor).unwrap());
+    assert!(!server.storage.release_actor(&actor).unwrap());
+    assert_eq!(holder(&actor), None);
+    assert!(server.storage.actor_free(device + 100, &actor).unwrap());
+}
+
 #[tokio::test]
 async fn a_server_without_a_schema_refuses_pushes_until_one_is_set() {
     let server = Server::without_schema(Limits {

@@ -334,3 +334,106 @@ fn records_devices_would_refuse_are_refused_by_a_real_server_and_audited() {
     assert_eq!(audit.matches("refuse clients/").count(), 3, "{audit}");
     assert!(audit.contains("(invalid_record)"), "{audit}");
 }
+
+/// A record an older server stored damaged (an appended change whose checksum no longer
+/// matches): a device pulling it refuses it rather than store bytes it cannot load; `check`
+/// finds it and fails; `repair` rebuilds it from a device's good copy, and devices then get
+/// it. A push of such a change is refused.
+#[test]
+fn a_damaged_record_is_found_refused_by_devices_and_repaired_from_a_device_s_copy() {
+    use fieldsync_record::protocol::{Payload, PushRecord, PushRequest, RejectCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server.db");
+    let server = start(&db);
+    let token = server.user_with_device("ada", &["north"]);
+    let client = Client::new(&server.url, &token);
+    let phone = open_device(&dir.path().join("phone.db"));
+    let id = phone
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Ada"})),
+        )
+        .unwrap();
+    client.push_outbox(&phone, "p1");
+    phone
+        .update("clients", &id, fields(json!({"name": "Ada L."})))
+        .unwrap();
+    let edit = match &phone.outbox(10).unwrap()[0].payload {
+        fieldsync_core::RemotePayload::Changes(changes) => changes[0].clone(),
+        fieldsync_core::RemotePayload::Document(_) => unreachable!(),
+    };
+
+    // The probe's input: the edit with its checksum flipped, refused; then the edit itself.
+    let mut damaged = edit.clone();
+    damaged[4] ^= 0x01;
+    let push = |batch: &str, change: Vec<u8>| PushRequest {
+        outbox_seq: None,
+        batch_id: batch.into(),
+        records: vec![PushRecord {
+            collection: "clients".into(),
+            id: id.clone(),
+            scope: "north".into(),
+            payload: Payload::Changes(vec![serde_bytes::ByteBuf::from(change)]),
+        }],
+    };
+    let refused = client.push(&push("bad", damaged.clone())).unwrap();
+    let rejection = refused.results[0].rejected.as_ref().expect("refused");
+    assert_eq!(rejection.code, RejectCode::Malformed);
+    assert!(
+        client.push(&push("good", edit.clone())).unwrap().results[0]
+            .rejected
+            .is_none()
+    );
+    assert!(command(&db, &["check"]).0);
+
+    // What an older server stored for it.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let doc: Vec<u8> = conn
+        .query_row("SELECT doc FROM records", [], |row| row.get(0))
+        .unwrap();
+    let at = doc.windows(edit.len()).position(|w| w == edit).unwrap();
+    let mut stored = doc.clone();
+    stored[at + 4] ^= 0x01;
+    conn.execute("UPDATE records SET doc = ?1", [stored])
+        .unwrap();
+    drop(conn);
+
+    let tablet = open_device(&dir.path().join("tablet.db"));
+    let page = client.pull(None, 100).unwrap();
+    let report = tablet
+        .apply_remote(page.records.into_iter().map(Into::into).collect())
+        .unwrap();
+    assert_eq!(report.rejected.len(), 1);
+    assert!(tablet.get("clients", &id).unwrap().is_none(), "refused");
+    let (clean, printed) = command(&db, &["check"]);
+    assert!(!clean, "{printed}");
+    assert!(printed.contains(&format!(
+        "clients/{id}: its stored bytes fail their checksums"
+    )));
+    assert!(
+        printed.contains("1 records checked, 1 damaged"),
+        "{printed}"
+    );
+
+    let copy = dir.path().join("copy.automerge");
+    std::fs::write(&copy, phone.document("clients", &id).unwrap()).unwrap();
+    let repaired = server.admin(&[
+        "repair",
+        "--collection",
+        "clients",
+        "--id",
+        &id,
+        "--from",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(repaired.contains("repaired with 2 changes"), "{repaired}");
+    assert!(command(&db, &["check"]).0);
+    let fresh = open_device(&dir.path().join("fresh.db"));
+    client.pull_into(&fresh, None);
+    assert_eq!(
+        fresh.get("clients", &id).unwrap().unwrap().fields["name"],
+        "Ada L."
+    );
+    assert!(server.admin(&["audit"]).contains("repair clients/"));
+}

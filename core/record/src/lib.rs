@@ -9,6 +9,8 @@
 //! - [`validate`]: whether a record document is valid under a schema.
 //! - [`merge`] and [`stored`]: the panic guard every merge of outside data runs under, and the
 //!   stored form of a document (a save followed by appended changes).
+//! - [`chunks`]: Automerge's binary chunks checked before Automerge sees them (inflated size,
+//!   checksums).
 //! - [`ids`]: the rules for record ids and collection names.
 //! - [`protocol`]: the sync protocol's wire types and their encoding (docs/PROTOCOL.md).
 //!
@@ -32,6 +34,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod chunks;
 pub mod document;
 mod error;
 pub mod ids;

@@ -394,8 +394,12 @@ fn store_known(
         return Ok(None);
     };
     // The document is stored unread, but it is loaded on the first write, history or merge:
-    // one that inflates past the limit must not get in this way.
-    if protocol::check_inflated_size(bytes, protocol::MAX_RECORD_INFLATED_BYTES).is_err() {
+    // one that inflates past the limit, or whose bytes are not what their checksums say (a
+    // document damaged on the server), must not get in this way. The merge then refuses it.
+    let limit = protocol::MAX_RECORD_INFLATED_BYTES;
+    if protocol::check_inflated_size(bytes, limit).is_err()
+        || fieldsync_record::chunks::verify_checksums(bytes, limit).is_err()
+    {
         return Ok(None);
     }
     let row = read::RowData {

@@ -494,6 +494,65 @@ mod tests {
         assert_eq!(merged["phone"], "555", "the local edit is kept");
     }
 
+    /// A document whose bytes were damaged on the server (a flipped bit) is refused, never
+    /// stored; with its bytes intact it is stored as sent.
+    #[test]
+    fn a_damaged_whole_document_is_refused_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let server_side = open(&dir.path().join("a.db"), Synchronous::Normal);
+        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
+        let id = server_side
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": "Ada"})),
+            )
+            .unwrap();
+        let page = whole_document_page(&server_side, &id, "c1", false);
+        let Payload::Document(bytes) = page.records[0].payload.clone() else {
+            unreachable!()
+        };
+        for byte in [4, 9, bytes.len() / 2, bytes.len() - 1] {
+            let mut damaged = page.clone();
+            let mut bad = bytes.to_vec();
+            bad[byte] ^= 0x04;
+            damaged.records[0].payload = Payload::Document(ByteBuf::from(bad));
+            let report = device.apply_pull_page(damaged).unwrap();
+            assert_eq!(
+                (report.changed, report.rejected.len()),
+                (0, 1),
+                "byte {byte}"
+            );
+            assert!(device.get("clients", &id).unwrap().is_none());
+        }
+        let report = device.apply_pull_page(page).unwrap();
+        assert_eq!((report.changed, report.rejected.len()), (1, 0));
+        assert_eq!(device.document("clients", &id).unwrap(), bytes.to_vec());
+    }
+
+    /// A pulled change whose checksum was damaged is merged from what it decodes to, never
+    /// appended as it came: the stored document still loads.
+    #[test]
+    fn a_pulled_change_with_a_damaged_checksum_is_not_appended_as_it_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = synced_pair(dir.path());
+        server_side
+            .update("clients", &id, fields(json!({"name": "Ada L."})))
+            .unwrap();
+        let mut page = latest_changes_page(&server_side, &id, "c1");
+        let Payload::Changes(changes) = &mut page.records[0].payload else {
+            unreachable!()
+        };
+        changes[0][5] ^= 0x01;
+        let (_, tail_before) = stored_row(&device, &id);
+        device.apply_pull_page(page).unwrap();
+        let (bytes, tail) = stored_row(&device, &id);
+        assert_ne!(tail, tail_before + 1, "not appended");
+        automerge::AutoCommit::load(&bytes).expect("the stored document loads");
+        device
+            .update("clients", &id, fields(json!({"phone": "555"})))
+            .unwrap();
+    }
+
     /// `from`'s unsent changes to `id` as one feed entry that is the record's latest, with
     /// `from`'s values, as the server sends it; `from`'s outbox is then acknowledged.
     fn latest_changes_page(from: &Store, id: &str, cursor: &str) -> PullResponse {

@@ -200,6 +200,43 @@ fn changes_that_follow_the_stored_document_in_line_are_appended_unread() {
     );
 }
 
+/// Every bit of an in-line edit flipped in turn: whatever is accepted is stored as bytes that
+/// load with the heads and values the merge reports; a flipped checksum is refused.
+#[test]
+fn no_flipped_bit_of_an_edit_is_stored_as_bytes_that_do_not_load() {
+    let device = ActorId::random();
+    let (mut doc, state) = new_record(&device);
+    let change = edit(&mut doc, "visits", 7);
+    let caller = caller(&device);
+    let limits = Limits::default();
+    let mut accepted = 0;
+    for byte in 0..change.len() {
+        for bit in 0..8 {
+            let mut damaged = change.clone();
+            damaged[byte] ^= 1 << bit;
+            let record = pushed("a", "north", changes(damaged));
+            let Ok(merged) = merge(context(&caller, &limits), &record, Some(state.clone())) else {
+                continue;
+            };
+            accepted += 1;
+            let mut loaded = AutoCommit::load(&merged.doc)
+                .unwrap_or_else(|_| panic!("bit {bit} of byte {byte}: stored bytes do not load"));
+            assert_eq!(loaded.get_heads(), merged.lineage.heads);
+            assert_eq!(loaded_values(&merged.doc), values(&merged));
+        }
+    }
+    // A flip of the checksum itself leaves the change readable but unloadable once stored.
+    let mut damaged = change.clone();
+    damaged[4] ^= 1;
+    let record = pushed("a", "north", changes(damaged));
+    let refused = merge(context(&caller, &limits), &record, Some(state.clone())).unwrap_err();
+    assert_eq!(refused.code, RejectCode::Malformed);
+    assert_eq!(
+        accepted, 0,
+        "a change with any bit flipped fails its checksum"
+    );
+}
+
 #[test]
 fn a_document_that_took_enough_appended_changes_is_saved_whole() {
     let device = ActorId::random();

@@ -39,6 +39,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     refused_records_are_audited_with_their_code(&*fresh());
     schema_versions_are_kept_in_order(&*fresh());
     a_batch_id_names_one_batch(&*fresh());
+    records_are_listed_and_rewritten(&*fresh());
+    a_push_binds_its_actor_only_if_it_stores_something(&*fresh());
 }
 
 fn record(id: &str, scope: &str) -> PushRecord {
@@ -1185,4 +1187,130 @@ fn a_batch_id_names_one_batch(storage: &dyn Storage) {
         .push(phone, &Batch::new("other", &other), &mut accept)
         .unwrap();
     assert_eq!(storage.device_sync(phone).unwrap().outbox_seq, Some(5));
+}
+
+/// `check` lists every record in key order a page at a time; a repair reads a record's feed
+/// changes and rewrites it only if nothing was written since, as the server (user and device
+/// 0) with a feed entry and an audit line.
+fn records_are_listed_and_rewritten(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let records = [
+        record("b", "north"),
+        record("a", "south"),
+        record_with("a2", "north", b"x"),
+    ];
+    storage
+        .push(phone, &Batch::new("one", &records), &mut accept)
+        .unwrap();
+    storage
+        .push(
+            phone,
+            &Batch::new("two", &[record_with("b", "north", b"more")]),
+            &mut accept,
+        )
+        .unwrap();
+    let first = storage.records_after(None, 2).unwrap();
+    let keys: Vec<&str> = first.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(keys, ["a", "a2"]);
+    assert_eq!(first[0].stored.scope, "south");
+    let rest = storage.records_after(Some(("clients", "a2")), 2).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].stored.doc, b"bmore");
+    assert_eq!(rest[0].stored.lineage, Some(lineage_of(b"bmore")));
+
+    assert_eq!(
+        storage.feed_changes_of("clients", "b").unwrap(),
+        vec![b"b".to_vec(), b"more".to_vec()]
+    );
+    assert!(storage.feed_changes_of("clients", "zz").unwrap().is_empty());
+
+    let version = rest[0].stored.version.unwrap();
+    let rebuilt = MergedRecord {
+        doc: b"rebuilt".to_vec(),
+        fields_json: "{}".into(),
+        deleted: true,
+        new_changes: vec![b"b".to_vec(), b"rebuilt".to_vec()],
+        lineage: lineage_of(b"rebuilt"),
+    };
+    let head = storage.feed_head().unwrap();
+    assert!(
+        !storage
+            .rewrite_record(("clients", "b"), version - 1, &rebuilt, "repair")
+            .unwrap(),
+        "a stale version rewrites nothing"
+    );
+    assert_eq!(storage.feed_head().unwrap(), head);
+    assert!(
+        storage
+            .rewrite_record(("clients", "b"), version, &rebuilt, "repair")
+            .unwrap()
+    );
+    let after = storage.records_after(Some(("clients", "a2")), 2).unwrap();
+    assert_eq!(after[0].stored.doc, b"rebuilt");
+    assert!(after[0].stored.deleted);
+    assert_eq!(after[0].stored.lineage, Some(lineage_of(b"rebuilt")));
+    assert!(after[0].stored.version.unwrap() > version);
+    let page = storage.feed_page(&["north".into()], head, 10).unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].device_id, 0);
+    assert_eq!(page.entries[0].changes, rebuilt.new_changes);
+    let audit = storage
+        .audit(&AuditQuery {
+            limit: 1,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (
+            audit[0].user.as_str(),
+            audit[0].device_id,
+            audit[0].action.as_str()
+        ),
+        ("(server)", 0, "repair")
+    );
+}
+
+/// [`Batch::binds`] binds only with something stored; an actor taken meanwhile fails the push,
+/// writing nothing; an administrator frees an actor.
+fn a_push_binds_its_actor_only_if_it_stores_something(storage: &dyn Storage) {
+    let phone = device(storage, "ada");
+    let tablet = device(storage, "bo");
+    let records = [record("a", "north")];
+    let refuse = |_: &PushRecord, _: Option<StoredRecord>| -> Result<MergedRecord, Rejection> {
+        Err(Rejection {
+            code: RejectCode::ForbiddenScope,
+            message: "no".into(),
+        })
+    };
+    let binding = |id, actor| Batch {
+        binds: Some(actor),
+        ..Batch::new(id, &records)
+    };
+    storage
+        .push(phone, &binding("refused", "aa"), &mut { refuse })
+        .unwrap();
+    assert!(storage.actor_free(tablet, "aa").unwrap(), "nothing stored");
+    storage
+        .push(phone, &binding("stored", "aa"), &mut accept)
+        .unwrap();
+    assert!(!storage.actor_free(tablet, "aa").unwrap());
+    assert!(storage.actor_free(phone, "aa").unwrap(), "its own");
+
+    let head = storage.feed_head().unwrap();
+    let err = storage
+        .push(tablet, &binding("late", "aa"), &mut accept)
+        .unwrap_err();
+    assert!(matches!(err, crate::ServerError::Conflict(_)), "{err}");
+    assert_eq!(storage.feed_head().unwrap(), head, "nothing written");
+
+    assert!(storage.release_actor("aa").unwrap());
+    assert!(!storage.release_actor("aa").unwrap());
+    assert!(storage.actor_free(tablet, "aa").unwrap());
+    storage
+        .push(tablet, &binding("late", "aa"), &mut accept)
+        .unwrap();
+    assert_eq!(
+        storage.bind_actor(tablet, "aa").unwrap().as_deref(),
+        Some("aa")
+    );
 }

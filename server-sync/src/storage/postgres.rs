@@ -33,11 +33,13 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceSync, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, MergedRecord, Page, Result, Role, Snapshot,
-    Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
-    encode_changes, now_ms, replayed,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord, Page, Result, Role,
+    Snapshot, Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name,
+    decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
+
+mod maintenance;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/001_init.sql"),
@@ -253,6 +255,49 @@ fn stored_versions<'r>(
             Some((key, *version))
         })
         .collect())
+}
+
+/// Whether actor `$2` is taken for device `$1`: another live device holds it (now or before),
+/// or the device itself had it before its current actor.
+const ACTOR_TAKEN: &str =
+    "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                    WHERE a.actor = $2 AND a.device_id <> $1 AND d.revoked_at IS NULL)
+         OR EXISTS (SELECT 1 FROM devices WHERE actor = $2 AND id <> $1 AND revoked_at IS NULL)
+         OR EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                    WHERE a.actor = $2 AND a.device_id = $1
+                      AND d.actor IS DISTINCT FROM $2)";
+
+/// Whether device `$1` pushed as `$2` before its current actor.
+const ACTOR_RETIRED: &str =
+    "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
+                    WHERE a.actor = $2 AND a.device_id = $1 AND d.actor IS DISTINCT FROM $2)";
+
+/// Binds `actor` to the device unless it is taken ([`ACTOR_TAKEN`]); returns the device's
+/// actor after. Two devices binding the same actor at once update different rows, so no row
+/// lock orders them, and each statement's snapshot would miss the other's uncommitted
+/// binding: both would pass the check. Under the lock, the second binding's statement starts
+/// after the first committed and sees it. Bindings happen once per device and actor, so one
+/// lock for all of them costs nothing.
+fn bind_in(tx: &mut Transaction<'_>, device_id: i64, actor: &str) -> Result<Option<String>> {
+    tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_ACTOR])?;
+    let taken: bool = tx.query_one(ACTOR_TAKEN, &[&device_id, &actor])?.get(0);
+    if !taken {
+        tx.execute(
+            "INSERT INTO device_actors (actor, device_id) VALUES ($2, $1)
+             ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
+            &[&device_id, &actor],
+        )?;
+        // A new actor starts its outbox positions over (see `device_sync`).
+        tx.execute(
+            "UPDATE devices SET actor = $2,
+                 outbox_seq = CASE WHEN actor IS NOT DISTINCT FROM $2 THEN outbox_seq END
+             WHERE id = $1",
+            &[&device_id, &actor],
+        )?;
+    }
+    Ok(tx
+        .query_one("SELECT actor FROM devices WHERE id = $1", &[&device_id])?
+        .get(0))
 }
 
 /// A record's lock key: FNV-1a of collection and id. It must be the same in every instance,
@@ -575,42 +620,7 @@ impl Storage for PostgresStorage {
     fn bind_actor(&self, device_id: i64, actor: &str) -> Result<Option<String>> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
-        // Two devices binding the same actor at once update different rows, so no row lock
-        // orders them, and each statement's snapshot would miss the other's uncommitted
-        // binding: both would pass the NOT EXISTS. Under the lock, the second binding's
-        // statement starts after the first committed and sees it. Bindings happen once per
-        // device and actor, so one lock for all of them costs nothing.
-        tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_ACTOR])?;
-        let taken: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
-                                WHERE a.actor = $2 AND a.device_id <> $1
-                                  AND d.revoked_at IS NULL)
-                     OR EXISTS (SELECT 1 FROM devices
-                                WHERE actor = $2 AND id <> $1 AND revoked_at IS NULL)
-                     OR EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
-                                WHERE a.actor = $2 AND a.device_id = $1
-                                  AND d.actor IS DISTINCT FROM $2)",
-                &[&device_id, &actor],
-            )?
-            .get(0);
-        if !taken {
-            tx.execute(
-                "INSERT INTO device_actors (actor, device_id) VALUES ($2, $1)
-                 ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
-                &[&device_id, &actor],
-            )?;
-            // A new actor starts its outbox positions over (see `device_sync`).
-            tx.execute(
-                "UPDATE devices SET actor = $2,
-                     outbox_seq = CASE WHEN actor IS NOT DISTINCT FROM $2 THEN outbox_seq END
-                 WHERE id = $1",
-                &[&device_id, &actor],
-            )?;
-        }
-        let bound: Option<String> = tx
-            .query_one("SELECT actor FROM devices WHERE id = $1", &[&device_id])?
-            .get(0);
+        let bound = bind_in(&mut tx, device_id, actor)?;
         tx.commit()?;
         Ok(bound)
     }
@@ -618,13 +628,29 @@ impl Storage for PostgresStorage {
     fn retired_actor(&self, device_id: i64, actor: &str) -> Result<bool> {
         Ok(self
             .conn()?
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
-                                WHERE a.actor = $2 AND a.device_id = $1
-                                  AND d.actor IS DISTINCT FROM $2)",
-                &[&device_id, &actor],
-            )?
+            .query_one(ACTOR_RETIRED, &[&device_id, &actor])?
             .get(0))
+    }
+
+    fn actor_free(&self, device_id: i64, actor: &str) -> Result<bool> {
+        let taken: bool = self
+            .conn()?
+            .query_one(ACTOR_TAKEN, &[&device_id, &actor])?
+            .get(0);
+        Ok(!taken)
+    }
+
+    fn release_actor(&self, actor: &str) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_ACTOR])?;
+        let released = tx.execute("DELETE FROM device_actors WHERE actor = $1", &[&actor])?;
+        let unbound = tx.execute(
+            "UPDATE devices SET actor = NULL, outbox_seq = NULL WHERE actor = $1",
+            &[&actor],
+        )?;
+        tx.commit()?;
+        Ok(released + unbound > 0)
     }
 
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot> {
@@ -776,6 +802,11 @@ impl Storage for PostgresStorage {
             .collect();
         insert_audit(&mut tx, now, user_id, device_id, "push", &audited)?;
         insert_refusals(&mut tx, now, user_id, device_id, &refused)?;
+        if let Some(actor) = batch.binds.filter(|_| !accepted.is_empty())
+            && bind_in(&mut tx, device_id, actor)?.as_deref() != Some(actor)
+        {
+            return Err(super::actor_taken_meanwhile());
+        }
         let response = PushResponse { results };
         let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
         tx.execute(
@@ -916,10 +947,28 @@ impl Storage for PostgresStorage {
         Ok(added == 1)
     }
 
+    fn records_after(&self, after: Option<(&str, &str)>, limit: u32) -> Result<Vec<ListedRecord>> {
+        maintenance::records_after(&mut *self.conn()?, after, limit)
+    }
+
+    fn feed_changes_of(&self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>> {
+        maintenance::feed_changes_of(&mut *self.conn()?, collection, id)
+    }
+
+    fn rewrite_record(
+        &self,
+        key: (&str, &str),
+        version: i64,
+        record: &MergedRecord,
+        action: &str,
+    ) -> Result<bool> {
+        maintenance::rewrite_record(&mut *self.conn()?, key, version, record, action)
+    }
+
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let rows = self.conn()?.query(
-            "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
-             FROM audit a JOIN users u ON u.id = a.user_id
+            "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
+             FROM audit a LEFT JOIN users u ON u.id = a.user_id
              WHERE ($1::text IS NULL OR u.name = $1) AND ($2::text IS NULL OR a.record_id = $2)
                AND ($3::bigint IS NULL OR a.at >= $3)
              ORDER BY a.id DESC LIMIT $4",

@@ -23,12 +23,14 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 
 use super::{
     Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceSync, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Lineage, Merge, Page, Result, Role, Snapshot, SnapshotMark,
-    Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name, decode_changes,
-    encode_changes, now_ms, replayed,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord, Page, Result, Role,
+    Snapshot, SnapshotMark, Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord,
+    actor_taken_meanwhile, audited_name, decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
+
+mod maintenance;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_init.sql"),
@@ -472,27 +474,7 @@ impl Storage for SqliteStorage {
             // One transaction under the one connection: no other binding can slip in between
             // the check that the actor is free and the binding.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let taken: bool =
-                tx.query_row(ACTOR_TAKEN, params![device_id, actor], |row| row.get(0))?;
-            if !taken {
-                tx.execute(
-                    "INSERT INTO device_actors (actor, device_id) VALUES (?2, ?1)
-                     ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
-                    params![device_id, actor],
-                )?;
-                // A new actor starts its outbox positions over (see `device_sync`).
-                tx.execute(
-                    "UPDATE devices SET actor = ?2,
-                         outbox_seq = CASE WHEN actor IS ?2 THEN outbox_seq END
-                     WHERE id = ?1",
-                    params![device_id, actor],
-                )?;
-            }
-            let bound = tx.query_row(
-                "SELECT actor FROM devices WHERE id = ?1",
-                [device_id],
-                |row| row.get(0),
-            )?;
+            let bound = bind_in(&tx, device_id, actor)?;
             tx.commit()?;
             Ok(bound)
         })
@@ -503,6 +485,27 @@ impl Storage for SqliteStorage {
         Ok(conn
             .prepare_cached(ACTOR_RETIRED)?
             .query_row(params![device_id, actor], |row| row.get(0))?)
+    }
+
+    fn actor_free(&self, device_id: i64, actor: &str) -> Result<bool> {
+        let conn = self.lock();
+        let taken: bool = conn
+            .prepare_cached(ACTOR_TAKEN)?
+            .query_row(params![device_id, actor], |row| row.get(0))?;
+        Ok(!taken)
+    }
+
+    fn release_actor(&self, actor: &str) -> Result<bool> {
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let released = tx.execute("DELETE FROM device_actors WHERE actor = ?1", [actor])?;
+            let unbound = tx.execute(
+                "UPDATE devices SET actor = NULL, outbox_seq = NULL WHERE actor = ?1",
+                [actor],
+            )?;
+            tx.commit()?;
+            Ok(released + unbound > 0)
+        })
     }
 
     fn stored_records(&self, keys: &[(&str, &str)]) -> Result<Snapshot> {
@@ -617,13 +620,31 @@ impl Storage for SqliteStorage {
             return audit_of_record(&conn, query);
         }
         let mut stmt = conn.prepare_cached(
-            "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
-             FROM audit a JOIN users u ON u.id = a.user_id
+            "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
+             FROM audit a LEFT JOIN users u ON u.id = a.user_id
              WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.at >= ?2)
              ORDER BY a.id DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![query.user, query.since, query.limit], audit_entry)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn records_after(&self, after: Option<(&str, &str)>, limit: u32) -> Result<Vec<ListedRecord>> {
+        self.read(|conn| maintenance::records_after(conn, after, limit))
+    }
+
+    fn feed_changes_of(&self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>> {
+        self.read(|conn| maintenance::feed_changes_of(conn, collection, id))
+    }
+
+    fn rewrite_record(
+        &self,
+        key: (&str, &str),
+        version: i64,
+        record: &MergedRecord,
+        action: &str,
+    ) -> Result<bool> {
+        self.write(|conn| maintenance::rewrite_record(conn, key, version, record, action))
     }
 
     fn schema_version(&self) -> Result<u32> {
@@ -714,8 +735,8 @@ fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
 /// A record's (`?2`) audit lines in block `?1`, as [`audit_entry`] reads them, newest first:
 /// by user name `?3` and from time `?4` when not null, at most `?5`.
 const AUDIT_OF_RECORD_IN_BLOCK: &str =
-    "SELECT a.at, u.name, a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
-     FROM audit a INDEXED BY audit_by_record_in_blocks JOIN users u ON u.id = a.user_id
+    "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
+     FROM audit a INDEXED BY audit_by_record_in_blocks LEFT JOIN users u ON u.id = a.user_id
      WHERE (a.id >> 12) = ?1 AND a.record_id = ?2
        AND (?3 IS NULL OR u.name = ?3) AND (?4 IS NULL OR a.at >= ?4)
      ORDER BY a.id DESC LIMIT ?5";
@@ -886,6 +907,11 @@ fn push_in(
             rejected,
         });
     }
+    if let Some(actor) = batch.binds.filter(|_| !written.is_empty())
+        && bind_in(&tx, device_id, actor)?.as_deref() != Some(actor)
+    {
+        return Err(actor_taken_meanwhile());
+    }
     let response = PushResponse { results };
     let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
     tx.execute(
@@ -906,6 +932,33 @@ fn push_in(
 
 /// Whether device `?1` may not take actor `?2`: another device that is not revoked has pushed
 /// as it, now or before, or the device itself did before its current actor.
+/// Binds `actor` to the device unless it is taken ([`ACTOR_TAKEN`]); returns the device's
+/// actor after. Under the caller's write transaction.
+fn bind_in(tx: &Connection, device_id: i64, actor: &str) -> Result<Option<String>> {
+    let taken: bool = tx
+        .prepare_cached(ACTOR_TAKEN)?
+        .query_row(params![device_id, actor], |row| row.get(0))?;
+    if !taken {
+        tx.execute(
+            "INSERT INTO device_actors (actor, device_id) VALUES (?2, ?1)
+             ON CONFLICT (actor) DO UPDATE SET device_id = excluded.device_id",
+            params![device_id, actor],
+        )?;
+        // A new actor starts its outbox positions over (see `device_sync`).
+        tx.execute(
+            "UPDATE devices SET actor = ?2,
+                 outbox_seq = CASE WHEN actor IS ?2 THEN outbox_seq END
+             WHERE id = ?1",
+            params![device_id, actor],
+        )?;
+    }
+    Ok(tx.query_row(
+        "SELECT actor FROM devices WHERE id = ?1",
+        [device_id],
+        |row| row.get(0),
+    )?)
+}
+
 const ACTOR_TAKEN: &str =
     "SELECT EXISTS (SELECT 1 FROM device_actors a JOIN devices d ON d.id = a.device_id
                     WHERE a.actor = ?2 AND a.device_id <> ?1 AND d.revoked_at IS NULL)
