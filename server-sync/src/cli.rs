@@ -199,6 +199,9 @@ enum AccessArg {
 /// Parses the command line and runs the command; what the `fieldsync-server` binary does.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        crate::admission::serve_with_tuned_malloc();
+    }
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

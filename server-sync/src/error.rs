@@ -51,6 +51,10 @@ pub enum ServerError {
     /// The device reads from behind what it pushed: its store was restored from an older copy.
     #[error("the device's store is older than what it pushed: it was restored from an older copy")]
     ActorReused,
+    /// The request met another one it cannot be applied alongside; nothing of it was stored
+    /// and the same request may succeed in a moment (503 `unavailable`, `Retry-After: 1`).
+    #[error("try again: {0}")]
+    TryAgain(String),
     /// No schema was set, so no record can be validated or stored.
     #[error(
         "the server has no schema yet; an administrator sets one with `fieldsync-server schema set FILE`"
@@ -94,6 +98,7 @@ impl ServerError {
             | ServerError::NotFound(_)
             | ServerError::InvalidSchema(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ServerError::NoSchema => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoSchema),
+            ServerError::TryAgain(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ServerError::BatchConflict => (StatusCode::CONFLICT, ErrorCode::BatchConflict),
             ServerError::ActorReused => (StatusCode::CONFLICT, ErrorCode::ActorReused),
             ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
@@ -131,7 +136,8 @@ pub(crate) fn describe_postgres_error(err: &postgres::Error) -> String {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() && !matches!(self, ServerError::NoSchema) {
+        let told = matches!(self, ServerError::NoSchema | ServerError::TryAgain(_));
+        let message = if status.is_server_error() && !told {
             tracing::error!(error = %self, "request failed");
             "the server could not complete the request".to_owned()
         } else {
@@ -139,10 +145,15 @@ impl IntoResponse for ServerError {
             self.to_string()
         };
         let mut response = (status, axum::Json(ErrorBody { code, message })).into_response();
-        if let ServerError::RateLimited { retry_after_secs } = self {
+        let retry_after_secs = match self {
+            ServerError::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            ServerError::TryAgain(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after_secs {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod error;
@@ -104,6 +105,8 @@ pub struct AppState {
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// The schema pushes are validated against.
     pub schema: Arc<schema::SchemaCache>,
+    /// How much push work is taken on at once.
+    pub admission: Arc<admission::Admission>,
 }
 
 impl AppState {
@@ -119,6 +122,9 @@ impl AppState {
             metrics: Arc::default(),
             rate_limiter,
             schema: Arc::default(),
+            admission: Arc::new(admission::Admission::new(
+                admission::AdmissionLimits::default(),
+            )),
         }
     }
 }

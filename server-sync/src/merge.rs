@@ -150,7 +150,7 @@ fn merge_unguarded(
         // needs changes the server lacks takes the general path, which says so.
         (None, Payload::Changes(raw))
             if raw.len() == 1
-                && decode_change(&raw[0], limits.max_decompressed_bytes)?
+                && decode_change(&raw[0], limits.max_document_bytes)?
                     .deps()
                     .is_empty() =>
         {
@@ -176,10 +176,10 @@ fn merge_unguarded(
             }
             // Bounded together, since each change alone could stay under the limit.
             let joined: Vec<u8> = raw.iter().flat_map(|c| c.iter().copied()).collect();
-            check_inflated(&joined, limits.max_decompressed_bytes)?;
+            check_inflated(&joined, limits.max_document_bytes)?;
             let mut changes = Vec::with_capacity(raw.len());
             for bytes in raw {
-                let change = decode_change(bytes, limits.max_decompressed_bytes)?;
+                let change = decode_change(bytes, limits.max_document_bytes)?;
                 if !is_own(actor, change.actor_id()) {
                     return Err(reject(
                         RejectCode::ForeignActor,
@@ -219,7 +219,7 @@ fn merge_unguarded(
                     "the document exceeds the size limit",
                 ));
             }
-            let mut incoming = load_document(bytes, limits.max_decompressed_bytes)?;
+            let mut incoming = load_document(bytes, limits.max_document_bytes)?;
             let foreign = incoming.get_changes(&[]).iter().any(|c| {
                 !is_own(actor, c.actor_id()) && doc.get_change_by_hash(&c.hash()).is_none()
             });
@@ -240,7 +240,7 @@ fn merge_unguarded(
     let lineage = lineage_after_merge(&mut doc, known, &new_changes);
     let new_changes: Vec<Vec<u8>> = new_changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
     let saved = doc.save();
-    if saved.len() > limits.max_document_bytes {
+    if protocol::inflated_size(&saved, limits.max_document_bytes).is_err() {
         return Err(reject(
             RejectCode::TooLarge,
             "the merged document exceeds the size limit",
@@ -340,12 +340,10 @@ fn append_in_line(
         .appended
         .checked_add(u32::try_from(raw.len()).ok()?)
         .filter(|appended| *appended <= APPENDED_AT_MOST)?;
-    let size = stored.doc.len() + raw.iter().map(|c| c.len()).sum::<usize>();
-    if size > limits.max_document_bytes {
-        return None;
-    }
+    // The limit is on the inflated size of the whole document.
+    let stored_size = protocol::inflated_size(&stored.doc, limits.max_document_bytes).ok()?;
     let joined: Vec<u8> = raw.iter().flat_map(|c| c.iter().copied()).collect();
-    check_inflated(&joined, limits.max_decompressed_bytes).ok()?;
+    check_inflated(&joined, limits.max_document_bytes - stored_size).ok()?;
     let mut fields: Fields = serde_json::from_str(&stored.fields_json).ok()?;
     let mut heads = lineage.heads.clone();
     heads.sort();
@@ -353,7 +351,7 @@ fn append_in_line(
     let mut max_op = lineage.max_op;
     let mut root_ops = lineage.root_ops.clone()?;
     for bytes in raw {
-        let change = decode_change(bytes, limits.max_decompressed_bytes).ok()?;
+        let change = decode_change(bytes, limits.max_document_bytes).ok()?;
         let mut deps = change.deps().to_vec();
         deps.sort();
         let follows = deps == heads
@@ -431,7 +429,7 @@ fn new_record_as_sent(
             "the document exceeds the size limit",
         ));
     }
-    let mut doc = load_document(bytes, limits.max_decompressed_bytes)?;
+    let mut doc = load_document(bytes, limits.max_document_bytes)?;
     let changes = doc.get_changes(&[]);
     if changes.is_empty() {
         return Err(reject(

@@ -28,7 +28,19 @@ pub async fn push(
 ) -> Result<Response, ServerError> {
     let started = Instant::now();
     let caller = authorize(&state, &headers).await?;
+    // What the push may hold in memory is admitted before it is held (admission.rs).
+    let _slot = state.admission.device_slot(caller.device_id)?;
     let body = read_body(body, state.limits.max_body_bytes).await?;
+    let (body, decoded_size) = {
+        let max = state.limits.max_decompressed_bytes;
+        blocking(move || {
+            let size = protocol::decompressed_size(&body, max).map_err(decode_error)?;
+            Ok((body, size))
+        })
+        .await?
+    };
+    let _bytes = state.admission.bytes(body.len() + 2 * decoded_size).await;
+    let _merging = state.admission.merging().await;
     let storage = state.storage.clone();
     let limits = state.limits.clone();
     let metrics = state.metrics.clone();
@@ -70,7 +82,7 @@ pub async fn push(
         // stores something, and again when a store restored from an older copy took a new
         // one. Until then the changes count as its own only if no other live device holds
         // the actor; an actor the device had before is an older copy's.
-        let claimed = first_actor(&request, limits.max_decompressed_bytes);
+        let claimed = first_actor(&request, limits.max_document_bytes);
         let (actor, binds) = match (&caller.actor, claimed) {
             (Some(bound), Some(claimed)) if *bound == claimed => (Some(claimed), None),
             (bound, Some(claimed)) => {

@@ -678,7 +678,7 @@ pub trait Storage: Send + Sync + 'static {
     /// the device's highest pushed outbox position is kept. If the push stores anything and
     /// [`Batch::binds`] names an actor, the device is bound to it as by
     /// [`Storage::bind_actor`] in the same transaction; if another device took the actor
-    /// meanwhile, nothing is written and the push fails with [`ServerError::Conflict`].
+    /// meanwhile, nothing is written and the push fails with [`ServerError::TryAgain`].
     fn push(
         &self,
         device_id: i64,
@@ -821,7 +821,7 @@ pub const IDLE_PULL_RECORDED_EVERY_MS: i64 = 60_000;
 /// Milliseconds since the epoch.
 /// A push's new actor was bound by another device between the check and the push.
 fn actor_taken_meanwhile() -> ServerError {
-    ServerError::Conflict("another device took this actor meanwhile; sync again".into())
+    ServerError::TryAgain("another device took this push's actor meanwhile".into())
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -37,10 +37,17 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// This process's peak resident memory in KiB (Linux `VmHWM`); `None` elsewhere.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    memory_kib("self", "VmHWM")
+}
+
+/// A memory figure of process `pid` ("self" for this one) in KiB, from Linux's
+/// `/proc/<pid>/status` (`VmHWM` the peak resident memory, `VmRSS` the current); `None`
+/// elsewhere.
+pub fn memory_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 

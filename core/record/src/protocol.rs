@@ -268,6 +268,23 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     encoder.finish().expect("writing to memory cannot fail")
 }
 
+/// How many bytes a body decompresses to, counting at most `max_decompressed + 1` of them and
+/// keeping none: what decoding it will hold in memory, known before it is decoded.
+pub fn decompressed_size(body: &[u8], max_decompressed: usize) -> Result<usize, DecodeError> {
+    let limit = u64::try_from(max_decompressed)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let mut inflater = flate2::read::DeflateDecoder::new(body).take(limit);
+    let size =
+        std::io::copy(&mut inflater, &mut std::io::sink()).map_err(|_| DecodeError::Compression)?;
+    match usize::try_from(size) {
+        Ok(size) if size <= max_decompressed => Ok(size),
+        _ => Err(DecodeError::TooLarge {
+            limit: max_decompressed,
+        }),
+    }
+}
+
 /// Decodes a body, refusing one that decompresses to more than `max_decompressed` bytes
 /// before allocating for it.
 pub fn decode<T: DeserializeOwned>(body: &[u8], max_decompressed: usize) -> Result<T, DecodeError> {
@@ -350,6 +367,14 @@ mod tests {
         assert!(decode::<PushRequest>(&[], 1 << 20).is_err());
         let bomb = encode(&vec![0u8; 10_000_000]);
         assert!(bomb.len() < 100_000);
+        assert_eq!(
+            decompressed_size(&bomb, 1 << 20),
+            Err(DecodeError::TooLarge { limit: 1 << 20 })
+        );
+        assert_eq!(
+            decompressed_size(&body, 1 << 20),
+            Ok(rmp_serde::to_vec_named(&push()).unwrap().len())
+        );
         assert_eq!(
             decode::<Vec<u8>>(&bomb, 1 << 20),
             Err(DecodeError::TooLarge { limit: 1 << 20 })

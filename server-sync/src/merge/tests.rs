@@ -623,3 +623,35 @@ fn a_change_numbered_again_by_a_restored_store_is_refused_as_actor_reused() {
     let next = edit(&mut doc, "visits", 2);
     assert!(push(&device, Some(stored), changes(next)).is_ok());
 }
+
+/// The document limit is on what a record inflates to: a few kilobytes that inflate past it
+/// are refused before Automerge parses them, as a document, as a change, and appended.
+#[test]
+fn a_record_that_inflates_past_the_document_limit_is_refused() {
+    let device = ActorId::random();
+    let caller = caller(&device);
+    let limits = Limits {
+        max_document_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let mut doc = AutoCommit::new().with_actor(device.clone());
+    doc.put(ROOT, "caseload_id", "north").unwrap();
+    doc.put(ROOT, "name", "a".repeat(2 << 20)).unwrap();
+    doc.commit();
+    let saved = doc.save();
+    let change = doc.get_last_local_change().unwrap().clone().bytes().to_vec();
+    assert!(saved.len() < 10_000 && change.len() < 10_000);
+    for payload in [
+        Payload::Document(ByteBuf::from(saved)),
+        changes(change.clone()),
+    ] {
+        let record = pushed("big", "north", payload);
+        let refused = merge(context(&caller, &limits), &record, None).unwrap_err();
+        assert_eq!(refused.code, RejectCode::TooLarge, "{}", refused.message);
+    }
+    // Appended to a stored record that fits, the same change is refused too.
+    let (_, state) = new_record(&device);
+    let record = pushed("a", "north", changes(change));
+    let refused = merge(context(&caller, &limits), &record, Some(state)).unwrap_err();
+    assert_eq!(refused.code, RejectCode::TooLarge);
+}

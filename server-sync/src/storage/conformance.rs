@@ -1300,7 +1300,7 @@ fn a_push_binds_its_actor_only_if_it_stores_something(storage: &dyn Storage) {
     let err = storage
         .push(tablet, &binding("late", "aa"), &mut accept)
         .unwrap_err();
-    assert!(matches!(err, crate::ServerError::Conflict(_)), "{err}");
+    assert!(matches!(err, crate::ServerError::TryAgain(_)), "{err}");
     assert_eq!(storage.feed_head().unwrap(), head, "nothing written");
 
     assert!(storage.release_actor("aa").unwrap());
