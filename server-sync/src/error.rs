@@ -17,9 +17,13 @@ pub enum ServerError {
     /// The caller may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
-    /// The client speaks another protocol version.
-    #[error("unsupported protocol version {0}; this server speaks {supported}", supported = fieldsync_record::protocol::VERSION)]
-    UnsupportedVersion(String),
+    /// The client speaks another protocol version (the one it named, if it is a number).
+    #[error(
+        "unsupported protocol version{}; this server speaks {supported}",
+        .0.map(|v| format!(" {v}")).unwrap_or_default(),
+        supported = fieldsync_record::protocol::VERSION
+    )]
+    UnsupportedVersion(Option<u32>),
     /// The request does not decode or is not valid.
     #[error("bad request: {0}")]
     BadRequest(String),

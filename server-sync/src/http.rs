@@ -33,12 +33,9 @@ pub(crate) async fn authorize(
     }
     let version = headers
         .get(protocol::VERSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("none");
-    if version != protocol::VERSION.to_string() {
-        return Err(ServerError::UnsupportedVersion(
-            version.chars().take(16).collect(),
-        ));
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+    if version != Some(protocol::VERSION) {
+        return Err(ServerError::UnsupportedVersion(version));
     }
     Ok(caller)
 }

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -151,7 +151,23 @@ pub fn router(state: AppState) -> Router {
 async fn request_id(State(state): State<AppState>, request: Request, next: Next) -> Response {
     metrics::Metrics::inc(&state.metrics.requests);
     let id = uuid::Uuid::new_v4().to_string();
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    // The route, not the path the client sent, which may be anything it likes.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("(no route)", |matched| matched.as_str())
+        .to_owned();
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "(other)",
+    };
+    let span = tracing::info_span!("request", request_id = %id, method, path = %route);
     async move {
         let started = std::time::Instant::now();
         let mut response = next.run(request).await;

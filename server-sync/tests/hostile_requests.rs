@@ -67,6 +67,12 @@ impl Barrage {
             String::from_utf8_lossy(&body)
         );
         if status.is_client_error() {
+            // An error names the field and the problem, never the input: it stays short.
+            assert!(
+                body.len() < 1_000,
+                "{category}: {status} with an answer of {} bytes (seed {seed})",
+                body.len()
+            );
             let error: Result<ErrorBody, _> = serde_json::from_slice(&body);
             assert!(
                 error.is_ok(),

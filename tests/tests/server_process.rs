@@ -531,3 +531,173 @@ fn a_burst_of_inflating_pushes_stays_within_its_memory_bound() {
         "after {after} KiB, idle {idle} KiB"
     );
 }
+
+/// Every malformed body, query, header and path a probe tried, with a canary in each place in
+/// turn (where a string, bytes, a number, an enum name or a list is expected; as a map key;
+/// as an unknown field): no answer and no log line holds the canary, and every answer is
+/// short.
+#[test]
+fn malformed_input_is_never_echoed_into_answers_or_logs() {
+    use fieldsync_record::protocol;
+    use serde_json::Value;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server =
+        ServerProcess::start_logging(Path::new(SERVER), dir.path().join("server.db"), Some(&log));
+    let token = server.user_with_device("ada", &["north"]);
+    let canary = "CANARY-5e1d".repeat(2_000);
+    let base = json!({
+        "batch_id": "b1",
+        "outbox_seq": 1,
+        "records": [{"collection": "clients", "id": "c1", "scope": "north",
+                     "payload": {"changes": [[133, 111, 74, 131]]}}],
+    });
+    // Each place a value sits, as a JSON pointer, and what a canary may stand in for there.
+    let places = [
+        "/batch_id",
+        "/outbox_seq",
+        "/records",
+        "/records/0",
+        "/records/0/collection",
+        "/records/0/id",
+        "/records/0/scope",
+        "/records/0/payload",
+        "/records/0/payload/changes",
+        "/records/0/payload/changes/0",
+        "/records/0/payload/changes/0/0",
+    ];
+    let stand_ins = [
+        json!(canary),
+        json!([canary]),
+        json!({ canary.clone(): 1 }),
+        json!({"document": canary}),
+    ];
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let packed = |value: &Value| deflate(&rmp_serde::to_vec_named(value).unwrap());
+    for place in places {
+        for stand_in in &stand_ins {
+            let mut body = base.clone();
+            *body.pointer_mut(place).unwrap() = stand_in.clone();
+            bodies.push(packed(&body));
+        }
+    }
+    for map in ["", "/records/0", "/records/0/payload"] {
+        let mut body = base.clone();
+        body.pointer_mut(map)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(canary.clone(), json!(canary));
+        bodies.push(packed(&body));
+    }
+    // An unknown enum name as the payload's variant.
+    let mut body = base.clone();
+    *body.pointer_mut("/records/0/payload").unwrap() = json!({ canary.clone(): [] });
+    bodies.push(packed(&body));
+    // Not DEFLATE at all, and plain MessagePack of the canary.
+    bodies.push(canary.as_bytes().to_vec());
+    bodies.push(rmp_serde::to_vec(&canary).unwrap());
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::blocking::Client::new();
+    let mut answers = Vec::new();
+    for body in bodies {
+        let response = http
+            .post(format!("{}/v1/push", server.url))
+            .bearer_auth(&token)
+            .header(protocol::VERSION_HEADER, "1")
+            .body(body)
+            .send()
+            .unwrap();
+        answers.push((
+            response.status().as_u16(),
+            response.bytes().unwrap().to_vec(),
+        ));
+    }
+    let short = &canary[..200];
+    let gets = [
+        format!("/v1/pull?cursor={short}"),
+        format!("/v1/pull?limit={short}"),
+        format!("/v1/pull?actor={short}"),
+        format!("/v1/pull?schema_version={short}"),
+        format!("/v1/pull?outbox_seq={short}"),
+        format!("/v1/{short}"),
+        format!("/{short}?{short}={short}"),
+    ];
+    for path in &gets {
+        let response = http
+            .get(format!("{}{path}", server.url))
+            .bearer_auth(&token)
+            .header(protocol::VERSION_HEADER, "1")
+            .send()
+            .unwrap();
+        answers.push((
+            response.status().as_u16(),
+            response.bytes().unwrap().to_vec(),
+        ));
+    }
+    for (name, value) in [
+        (protocol::VERSION_HEADER, short),
+        ("authorization", &format!("Bearer {short}")[..]),
+        (
+            "authorization",
+            &format!("Bearer fs_0123456789abcdef_{short}")[..],
+        ),
+    ] {
+        let mut request = http
+            .get(format!("{}/v1/pull", server.url))
+            .header(name, value);
+        if name != "authorization" {
+            request = request.bearer_auth(&token);
+        }
+        let response = request.send().unwrap();
+        answers.push((
+            response.status().as_u16(),
+            response.bytes().unwrap().to_vec(),
+        ));
+    }
+    let method = reqwest::Method::from_bytes(short.as_bytes()).unwrap();
+    let response = http
+        .request(method, format!("{}/v1/push", server.url))
+        .send()
+        .unwrap();
+    answers.push((
+        response.status().as_u16(),
+        response.bytes().unwrap().to_vec(),
+    ));
+    assert!(server.terminate());
+
+    for (status, answer) in &answers {
+        let text = String::from_utf8_lossy(answer);
+        assert!(
+            !text.contains("CANARY"),
+            "{status}: {}",
+            &text[..text.len().min(300)]
+        );
+        assert!(
+            answer.len() < 1_000,
+            "{status}: an answer of {} bytes",
+            answer.len()
+        );
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let echoed = logged.lines().find(|line| line.contains("CANARY"));
+    assert!(
+        echoed.is_none(),
+        "{}",
+        &echoed.unwrap_or("")[..300.min(echoed.unwrap_or("").len())]
+    );
+    println!(
+        "{} requests, no canary in answers or {} log lines",
+        answers.len(),
+        logged.lines().count()
+    );
+}
+
+/// `bytes` compressed as the protocol's bodies are (raw DEFLATE).
+fn deflate(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, bytes).unwrap();
+    encoder.finish().unwrap()
+}

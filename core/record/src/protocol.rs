@@ -303,7 +303,77 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], max_decompressed: usize) -> Resu
     }
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(&packed);
     deserializer.set_max_depth(MAX_MESSAGE_DEPTH);
-    T::deserialize(&mut deserializer).map_err(|err| DecodeError::Malformed(err.to_string()))
+    serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|err| DecodeError::Malformed(describe(&err)))
+}
+
+/// Where a message failed to decode and what kind of problem it was, fit for an answer and a
+/// log line: never the value (a record's content, or megabytes of a hostile string), and at
+/// most a few hundred characters.
+fn describe(err: &serde_path_to_error::Error<rmp_serde::decode::Error>) -> String {
+    use rmp_serde::decode::Error;
+    use serde_path_to_error::Segment;
+    let problem = match err.inner() {
+        Error::InvalidMarkerRead(_) | Error::InvalidDataRead(_) => {
+            "the message ends early or cannot be read".to_owned()
+        }
+        Error::TypeMismatch(_) => "a value has the wrong type".to_owned(),
+        Error::OutOfRange => "a number is out of range".to_owned(),
+        Error::LengthMismatch(_) => "a list has the wrong length".to_owned(),
+        Error::Utf8Error(_) => "a string is not UTF-8".to_owned(),
+        Error::DepthLimitExceeded => "the message nests past the depth limit".to_owned(),
+        Error::Syntax(serde) | Error::Uncategorized(serde) => serde_problem(serde),
+    };
+    let mut at = String::new();
+    for segment in err.path().iter().take(8) {
+        match segment {
+            Segment::Seq { index } => at.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } if is_plain_name(key) => {
+                at.push('.');
+                at.push_str(key);
+            }
+            _ => at.push_str(".?"),
+        }
+    }
+    match at.strip_prefix('.') {
+        Some(path) => format!("{problem} (at {path})"),
+        None if at.is_empty() => problem,
+        None => format!("{problem} (at {at})"),
+    }
+}
+
+/// serde's own messages quote the value ("invalid type: string \"…\"", "unknown variant
+/// `…`"): only their kind is kept, with a missing field's name, which is the message type's.
+fn serde_problem(message: &str) -> String {
+    const KINDS: [(&str, &str); 6] = [
+        ("invalid type", "a value has the wrong type"),
+        ("invalid value", "a value is not valid"),
+        ("invalid length", "a list or string has the wrong length"),
+        ("unknown variant", "an enum name is not known"),
+        ("unknown field", "a field is not known"),
+        ("duplicate field", "a field is given twice"),
+    ];
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+        .filter(|field| is_plain_name(field))
+    {
+        return format!("the field `{field}` is missing");
+    }
+    KINDS
+        .iter()
+        .find(|(prefix, _)| message.starts_with(prefix))
+        .map_or("the message does not decode", |(_, kind)| kind)
+        .to_owned()
+}
+
+/// A name as the protocol's own fields are spelled (lowercase words joined by `_`, or an enum
+/// variant's capitalised word), short enough to name in a message.
+fn is_plain_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_uppercase())
 }
 
 pub use crate::chunks::{check_inflated_size, inflated_size};
@@ -348,6 +418,54 @@ mod tests {
         let body: ErrorBody =
             serde_json::from_str(r#"{"code": "no_schema", "message": "m"}"#).unwrap();
         assert_eq!(body.code, ErrorCode::NoSchema);
+    }
+
+    /// A value where another kind is expected, an unknown enum name, a missing field: the
+    /// error names where and what, never the value.
+    #[test]
+    fn decode_errors_name_the_place_and_the_problem_never_the_value() {
+        let canary = "CANARY-7f3a".repeat(3000);
+        let wrong_type = rmp_serde::to_vec_named(&serde_json::json!({
+            "batch_id": "b1",
+            "records": [{"collection": "clients", "id": "c1", "scope": "north",
+                         "payload": {"changes": [[1, 2, canary.clone()]]}}],
+        }))
+        .unwrap();
+        let unknown_variant = rmp_serde::to_vec_named(&serde_json::json!({
+            "batch_id": "b1",
+            "records": [{"collection": "clients", "id": "c1", "scope": "north",
+                         "payload": {canary.clone(): []}}],
+        }))
+        .unwrap();
+        let missing = rmp_serde::to_vec_named(&serde_json::json!({"records": []})).unwrap();
+        let deflate = |packed: &[u8]| {
+            let mut encoder =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut encoder, packed).unwrap();
+            encoder.finish().unwrap()
+        };
+        let errors: Vec<String> = [wrong_type, unknown_variant, missing]
+            .iter()
+            .map(
+                |packed| match decode::<PushRequest>(&deflate(packed), 1 << 20) {
+                    Err(DecodeError::Malformed(message)) => message,
+                    other => panic!("decoded: {}", other.is_ok()),
+                },
+            )
+            .collect();
+        for message in &errors {
+            assert!(!message.contains("CANARY"), "{message}");
+            assert!(message.len() < 200, "{message}");
+        }
+        assert_eq!(
+            errors[0],
+            "a value has the wrong type (at records[0].payload.changes[0][2])"
+        );
+        assert_eq!(
+            errors[1],
+            "an enum name is not known (at records[0].payload)"
+        );
+        assert_eq!(errors[2], "the field `batch_id` is missing");
     }
 
     #[test]

@@ -639,7 +639,12 @@ fn a_record_that_inflates_past_the_document_limit_is_refused() {
     doc.put(ROOT, "name", "a".repeat(2 << 20)).unwrap();
     doc.commit();
     let saved = doc.save();
-    let change = doc.get_last_local_change().unwrap().clone().bytes().to_vec();
+    let change = doc
+        .get_last_local_change()
+        .unwrap()
+        .clone()
+        .bytes()
+        .to_vec();
     assert!(saved.len() < 10_000 && change.len() < 10_000);
     for payload in [
         Payload::Document(ByteBuf::from(saved)),
