@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::schema::{self, SchemaSet};
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Access, AuditQuery, Database, Role, Storage, postgres};
-use crate::{AppState, Limits, ServerError, admin, router};
+use crate::{AppState, Limits, ServerError, admin, listener, router};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -57,6 +57,12 @@ enum Command {
         /// Requests a device may make in a burst.
         #[arg(long, env = "FIELDSYNC_REQUEST_BURST", default_value_t = Limits::default().request_burst)]
         request_burst: u32,
+        /// Connections held at once (default: the open-file limit less 160, at most 10,000).
+        #[arg(long, env = "FIELDSYNC_MAX_CONNECTIONS")]
+        max_connections: Option<usize>,
+        /// Seconds a client may take to send a request's head, or stay idle between requests.
+        #[arg(long, env = "FIELDSYNC_HEAD_TIMEOUT_SECS", default_value_t = 10)]
+        head_timeout_secs: u64,
     },
     /// Create a user.
     CreateUser {
@@ -240,6 +246,8 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             max_document_bytes,
             requests_per_second,
             request_burst,
+            max_connections,
+            head_timeout_secs,
         } => {
             let limits = Limits {
                 max_body_bytes,
@@ -265,7 +273,12 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                      fieldsync-server --db {db} schema set SCHEMA.json"
                 );
             }
-            serve(storage, limits, listen)
+            let defaults = listener::ConnectionLimits::for_this_process();
+            let connections = listener::ConnectionLimits {
+                max_connections: max_connections.unwrap_or(defaults.max_connections),
+                head_timeout: std::time::Duration::from_secs(head_timeout_secs.max(1)),
+            };
+            serve(storage, limits, connections, listen)
         }
         Command::CreateUser { name, admin } => {
             let id = admin::create_user(
@@ -551,10 +564,15 @@ fn utc(ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-fn serve(storage: Arc<dyn Storage>, limits: Limits, listen: SocketAddr) -> Result<(), ServerError> {
+fn serve(
+    storage: Arc<dyn Storage>,
+    limits: Limits,
+    connections: listener::ConnectionLimits,
+    listen: SocketAddr,
+) -> Result<(), ServerError> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|err| ServerError::Internal(err.to_string()))?;
-    let served = runtime.block_on(serve_on(storage.clone(), limits, listen));
+    let served = runtime.block_on(serve_on(storage.clone(), limits, connections, listen));
     // The runtime goes first, with every task still holding the storage; the storage is
     // dropped last, here: closing a PostgreSQL connection blocks, which must not happen on a
     // thread that drives async tasks.
@@ -566,6 +584,7 @@ fn serve(storage: Arc<dyn Storage>, limits: Limits, listen: SocketAddr) -> Resul
 async fn serve_on(
     storage: Arc<dyn Storage>,
     limits: Limits,
+    connections: listener::ConnectionLimits,
     listen: SocketAddr,
 ) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -576,12 +595,9 @@ async fn serve_on(
         .map_err(|err| ServerError::Internal(err.to_string()))?;
     // Tests and scripts read this line to find a server started on port 0.
     println!("listening on http://{address}");
-    tracing::info!(%address, "listening");
+    tracing::info!(%address, max_connections = connections.max_connections, "listening");
     let app = router(AppState::new(storage, limits));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|err| ServerError::Internal(err.to_string()))?;
+    listener::serve(listener, app, connections, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }

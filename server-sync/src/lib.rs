@@ -25,6 +25,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 mod http;
+pub mod listener;
 mod merge;
 pub mod metrics;
 mod ops;

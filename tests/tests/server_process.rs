@@ -701,3 +701,78 @@ fn deflate(bytes: &[u8]) -> Vec<u8> {
     std::io::Write::write_all(&mut encoder, bytes).unwrap();
     encoder.finish().unwrap()
 }
+
+/// Under an open-file limit of 256, 300 connections that send nothing or trickle a request's
+/// head do not stop `/health` or a pull from being answered, and the server closes each of
+/// them within its head timeout (1 second here; 2 for the spare connections past the limit).
+/// This test waits on those timeouts: they are what it checks.
+#[test]
+fn idle_and_slow_connections_are_closed_and_health_is_still_answered() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let limited = dir.path().join("server-with-256-files");
+    std::fs::write(
+        &limited,
+        format!("#!/bin/sh\nulimit -n 256\nexec \"{SERVER}\" \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &limited,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let server = ServerProcess::start_with(
+        &limited,
+        dir.path().join("server.db"),
+        &["--head-timeout-secs", "1", "--requests-per-second", "0"],
+        None,
+    );
+    let token = server.user_with_device("ada", &["north"]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut held: Vec<TcpStream> = (0..300)
+        .map(|n| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            if n % 2 == 0 {
+                stream.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+            }
+            stream
+        })
+        .collect();
+    // One more line of the head for the trickling half, well inside a second.
+    std::thread::sleep(Duration::from_millis(300));
+    for stream in held.iter_mut().step_by(2) {
+        let _ = stream.write_all(b"x-slow: 1\r\n");
+    }
+
+    let started = Instant::now();
+    let client = Client::new(&server.url, &token);
+    let health = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(format!("{}/health", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(client.pull(None, 10).is_ok());
+    println!("health and a pull answered in {:?}", started.elapsed());
+
+    for (n, stream) in held.iter_mut().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = Vec::new();
+        // Closed by the server: the read ends (after a 408 for a head that timed out, or
+        // nothing), where an open connection would block until the read timeout.
+        let ended = stream.read_to_end(&mut answer).is_ok() || answer.is_empty();
+        let waited = started.elapsed();
+        assert!(
+            ended && waited < Duration::from_secs(5),
+            "connection {n} open after {waited:?}"
+        );
+    }
+    assert!(server.terminate());
+}
