@@ -208,7 +208,7 @@ pub fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve { .. }) {
         crate::admission::serve_with_tuned_malloc();
     }
-    init_logging();
+    crate::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -216,23 +216,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    // The PostgreSQL client's debug lines quote every statement's parameters (record values,
-    // token ids), so no filter, however verbose, may turn them on.
-    let quiet_postgres = "tokio_postgres=info"
-        .parse()
-        .expect("the directive is valid");
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FIELDSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        .add_directive(quiet_postgres);
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run(cli: Cli) -> Result<(), ServerError> {
@@ -372,8 +355,8 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 let state = if device.revoked { "revoked" } else { "active" };
                 row(
                     &device.id,
-                    &device.user,
-                    &device.name,
+                    &admin::printable(&device.user),
+                    &admin::printable(&device.name),
                     &last,
                     &schema,
                     state,
@@ -410,15 +393,16 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                     .code
                     .map(|code| format!(" ({code})"))
                     .unwrap_or_default();
+                // Collections, ids and scopes of refused pushes are as the device sent them.
                 println!(
                     "{} {} device {} {} {}/{} in {}{code}",
                     utc(entry.at),
-                    entry.user,
+                    admin::printable(&entry.user),
                     entry.device_id,
                     entry.action,
-                    entry.collection,
-                    entry.record_id,
-                    entry.scope
+                    admin::printable(&entry.collection),
+                    admin::printable(&entry.record_id),
+                    admin::printable(&entry.scope)
                 );
             }
             Ok(())

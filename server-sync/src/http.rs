@@ -46,10 +46,13 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::By
         .map_err(|_| ServerError::TooLarge(format!("bodies are limited to {limit} bytes")))
 }
 
+/// Runs `work` on the blocking pool, in the request's span (so that what it logs, a caught
+/// panic included, carries the request id).
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ServerError> {
-    tokio::task::spawn_blocking(work)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|err| ServerError::Internal(format!("a blocking task failed: {err}")))?
 }

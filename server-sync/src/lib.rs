@@ -26,6 +26,7 @@ pub mod cli;
 pub mod error;
 mod http;
 pub mod listener;
+pub mod logging;
 mod merge;
 pub mod metrics;
 mod ops;

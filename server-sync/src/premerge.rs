@@ -163,7 +163,9 @@ impl Premerges {
         }
         for _ in 0..threads {
             let queue = Arc::clone(&queue);
-            scope.spawn(move || self.merge_from(&queue, context, records));
+            // The request's span, for what the merge logs (a caught panic).
+            let span = tracing::Span::current();
+            scope.spawn(move || span.in_scope(|| self.merge_from(&queue, context, records)));
         }
     }
 

@@ -174,3 +174,26 @@ fn a_document_updated_without_its_lineage_loses_the_lineage() {
     .unwrap();
     assert_eq!(lineage_of(), None);
 }
+
+/// The database, its WAL and shared-memory files and a backup are readable by their owner
+/// only, whatever the umask (the usual 022 would leave them readable by everyone).
+#[cfg(unix)]
+#[test]
+fn database_files_and_backups_are_readable_by_their_owner_only() {
+    use fieldsync_server::storage::{Role, Storage};
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.db");
+    let storage = SqliteStorage::open(&path).unwrap();
+    storage.create_user("ada", Role::Member).unwrap();
+    let backup = dir.path().join("backup.db");
+    storage.backup_to(&backup).unwrap();
+    let mode = |name: &str| {
+        let metadata = std::fs::metadata(dir.path().join(name)).unwrap();
+        metadata.permissions().mode() & 0o777
+    };
+    for name in ["server.db", "server.db-wal", "server.db-shm", "backup.db"] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+}

@@ -776,3 +776,100 @@ fn idle_and_slow_connections_are_closed_and_health_is_still_answered() {
     }
     assert!(server.terminate());
 }
+
+/// A change overwriting an operation its document lacks makes Automerge panic in a build with
+/// debug assertions (this test's server; a release build drops the operation instead): the
+/// record is refused, and the log holds each panic (the document is loaded twice: for the
+/// push's actor, then to merge it) as one JSON warning with the request's id, every line of
+/// it JSON.
+#[test]
+fn a_caught_panic_is_one_json_warning_with_the_request_id() {
+    use automerge::transaction::Transactable as _;
+    use fieldsync_record::protocol::{Payload, PushRecord, PushRequest, RejectCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let server =
+        ServerProcess::start_logging(Path::new(SERVER), dir.path().join("server.db"), Some(&log));
+    let token = server.user_with_device("ada", &["north"]);
+    let actor = automerge::ActorId::random();
+    let mut doc = automerge::AutoCommit::new().with_actor(actor.clone());
+    doc.put(automerge::ROOT, "caseload_id", "north").unwrap();
+    doc.put(automerge::ROOT, "name", "Ada").unwrap();
+    let mut expanded = doc.get_last_local_change().unwrap().decode();
+    expanded.operations[0].pred = vec![automerge::legacy::OpId::new(5, &actor)].into();
+    expanded.hash = None;
+    let crafted = automerge::Change::from(expanded).raw_bytes().to_vec();
+    let request = PushRequest {
+        outbox_seq: None,
+        batch_id: "crafted".into(),
+        records: vec![PushRecord {
+            collection: "clients".into(),
+            id: "c1".into(),
+            scope: "north".into(),
+            payload: Payload::Document(serde_bytes::ByteBuf::from(crafted)),
+        }],
+    };
+    let response = Client::new(&server.url, &token).push(&request).unwrap();
+    let rejected = response.results[0].rejected.as_ref().unwrap();
+    assert_eq!(rejected.code, RejectCode::Malformed);
+    assert!(server.terminate());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let panics: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| line["fields"]["panic"].is_string())
+        .collect();
+    assert!(!panics.is_empty(), "{text}");
+    for panic in panics {
+        assert_eq!(panic["level"], "WARN");
+        assert!(panic["span"]["request_id"].is_string(), "{panic}");
+    }
+}
+
+/// Names with line breaks are refused on the command line, and a refused push whose id and
+/// scope carry a forged audit line is printed as one line, escaped.
+#[test]
+fn the_audit_output_cannot_be_forged_with_line_breaks() {
+    use fieldsync_record::protocol::{Payload, PushRecord, PushRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server.db");
+    let server = start(&db);
+    let token = server.user_with_device("ada", &["north"]);
+    for args in [
+        &["create-user", "eve\n2026-01-01T00:00:00.000Z admin"][..],
+        &["grant", "--user", "ada", "--scope", "north\u{202e}"],
+        &["enroll-device", "--user", "ada", "--name", "tablet\r\n"],
+    ] {
+        let (ok, printed) = command(&db, args);
+        assert!(
+            !ok && printed.contains("control characters"),
+            "{args:?}: {printed}"
+        );
+    }
+    let forged = "\n2026-01-01T00:00:00.000Z admin device 1 push clients/x in north";
+    let request = PushRequest {
+        outbox_seq: None,
+        batch_id: "forged".into(),
+        records: vec![PushRecord {
+            collection: "clients".into(),
+            id: format!("c1{forged}"),
+            scope: format!("north{forged}"),
+            payload: Payload::Changes(vec![serde_bytes::ByteBuf::from(vec![1])]),
+        }],
+    };
+    let response = Client::new(&server.url, &token).push(&request).unwrap();
+    assert!(response.results[0].rejected.is_some());
+    let audit = server.admin(&["audit"]);
+    let lines: Vec<&str> = audit.lines().collect();
+    assert_eq!(lines.len(), 1, "{audit}");
+    assert!(
+        lines[0].contains("refuse") && lines[0].contains("\\u{a}2026"),
+        "{audit}"
+    );
+}

@@ -80,6 +80,7 @@ struct Durability {
 impl SqliteStorage {
     /// Opens (or creates) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStorage> {
+        create_private(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         enable_wal(&conn)?;
@@ -222,12 +223,34 @@ impl SqliteStorage {
 
     /// Writes a consistent copy of the database to `path` (SQLite online backup).
     pub fn backup_to(&self, path: &Path) -> Result<()> {
+        create_private(path)?;
         let conn = self.lock();
         let mut target = Connection::open(path)?;
         let backup = rusqlite::backup::Backup::new(&conn, &mut target)?;
         backup.run_to_completion(256, Duration::ZERO, None)?;
         Ok(())
     }
+}
+
+/// Creates the file at `path`, if it is missing, readable and writable by its owner only
+/// (SQLite would create it 0644 under the usual umask). SQLite gives the WAL and shared-memory
+/// files it creates beside a database the database file's permissions. An existing file keeps
+/// its own.
+fn create_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|err| {
+                ServerError::Config(format!("cannot create {}: {err}", path.display()))
+            })?;
+    }
+    Ok(())
 }
 
 /// How long a statement waits for another connection's lock before it fails.
