@@ -1,56 +1,48 @@
-//! A per-device token bucket: each device may make `per_second` requests a second on average,
-//! with bursts up to `burst`.
+//! The per-device request limit: each device may make `per_second` requests a second on
+//! average, with bursts up to `burst` (governor's GCRA, keyed by device id).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Token buckets by device id.
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+/// After this many checks, devices whose limit has fully recovered are forgotten, so that the
+/// map of devices does not keep one entry per device that ever made a request.
+const FORGET_EVERY: u32 = 4096;
+
+/// Request limits by device id.
 pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<i64, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    refilled_at: Instant,
+    limiter: Option<DefaultKeyedRateLimiter<i64>>,
+    checks: AtomicU32,
 }
 
 impl RateLimiter {
     /// A limiter allowing `per_second` requests a second and bursts of `burst`; a rate of 0
     /// disables it.
     pub fn new(per_second: u32, burst: u32) -> RateLimiter {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+            governor::RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
         RateLimiter {
-            per_second: f64::from(per_second),
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            limiter,
+            checks: AtomicU32::new(0),
         }
     }
 
-    /// Takes one request from the device's bucket, or says how many seconds to wait.
+    /// Takes one request from the device's allowance, or says how many seconds to wait.
     pub fn check(&self, device_id: i64) -> Result<(), u64> {
-        if self.per_second <= 0.0 {
+        let Some(limiter) = &self.limiter else {
             return Ok(());
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            limiter.retain_recent();
         }
-        let now = Instant::now();
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bucket = buckets.entry(device_id).or_insert(Bucket {
-            tokens: self.burst,
-            refilled_at: now,
-        });
-        let refill = now.duration_since(bucket.refilled_at).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(self.burst);
-        bucket.refilled_at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64)
-        }
+        limiter.check_key(&device_id).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
     }
 }
 
@@ -58,6 +50,8 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    /// Depends on the four checks coming within a second of each other, which in-process
+    /// they do by orders of magnitude.
     #[test]
     fn a_burst_is_allowed_then_refused_per_device() {
         let limiter = RateLimiter::new(1, 3);
@@ -67,7 +61,7 @@ mod tests {
         assert_eq!(limiter.check(1), Err(1));
         assert!(
             limiter.check(2).is_ok(),
-            "another device has its own bucket"
+            "another device has its own allowance"
         );
         assert!(
             RateLimiter::new(0, 0).check(1).is_ok(),

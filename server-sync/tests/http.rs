@@ -776,6 +776,8 @@ async fn health_and_ready_answer() {
     }
 }
 
+/// Depends on its four requests coming within a second (one a second, bursts of three), which
+/// in-process they do by orders of magnitude.
 #[tokio::test]
 async fn a_device_over_its_rate_gets_429_with_retry_after() {
     let server = Server::with_limits(Limits {

@@ -45,6 +45,8 @@ struct Probe {
     /// Strings no answer to a refused request, and no log line, may contain.
     secrets: Vec<String>,
     tried: BTreeMap<&'static str, usize>,
+    /// Answers by category and status, for the figures in docs/RELIABILITY.md.
+    answered: BTreeMap<(&'static str, u16), usize>,
 }
 
 enum Auth {
@@ -80,6 +82,7 @@ impl Probe {
         }
         let response = request.send().expect("the server answers every request");
         let status = response.status().as_u16();
+        *self.answered.entry((category, status)).or_default() += 1;
         (status, response.bytes().expect("the body reads").to_vec())
     }
 
@@ -274,6 +277,7 @@ fn run_matrix(backend: &str, db: &OsStr, dir: &Path) {
         url: server.url.clone(),
         secrets: Vec::new(),
         tried: BTreeMap::new(),
+        answered: BTreeMap::new(),
     };
     for (name, scope) in [("ada", "north"), ("dave", "south"), ("bob", "west")] {
         let store = open_device(&dir.join(format!("{name}.db")));
@@ -594,6 +598,18 @@ fn run_matrix(backend: &str, db: &OsStr, dir: &Path) {
         .iter()
         .filter(|secret| text.contains(secret.as_str()))
         .collect();
+    // What each category got: the refusals at the request (4xx), and the 200s, which are the
+    // setup, the public endpoints, reads whose pages were checked to hold no record of a scope
+    // not granted, and pushes whose every record was refused.
+    let answered: Vec<String> = probe
+        .answered
+        .iter()
+        .map(|((category, status), n)| format!("{category} {status}: {n}"))
+        .collect();
+    println!(
+        "{backend}: answers by category and status: {}",
+        answered.join(", ")
+    );
     println!(
         "{backend}: {total} requests tried {:?} ({refused_records} records pushed to scopes not \
          granted, all refused); {} log lines searched for {} canaries, {} hits",

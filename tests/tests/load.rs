@@ -1,5 +1,9 @@
 //! A small run of the load test (docs/BENCHMARKS.md has the big one), so that it cannot rot:
 //! devices writing offline and syncing through real servers end with the server's data.
+//!
+//! A load test runs for a time: its devices write and sync for 3 seconds of wall time. What
+//! it asserts does not depend on how much they did in that time (every write reaches the
+//! server and every device, no request fails), only that they did something.
 
 use std::path::Path;
 use std::time::Duration;
