@@ -360,6 +360,19 @@ impl Store {
         read::query(&self.shared, &db.conn, collection, query)
     }
 
+    /// SQLite's `EXPLAIN QUERY PLAN` for exactly the statement and parameters
+    /// [`Store::query`] runs for `query`, one line per step (nested steps follow their parent).
+    ///
+    /// For checking, in development or in a test, that a query uses an index: a step like
+    /// `SEARCH rec_clients USING INDEX idx:clients:by_name (name=?)` means it does; a step
+    /// starting with `SCAN` reads every row of the table (or of an index), and
+    /// `USE TEMP B-TREE FOR ORDER BY` sorts the matches. During a first sync in several pages
+    /// the indexes are dropped until it ends, and the plan says so.
+    pub fn query_plan(&self, collection: &str, query: &Query) -> Result<Vec<String>> {
+        let db = self.shared.lock();
+        read::query_plan(&self.shared, &db.conn, collection, query)
+    }
+
     /// How many live records match the filter.
     pub fn count(&self, collection: &str, filter: &Filter) -> Result<u64> {
         let db = self.shared.lock();

@@ -378,31 +378,63 @@ fn query_values_are_bound_not_spliced() {
 #[test]
 fn indexed_filters_use_their_index() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
-    let store = Store::open(&path, schema(), StoreOptions::default()).unwrap();
+    let store = open(&dir, "a.db");
     store.insert("clients", client("Ada")).unwrap();
-    drop(store);
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    let plan: Vec<String> = conn
-        .prepare(
-            "EXPLAIN QUERY PLAN SELECT _id, _doc FROM \"rec_clients\"
-             WHERE _deleted = 0 AND (\"name\" = ?1) ORDER BY _id ASC",
-        )
-        .unwrap()
-        .query_map(["Ada"], |row| row.get(3))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let by_name = Query {
+        filter: Filter::eq("name", "Ada"),
+        ..Query::default()
+    };
+    let plan = store.query_plan("clients", &by_name).unwrap();
     assert!(
         plan.iter()
-            .any(|step| step.contains("USING INDEX") && step.contains("idx:clients:by_name")),
+            .any(|step| step.contains("USING INDEX idx:clients:by_name")),
         "{plan:?}"
     );
+    assert!(!reads_every_row(&plan), "{plan:?}");
     // The index ends with the id, so the default order needs no sort.
-    assert!(
-        !plan.iter().any(|step| step.contains("TEMP B-TREE")),
-        "{plan:?}"
-    );
+    assert!(!sorts(&plan), "{plan:?}");
+
+    // The checks above fail where the index is missing: `phone` has none, so filtering on
+    // it reads every row, and ordering by it sorts.
+    let by_phone = Query {
+        filter: Filter::eq("phone", "555"),
+        ..Query::default()
+    };
+    let plan = store.query_plan("clients", &by_phone).unwrap();
+    assert!(reads_every_row(&plan), "{plan:?}");
+    let by_name_ordered_by_phone = Query {
+        order: vec![Order {
+            field: "phone".into(),
+            descending: false,
+        }],
+        ..by_name
+    };
+    let plan = store
+        .query_plan("clients", &by_name_ordered_by_phone)
+        .unwrap();
+    assert!(sorts(&plan), "{plan:?}");
+
+    // The plan is of the statement `query` runs, so it refuses what `query` refuses.
+    assert!(matches!(
+        store.query_plan(
+            "clients",
+            &Query {
+                filter: Filter::eq("goals", 1),
+                ..Query::default()
+            }
+        ),
+        Err(Error::InvalidQuery(_))
+    ));
+}
+
+/// Whether a query plan reads a whole table or index rather than searching one.
+fn reads_every_row(plan: &[String]) -> bool {
+    plan.iter().any(|step| step.starts_with("SCAN "))
+}
+
+/// Whether a query plan sorts the matches instead of reading them in order.
+fn sorts(plan: &[String]) -> bool {
+    plan.iter().any(|step| step.contains("TEMP B-TREE"))
 }
 
 #[test]

@@ -39,24 +39,53 @@ fn the_audit_log_is_append_only() {
 
 #[test]
 fn several_processes_opening_a_new_file_at_once_migrate_it_once() {
+    /// The file's schema version and every table, index and trigger it holds.
+    fn schema_of(path: &std::path::Path) -> (i64, Vec<(String, String, Option<String>)>) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let version = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        let objects = conn
+            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (version, objects)
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone.db");
+    let steps = SqliteStorage::open(&alone).unwrap().migrations_applied();
+    assert!(steps > 0, "a new file is migrated");
+    let migrated_alone = schema_of(&alone);
+    assert_eq!(migrated_alone.0, i64::from(steps));
+
     // An admin command run while the server starts opens the same new file at the same moment;
     // separate connections, here on threads, take SQLite's file locks as processes do.
-    for _ in 0..20 {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server.db");
+    for round in 0..20 {
+        let path = dir.path().join(format!("server-{round}.db"));
         let start = std::sync::Arc::new(std::sync::Barrier::new(4));
         let openers: Vec<_> = (0..4)
             .map(|_| {
                 let (start, path) = (start.clone(), path.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    SqliteStorage::open(&path).map(drop)
+                    SqliteStorage::open(&path).map(|storage| storage.migrations_applied())
                 })
             })
             .collect();
-        for opener in openers {
-            opener.join().unwrap().unwrap();
-        }
+        let applied: Vec<u32> = openers
+            .into_iter()
+            .map(|opener| opener.join().unwrap().unwrap())
+            .collect();
+        assert_eq!(
+            applied.iter().sum::<u32>(),
+            steps,
+            "every step applied exactly once, by one opener or another: {applied:?}"
+        );
+        assert_eq!(schema_of(&path), migrated_alone);
     }
 }
 

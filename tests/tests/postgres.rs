@@ -20,7 +20,48 @@ fn postgres_storage_passes_the_conformance_suite() {
 
 #[test]
 fn instances_starting_at_once_migrate_once() {
+    /// The database's schema version and a description of every column, constraint, index and
+    /// trigger of its tables.
+    fn schema_of(url: &str) -> (i32, Vec<String>) {
+        let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        let version = client
+            .query_one("SELECT version FROM fieldsync_schema", &[])
+            .unwrap()
+            .get(0);
+        let objects = client
+            .query(
+                "SELECT format('column %s.%s %s null=%s default=%s identity=%s', table_name,
+                               column_name, data_type, is_nullable, column_default, is_identity)
+                 FROM information_schema.columns WHERE table_schema = 'public'
+                 UNION ALL
+                 SELECT format('constraint %s.%s %s', conrelid::regclass, conname,
+                               pg_get_constraintdef(oid))
+                 FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+                 UNION ALL
+                 SELECT format('index %s', indexdef) FROM pg_indexes WHERE schemaname = 'public'
+                 UNION ALL
+                 SELECT format('trigger %s.%s %s', tgrelid::regclass, tgname,
+                               pg_get_triggerdef(oid))
+                 FROM pg_trigger WHERE NOT tgisinternal
+                 ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        (version, objects)
+    }
+
     let cluster = TestPostgres::start();
+    let alone = cluster.database();
+    let steps = PostgresStorage::open(&alone, 1)
+        .unwrap()
+        .migrations_applied();
+    assert!(steps > 0, "a new database is migrated");
+    let migrated_alone = schema_of(&alone);
+    assert_eq!(migrated_alone.0, steps as i32);
+
     let url = cluster.database();
     let opened: Vec<PostgresStorage> = std::thread::scope(|scope| {
         let starting: Vec<_> = (0..4)
@@ -31,10 +72,18 @@ fn instances_starting_at_once_migrate_once() {
             .map(|s| s.join().unwrap().expect("every instance opens"))
             .collect()
     });
+    let applied: Vec<u32> = opened.iter().map(|s| s.migrations_applied()).collect();
+    assert_eq!(
+        applied.iter().sum::<u32>(),
+        steps,
+        "every step applied exactly once: {applied:?}"
+    );
+    assert_eq!(schema_of(&url), migrated_alone);
     opened[0].create_user("ada", Role::Member).unwrap();
     assert_eq!(opened[3].count_users().unwrap(), 1);
     // Opening an up-to-date database changes nothing.
     let again = PostgresStorage::open(&url, 1).unwrap();
+    assert_eq!(again.migrations_applied(), 0);
     assert_eq!(again.user_id("ada").unwrap(), Some(1));
 }
 

@@ -202,40 +202,31 @@ async fn a_first_sync_in_many_pages_ends_with_every_index_and_uses_it() {
     let report = device.sync().await;
     assert_eq!(report.pulled, 400);
     assert_eq!(record_indexes(&fresh_path), wanted);
-    let plan: Vec<String> = {
-        let conn = rusqlite::Connection::open(&fresh_path).unwrap();
-        let mut stmt = conn
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT _id, name FROM rec_clients
-                 WHERE caseload_id = 'north' AND _deleted = 0",
-            )
-            .unwrap();
-        stmt.query_map([], |row| row.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+    let in_north = fieldsync_core::Query {
+        filter: Filter::eq("caseload_id", "north"),
+        ..fieldsync_core::Query::default()
     };
+    let plan = device.store.query_plan("clients", &in_north).unwrap();
     assert!(
-        plan.iter().any(|step| step.contains("USING INDEX")),
+        plan.iter()
+            .any(|step| step.starts_with("SEARCH rec_clients USING INDEX idx:clients:")),
         "{plan:?}"
     );
-    assert_eq!(
-        device
-            .store
-            .query(
-                "clients",
-                &fieldsync_core::Query {
-                    filter: Filter::Eq {
-                        field: "caseload_id".into(),
-                        value: json!("north"),
-                    },
-                    ..fieldsync_core::Query::default()
-                }
-            )
-            .unwrap()
-            .len(),
-        400
+    assert!(
+        !plan.iter().any(|step| step.starts_with("SCAN ")),
+        "{plan:?}"
     );
+    // The same check on a field without an index sees the whole table read.
+    let by_phone = fieldsync_core::Query {
+        filter: Filter::eq("phone", "555"),
+        ..fieldsync_core::Query::default()
+    };
+    let plan = device.store.query_plan("clients", &by_phone).unwrap();
+    assert!(
+        plan.iter().any(|step| step.starts_with("SCAN ")),
+        "{plan:?}"
+    );
+    assert_eq!(device.store.query("clients", &in_north).unwrap().len(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,26 @@ pub(super) fn query(
     query: &Query,
 ) -> Result<Vec<Record>> {
     let table = shared.table(collection)?;
+    let (sql, params) = query_statement(shared, collection, query)?;
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |row| {
+        Ok(row_to_record(collection, table, row))
+    })?;
+    let mut records = Vec::new();
+    for row in rows {
+        records.push(row??);
+    }
+    Ok(records)
+}
+
+/// The statement [`query`] runs for `query` and its parameters, built in one place so that
+/// [`query_plan`] explains exactly that statement.
+fn query_statement(
+    shared: &Shared,
+    collection: &str,
+    query: &Query,
+) -> Result<(String, Vec<SqlValue>)> {
+    let table = shared.table(collection)?;
     let decl = shared.schema.collection(collection)?;
     let mut filter = query::compile_filter(collection, decl, &query.filter)?;
     let order = query::compile_order(collection, decl, &query.order)?;
@@ -74,15 +94,23 @@ pub(super) fn query(
         filter.sql,
         n - 1
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(filter.params.iter()), |row| {
-        Ok(row_to_record(collection, table, row))
-    })?;
-    let mut records = Vec::new();
-    for row in rows {
-        records.push(row??);
-    }
-    Ok(records)
+    Ok((sql, filter.params))
+}
+
+/// The steps of SQLite's `EXPLAIN QUERY PLAN` for the statement [`query`] runs, in the order
+/// SQLite lists them.
+pub(super) fn query_plan(
+    shared: &Shared,
+    conn: &Connection,
+    collection: &str,
+    query: &Query,
+) -> Result<Vec<String>> {
+    let (sql, params) = query_statement(shared, collection, query)?;
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+    let steps = stmt
+        .query_map(rusqlite::params_from_iter(params.iter()), |row| row.get(3))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(steps)
 }
 
 pub(super) fn count(

@@ -73,6 +73,8 @@ type Connection = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 /// Server storage in a PostgreSQL database, shared by any number of server instances.
 pub struct PostgresStorage {
     pool: Pool,
+    /// Migration steps this open applied (see [`PostgresStorage::migrations_applied`]).
+    migrations_applied: u32,
 }
 
 impl PostgresStorage {
@@ -146,7 +148,7 @@ impl PostgresStorage {
                 crate::error::describe_postgres_error(&err)
             ))
         })?;
-        migrate(&mut first)?;
+        let migrations_applied = migrate(&mut first)?;
         drop(first);
         let pool = r2d2::Pool::builder()
             .max_size(connections.max(1))
@@ -154,7 +156,17 @@ impl PostgresStorage {
             .connection_timeout(CONNECT_TIMEOUT)
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(unavailable)?;
-        Ok(PostgresStorage { pool })
+        Ok(PostgresStorage {
+            pool,
+            migrations_applied,
+        })
+    }
+
+    /// How many migration steps this open applied to the database: all of them on a new
+    /// database, none on an up-to-date one. Of several instances starting at once, one applies
+    /// them all and the others none.
+    pub fn migrations_applied(&self) -> u32 {
+        self.migrations_applied
     }
 
     fn conn(&self) -> Result<Connection> {
@@ -167,8 +179,9 @@ fn unavailable(err: r2d2::Error) -> ServerError {
 }
 
 /// Applies the missing migration steps in one transaction, under a lock that makes a second
-/// instance starting at the same moment wait and then find nothing left to do.
-fn migrate(client: &mut Client) -> Result<()> {
+/// instance starting at the same moment wait and then find nothing left to do. Returns how
+/// many steps it applied.
+fn migrate(client: &mut Client) -> Result<u32> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_MIGRATIONS])?;
     tx.batch_execute(
@@ -188,9 +201,10 @@ fn migrate(client: &mut Client) -> Result<()> {
         )));
     }
     if current == MIGRATIONS.len() {
-        return Ok(());
+        return Ok(0);
     }
-    for step in &MIGRATIONS[current..] {
+    let missing = &MIGRATIONS[current..];
+    for step in missing {
         tx.batch_execute(step)?;
     }
     let version = MIGRATIONS.len() as i32;
@@ -200,7 +214,7 @@ fn migrate(client: &mut Client) -> Result<()> {
         &[&version],
     )?;
     tx.commit()?;
-    Ok(())
+    Ok(missing.len() as u32)
 }
 
 /// A record's stored state from `scope, doc, fields, deleted, lineage, updated_seq` at

@@ -65,6 +65,8 @@ pub struct SqliteStorage {
     flush_latency: Histogram,
     /// How long each request waited for its commit (or what it read) to be flushed.
     durable_wait: Histogram,
+    /// Migration steps this open applied (see [`SqliteStorage::migrations_applied`]).
+    migrations_applied: u32,
 }
 
 /// Which commits are on stable storage. Commits are counted under the connection lock, after
@@ -89,7 +91,7 @@ impl SqliteStorage {
         conn.execute_batch(
             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
         )?;
-        migrate(&mut conn)?;
+        let migrations_applied = migrate(&mut conn)?;
         // From here on, commits are flushed by `wait_durable`, in groups.
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let checkpointer = {
@@ -110,7 +112,15 @@ impl SqliteStorage {
             flushed: Condvar::new(),
             flush_latency: Histogram::default(),
             durable_wait: Histogram::default(),
+            migrations_applied,
         })
+    }
+
+    /// How many migration steps this open applied to the file: all of them on a new file,
+    /// none on an up-to-date one. Of several processes opening a new file at once, each
+    /// applies the steps the others had not, so theirs add up to the number of steps.
+    pub fn migrations_applied(&self) -> u32 {
+        self.migrations_applied
     }
 
     /// How many WAL checkpoints ran on the checkpoint thread and inside commits.
@@ -277,7 +287,9 @@ fn enable_wal(conn: &Connection) -> Result<()> {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Applies the missing migration steps; returns how many this connection applied.
+fn migrate(conn: &mut Connection) -> Result<u32> {
+    let mut applied = 0;
     loop {
         // Each step reads the version under the write lock: another process opening the same
         // file at the same moment (an admin command while the server starts) waits for the
@@ -292,11 +304,12 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             )));
         }
         let Some(step) = MIGRATIONS.get(current) else {
-            return Ok(());
+            return Ok(applied);
         };
         tx.execute_batch(step)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", current + 1))?;
         tx.commit()?;
+        applied += 1;
     }
 }
 
