@@ -354,11 +354,8 @@ impl SyncClient {
         limit: u32,
         writer: &Writer,
     ) -> Result<PullResponse> {
-        if let Some(cursor) = cursor {
-            // Cursors are opaque but the server only makes URL-safe ones.
-            if !cursor.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err(Error::Protocol("the stored cursor is not URL-safe".into()));
-            }
+        if cursor.is_some_and(|cursor| !is_url_safe(cursor)) {
+            return Err(Error::Protocol("the stored cursor is not URL-safe".into()));
         }
         let request = TransportRequest::Pull {
             limit,
@@ -368,8 +365,20 @@ impl SyncClient {
             schema_version: writer.schema_version,
         };
         let response = self.transport.send(&self.config.token, request).await?;
-        decode_response(response)
+        let page: PullResponse = decode_response(response)?;
+        // Stored with the page, a cursor that cannot be sent back would fail every later pull.
+        if !is_url_safe(&page.next_cursor) {
+            return Err(Error::Protocol(
+                "the server sent a cursor that is not URL-safe".into(),
+            ));
+        }
+        Ok(page)
     }
+}
+
+/// Cursors are opaque, but the server only makes URL-safe ones (letters and digits).
+fn is_url_safe(cursor: &str) -> bool {
+    cursor.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Who a pull comes from: the store's actor and how far its outbox has come, by which the

@@ -5,76 +5,171 @@
 //!
 //! Generated inputs come from a seeded generator; each test prints its seed and how many
 //! inputs it tried. `FIELDSYNC_HOSTILE_CASES` sets the number of generated cases and
-//! `FIELDSYNC_HOSTILE_SEED` the seed, for longer local runs or to replay one.
+//! `FIELDSYNC_HOSTILE_SEED` the seed, for longer local runs or to replay one. The valid records
+//! the inputs are cut from are written under actors and at times drawn from a generator too
+//! (see [`Author`]), so that a seed gives the same bytes on every run.
 
 mod common;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ObjType, ROOT, ScalarValue};
 use common::{dump, fields, options, record, schema};
 use fieldsync_core::{
-    ApplyReport, BoxFuture, Error, RemotePayload, Store, StoreOptions, SyncClient, SyncConfig,
-    Transport, TransportRequest, TransportResponse,
+    ApplyReport, BoxFuture, Error, Query, RemotePayload, Schema, Store, StoreOptions, SyncClient,
+    SyncConfig, SyncReport, Transport, TransportRequest, TransportResponse,
 };
+use fieldsync_record::document;
 use fieldsync_record::protocol::{self, DecodeError, PullResponse, PulledRecord};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_bytes::ByteBuf;
 use serde_json::{Value, json};
 
+/// Writes client records as a device's store does, through the record engine's own calls,
+/// but under an actor and at times drawn from a generator: a store writes under a random actor
+/// at the current time, and every input cut from its bytes would differ from run to run.
+struct Author {
+    schema: Schema,
+    actor: ActorId,
+    /// The time of the last change, in milliseconds.
+    clock: i64,
+    documents: BTreeMap<String, AutoCommit>,
+}
+
+impl Author {
+    fn new(rng: &mut StdRng) -> Author {
+        Author {
+            schema: schema(),
+            actor: ActorId::from(rng.random::<[u8; 16]>().as_slice()),
+            clock: rng.random_range(1_600_000_000_000..1_900_000_000_000),
+            documents: BTreeMap::new(),
+        }
+    }
+
+    /// Commits `doc`'s pending operations a millisecond after the last change; returns the
+    /// change.
+    fn commit(&mut self, doc: &mut AutoCommit) -> Vec<u8> {
+        self.clock += 1;
+        document::commit(doc, self.clock).expect("the document has pending operations");
+        doc.get_last_local_change().unwrap().raw_bytes().to_vec()
+    }
+
+    /// Inserts a client record; returns its first change.
+    fn insert(&mut self, id: &str, values: Value) -> Vec<u8> {
+        let mut doc = document::new_doc(&self.actor);
+        let clients = self.schema.collection("clients").unwrap();
+        document::init_fields(&mut doc, clients, &fields(values)).unwrap();
+        let change = self.commit(&mut doc);
+        self.documents.insert(id.to_owned(), doc);
+        change
+    }
+
+    /// Sets fields of a record inserted before; returns the change.
+    fn update(&mut self, id: &str, patch: Value) -> Vec<u8> {
+        let mut doc = self.documents.remove(id).expect("the record was inserted");
+        let clients = self.schema.collection("clients").unwrap();
+        for (name, value) in fields(patch) {
+            document::put_field(&mut doc, &name, &clients.fields[&name], &value).unwrap();
+        }
+        let change = self.commit(&mut doc);
+        self.documents.insert(id.to_owned(), doc);
+        change
+    }
+
+    /// A record as this author has it, saved whole.
+    fn document(&mut self, id: &str) -> Vec<u8> {
+        self.documents.get_mut(id).unwrap().save()
+    }
+
+    /// A client document built by hand, with any root values (wrong types, undeclared keys).
+    fn client_doc(&mut self, values: &[(&str, ScalarValue)]) -> Vec<u8> {
+        let mut doc = document::new_doc(&self.actor);
+        for (key, value) in values {
+            doc.put(ROOT, *key, value.clone()).unwrap();
+        }
+        self.commit(&mut doc);
+        doc.save()
+    }
+
+    /// A client document whose `goals` (a json field) nests `depth` maps and lists, or whose
+    /// undeclared key does when `undeclared`; with its change.
+    fn nested_client(&mut self, depth: usize, undeclared: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut doc = document::new_doc(&self.actor);
+        doc.put(ROOT, "caseload_id", "north").unwrap();
+        doc.put(ROOT, "name", "Deep").unwrap();
+        let key = if undeclared {
+            "from_a_newer_app"
+        } else {
+            "goals"
+        };
+        let mut obj = doc.put_object(ROOT, key, ObjType::Map).unwrap();
+        // Maps at even levels, lists at odd ones.
+        for level in 1..depth {
+            obj = if level % 2 == 0 {
+                doc.insert_object(&obj, 0, ObjType::Map).unwrap()
+            } else {
+                doc.put_object(&obj, "k", ObjType::List).unwrap()
+            };
+        }
+        let change = self.commit(&mut doc);
+        (doc.save(), vec![change])
+    }
+}
+
+/// The generator of a test that draws nothing else at random: its authors still need one.
+fn fixed_rng() -> StdRng {
+    StdRng::seed_from_u64(0x5eed_0000)
+}
+
 /// A store that already holds a merged record, a local record in its outbox and a change
-/// waiting for its dependencies, and the device those remote records came from.
+/// waiting for its dependencies, and the author of those remote records.
 struct Target {
     _dir: tempfile::TempDir,
     path: PathBuf,
     store: Store,
-    sender: Store,
-    /// A record both stores have.
+    author: Author,
+    /// A record both the store and the author have.
     existing: String,
     /// A change of `existing` the target does not have yet, which applies.
     next_change: Vec<u8>,
-    /// `existing` as the sender has it after `next_change`, saved whole.
+    /// `existing` as the author has it after `next_change`, saved whole.
     next_document: Vec<u8>,
 }
 
-fn target_with(target_options: StoreOptions) -> Target {
+fn target_with(target_options: StoreOptions, rng: &mut StdRng) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("target.db");
-    let sender = Store::open(dir.path().join("sender.db"), schema(), options()).unwrap();
     let store = Store::open(&path, schema(), target_options).unwrap();
-    let existing = sender
-        .insert(
+    let mut author = Author::new(rng);
+    let existing = "ada".to_owned();
+    let first = author.insert(
+        &existing,
+        json!({"caseload_id": "north", "name": "Ada", "notes": "Calm visit."}),
+    );
+    author.insert("bo", json!({"caseload_id": "north", "name": "Bo"}));
+    // The update of `bo` without the insert it depends on.
+    let waiting_change = author.update("bo", json!({"birth_year": 2001}));
+    let report = store
+        .apply_remote(vec![record(
             "clients",
-            fields(json!({"caseload_id": "north", "name": "Ada", "notes": "Calm visit."})),
-        )
+            &existing,
+            "north",
+            RemotePayload::Changes(vec![first]),
+        )])
         .unwrap();
-    let waiting = sender
-        .insert(
-            "clients",
-            fields(json!({"caseload_id": "north", "name": "Bo"})),
-        )
-        .unwrap();
-    sender
-        .update("clients", &waiting, fields(json!({"birth_year": 2001})))
-        .unwrap();
-    let outbox: Vec<_> = sender
-        .outbox(100)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.into_remote())
-        .collect();
-    // The update of `waiting` without the insert it depends on.
-    let waiting_change: Vec<_> = outbox
-        .iter()
-        .filter(|r| r.id == waiting)
-        .skip(1)
-        .cloned()
-        .collect();
-    let first: Vec<_> = outbox.into_iter().filter(|r| r.id == existing).collect();
-    let report = store.apply_remote(first).unwrap();
     assert_eq!(report.changed, 1);
-    let report = store.apply_remote(waiting_change).unwrap();
+    let report = store
+        .apply_remote(vec![record(
+            "clients",
+            "bo",
+            "north",
+            RemotePayload::Changes(vec![waiting_change]),
+        )])
+        .unwrap();
     assert_eq!(report.waiting_changes, 1);
     store
         .insert(
@@ -82,33 +177,21 @@ fn target_with(target_options: StoreOptions) -> Target {
             fields(json!({"caseload_id": "north", "name": "Local"})),
         )
         .unwrap();
-    let last_seq = sender.outbox(100).unwrap().last().unwrap().seq;
-    sender.acknowledge_outbox(last_seq).unwrap();
-    sender
-        .update(
-            "clients",
-            &existing,
-            fields(json!({"name": "Ada Lovelace"})),
-        )
-        .unwrap();
-    let next_change = match sender.outbox(1).unwrap().remove(0).payload {
-        RemotePayload::Changes(mut changes) => changes.remove(0),
-        RemotePayload::Document(_) => unreachable!("an update is a change"),
-    };
-    let next_document = sender.document("clients", &existing).unwrap();
+    let next_change = author.update(&existing, json!({"name": "Ada Lovelace"}));
+    let next_document = author.document(&existing);
     Target {
         _dir: dir,
         path,
         store,
-        sender,
+        author,
         existing,
         next_change,
         next_document,
     }
 }
 
-fn target() -> Target {
-    target_with(options())
+fn target(rng: &mut StdRng) -> Target {
+    target_with(options(), rng)
 }
 
 impl Target {
@@ -144,7 +227,7 @@ impl Target {
         assert_eq!(merged.fields["notes"], "Calm visit.");
         assert_eq!(
             self.store.document("clients", &self.existing).unwrap(),
-            self.sender.document("clients", &self.existing).unwrap()
+            self.next_document
         );
     }
 }
@@ -181,7 +264,7 @@ fn random_bytes_are_refused_and_change_nothing() {
     let seed = common::seed(0x5eed_0001);
     let cases = common::cases(400);
     let mut rng = StdRng::seed_from_u64(seed);
-    let target = target();
+    let target = target(&mut rng);
     let mut rejected = 0;
     for case in 0..cases {
         let bytes = random_input(&mut rng);
@@ -206,16 +289,13 @@ fn random_bytes_are_refused_and_change_nothing() {
 
 #[test]
 fn every_truncation_of_a_valid_change_or_document_is_refused() {
-    let target = target();
+    let mut target = target(&mut fixed_rng());
     let notes = "Speech goals. ".repeat(400);
-    let big = target
-        .sender
-        .insert(
-            "clients",
-            fields(json!({"caseload_id": "north", "name": "Long", "notes": notes})),
-        )
-        .unwrap();
-    let big_document = target.sender.document("clients", &big).unwrap();
+    target.author.insert(
+        "long",
+        json!({"caseload_id": "north", "name": "Long", "notes": notes}),
+    );
+    let big_document = target.author.document("long");
     let mut tried = 0;
     for (name, bytes, as_document) in [
         ("change", &target.next_change, false),
@@ -245,7 +325,7 @@ fn bit_flips_are_refused_or_merge_cleanly() {
     let seed = common::seed(0x5eed_0002);
     let cases = common::cases(400);
     let mut rng = StdRng::seed_from_u64(seed);
-    let target = target();
+    let target = target(&mut rng);
     let (mut refused, mut merged) = (0, 0);
     for _ in 0..cases {
         let as_document = rng.random_bool(0.5);
@@ -291,7 +371,7 @@ fn bit_flips_are_refused_or_merge_cleanly() {
 
 #[test]
 fn huge_declared_lengths_are_refused() {
-    let target = target();
+    let target = target(&mut fixed_rng());
     let mut tried = 0;
     for bytes in common::huge_length_inputs() {
         for payload in [
@@ -319,7 +399,7 @@ fn huge_declared_lengths_are_refused() {
 
 #[test]
 fn decompression_bombs_are_refused_before_they_inflate() {
-    let target = target();
+    let target = target(&mut fixed_rng());
     for (name, bomb) in [
         ("compressed change", common::compressed_change_bomb(1024)),
         ("document column", common::document_column_bomb(1024)),
@@ -353,16 +433,14 @@ fn decompression_bombs_are_refused_before_they_inflate() {
 
 #[test]
 fn a_document_with_compressed_columns_is_measured_and_accepted() {
-    let target = target();
+    let mut target = target(&mut fixed_rng());
     let notes = "Works on the /r/ sound at home and at school. ".repeat(2000);
-    let id = target
-        .sender
-        .insert(
-            "clients",
-            fields(json!({"caseload_id": "north", "name": "Long", "notes": notes})),
-        )
-        .unwrap();
-    let document = target.sender.document("clients", &id).unwrap();
+    let id = "long";
+    target.author.insert(
+        id,
+        json!({"caseload_id": "north", "name": "Long", "notes": notes}),
+    );
+    let document = target.author.document(id);
     // Counted inflated: the check reads through the compressed columns rather than past them.
     assert!(matches!(
         protocol::check_inflated_size(&document, document.len()),
@@ -376,24 +454,26 @@ fn a_document_with_compressed_columns_is_measured_and_accepted() {
         .store
         .apply_remote(vec![record(
             "clients",
-            &id,
+            id,
             "north",
             RemotePayload::Document(document),
         )])
         .unwrap();
     assert_eq!(report.changed, 1, "{report:?}");
     assert_eq!(
-        target.store.get("clients", &id).unwrap().unwrap().fields["notes"],
+        target.store.get("clients", id).unwrap().unwrap().fields["notes"],
         notes.as_str()
     );
 }
 
 #[test]
 fn deep_nesting_is_refused_without_overflowing_the_stack() {
-    let target = target();
+    let mut rng = fixed_rng();
+    let target = target(&mut rng);
+    let mut stranger = Author::new(&mut rng);
     let limit = fieldsync_core::MAX_NESTING_DEPTH;
     for depth in [limit + 1, 5_000] {
-        let (document, changes) = common::nested_client("north", depth, false);
+        let (document, changes) = stranger.nested_client(depth, false);
         for (i, payload) in [
             RemotePayload::Document(document),
             RemotePayload::Changes(changes),
@@ -408,7 +488,7 @@ fn deep_nesting_is_refused_without_overflowing_the_stack() {
             );
         }
     }
-    let (document, _) = common::nested_client("north", limit, false);
+    let (document, _) = stranger.nested_client(limit, false);
     let report = target
         .store
         .apply_remote(vec![record(
@@ -434,7 +514,7 @@ fn deep_nesting_is_refused_without_overflowing_the_stack() {
     assert_eq!(depth + 1, limit);
 
     // Undeclared keys are kept unread, however deep: nothing recurses into them.
-    let (document, _) = common::nested_client("north", 5_000, true);
+    let (document, _) = stranger.nested_client(5_000, true);
     let report = target
         .store
         .apply_remote(vec![record(
@@ -480,10 +560,11 @@ fn deep_nesting_is_refused_without_overflowing_the_stack() {
 #[test]
 fn records_that_break_the_schema_are_refused() {
     use automerge::ScalarValue::{Int, Str};
-    let target = target();
-    let doc = |values: &[(&str, automerge::ScalarValue)]| {
-        RemotePayload::Document(common::client_doc(values))
-    };
+    let mut rng = fixed_rng();
+    let target = target(&mut rng);
+    let mut stranger = Author::new(&mut rng);
+    let mut doc =
+        |values: &[(&str, ScalarValue)]| RemotePayload::Document(stranger.client_doc(values));
     let north = ("caseload_id", Str("north".into()));
     let name = ("name", Str("Eve".into()));
     let cases: Vec<(&str, fieldsync_core::RemoteRecord, &str)> = vec![
@@ -563,11 +644,10 @@ fn records_that_break_the_schema_are_refused() {
     }
 
     // Another device moves the existing record to another scope: refused, the record stays.
-    let mut fork = automerge::AutoCommit::load(&target.next_document).unwrap();
-    automerge::transaction::Transactable::put(&mut fork, automerge::ROOT, "caseload_id", "south")
-        .unwrap();
-    fork.commit();
-    let moved = fork.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let mut other_device = Author::new(&mut rng);
+    let mut fork = document::load_doc(&target.next_document, &other_device.actor).unwrap();
+    fork.put(ROOT, "caseload_id", "south").unwrap();
+    let moved = other_device.commit(&mut fork);
     let with_deps = vec![target.next_change.clone(), moved];
     let report = target.refused(&target.existing, RemotePayload::Changes(with_deps));
     assert!(reason(&report).contains("scope"), "{report:?}");
@@ -597,39 +677,28 @@ fn records_that_break_the_schema_are_refused() {
 
 #[test]
 fn changes_whose_dependencies_never_arrive_wait_within_their_bound() {
-    let target = target_with(StoreOptions {
-        max_pending_changes: 3,
-        ..options()
-    });
-    let id = target
-        .sender
-        .insert(
-            "clients",
-            fields(json!({"caseload_id": "north", "name": "Cy"})),
-        )
-        .unwrap();
-    for year in [2001, 2002, 2003] {
+    let mut target = target_with(
+        StoreOptions {
+            max_pending_changes: 3,
+            ..options()
+        },
+        &mut fixed_rng(),
+    );
+    let id = "cy";
+    let mut changes = vec![
         target
-            .sender
-            .update("clients", &id, fields(json!({"birth_year": year})))
-            .unwrap();
+            .author
+            .insert(id, json!({"caseload_id": "north", "name": "Cy"})),
+    ];
+    for year in [2001, 2002, 2003] {
+        changes.push(target.author.update(id, json!({"birth_year": year})));
     }
-    let entries: Vec<_> = target
-        .sender
-        .outbox(100)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.record_id == id)
-        .collect();
-    let change = |i: usize| match &entries[i].payload {
-        RemotePayload::Changes(changes) => changes[0].clone(),
-        RemotePayload::Document(_) => unreachable!(),
-    };
+    let change = |i: usize| changes[i].clone();
     let report = target
         .store
         .apply_remote(vec![record(
             "clients",
-            &id,
+            id,
             "north",
             RemotePayload::Changes(vec![change(2), change(3)]),
         )])
@@ -639,10 +708,10 @@ fn changes_whose_dependencies_never_arrive_wait_within_their_bound() {
         (0, 3),
         "{report:?}"
     );
-    assert!(target.store.get("clients", &id).unwrap().is_none());
+    assert!(target.store.get("clients", id).unwrap().is_none());
 
     // One more waiting change would pass the bound: refused, and the waiting ones stay put.
-    let report = target.refused(&id, RemotePayload::Changes(vec![change(1)]));
+    let report = target.refused(id, RemotePayload::Changes(vec![change(1)]));
     assert!(reason(&report).contains("waiting for missing dependencies"));
 
     let report = target
@@ -650,13 +719,13 @@ fn changes_whose_dependencies_never_arrive_wait_within_their_bound() {
         .apply_remote(vec![
             record(
                 "clients",
-                &id,
+                id,
                 "north",
                 RemotePayload::Changes(vec![change(0)]),
             ),
             record(
                 "clients",
-                &id,
+                id,
                 "north",
                 RemotePayload::Changes(vec![change(1)]),
             ),
@@ -664,15 +733,16 @@ fn changes_whose_dependencies_never_arrive_wait_within_their_bound() {
         .unwrap();
     assert_eq!(report.waiting_changes, 1, "{report:?}");
     assert_eq!(
-        target.store.get("clients", &id).unwrap().unwrap().fields["birth_year"],
+        target.store.get("clients", id).unwrap().unwrap().fields["birth_year"],
         2003
     );
     target.still_merges();
 }
 
-/// Answers pulls with the pages given, in order.
+/// Answers pulls with the pages given, in order, then with an empty last page: a hostile page
+/// may claim that more follow.
 #[derive(Debug)]
-struct Pages(Mutex<Vec<Vec<u8>>>);
+struct Pages(Mutex<VecDeque<Vec<u8>>>);
 
 impl Transport for Pages {
     fn send<'a>(
@@ -684,7 +754,12 @@ impl Transport for Pages {
             matches!(request, TransportRequest::Pull { .. }),
             "{request:?}"
         );
-        let body = self.0.lock().unwrap().remove(0);
+        let body = self
+            .0
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| protocol::encode(&page(Vec::new())));
         Box::pin(async move {
             Ok(TransportResponse {
                 status: 200,
@@ -695,10 +770,10 @@ impl Transport for Pages {
     }
 }
 
-fn pull(store: &Store, body: Vec<u8>) -> fieldsync_core::Result<fieldsync_core::SyncReport> {
+fn pull(store: &Store, body: Vec<u8>) -> fieldsync_core::Result<SyncReport> {
     let client = SyncClient::with_transport(
         SyncConfig::new("http://unused.invalid", "token"),
-        Arc::new(Pages(Mutex::new(vec![body]))),
+        Arc::new(Pages(Mutex::new(VecDeque::from([body])))),
     );
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -727,21 +802,33 @@ fn page(records: Vec<PulledRecord>) -> PullResponse {
     }
 }
 
+/// A page whose cursor could not be sent back is refused before it is stored: stored, it
+/// would make every later pull fail.
+#[test]
+fn a_page_with_a_cursor_that_is_not_url_safe_is_refused_and_later_pulls_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("device.db"), schema(), options()).unwrap();
+    let bad = PullResponse {
+        next_cursor: "c1&limit=9/..".into(),
+        ..page(Vec::new())
+    };
+    let err = pull(&store, protocol::encode(&bad)).unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err}");
+    pull(&store, protocol::encode(&page(Vec::new()))).unwrap();
+    pull(&store, protocol::encode(&page(Vec::new()))).unwrap();
+}
+
 #[test]
 fn a_pulled_page_of_bombs_and_lies_stores_only_what_is_sound() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
     let store = Store::open(&path, schema(), options()).unwrap();
-    let sender = target().sender;
-    let good = sender
-        .insert(
-            "clients",
-            fields(json!({"caseload_id": "north", "name": "Good"})),
-        )
-        .unwrap();
-    let good_document = sender.document("clients", &good).unwrap();
+    let mut author = Author::new(&mut fixed_rng());
+    let good = "good";
+    author.insert(good, json!({"caseload_id": "north", "name": "Good"}));
+    let good_document = author.document(good);
     let plausible = json!({"caseload_id": "north", "name": "Bomb"});
-    let (deep_document, _) = common::nested_client("north", 5_000, false);
+    let (deep_document, _) = author.nested_client(5_000, false);
     let mut deep_values = json!(1);
     for _ in 0..fieldsync_core::MAX_NESTING_DEPTH + 1 {
         deep_values = json!({ "k": deep_values });
@@ -769,7 +856,7 @@ fn a_pulled_page_of_bombs_and_lies_stores_only_what_is_sound() {
             json!({"caseload_id": "north", "name": "Deep", "goals": deep_values}),
         ),
         pulled(
-            &good,
+            good,
             good_document,
             json!({"caseload_id": "north", "name": "Good"}),
         ),
@@ -787,7 +874,7 @@ fn a_pulled_page_of_bombs_and_lies_stores_only_what_is_sound() {
         ));
     }
     assert_eq!(
-        store.get("clients", &good).unwrap().unwrap().fields["name"],
+        store.get("clients", good).unwrap().unwrap().fields["name"],
         "Good"
     );
     assert!(dump(&path).contains(&r#"sync_state: "cursor" | "c1""#.to_owned()));
@@ -807,9 +894,15 @@ fn pull_bodies_that_do_not_decode_are_protocol_errors_and_change_nothing() {
     assert!(protocol::decode::<PullResponse>(&deep_page(10), 1 << 20).is_ok());
     bodies.push(deep_page(100_000));
 
+    let mut author = Author::new(&mut rng);
+    author.insert(
+        "c1",
+        json!({"caseload_id": "north", "name": "Ada", "notes": "Calm visit."}),
+    );
+    author.update("c1", json!({"name": "Ada Lovelace"}));
     let valid = protocol::encode(&page(vec![pulled(
         "c1",
-        target().next_document,
+        author.document("c1"),
         json!({"caseload_id": "north", "name": "Ada Lovelace"}),
     )]));
     for len in 0..valid.len() {
@@ -824,8 +917,11 @@ fn pull_bodies_that_do_not_decode_are_protocol_errors_and_change_nothing() {
         rng.fill(&mut garbage[..]);
         bodies.push(garbage);
     }
-    let (mut refused, mut accepted) = (0, 0);
-    for body in &bodies {
+    let mut refused = 0;
+    // What the bodies that decode did when pulled: failed with an error, or brought records
+    // that were merged or refused one by one.
+    let (mut failed, mut merged, mut not_merged) = (0, 0, 0);
+    for (case, body) in bodies.iter().enumerate() {
         match protocol::decode::<PullResponse>(body, 1 << 20) {
             Err(_) => {
                 refused += 1;
@@ -833,7 +929,16 @@ fn pull_bodies_that_do_not_decode_are_protocol_errors_and_change_nothing() {
                 assert!(matches!(err, Error::Protocol(_)), "{err}");
                 assert_eq!(dump(&path), before);
             }
-            Ok(_) => accepted += 1,
+            Ok(decoded) => {
+                let context = format!("seed {seed}, body {case}");
+                match pull_into_new_store(body, &context) {
+                    Ok(report) => {
+                        merged += report.pulled;
+                        not_merged += decoded.records.len().saturating_sub(report.pulled);
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
         }
     }
     assert!(matches!(
@@ -842,9 +947,45 @@ fn pull_bodies_that_do_not_decode_are_protocol_errors_and_change_nothing() {
     ));
     assert!(refused > bodies.len() / 2);
     println!(
-        "pull bodies: seed {seed}, {} inputs tried, {refused} refused, {accepted} decoded",
-        bodies.len()
+        "pull bodies: seed {seed}, {} inputs tried, {refused} refused, {} decoded and pulled \
+         into a new store ({failed} pulls failed, {merged} records merged, {not_merged} not)",
+        bodies.len(),
+        bodies.len() - refused,
     );
+}
+
+/// Pulls `body` into a new store through the sync engine, as a device's first sync would, and
+/// checks what any answer must leave behind: no panic (the engine reports a panicked store
+/// task as a corrupt store), a store that opens again, and records that all read back.
+fn pull_into_new_store(body: &[u8], context: &str) -> fieldsync_core::Result<SyncReport> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let store = Store::open(&path, schema(), options()).unwrap();
+    let outcome = pull(&store, body.to_vec());
+    if let Err(Error::Corrupt(message)) = &outcome {
+        assert!(!message.contains("panicked"), "{context}: {message}");
+    }
+    drop(store);
+    let store = Store::open(&path, schema(), options())
+        .unwrap_or_else(|err| panic!("{context}: the store no longer opens: {err}"));
+    for collection in schema().collections.keys() {
+        let records = store
+            .query(collection, &Query::default())
+            .unwrap_or_else(|err| panic!("{context}: {collection} no longer reads: {err}"));
+        for found in records {
+            let read = store.get(collection, &found.id).and_then(|_| {
+                store.document(collection, &found.id)?;
+                store.history(collection, &found.id)
+            });
+            if let Err(err) = read {
+                panic!(
+                    "{context}: {collection} {} no longer reads: {err}",
+                    found.id
+                );
+            }
+        }
+    }
+    outcome
 }
 
 /// A compressed page whose one record's `goals` value is MessagePack arrays nested `levels`

@@ -1,13 +1,21 @@
 //! Durability under SIGKILL: a device process writes and syncs against a real server while the
-//! test kills it at random points, again and again. After every kill the store opens, SQLite's
-//! integrity check passes, every write whose call had returned is there (the one write in
-//! flight may or may not be), the outbox names only records the store has, and at the end a
+//! test kills it, again and again. After every kill the store opens, SQLite's integrity check
+//! passes, the records are exactly what the returned writes made them (with the write in
+//! flight if it had committed), the outbox names only records the store has, and at the end a
 //! sync brings the server and a second device to the same records.
+//!
+//! The device stops after each line it prints until the test answers (see `fieldsync-device
+//! churn`), and the test kills it at a stop picked from the seed: in a write (committed, its
+//! call not returned), in a sync (a push about to be sent; answered by the server but not
+//! stored; an answer or a pulled page stored), or between steps. The device draws its writes
+//! from a seed the test derives, so a seed replays the same writes, syncs and kills. No kill
+//! falls inside an SQLite commit, which cannot be placed from outside; that is SQLite's own
+//! atomic commit to keep.
 //!
 //! `FIELDSYNC_KILLS` (default 50) sets how many kills; `FIELDSYNC_KILL_SEED` the seed.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -15,6 +23,7 @@ use fieldsync_core::{Query, Store, SyncClient, SyncConfig};
 use fieldsync_tests::open_device;
 use fieldsync_tests::server::ServerProcess;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
@@ -47,12 +56,6 @@ impl Op {
             ["begin", "splice", id, text] => Op::Splice(id.to_string(), text.to_string()),
             ["begin", "delete", id] => Op::Delete(id.to_string()),
             _ => panic!("the device printed {line:?}"),
-        }
-    }
-
-    fn id(&self) -> &str {
-        match self {
-            Op::Insert(id) | Op::Update(id, _) | Op::Splice(id, _) | Op::Delete(id) => id,
         }
     }
 
@@ -89,15 +92,112 @@ impl Op {
     }
 }
 
-/// Reads the device's lines: each `ok` confirms the write announced before it.
-fn follow(line: &str, model: &mut Model, in_flight: &mut Option<Op>) {
-    if line == "ok" {
-        in_flight
-            .take()
-            .expect("`ok` follows a `begin`")
-            .apply(model);
-    } else {
-        *in_flight = Some(Op::parse(line));
+/// A line the device stops at, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stop {
+    /// `begin ...`: a write announced, its call not made.
+    Begin,
+    /// `committed`: the write committed, its call not returned.
+    Committed,
+    /// `ok`: the write's call returned.
+    Returned,
+    /// `push`: a push about to be sent.
+    Push,
+    /// `pushed`: the server answered a push, the device has not stored the answer.
+    Pushed,
+    /// `stored`: a push's answer stored.
+    Stored,
+    /// `page`: a pulled page stored.
+    Page,
+    /// `synced ...`: the sync returned.
+    Synced,
+}
+
+const STOPS: [Stop; 8] = [
+    Stop::Begin,
+    Stop::Committed,
+    Stop::Returned,
+    Stop::Push,
+    Stop::Pushed,
+    Stop::Stored,
+    Stop::Page,
+    Stop::Synced,
+];
+
+/// Where a kill at a stop lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    InWrite,
+    InSync,
+    BetweenSteps,
+}
+
+impl Stop {
+    fn place(self) -> Place {
+        match self {
+            Stop::Committed => Place::InWrite,
+            Stop::Push | Stop::Pushed | Stop::Stored | Stop::Page => Place::InSync,
+            Stop::Begin | Stop::Returned | Stop::Synced => Place::BetweenSteps,
+        }
+    }
+}
+
+/// What the device's lines have told the test.
+#[derive(Default)]
+struct Device {
+    /// The records as the returned writes left them.
+    model: Model,
+    /// The write announced and not returned, and whether it committed.
+    in_flight: Option<(Op, bool)>,
+    /// Lines read, over every run: the same seed reads the same lines.
+    lines: usize,
+    syncs: usize,
+    pushed: usize,
+}
+
+impl Device {
+    /// Follows one line; returns the stop it is.
+    fn follow(&mut self, line: &str, context: &str) -> Stop {
+        self.lines += 1;
+        let words: Vec<&str> = line.split(' ').collect();
+        match words.as_slice() {
+            ["begin", ..] => {
+                self.in_flight = Some((Op::parse(line), false));
+                Stop::Begin
+            }
+            ["committed"] => {
+                let (_, committed) = self.in_flight.as_mut().expect("a write is in flight");
+                *committed = true;
+                Stop::Committed
+            }
+            ["ok"] => {
+                let (op, committed) = self.in_flight.take().expect("a write is in flight");
+                assert!(committed, "{context}: {op:?} returned without committing");
+                op.apply(&mut self.model);
+                Stop::Returned
+            }
+            ["push"] => Stop::Push,
+            ["pushed"] => Stop::Pushed,
+            ["stored"] => Stop::Stored,
+            ["page"] => Stop::Page,
+            ["synced", pushed, rejected, _pulled] => {
+                assert_eq!(*rejected, "0", "{context}: the server refused writes");
+                self.pushed += pushed.parse::<usize>().unwrap();
+                self.syncs += 1;
+                Stop::Synced
+            }
+            ["sync-failed", ..] => panic!("{context}: a sync no kill interrupted failed: {line}"),
+            _ => panic!("{context}: the device printed {line:?}"),
+        }
+    }
+
+    /// The records a kill must leave: those of the returned writes, and the write in flight
+    /// if it committed. The model moves on to them.
+    fn killed(&mut self) -> &Model {
+        if let Some((op, true)) = self.in_flight.take() {
+            op.apply(&mut self.model);
+        }
+        &self.model
     }
 }
 
@@ -111,52 +211,31 @@ fn actual(store: &Store, id: &str) -> Option<Expected> {
     })
 }
 
-/// Checks the store after a kill and returns the model it matches: the returned writes, plus
-/// the write in flight if that one committed before the kill.
-fn check_after_kill(path: &Path, model: &Model, in_flight: Option<&Op>, kill: usize) -> Model {
+/// Checks the store after a kill against the records it must hold.
+fn check_after_kill(path: &Path, expected: &Model, context: &str) {
     let conn = rusqlite::Connection::open(path).unwrap();
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(integrity, "ok", "after kill {kill}");
+    assert_eq!(integrity, "ok", "{context}");
     drop(conn);
 
     let store = open_device(path);
-    let with_in_flight = in_flight.map(|op| {
-        let mut model = model.clone();
-        op.apply(&mut model);
-        (op.id().to_owned(), model)
-    });
-    for (id, expected) in model {
+    for (id, record) in expected {
         let found = actual(&store, id);
-        let alternative = with_in_flight
-            .as_ref()
-            .filter(|(in_flight_id, _)| in_flight_id == id)
-            .map(|(_, model)| &model[id]);
-        assert!(
-            &found == expected || alternative == Some(&found),
-            "after kill {kill}, record {id} is {found:?}; returned writes made it {expected:?}"
-        );
+        assert_eq!(&found, record, "{context}: record {id}");
     }
-    // An insert in flight may have committed; every other record comes from a returned write.
-    let known = store.query("clients", &Query::default()).unwrap();
-    for record in known {
+    for record in store.query("clients", &Query::default()).unwrap() {
         assert!(
-            model.contains_key(&record.id) || in_flight.map(Op::id) == Some(record.id.as_str()),
-            "after kill {kill}, record {} appeared from nowhere",
+            expected.get(&record.id).is_some_and(Option::is_some),
+            "{context}: record {} appeared from nowhere",
             record.id
         );
     }
     for entry in store.outbox(1_000_000).unwrap() {
         store
             .document(&entry.collection, &entry.record_id)
-            .unwrap_or_else(|err| {
-                panic!("after kill {kill}, the outbox names a lost record: {err}")
-            });
-    }
-    match with_in_flight {
-        Some((id, committed)) if actual(&store, &id) == committed[&id] => committed,
-        _ => model.clone(),
+            .unwrap_or_else(|err| panic!("{context}: the outbox names a lost record: {err}"));
     }
 }
 
@@ -178,32 +257,73 @@ fn a_device_killed_at_random_loses_no_returned_write() {
     let reader_token = server.device("ada");
     let path = dir.path().join("phone.db");
 
-    let mut model = Model::new();
+    let mut device = Device::default();
+    let mut round = Vec::new();
+    let mut kills_at: BTreeMap<Stop, usize> = BTreeMap::new();
     for kill in 0..kills {
+        // Each round of kills stops once at every kind of stop, in an order the seed picks.
+        if round.is_empty() {
+            round = STOPS.to_vec();
+            round.shuffle(&mut rng);
+        }
+        let target = round.pop().unwrap();
+        let occurrence = rng.random_range(1..=8);
+        let context = format!("seed {seed}, kill {kill} at {target:?} {occurrence}");
         let mut child = Command::new(DEVICE)
             .args(["churn", path.to_str().unwrap(), &server.url, &token])
             .arg((seed * 1000 + kill as u64).to_string())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut answers = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut in_flight = None;
-        // Kill after a random number of lines: the device is somewhere in a write, a sync, or
-        // between them.
-        for _ in 0..rng.random_range(1..80) {
-            let line = lines.next().expect("the device runs until killed").unwrap();
-            follow(&line, &mut model, &mut in_flight);
+        let mut seen = 0;
+        for read in 1.. {
+            assert!(read < 10_000, "{context}: the device never got there");
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("{context}: the device ended"))
+                .unwrap();
+            if device.follow(&line, &context) == target {
+                seen += 1;
+                if seen == occurrence {
+                    break;
+                }
+            }
+            writeln!(answers, "go").unwrap();
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        // Lines already in the pipe were printed before the kill: those writes returned.
-        for line in lines {
-            let line = line.unwrap();
-            follow(&line, &mut model, &mut in_flight);
-        }
-        model = check_after_kill(&path, &model, in_flight.as_ref(), kill);
+        assert!(
+            lines.next().is_none(),
+            "{context}: the device went on past its stop"
+        );
+        *kills_at.entry(target).or_default() += 1;
+        check_after_kill(&path, device.killed(), &context);
     }
-    println!("{kills} kills survived; {} records tracked", model.len());
+    let mut places: BTreeMap<Place, usize> = BTreeMap::new();
+    for (stop, count) in &kills_at {
+        *places.entry(stop.place()).or_default() += count;
+    }
+    let count = |place| places.get(&place).copied().unwrap_or(0);
+    println!(
+        "{kills} kills survived (seed {seed}): {} in a write, {} in a sync, {} between steps; \
+         by stop {kills_at:?}; {} lines, {} syncs returned, {} entries pushed, {} records tracked",
+        count(Place::InWrite),
+        count(Place::InSync),
+        count(Place::BetweenSteps),
+        device.lines,
+        device.syncs,
+        device.pushed,
+        device.model.len()
+    );
+    for place in [Place::InWrite, Place::InSync, Place::BetweenSteps] {
+        assert!(
+            count(place) >= kills / STOPS.len(),
+            "too few kills {place:?}: {kills_at:?}"
+        );
+    }
 
     // Everything converges: the device pushes what it has, a second device pulls it all.
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -8,14 +8,25 @@
 //! - `fieldsync-device first-sync <db> <url> <token> <page-size>` syncs a fresh store and
 //!   prints `records <n> seconds <s> peak_rss_kib <k> cpu_seconds <c>` (its CPU time, opening
 //!   the store included).
-//! - `fieldsync-device churn <db> <url> <token> <seed>` writes and syncs until killed: before
-//!   each write it prints `begin <op> <id> [<value>]`, after the call returns `ok`, so a test
-//!   knows which writes must survive a kill and which one may have been in flight.
+//! - `fieldsync-device churn <db> <url> <token> <seed>` writes and syncs until killed, its
+//!   choices drawn from `seed`. After each line it prints it stops until a line comes on stdin,
+//!   so that a test kills it at a line of its choosing and a seed replays the same run. A write
+//!   prints `begin <op> <id> [<value>]` before its call, `committed` once it committed (the
+//!   call has not returned), `ok` after the call returned. A sync prints `push` before a push
+//!   is sent, `pushed` once the server answered it (the answer not stored yet), `stored` once
+//!   an answer is stored, `page` once a pulled page is stored, and `synced <pushed> <rejected>
+//!   <pulled>` when it returned; a sync that fails prints `sync-failed <error>` and the process
+//!   exits with status 1.
 
 use std::io::{BufRead, Write as _};
 use std::path::Path;
+use std::sync::Arc;
 
-use fieldsync_core::{SyncClient, SyncConfig};
+use fieldsync_core::{
+    BoxFuture, ChangeOrigin, Error, Filter, SyncClient, SyncConfig, SyncProgress, Transport,
+    TransportRequest, TransportResponse,
+};
+use fieldsync_record::protocol;
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
 
@@ -98,11 +109,31 @@ fn churn(path: &Path, url: &str, token: &str, seed: u64) {
     use rand::{RngExt, SeedableRng};
 
     let store = open_device(path);
-    let client = SyncClient::new(SyncConfig::new(url, token)).expect("the client builds");
+    // Subscribers hear of a write after its commit, before its call returns.
+    let _committed = store
+        .subscribe("clients", Filter::All, |event| {
+            if event.origin == ChangeOrigin::Local {
+                stop_at("committed");
+            }
+        })
+        .expect("the subscription starts");
+    let mut config = SyncConfig::new(url, token);
+    // Several pushes to a sync, so that a kill can fall between two of them.
+    config.push_batch_size = 3;
+    // fieldsync-core builds reqwest without a default TLS provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = StoppingTransport {
+        http: reqwest::Client::new(),
+        endpoint: url.trim_end_matches('/').to_owned(),
+    };
+    let client = SyncClient::with_transport(config, Arc::new(transport));
     let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+    let on_progress = |progress: &SyncProgress| {
+        stop_at(if progress.pulling { "page" } else { "stored" });
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut out = std::io::stdout().lock();
     for n in 0u64.. {
+        // In id order: the same store and seed make the same choices.
         let live: Vec<String> = store
             .query("clients", &Default::default())
             .expect("query")
@@ -117,8 +148,7 @@ fn churn(path: &Path, url: &str, token: &str, seed: u64) {
         match choice {
             0..30 => {
                 let id = format!("s{seed}-{n}");
-                writeln!(out, "begin insert {id}").unwrap();
-                out.flush().unwrap();
+                stop_at(&format!("begin insert {id}"));
                 store
                     .insert_with_id(
                         "clients",
@@ -129,9 +159,9 @@ fn churn(path: &Path, url: &str, token: &str, seed: u64) {
             }
             30..60 => {
                 let id = &live[rng.random_range(0..live.len())];
-                let phone = format!("p{n}");
-                writeln!(out, "begin update {id} {phone}").unwrap();
-                out.flush().unwrap();
+                // Never the phone it had: a write that changes nothing commits nothing.
+                let phone = format!("p{seed}-{n}");
+                stop_at(&format!("begin update {id} {phone}"));
                 store
                     .update("clients", id, fields(json!({"phone": phone})))
                     .expect("update");
@@ -145,25 +175,101 @@ fn churn(path: &Path, url: &str, token: &str, seed: u64) {
                     .encode_utf16()
                     .count();
                 let text = format!("w{n}");
-                writeln!(out, "begin splice {id} {text}").unwrap();
-                out.flush().unwrap();
+                stop_at(&format!("begin splice {id} {text}"));
                 store
                     .splice_text("clients", id, "notes", units, 0, &text)
                     .expect("splice");
             }
             _ => {
                 let id = &live[rng.random_range(0..live.len())];
-                writeln!(out, "begin delete {id}").unwrap();
-                out.flush().unwrap();
+                stop_at(&format!("begin delete {id}"));
                 store.delete("clients", id).expect("delete");
             }
         }
-        writeln!(out, "ok").unwrap();
-        out.flush().unwrap();
+        stop_at("ok");
         if rng.random_bool(0.2) {
-            // The server may be unreachable for a moment; the outbox keeps everything.
-            let _ = runtime.block_on(client.sync_now(&store));
+            // Nothing interrupts a sync but a kill, which ends the process: a sync that returns
+            // an error failed on its own.
+            match runtime.block_on(client.sync_now_with_progress(&store, &on_progress)) {
+                Ok(report) => stop_at(&format!(
+                    "synced {} {} {}",
+                    report.pushed, report.rejected, report.pulled
+                )),
+                Err(err) => {
+                    println!("sync-failed {err}");
+                    std::process::exit(1);
+                }
+            }
         }
+    }
+}
+
+/// Prints `line` and waits for a line on stdin before going on; exits when stdin closes (the
+/// test is gone). The test kills the process while it waits, never while it runs, so where it
+/// dies is the line the test chose, not wherever it had got to by the time the signal came.
+fn stop_at(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").expect("stdout is open");
+    out.flush().expect("stdout is open");
+    drop(out);
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).unwrap_or(0) == 0 {
+        std::process::exit(0);
+    }
+}
+
+/// The protocol over plain HTTP, as the engine's own transport speaks it, stopping before a
+/// push is sent and after the server answered it: a kill at the second stop leaves the server
+/// holding changes the device still has queued, which the next sync sends again. Pulls do not
+/// stop: the engine asks for a page while it stores the one before (or a push's answer), and
+/// how far that store had got at a kill would be left to chance.
+#[derive(Debug)]
+struct StoppingTransport {
+    http: reqwest::Client,
+    endpoint: String,
+}
+
+impl Transport for StoppingTransport {
+    fn send<'a>(
+        &'a self,
+        token: &'a str,
+        request: TransportRequest,
+    ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
+        Box::pin(async move {
+            let url = format!("{}{}", self.endpoint, request.path_and_query());
+            let is_push = matches!(request, TransportRequest::Push { .. });
+            let builder = match request {
+                TransportRequest::Push { body } => {
+                    stop_at("push");
+                    self.http
+                        .post(url)
+                        .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
+                        .body(body)
+                }
+                TransportRequest::Pull { .. } => self.http.get(url),
+            };
+            let network = |err: reqwest::Error| Error::Network(err.to_string());
+            let response = builder
+                .bearer_auth(token)
+                .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
+                .send()
+                .await
+                .map_err(network)?;
+            let status = response.status().as_u16();
+            let retry_after_secs = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse().ok());
+            let body = response.bytes().await.map_err(network)?.to_vec();
+            if is_push {
+                stop_at("pushed");
+            }
+            Ok(TransportResponse {
+                status,
+                retry_after_secs,
+                body,
+            })
+        })
     }
 }
 
