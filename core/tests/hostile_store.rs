@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, ObjType, ROOT, ScalarValue};
+use automerge::{ActorId, AutoCommit, ROOT, ScalarValue};
 use common::{dump, fields, options, record, schema};
 use fieldsync_core::{
     ApplyReport, BoxFuture, Error, Query, RemotePayload, Schema, Store, StoreOptions, SyncClient,
@@ -99,22 +99,7 @@ impl Author {
     /// undeclared key does when `undeclared`; with its change.
     fn nested_client(&mut self, depth: usize, undeclared: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
         let mut doc = document::new_doc(&self.actor);
-        doc.put(ROOT, "caseload_id", "north").unwrap();
-        doc.put(ROOT, "name", "Deep").unwrap();
-        let key = if undeclared {
-            "from_a_newer_app"
-        } else {
-            "goals"
-        };
-        let mut obj = doc.put_object(ROOT, key, ObjType::Map).unwrap();
-        // Maps at even levels, lists at odd ones.
-        for level in 1..depth {
-            obj = if level % 2 == 0 {
-                doc.insert_object(&obj, 0, ObjType::Map).unwrap()
-            } else {
-                doc.put_object(&obj, "k", ObjType::List).unwrap()
-            };
-        }
+        common::put_nested_client(&mut doc, "north", depth, undeclared);
         let change = self.commit(&mut doc);
         (doc.save(), vec![change])
     }

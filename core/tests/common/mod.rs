@@ -199,6 +199,19 @@ pub fn huge_length_inputs() -> Vec<Vec<u8>> {
 /// does when `undeclared`; with its changes.
 pub fn nested_client(scope: &str, depth: usize, undeclared: bool) -> (Vec<u8>, Vec<Vec<u8>>) {
     let mut doc = AutoCommit::new();
+    put_nested_client(&mut doc, scope, depth, undeclared);
+    doc.commit();
+    let changes = doc
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect();
+    (doc.save(), changes)
+}
+
+/// Writes a client of `scope` into `doc` whose `goals` (a json field) nests `depth` maps and
+/// lists, or whose undeclared key does when `undeclared`.
+pub fn put_nested_client(doc: &mut AutoCommit, scope: &str, depth: usize, undeclared: bool) {
     doc.put(ROOT, "caseload_id", scope).unwrap();
     doc.put(ROOT, "name", "Deep").unwrap();
     let key = if undeclared {
@@ -215,13 +228,6 @@ pub fn nested_client(scope: &str, depth: usize, undeclared: bool) -> (Vec<u8>, V
             doc.put_object(&obj, "k", ObjType::List).unwrap()
         };
     }
-    doc.commit();
-    let changes = doc
-        .get_changes(&[])
-        .iter()
-        .map(|c| c.raw_bytes().to_vec())
-        .collect();
-    (doc.save(), changes)
 }
 
 /// A client document built by hand, with any root values (wrong types, undeclared keys).
