@@ -4,6 +4,7 @@
 //!
 //! The methods block; the HTTP layer calls them on tokio's blocking pool.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
