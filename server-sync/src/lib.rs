@@ -25,6 +25,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 mod http;
+pub mod jwt;
 pub mod listener;
 pub mod logging;
 mod merge;
