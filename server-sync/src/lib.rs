@@ -24,6 +24,7 @@ pub mod admission;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod group_grants;
 mod http;
 pub mod jwt;
 pub mod listener;
