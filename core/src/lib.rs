@@ -73,7 +73,7 @@ pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
 pub use sync::{
     BackgroundOptions, BackgroundSync, BoxFuture, SyncClient, SyncConfig, SyncListener,
     SyncProgress, SyncReport, SyncState, SyncStatus, Transport, TransportRequest,
-    TransportResponse,
+    TransportResponse, http_transport,
 };
 pub use value::Fields;
 

@@ -71,6 +71,30 @@ impl SyncConfig {
     }
 }
 
+/// The HTTP(S) transport [`SyncClient::new`] uses for `config`'s endpoint and TLS settings;
+/// fails on an endpoint that is not an http or https URL or on unusable root certificates.
+/// For wrapping in a [`Transport`] of one's own (to observe or delay requests) and handing to
+/// [`SyncClient::with_transport`].
+pub fn http_transport(config: &SyncConfig) -> Result<Arc<dyn Transport>> {
+    if !(config.endpoint.starts_with("https://") || config.endpoint.starts_with("http://")) {
+        return Err(Error::InvalidConfig(
+            "the endpoint must be an http or https URL".into(),
+        ));
+    }
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls::client_config(
+            &config.trusted_roots_pem,
+            &config.pinned_spki_sha256,
+        )?)
+        .timeout(config.request_timeout)
+        .build()
+        .map_err(|err| Error::InvalidConfig(format!("the HTTP client cannot be built: {err}")))?;
+    Ok(Arc::new(HttpTransport {
+        http,
+        endpoint: config.endpoint.clone(),
+    }))
+}
+
 /// What one `sync_now` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -117,25 +141,7 @@ pub struct SyncClient {
 impl SyncClient {
     /// Builds the HTTP client; fails on unusable root certificates.
     pub fn new(config: SyncConfig) -> Result<SyncClient> {
-        if !(config.endpoint.starts_with("https://") || config.endpoint.starts_with("http://")) {
-            return Err(Error::InvalidConfig(
-                "the endpoint must be an http or https URL".into(),
-            ));
-        }
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls::client_config(
-                &config.trusted_roots_pem,
-                &config.pinned_spki_sha256,
-            )?)
-            .timeout(config.request_timeout)
-            .build()
-            .map_err(|err| {
-                Error::InvalidConfig(format!("the HTTP client cannot be built: {err}"))
-            })?;
-        let transport = Arc::new(HttpTransport {
-            http,
-            endpoint: config.endpoint.clone(),
-        });
+        let transport = http_transport(&config)?;
         Ok(SyncClient { transport, config })
     }
 

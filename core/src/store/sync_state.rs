@@ -460,17 +460,23 @@ mod tests {
         assert_eq!(store.count("clients", &north).unwrap(), 1);
     }
 
-    #[test]
-    fn a_whole_document_for_a_record_the_store_has_merges_into_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let server_side = open(&dir.path().join("a.db"), Synchronous::Normal);
-        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
+    /// A store standing for the server, holding a new record, and an empty device.
+    fn ada_on_the_server_side(dir: &std::path::Path) -> (Store, Store, String) {
+        let server_side = open(&dir.join("a.db"), Synchronous::Normal);
+        let device = open(&dir.join("b.db"), Synchronous::Normal);
         let id = server_side
             .insert(
                 "clients",
                 fields(json!({"caseload_id": "north", "name": "Ada"})),
             )
             .unwrap();
+        (server_side, device, id)
+    }
+
+    #[test]
+    fn a_whole_document_for_a_record_the_store_has_merges_into_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_side, device, id) = ada_on_the_server_side(dir.path());
         device
             .apply_pull_page(whole_document_page(&server_side, &id, "c1", false))
             .unwrap();
@@ -499,14 +505,7 @@ mod tests {
     #[test]
     fn a_damaged_whole_document_is_refused_not_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let server_side = open(&dir.path().join("a.db"), Synchronous::Normal);
-        let device = open(&dir.path().join("b.db"), Synchronous::Normal);
-        let id = server_side
-            .insert(
-                "clients",
-                fields(json!({"caseload_id": "north", "name": "Ada"})),
-            )
-            .unwrap();
+        let (server_side, device, id) = ada_on_the_server_side(dir.path());
         let page = whole_document_page(&server_side, &id, "c1", false);
         let Payload::Document(bytes) = page.records[0].payload.clone() else {
             unreachable!()

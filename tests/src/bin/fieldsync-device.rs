@@ -23,10 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fieldsync_core::{
-    BoxFuture, ChangeOrigin, Error, Filter, SyncClient, SyncConfig, SyncProgress, Transport,
+    BoxFuture, ChangeOrigin, Filter, SyncClient, SyncConfig, SyncProgress, Transport,
     TransportRequest, TransportResponse,
 };
-use fieldsync_record::protocol;
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
 
@@ -120,11 +119,8 @@ fn churn(path: &Path, url: &str, token: &str, seed: u64) {
     let mut config = SyncConfig::new(url, token);
     // Several pushes to a sync, so that a kill can fall between two of them.
     config.push_batch_size = 3;
-    // fieldsync-core builds reqwest without a default TLS provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let transport = StoppingTransport {
-        http: reqwest::Client::new(),
-        endpoint: url.trim_end_matches('/').to_owned(),
+        http: fieldsync_core::http_transport(&config).expect("the HTTP transport builds"),
     };
     let client = SyncClient::with_transport(config, Arc::new(transport));
     let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
@@ -218,15 +214,14 @@ fn stop_at(line: &str) {
     }
 }
 
-/// The protocol over plain HTTP, as the engine's own transport speaks it, stopping before a
-/// push is sent and after the server answered it: a kill at the second stop leaves the server
-/// holding changes the device still has queued, which the next sync sends again. Pulls do not
-/// stop: the engine asks for a page while it stores the one before (or a push's answer), and
-/// how far that store had got at a kill would be left to chance.
+/// The engine's own HTTP transport, stopping before a push is sent and after the server
+/// answered it: a kill at the second stop leaves the server holding changes the device still
+/// has queued, which the next sync sends again. Pulls do not stop: the engine asks for a page
+/// while it stores the one before (or a push's answer), and how far that store had got at a
+/// kill would be left to chance.
 #[derive(Debug)]
 struct StoppingTransport {
-    http: reqwest::Client,
-    endpoint: String,
+    http: Arc<dyn Transport>,
 }
 
 impl Transport for StoppingTransport {
@@ -236,39 +231,15 @@ impl Transport for StoppingTransport {
         request: TransportRequest,
     ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
         Box::pin(async move {
-            let url = format!("{}{}", self.endpoint, request.path_and_query());
             let is_push = matches!(request, TransportRequest::Push { .. });
-            let builder = match request {
-                TransportRequest::Push { body } => {
-                    stop_at("push");
-                    self.http
-                        .post(url)
-                        .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
-                        .body(body)
-                }
-                TransportRequest::Pull { .. } => self.http.get(url),
-            };
-            let network = |err: reqwest::Error| Error::Network(err.to_string());
-            let response = builder
-                .bearer_auth(token)
-                .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
-                .send()
-                .await
-                .map_err(network)?;
-            let status = response.status().as_u16();
-            let retry_after_secs = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()?.parse().ok());
-            let body = response.bytes().await.map_err(network)?.to_vec();
+            if is_push {
+                stop_at("push");
+            }
+            let response = self.http.send(token, request).await?;
             if is_push {
                 stop_at("pushed");
             }
-            Ok(TransportResponse {
-                status,
-                retry_after_secs,
-                body,
-            })
+            Ok(response)
         })
     }
 }
