@@ -12,6 +12,8 @@ use crate::storage::{Access, AuditQuery, Database, Role, Storage, postgres};
 use crate::{AppState, Limits, ServerError, admin, listener, router};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod identity;
+
 #[derive(Parser)]
 #[command(
     name = "fieldsync-server",
@@ -63,6 +65,8 @@ enum Command {
         /// Seconds a client may take to send a request's head, or stay idle between requests.
         #[arg(long, env = "FIELDSYNC_HEAD_TIMEOUT_SECS", default_value_t = 10)]
         head_timeout_secs: u64,
+        #[command(flatten)]
+        identity: identity::IdentityArgs,
     },
     /// Create a user.
     CreateUser {
@@ -231,6 +235,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             request_burst,
             max_connections,
             head_timeout_secs,
+            identity,
         } => {
             let limits = Limits {
                 max_body_bytes,
@@ -240,8 +245,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 request_burst,
                 ..Limits::default()
             };
+            let identity_provider = identity.provider()?;
             let storage = open()?;
-            if storage.count_users()? == 0 {
+            if storage.count_users()? == 0 && identity_provider.is_none() {
                 println!(
                     "The database has no users yet. Set the app's schema, create a user and \
                      enroll a device with:\n  \
@@ -261,7 +267,14 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 max_connections: max_connections.unwrap_or(defaults.max_connections),
                 head_timeout: std::time::Duration::from_secs(head_timeout_secs.max(1)),
             };
-            serve(storage, limits, connections, listen)
+            let state = AppState::new(storage.clone(), limits);
+            let state = match identity_provider {
+                Some((provider, group_grants)) => {
+                    state.with_identity_provider(provider, group_grants)
+                }
+                None => state,
+            };
+            serve(storage, state, connections, listen)
         }
         Command::CreateUser { name, admin } => {
             let id = admin::create_user(
@@ -548,15 +561,16 @@ fn utc(ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// Serves `state`, whose storage is `storage`.
 fn serve(
     storage: Arc<dyn Storage>,
-    limits: Limits,
+    state: AppState,
     connections: listener::ConnectionLimits,
     listen: SocketAddr,
 ) -> Result<(), ServerError> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|err| ServerError::Internal(err.to_string()))?;
-    let served = runtime.block_on(serve_on(storage.clone(), limits, connections, listen));
+    let served = runtime.block_on(serve_on(state, connections, listen));
     // The runtime goes first, with every task still holding the storage; the storage is
     // dropped last, here: closing a PostgreSQL connection blocks, which must not happen on a
     // thread that drives async tasks.
@@ -566,8 +580,7 @@ fn serve(
 }
 
 async fn serve_on(
-    storage: Arc<dyn Storage>,
-    limits: Limits,
+    state: AppState,
     connections: listener::ConnectionLimits,
     listen: SocketAddr,
 ) -> Result<(), ServerError> {
@@ -580,7 +593,7 @@ async fn serve_on(
     // Tests and scripts read this line to find a server started on port 0.
     println!("listening on http://{address}");
     tracing::info!(%address, max_connections = connections.max_connections, "listening");
-    let app = router(AppState::new(storage, limits));
+    let app = router(state);
     listener::serve(listener, app, connections, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())

@@ -14,6 +14,10 @@ pub enum ServerError {
     /// Missing, malformed, unknown, expired or revoked token.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// An identity provider's access token that is not accepted (expired, for another
+    /// audience, badly signed...): the app gets a new one, or signs the person in again.
+    #[error("unauthorized: {0}")]
+    InvalidToken(crate::jwt::JwtError),
     /// The caller may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -92,7 +96,9 @@ pub enum ServerError {
 impl ServerError {
     fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ServerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ServerError::Unauthorized(_) | ServerError::InvalidToken(_) => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized)
+            }
             ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
             ServerError::UnsupportedVersion(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::UnsupportedVersion)

@@ -25,7 +25,8 @@ pub enum ScopePattern {
 }
 
 impl ScopePattern {
-    fn parse(text: &str) -> Result<ScopePattern, String> {
+    /// Reads `caseload-east` or `caseload-*`; says what is wrong with anything else.
+    pub fn parse(text: &str) -> Result<ScopePattern, String> {
         let (stem, prefix) = match text.strip_suffix('*') {
             Some(stem) => (stem, true),
             None => (text, false),

@@ -8,7 +8,7 @@ use fieldsync_record::protocol::{self, DecodeError};
 use serde::Serialize;
 
 use crate::AppState;
-use crate::auth::{Caller, authenticate};
+use crate::auth::{Caller, Person, authenticate, authenticate_person};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 
@@ -18,26 +18,56 @@ pub(crate) async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Caller, ServerError> {
-    let storage = state.storage.clone();
-    let headers_for_auth = headers.clone();
-    let caller = blocking(move || authenticate(&*storage, &headers_for_auth))
-        .await
-        .inspect_err(|err| {
-            if matches!(err, ServerError::Unauthorized(_)) {
-                Metrics::inc(&state.metrics.unauthorized);
-            }
-        })?;
+    let caller = authenticate(state, headers).await.inspect_err(|err| {
+        if matches!(
+            err,
+            ServerError::Unauthorized(_) | ServerError::InvalidToken(_)
+        ) {
+            Metrics::inc(&state.metrics.unauthorized);
+        }
+    })?;
     if let Err(retry_after_secs) = state.rate_limiter.check(caller.device_id) {
         Metrics::inc(&state.metrics.rate_limited);
         return Err(ServerError::RateLimited { retry_after_secs });
     }
+    check_version(headers)?;
+    Ok(caller)
+}
+
+/// Authenticates someone whichever device they call from (see [`authenticate_person`]), with
+/// the request limit of their user, then checks the protocol version.
+pub(crate) async fn authorize_person(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Person, ServerError> {
+    let person = authenticate_person(state, headers)
+        .await
+        .inspect_err(|err| {
+            if matches!(
+                err,
+                ServerError::Unauthorized(_) | ServerError::InvalidToken(_)
+            ) {
+                Metrics::inc(&state.metrics.unauthorized);
+            }
+        })?;
+    // Device ids are positive: a user's limit is kept under the negated id.
+    let limited = person.device_id.unwrap_or(-person.user_id);
+    if let Err(retry_after_secs) = state.rate_limiter.check(limited) {
+        Metrics::inc(&state.metrics.rate_limited);
+        return Err(ServerError::RateLimited { retry_after_secs });
+    }
+    check_version(headers)?;
+    Ok(person)
+}
+
+fn check_version(headers: &HeaderMap) -> Result<(), ServerError> {
     let version = headers
         .get(protocol::VERSION_HEADER)
         .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
     if version != Some(protocol::VERSION) {
         return Err(ServerError::UnsupportedVersion(version));
     }
-    Ok(caller)
+    Ok(())
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ServerError> {

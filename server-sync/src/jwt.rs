@@ -343,5 +343,7 @@ pub fn verify(
     })
 }
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod test_signer;
 #[cfg(test)]
 mod tests;

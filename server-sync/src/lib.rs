@@ -23,6 +23,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod cli;
+mod devices;
 pub mod error;
 pub mod group_grants;
 mod http;
@@ -31,6 +32,7 @@ pub mod listener;
 pub mod logging;
 mod merge;
 pub mod metrics;
+pub mod oidc;
 mod ops;
 mod premerge;
 mod pull;
@@ -111,6 +113,11 @@ pub struct AppState {
     pub schema: Arc<schema::SchemaCache>,
     /// How much push work is taken on at once.
     pub admission: Arc<admission::Admission>,
+    /// The clinic's identity provider, whose access tokens are accepted besides device
+    /// tokens; `None` for device tokens only.
+    pub oidc: Option<Arc<oidc::Provider>>,
+    /// What the identity provider's groups give their members.
+    pub group_grants: Arc<group_grants::GroupGrants>,
 }
 
 impl AppState {
@@ -129,6 +136,22 @@ impl AppState {
             admission: Arc::new(admission::Admission::new(
                 admission::AdmissionLimits::default(),
             )),
+            oidc: None,
+            group_grants: Arc::default(),
+        }
+    }
+
+    /// This state, accepting the access tokens of `provider` too, whose groups give their
+    /// members `group_grants`.
+    pub fn with_identity_provider(
+        self,
+        provider: oidc::Provider,
+        group_grants: group_grants::GroupGrants,
+    ) -> AppState {
+        AppState {
+            oidc: Some(Arc::new(provider)),
+            group_grants: Arc::new(group_grants),
+            ..self
         }
     }
 }
@@ -140,6 +163,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/push", post(push::push))
         .route("/v1/pull", get(pull::pull))
         .route("/v1/schema", get(schema::get))
+        .route("/v1/devices", post(devices::enroll).get(devices::list))
+        .route("/v1/devices/{id}", axum::routing::delete(devices::revoke))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

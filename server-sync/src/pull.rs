@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::AppState;
+use crate::auth::Readable;
 use crate::error::ServerError;
 use crate::http::{authorize, blocking, message_response};
 use crate::metrics::Metrics;
@@ -39,18 +40,24 @@ struct Cursor {
     /// Feed position reached. During a first sync, the feed's head when it began: the feed
     /// after it holds every change the documents sent may not have had.
     seq: i64,
-    /// The scopes the client has been sent.
+    /// The scopes the client has been sent, by name.
     scopes: BTreeSet<String>,
     /// During a first sync, the creation position of the last document sent. Absent from
     /// cursors of first syncs that paged by last change, which start over; left out of feed
     /// cursors, which instances of that release still read during an upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sent_to: Option<i64>,
+    /// The scopes the client has been sent as every scope with one of these prefixes (a
+    /// grant on `caseload-*`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    prefixes: BTreeSet<String>,
 }
 
 impl Cursor {
     fn encode(&self) -> String {
-        hex::encode(rmp_serde::to_vec(self).expect("cursors always serialize"))
+        // Named fields, so that fields left out are told apart; cursors of releases that
+        // wrote them by position (an array) still decode.
+        hex::encode(rmp_serde::to_vec_named(self).expect("cursors always serialize"))
     }
 
     fn decode(text: &str) -> Result<Cursor, ServerError> {
@@ -119,17 +126,25 @@ pub async fn pull(
         if let Some(version) = schema_version.filter(|v| device.schema_version != Some(*v)) {
             storage.set_device_schema_version(caller.device_id, version)?;
         }
-        let readable: BTreeSet<String> = caller.readable_scopes().into_iter().collect();
-        let scopes: Vec<String> = readable.iter().cloned().collect();
+        let readable = caller.readable();
         let (revoked, added) = match &cursor {
-            Some(cursor) => (
-                cursor
-                    .scopes
-                    .difference(&readable)
-                    .cloned()
-                    .collect::<Vec<_>>(),
-                readable.difference(&cursor.scopes).count(),
-            ),
+            Some(cursor) => {
+                let held = Readable {
+                    exact: cursor.scopes.clone(),
+                    prefixes: cursor.prefixes.clone(),
+                };
+                let added = readable.exact.difference(&held.exact).count()
+                    + readable.prefixes.difference(&held.prefixes).count();
+                let revoked = if held == readable {
+                    Vec::new()
+                } else {
+                    held.resolve(&*storage)?
+                        .into_iter()
+                        .filter(|scope| !readable.covers(scope))
+                        .collect()
+                };
+                (revoked, added)
+            }
             None => (Vec::new(), 0),
         };
         // A first sync pages through the documents created after `sent_to`; it starts
@@ -152,6 +167,8 @@ pub async fn pull(
                     Some(from) => from,
                     None => (storage.feed_head()?, 0),
                 };
+                // Resolved after the head was taken: every record created up to it is seen.
+                let scopes: Vec<String> = readable.resolve(&*storage)?.into_iter().collect();
                 let page = storage.documents_page(&scopes, sent_to, head, limit)?;
                 let records = page
                     .entries
@@ -173,7 +190,8 @@ pub async fn pull(
                 let next = Cursor {
                     documents: page.more,
                     seq: head,
-                    scopes: readable,
+                    scopes: readable.exact,
+                    prefixes: readable.prefixes,
                     sent_to: page.more.then_some(page.last_seq),
                 };
                 let more = page.more || storage.feed_head()? > head;
@@ -181,7 +199,7 @@ pub async fn pull(
             }
             None => {
                 let after = cursor.as_ref().map_or(0, |c| c.seq);
-                let page = feed_page_of_others(&*storage, &scopes, caller.device_id, after, limit)?;
+                let page = feed_page_in(&*storage, &readable, caller.device_id, after, limit)?;
                 let records = page
                     .entries
                     .into_iter()
@@ -205,7 +223,8 @@ pub async fn pull(
                 let next = Cursor {
                     documents: false,
                     seq: page.last_seq,
-                    scopes: readable,
+                    scopes: readable.exact,
+                    prefixes: readable.prefixes,
                     sent_to: None,
                 };
                 (records, next, page.more)
@@ -228,6 +247,40 @@ pub async fn pull(
     Metrics::add(&state.metrics.records_pulled, response.records.len());
     state.metrics.pull_latency.observe(started.elapsed());
     Ok(message_response(&response))
+}
+
+/// How many times a pull reads its feed page again because a scope under one of its prefixes
+/// came to hold records meanwhile.
+const FEED_READS_FOR_NEW_SCOPES: usize = 4;
+
+/// The feed page of `readable`'s scopes after `after`. The scopes under a prefix are found
+/// again after the page is read: a scope whose first record was written meanwhile, at a
+/// position the page passed, would otherwise be skipped for good. If one turned up, the page
+/// is read again with it (positions become visible in order, so a scope seen after the read
+/// holds every entry up to the page's last position that the read could have missed).
+fn feed_page_in(
+    storage: &dyn crate::storage::Storage,
+    readable: &Readable,
+    device: i64,
+    after: i64,
+    limit: u32,
+) -> Result<crate::storage::Page<crate::storage::FeedEntry>, ServerError> {
+    let mut scopes = readable.resolve(storage)?;
+    for _ in 0..FEED_READS_FOR_NEW_SCOPES {
+        let listed: Vec<String> = scopes.iter().cloned().collect();
+        let page = feed_page_of_others(storage, &listed, device, after, limit)?;
+        if readable.prefixes.is_empty() {
+            return Ok(page);
+        }
+        let seen_after = readable.resolve(storage)?;
+        if seen_after == scopes {
+            return Ok(page);
+        }
+        scopes = seen_after;
+    }
+    Err(ServerError::TryAgain(
+        "scopes are being created faster than a pull can read them".into(),
+    ))
 }
 
 /// How many feed pages one pull reads at most to fill its page with other devices' entries.
@@ -266,4 +319,36 @@ fn feed_page_of_others(
 fn decode_fields(json: &str) -> Result<Fields, ServerError> {
     serde_json::from_str(json)
         .map_err(|_| ServerError::Corrupt("stored values do not decode".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(prefixes: &[&str], sent_to: Option<i64>) -> Cursor {
+        Cursor {
+            documents: sent_to.is_some(),
+            seq: 42,
+            scopes: ["north".to_owned()].into(),
+            prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            sent_to,
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_those_written_by_position_still_decode() {
+        for written in [
+            cursor(&[], None),
+            cursor(&["caseload-"], None),
+            cursor(&[], Some(7)),
+            cursor(&["caseload-", "team-"], Some(7)),
+        ] {
+            assert_eq!(Cursor::decode(&written.encode()).unwrap(), written);
+        }
+        // As releases before prefixes wrote them: an array, `sent_to` left out when absent.
+        let feed = hex::encode(rmp_serde::to_vec(&(false, 42i64, ["north"])).unwrap());
+        assert_eq!(Cursor::decode(&feed).unwrap(), cursor(&[], None));
+        let first_sync = hex::encode(rmp_serde::to_vec(&(true, 42i64, ["north"], 7i64)).unwrap());
+        assert_eq!(Cursor::decode(&first_sync).unwrap(), cursor(&[], Some(7)));
+    }
 }

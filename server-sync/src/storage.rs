@@ -26,7 +26,7 @@ pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// May use the admin endpoints (none over HTTP yet; the admin command runs locally).
+    /// May use the admin API with a device token of theirs.
     Admin,
     /// A therapist or other member of staff.
     Member,
@@ -103,6 +103,8 @@ pub struct TokenRecord {
     pub revoked: bool,
     /// The Automerge actor bound to the device by its first push, if any.
     pub actor: Option<String>,
+    /// The device's user's role.
+    pub role: Role,
 }
 
 /// A device as the admin command lists it.
@@ -122,6 +124,28 @@ pub struct DeviceInfo {
     pub revoked: bool,
     /// The version of the app's schema it last said it runs.
     pub schema_version: Option<u32>,
+}
+
+/// A device as authentication reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its user.
+    pub user_id: i64,
+    /// The Automerge actor it pushes as, once bound.
+    pub actor: Option<String>,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// Who the clinic's identity provider says signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignIn<'a> {
+    /// The provider's stable id for the person (`sub`); also their user name here.
+    pub subject: &'a str,
+    /// Their name as the provider sends it.
+    pub display_name: Option<&'a str>,
+    /// Their email as the provider sends it.
+    pub email: Option<&'a str>,
 }
 
 /// What a pull checks of its device.
@@ -634,6 +658,17 @@ pub trait Storage: Send + Sync + 'static {
     fn revoke_device(&self, device_id: i64) -> Result<bool>;
     /// Every device with its user and last sync.
     fn list_devices(&self) -> Result<Vec<DeviceInfo>>;
+    /// The user the identity provider knows as `sign_in.subject`: created on their first
+    /// sign-in (named by the subject, as a member), their display name and email rewritten
+    /// when the provider sends others. [`ServerError::Conflict`] if a user created by an
+    /// administrator has the subject as name.
+    fn sign_in(&self, sign_in: &SignIn<'_>) -> Result<i64>;
+    /// A device by id, for authenticating a request that names it.
+    fn device(&self, device_id: i64) -> Result<Option<DeviceRecord>>;
+    /// A user's devices, revoked ones included.
+    fn devices_of(&self, user_id: i64) -> Result<Vec<DeviceInfo>>;
+    /// The scopes holding records whose names start with `prefix`, in byte order.
+    fn scopes_with_prefix(&self, prefix: &str) -> Result<Vec<String>>;
     /// Stores a new token (its secret only as a hash).
     fn insert_token(
         &self,

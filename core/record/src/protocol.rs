@@ -20,6 +20,11 @@ pub const VERSION: u32 = 1;
 /// The request header that carries the client's protocol version.
 pub const VERSION_HEADER: &str = "fieldsync-protocol";
 
+/// The request header naming the device a request comes from, when its bearer token is an
+/// identity provider's access token (which names a person, not a device): the device id the
+/// device got when it enrolled ([`EnrolledDevice`]).
+pub const DEVICE_HEADER: &str = "fieldsync-device";
+
 /// The content type of push and pull bodies.
 pub const CONTENT_TYPE: &str = "application/vnd.fieldsync+msgpack";
 
@@ -184,6 +189,41 @@ pub struct SchemaResponse {
     pub schema: crate::Schema,
     /// When it was set (ms since the epoch).
     pub set_at: i64,
+}
+
+/// `POST /v1/devices` (JSON): a device enrols itself, with its user's access token from the
+/// clinic's identity provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// A name for the device that its user and administrators recognise ("Ada's tablet").
+    pub name: String,
+}
+
+/// The answer to [`EnrollRequest`] (JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolledDevice {
+    /// The device's id, for the [`DEVICE_HEADER`] of its requests.
+    pub device_id: i64,
+}
+
+/// `GET /v1/devices` (JSON): the caller's devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// Every device of the caller, revoked ones included, oldest first.
+    pub devices: Vec<DeviceSummary>,
+}
+
+/// One device of [`DeviceList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Its last push or pull (ms since the epoch).
+    pub last_sync_at: Option<i64>,
+    /// Whether it was revoked (`DELETE /v1/devices/{id}`).
+    pub revoked: bool,
 }
 
 /// The JSON body of every error response.

@@ -6,17 +6,16 @@ use automerge::{ActorId, ROOT};
 use std::sync::LazyLock;
 
 use super::*;
-use crate::storage::{Access, Grant};
+use crate::group_grants::ScopePattern;
+use crate::storage::Access;
 
 pub(crate) fn caller(actor: &ActorId) -> Caller {
     Caller {
         device_id: 1,
         user_id: 1,
         actor: Some(actor.to_hex_string()),
-        grants: vec![Grant {
-            scope: "north".into(),
-            access: Access::Write,
-        }],
+        grants: vec![(ScopePattern::Exact("north".into()), Access::Write)],
+        admin: false,
     }
 }
 

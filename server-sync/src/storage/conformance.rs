@@ -4,6 +4,8 @@
 //!
 //! Each check takes a fresh, empty storage and panics with a message on failure.
 
+mod identity;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use automerge::{ActorId, ChangeHash};
@@ -41,6 +43,9 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     a_batch_id_names_one_batch(&*fresh());
     records_are_listed_and_rewritten(&*fresh());
     a_push_binds_its_actor_only_if_it_stores_something(&*fresh());
+    identity::users_sign_in_by_subject(&*fresh());
+    identity::devices_are_found_by_id_and_listed_by_user(&*fresh());
+    identity::scopes_are_found_by_prefix(&*fresh());
 }
 
 fn record(id: &str, scope: &str) -> PushRecord {

@@ -32,13 +32,14 @@ use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceSync, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord, Page, Result, Role,
-    Snapshot, Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord, audited_name,
-    decode_changes, encode_changes, now_ms, replayed,
+    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceRecord, DeviceSync, DocumentEntry,
+    FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord,
+    Page, Result, Role, SignIn, Snapshot, Storage, StoredRecord, StoredSchema, StoredVersion,
+    TokenRecord, audited_name, decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 
+mod identity;
 mod maintenance;
 
 const MIGRATIONS: &[&str] = &[
@@ -51,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/007_restored_devices.sql"),
     include_str!("migrations/postgres/008_device_actors.sql"),
     include_str!("migrations/postgres/009_device_schema_versions.sql"),
+    include_str!("migrations/postgres/010_identity.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -537,24 +539,23 @@ impl Storage for PostgresStorage {
     }
 
     fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
-        let rows = self.conn()?.query(
-            "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL,
-                    d.schema_version
-             FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.id",
-            &[],
-        )?;
-        Ok(rows
-            .iter()
-            .map(|row| DeviceInfo {
-                id: row.get(0),
-                user: row.get(1),
-                name: row.get(2),
-                actor: row.get(3),
-                last_sync_at: row.get(4),
-                revoked: row.get(5),
-                schema_version: row.get::<_, Option<i32>>(6).map(|v| v as u32),
-            })
-            .collect())
+        identity::devices(&mut *self.conn()?, None)
+    }
+
+    fn sign_in(&self, sign_in: &SignIn<'_>) -> Result<i64> {
+        identity::sign_in(&mut *self.conn()?, sign_in)
+    }
+
+    fn device(&self, device_id: i64) -> Result<Option<DeviceRecord>> {
+        identity::device(&mut *self.conn()?, device_id)
+    }
+
+    fn devices_of(&self, user_id: i64) -> Result<Vec<DeviceInfo>> {
+        identity::devices(&mut *self.conn()?, Some(user_id))
+    }
+
+    fn scopes_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        identity::scopes_with_prefix(&mut *self.conn()?, prefix)
     }
 
     fn insert_token(
@@ -583,18 +584,24 @@ impl Storage for PostgresStorage {
     fn token(&self, token_id: &str) -> Result<Option<TokenRecord>> {
         let row = self.conn()?.query_opt(
             "SELECT t.device_id, d.user_id, t.secret_hash, t.expires_at,
-                    t.revoked_at IS NOT NULL OR d.revoked_at IS NOT NULL, d.actor
-             FROM tokens t JOIN devices d ON d.id = t.device_id WHERE t.id = $1",
+                    t.revoked_at IS NOT NULL OR d.revoked_at IS NOT NULL, d.actor, u.role
+             FROM tokens t JOIN devices d ON d.id = t.device_id JOIN users u ON u.id = d.user_id
+             WHERE t.id = $1",
             &[&token_id],
         )?;
-        Ok(row.map(|row| TokenRecord {
-            device_id: row.get(0),
-            user_id: row.get(1),
-            secret_hash: row.get(2),
-            expires_at: row.get(3),
-            revoked: row.get(4),
-            actor: row.get(5),
-        }))
+        row.map(|row| {
+            Ok(TokenRecord {
+                device_id: row.get(0),
+                user_id: row.get(1),
+                secret_hash: row.get(2),
+                expires_at: row.get(3),
+                revoked: row.get(4),
+                actor: row.get(5),
+                role: Role::parse(row.get(6))
+                    .ok_or_else(|| ServerError::Corrupt("unknown user role".into()))?,
+            })
+        })
+        .transpose()
     }
 
     fn set_grant(&self, user_id: i64, scope: &str, access: Access) -> Result<()> {

@@ -22,14 +22,16 @@ use fieldsync_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceSync, DocumentEntry, FeedEntry, Grant,
-    IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord, Page, Result, Role,
-    Snapshot, SnapshotMark, Storage, StoredRecord, StoredSchema, StoredVersion, TokenRecord,
-    actor_taken_meanwhile, audited_name, decode_changes, encode_changes, now_ms, replayed,
+    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceRecord, DeviceSync, DocumentEntry,
+    FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord,
+    Page, Result, Role, SignIn, Snapshot, SnapshotMark, Storage, StoredRecord, StoredSchema,
+    StoredVersion, TokenRecord, actor_taken_meanwhile, audited_name, decode_changes,
+    encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
 
+mod identity;
 mod maintenance;
 
 const MIGRATIONS: &[&str] = &[
@@ -45,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/010_restored_devices.sql"),
     include_str!("migrations/sqlite/011_device_actors.sql"),
     include_str!("migrations/sqlite/012_device_schema_versions.sql"),
+    include_str!("migrations/sqlite/013_identity.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -399,24 +402,26 @@ impl Storage for SqliteStorage {
     }
 
     fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL,
-                    d.schema_version
-             FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.id",
-        )?;
-        let rows = stmt.query_map([], |row| {
-            Ok(DeviceInfo {
-                id: row.get(0)?,
-                user: row.get(1)?,
-                name: row.get(2)?,
-                actor: row.get(3)?,
-                last_sync_at: row.get(4)?,
-                revoked: row.get(5)?,
-                schema_version: row.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(|conn| identity::devices(conn, None))
+    }
+
+    fn sign_in(&self, sign_in: &SignIn<'_>) -> Result<i64> {
+        if let Some(id) = self.read(|conn| identity::signed_in_before(conn, sign_in))? {
+            return Ok(id);
+        }
+        self.write(|conn| identity::sign_in(conn, sign_in))
+    }
+
+    fn device(&self, device_id: i64) -> Result<Option<DeviceRecord>> {
+        self.read(|conn| identity::device(conn, device_id))
+    }
+
+    fn devices_of(&self, user_id: i64) -> Result<Vec<DeviceInfo>> {
+        self.read(|conn| identity::devices(conn, Some(user_id)))
+    }
+
+    fn scopes_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.read(|conn| identity::scopes_with_prefix(conn, prefix))
     }
 
     fn insert_token(
@@ -449,22 +454,35 @@ impl Storage for SqliteStorage {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT t.device_id, d.user_id, t.secret_hash, t.expires_at,
-                    t.revoked_at IS NOT NULL OR d.revoked_at IS NOT NULL, d.actor
-             FROM tokens t JOIN devices d ON d.id = t.device_id WHERE t.id = ?1",
+                    t.revoked_at IS NOT NULL OR d.revoked_at IS NOT NULL, d.actor, u.role
+             FROM tokens t JOIN devices d ON d.id = t.device_id JOIN users u ON u.id = d.user_id
+             WHERE t.id = ?1",
         )?;
         let token = stmt
             .query_row([token_id], |row| {
-                Ok(TokenRecord {
-                    device_id: row.get(0)?,
-                    user_id: row.get(1)?,
-                    secret_hash: row.get(2)?,
-                    expires_at: row.get(3)?,
-                    revoked: row.get(4)?,
-                    actor: row.get(5)?,
-                })
+                Ok((
+                    TokenRecord {
+                        device_id: row.get(0)?,
+                        user_id: row.get(1)?,
+                        secret_hash: row.get(2)?,
+                        expires_at: row.get(3)?,
+                        revoked: row.get(4)?,
+                        actor: row.get(5)?,
+                        role: Role::Member,
+                    },
+                    row.get::<_, String>(6)?,
+                ))
             })
             .optional()?;
-        Ok(token)
+        token
+            .map(|(token, role)| {
+                Ok(TokenRecord {
+                    role: Role::parse(&role)
+                        .ok_or_else(|| ServerError::Corrupt("unknown user role".into()))?,
+                    ..token
+                })
+            })
+            .transpose()
     }
 
     fn set_grant(&self, user_id: i64, scope: &str, access: Access) -> Result<()> {
