@@ -179,6 +179,12 @@ pub enum Error {
     #[error("the server refused the device's token")]
     Unauthorized,
 
+    /// The token provider could not give a token, or the server refused a fresh one: the
+    /// person must sign in again (their session ended, or they lost access). Syncing resumes
+    /// once the provider has a token again.
+    #[error("sign-in required: {0}")]
+    SignInRequired(String),
+
     /// The server asks to slow down; retry after the given seconds.
     #[error("rate limited by the server; retry in {retry_after_secs} s")]
     RateLimited {

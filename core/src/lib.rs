@@ -71,9 +71,9 @@ pub use store::{
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
 pub use sync::{
-    BackgroundOptions, BackgroundSync, BoxFuture, SyncClient, SyncConfig, SyncListener,
-    SyncProgress, SyncReport, SyncState, SyncStatus, Transport, TransportRequest,
-    TransportResponse, http_transport,
+    BackgroundOptions, BackgroundSync, BoxFuture, Credentials, SyncClient, SyncConfig,
+    SyncListener, SyncProgress, SyncReport, SyncState, SyncStatus, TokenProvider, Transport,
+    TransportRequest, TransportResponse, http_transport,
 };
 pub use value::Fields;
 

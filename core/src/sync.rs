@@ -11,7 +11,7 @@
 //! (on Android the app must first initialise `rustls-platform-verifier` through JNI, as its
 //! documentation shows); a clinic that runs a private CA passes its root certificates instead.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::OutboxEntry;
@@ -22,19 +22,28 @@ use transport::HttpTransport;
 
 mod background;
 mod tls;
+mod token;
 mod transport;
 mod wire;
 
 pub use background::{BackgroundOptions, BackgroundSync, SyncListener, SyncState, SyncStatus};
-pub use transport::{BoxFuture, Transport, TransportRequest, TransportResponse};
+pub use token::TokenProvider;
+pub use transport::{BoxFuture, Credentials, Transport, TransportRequest, TransportResponse};
 
 /// Where and how to sync.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// The server's base URL, such as `https://sync.clinic.example`.
     pub endpoint: String,
-    /// The device's bearer token.
+    /// The device's bearer token: a device token, or left empty when `token_provider` gives
+    /// the token.
     pub token: String,
+    /// Where an identity provider's access tokens come from, asked before every sync; `None`
+    /// to send `token`.
+    pub token_provider: Option<Arc<dyn TokenProvider>>,
+    /// With `token_provider`, the id the device got when it enrolled
+    /// ([`SyncClient::enroll_device`]).
+    pub device_id: Option<i64>,
     /// PEM root certificates to trust instead of the platform's (a clinic's private CA).
     pub trusted_roots_pem: Vec<String>,
     /// If not empty, the server's certificate must also carry one of these public keys: the
@@ -61,6 +70,8 @@ impl SyncConfig {
         SyncConfig {
             endpoint: endpoint.into(),
             token: token.into(),
+            token_provider: None,
+            device_id: None,
             trusted_roots_pem: Vec::new(),
             pinned_spki_sha256: Vec::new(),
             push_batch_size: 500,
@@ -136,20 +147,100 @@ pub struct SyncProgress {
 pub struct SyncClient {
     transport: Arc<dyn Transport>,
     config: SyncConfig,
+    /// What requests are sent as: the configured token and device, or the provider's latest
+    /// token and the device enrolled.
+    credentials: Arc<Mutex<Arc<Credentials>>>,
 }
 
 impl SyncClient {
     /// Builds the HTTP client; fails on unusable root certificates.
     pub fn new(config: SyncConfig) -> Result<SyncClient> {
         let transport = http_transport(&config)?;
-        Ok(SyncClient { transport, config })
+        Ok(SyncClient::with_transport(config, transport))
     }
 
     /// A client that reaches the server through `transport` instead of HTTP (the endpoint
     /// and TLS settings of `config` are then unused). Tests use it to run the engine against
     /// an in-process server with faults injected.
     pub fn with_transport(config: SyncConfig, transport: Arc<dyn Transport>) -> SyncClient {
-        SyncClient { transport, config }
+        let credentials = Credentials {
+            token: config.token.clone(),
+            device_id: config.device_id,
+        };
+        SyncClient {
+            transport,
+            config,
+            credentials: Arc::new(Mutex::new(Arc::new(credentials))),
+        }
+    }
+
+    /// Enrols this device with its person's identity provider token (from the
+    /// `token_provider`): the server makes it a device of theirs, named `name`, and every
+    /// request of this client names it from now on. Returns the device id, for the app to keep
+    /// and pass as [`SyncConfig::device_id`] when it builds its client again.
+    pub async fn enroll_device(&self, name: &str) -> Result<i64> {
+        if self.config.token_provider.is_none() {
+            return Err(Error::InvalidConfig(
+                "a device enrols itself with a token provider's token".into(),
+            ));
+        }
+        let body = serde_json::to_vec(&protocol::EnrollRequest {
+            name: name.to_owned(),
+        })
+        .map_err(|err| Error::Protocol(err.to_string()))?;
+        let enrolled: protocol::EnrolledDevice = self
+            .with_fresh_token(|credentials| {
+                let request = TransportRequest::Enroll { body: body.clone() };
+                async move { decode_json(self.transport.send(&credentials, request).await?) }
+            })
+            .await?;
+        let mut credentials = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        *credentials = Arc::new(Credentials {
+            device_id: Some(enrolled.device_id),
+            ..(**credentials).clone()
+        });
+        Ok(enrolled.device_id)
+    }
+
+    /// Runs `work` with the current credentials, asking the token provider (if any) for a
+    /// token first, and once more if the server refused the one it gave.
+    async fn with_fresh_token<T, F, Fut>(&self, work: F) -> Result<T>
+    where
+        F: Fn(Arc<Credentials>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let Some(provider) = &self.config.token_provider else {
+            return work(self.credentials()).await;
+        };
+        let mut refused_before = false;
+        loop {
+            let token = provider.token().await.map_err(Error::SignInRequired)?;
+            {
+                let mut credentials = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+                if credentials.token != token {
+                    *credentials = Arc::new(Credentials {
+                        token,
+                        device_id: credentials.device_id,
+                    });
+                }
+            }
+            match work(self.credentials()).await {
+                Err(Error::Unauthorized) if !refused_before => refused_before = true,
+                Err(Error::Unauthorized) => {
+                    return Err(Error::SignInRequired(
+                        "the server refused the token provider's fresh token".into(),
+                    ));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Pushes the whole outbox, then pulls until caught up.
@@ -163,6 +254,16 @@ impl SyncClient {
     /// takes a new actor, makes its unsent writes again under it, and syncs again from the
     /// start, which brings back what it pushed after the copy was made.
     pub async fn sync_now_with_progress(
+        &self,
+        store: &Store,
+        on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
+    ) -> Result<SyncReport> {
+        // A sync is safe to repeat: one refused half-way for an expired token runs again.
+        self.with_fresh_token(|_| self.sync_restoring(store, on_progress))
+            .await
+    }
+
+    async fn sync_restoring(
         &self,
         store: &Store,
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
@@ -349,7 +450,7 @@ impl SyncClient {
         let body = protocol::encode(request);
         let response = self
             .transport
-            .send(&self.config.token, TransportRequest::Push { body })
+            .send(&self.credentials(), TransportRequest::Push { body })
             .await?;
         decode_response(response)
     }
@@ -370,7 +471,7 @@ impl SyncClient {
             actor: writer.actor.clone(),
             schema_version: writer.schema_version,
         };
-        let response = self.transport.send(&self.config.token, request).await?;
+        let response = self.transport.send(&self.credentials(), request).await?;
         let page: PullResponse = decode_response(response)?;
         // Stored with the page, a cursor that cannot be sent back would fail every later pull.
         if !is_url_safe(&page.next_cursor) {
@@ -460,15 +561,27 @@ fn next_page_size(config: &SyncConfig, asked: u32, page: &PullResponse) -> u32 {
 }
 
 fn decode_response<T: serde::de::DeserializeOwned>(response: TransportResponse) -> Result<T> {
-    let status = response.status;
-    let body = response.body;
-    if (200..300).contains(&status) {
-        return protocol::decode(&body, MAX_ANSWER_BYTES)
+    if (200..300).contains(&response.status) {
+        return protocol::decode(&response.body, MAX_ANSWER_BYTES)
             .map_err(|err| Error::Protocol(format!("the server's answer does not decode: {err}")));
     }
-    let error: Option<ErrorBody> = serde_json::from_slice(&body).ok();
+    Err(error_of(response))
+}
+
+/// A JSON answer (of `/v1/devices`).
+fn decode_json<T: serde::de::DeserializeOwned>(response: TransportResponse) -> Result<T> {
+    if (200..300).contains(&response.status) {
+        return serde_json::from_slice(&response.body)
+            .map_err(|_| Error::Protocol("the server's answer does not decode".into()));
+    }
+    Err(error_of(response))
+}
+
+/// The error an unsuccessful answer stands for.
+fn error_of(response: TransportResponse) -> Error {
+    let error: Option<ErrorBody> = serde_json::from_slice(&response.body).ok();
     let code = error.as_ref().map(|e| e.code);
-    Err(match (status, code) {
+    match (response.status, code) {
         (401, _) => Error::Unauthorized,
         (429, _) => Error::RateLimited {
             retry_after_secs: response.retry_after_secs.unwrap_or(1),
@@ -480,7 +593,7 @@ fn decode_response<T: serde::de::DeserializeOwned>(response: TransportResponse) 
             status,
             message: error.map_or_else(|| "no error body".to_owned(), |e| e.message),
         },
-    })
+    }
 }
 
 /// Runs a store call on the blocking pool: SQLite work must not stall the async runtime.

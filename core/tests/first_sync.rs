@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use common::{fields, options, schema};
 use fieldsync_core::{
-    BoxFuture, Store, SyncClient, SyncConfig, Transport, TransportRequest, TransportResponse,
+    BoxFuture, Credentials, Store, SyncClient, SyncConfig, Transport, TransportRequest,
+    TransportResponse,
 };
 use fieldsync_record::protocol::{self, PullResponse, PulledRecord};
 use serde_bytes::ByteBuf;
@@ -32,7 +33,7 @@ impl std::fmt::Debug for Server {
 impl Transport for Server {
     fn send<'a>(
         &'a self,
-        _token: &'a str,
+        _credentials: &'a Credentials,
         _request: TransportRequest,
     ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
         let mut pages = self.pages.lock().unwrap();

@@ -19,8 +19,8 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ROOT, ScalarValue};
 use common::{dump, fields, options, record, schema};
 use fieldsync_core::{
-    ApplyReport, BoxFuture, Error, Query, RemotePayload, Schema, Store, StoreOptions, SyncClient,
-    SyncConfig, SyncReport, Transport, TransportRequest, TransportResponse,
+    ApplyReport, BoxFuture, Credentials, Error, Query, RemotePayload, Schema, Store, StoreOptions,
+    SyncClient, SyncConfig, SyncReport, Transport, TransportRequest, TransportResponse,
 };
 use fieldsync_record::document;
 use fieldsync_record::protocol::{self, DecodeError, PullResponse, PulledRecord};
@@ -732,7 +732,7 @@ struct Pages(Mutex<VecDeque<Vec<u8>>>);
 impl Transport for Pages {
     fn send<'a>(
         &'a self,
-        _token: &'a str,
+        _credentials: &'a Credentials,
         request: TransportRequest,
     ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
         assert!(

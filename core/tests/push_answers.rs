@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use common::{fields, options, schema};
 use fieldsync_core::{
-    BoxFuture, Error, Store, SyncClient, SyncConfig, Transport, TransportRequest, TransportResponse,
+    BoxFuture, Credentials, Error, Store, SyncClient, SyncConfig, Transport, TransportRequest,
+    TransportResponse,
 };
 use fieldsync_record::protocol::{self, PullResponse, PushRequest, PushResponse, PushResult};
 use serde_json::json;
@@ -25,7 +26,7 @@ struct Server {
 impl Transport for Server {
     fn send<'a>(
         &'a self,
-        _token: &'a str,
+        _credentials: &'a Credentials,
         request: TransportRequest,
     ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
         let (status, body) = match request {
@@ -60,6 +61,7 @@ impl Transport for Server {
                     )
                 }
             }
+            TransportRequest::Enroll { .. } => (404, Vec::new()),
         };
         Box::pin(async move {
             Ok(TransportResponse {

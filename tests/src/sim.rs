@@ -11,8 +11,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, header};
 use fieldsync_core::{
-    BoxFuture, Error, Fields, Filter, Query, Result, Store, StoreOptions, SyncClient, SyncConfig,
-    Synchronous, Transport, TransportRequest, TransportResponse,
+    BoxFuture, Credentials, Error, Fields, Filter, Query, Result, Store, StoreOptions, SyncClient,
+    SyncConfig, Synchronous, Transport, TransportRequest, TransportResponse,
 };
 use fieldsync_record::protocol;
 use fieldsync_server::storage::sqlite::SqliteStorage;
@@ -180,9 +180,10 @@ struct Plan {
 impl Transport for SimTransport {
     fn send<'a>(
         &'a self,
-        token: &'a str,
+        credentials: &'a Credentials,
         request: TransportRequest,
     ) -> BoxFuture<'a, Result<TransportResponse>> {
+        let token = credentials.token.as_str();
         Box::pin(async move {
             let plan = {
                 let mut state = self.network.lock();
@@ -241,6 +242,10 @@ async fn deliver(app: &Router, token: &str, request: TransportRequest) -> Transp
             .header(header::CONTENT_TYPE, protocol::CONTENT_TYPE)
             .body(Body::from(body)),
         TransportRequest::Pull { .. } => builder.method("GET").body(Body::empty()),
+        TransportRequest::Enroll { body } => builder
+            .method("POST")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body)),
     }
     .expect("a valid request");
     let response = app

@@ -50,6 +50,8 @@ impl Clinic {
                 "clinic-admins",
                 "--oidc-refetch-secs",
                 "1",
+                "--oidc-leeway-secs",
+                "0",
                 "--requests-per-second",
                 "0",
             ],
@@ -389,4 +391,173 @@ fn access_follows_the_providers_groups_at_every_token() {
     let mut revoked = narrowed.revoked_scopes.clone();
     revoked.sort();
     assert_eq!(revoked, ["caseload-north", "caseload-west"]);
+}
+
+/// A sign-in library as an app has one: hands out the tokens it is given, in turn (the last
+/// one again and again), or says the person must sign in.
+#[derive(Debug, Default)]
+struct SignIn {
+    tokens: std::sync::Mutex<std::collections::VecDeque<Result<String, String>>>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl SignIn {
+    fn will_give(&self, token: Result<String, String>) {
+        self.tokens.lock().unwrap().push_back(token);
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl fieldsync_core::TokenProvider for SignIn {
+    fn token(&self) -> fieldsync_core::BoxFuture<'_, Result<String, String>> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut tokens = self.tokens.lock().unwrap();
+        let token = if tokens.len() > 1 {
+            tokens.pop_front()
+        } else {
+            tokens.front().cloned()
+        };
+        Box::pin(async move { token.unwrap_or_else(|| Err("no one signed in".into())) })
+    }
+}
+
+fn client(clinic: &Clinic, sign_in: &std::sync::Arc<SignIn>) -> fieldsync_core::SyncClient {
+    fieldsync_core::SyncClient::new(fieldsync_core::SyncConfig {
+        token_provider: Some(sign_in.clone()),
+        ..fieldsync_core::SyncConfig::new(&clinic.server.url, "")
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_mid_day_is_refreshed_through_the_provider_and_nothing_is_lost() {
+    let clinic = tokio::task::spawn_blocking(Clinic::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let idp = &clinic.idp;
+    let sign_in = std::sync::Arc::new(SignIn::default());
+    sign_in.will_give(Ok(idp.token("ada", &["east-therapists"])));
+    let client = client(&clinic, &sign_in);
+    let device = client.enroll_device("Ada's tablet").await.unwrap();
+    assert!(device > 0);
+    let store = fieldsync_tests::open_device(&dir.path().join("ada.db"));
+    let note = |name: &str| {
+        store
+            .insert(
+                "clients",
+                fieldsync_tests::fields(json!({"caseload_id": "caseload-east", "name": name})),
+            )
+            .unwrap()
+    };
+    let morning = note("Morning visit");
+    client.sync_now(&store).await.unwrap();
+
+    // The token expires while the therapist works offline; the next sync is refused once,
+    // asks the provider again, and pushes every write of the afternoon.
+    *sign_in.tokens.lock().unwrap() = [
+        Ok(idp.sign(idp.claims("ada", &["east-therapists"], -5))),
+        Ok(idp.token("ada", &["east-therapists"])),
+    ]
+    .into();
+    let afternoon: Vec<String> = (0..3).map(|i| note(&format!("Visit {i}"))).collect();
+    let asked = sign_in.asked();
+    let report = client.sync_now(&store).await.unwrap();
+    assert_eq!(report.pushed, 3);
+    assert_eq!(
+        sign_in.asked(),
+        asked + 2,
+        "once before the sync, once after the 401"
+    );
+    assert_eq!(store.outbox_len().unwrap(), 0);
+
+    // Another device of the clinic sees every note.
+    let other = fieldsync_tests::open_device(&dir.path().join("supervisor.db"));
+    let supervisor = std::sync::Arc::new(SignIn::default());
+    supervisor.will_give(Ok(idp.token("sue", &["supervisors"])));
+    let supervisor_client = self::client(&clinic, &supervisor);
+    supervisor_client.enroll_device("office").await.unwrap();
+    supervisor_client.sync_now(&other).await.unwrap();
+    for id in std::iter::once(&morning).chain(&afternoon) {
+        assert!(other.get("clients", id).unwrap().is_some(), "{id}");
+    }
+
+    // A provider that can give no token, and a fresh token the server refuses, both ask for
+    // a sign-in; nothing written is lost meanwhile.
+    let unsent = note("Written while signed out");
+    *sign_in.tokens.lock().unwrap() = [Err("the session ended".to_owned())].into();
+    let err = client.sync_now(&store).await.unwrap_err();
+    assert!(
+        matches!(&err, fieldsync_core::Error::SignInRequired(why) if why.contains("session ended")),
+        "{err:?}"
+    );
+    *sign_in.tokens.lock().unwrap() =
+        [Ok(idp.sign(idp.claims("ada", &["east-therapists"], -5)))].into();
+    let err = client.sync_now(&store).await.unwrap_err();
+    assert!(
+        matches!(err, fieldsync_core::Error::SignInRequired(_)),
+        "{err:?}"
+    );
+    assert_eq!(store.outbox_len().unwrap(), 1);
+
+    // Signed in again, but removed from the east team at the provider: the write made
+    // before goes nowhere the person may not write, and the team's records leave the device.
+    *sign_in.tokens.lock().unwrap() = [Ok(idp.token("ada", &[]))].into();
+    let report = client.sync_now(&store).await.unwrap();
+    assert_eq!(report.purged_scopes, ["caseload-east"]);
+    assert!(store.get("clients", &morning).unwrap().is_none());
+    assert!(store.get("clients", &unsent).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sync_waits_for_a_sign_in_instead_of_stopping() {
+    use fieldsync_core::{BackgroundOptions, BackgroundSync, SyncListener, SyncState, SyncStatus};
+
+    struct Statuses(std::sync::Mutex<std::sync::mpsc::Sender<SyncStatus>>);
+    impl SyncListener for Statuses {
+        fn on_status(&self, status: &SyncStatus) {
+            let _ = self.0.lock().unwrap().send(status.clone());
+        }
+    }
+    let wait_for = |statuses: &std::sync::mpsc::Receiver<SyncStatus>, state: SyncState| loop {
+        let status = statuses
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no status {state:?}"));
+        if status.state == state {
+            return status;
+        }
+    };
+
+    let clinic = tokio::task::spawn_blocking(Clinic::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sign_in = std::sync::Arc::new(SignIn::default());
+    sign_in.will_give(Ok(clinic.idp.token("ada", &["east-therapists"])));
+    let client = client(&clinic, &sign_in);
+    client.enroll_device("tablet").await.unwrap();
+    let store = fieldsync_tests::open_device(&dir.path().join("ada.db"));
+
+    *sign_in.tokens.lock().unwrap() = [Err("signed out".to_owned())].into();
+    let (sender, statuses) = std::sync::mpsc::channel();
+    let background = BackgroundSync::start(
+        client,
+        store.clone(),
+        BackgroundOptions {
+            interval: std::time::Duration::from_secs(3600),
+            debounce: std::time::Duration::from_millis(20),
+            ..BackgroundOptions::default()
+        },
+        Some(std::sync::Arc::new(Statuses(std::sync::Mutex::new(sender)))),
+    )
+    .unwrap();
+    let waiting = wait_for(&statuses, SyncState::SignInRequired);
+    assert!(!waiting.stopped, "the loop carries on");
+    assert_eq!(waiting.retry_in_ms, Some(3_600_000), "it waits, not loops");
+
+    // The person signs in again; the app says so and the loop syncs at once.
+    *sign_in.tokens.lock().unwrap() = [Ok(clinic.idp.token("ada", &["east-therapists"]))].into();
+    background.sync_soon();
+    let synced = wait_for(&statuses, SyncState::Idle);
+    assert!(synced.last_success_ms.is_some());
+    background.stop().await;
 }

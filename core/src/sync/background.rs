@@ -24,6 +24,10 @@ pub enum SyncState {
     Offline,
     /// The last sync failed; retrying with backoff, or stopped (see [`SyncStatus::stopped`]).
     Error,
+    /// The token provider has no token, or the server refused its fresh one: the person must
+    /// sign in again. The loop asks the provider again at the interval, or at once after
+    /// [`BackgroundSync::sync_soon`] (call it once they signed in).
+    SignInRequired,
 }
 
 /// The background sync's status, as a UI shows it.
@@ -239,10 +243,10 @@ async fn run(
                 s.last_error = None;
             }),
             (Err(err), _) => reporter.update(|s| {
-                s.state = if matches!(err, Error::Network(_)) {
-                    SyncState::Offline
-                } else {
-                    SyncState::Error
+                s.state = match err {
+                    Error::Network(_) => SyncState::Offline,
+                    Error::SignInRequired(_) => SyncState::SignInRequired,
+                    _ => SyncState::Error,
                 };
                 s.last_error = Some(err.to_string());
                 s.retry_in_ms = match next {
@@ -261,12 +265,14 @@ async fn run(
     reporter.update(|s| s.stopped = true);
 }
 
-/// The wait after a failed sync: a refused token stops the loop (retrying cannot help), the
-/// server's Retry-After is honoured, and anything else backs off exponentially with full
+/// The wait after a failed sync: a refused device token stops the loop (retrying cannot help),
+/// a sign-in the person must make waits for the interval (or [`BackgroundSync::sync_soon`]),
+/// the server's Retry-After is honoured, and anything else backs off exponentially with full
 /// jitter so that many devices do not retry in step.
 fn next_after(err: &Error, failures: u32, options: &BackgroundOptions) -> Next {
     match err {
         Error::Unauthorized => Next::Stop,
+        Error::SignInRequired(_) => Next::Retry(options.interval),
         Error::RateLimited { retry_after_secs } => {
             Next::Retry(Duration::from_secs(*retry_after_secs).min(options.max_backoff))
         }
@@ -325,6 +331,11 @@ mod tests {
     fn refused_tokens_stop_and_rate_limits_wait_as_told() {
         let options = options();
         assert_eq!(next_after(&Error::Unauthorized, 1, &options), Next::Stop);
+        assert_eq!(
+            next_after(&Error::SignInRequired("signed out".into()), 3, &options),
+            Next::Retry(options.interval),
+            "a person signed out is waited for, not retried in a loop"
+        );
         assert_eq!(
             next_after(
                 &Error::RateLimited {

@@ -11,6 +11,25 @@ use crate::protocol;
 /// A boxed future, as the object-safe [`Transport`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Who a request is sent as.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The bearer token: a device token, or an identity provider's access token.
+    pub token: String,
+    /// With an identity provider's token, the device's id (sent as
+    /// [`protocol::DEVICE_HEADER`]), once it enrolled.
+    pub device_id: Option<i64>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never the token: debug output ends up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One request of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransportRequest {
@@ -32,6 +51,12 @@ pub enum TransportRequest {
         /// The app schema's declared version, if it declares one.
         schema_version: Option<u32>,
     },
+    /// `POST /v1/devices` with a JSON [`protocol::EnrollRequest`]: the device enrols itself
+    /// with its person's identity provider token.
+    Enroll {
+        /// The encoded (JSON) body.
+        body: Vec<u8>,
+    },
 }
 
 impl TransportRequest {
@@ -39,6 +64,7 @@ impl TransportRequest {
     pub fn path_and_query(&self) -> String {
         match self {
             TransportRequest::Push { .. } => "/v1/push".to_owned(),
+            TransportRequest::Enroll { .. } => "/v1/devices".to_owned(),
             TransportRequest::Pull {
                 limit,
                 cursor,
@@ -72,14 +98,14 @@ pub struct TransportResponse {
     pub body: Vec<u8>,
 }
 
-/// Carries requests to a server. Implementations send the bearer `token` and the
-/// [`protocol::VERSION_HEADER`], and report an unreachable server or a broken connection as
-/// [`Error::Network`].
+/// Carries requests to a server. Implementations send the bearer token, the device id if any
+/// ([`protocol::DEVICE_HEADER`]) and the [`protocol::VERSION_HEADER`], and report an
+/// unreachable server or a broken connection as [`Error::Network`].
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Sends one request and waits for the answer.
     fn send<'a>(
         &'a self,
-        token: &'a str,
+        credentials: &'a Credentials,
         request: TransportRequest,
     ) -> BoxFuture<'a, Result<TransportResponse>>;
 }
@@ -94,7 +120,7 @@ pub(crate) struct HttpTransport {
 impl Transport for HttpTransport {
     fn send<'a>(
         &'a self,
-        token: &'a str,
+        credentials: &'a Credentials,
         request: TransportRequest,
     ) -> BoxFuture<'a, Result<TransportResponse>> {
         Box::pin(async move {
@@ -110,13 +136,19 @@ impl Transport for HttpTransport {
                     .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
                     .body(body),
                 TransportRequest::Pull { .. } => self.http.get(url),
+                TransportRequest::Enroll { body } => self
+                    .http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
             };
-            let response = builder
-                .bearer_auth(token)
-                .header(protocol::VERSION_HEADER, protocol::VERSION.to_string())
-                .send()
-                .await
-                .map_err(network_error)?;
+            let mut builder = builder
+                .bearer_auth(&credentials.token)
+                .header(protocol::VERSION_HEADER, protocol::VERSION.to_string());
+            if let Some(device_id) = credentials.device_id {
+                builder = builder.header(protocol::DEVICE_HEADER, device_id.to_string());
+            }
+            let response = builder.send().await.map_err(network_error)?;
             let status = response.status().as_u16();
             let retry_after_secs = response
                 .headers()

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fieldsync_core::{
-    BoxFuture, ChangeOrigin, Filter, SyncClient, SyncConfig, SyncProgress, Transport,
+    BoxFuture, ChangeOrigin, Credentials, Filter, SyncClient, SyncConfig, SyncProgress, Transport,
     TransportRequest, TransportResponse,
 };
 use fieldsync_tests::{fields, open_device};
@@ -227,7 +227,7 @@ struct StoppingTransport {
 impl Transport for StoppingTransport {
     fn send<'a>(
         &'a self,
-        token: &'a str,
+        credentials: &'a Credentials,
         request: TransportRequest,
     ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
         Box::pin(async move {
@@ -235,7 +235,7 @@ impl Transport for StoppingTransport {
             if is_push {
                 stop_at("push");
             }
-            let response = self.http.send(token, request).await?;
+            let response = self.http.send(credentials, request).await?;
             if is_push {
                 stop_at("pushed");
             }
