@@ -156,9 +156,8 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
             "an identity provider's token needs the fieldsync-device header",
         ))?;
     let storage = state.storage.clone();
-    let group_grants = state.group_grants.clone();
     blocking(move || {
-        let person = signed_in_person(&*storage, &group_grants, &signed)?;
+        let person = signed_in_person(&*storage, &signed)?;
         let device = storage
             .device(device_id)?
             .filter(|device| device.user_id == person.user_id)
@@ -188,8 +187,7 @@ pub async fn authenticate_person(
         return blocking(move || Ok(device_token_person(&*storage, &token)?.0)).await;
     }
     let signed = provider(state)?.verify(&token).await?;
-    let group_grants = state.group_grants.clone();
-    blocking(move || signed_in_person(&*storage, &group_grants, &signed)).await
+    blocking(move || signed_in_person(&*storage, &signed)).await
 }
 
 const DEVICE_TOKEN_PREFIX: &str = "fs_";
@@ -242,11 +240,7 @@ fn device_token_person(
 
 /// The user an identity provider's token names (created on their first sign-in), with their
 /// stored grants and those their groups give them now.
-fn signed_in_person(
-    storage: &dyn Storage,
-    group_grants: &GroupGrants,
-    signed: &SignedIn,
-) -> Result<Person, ServerError> {
+fn signed_in_person(storage: &dyn Storage, signed: &SignedIn) -> Result<Person, ServerError> {
     let identity = &signed.identity;
     if check_name("subject", &identity.subject).is_err() {
         return Err(ServerError::InvalidToken(JwtError::Malformed(
@@ -272,7 +266,10 @@ fn signed_in_person(
             err => err,
         })?;
     let mut grants = stored_grants(storage, user_id)?;
-    grants.extend(group_grants.for_groups(&identity.groups));
+    if !identity.groups.is_empty() {
+        let group_grants = GroupGrants::from_stored(&storage.group_grants()?)?;
+        grants.extend(group_grants.for_groups(&identity.groups));
+    }
     Ok(Person {
         user_id,
         grants: strongest(grants),

@@ -137,14 +137,27 @@ enum Command {
         /// The actor, in hex, as `devices` lists it.
         actor: String,
     },
-    /// Show who pushed and pulled which records when, newest first.
+    /// List users: their role, whether they sign in through the identity provider, and the
+    /// name and email it last sent.
+    Users,
+    /// Set or show what the identity provider's groups give their members.
+    #[command(subcommand)]
+    GroupGrants(GroupGrantsCommand),
+    /// Show who pushed and pulled which records when, and what administrators did, newest
+    /// first.
     Audit {
         /// Only this user's.
         #[arg(long)]
         user: Option<String>,
-        /// Only this record's.
+        /// Only this record's (or what administrators did to this user, device or token).
         #[arg(long)]
         record: Option<String>,
+        /// Only lines from this time on (RFC 3339, such as `2026-12-01T00:00:00Z`).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Only lines before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
         /// At most this many lines.
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -198,6 +211,29 @@ enum SchemaCommand {
     },
     /// List the schema versions and when each was set.
     History,
+}
+
+#[derive(Subcommand)]
+enum GroupGrantsCommand {
+    /// Make the mappings in FILE the ones in force, replacing all before: one
+    /// `group "NAME" -> read|write SCOPE` a line, `#` comments, a scope ending in `*` naming
+    /// every scope with that prefix. Running servers use them from their next request.
+    Set {
+        /// The mappings file.
+        file: PathBuf,
+    },
+    /// Print the mappings in force, as the file spells them.
+    Show,
+}
+
+/// A time given as RFC 3339, in ms since the epoch.
+fn parse_time(text: &str) -> Result<i64, String> {
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|_| "not an RFC 3339 time, such as 2026-12-01T00:00:00Z".to_owned())?;
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "a time before 1970".to_owned())?;
+    i64::try_from(since_epoch.as_millis()).map_err(|_| "a time too far ahead".to_owned())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -269,9 +305,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             };
             let state = AppState::new(storage.clone(), limits);
             let state = match identity_provider {
-                Some((provider, group_grants)) => {
-                    state.with_identity_provider(provider, group_grants)
-                }
+                Some(provider) => state.with_identity_provider(provider),
                 None => state,
             };
             serve(storage, state, connections, listen)
@@ -279,6 +313,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         Command::CreateUser { name, admin } => {
             let id = admin::create_user(
                 &*open()?,
+                admin::By::CommandLine,
                 &name,
                 if admin { Role::Admin } else { Role::Member },
             )?;
@@ -290,7 +325,13 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             name,
             expires_in_days,
         } => {
-            let enrolled = admin::enroll_device(&*open()?, &user, &name, expires_in_days)?;
+            let enrolled = admin::enroll_device(
+                &*open()?,
+                admin::By::CommandLine,
+                &user,
+                &name,
+                expires_in_days,
+            )?;
             println!("device {} enrolled for {user}", enrolled.device_id);
             println!("token: {}", enrolled.token);
             Ok(())
@@ -299,17 +340,18 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             device,
             expires_in_days,
         } => {
-            let (token, _) = admin::issue_token(&*open()?, device, expires_in_days)?;
+            let (token, _) =
+                admin::issue_token(&*open()?, admin::By::CommandLine, device, expires_in_days)?;
             println!("token: {token}");
             Ok(())
         }
         Command::RevokeToken { token_id } => {
-            admin::revoke_token(&*open()?, &token_id)?;
+            admin::revoke_token(&*open()?, admin::By::CommandLine, &token_id)?;
             println!("token {token_id} revoked");
             Ok(())
         }
         Command::RevokeDevice { device } => {
-            admin::revoke_device(&*open()?, device)?;
+            admin::revoke_device(&*open()?, admin::By::CommandLine, device)?;
             println!("device {device} revoked");
             Ok(())
         }
@@ -322,7 +364,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 AccessArg::Read => Access::Read,
                 AccessArg::Write => Access::Write,
             };
-            admin::grant(&*open()?, &user, &scope, access)?;
+            admin::grant(&*open()?, admin::By::CommandLine, &user, &scope, access)?;
             println!(
                 "{user} may now {} {scope}",
                 if access == Access::Write {
@@ -334,7 +376,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::RevokeGrant { user, scope } => {
-            admin::revoke_grant(&*open()?, &user, &scope)?;
+            admin::revoke_grant(&*open()?, admin::By::CommandLine, &user, &scope)?;
             println!("{user} may no longer read {scope}");
             Ok(())
         }
@@ -379,26 +421,53 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::ReleaseActor { actor } => {
-            if open()?.release_actor(&actor)? {
+            admin::release_actor(&*open()?, admin::By::CommandLine, &actor)?;
+            println!("actor {actor} released: the next device that stores a push as it binds it");
+            Ok(())
+        }
+        Command::Users => {
+            println!(
+                "{:>4}  {:<36} {:<7} {:<10} {:<24} email",
+                "id", "name", "role", "sign-in", "display name"
+            );
+            for user in open()?.list_users()? {
                 println!(
-                    "actor {actor} released: the next device that stores a push as it binds it"
+                    "{:>4}  {:<36} {:<7} {:<10} {:<24} {}",
+                    user.id,
+                    admin::printable(&user.name),
+                    user.role.as_str(),
+                    if user.signs_in { "provider" } else { "token" },
+                    admin::printable(user.display_name.as_deref().unwrap_or("-")),
+                    admin::printable(user.email.as_deref().unwrap_or("-")),
                 );
-                Ok(())
-            } else {
-                Err(ServerError::NotFound(format!(
-                    "no device holds actor {actor}"
-                )))
             }
+            Ok(())
+        }
+        Command::GroupGrants(GroupGrantsCommand::Set { file }) => {
+            let text = std::fs::read_to_string(&file).map_err(|err| {
+                ServerError::BadRequest(format!("cannot read {}: {err}", file.display()))
+            })?;
+            let grants = crate::group_grants::GroupGrants::parse(&text)?;
+            admin::set_group_grants(&*open()?, admin::By::CommandLine, &grants)?;
+            println!("{} group mappings in force", grants.grants().len());
+            Ok(())
+        }
+        Command::GroupGrants(GroupGrantsCommand::Show) => {
+            print!("{}", admin::group_grants(&*open()?)?.to_text());
+            Ok(())
         }
         Command::Audit {
             user,
             record,
+            since,
+            until,
             limit,
         } => {
             let query = AuditQuery {
                 user,
                 record_id: record,
-                since: None,
+                since,
+                until,
                 limit,
             };
             for entry in open()?.audit(&query)? {
@@ -406,6 +475,16 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                     .code
                     .map(|code| format!(" ({code})"))
                     .unwrap_or_default();
+                if entry.collection == "admin" {
+                    println!(
+                        "{} {} {} {}",
+                        utc(entry.at),
+                        admin::printable(&entry.user),
+                        admin::printable(&entry.action),
+                        admin::printable(&entry.record_id)
+                    );
+                    continue;
+                }
                 // Collections, ids and scopes of refused pushes are as the device sent them.
                 println!(
                     "{} {} device {} {} {}/{} in {}{code}",

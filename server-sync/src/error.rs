@@ -40,10 +40,10 @@ pub enum ServerError {
         /// Seconds to wait.
         retry_after_secs: u64,
     },
-    /// A name or id is already taken (admin commands).
+    /// A name or id is already taken (administration).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// Something named does not exist (admin commands).
+    /// Something named does not exist (administration, a person's devices).
     #[error("not found: {0}")]
     NotFound(String),
     /// A schema that does not parse, or that cannot follow the one in force (the reason names
@@ -103,10 +103,11 @@ impl ServerError {
             ServerError::UnsupportedVersion(_) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::UnsupportedVersion)
             }
-            ServerError::BadRequest(_)
-            | ServerError::Conflict(_)
-            | ServerError::NotFound(_)
-            | ServerError::InvalidSchema(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ServerError::BadRequest(_) | ServerError::InvalidSchema(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
+            }
+            ServerError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ServerError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
             ServerError::NoSchema => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoSchema),
             ServerError::TryAgain(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ServerError::BatchConflict => (StatusCode::CONFLICT, ErrorCode::BatchConflict),

@@ -1,5 +1,6 @@
-//! Which scopes the members of an identity provider's groups may read or write, from a file an
-//! administrator keeps: one mapping a line,
+//! Which scopes the members of an identity provider's groups may read or write, kept in the
+//! server's database (`fieldsync-server group-grants set FILE`, or the admin API) and written as
+//! one mapping a line:
 //!
 //! ```text
 //! # therapists of the east team write its caseload; supervisors read every caseload
@@ -13,7 +14,7 @@
 
 use crate::admin::check_name;
 use crate::error::ServerError;
-use crate::storage::Access;
+use crate::storage::{Access, StoredGroupGrant};
 
 /// The scopes a mapping names: one, or every scope with a prefix.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,6 +55,16 @@ impl ScopePattern {
     }
 }
 
+impl std::fmt::Display for ScopePattern {
+    /// As the mappings spell it: the scope, or the prefix followed by `*`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScopePattern::Exact(scope) => f.write_str(scope),
+            ScopePattern::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
 /// One line of the file: a group's members get `access` to the scopes of `scopes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupGrant {
@@ -82,7 +93,7 @@ impl GroupGrants {
                 continue;
             }
             let grant = parse_line(line).map_err(|problem| {
-                ServerError::Config(format!("group mappings, line {}: {problem}", number + 1))
+                ServerError::BadRequest(format!("group mappings, line {}: {problem}", number + 1))
             })?;
             grants.push(grant);
         }
@@ -92,6 +103,43 @@ impl GroupGrants {
     /// The mappings, in the file's order.
     pub fn grants(&self) -> &[GroupGrant] {
         &self.grants
+    }
+
+    /// These mappings, each checked already.
+    pub fn from_grants(grants: Vec<GroupGrant>) -> GroupGrants {
+        GroupGrants { grants }
+    }
+
+    /// The mappings as stored; one that does not read is damage.
+    pub fn from_stored(stored: &[StoredGroupGrant]) -> Result<GroupGrants, ServerError> {
+        let grants = stored
+            .iter()
+            .map(|grant| {
+                Ok(GroupGrant {
+                    group: grant.group.clone(),
+                    access: grant.access,
+                    scopes: ScopePattern::parse(&grant.scopes).map_err(|_| {
+                        ServerError::Corrupt("a stored group mapping does not read".into())
+                    })?,
+                })
+            })
+            .collect::<Result<_, ServerError>>()?;
+        Ok(GroupGrants { grants })
+    }
+
+    /// The mappings as the file spells them, one a line.
+    pub fn to_text(&self) -> String {
+        self.grants
+            .iter()
+            .map(|grant| {
+                format!(
+                    "group \"{}\" -> {} {}\n",
+                    grant.group,
+                    grant.access.as_str(),
+                    grant.scopes
+                )
+            })
+            .collect()
     }
 
     /// What a person in `groups` may do, by scope pattern: the strongest access any of their
@@ -183,6 +231,11 @@ mod tests {
         assert!(all.matches("caseload-west") && !all.matches("clinic-west"));
         assert!(east.matches("caseload-east") && !east.matches("caseload-east-2"));
         assert!(ScopePattern::parse("*").unwrap().matches("anything"));
+        let again = GroupGrants::parse(&grants.to_text()).unwrap();
+        assert_eq!(
+            again, grants,
+            "written out, the mappings read back the same"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! What every `/v1` handler shares: authenticating the caller, reading the body, running
-//! storage work on the blocking pool, and answering in the protocol's encoding.
+//! What every `/v1` handler shares: authenticating the caller (a device, a person, or an
+//! administrator) within their request limit, reading the body, running storage work on the
+//! blocking pool, and answering in the protocol's encoding.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -18,46 +19,60 @@ pub(crate) async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Caller, ServerError> {
-    let caller = authenticate(state, headers).await.inspect_err(|err| {
-        if matches!(
-            err,
-            ServerError::Unauthorized(_) | ServerError::InvalidToken(_)
-        ) {
-            Metrics::inc(&state.metrics.unauthorized);
-        }
-    })?;
-    if let Err(retry_after_secs) = state.rate_limiter.check(caller.device_id) {
-        Metrics::inc(&state.metrics.rate_limited);
-        return Err(ServerError::RateLimited { retry_after_secs });
-    }
+    let caller = counted(state, authenticate(state, headers).await)?;
+    rate_limit(state, caller.device_id)?;
     check_version(headers)?;
     Ok(caller)
 }
 
 /// Authenticates someone whichever device they call from (see [`authenticate_person`]), with
-/// the request limit of their user, then checks the protocol version.
+/// the request limit of their device or user, then checks the protocol version.
 pub(crate) async fn authorize_person(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Person, ServerError> {
-    let person = authenticate_person(state, headers)
-        .await
-        .inspect_err(|err| {
-            if matches!(
-                err,
-                ServerError::Unauthorized(_) | ServerError::InvalidToken(_)
-            ) {
-                Metrics::inc(&state.metrics.unauthorized);
-            }
-        })?;
-    // Device ids are positive: a user's limit is kept under the negated id.
-    let limited = person.device_id.unwrap_or(-person.user_id);
-    if let Err(retry_after_secs) = state.rate_limiter.check(limited) {
-        Metrics::inc(&state.metrics.rate_limited);
-        return Err(ServerError::RateLimited { retry_after_secs });
-    }
+    let person = counted(state, authenticate_person(state, headers).await)?;
+    rate_limit(state, limit_key(&person))?;
     check_version(headers)?;
     Ok(person)
+}
+
+/// Authenticates an administrator for the admin API (see [`authenticate_person`]), with the
+/// request limit of their device or user; anyone else is `forbidden`. The admin API is JSON and
+/// versioned by its path: it asks for no protocol header.
+pub(crate) async fn authorize_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Person, ServerError> {
+    let person = counted(state, authenticate_person(state, headers).await)?;
+    rate_limit(state, limit_key(&person))?;
+    if !person.admin {
+        return Err(ServerError::Forbidden(
+            "the admin API is for administrators".into(),
+        ));
+    }
+    Ok(person)
+}
+
+/// Counts a refused token in the metrics.
+fn counted<T>(state: &AppState, authenticated: Result<T, ServerError>) -> Result<T, ServerError> {
+    if let Err(ServerError::Unauthorized(_) | ServerError::InvalidToken(_)) = &authenticated {
+        Metrics::inc(&state.metrics.unauthorized);
+    }
+    authenticated
+}
+
+/// Whose request limit a person's request counts against: their device's, or without one
+/// their user's, kept under the negated user id (device ids are positive).
+fn limit_key(person: &Person) -> i64 {
+    person.device_id.unwrap_or(-person.user_id)
+}
+
+fn rate_limit(state: &AppState, key: i64) -> Result<(), ServerError> {
+    state.rate_limiter.check(key).map_err(|retry_after_secs| {
+        Metrics::inc(&state.metrics.rate_limited);
+        ServerError::RateLimited { retry_after_secs }
+    })
 }
 
 fn check_version(headers: &HeaderMap) -> Result<(), ServerError> {

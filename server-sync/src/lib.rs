@@ -20,6 +20,7 @@
 //! ```
 
 pub mod admin;
+pub mod admin_api;
 pub mod admission;
 pub mod auth;
 pub mod cli;
@@ -116,8 +117,6 @@ pub struct AppState {
     /// The clinic's identity provider, whose access tokens are accepted besides device
     /// tokens; `None` for device tokens only.
     pub oidc: Option<Arc<oidc::Provider>>,
-    /// What the identity provider's groups give their members.
-    pub group_grants: Arc<group_grants::GroupGrants>,
 }
 
 impl AppState {
@@ -137,20 +136,14 @@ impl AppState {
                 admission::AdmissionLimits::default(),
             )),
             oidc: None,
-            group_grants: Arc::default(),
         }
     }
 
-    /// This state, accepting the access tokens of `provider` too, whose groups give their
-    /// members `group_grants`.
-    pub fn with_identity_provider(
-        self,
-        provider: oidc::Provider,
-        group_grants: group_grants::GroupGrants,
-    ) -> AppState {
+    /// This state, accepting the access tokens of `provider` too (whose groups give their
+    /// members the group mappings stored).
+    pub fn with_identity_provider(self, provider: oidc::Provider) -> AppState {
         AppState {
             oidc: Some(Arc::new(provider)),
-            group_grants: Arc::new(group_grants),
             ..self
         }
     }
@@ -168,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .merge(admin_api::routes())
         .with_state(state.clone())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

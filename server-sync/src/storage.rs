@@ -137,6 +137,37 @@ pub struct DeviceRecord {
     pub revoked: bool,
 }
 
+/// A user as the admin API lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    /// User id.
+    pub id: i64,
+    /// Their unique name (for people who sign in through the identity provider, their
+    /// subject).
+    pub name: String,
+    /// Their stored role.
+    pub role: Role,
+    /// Their name as the identity provider last sent it.
+    pub display_name: Option<String>,
+    /// Their email as the identity provider last sent it.
+    pub email: Option<String>,
+    /// Whether they sign in through the identity provider.
+    pub signs_in: bool,
+    /// When they were created (ms since the epoch).
+    pub created_at: i64,
+}
+
+/// One stored mapping of an identity provider's group to a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGroupGrant {
+    /// The group, as the provider names it in tokens.
+    pub group: String,
+    /// A scope, or a prefix followed by `*`.
+    pub scopes: String,
+    /// What its members may do there.
+    pub access: Access,
+}
+
 /// Who the clinic's identity provider says signed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignIn<'a> {
@@ -633,10 +664,12 @@ pub struct StoredSchema {
 pub struct AuditQuery {
     /// Only this user's.
     pub user: Option<String>,
-    /// Only this record's.
+    /// Only this record's (or, for an administrator's action, this target's).
     pub record_id: Option<String>,
     /// Only lines at or after this time (ms since the epoch).
     pub since: Option<i64>,
+    /// Only lines before this time (ms since the epoch).
+    pub until: Option<i64>,
     /// At most this many, newest first.
     pub limit: u32,
 }
@@ -757,6 +790,16 @@ pub trait Storage: Send + Sync + 'static {
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Writes an administrator's action to the audit log: `by` the user (0 for the command
+    /// line on the server's host), `action` what they did, `target` to what (a user's name, a
+    /// device id, a scope), in the line's collection `admin` and record id.
+    fn audit_admin(&self, by: i64, action: &str, target: &str) -> Result<()>;
+    /// Every user, in id order.
+    fn list_users(&self) -> Result<Vec<UserInfo>>;
+    /// The group mappings in force, by group and scopes.
+    fn group_grants(&self) -> Result<Vec<StoredGroupGrant>>;
+    /// Replaces every group mapping by `grants`, in one transaction.
+    fn set_group_grants(&self, grants: &[StoredGroupGrant]) -> Result<()>;
 
     /// Stored records in (collection, id) order after `after`, at most `limit`: what
     /// `fieldsync-server check` reads the whole database through.

@@ -315,12 +315,19 @@ async fn hostile_requests_get_a_clean_refusal_and_write_nothing() {
     };
     fieldsync_server::schema::set_schema(&*storage, SCHEMA).unwrap();
     let app = router(AppState::new(storage.clone(), limits.clone()));
-    admin::create_user(&*storage, "ada", Role::Member).unwrap();
-    admin::grant(&*storage, "ada", "north", Access::Write).unwrap();
-    let token = admin::enroll_device(&*storage, "ada", "phone", None)
+    admin::create_user(&*storage, admin::By::CommandLine, "ada", Role::Member).unwrap();
+    admin::grant(
+        &*storage,
+        admin::By::CommandLine,
+        "ada",
+        "north",
+        Access::Write,
+    )
+    .unwrap();
+    let token = admin::enroll_device(&*storage, admin::By::CommandLine, "ada", "phone", None)
         .unwrap()
         .token;
-    let reader = admin::enroll_device(&*storage, "ada", "tablet", None)
+    let reader = admin::enroll_device(&*storage, admin::By::CommandLine, "ada", "tablet", None)
         .unwrap()
         .token;
 

@@ -69,15 +69,15 @@ impl Server {
 
     /// Creates a user with grants and enrolls one device; returns its token.
     fn user(&self, name: &str, grants: &[(&str, Access)]) -> String {
-        admin::create_user(&*self.storage, name, Role::Member).unwrap();
+        admin::create_user(&*self.storage, admin::By::CommandLine, name, Role::Member).unwrap();
         for (scope, access) in grants {
-            admin::grant(&*self.storage, name, scope, *access).unwrap();
+            admin::grant(&*self.storage, admin::By::CommandLine, name, scope, *access).unwrap();
         }
         self.device(name)
     }
 
     fn device(&self, user: &str) -> String {
-        admin::enroll_device(&*self.storage, user, "phone", None)
+        admin::enroll_device(&*self.storage, admin::By::CommandLine, user, "phone", None)
             .unwrap()
             .token
     }
@@ -541,9 +541,16 @@ async fn every_endpoint_refuses_missing_bad_revoked_and_expired_tokens() {
     let good = server.user("ada", &[("north", Access::Write)]);
     let revoked = server.device("ada");
     let revoked_id = revoked.split('_').nth(1).unwrap().to_owned();
-    admin::revoke_token(&*server.storage, &revoked_id).unwrap();
+    admin::revoke_token(&*server.storage, admin::By::CommandLine, &revoked_id).unwrap();
     let expired = {
-        let device = admin::enroll_device(&*server.storage, "ada", "old", Some(0)).unwrap();
+        let device = admin::enroll_device(
+            &*server.storage,
+            admin::By::CommandLine,
+            "ada",
+            "old",
+            Some(0),
+        )
+        .unwrap();
         device.token
     };
     let phone = server.store("phone");
@@ -690,7 +697,7 @@ async fn a_revoked_grant_tells_the_device_to_purge_and_a_new_grant_resyncs() {
     let (cursor, _) = server.pull_all(&tablet_token, &tablet, None).await;
     assert_eq!(tablet.count("clients", &Filter::All).unwrap(), 2);
 
-    admin::revoke_grant(&*server.storage, "ada", "south").unwrap();
+    admin::revoke_grant(&*server.storage, admin::By::CommandLine, "ada", "south").unwrap();
     let page = server
         .pull(&tablet_token, cursor.as_deref(), 100)
         .await
@@ -709,7 +716,14 @@ async fn a_revoked_grant_tells_the_device_to_purge_and_a_new_grant_resyncs() {
     assert!(after.revoked_scopes.is_empty());
 
     // Granted again: the next pull sends the scope's documents from the start.
-    admin::grant(&*server.storage, "ada", "south", Access::Read).unwrap();
+    admin::grant(
+        &*server.storage,
+        admin::By::CommandLine,
+        "ada",
+        "south",
+        Access::Read,
+    )
+    .unwrap();
     let resync = server
         .pull(&tablet_token, Some(&after.next_cursor), 100)
         .await
@@ -951,7 +965,7 @@ async fn a_new_device_cannot_claim_the_actor_of_another_live_device() {
 
     // Once the phone is revoked, a device enrolled again with the same store takes its actor
     // over, and the revoked phone's token no longer works.
-    admin::revoke_device(&*server.storage, phone_device).unwrap();
+    admin::revoke_device(&*server.storage, admin::By::CommandLine, phone_device).unwrap();
     let reinstalled = server.device("ada");
     let request = PushRequest {
         outbox_seq: None,
@@ -992,7 +1006,12 @@ async fn only_a_push_that_stores_something_binds_an_actor() {
         assert!(holders.len() <= 1, "{holders:?}");
         holders.first().copied()
     };
-    admin::revoke_device(&*server.storage, holder(&actor).unwrap()).unwrap();
+    admin::revoke_device(
+        &*server.storage,
+        admin::By::CommandLine,
+        holder(&actor).unwrap(),
+    )
+    .unwrap();
 
     // The reader names the freed actor on its pull, then pushes records made with it, which
     // are refused (it may not write): it holds no actor.

@@ -259,11 +259,23 @@ pub fn run(config: &LoadConfig) -> Result<LoadReport, ServerError> {
     for group in 0..groups {
         let user = format!("load-{run_id}-{group}");
         let scope = format!("load-{run_id}-{group}");
-        admin::create_user(&*storage, &user, Role::Member)?;
-        admin::grant(&*storage, &user, &scope, Access::Write)?;
+        admin::create_user(&*storage, admin::By::CommandLine, &user, Role::Member)?;
+        admin::grant(
+            &*storage,
+            admin::By::CommandLine,
+            &user,
+            &scope,
+            Access::Write,
+        )?;
         for _ in 0..per_scope.min(config.devices - group * per_scope) {
             let index = devices.len();
-            let enrolled = admin::enroll_device(&*storage, &user, &format!("load {index}"), None)?;
+            let enrolled = admin::enroll_device(
+                &*storage,
+                admin::By::CommandLine,
+                &user,
+                &format!("load {index}"),
+                None,
+            )?;
             let options = StoreOptions {
                 // The devices share the machine with the server; their own fsyncs are not
                 // what is measured.

@@ -94,10 +94,11 @@ impl Network {
     /// Creates a user with write access to `scope` and enrolls a device; returns its token.
     pub fn enroll(&self, user: &str, scope: &str) -> String {
         let storage = SqliteStorage::open(&self.server_db).expect("the server database opens");
-        if admin::create_user(&storage, user, Role::Member).is_ok() {
-            admin::grant(&storage, user, scope, Access::Write).expect("grant");
+        if admin::create_user(&storage, admin::By::CommandLine, user, Role::Member).is_ok() {
+            admin::grant(&storage, admin::By::CommandLine, user, scope, Access::Write)
+                .expect("grant");
         }
-        admin::enroll_device(&storage, user, "device", None)
+        admin::enroll_device(&storage, admin::By::CommandLine, user, "device", None)
             .expect("enroll")
             .token
     }
@@ -106,9 +107,16 @@ impl Network {
     pub fn set_access(&self, user: &str, scope: &str, access: Option<Access>) {
         let storage = SqliteStorage::open(&self.server_db).expect("the server database opens");
         match access {
-            Some(access) => admin::grant(&storage, user, scope, access).expect("grant"),
+            Some(access) => {
+                admin::grant(&storage, admin::By::CommandLine, user, scope, access).expect("grant")
+            }
             // Revoking a grant the user no longer has is no change.
-            None => drop(admin::revoke_grant(&storage, user, scope)),
+            None => drop(admin::revoke_grant(
+                &storage,
+                admin::By::CommandLine,
+                user,
+                scope,
+            )),
         }
     }
 

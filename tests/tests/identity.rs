@@ -44,8 +44,6 @@ impl Clinic {
                 &idp.issuer,
                 "--oidc-audience",
                 AUDIENCE,
-                "--group-grants",
-                grants.to_str().unwrap(),
                 "--oidc-admin-group",
                 "clinic-admins",
                 "--oidc-refetch-secs",
@@ -57,6 +55,7 @@ impl Clinic {
             ],
             None,
         );
+        server.admin(&["group-grants", "set", grants.to_str().unwrap()]);
         Clinic {
             _dir: dir,
             idp,
@@ -297,7 +296,7 @@ fn devices_enrol_themselves_and_are_listed_and_revoked_by_their_person() {
             .status()
             .as_u16()
     };
-    assert_eq!(revoke(&ada, bo_phone), 400);
+    assert_eq!(revoke(&ada, bo_phone), 404);
     assert!(clinic.pull(&bo, Some(bo_phone)).is_ok());
     assert_eq!(revoke(&ada, phone), 204);
     refused(
@@ -560,4 +559,50 @@ async fn background_sync_waits_for_a_sign_in_instead_of_stopping() {
     let synced = wait_for(&statuses, SyncState::Idle);
     assert!(synced.last_success_ms.is_some());
     background.stop().await;
+}
+
+#[test]
+fn the_providers_administrators_use_the_admin_api_and_lose_it_with_the_group() {
+    let clinic = Clinic::start();
+    let idp = &clinic.idp;
+    let users = |token: &str| {
+        clinic
+            .http
+            .get(format!("{}/v1/admin/users", clinic.server.url))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    };
+    let admin = idp.token("root", &["clinic-admins"]);
+    let answer = users(&admin);
+    assert_eq!(answer.status().as_u16(), 200);
+    let listed: Value = json_body(answer);
+    assert_eq!(
+        listed["users"][0]["name"], "root",
+        "created at first sign-in"
+    );
+    assert_eq!(listed["users"][0]["signs_in_through_provider"], true);
+    assert_eq!(listed["users"][0]["email"], "root@clinic.example");
+    // Group mappings set through the API apply to the next token of each person.
+    let mappings =
+        json!({"grants": [{"group": "west", "access": "write", "scopes": "caseload-west"}]});
+    let set = clinic
+        .http
+        .put(format!("{}/v1/admin/group-grants", clinic.server.url))
+        .bearer_auth(&admin)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(mappings.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(set.status().as_u16(), 204);
+    assert!(
+        clinic
+            .server
+            .admin(&["group-grants", "show"])
+            .contains("group \"west\" -> write caseload-west")
+    );
+    // Out of the administrators' group, the same person is refused at their next token.
+    assert_eq!(users(&idp.token("root", &[])).status().as_u16(), 403);
+    let audit = clinic.server.admin(&["audit", "--user", "root"]);
+    assert!(audit.contains("set-group-grants"), "{audit}");
 }

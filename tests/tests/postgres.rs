@@ -344,9 +344,16 @@ async fn names_with_nul_bytes_are_refused_before_they_reach_postgres() {
     let (storage, token) = tokio::task::block_in_place(|| {
         let storage = std::sync::Arc::new(PostgresStorage::open(&cluster.database(), 2).unwrap());
         fieldsync_server::schema::set_schema(&*storage, fieldsync_tests::CLINIC_SCHEMA).unwrap();
-        admin::create_user(&*storage, "ada", Role::Member).unwrap();
-        admin::grant(&*storage, "ada", "north", Access::Write).unwrap();
-        let token = admin::enroll_device(&*storage, "ada", "phone", None)
+        admin::create_user(&*storage, admin::By::CommandLine, "ada", Role::Member).unwrap();
+        admin::grant(
+            &*storage,
+            admin::By::CommandLine,
+            "ada",
+            "north",
+            Access::Write,
+        )
+        .unwrap();
+        let token = admin::enroll_device(&*storage, admin::By::CommandLine, "ada", "phone", None)
             .unwrap()
             .token;
         (storage, token)

@@ -262,6 +262,10 @@ pub enum ErrorCode {
     /// The device's store is older than what the device pushed (409): it was restored from an
     /// older copy (see [`RejectCode::ActorReused`]).
     ActorReused,
+    /// What the request names does not exist (404; the admin API and `/v1/devices`).
+    NotFound,
+    /// What the request would create exists already (409; the admin API).
+    Conflict,
     /// An unexpected server error (500).
     Internal,
     /// A code this build does not know (a newer server's); the status says what kind it is.

@@ -1,10 +1,10 @@
 //! `serve`'s identity provider settings: whose access tokens the server accepts besides its
-//! own device tokens, and what the provider's groups give their members.
+//! own device tokens (what the provider's groups give their members is stored, see
+//! `group-grants set`).
 
 use clap::Args;
 
 use crate::error::ServerError;
-use crate::group_grants::GroupGrants;
 use crate::oidc::{OidcConfig, Provider};
 
 /// Sign-in through the clinic's identity provider (OpenID Connect); without `--oidc-issuer`,
@@ -40,16 +40,12 @@ pub(super) struct IdentityArgs {
     /// it is a private one (default: the system's trusted roots).
     #[arg(long, env = "FIELDSYNC_OIDC_CA_FILE", requires = "oidc_issuer")]
     oidc_ca_file: Option<std::path::PathBuf>,
-    /// The file mapping the provider's groups to grants, one `group "NAME" -> read|write
-    /// SCOPE` a line (a scope ending in `*` names every scope with that prefix).
-    #[arg(long, env = "FIELDSYNC_GROUP_GRANTS", requires = "oidc_issuer")]
-    group_grants: Option<std::path::PathBuf>,
 }
 
 impl IdentityArgs {
-    /// The provider and group mappings configured, if any; a file that does not read or a
-    /// setting that cannot work stops the server before it serves.
-    pub(super) fn provider(&self) -> Result<Option<(Provider, GroupGrants)>, ServerError> {
+    /// The provider configured, if any; a file that does not read or a setting that cannot
+    /// work stops the server before it serves.
+    pub(super) fn provider(&self) -> Result<Option<Provider>, ServerError> {
         let (Some(issuer), Some(audience)) = (&self.oidc_issuer, &self.oidc_audience) else {
             return Ok(None);
         };
@@ -66,10 +62,6 @@ impl IdentityArgs {
             .as_deref()
             .map(|path| read(path, "CA file"))
             .transpose()?;
-        let group_grants = match &self.group_grants {
-            Some(path) => GroupGrants::parse(&read(path, "group mappings file")?)?,
-            None => GroupGrants::default(),
-        };
         let provider = Provider::new(&OidcConfig {
             issuer: issuer.clone(),
             audience: audience.clone(),
@@ -80,11 +72,7 @@ impl IdentityArgs {
             refetch_interval: std::time::Duration::from_secs(self.oidc_refetch_secs),
             ca_pem,
         })?;
-        tracing::info!(
-            issuer = %issuer,
-            group_mappings = group_grants.grants().len(),
-            "accepting the identity provider's access tokens"
-        );
-        Ok(Some((provider, group_grants)))
+        tracing::info!(issuer = %issuer, "accepting the identity provider's access tokens");
+        Ok(Some(provider))
     }
 }

@@ -46,6 +46,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     identity::users_sign_in_by_subject(&*fresh());
     identity::devices_are_found_by_id_and_listed_by_user(&*fresh());
     identity::scopes_are_found_by_prefix(&*fresh());
+    identity::users_are_listed_and_admin_actions_audited(&*fresh());
+    identity::group_grants_are_replaced_whole(&*fresh());
 }
 
 fn record(id: &str, scope: &str) -> PushRecord {
@@ -838,6 +840,14 @@ fn audit_and_activity(storage: &dyn Storage) {
         })
         .unwrap();
     assert!(by_record.is_empty());
+    let before_everything = storage
+        .audit(&AuditQuery {
+            until: Some(0),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(before_everything.is_empty());
     assert_eq!(storage.active_devices(0).unwrap(), 2);
     assert_eq!(storage.active_devices(i64::MAX).unwrap(), 0);
     storage.ping().unwrap();
@@ -875,12 +885,16 @@ fn a_record_s_audit_lines_among_many(storage: &dyn Storage) {
     let later = now_ms();
     pull(bob, &[4000, 4400]);
     pull(ada, &[0]);
-    let of_r = |user: Option<&str>, since: Option<i64>, limit: u32| -> Vec<String> {
+    let of_r_until = |user: Option<&str>,
+                      (since, until): (Option<i64>, Option<i64>),
+                      limit: u32|
+     -> Vec<String> {
         storage
             .audit(&AuditQuery {
                 user: user.map(str::to_owned),
                 record_id: Some("r".into()),
                 since,
+                until,
                 limit,
             })
             .unwrap()
@@ -894,6 +908,8 @@ fn a_record_s_audit_lines_among_many(storage: &dyn Storage) {
             })
             .collect()
     };
+    let of_r =
+        |user: Option<&str>, since: Option<i64>, limit: u32| of_r_until(user, (since, None), limit);
     assert_eq!(
         of_r(None, None, 10),
         ["ada", "bob", "bob", "ada"],
@@ -902,6 +918,11 @@ fn a_record_s_audit_lines_among_many(storage: &dyn Storage) {
     assert_eq!(of_r(None, None, 3), ["ada", "bob", "bob"]);
     assert_eq!(of_r(Some("bob"), None, 10), ["bob", "bob"]);
     assert_eq!(of_r(None, Some(later), 10), ["ada", "bob", "bob"]);
+    assert_eq!(
+        of_r_until(None, (None, Some(later)), 10),
+        ["ada"],
+        "before a time"
+    );
     assert!(of_r(Some("carol"), None, 10).is_empty());
 }
 

@@ -34,8 +34,9 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{
     Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceRecord, DeviceSync, DocumentEntry,
     FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord,
-    Page, Result, Role, SignIn, Snapshot, Storage, StoredRecord, StoredSchema, StoredVersion,
-    TokenRecord, audited_name, decode_changes, encode_changes, now_ms, replayed,
+    Page, Result, Role, SignIn, Snapshot, Storage, StoredGroupGrant, StoredRecord, StoredSchema,
+    StoredVersion, TokenRecord, UserInfo, audited_name, decode_changes, encode_changes, now_ms,
+    replayed,
 };
 use crate::error::ServerError;
 
@@ -991,13 +992,14 @@ impl Storage for PostgresStorage {
             "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
              FROM audit a LEFT JOIN users u ON u.id = a.user_id
              WHERE ($1::text IS NULL OR u.name = $1) AND ($2::text IS NULL OR a.record_id = $2)
-               AND ($3::bigint IS NULL OR a.at >= $3)
+               AND ($3::bigint IS NULL OR a.at >= $3) AND ($5::bigint IS NULL OR a.at < $5)
              ORDER BY a.id DESC LIMIT $4",
             &[
                 &query.user,
                 &query.record_id,
                 &query.since,
                 &i64::from(query.limit),
+                &query.until,
             ],
         )?;
         Ok(rows
@@ -1013,6 +1015,22 @@ impl Storage for PostgresStorage {
                 code: row.get(7),
             })
             .collect())
+    }
+
+    fn audit_admin(&self, by: i64, action: &str, target: &str) -> Result<()> {
+        identity::audit_admin(&mut *self.conn()?, by, action, target)
+    }
+
+    fn list_users(&self) -> Result<Vec<UserInfo>> {
+        identity::list_users(&mut *self.conn()?)
+    }
+
+    fn group_grants(&self) -> Result<Vec<StoredGroupGrant>> {
+        identity::group_grants(&mut *self.conn()?)
+    }
+
+    fn set_group_grants(&self, grants: &[StoredGroupGrant]) -> Result<()> {
+        identity::set_group_grants(&mut *self.conn()?, grants)
     }
 
     fn active_devices(&self, since: i64) -> Result<u64> {

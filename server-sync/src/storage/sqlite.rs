@@ -24,9 +24,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 use super::{
     Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceRecord, DeviceSync, DocumentEntry,
     FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord,
-    Page, Result, Role, SignIn, Snapshot, SnapshotMark, Storage, StoredRecord, StoredSchema,
-    StoredVersion, TokenRecord, actor_taken_meanwhile, audited_name, decode_changes,
-    encode_changes, now_ms, replayed,
+    Page, Result, Role, SignIn, Snapshot, SnapshotMark, Storage, StoredGroupGrant, StoredRecord,
+    StoredSchema, StoredVersion, TokenRecord, UserInfo, actor_taken_meanwhile, audited_name,
+    decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -677,10 +677,30 @@ impl Storage for SqliteStorage {
             "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
              FROM audit a LEFT JOIN users u ON u.id = a.user_id
              WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.at >= ?2)
+               AND (?4 IS NULL OR a.at < ?4)
              ORDER BY a.id DESC LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![query.user, query.since, query.limit], audit_entry)?;
+        let rows = stmt.query_map(
+            params![query.user, query.since, query.limit, query.until],
+            audit_entry,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn audit_admin(&self, by: i64, action: &str, target: &str) -> Result<()> {
+        self.write(|conn| identity::audit_admin(conn, by, action, target))
+    }
+
+    fn list_users(&self) -> Result<Vec<UserInfo>> {
+        self.read(identity::list_users)
+    }
+
+    fn group_grants(&self) -> Result<Vec<StoredGroupGrant>> {
+        self.read(identity::group_grants)
+    }
+
+    fn set_group_grants(&self, grants: &[StoredGroupGrant]) -> Result<()> {
+        self.write(|conn| identity::set_group_grants(conn, grants))
     }
 
     fn records_after(&self, after: Option<(&str, &str)>, limit: u32) -> Result<Vec<ListedRecord>> {
@@ -787,12 +807,13 @@ fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
 }
 
 /// A record's (`?2`) audit lines in block `?1`, as [`audit_entry`] reads them, newest first:
-/// by user name `?3` and from time `?4` when not null, at most `?5`.
+/// by user name `?3`, from time `?4` and before time `?6` when not null, at most `?5`.
 const AUDIT_OF_RECORD_IN_BLOCK: &str =
     "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
      FROM audit a INDEXED BY audit_by_record_in_blocks LEFT JOIN users u ON u.id = a.user_id
      WHERE (a.id >> 12) = ?1 AND a.record_id = ?2
        AND (?3 IS NULL OR u.name = ?3) AND (?4 IS NULL OR a.at >= ?4)
+       AND (?6 IS NULL OR a.at < ?6)
      ORDER BY a.id DESC LIMIT ?5";
 
 /// Looks for the record's lines block by block, newest first, until the limit is reached: one
@@ -812,7 +833,14 @@ fn audit_of_record(conn: &Connection, query: &AuditQuery) -> Result<Vec<AuditEnt
     while block >= oldest >> AUDIT_BLOCK_BITS && entries.len() < query.limit as usize {
         let left = query.limit as usize - entries.len();
         let rows = stmt.query_map(
-            params![block, query.record_id, query.user, query.since, left as i64],
+            params![
+                block,
+                query.record_id,
+                query.user,
+                query.since,
+                left as i64,
+                query.until
+            ],
             audit_entry,
         )?;
         for row in rows {
@@ -1167,7 +1195,7 @@ mod tests {
             .prepare(&format!("EXPLAIN QUERY PLAN {AUDIT_OF_RECORD_IN_BLOCK}"))
             .unwrap();
         let plan: Vec<String> = stmt
-            .query_map(params![0, "r", "ada", 0, 10], |row| row.get(3))
+            .query_map(params![0, "r", "ada", 0, 10, 1], |row| row.get(3))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();

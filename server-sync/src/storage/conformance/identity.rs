@@ -3,7 +3,7 @@
 
 use super::{accept, device, record};
 use crate::error::ServerError;
-use crate::storage::{Batch, Role, SignIn, Storage};
+use crate::storage::{Access, AuditQuery, Batch, Role, SignIn, Storage, StoredGroupGrant};
 
 pub(super) fn users_sign_in_by_subject(storage: &dyn Storage) {
     let ada = SignIn {
@@ -105,4 +105,107 @@ pub(super) fn scopes_are_found_by_prefix(storage: &dyn Storage) {
     );
     assert_eq!(storage.scopes_with_prefix("").unwrap().len(), 5);
     assert!(storage.scopes_with_prefix("zzz").unwrap().is_empty());
+}
+
+pub(super) fn users_are_listed_and_admin_actions_audited(storage: &dyn Storage) {
+    let root = storage.create_user("root", Role::Admin).unwrap();
+    storage
+        .sign_in(&SignIn {
+            subject: "sub-ada",
+            display_name: Some("Ada"),
+            email: None,
+        })
+        .unwrap();
+    let users = storage.list_users().unwrap();
+    let listed: Vec<(&str, Role, bool, Option<&str>)> = users
+        .iter()
+        .map(|u| {
+            (
+                u.name.as_str(),
+                u.role,
+                u.signs_in,
+                u.display_name.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("root", Role::Admin, false, None),
+            ("sub-ada", Role::Member, true, Some("Ada"))
+        ]
+    );
+    storage
+        .audit_admin(0, "create-user (admin)", "root")
+        .unwrap();
+    storage.audit_admin(root, "revoke-device", "7").unwrap();
+    let lines = storage
+        .audit(&AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    let read: Vec<(&str, &str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l.user.as_str(),
+                l.action.as_str(),
+                l.collection.as_str(),
+                l.record_id.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [
+            ("root", "revoke-device", "admin", "7"),
+            ("(server)", "create-user (admin)", "admin", "root"),
+        ]
+    );
+    let of_target = storage
+        .audit(&AuditQuery {
+            record_id: Some("7".into()),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert_eq!(
+        of_target.len(),
+        1,
+        "found by target as a record's lines are"
+    );
+}
+
+pub(super) fn group_grants_are_replaced_whole(storage: &dyn Storage) {
+    assert!(storage.group_grants().unwrap().is_empty());
+    let grant = |group: &str, scopes: &str, access| StoredGroupGrant {
+        group: group.into(),
+        scopes: scopes.into(),
+        access,
+    };
+    storage
+        .set_group_grants(&[
+            grant("supervisors", "caseload-*", Access::Read),
+            grant("east", "caseload-east", Access::Write),
+            grant("supervisors", "caseload-*", Access::Write),
+            grant("east", "caseload-east", Access::Read),
+        ])
+        .unwrap();
+    assert_eq!(
+        storage.group_grants().unwrap(),
+        [
+            grant("east", "caseload-east", Access::Write),
+            grant("supervisors", "caseload-*", Access::Write),
+        ],
+        "by group, a mapping given twice keeps its strongest access"
+    );
+    storage
+        .set_group_grants(&[grant("west", "caseload-west", Access::Read)])
+        .unwrap();
+    assert_eq!(
+        storage.group_grants().unwrap(),
+        [grant("west", "caseload-west", Access::Read)],
+        "every mapping before is replaced"
+    );
 }

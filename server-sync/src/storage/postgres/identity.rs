@@ -1,11 +1,14 @@
-//! People who sign in through the identity provider, their devices, and the scopes a grant on
-//! a prefix names, in SQL.
+//! People and what administrators do with them, in SQL: users (and those who sign in through
+//! the identity provider), their devices, the scopes a grant on a prefix names, the group
+//! mappings, and the audit lines of administrators' actions.
 
 use postgres::Client;
 use postgres::error::SqlState;
 
 use crate::error::ServerError;
-use crate::storage::{DeviceInfo, DeviceRecord, Result, Role, SignIn, now_ms};
+use crate::storage::{
+    Access, DeviceInfo, DeviceRecord, Result, Role, SignIn, StoredGroupGrant, UserInfo, now_ms,
+};
 
 pub(super) fn sign_in(conn: &mut Client, sign_in: &SignIn<'_>) -> Result<i64> {
     let values: [&(dyn postgres::types::ToSql + Sync); 3] =
@@ -96,4 +99,68 @@ pub(super) fn scopes_with_prefix(conn: &mut Client, prefix: &str) -> Result<Vec<
         &[&prefix],
     )?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+pub(super) fn audit_admin(conn: &mut Client, by: i64, action: &str, target: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
+         VALUES ($1, $2, 0, $3, 'admin', $4, '')",
+        &[&now_ms(), &by, &action, &target],
+    )?;
+    Ok(())
+}
+
+pub(super) fn list_users(conn: &mut Client) -> Result<Vec<UserInfo>> {
+    let rows = conn.query(
+        "SELECT id, name, role, display_name, email, subject IS NOT NULL, created_at
+         FROM users ORDER BY id",
+        &[],
+    )?;
+    rows.iter()
+        .map(|row| {
+            Ok(UserInfo {
+                id: row.get(0),
+                name: row.get(1),
+                role: Role::parse(row.get(2))
+                    .ok_or_else(|| ServerError::Corrupt("unknown user role".into()))?,
+                display_name: row.get(3),
+                email: row.get(4),
+                signs_in: row.get(5),
+                created_at: row.get(6),
+            })
+        })
+        .collect()
+}
+
+pub(super) fn group_grants(conn: &mut Client) -> Result<Vec<StoredGroupGrant>> {
+    let rows = conn.query(
+        "SELECT group_name, scopes, access FROM group_grants
+         ORDER BY group_name COLLATE \"C\", scopes COLLATE \"C\"",
+        &[],
+    )?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredGroupGrant {
+                group: row.get(0),
+                scopes: row.get(1),
+                access: Access::parse(row.get(2))
+                    .ok_or_else(|| ServerError::Corrupt("unknown group grant access".into()))?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn set_group_grants(conn: &mut Client, grants: &[StoredGroupGrant]) -> Result<()> {
+    let mut tx = conn.transaction()?;
+    tx.execute("DELETE FROM group_grants", &[])?;
+    for grant in grants {
+        tx.execute(
+            "INSERT INTO group_grants (group_name, scopes, access) VALUES ($1, $2, $3)
+             ON CONFLICT (group_name, scopes) DO UPDATE
+             SET access = CASE WHEN excluded.access = 'write' THEN 'write' ELSE group_grants.access END",
+            &[&grant.group, &grant.scopes, &grant.access.as_str()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
 }

@@ -1,10 +1,13 @@
-//! People who sign in through the identity provider, their devices, and the scopes a grant on
-//! a prefix names, in SQL.
+//! People and what administrators do with them, in SQL: users (and those who sign in through
+//! the identity provider), their devices, the scopes a grant on a prefix names, the group
+//! mappings, and the audit lines of administrators' actions.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::ServerError;
-use crate::storage::{DeviceInfo, DeviceRecord, Result, Role, SignIn, now_ms};
+use crate::storage::{
+    Access, DeviceInfo, DeviceRecord, Result, Role, SignIn, StoredGroupGrant, UserInfo, now_ms,
+};
 
 /// The user of `sign_in.subject` if they signed in before with the same name and email: read
 /// without writing, for the common case.
@@ -101,4 +104,87 @@ pub(super) fn scopes_with_prefix(conn: &Connection, prefix: &str) -> Result<Vec<
     )?;
     let rows = stmt.query_map([prefix], |row| row.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn audit_admin(
+    conn: &mut Connection,
+    by: i64,
+    action: &str,
+    target: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
+         VALUES (?1, ?2, 0, ?3, 'admin', ?4, '')",
+    )?
+    .execute(params![now_ms(), by, action, target])?;
+    Ok(())
+}
+
+pub(super) fn list_users(conn: &Connection) -> Result<Vec<UserInfo>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, role, display_name, email, subject IS NOT NULL, created_at
+         FROM users ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(2)?,
+            UserInfo {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                role: Role::Member,
+                display_name: row.get(3)?,
+                email: row.get(4)?,
+                signs_in: row.get(5)?,
+                created_at: row.get(6)?,
+            },
+        ))
+    })?;
+    rows.map(|row| {
+        let (role, user) = row?;
+        let role =
+            Role::parse(&role).ok_or_else(|| ServerError::Corrupt("unknown user role".into()))?;
+        Ok(UserInfo { role, ..user })
+    })
+    .collect()
+}
+
+pub(super) fn group_grants(conn: &Connection) -> Result<Vec<StoredGroupGrant>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT group_name, scopes, access FROM group_grants ORDER BY group_name, scopes",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (group, scopes, access) = row?;
+        let access = Access::parse(&access)
+            .ok_or_else(|| ServerError::Corrupt("unknown group grant access".into()))?;
+        Ok(StoredGroupGrant {
+            group,
+            scopes,
+            access,
+        })
+    })
+    .collect()
+}
+
+pub(super) fn set_group_grants(conn: &mut Connection, grants: &[StoredGroupGrant]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM group_grants", [])?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO group_grants (group_name, scopes, access) VALUES (?1, ?2, ?3)
+             ON CONFLICT (group_name, scopes) DO UPDATE
+             SET access = CASE WHEN excluded.access = 'write' THEN 'write' ELSE access END",
+        )?;
+        for grant in grants {
+            insert.execute(params![grant.group, grant.scopes, grant.access.as_str()])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }

@@ -21,3 +21,12 @@ END
 $$;
 CREATE TRIGGER records_name_their_scope AFTER INSERT ON records
 FOR EACH ROW EXECUTE FUNCTION records_name_their_scope();
+
+-- What the members of each group of the identity provider may read or write: `scopes` is a
+-- scope, or a prefix followed by `*`.
+CREATE TABLE group_grants (
+    group_name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    access TEXT NOT NULL CHECK (access IN ('read', 'write')),
+    PRIMARY KEY (group_name, scopes)
+);

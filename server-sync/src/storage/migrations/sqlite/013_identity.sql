@@ -15,3 +15,12 @@ CREATE TABLE scopes (
 INSERT INTO scopes (name) SELECT DISTINCT scope FROM records;
 CREATE TRIGGER records_name_their_scope AFTER INSERT ON records
 BEGIN INSERT OR IGNORE INTO scopes (name) VALUES (NEW.scope); END;
+
+-- What the members of each group of the identity provider may read or write: `scopes` is a
+-- scope, or a prefix followed by `*`.
+CREATE TABLE group_grants (
+    group_name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    access TEXT NOT NULL CHECK (access IN ('read', 'write')),
+    PRIMARY KEY (group_name, scopes)
+) WITHOUT ROWID;

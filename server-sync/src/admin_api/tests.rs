@@ -1,0 +1,420 @@
+//! The admin API in process: who may use it, what each route does, that every action lands in
+//! the audit log with who did it, and that the OpenAPI document and the routes agree.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use crate::admin::{self, By};
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{Role, Storage};
+use crate::{AppState, Limits, router};
+
+struct Api {
+    _dir: tempfile::TempDir,
+    storage: Arc<SqliteStorage>,
+    app: axum::Router,
+    /// A device token of an administrator.
+    admin: String,
+}
+
+impl Api {
+    fn new() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SqliteStorage::open(&dir.path().join("server.db")).unwrap());
+        let limits = Limits {
+            requests_per_second: 0,
+            ..Limits::default()
+        };
+        let app = router(AppState::new(storage.clone(), limits));
+        admin::create_user(&*storage, By::CommandLine, "root", Role::Admin).unwrap();
+        let admin = admin::enroll_device(&*storage, By::CommandLine, "root", "laptop", None)
+            .unwrap()
+            .token;
+        Api {
+            _dir: dir,
+            storage,
+            app,
+            admin,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, value)
+    }
+
+    /// A call as the administrator that must answer `expected`.
+    async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        expected: StatusCode,
+    ) -> Value {
+        let (status, value) = self.call(method, path, Some(&self.admin), body).await;
+        assert_eq!(status, expected, "{path}: {value}");
+        value
+    }
+}
+
+#[tokio::test]
+async fn only_administrators_may_use_it() {
+    let api = Api::new();
+    admin::create_user(&*api.storage, By::CommandLine, "ada", Role::Member).unwrap();
+    let member = admin::enroll_device(&*api.storage, By::CommandLine, "ada", "phone", None)
+        .unwrap()
+        .token;
+    let (status, body) = api.call(Method::GET, "/v1/admin/users", None, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (status, body) = api
+        .call(Method::GET, "/v1/admin/users", Some(&member), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/v1/admin/users",
+            Some(&member),
+            Some(json!({"name": "eve", "admin": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.storage.user_id("eve").unwrap(),
+        None,
+        "nothing was done"
+    );
+    let users = api
+        .admin(Method::GET, "/v1/admin/users", None, StatusCode::OK)
+        .await;
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|user| user["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["root", "ada"]);
+}
+
+#[tokio::test]
+async fn every_action_is_applied_and_audited_with_who_did_it() {
+    let api = Api::new();
+    let ok = StatusCode::OK;
+    let created = api
+        .admin(
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({"name": "ada"})),
+            StatusCode::CREATED,
+        )
+        .await;
+    assert!(created["id"].as_i64().unwrap() > 0);
+    api.admin(
+        Method::PUT,
+        "/v1/admin/users/ada/grants/caseload-east",
+        Some(json!({"access": "write"})),
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    let grants = api
+        .admin(Method::GET, "/v1/admin/users/ada/grants", None, ok)
+        .await;
+    assert_eq!(
+        grants,
+        json!({"grants": [{"scope": "caseload-east", "access": "write"}]})
+    );
+    let enrolled = api
+        .admin(
+            Method::POST,
+            "/v1/admin/devices",
+            Some(json!({"user": "ada", "name": "Ada's tablet"})),
+            StatusCode::CREATED,
+        )
+        .await;
+    let device = enrolled["device_id"].as_i64().unwrap();
+    assert!(enrolled["token"].as_str().unwrap().starts_with("fs_"));
+    let issued = api
+        .admin(
+            Method::POST,
+            &format!("/v1/admin/devices/{device}/tokens"),
+            None,
+            StatusCode::CREATED,
+        )
+        .await;
+    let token_id = issued["token_id"].as_str().unwrap();
+    api.admin(
+        Method::DELETE,
+        &format!("/v1/admin/tokens/{token_id}"),
+        None,
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    let devices = api
+        .admin(Method::GET, "/v1/admin/devices?user=ada", None, ok)
+        .await;
+    assert_eq!(devices["devices"][0]["name"], "Ada's tablet");
+    assert_eq!(devices["devices"][0]["last_sync_at"], Value::Null);
+    api.admin(
+        Method::DELETE,
+        &format!("/v1/admin/devices/{device}"),
+        None,
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    api.admin(
+        Method::DELETE,
+        "/v1/admin/users/ada/grants/caseload-east",
+        None,
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    let mappings = json!({"grants": [
+        {"group": "supervisors", "access": "read", "scopes": "caseload-*"},
+        {"group": "east-therapists", "access": "write", "scopes": "caseload-east"},
+    ]});
+    api.admin(
+        Method::PUT,
+        "/v1/admin/group-grants",
+        Some(mappings),
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    let stored = api
+        .admin(Method::GET, "/v1/admin/group-grants", None, ok)
+        .await;
+    assert_eq!(stored["grants"].as_array().unwrap().len(), 2);
+    assert_eq!(stored["grants"][1]["scopes"], "caseload-*");
+
+    // The command line's actions are the server's; the API's are the administrator's.
+    let audit = api
+        .admin(Method::GET, "/v1/admin/audit?user=root&limit=50", None, ok)
+        .await;
+    let actions: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|entry| entry["collection"] == "admin")
+        .map(|entry| {
+            (
+                entry["action"].as_str().unwrap().to_owned(),
+                entry["record_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("create-user (member)".to_owned(), "ada".to_owned()),
+        ("grant (write) on caseload-east".into(), "ada".into()),
+        ("enroll-device".into(), device.to_string()),
+        (
+            "issue-token".into(),
+            format!("{device}/{}", enrolled["token_id"].as_str().unwrap()),
+        ),
+        ("issue-token".into(), format!("{device}/{token_id}")),
+        ("revoke-token".into(), token_id.to_owned()),
+        ("revoke-device".into(), device.to_string()),
+        ("revoke-grant on caseload-east".into(), "ada".into()),
+        ("set-group-grants".into(), "2 mappings".into()),
+    ];
+    assert_eq!(actions, expected);
+    let by_server = api
+        .storage
+        .audit(&crate::storage::AuditQuery {
+            user: Some("(server)".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(by_server.is_empty(), "the name filter finds users only");
+    let all = api
+        .admin(
+            Method::GET,
+            "/v1/admin/audit?record=root&limit=10",
+            None,
+            ok,
+        )
+        .await;
+    let first = all["entries"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (first["user"].as_str(), first["action"].as_str()),
+        (Some("(server)"), Some("create-user (admin)")),
+        "the command line created the administrator"
+    );
+    // Reading the audit log is audited too.
+    let reads = api
+        .admin(Method::GET, "/v1/admin/audit?limit=1", None, ok)
+        .await;
+    assert_eq!(reads["entries"][0]["action"], "read-audit");
+}
+
+#[tokio::test]
+async fn bad_requests_name_what_is_wrong() {
+    let api = Api::new();
+    let cases = [
+        (
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({"name": "root"})),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({"nom": "x"})),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/users",
+            Some(json!({"name": "a\nb"})),
+            StatusCode::BAD_REQUEST,
+            "control",
+        ),
+        (
+            Method::PUT,
+            "/v1/admin/users/nobody/grants/north",
+            Some(json!({"access": "read"})),
+            StatusCode::NOT_FOUND,
+            "nobody",
+        ),
+        (
+            Method::PUT,
+            "/v1/admin/users/root/grants/north",
+            Some(json!({"access": "own"})),
+            StatusCode::BAD_REQUEST,
+            "access",
+        ),
+        (
+            Method::DELETE,
+            "/v1/admin/devices/999",
+            None,
+            StatusCode::NOT_FOUND,
+            "999",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/devices/999/tokens",
+            None,
+            StatusCode::NOT_FOUND,
+            "999",
+        ),
+        (
+            Method::PUT,
+            "/v1/admin/group-grants",
+            Some(json!({"grants": [
+                {"group": "ok", "access": "read", "scopes": "a"},
+                {"group": "bad", "access": "read", "scopes": "ca*se"},
+            ]})),
+            StatusCode::BAD_REQUEST,
+            "grants[1]",
+        ),
+        (
+            Method::GET,
+            "/v1/admin/audit?since=yesterday",
+            None,
+            StatusCode::BAD_REQUEST,
+            "since",
+        ),
+    ];
+    for (method, path, body, status, says) in cases {
+        let (answered, error) = api.call(method, path, Some(&api.admin), body).await;
+        assert_eq!(answered, status, "{path}: {error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "{path}: `{message}` does not say `{says}`"
+        );
+    }
+    assert!(
+        admin::group_grants(&*api.storage)
+            .unwrap()
+            .grants()
+            .is_empty(),
+        "nothing was set"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_the_routes_agree() {
+    let api = Api::new();
+    let document: Value = serde_json::from_str(super::OPENAPI).unwrap();
+    let paths = document["paths"].as_object().unwrap();
+    // Every route of the source is documented...
+    let source = include_str!("../admin_api.rs");
+    let routed: Vec<&str> = source
+        .split(".route(")
+        .skip(1)
+        .map(|rest| {
+            let path = rest.trim_start().trim_start_matches('"');
+            &path[..path.find('"').unwrap()]
+        })
+        .collect();
+    assert!(routed.len() >= 10);
+    for path in &routed {
+        assert!(paths.contains_key(*path), "{path} is not documented");
+    }
+    // ... and every documented operation answers (401 without a token), as documented.
+    for (path, operations) in paths {
+        assert!(
+            routed.contains(&path.as_str()),
+            "{path} is documented but not routed"
+        );
+        let concrete = path
+            .replace("{name}", "root")
+            .replace("{scope}", "north")
+            .replace("{id}", "1")
+            .replace("{actor}", "ab");
+        for (method, operation) in operations.as_object().unwrap() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, _) = api.call(method.clone(), &concrete, None, None).await;
+            let public = operation["security"] == json!([]);
+            let expected = if public {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            assert_eq!(status, expected, "{method} {path}");
+            for code in operation["responses"].as_object().unwrap().keys() {
+                assert!(code.parse::<u16>().is_ok(), "{method} {path}: {code}");
+            }
+        }
+    }
+}
