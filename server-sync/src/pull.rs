@@ -18,6 +18,7 @@ use crate::auth::Readable;
 use crate::error::ServerError;
 use crate::http::{authorize, blocking, message_response};
 use crate::metrics::Metrics;
+use crate::storage::{FeedEntry, Page};
 
 /// The query string of a pull.
 #[derive(Debug, Deserialize)]
@@ -199,7 +200,11 @@ pub async fn pull(
             }
             None => {
                 let after = cursor.as_ref().map_or(0, |c| c.seq);
-                let page = feed_page_in(&*storage, &readable, caller.device_id, after, limit)?;
+                let page = feed_page_in(
+                    &readable,
+                    || readable.resolve(&*storage),
+                    |scopes| feed_page_of_others(&*storage, scopes, caller.device_id, after, limit),
+                )?;
                 let records = page
                     .entries
                     .into_iter()
@@ -253,26 +258,25 @@ pub async fn pull(
 /// came to hold records meanwhile.
 const FEED_READS_FOR_NEW_SCOPES: usize = 4;
 
-/// The feed page of `readable`'s scopes after `after`. The scopes under a prefix are found
-/// again after the page is read: a scope whose first record was written meanwhile, at a
-/// position the page passed, would otherwise be skipped for good. If one turned up, the page
-/// is read again with it (positions become visible in order, so a scope seen after the read
-/// holds every entry up to the page's last position that the read could have missed).
+/// The feed page of `readable`'s scopes, as `read` reads a page of the scopes it is given. The
+/// scopes under a prefix are found (`resolve`) again after the page is read: a scope whose
+/// first record was written meanwhile, at a position the page passed, would otherwise be
+/// skipped for good. If one turned up, the page is read again with it (positions become
+/// visible in order, so a scope seen after the read holds every entry up to the page's last
+/// position that the read could have missed).
 fn feed_page_in(
-    storage: &dyn crate::storage::Storage,
     readable: &Readable,
-    device: i64,
-    after: i64,
-    limit: u32,
-) -> Result<crate::storage::Page<crate::storage::FeedEntry>, ServerError> {
-    let mut scopes = readable.resolve(storage)?;
+    mut resolve: impl FnMut() -> Result<BTreeSet<String>, ServerError>,
+    mut read: impl FnMut(&[String]) -> Result<Page<FeedEntry>, ServerError>,
+) -> Result<Page<FeedEntry>, ServerError> {
+    let mut scopes = resolve()?;
     for _ in 0..FEED_READS_FOR_NEW_SCOPES {
         let listed: Vec<String> = scopes.iter().cloned().collect();
-        let page = feed_page_of_others(storage, &listed, device, after, limit)?;
+        let page = read(&listed)?;
         if readable.prefixes.is_empty() {
             return Ok(page);
         }
-        let seen_after = readable.resolve(storage)?;
+        let seen_after = resolve()?;
         if seen_after == scopes {
             return Ok(page);
         }
@@ -333,6 +337,50 @@ mod tests {
             prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
             sent_to,
         }
+    }
+
+    /// A pull of `caseload-*` reads the feed while another device creates `caseload-north`
+    /// (its first entry at a position the page passes) and writes to `caseload-east`.
+    #[test]
+    fn a_scope_created_under_a_prefix_while_its_page_is_read_is_not_skipped() {
+        use crate::storage::conformance::{accept, record};
+        use crate::storage::{Batch, Role, Storage, sqlite::SqliteStorage};
+
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
+        let user = storage.create_user("seeder", Role::Member).unwrap();
+        let writer = storage.create_device(user, "writer").unwrap();
+        let reader = storage.create_device(user, "reader").unwrap();
+        let push = |id: &str, scope: &str| {
+            let records = [record(id, scope)];
+            storage
+                .push(writer, &Batch::new(id, &records), &mut accept)
+                .unwrap();
+        };
+        push("first", "caseload-east");
+        let after = storage.feed_head().unwrap();
+        let readable = Readable {
+            exact: BTreeSet::new(),
+            prefixes: ["caseload-".to_owned()].into(),
+        };
+        let mut reads = 0;
+        let page = feed_page_in(
+            &readable,
+            || readable.resolve(&storage),
+            |scopes| {
+                reads += 1;
+                if reads == 1 {
+                    // Committed after the scopes were found, before the page is read.
+                    push("new-scope", "caseload-north");
+                    push("later", "caseload-east");
+                }
+                feed_page_of_others(&storage, scopes, reader, after, 10)
+            },
+        )
+        .unwrap();
+        let read: Vec<&str> = page.entries.iter().map(|e| e.record_id.as_str()).collect();
+        assert_eq!(read, ["new-scope", "later"]);
+        assert_eq!(reads, 2, "read again once the new scope was seen");
     }
 
     #[test]

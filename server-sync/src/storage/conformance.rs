@@ -50,7 +50,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     identity::group_grants_are_replaced_whole(&*fresh());
 }
 
-fn record(id: &str, scope: &str) -> PushRecord {
+/// A pushed record of `clients` in `scope`, whose one change is its id's bytes.
+pub(crate) fn record(id: &str, scope: &str) -> PushRecord {
     record_with(id, scope, id.as_bytes())
 }
 
@@ -64,7 +65,10 @@ fn record_with(id: &str, scope: &str, change: &[u8]) -> PushRecord {
 }
 
 /// A merge that accepts everything, appending the pushed bytes to the stored "document".
-fn accept(record: &PushRecord, stored: Option<StoredRecord>) -> Result<MergedRecord, Rejection> {
+pub(crate) fn accept(
+    record: &PushRecord,
+    stored: Option<StoredRecord>,
+) -> Result<MergedRecord, Rejection> {
     let Payload::Changes(changes) = &record.payload else {
         unreachable!("tests push changes")
     };
