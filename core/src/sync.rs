@@ -214,7 +214,14 @@ impl SyncClient {
         };
         let mut refused_before = false;
         loop {
-            let token = provider.token().await.map_err(Error::SignInRequired)?;
+            // A provider is to answer from what it holds, not wait for the person: one that
+            // does not answer in time must not hold the sync (or the background loop) forever.
+            let token = tokio::time::timeout(self.config.request_timeout, provider.token())
+                .await
+                .map_err(|_| {
+                    Error::SignInRequired("the token provider did not answer in time".into())
+                })?
+                .map_err(Error::SignInRequired)?;
             {
                 let mut credentials = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
                 if credentials.token != token {

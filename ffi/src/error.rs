@@ -89,6 +89,10 @@ pub enum FieldsyncError {
     /// The server refused the device's token (unknown, expired or revoked): enroll again.
     #[error("{0}")]
     Unauthorized(String),
+    /// The token provider gave no token, or the server refused its fresh one: the person must
+    /// sign in again. Nothing local is lost; sync again once they have.
+    #[error("{0}")]
+    SignInRequired(String),
     /// The server asks to slow down; the message says for how long.
     #[error("{0}")]
     RateLimited(String),
@@ -138,6 +142,7 @@ impl From<CoreError> for FieldsyncError {
             CoreError::InvalidConfig(_) => FieldsyncError::InvalidConfig(message),
             CoreError::Network(_) => FieldsyncError::Network(message),
             CoreError::Unauthorized => FieldsyncError::Unauthorized(message),
+            CoreError::SignInRequired(_) => FieldsyncError::SignInRequired(message),
             CoreError::RateLimited { .. } => FieldsyncError::RateLimited(message),
             CoreError::Server { .. } => FieldsyncError::Server(message),
             CoreError::Protocol(_) => FieldsyncError::Protocol(message),

@@ -1,6 +1,7 @@
-//! Sync across the boundary: `sync_now` as a foreign async call, and background sync with a
-//! status listener. Both run on one tokio runtime owned by the library, so apps need no
-//! runtime of their own and a foreign executor only awaits the result.
+//! Sync across the boundary: `sync_now` as a foreign async call, background sync with a
+//! status listener, and tokens from the app's sign-in library. Everything runs on one tokio
+//! runtime owned by the library, so apps need no runtime of their own and a foreign executor
+//! only awaits the result.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,7 +19,8 @@ use crate::store::Store;
 pub struct SyncConfig {
     /// The server's base URL, such as `https://sync.clinic.example`.
     pub endpoint: String,
-    /// The device's bearer token.
+    /// The device's bearer token. Unused by a client built with a token provider
+    /// (`SyncClient.with_token_provider`); pass an empty string there.
     pub token: String,
     /// PEM root certificates to trust instead of the platform's (a clinic's private CA).
     #[uniffi(default = [])]
@@ -41,6 +43,10 @@ pub struct SyncConfig {
     /// `pull_page_size`. It bounds a long first sync's memory.
     #[uniffi(default = 2097152)]
     pub pull_page_bytes: u64,
+    /// With a token provider: the id `SyncClient.enroll_device` returned when this device
+    /// enrolled, kept by the app and passed again whenever it builds its client.
+    #[uniffi(default = None)]
+    pub device_id: Option<i64>,
 }
 
 /// What one `sync_now` did.
@@ -81,6 +87,10 @@ pub enum SyncState {
     Offline,
     /// The last sync failed; retrying with backoff, or stopped.
     Error,
+    /// The token provider has no token, or the server refused its fresh one: the person must
+    /// sign in again. The loop asks the provider again at the interval, or at once after
+    /// `BackgroundSync.sync_soon` (call it once they signed in).
+    SignInRequired,
 }
 
 /// The background sync's status, as a UI shows it.
@@ -96,7 +106,8 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     /// How long until the next attempt, when waiting after a failure.
     pub retry_in_ms: Option<u64>,
-    /// Whether the loop has stopped for good (token refused, or stopped by the app).
+    /// Whether the loop has stopped for good (a device token refused, or stopped by the app).
+    /// `SignInRequired` does not stop it.
     pub stopped: bool,
 }
 
@@ -132,6 +143,57 @@ pub trait SyncStatusListener: Send + Sync {
     fn on_status(&self, status: SyncStatus) -> Result<()>;
 }
 
+/// The app's sign-in library, for clinics whose staff sign in through an identity provider:
+/// gives the sync its access tokens.
+#[uniffi::export(foreign)]
+#[async_trait::async_trait]
+pub trait TokenProvider: Send + Sync {
+    /// A current access token, refreshed as the sign-in library needs to. Asked before every
+    /// sync and once more when the server refused the token it gave (it expired meanwhile).
+    /// Throw `TokenProviderError.SignInRequired` when no token can be had without the person
+    /// (they signed out, or their session ended): the sync then fails with `SignInRequired`,
+    /// carrying the reason, which must not contain a token.
+    async fn token(&self) -> Result<String, TokenProviderError>;
+}
+
+/// What a token provider throws when it has no token; any other error thrown by `token` counts
+/// as `SignInRequired` too. Its own type because the library's error type carries a message
+/// only, which cannot be read back when the app's code throws it.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum TokenProviderError {
+    /// The person must sign in again; `reason` says why, for the sync's error message.
+    #[error("{reason}")]
+    SignInRequired {
+        /// Why no token can be had (signed out, session ended, ...).
+        reason: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for TokenProviderError {
+    fn from(err: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        TokenProviderError::SignInRequired {
+            reason: format!("the token provider failed: {}", err.reason),
+        }
+    }
+}
+
+/// The app's provider as the core sees it.
+struct ForeignTokenProvider(Arc<dyn TokenProvider>);
+
+// By hand: the core requires Debug, and the foreign object has nothing worth printing.
+impl std::fmt::Debug for ForeignTokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForeignTokenProvider")
+            .finish_non_exhaustive()
+    }
+}
+
+impl core::TokenProvider for ForeignTokenProvider {
+    fn token(&self) -> core::BoxFuture<'_, std::result::Result<String, String>> {
+        Box::pin(async move { self.0.token().await.map_err(|err| err.to_string()) })
+    }
+}
+
 /// Syncs stores with one server; keeps its connections between calls.
 #[derive(Debug, uniffi::Object)]
 pub struct SyncClient {
@@ -140,20 +202,30 @@ pub struct SyncClient {
 
 #[uniffi::export]
 impl SyncClient {
-    /// Checks the configuration and builds the HTTP client.
+    /// Checks the configuration and builds the HTTP client; it sends `config.token`.
     #[uniffi::constructor]
     pub fn new(config: SyncConfig) -> Result<Arc<SyncClient>> {
-        let _context = runtime()?.enter();
-        let inner = core::SyncClient::new(core::SyncConfig {
-            trusted_roots_pem: config.trusted_roots_pem,
-            pinned_spki_sha256: config.pinned_spki_sha256,
-            push_batch_size: config.push_batch_size as usize,
-            pull_page_size: config.pull_page_size,
-            pull_page_bytes: usize::try_from(config.pull_page_bytes).unwrap_or(usize::MAX),
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
-            ..core::SyncConfig::new(config.endpoint, config.token)
-        })?;
-        Ok(Arc::new(SyncClient { inner }))
+        SyncClient::build(config, None)
+    }
+
+    /// Like `new`, but every request carries a token from `provider` (the app's sign-in
+    /// library) instead of `config.token`, which is ignored, and names the device
+    /// `config.device_id`. A new device calls `enroll_device` once, before its first sync.
+    #[uniffi::constructor]
+    pub fn with_token_provider(
+        config: SyncConfig,
+        provider: Arc<dyn TokenProvider>,
+    ) -> Result<Arc<SyncClient>> {
+        SyncClient::build(config, Some(provider))
+    }
+
+    /// Makes this device one of the signed-in person's (needs a client built with a token
+    /// provider), named `name` in their device list. Every later request of this client names
+    /// the device; the app keeps the returned id and passes it as `SyncConfig.device_id` when
+    /// it builds its client again.
+    pub async fn enroll_device(&self, name: String) -> Result<i64> {
+        let client = self.inner.clone();
+        run(async move { client.enroll_device(&name).await })?.await
     }
 
     /// Pushes the whole outbox, then pulls until caught up. Safe to cancel: whatever the
@@ -183,8 +255,10 @@ impl SyncClient {
     }
 
     /// Starts syncing `store` in the background: on the interval, shortly after local writes,
-    /// and with backoff after failures. It stops when the server refuses the token, when
-    /// `stop` is called, or when the returned object is closed.
+    /// and with backoff after failures. It stops when the server refuses a device token, when
+    /// `stop` is called, or when the returned object is closed. When a token provider has no
+    /// token, or the server refuses its fresh one, it reports `SignInRequired` and carries on:
+    /// it asks again at the interval, or at once after `sync_soon`.
     pub fn start_background(
         &self,
         store: Arc<Store>,
@@ -208,6 +282,32 @@ impl SyncClient {
         Ok(Arc::new(BackgroundSync {
             inner: Mutex::new(Some(inner)),
         }))
+    }
+}
+
+impl SyncClient {
+    fn build(config: SyncConfig, provider: Option<Arc<dyn TokenProvider>>) -> Result<Arc<Self>> {
+        let _context = runtime()?.enter();
+        // With a provider the configured token is never sent: the provider is asked first.
+        let token = if provider.is_some() {
+            String::new()
+        } else {
+            config.token
+        };
+        let inner = core::SyncClient::new(core::SyncConfig {
+            token_provider: provider.map(|provider| {
+                Arc::new(ForeignTokenProvider(provider)) as Arc<dyn core::TokenProvider>
+            }),
+            device_id: config.device_id,
+            trusted_roots_pem: config.trusted_roots_pem,
+            pinned_spki_sha256: config.pinned_spki_sha256,
+            push_batch_size: config.push_batch_size as usize,
+            pull_page_size: config.pull_page_size,
+            pull_page_bytes: usize::try_from(config.pull_page_bytes).unwrap_or(usize::MAX),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            ..core::SyncConfig::new(config.endpoint, token)
+        })?;
+        Ok(Arc::new(SyncClient { inner }))
     }
 }
 
@@ -303,6 +403,7 @@ impl From<&core::SyncStatus> for SyncStatus {
                 core::SyncState::Syncing => SyncState::Syncing,
                 core::SyncState::Offline => SyncState::Offline,
                 core::SyncState::Error => SyncState::Error,
+                core::SyncState::SignInRequired => SyncState::SignInRequired,
             },
             progress: (&status.progress).into(),
             last_success_ms: status.last_success_ms,

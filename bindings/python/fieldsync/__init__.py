@@ -8,9 +8,29 @@ Everything the library exports is here (``Store``, ``SyncClient``, ``Query``, ``
     rid = store.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
     fieldsync.values(store.get("clients", rid).fields)  # {'caseload_id': 'north', ...}
 
-``SyncClient.sync_now`` and ``BackgroundSync.stop`` are coroutines. Text positions
-(``splice_text``) count UTF-16 code units: convert a Python index ``i`` of ``s`` with
-``len(s[:i].encode("utf-16-le")) // 2``.
+``SyncClient.sync_now``, ``SyncClient.enroll_device`` and ``BackgroundSync.stop`` are
+coroutines. Text positions (``splice_text``) count UTF-16 code units: convert a Python index
+``i`` of ``s`` with ``len(s[:i].encode("utf-16-le")) // 2``.
+
+Where staff sign in through an identity provider, a ``TokenProvider`` subclass gives the sync
+its tokens: its ``token`` is a coroutine, which raises ``TokenProviderError.SignInRequired``
+when the person must sign in again (``sync_now`` then raises
+``FieldsyncError.SignInRequired``)::
+
+    class SignIn(fieldsync.TokenProvider):
+        async def token(self) -> str:
+            return await auth.fresh_access_token()
+
+    fieldsync.uniffi_set_event_loop(asyncio.get_running_loop())
+    client = fieldsync.SyncClient.with_token_provider(
+        fieldsync.SyncConfig(endpoint=url, token="", device_id=saved_device_id), SignIn()
+    )
+    saved_device_id = saved_device_id or await client.enroll_device("Ada's laptop")
+
+The library calls ``token`` from its own threads, so it runs on the event loop given to
+``uniffi_set_event_loop``: the loop that awaits every Fieldsync coroutine from then on, which
+must keep running while a background sync may ask for a token. Without it the provider is
+never run, and each sync fails with ``SignInRequired`` once the request timeout has passed.
 """
 
 import json as _json
@@ -18,6 +38,8 @@ from typing import Any, Mapping
 
 from ._native import *  # noqa: F401,F403  (the generated module defines __all__)
 from ._native import FieldValue
+# Not in the generated module's __all__, and needed by every app with a token provider.
+from ._native import uniffi_set_event_loop
 
 __all__ = [name for name in dir() if not name.startswith("_")]
 

@@ -230,3 +230,171 @@ def test_background_sync_reports_status_and_stops(server, tmp_path, schema):
 
     asyncio.run(background.stop())
     assert background.status().stopped
+
+
+@pytest.fixture
+def loop():
+    """An event loop on its own thread, given to the bindings: the library calls a token
+    provider's coroutine from its threads, and it runs there. The test's own coroutines run on
+    it too (`on_loop`), since the bindings await every call on the loop they were given."""
+    running = asyncio.new_event_loop()
+    thread = threading.Thread(target=running.run_forever, daemon=True)
+    thread.start()
+    fieldsync.uniffi_set_event_loop(running)
+    yield running
+    fieldsync.uniffi_set_event_loop(None)
+    running.call_soon_threadsafe(running.stop)
+    thread.join()
+    running.close()
+
+
+def on_loop(loop, coroutine):
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
+
+
+class Tokens(fieldsync.TokenProvider):
+    """Hands out `tokens` in turn (the last one again once they run out), counting the calls."""
+
+    def __init__(self, *tokens):
+        self.tokens = tokens
+        self.calls = 0
+
+    async def token(self):
+        self.calls += 1
+        return self.tokens[min(self.calls, len(self.tokens)) - 1]
+
+
+class SignedOut(fieldsync.TokenProvider):
+    """Raises `error()` until `signed_in` holds a token: the person has not signed in."""
+
+    def __init__(self, error=lambda: fieldsync.TokenProviderError.SignInRequired("signed out")):
+        self.error = error
+        self.signed_in = None
+        self.calls = 0
+
+    async def token(self):
+        self.calls += 1
+        if self.signed_in is None:
+            raise self.error()
+        return self.signed_in
+
+
+def provided(server, provider):
+    """A client whose tokens come from `provider`."""
+    return fieldsync.SyncClient.with_token_provider(
+        fieldsync.SyncConfig(endpoint=server.url, token=""), provider
+    )
+
+
+def test_a_refused_token_is_asked_for_again_and_the_fresh_one_syncs(
+    server, tmp_path, schema, loop
+):
+    # Without an identity provider, device tokens stand in for its access tokens: the revoked
+    # one plays a token that expired since the sign-in library handed it out.
+    expired = server.user_with_device("ada", "north")
+    fresh = server.enroll("ada")
+    tablet_token = server.user_with_device("bo", "north")
+    server.admin("revoke-token", expired.split("_")[1])
+    server.start()
+    store = fieldsync.Store(str(tmp_path / "phone.db"), schema)
+    write_clients(store, 3)
+    tokens = Tokens(expired, fresh)
+
+    report = on_loop(loop, provided(server, tokens).sync_now(store, None))
+
+    assert (report.pushed, report.rejected) == (3, 0)
+    assert tokens.calls == 2
+    assert store.outbox_len() == 0
+    # The server has the writes: another person's device pulls them.
+    tablet, tablet_sync = device(server, tmp_path, schema, "tablet", tablet_token)
+    assert on_loop(loop, tablet_sync.sync_now(tablet, None)).pulled == 3
+
+
+def test_a_provider_without_a_token_asks_for_a_sign_in_and_nothing_is_lost(
+    server, tmp_path, schema, loop
+):
+    token = server.user_with_device("ada", "north")
+    server.start()
+    store, device_sync = device(server, tmp_path, schema, "phone", token)
+    store.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
+    signed_out = SignedOut()
+
+    with pytest.raises(FieldsyncError.SignInRequired, match="signed out"):
+        on_loop(loop, provided(server, signed_out).sync_now(store, None))
+    assert signed_out.calls == 1  # no second ask without a refused token
+    assert store.outbox_len() == 1
+
+    # Any exception of the sign-in library counts as a sign-in to make.
+    broken = SignedOut(lambda: RuntimeError("no account"))
+    with pytest.raises(FieldsyncError.SignInRequired, match="no account"):
+        on_loop(loop, provided(server, broken).sync_now(store, None))
+    assert store.outbox_len() == 1
+
+    # The write is still there to push once a token can be had.
+    assert on_loop(loop, device_sync.sync_now(store, None)).pushed == 1
+
+
+def test_a_fresh_token_refused_too_asks_for_a_sign_in(server, tmp_path, schema, loop):
+    token = server.user_with_device("ada", "north")
+    server.admin("revoke-token", token.split("_")[1])
+    server.start()
+    store = fieldsync.Store(str(tmp_path / "phone.db"), schema)
+    store.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
+    refused = Tokens(token)
+
+    with pytest.raises(FieldsyncError.SignInRequired):
+        on_loop(loop, provided(server, refused).sync_now(store, None))
+    assert refused.calls == 2
+    assert store.outbox_len() == 1
+
+
+def test_enrolling_takes_an_identity_providers_token(server, tmp_path, schema, loop):
+    token = server.user_with_device("ada", "north")
+    server.start()
+    _, plain = device(server, tmp_path, schema, "phone", token)
+    with pytest.raises(FieldsyncError.InvalidConfig):
+        on_loop(loop, plain.enroll_device("Ada's laptop"))
+
+    # A device token names its device already: the server refuses it (403).
+    with_device_token = Tokens(token)
+    with pytest.raises(FieldsyncError.Server, match="403"):
+        on_loop(loop, provided(server, with_device_token).enroll_device("Ada's laptop"))
+    assert with_device_token.calls == 1
+
+
+def test_background_sync_waits_for_a_sign_in_and_carries_on_after_it(
+    server, tmp_path, schema, loop
+):
+    token = server.user_with_device("ada", "north")
+    server.start()
+    store = fieldsync.Store(str(tmp_path / "phone.db"), schema)
+    store.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
+    signed_out = SignedOut()
+    statuses = []
+    waiting = threading.Event()
+    synced = threading.Event()
+
+    class Status(fieldsync.SyncStatusListener):
+        def on_status(self, status):
+            statuses.append(status)
+            if status.state == fieldsync.SyncState.SIGN_IN_REQUIRED:
+                waiting.set()
+            if status.state == fieldsync.SyncState.IDLE and status.last_success_ms is not None:
+                synced.set()
+
+    background = provided(server, signed_out).start_background(
+        store, fieldsync.BackgroundOptions(debounce_ms=50), Status()
+    )
+    assert waiting.wait(timeout=30), statuses
+    status = background.status()
+    assert status.state == fieldsync.SyncState.SIGN_IN_REQUIRED
+    assert not status.stopped
+    assert "signed out" in status.last_error
+    assert store.outbox_len() == 1
+
+    signed_out.signed_in = token
+    background.sync_soon()
+    assert synced.wait(timeout=30), statuses
+    assert store.outbox_len() == 0
+    on_loop(loop, background.stop())
+    assert background.status().stopped

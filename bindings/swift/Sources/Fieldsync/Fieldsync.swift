@@ -1648,9 +1648,19 @@ public func FfiConverterTypeSubscription_lower(_ value: Subscription) -> UInt64 
 public protocol SyncClientProtocol: AnyObject, Sendable {
     
     /**
+     * Makes this device one of the signed-in person's (needs a client built with a token
+     * provider), named `name` in their device list. Every later request of this client names
+     * the device; the app keeps the returned id and passes it as `SyncConfig.device_id` when
+     * it builds its client again.
+     */
+    func enrollDevice(name: String) async throws  -> Int64
+    
+    /**
      * Starts syncing `store` in the background: on the interval, shortly after local writes,
-     * and with backoff after failures. It stops when the server refuses the token, when
-     * `stop` is called, or when the returned object is closed.
+     * and with backoff after failures. It stops when the server refuses a device token, when
+     * `stop` is called, or when the returned object is closed. When a token provider has no
+     * token, or the server refuses its fresh one, it reports `SignInRequired` and carries on:
+     * it asks again at the interval, or at once after `sync_soon`.
      */
     func startBackground(store: Store, options: BackgroundOptions, listener: SyncStatusListener?) throws  -> BackgroundSync
     
@@ -1704,7 +1714,7 @@ open class SyncClient: SyncClientProtocol, @unchecked Sendable {
         return try! rustCall { uniffi_fieldsync_ffi_fn_clone_syncclient(self.handle, $0) }
     }
     /**
-     * Checks the configuration and builds the HTTP client.
+     * Checks the configuration and builds the HTTP client; it sends `config.token`.
      */
 public convenience init(config: SyncConfig)throws  {
     let handle =
@@ -1727,12 +1737,51 @@ public convenience init(config: SyncConfig)throws  {
     }
 
     
+    /**
+     * Like `new`, but every request carries a token from `provider` (the app's sign-in
+     * library) instead of `config.token`, which is ignored, and names the device
+     * `config.device_id`. A new device calls `enroll_device` once, before its first sync.
+     */
+public static func withTokenProvider(config: SyncConfig, provider: TokenProvider)throws  -> SyncClient  {
+    return try  FfiConverterTypeSyncClient_lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_constructor_syncclient_with_token_provider(
+        FfiConverterTypeSyncConfig_lower(config),
+        FfiConverterTypeTokenProvider_lower(provider),uniffiCallStatus
+    )
+})
+}
+    
 
     
     /**
+     * Makes this device one of the signed-in person's (needs a client built with a token
+     * provider), named `name` in their device list. Every later request of this client names
+     * the device; the app keeps the returned id and passes it as `SyncConfig.device_id` when
+     * it builds its client again.
+     */
+open func enrollDevice(name: String)async throws  -> Int64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_fieldsync_ffi_fn_method_syncclient_enroll_device(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(name)
+                )
+            },
+            pollFunc: ffi_fieldsync_ffi_rust_future_poll_i64,
+            completeFunc: ffi_fieldsync_ffi_rust_future_complete_i64,
+            freeFunc: ffi_fieldsync_ffi_rust_future_free_i64,
+            liftFunc: FfiConverterInt64.lift,
+            errorHandler: FfiConverterTypeFieldsyncError_lift
+        )
+}
+    
+    /**
      * Starts syncing `store` in the background: on the interval, shortly after local writes,
-     * and with backoff after failures. It stops when the server refuses the token, when
-     * `stop` is called, or when the returned object is closed.
+     * and with backoff after failures. It stops when the server refuses a device token, when
+     * `stop` is called, or when the returned object is closed. When a token provider has no
+     * token, or the server refuses its fresh one, it reports `SignInRequired` and carries on:
+     * it asks again at the interval, or at once after `sync_soon`.
      */
 open func startBackground(store: Store, options: BackgroundOptions, listener: SyncStatusListener?)throws  -> BackgroundSync  {
     return try  FfiConverterTypeBackgroundSync_lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
@@ -2233,6 +2282,250 @@ public func FfiConverterTypeSyncStatusListener_lift(_ handle: UInt64) throws -> 
 #endif
 public func FfiConverterTypeSyncStatusListener_lower(_ value: SyncStatusListener) -> UInt64 {
     return FfiConverterTypeSyncStatusListener.lower(value)
+}
+
+
+
+
+
+
+/**
+ * The app's sign-in library, for clinics whose staff sign in through an identity provider:
+ * gives the sync its access tokens.
+ */
+public protocol TokenProvider: AnyObject, Sendable {
+    
+    /**
+     * A current access token, refreshed as the sign-in library needs to. Asked before every
+     * sync and once more when the server refused the token it gave (it expired meanwhile).
+     * Throw `TokenProviderError.SignInRequired` when no token can be had without the person
+     * (they signed out, or their session ended): the sync then fails with `SignInRequired`,
+     * carrying the reason, which must not contain a token.
+     */
+    func token() async throws  -> String
+    
+}
+/**
+ * The app's sign-in library, for clinics whose staff sign in through an identity provider:
+ * gives the sync its access tokens.
+ */
+open class TokenProviderImpl: TokenProvider, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_fieldsync_ffi_fn_clone_tokenprovider(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_fieldsync_ffi_fn_free_tokenprovider(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * A current access token, refreshed as the sign-in library needs to. Asked before every
+     * sync and once more when the server refused the token it gave (it expired meanwhile).
+     * Throw `TokenProviderError.SignInRequired` when no token can be had without the person
+     * (they signed out, or their session ended): the sync then fails with `SignInRequired`,
+     * carrying the reason, which must not contain a token.
+     */
+open func token()async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_fieldsync_ffi_fn_method_tokenprovider_token(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_fieldsync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_fieldsync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_fieldsync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeTokenProviderError_lift
+        )
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceTokenProvider {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceTokenProvider = UniffiVTableCallbackInterfaceTokenProvider(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeTokenProvider.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface TokenProvider: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeTokenProvider.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface TokenProvider: handle missing in uniffiClone")
+            }
+        },
+        token: { (
+            uniffiHandle: UInt64,
+            uniffiFutureCallback: @escaping UniffiForeignFutureCompleteRustBuffer,
+            uniffiCallbackData: UInt64,
+            uniffiOutDroppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+        ) in
+            let makeCall = {
+                () async throws -> String in
+                guard let uniffiObj = try? FfiConverterTypeTokenProvider.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return try await uniffiObj.token(
+                )
+            }
+
+            let uniffiHandleSuccess = { (returnValue: String) in
+                uniffiFutureCallback(
+                    uniffiCallbackData,
+                    UniffiForeignFutureResultRustBuffer(
+                        returnValue: FfiConverterString.lower(returnValue),
+                        callStatus: RustCallStatus()
+                    )
+                )
+            }
+            let uniffiHandleError = { (statusCode, errorBuf) in
+                uniffiFutureCallback(
+                    uniffiCallbackData,
+                    UniffiForeignFutureResultRustBuffer(
+                        returnValue: RustBuffer.empty(),
+                        callStatus: RustCallStatus(code: statusCode, errorBuf: errorBuf)
+                    )
+                )
+            }
+            uniffiTraitInterfaceCallAsyncWithError(
+                makeCall: makeCall,
+                handleSuccess: uniffiHandleSuccess,
+                handleError: uniffiHandleError,
+                lowerError: FfiConverterTypeTokenProviderError_lower,
+                droppedCallback: uniffiOutDroppedCallback
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceTokenProvider> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceTokenProvider>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitTokenProvider() {
+    uniffi_fieldsync_ffi_fn_init_callback_vtable_tokenprovider(UniffiCallbackInterfaceTokenProvider.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTokenProvider: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<TokenProvider>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = TokenProvider
+
+    public static func lift(_ handle: UInt64) throws -> TokenProvider {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return TokenProviderImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: TokenProvider) -> UInt64 {
+         if let rustImpl = value as? TokenProviderImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TokenProvider {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: TokenProvider, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenProvider_lift(_ handle: UInt64) throws -> TokenProvider {
+    return try FfiConverterTypeTokenProvider.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenProvider_lower(_ value: TokenProvider) -> UInt64 {
+    return FfiConverterTypeTokenProvider.lower(value)
 }
 
 
@@ -3252,7 +3545,8 @@ public struct SyncConfig: Equatable, Hashable {
      */
     public var endpoint: String
     /**
-     * The device's bearer token.
+     * The device's bearer token. Unused by a client built with a token provider
+     * (`SyncClient.with_token_provider`); pass an empty string there.
      */
     public var token: String
     /**
@@ -3282,6 +3576,11 @@ public struct SyncConfig: Equatable, Hashable {
      * `pull_page_size`. It bounds a long first sync's memory.
      */
     public var pullPageBytes: UInt64
+    /**
+     * With a token provider: the id `SyncClient.enroll_device` returned when this device
+     * enrolled, kept by the app and passed again whenever it builds its client.
+     */
+    public var deviceId: Int64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3290,7 +3589,8 @@ public struct SyncConfig: Equatable, Hashable {
          * The server's base URL, such as `https://sync.clinic.example`.
          */endpoint: String, 
         /**
-         * The device's bearer token.
+         * The device's bearer token. Unused by a client built with a token provider
+         * (`SyncClient.with_token_provider`); pass an empty string there.
          */token: String, 
         /**
          * PEM root certificates to trust instead of the platform's (a clinic's private CA).
@@ -3312,7 +3612,11 @@ public struct SyncConfig: Equatable, Hashable {
          * While a pull's pages carry fewer bytes of record data than this, the next page asks for
          * more records (at most four times as many, and 5,000); 0 keeps every page at
          * `pull_page_size`. It bounds a long first sync's memory.
-         */pullPageBytes: UInt64 = UInt64(2097152)) {
+         */pullPageBytes: UInt64 = UInt64(2097152), 
+        /**
+         * With a token provider: the id `SyncClient.enroll_device` returned when this device
+         * enrolled, kept by the app and passed again whenever it builds its client.
+         */deviceId: Int64? = nil) {
         self.endpoint = endpoint
         self.token = token
         self.trustedRootsPem = trustedRootsPem
@@ -3321,6 +3625,7 @@ public struct SyncConfig: Equatable, Hashable {
         self.pullPageSize = pullPageSize
         self.requestTimeoutMs = requestTimeoutMs
         self.pullPageBytes = pullPageBytes
+        self.deviceId = deviceId
     }
 
     
@@ -3346,7 +3651,8 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
                 pushBatchSize: FfiConverterUInt32.read(from: &buf), 
                 pullPageSize: FfiConverterUInt32.read(from: &buf), 
                 requestTimeoutMs: FfiConverterUInt64.read(from: &buf), 
-                pullPageBytes: FfiConverterUInt64.read(from: &buf)
+                pullPageBytes: FfiConverterUInt64.read(from: &buf), 
+                deviceId: FfiConverterOptionInt64.read(from: &buf)
         )
     }
 
@@ -3359,6 +3665,7 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.pullPageSize, into: &buf)
         FfiConverterUInt64.write(value.requestTimeoutMs, into: &buf)
         FfiConverterUInt64.write(value.pullPageBytes, into: &buf)
+        FfiConverterOptionInt64.write(value.deviceId, into: &buf)
     }
 }
 
@@ -3583,7 +3890,8 @@ public struct SyncStatus: Equatable, Hashable {
      */
     public var retryInMs: UInt64?
     /**
-     * Whether the loop has stopped for good (token refused, or stopped by the app).
+     * Whether the loop has stopped for good (a device token refused, or stopped by the app).
+     * `SignInRequired` does not stop it.
      */
     public var stopped: Bool
 
@@ -3606,7 +3914,8 @@ public struct SyncStatus: Equatable, Hashable {
          * How long until the next attempt, when waiting after a failure.
          */retryInMs: UInt64?, 
         /**
-         * Whether the loop has stopped for good (token refused, or stopped by the app).
+         * Whether the loop has stopped for good (a device token refused, or stopped by the app).
+         * `SignInRequired` does not stop it.
          */stopped: Bool) {
         self.state = state
         self.progress = progress
@@ -4034,6 +4343,12 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     case Unauthorized(message: String)
     
     /**
+     * The token provider gave no token, or the server refused its fresh one: the person must
+     * sign in again. Nothing local is lost; sync again once they have.
+     */
+    case SignInRequired(message: String)
+    
+    /**
      * The server asks to slow down; the message says for how long.
      */
     case RateLimited(message: String)
@@ -4190,19 +4505,23 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 28: return .RateLimited(
+        case 28: return .SignInRequired(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 29: return .Server(
+        case 29: return .RateLimited(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 30: return .Protocol(
+        case 30: return .Server(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 31: return .Internal(
+        case 31: return .Protocol(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 32: return .Internal(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -4271,14 +4590,16 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(26))
         case .Unauthorized(_ /* message is ignored*/):
             writeInt(&buf, Int32(27))
-        case .RateLimited(_ /* message is ignored*/):
+        case .SignInRequired(_ /* message is ignored*/):
             writeInt(&buf, Int32(28))
-        case .Server(_ /* message is ignored*/):
+        case .RateLimited(_ /* message is ignored*/):
             writeInt(&buf, Int32(29))
-        case .Protocol(_ /* message is ignored*/):
+        case .Server(_ /* message is ignored*/):
             writeInt(&buf, Int32(30))
-        case .Internal(_ /* message is ignored*/):
+        case .Protocol(_ /* message is ignored*/):
             writeInt(&buf, Int32(31))
+        case .Internal(_ /* message is ignored*/):
+            writeInt(&buf, Int32(32))
 
         
         }
@@ -4612,6 +4933,12 @@ public enum SyncState: Equatable, Hashable {
      * The last sync failed; retrying with backoff, or stopped.
      */
     case error
+    /**
+     * The token provider has no token, or the server refused its fresh one: the person must
+     * sign in again. The loop asks the provider again at the interval, or at once after
+     * `BackgroundSync.sync_soon` (call it once they signed in).
+     */
+    case signInRequired
 
 
 
@@ -4641,6 +4968,8 @@ public struct FfiConverterTypeSyncState: FfiConverterRustBuffer {
         
         case 4: return .error
         
+        case 5: return .signInRequired
+        
         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
@@ -4663,6 +4992,10 @@ public struct FfiConverterTypeSyncState: FfiConverterRustBuffer {
         
         case .error:
             writeInt(&buf, Int32(4))
+        
+        
+        case .signInRequired:
+            writeInt(&buf, Int32(5))
         
         }
     }
@@ -4758,6 +5091,92 @@ public func FfiConverterTypeSynchronous_lower(_ value: Synchronous) -> RustBuffe
     return FfiConverterTypeSynchronous.lower(value)
 }
 
+
+
+/**
+ * What a token provider throws when it has no token; any other error thrown by `token` counts
+ * as `SignInRequired` too. Its own type because the library's error type carries a message
+ * only, which cannot be read back when the app's code throws it.
+ */
+public 
+enum TokenProviderError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
+
+    
+    
+    /**
+     * The person must sign in again; `reason` says why, for the sync's error message.
+     */
+    case SignInRequired(
+        /**
+         * Why no token can be had (signed out, session ended, ...).
+         */reason: String
+    )
+
+    
+
+    
+
+    
+    public var errorDescription: String? {
+        String(reflecting: self)
+    }
+    
+}
+
+#if compiler(>=6)
+extension TokenProviderError: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTokenProviderError: FfiConverterRustBuffer {
+    typealias SwiftType = TokenProviderError
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TokenProviderError {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+
+        
+
+        
+        case 1: return .SignInRequired(
+            reason: try FfiConverterString.read(from: &buf)
+            )
+
+         default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: TokenProviderError, into buf: inout [UInt8]) {
+        switch value {
+
+        
+
+        
+        
+        case let .SignInRequired(reason):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(reason, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenProviderError_lift(_ buf: RustBuffer) throws -> TokenProviderError {
+    return try FfiConverterTypeTokenProviderError.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTokenProviderError_lower(_ value: TokenProviderError) -> RustBuffer {
+    return FfiConverterTypeTokenProviderError.lower(value)
+}
 
 
 /**
@@ -5434,6 +5853,96 @@ fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: In
         print("uniffiFutureContinuationCallback invalid handle")
     }
 }
+private func uniffiTraitInterfaceCallAsync<T>(
+    makeCall: @escaping () async throws -> T,
+    handleSuccess: @escaping (T) -> (),
+    handleError: @escaping (Int8, RustBuffer) -> (),
+    droppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+) {
+    let task = Task {
+        // Note: it's important we call either `handleSuccess` or `handleError` exactly once.  Each
+        // call consumes an Arc reference, which means there should be no possibility of a double
+        // call.  The following code is structured so that will will never call both `handleSuccess`
+        // and `handleError`, even in the face of weird errors.
+        //
+        // On platforms that need extra machinery to make C-ABI calls, like JNA or ctypes, it's
+        // possible that we fail to make either call.  However, it doesn't seem like this is
+        // possible on Swift since swift can just make the C call directly.
+        var callResult: T
+        do {
+            callResult = try await makeCall()
+        } catch {
+            handleError(CALL_UNEXPECTED_ERROR, FfiConverterString.lower(String(describing: error)))
+            return
+        }
+        handleSuccess(callResult)
+    }
+    let handle = UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.insert(obj: task)
+    droppedCallback.pointee = UniffiForeignFutureDroppedCallbackStruct(
+        handle: handle,
+        free: uniffiForeignFutureDroppedCallback
+    )
+}
+
+private func uniffiTraitInterfaceCallAsyncWithError<T, E>(
+    makeCall: @escaping () async throws -> T,
+    handleSuccess: @escaping (T) -> (),
+    handleError: @escaping (Int8, RustBuffer) -> (),
+    lowerError: @escaping (E) -> RustBuffer,
+    droppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+) {
+    let task = Task {
+        // See the note in uniffiTraitInterfaceCallAsync for details on `handleSuccess` and
+        // `handleError`.
+        var callResult: T
+        do {
+            callResult = try await makeCall()
+        } catch let error as E {
+            handleError(CALL_ERROR, lowerError(error))
+            return
+        } catch {
+            handleError(CALL_UNEXPECTED_ERROR, FfiConverterString.lower(String(describing: error)))
+            return
+        }
+        handleSuccess(callResult)
+    }
+    let handle = UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.insert(obj: task)
+    droppedCallback.pointee = UniffiForeignFutureDroppedCallbackStruct(
+        handle: handle,
+        free: uniffiForeignFutureDroppedCallback
+    )
+}
+
+// Borrow the callback handle map implementation to store foreign future handles
+// TODO: consolidate the handle-map code (https://github.com/mozilla/uniffi-rs/pull/1823)
+fileprivate let UNIFFI_FOREIGN_FUTURE_HANDLE_MAP = UniffiHandleMap<UniffiForeignFutureTask>()
+
+// Protocol for tasks that handle foreign futures.
+//
+// Defining a protocol allows all tasks to be stored in the same handle map.  This can't be done
+// with the task object itself, since has generic parameters.
+fileprivate protocol UniffiForeignFutureTask {
+    func cancel()
+}
+
+extension Task: UniffiForeignFutureTask {}
+
+private func uniffiForeignFutureDroppedCallback(handle: UInt64) {
+    do {
+        let task = try UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.remove(handle: handle)
+        // Set the cancellation flag on the task.  If it's still running, the code can check the
+        // cancellation flag or call `Task.checkCancellation()`.  If the task has completed, this is
+        // a no-op.
+        task.cancel()
+    } catch {
+        print("uniffiForeignFutureDroppedCallback: handle missing from handlemap")
+    }
+}
+
+// For testing
+public func uniffiForeignFutureHandleCountFieldsync() -> Int {
+    UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.count
+}
 /**
  * Encrypts an unencrypted store file in place with `key` (32 bytes), keeping all its data.
  * The file must not be open; afterwards open it with the key.
@@ -5551,7 +6060,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_backgroundsync_sync_soon() != 19096) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_syncclient_start_background() != 4493) {
+    if (uniffi_fieldsync_ffi_checksum_method_syncclient_enroll_device() != 19451) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_syncclient_start_background() != 31125) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_syncclient_sync_now() != 63675) {
@@ -5563,19 +6075,26 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_syncstatuslistener_on_status() != 59130) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fieldsync_ffi_checksum_method_tokenprovider_token() != 23858) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fieldsync_ffi_checksum_constructor_store_new() != 19410) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_constructor_store_open_with_options() != 35905) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_constructor_syncclient_new() != 46454) {
+    if (uniffi_fieldsync_ffi_checksum_constructor_syncclient_new() != 44399) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_constructor_syncclient_with_token_provider() != 39040) {
         return InitializationResult.apiChecksumMismatch
     }
 
     uniffiCallbackInitChangeListener()
     uniffiCallbackInitSyncProgressListener()
     uniffiCallbackInitSyncStatusListener()
+    uniffiCallbackInitTokenProvider()
     return InitializationResult.ok
 }()
 

@@ -264,6 +264,12 @@ typedef void (*UniffiCallbackInterfaceSyncStatusListenerMethod0)(uint64_t, RustB
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_TOKEN_PROVIDER_METHOD0
+typedef void (*UniffiCallbackInterfaceTokenProviderMethod0)(uint64_t, UniffiForeignFutureCompleteRustBuffer _Nonnull, uint64_t, UniffiForeignFutureDroppedCallbackStruct* _Nonnull
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_CHANGE_LISTENER
 #define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_CHANGE_LISTENER
 typedef struct UniffiVTableCallbackInterfaceChangeListener {
@@ -289,6 +295,15 @@ typedef struct UniffiVTableCallbackInterfaceSyncStatusListener {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceSyncStatusListenerMethod0 _Nonnull onStatus;
 } UniffiVTableCallbackInterfaceSyncStatusListener;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TOKEN_PROVIDER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_TOKEN_PROVIDER
+typedef struct UniffiVTableCallbackInterfaceTokenProvider {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceTokenProviderMethod0 _Nonnull token;
+} UniffiVTableCallbackInterfaceTokenProvider;
 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_CLONE_CHANGELISTENER
@@ -481,6 +496,16 @@ void uniffi_fieldsync_ffi_fn_free_syncclient(uint64_t handle, RustCallStatus *_N
 uint64_t uniffi_fieldsync_ffi_fn_constructor_syncclient_new(RustBuffer config, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_CONSTRUCTOR_SYNCCLIENT_WITH_TOKEN_PROVIDER
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_CONSTRUCTOR_SYNCCLIENT_WITH_TOKEN_PROVIDER
+uint64_t uniffi_fieldsync_ffi_fn_constructor_syncclient_with_token_provider(RustBuffer config, uint64_t provider, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_ENROLL_DEVICE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_ENROLL_DEVICE
+uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_enroll_device(uint64_t ptr, RustBuffer name
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_START_BACKGROUND
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_START_BACKGROUND
 uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_start_background(uint64_t ptr, uint64_t store, RustBuffer options, RustBuffer listener, RustCallStatus *_Nonnull out_status
@@ -529,6 +554,26 @@ void uniffi_fieldsync_ffi_fn_init_callback_vtable_syncstatuslistener(const Uniff
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCSTATUSLISTENER_ON_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCSTATUSLISTENER_ON_STATUS
 void uniffi_fieldsync_ffi_fn_method_syncstatuslistener_on_status(uint64_t ptr, RustBuffer status, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_CLONE_TOKENPROVIDER
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_CLONE_TOKENPROVIDER
+uint64_t uniffi_fieldsync_ffi_fn_clone_tokenprovider(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FREE_TOKENPROVIDER
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FREE_TOKENPROVIDER
+void uniffi_fieldsync_ffi_fn_free_tokenprovider(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_INIT_CALLBACK_VTABLE_TOKENPROVIDER
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_INIT_CALLBACK_VTABLE_TOKENPROVIDER
+void uniffi_fieldsync_ffi_fn_init_callback_vtable_tokenprovider(const UniffiVTableCallbackInterfaceTokenProvider* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_TOKENPROVIDER_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_TOKENPROVIDER_TOKEN
+uint64_t uniffi_fieldsync_ffi_fn_method_tokenprovider_token(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_ENCRYPT_STORE_FILE
@@ -958,6 +1003,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_backgroundsync_sync_soon(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_ENROLL_DEVICE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_ENROLL_DEVICE
+uint16_t uniffi_fieldsync_ffi_checksum_method_syncclient_enroll_device(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_START_BACKGROUND
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_START_BACKGROUND
 uint16_t uniffi_fieldsync_ffi_checksum_method_syncclient_start_background(void
@@ -982,6 +1033,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_syncstatuslistener_on_status(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_TOKENPROVIDER_TOKEN
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_TOKENPROVIDER_TOKEN
+uint16_t uniffi_fieldsync_ffi_checksum_method_tokenprovider_token(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_CONSTRUCTOR_STORE_NEW
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_CONSTRUCTOR_STORE_NEW
 uint16_t uniffi_fieldsync_ffi_checksum_constructor_store_new(void
@@ -997,6 +1054,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_constructor_store_open_with_options(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_CONSTRUCTOR_SYNCCLIENT_NEW
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_CONSTRUCTOR_SYNCCLIENT_NEW
 uint16_t uniffi_fieldsync_ffi_checksum_constructor_syncclient_new(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_CONSTRUCTOR_SYNCCLIENT_WITH_TOKEN_PROVIDER
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_CONSTRUCTOR_SYNCCLIENT_WITH_TOKEN_PROVIDER
+uint16_t uniffi_fieldsync_ffi_checksum_constructor_syncclient_with_token_provider(void
     
 );
 #endif

@@ -1,4 +1,5 @@
-// Sync with lambdas and flows: progress as a lambda, the background status as a StateFlow.
+// Sync with lambdas and flows: progress and tokens as lambdas, the background status as a
+// StateFlow.
 
 package org.fieldsync
 
@@ -17,8 +18,9 @@ import kotlinx.coroutines.flow.asStateFlow
  * Cancelling the calling coroutine cancels the sync; whatever the server already answered is
  * kept.
  *
- * @throws FieldsyncException when the sync fails, for example [FieldsyncException.Network] or
- *   [FieldsyncException.Unauthorized].
+ * @throws FieldsyncException when the sync fails, for example [FieldsyncException.Network],
+ *   [FieldsyncException.Unauthorized], or [FieldsyncException.SignInRequired] with a token
+ *   provider.
  */
 suspend fun SyncClient.syncNow(store: Store, onProgress: (SyncProgress) -> Unit): SyncReport {
     // Inside the object, `onProgress` names the method being overridden.
@@ -27,6 +29,34 @@ suspend fun SyncClient.syncNow(store: Store, onProgress: (SyncProgress) -> Unit)
         override fun onProgress(progress: SyncProgress) = forward(progress)
     }
     return syncNow(store, listener)
+}
+
+/**
+ * A client whose requests carry tokens from [token], the app's sign-in library, for clinics whose
+ * staff sign in through an identity provider (see [SyncClient.withTokenProvider]; the config's
+ * `token` is ignored). A new device enrols once and keeps its id:
+ *
+ * ```
+ * val config = SyncConfig(endpoint = url, token = "", deviceId = prefs.deviceId)
+ * val client = SyncClient.withTokenProvider(config) { auth.freshAccessToken() }
+ * if (prefs.deviceId == null) prefs.deviceId = client.enrollDevice("Ada's tablet")
+ * ```
+ *
+ * [token] runs on a library coroutine before every sync, and once more when the server refused
+ * the token it gave. It throws when the person must sign in again (best as
+ * [TokenProviderException.SignInRequired]; any exception counts): the sync then fails with
+ * [FieldsyncException.SignInRequired], and background sync shows [SyncState.SIGN_IN_REQUIRED]
+ * until it asks again (call [ObservableBackgroundSync.syncSoon] once they signed in).
+ *
+ * @throws FieldsyncException if the configuration cannot be used.
+ */
+fun SyncClient.Companion.withTokenProvider(config: SyncConfig, token: suspend () -> String): SyncClient {
+    // Inside the object, `token` names the method being overridden.
+    val provide = token
+    val provider = object : TokenProvider {
+        override suspend fun token(): String = provide()
+    }
+    return withTokenProvider(config, provider)
 }
 
 /**
@@ -49,8 +79,9 @@ fun SyncClient.startBackgroundSync(
 
 /**
  * A running background sync whose [status] is a [StateFlow]. Started by
- * [SyncClient.startBackgroundSync]; it stops when the server refuses the token, on [stop], or
- * on [close]. Keep a reference while it should run: once unreachable, it is stopped when
+ * [SyncClient.startBackgroundSync]; it stops when the server refuses a device token, on [stop],
+ * or on [close]. With a token provider that has no token it shows [SyncState.SIGN_IN_REQUIRED]
+ * and carries on. Keep a reference while it should run: once unreachable, it is stopped when
  * garbage-collected.
  */
 class ObservableBackgroundSync internal constructor(
@@ -74,7 +105,8 @@ class ObservableBackgroundSync internal constructor(
 
     /**
      * The latest status. It has [SyncStatus.stopped] set once the loop has stopped for good:
-     * after [stop], or when the server refused the token ([SyncState.ERROR]; enroll again).
+     * after [stop], or when the server refused a device token ([SyncState.ERROR]; enroll again).
+     * [SyncState.SIGN_IN_REQUIRED] does not stop it: once the person signed in, [syncSoon] syncs.
      */
     val status: StateFlow<SyncStatus> = state.asStateFlow()
 

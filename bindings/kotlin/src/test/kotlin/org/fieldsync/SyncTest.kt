@@ -3,15 +3,19 @@ package org.fieldsync
 import java.util.Collections
 import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
+import java.util.concurrent.atomic.AtomicInteger
+import java.util.concurrent.atomic.AtomicReference
 import kotlin.test.assertEquals
 import kotlin.time.Duration.Companion.seconds
 import kotlin.test.assertFailsWith
+import kotlin.test.assertFalse
 import kotlin.test.assertNotNull
 import kotlin.test.assertNull
 import kotlin.test.assertTrue
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.cancelAndJoin
 import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
@@ -204,5 +208,133 @@ class SyncTest : ServerTest() {
         assertTrue(background.status().stopped)
     }
 
+    @Test
+    fun `a refused token is asked for again and the fresh one syncs`(): Unit = runBlocking {
+        // Without an identity provider, device tokens stand in for its access tokens: the
+        // revoked one plays a token that expired since the sign-in library handed it out.
+        val expired = server.userWithDevice("ada", "north")
+        val fresh = server.enroll("ada")
+        val tabletToken = server.userWithDevice("bo", "north")
+        server.admin("revoke-token", expired.split("_")[1])
+        server.start()
+        val store = closeLater(Store(dir.resolve("phone.db").toString(), clinicSchema))
+        val ids = (0 until 3).map { store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "C$it")) }
+        val calls = AtomicInteger()
+        val client = closeLater(
+            SyncClient.withTokenProvider(SyncConfig(endpoint = server.url, token = "")) {
+                if (calls.incrementAndGet() == 1) expired else fresh
+            },
+        )
+
+        val report = client.syncNow(store, null)
+
+        assertEquals(3uL to 0uL, report.pushed to report.rejected)
+        assertEquals(2, calls.get())
+        assertEquals(0uL, store.outboxLen())
+        // The server has the writes: another person's device pulls them.
+        val (tablet, tabletSync) = device("tablet", tabletToken)
+        assertEquals(3uL, tabletSync.syncNow(tablet, null).pulled)
+        assertTrue(ids.all { tablet.get("clients", it) != null })
+    }
+
+    @Test
+    fun `a provider without a token asks for a sign-in and nothing is lost`(): Unit = runBlocking {
+        val token = server.userWithDevice("ada", "north")
+        server.start()
+        val (store, deviceSync) = device("phone", token)
+        store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada"))
+        val signedOut = CountingProvider { throw TokenProviderException.SignInRequired("signed out") }
+        val client = closeLater(SyncClient.withTokenProvider(SyncConfig(endpoint = server.url, token = ""), signedOut))
+
+        val err = assertFailsWith<FieldsyncException.SignInRequired> { client.syncNow(store, null) }
+        assertTrue("signed out" in err.message.orEmpty(), err.message)
+        assertEquals(1, signedOut.calls.get()) // no second ask without a refused token
+        assertEquals(1uL, store.outboxLen())
+
+        // Any exception of the sign-in library counts as a sign-in to make.
+        val broken = closeLater(
+            SyncClient.withTokenProvider(SyncConfig(endpoint = server.url, token = "")) {
+                error("no account")
+            },
+        )
+        assertFailsWith<FieldsyncException.SignInRequired> { broken.syncNow(store, null) }
+        assertEquals(1uL, store.outboxLen())
+
+        // The write is still there to push once a token can be had.
+        assertEquals(1uL, deviceSync.syncNow(store, null).pushed)
+    }
+
+    @Test
+    fun `a fresh token refused too asks for a sign-in`(): Unit = runBlocking {
+        val token = server.userWithDevice("ada", "north")
+        server.admin("revoke-token", token.split("_")[1])
+        server.start()
+        val store = closeLater(Store(dir.resolve("phone.db").toString(), clinicSchema))
+        store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada"))
+        val refused = CountingProvider { token }
+        val client = closeLater(SyncClient.withTokenProvider(SyncConfig(endpoint = server.url, token = ""), refused))
+
+        assertFailsWith<FieldsyncException.SignInRequired> { client.syncNow(store, null) }
+        assertEquals(2, refused.calls.get())
+        assertEquals(1uL, store.outboxLen())
+    }
+
+    @Test
+    fun `enrolling takes an identity provider's token`(): Unit = runBlocking {
+        val token = server.userWithDevice("ada", "north")
+        server.start()
+        val (_, plain) = device("phone", token)
+        assertFailsWith<FieldsyncException.InvalidConfig> { plain.enrollDevice("Ada's tablet") }
+
+        // A device token names its device already: the server refuses it (403).
+        val withDeviceToken = CountingProvider { token }
+        val client = closeLater(SyncClient.withTokenProvider(SyncConfig(endpoint = server.url, token = ""), withDeviceToken))
+        val err = assertFailsWith<FieldsyncException.Server> { client.enrollDevice("Ada's tablet") }
+        assertTrue("403" in err.message.orEmpty(), err.message)
+        assertEquals(1, withDeviceToken.calls.get())
+    }
+
+    @Test
+    fun `background sync waits for a sign-in and carries on after it`(): Unit = runBlocking {
+        val token = server.userWithDevice("ada", "north")
+        server.start()
+        val store = closeLater(Store(dir.resolve("phone.db").toString(), clinicSchema))
+        store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada"))
+        // Signed out until the test signs in.
+        val signedIn = AtomicReference<String?>(null)
+        val client = closeLater(
+            SyncClient.withTokenProvider(SyncConfig(endpoint = server.url, token = "")) {
+                signedIn.get() ?: throw TokenProviderException.SignInRequired("signed out")
+            },
+        )
+        val background = closeLater(client.startBackgroundSync(store, BackgroundOptions(debounceMs = 50uL)))
+
+        val waiting = withTimeout(30.seconds) {
+            background.status.first { it.state == SyncState.SIGN_IN_REQUIRED }
+        }
+        assertFalse(waiting.stopped)
+        assertTrue("signed out" in waiting.lastError.orEmpty(), waiting.lastError)
+        assertEquals(1uL, store.outboxLen())
+
+        signedIn.set(token)
+        background.syncSoon()
+        withTimeout(30.seconds) {
+            background.status.first { it.state == SyncState.IDLE && it.lastSuccessMs != null }
+        }
+        assertEquals(0uL, store.outboxLen())
+        background.stop()
+        assertTrue(background.status.value.stopped)
+    }
+
     private suspend fun <T> Channel<T>.next(): T = withTimeout(10.seconds) { receive() }
+}
+
+/** A token provider that counts how often the sync asked it. */
+private class CountingProvider(private val provide: () -> String) : TokenProvider {
+    val calls = AtomicInteger()
+
+    override suspend fun token(): String {
+        calls.incrementAndGet()
+        return provide()
+    }
 }
