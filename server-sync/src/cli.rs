@@ -13,6 +13,7 @@ use crate::{AppState, Limits, ServerError, admin, listener, router};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod identity;
+mod listing;
 
 #[derive(Parser)]
 #[command(
@@ -380,69 +381,13 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             println!("{user} may no longer read {scope}");
             Ok(())
         }
-        Command::Devices => {
-            let row = |id: &dyn std::fmt::Display,
-                       user: &str,
-                       device: &str,
-                       last: &str,
-                       schema: &str,
-                       state: &str,
-                       actor: &str| {
-                println!(
-                    "{id:>4}  {user:<20} {device:<24} {last:<26} {schema:<7} {state:<8} {actor}"
-                );
-            };
-            let devices = open()?.list_devices()?;
-            row(
-                &"id",
-                "user",
-                "device",
-                "last sync (UTC)",
-                "schema",
-                "state",
-                "actor",
-            );
-            for device in devices {
-                let last = device.last_sync_at.map_or("never".to_owned(), utc);
-                let schema = device
-                    .schema_version
-                    .map_or("-".to_owned(), |v| v.to_string());
-                let state = if device.revoked { "revoked" } else { "active" };
-                row(
-                    &device.id,
-                    &admin::printable(&device.user),
-                    &admin::printable(&device.name),
-                    &last,
-                    &schema,
-                    state,
-                    device.actor.as_deref().unwrap_or("-"),
-                );
-            }
-            Ok(())
-        }
+        Command::Devices => listing::devices(&*open()?),
         Command::ReleaseActor { actor } => {
             admin::release_actor(&*open()?, admin::By::CommandLine, &actor)?;
             println!("actor {actor} released: the next device that stores a push as it binds it");
             Ok(())
         }
-        Command::Users => {
-            println!(
-                "{:>4}  {:<36} {:<7} {:<10} {:<24} email",
-                "id", "name", "role", "sign-in", "display name"
-            );
-            for user in open()?.list_users()? {
-                println!(
-                    "{:>4}  {:<36} {:<7} {:<10} {:<24} {}",
-                    user.id,
-                    admin::printable(&user.name),
-                    user.role.as_str(),
-                    if user.signs_in { "provider" } else { "token" },
-                    admin::printable(user.display_name.as_deref().unwrap_or("-")),
-                    admin::printable(user.email.as_deref().unwrap_or("-")),
-                );
-            }
-            Ok(())
-        }
+        Command::Users => listing::users(&*open()?),
         Command::GroupGrants(GroupGrantsCommand::Set { file }) => {
             let text = std::fs::read_to_string(&file).map_err(|err| {
                 ServerError::BadRequest(format!("cannot read {}: {err}", file.display()))
@@ -470,34 +415,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 until,
                 limit,
             };
-            for entry in open()?.audit(&query)? {
-                let code = entry
-                    .code
-                    .map(|code| format!(" ({code})"))
-                    .unwrap_or_default();
-                if entry.collection == "admin" {
-                    println!(
-                        "{} {} {} {}",
-                        utc(entry.at),
-                        admin::printable(&entry.user),
-                        admin::printable(&entry.action),
-                        admin::printable(&entry.record_id)
-                    );
-                    continue;
-                }
-                // Collections, ids and scopes of refused pushes are as the device sent them.
-                println!(
-                    "{} {} device {} {} {}/{} in {}{code}",
-                    utc(entry.at),
-                    admin::printable(&entry.user),
-                    entry.device_id,
-                    entry.action,
-                    admin::printable(&entry.collection),
-                    admin::printable(&entry.record_id),
-                    admin::printable(&entry.scope)
-                );
-            }
-            Ok(())
+            listing::audit(&*open()?, &query)
         }
         Command::Backup { to } => backup(&db, &to),
         Command::Schema(command) => run_schema(&*open()?, command),
@@ -610,7 +528,7 @@ fn run_schema(storage: &dyn Storage, command: SchemaCommand) -> Result<(), Serve
                 println!(
                     "version {} set {} ({collections} collections)",
                     stored.version,
-                    utc(stored.set_at)
+                    listing::utc(stored.set_at)
                 );
             }
             Ok(())
@@ -635,11 +553,6 @@ fn backup(db: &Database, to: &std::path::Path) -> Result<(), ServerError> {
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC time.
-fn utc(ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
 /// Serves `state`, whose storage is `storage`.
 fn serve(
     storage: Arc<dyn Storage>,
