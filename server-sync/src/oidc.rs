@@ -318,3 +318,46 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fetched_over_https_or_from_this_machine_only() {
+        for good in [
+            "https://login.microsoftonline.com/tenant/v2.0",
+            "http://127.0.0.1:8080/realms/clinic",
+            "http://localhost/realms/clinic",
+            "http://[::1]:9000/",
+        ] {
+            assert!(check_url("issuer", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://idp.clinic.example/realms/clinic",
+            "http://10.0.0.5/",
+            "ftp://127.0.0.1/",
+            "not a url",
+        ] {
+            let err = check_url("issuer", bad).unwrap_err().to_string();
+            assert!(err.contains("OIDC issuer"), "{bad}: {err}");
+        }
+        let config = OidcConfig {
+            issuer: "https://idp.clinic.example/realms/clinic".into(),
+            audience: String::new(),
+            jwks_url: None,
+            groups_claim: "groups".into(),
+            admin_group: None,
+            leeway_secs: 60,
+            refetch_interval: DEFAULT_REFETCH_INTERVAL,
+            ca_pem: None,
+        };
+        assert!(Provider::new(&config).is_err(), "an audience is needed");
+        let with_bad_ca = OidcConfig {
+            audience: "fieldsync".into(),
+            ca_pem: Some("not a certificate".into()),
+            ..config
+        };
+        assert!(Provider::new(&with_bad_ca).is_err());
+    }
+}

@@ -32,16 +32,18 @@ struct Clinic {
 
 impl Clinic {
     fn start() -> Clinic {
+        Clinic::start_with(|idp| vec!["--oidc-issuer".into(), idp.issuer.clone()])
+    }
+
+    /// A clinic whose server is told of the provider by the flags `identity` gives.
+    fn start_with(identity: impl FnOnce(&TestIdentityProvider) -> Vec<String>) -> Clinic {
         let idp = TestIdentityProvider::start();
         let dir = tempfile::tempdir().unwrap();
         let grants = dir.path().join("groups.conf");
         std::fs::write(&grants, GROUP_GRANTS).unwrap();
-        let server = ServerProcess::start_with(
-            SERVER.as_ref(),
-            dir.path().join("server.db"),
-            &[
-                "--oidc-issuer",
-                &idp.issuer,
+        let mut flags = identity(&idp);
+        flags.extend(
+            [
                 "--oidc-audience",
                 AUDIENCE,
                 "--oidc-admin-group",
@@ -52,9 +54,12 @@ impl Clinic {
                 "0",
                 "--requests-per-second",
                 "0",
-            ],
-            None,
+            ]
+            .map(String::from),
         );
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let server =
+            ServerProcess::start_with(SERVER.as_ref(), dir.path().join("server.db"), &flags, None);
         server.admin(&["group-grants", "set", grants.to_str().unwrap()]);
         Clinic {
             _dir: dir,
@@ -605,4 +610,35 @@ fn the_providers_administrators_use_the_admin_api_and_lose_it_with_the_group() {
     assert_eq!(users(&idp.token("root", &[])).status().as_u16(), 403);
     let audit = clinic.server.admin(&["audit", "--user", "root"]);
     assert!(audit.contains("set-group-grants"), "{audit}");
+}
+
+#[test]
+fn keys_come_from_a_configured_jwks_url_or_a_discovery_document_naming_the_issuer() {
+    // A JWKS URL given: the discovery document is never asked for.
+    let clinic = Clinic::start_with(|idp| {
+        vec![
+            "--oidc-issuer".into(),
+            idp.issuer.clone(),
+            "--oidc-jwks-url".into(),
+            idp.jwks_url(),
+        ]
+    });
+    let token = clinic.idp.token("ada", &[]);
+    assert!(clinic.enroll(&token).is_ok());
+    assert_eq!(
+        (clinic.idp.discoveries(), clinic.idp.jwks_fetches()),
+        (0, 1)
+    );
+
+    // An issuer spelled otherwise than the provider's discovery document names it: no key is
+    // taken from there, and tokens cannot be checked (503, to retry) rather than refused.
+    let clinic = Clinic::start_with(|idp| vec!["--oidc-issuer".into(), format!("{}/", idp.issuer)]);
+    let mut claims = clinic.idp.claims("ada", &[], 600);
+    claims["iss"] = json!(format!("{}/", clinic.idp.issuer));
+    match clinic.enroll(&clinic.idp.sign(claims)) {
+        Err((503, body)) => assert!(body.message.contains("keys"), "{}", body.message),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(clinic.idp.discoveries(), 1);
+    assert_eq!(clinic.idp.jwks_fetches(), 0);
 }

@@ -23,6 +23,7 @@ pub struct TestIdentityProvider {
     pub issuer: String,
     keys: Arc<Mutex<Keys>>,
     jwks_fetches: Arc<AtomicUsize>,
+    discoveries: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -41,6 +42,7 @@ struct Served {
     issuer: String,
     keys: Arc<Mutex<Keys>>,
     jwks_fetches: Arc<AtomicUsize>,
+    discoveries: Arc<AtomicUsize>,
 }
 
 impl TestIdentityProvider {
@@ -62,10 +64,12 @@ impl TestIdentityProvider {
             signing: "es-1".into(),
         }));
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
+        let discoveries = Arc::new(AtomicUsize::new(0));
         let served = Served {
             issuer: issuer.clone(),
             keys: keys.clone(),
             jwks_fetches: jwks_fetches.clone(),
+            discoveries: discoveries.clone(),
         };
         let app = Router::new()
             .route(
@@ -95,6 +99,7 @@ impl TestIdentityProvider {
             issuer,
             keys,
             jwks_fetches,
+            discoveries,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -161,6 +166,16 @@ impl TestIdentityProvider {
         kid
     }
 
+    /// The JWKS URL its discovery document names.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/protocol/openid-connect/certs", self.issuer)
+    }
+
+    /// How many times the discovery document was fetched.
+    pub fn discoveries(&self) -> usize {
+        self.discoveries.load(Ordering::SeqCst)
+    }
+
     /// How many times the JWKS was fetched.
     pub fn jwks_fetches(&self) -> usize {
         self.jwks_fetches.load(Ordering::SeqCst)
@@ -183,6 +198,7 @@ impl Drop for TestIdentityProvider {
 }
 
 async fn discovery(State(served): State<Served>) -> Json<Value> {
+    served.discoveries.fetch_add(1, Ordering::SeqCst);
     Json(json!({
         "issuer": served.issuer,
         "jwks_uri": format!("{}/protocol/openid-connect/certs", served.issuer),
