@@ -5,6 +5,8 @@
 
 #[path = "support/identity_provider.rs"]
 mod identity_provider;
+#[path = "support/keycloak.rs"]
+mod keycloak;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
