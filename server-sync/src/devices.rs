@@ -1,5 +1,6 @@
 //! `/v1/devices`: under an identity provider, a device enrols itself with its user's access
-//! token (no administrator involved), and a person lists and revokes their own devices.
+//! token (no administrator involved), and a person lists and revokes their own devices. Both
+//! changes are audited as an administrator's are, by the person.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -43,7 +44,13 @@ pub async fn enroll(
                 "a person may have {MAX_LIVE_DEVICES_PER_USER} devices; revoke one first"
             )));
         }
-        storage.create_device(person.user_id, &request.name)
+        let device_id = storage.create_device(person.user_id, &request.name)?;
+        storage.audit_admin(
+            person.user_id,
+            "enroll-device (self)",
+            &device_id.to_string(),
+        )?;
+        Ok(device_id)
     })
     .await?;
     tracing::info!(device_id, user_id = person.user_id, "device enrolled");
@@ -87,7 +94,13 @@ pub async fn revoke(
         if !owned {
             return Err(ServerError::NotFound(format!("no device {device_id}")));
         }
-        storage.revoke_device(device_id)?;
+        if storage.revoke_device(device_id)? {
+            storage.audit_admin(
+                person.user_id,
+                "revoke-device (self)",
+                &device_id.to_string(),
+            )?;
+        }
         Ok(())
     })
     .await?;

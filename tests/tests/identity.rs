@@ -319,6 +319,12 @@ fn devices_enrol_themselves_and_are_listed_and_revoked_by_their_person() {
         devices.contains("ada") && devices.contains("bo"),
         "{devices}"
     );
+    let audit = clinic.server.admin(&["audit", "--user", "ada"]);
+    assert!(
+        audit.contains(&format!("ada enroll-device (self) {phone}"))
+            && audit.contains(&format!("ada revoke-device (self) {phone}")),
+        "{audit}"
+    );
 }
 
 /// Records the seeder (a device token user, as clinics without a provider have) writes into
