@@ -166,6 +166,12 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file the app named could not be read or written (an attachment's source, or where
+    /// its bytes were to be saved), or an attachment's bytes left the store while being read.
+    /// The message says how, never what the file holds.
+    #[error("file error: {0}")]
+    Io(String),
+
     /// The sync configuration cannot be used (endpoint, certificates).
     #[error("invalid sync configuration: {0}")]
     InvalidConfig(String),
@@ -204,6 +210,17 @@ pub enum Error {
     /// The server's answer does not follow the protocol (or its version is not spoken here).
     #[error("protocol error: {0}")]
     Protocol(String),
+
+    /// An `attachment` field was given a value that is not a reference to an attachment.
+    #[error("field `{collection}.{field}` is not an attachment reference: {problem}")]
+    InvalidAttachment {
+        /// The collection.
+        collection: String,
+        /// The field.
+        field: String,
+        /// What is wrong, naming the member (never its value).
+        problem: &'static str,
+    },
 
     /// A field value nests maps and lists deeper than
     /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) levels. A write holding one is refused:
@@ -259,6 +276,15 @@ impl From<fieldsync_record::Error> for Error {
             Record::MissingField { collection, field } => Error::MissingField { collection, field },
             Record::ScopeChange { collection } => Error::ScopeChange { collection },
             Record::NestingTooDeep { field, limit } => Error::NestingTooDeep { field, limit },
+            Record::InvalidAttachment {
+                collection,
+                field,
+                problem,
+            } => Error::InvalidAttachment {
+                collection,
+                field,
+                problem,
+            },
             Record::InvalidTextEdit {
                 collection,
                 field,

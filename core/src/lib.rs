@@ -62,12 +62,14 @@ use fieldsync_record::{document, merge, parallel, protocol, schema, stored};
 pub use encryption::EncryptionKey;
 pub use error::{Error, Result};
 pub use fieldsync_record::MAX_NESTING_DEPTH;
+pub use fieldsync_record::attachment::AttachmentRef;
 pub use fieldsync_record::document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING};
 pub use query::{Filter, Order, Query};
-pub use schema::{Collection, Field, FieldType, Index, OnDelete, Schema};
+pub use schema::{Collection, Download, Field, FieldType, Index, OnDelete, Schema};
 pub use store::{
-    ApplyReport, Orphan, OutboxEntry, Record, RejectedRecord, RejectedWrite, RemotePayload,
-    RemoteRecord, Store, StoreOptions, Synchronous, Write,
+    ApplyReport, AttachmentReader, AttachmentSource, Orphan, OutboxEntry, Record, RejectedRecord,
+    RejectedWrite, RemotePayload, RemoteRecord, STORED_CHUNK_BYTES, Store, StoreOptions,
+    Synchronous, Write,
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
 pub use sync::{

@@ -317,6 +317,7 @@ fn bind(name: &str, field: &str, field_type: FieldType, value: &Value) -> Result
         required: false,
         target: None,
         on_delete: None,
+        download: None,
     };
     value::check_type(name, field, &declared, value).map_err(|_| {
         Error::InvalidQuery(format!(

@@ -1,6 +1,7 @@
 //! The store: one SQLite file holding every record of an app as an Automerge document, the
 //! materialized values queries use, and the outbox of local changes waiting to sync.
 
+mod attachments;
 mod migrations;
 mod read;
 mod rejected;
@@ -28,6 +29,7 @@ use crate::subscription::{ChangeEvent, ChangeOrigin, Changed, Registry, Subscrip
 use crate::value::Fields;
 use fieldsync_sqlite::Checkpointer;
 
+pub use attachments::{AttachmentReader, AttachmentSource, STORED_CHUNK_BYTES};
 pub use read::{Orphan, Record};
 pub use rejected::RejectedWrite;
 pub use remote::{ApplyReport, RejectedRecord, RemotePayload, RemoteRecord};

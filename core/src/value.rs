@@ -14,7 +14,7 @@ pub(crate) use fieldsync_record::value::check_type;
 pub(crate) fn to_sql(field_type: FieldType, value: &Value) -> SqlValue {
     match (field_type, value) {
         (_, Value::Null) => SqlValue::Null,
-        (FieldType::Json, other) => SqlValue::Text(other.to_string()),
+        (FieldType::Json | FieldType::Attachment, other) => SqlValue::Text(other.to_string()),
         (_, Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
         (FieldType::Float, Value::Number(n)) => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
         (_, Value::Number(n)) => match n.as_i64() {
@@ -29,7 +29,8 @@ pub(crate) fn to_sql(field_type: FieldType, value: &Value) -> SqlValue {
 /// Like [`to_sql`], borrowing strings instead of copying them.
 pub(crate) fn to_sql_output(field_type: FieldType, value: &Value) -> ToSqlOutput<'_> {
     match (field_type, value) {
-        (FieldType::Json, _) | (_, Value::Null | Value::Bool(_) | Value::Number(_)) => {
+        (FieldType::Json | FieldType::Attachment, _)
+        | (_, Value::Null | Value::Bool(_) | Value::Number(_)) => {
             ToSqlOutput::Owned(to_sql(field_type, value))
         }
         (_, Value::String(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
@@ -47,8 +48,10 @@ pub(crate) fn from_sql(field_type: FieldType, value: ValueRef<'_>) -> Result<Val
     Ok(match (field_type, value) {
         (_, ValueRef::Null) => Value::Null,
         (FieldType::Boolean, ValueRef::Integer(i)) => Value::Bool(i != 0),
-        (FieldType::Json, ValueRef::Text(s)) => serde_json::from_slice(s)
-            .map_err(|_| Error::Corrupt("a json column does not hold JSON".into()))?,
+        (FieldType::Json | FieldType::Attachment, ValueRef::Text(s)) => {
+            serde_json::from_slice(s)
+                .map_err(|_| Error::Corrupt("a json column does not hold JSON".into()))?
+        }
         (FieldType::Float, ValueRef::Integer(i)) => Value::from(i as f64),
         (_, ValueRef::Integer(i)) => Value::from(i),
         (_, ValueRef::Real(f)) => Value::from(f),

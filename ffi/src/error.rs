@@ -135,7 +135,9 @@ impl From<CoreError> for FieldsyncError {
             CoreError::InvalidRemoteChange { .. } | CoreError::RemoteTooLarge { .. } => {
                 FieldsyncError::InvalidRemoteChange(message)
             }
-            CoreError::NestingTooDeep { .. } => FieldsyncError::InvalidValue(message),
+            CoreError::NestingTooDeep { .. } | CoreError::InvalidAttachment { .. } => {
+                FieldsyncError::InvalidValue(message)
+            }
             CoreError::TooManyPendingChanges { .. } => {
                 FieldsyncError::TooManyPendingChanges(message)
             }

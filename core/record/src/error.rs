@@ -63,6 +63,17 @@ pub enum Error {
         collection: String,
     },
 
+    /// An `attachment` field's value is not a reference to an attachment.
+    #[error("field `{collection}.{field}` is not an attachment reference: {problem}")]
+    InvalidAttachment {
+        /// The collection.
+        collection: String,
+        /// The field.
+        field: String,
+        /// What is wrong, naming the member (never its value).
+        problem: &'static str,
+    },
+
     /// A field value nests maps and lists deeper than
     /// [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH) levels.
     #[error("field `{field}` nests maps and lists deeper than {limit} levels")]

@@ -11,6 +11,8 @@
 //!   stored form of a document (a save followed by appended changes).
 //! - [`chunks`]: Automerge's binary chunks checked before Automerge sees them (inflated size,
 //!   checksums).
+//! - [`attachment`]: what an `attachment` field holds, a reference to bytes kept beside the
+//!   record.
 //! - [`ids`]: the rules for record ids and collection names.
 //! - [`protocol`]: the sync protocol's wire types and their encoding (docs/PROTOCOL.md).
 //!
@@ -34,6 +36,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod attachment;
 pub mod chunks;
 pub mod document;
 mod error;
@@ -48,5 +51,5 @@ pub mod value;
 
 pub use document::{DELETED_KEY, MAX_NESTING_DEPTH};
 pub use error::{Error, Result};
-pub use schema::{Collection, Field, FieldType, Index, OnDelete, Schema};
+pub use schema::{Collection, Download, Field, FieldType, Index, OnDelete, Schema};
 pub use value::Fields;

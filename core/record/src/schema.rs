@@ -72,6 +72,19 @@ pub struct Field {
     /// For `reference` fields: what deleting the referenced record does (default `restrict`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_delete: Option<OnDelete>,
+    /// For `attachment` fields: when devices download the bytes (default `eager`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<Download>,
+}
+
+/// When devices download an attachment field's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Download {
+    /// With the record, so that they are at hand offline (a signed consent form).
+    Eager,
+    /// When the app asks for them (large media).
+    OnDemand,
 }
 
 /// The type of a field.
@@ -94,12 +107,15 @@ pub enum FieldType {
     Json,
     /// The id of a record in the collection named by [`Field::target`].
     Reference,
+    /// A reference to bytes kept beside the record (a photo, an audio note, a signed form):
+    /// see [`crate::attachment`].
+    Attachment,
 }
 
 impl FieldType {
     /// Whether queries can filter and order by fields of this type.
     pub fn is_queryable(self) -> bool {
-        self != FieldType::Json
+        !matches!(self, FieldType::Json | FieldType::Attachment)
     }
 }
 
@@ -114,6 +130,7 @@ impl fmt::Display for FieldType {
             FieldType::Text => "text",
             FieldType::Json => "json",
             FieldType::Reference => "reference",
+            FieldType::Attachment => "attachment",
         };
         f.write_str(name)
     }
@@ -253,6 +270,11 @@ impl Collection {
                 }
                 _ => {}
             }
+            if field.download.is_some() && field.field_type != FieldType::Attachment {
+                return invalid(format!(
+                    "`{name}.{field_name}`: download is for attachments"
+                ));
+            }
             if field.on_delete == Some(OnDelete::SetNull) && field.required {
                 return invalid(format!(
                     "`{name}.{field_name}`: set_null needs an optional field"
@@ -279,13 +301,18 @@ impl Collection {
                 let field = self.field(name, field_name)?;
                 if !field.field_type.is_queryable() {
                     return invalid(format!(
-                        "index `{name}.{}`: json fields cannot be indexed",
+                        "index `{name}.{}`: json and attachment fields cannot be indexed",
                         index.name
                     ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// When an attachment field's bytes are downloaded (`eager` when not declared).
+    pub fn download(field: &Field) -> Download {
+        field.download.unwrap_or(Download::Eager)
     }
 
     /// The delete rule of a reference field (`restrict` when not declared).
@@ -319,7 +346,9 @@ mod tests {
                 "sessions": {"scope_field": "caseload_id", "fields": {
                     "caseload_id": {"type": "string", "required": true},
                     "client": {"type": "reference", "target": "clients", "on_delete": "cascade"},
-                    "note": {"type": "text"}}}
+                    "note": {"type": "text"},
+                    "consent": {"type": "attachment"},
+                    "recording": {"type": "attachment", "download": "on_demand"}}}
             }}"#,
         )
         .unwrap()
@@ -328,6 +357,10 @@ mod tests {
     #[test]
     fn round_trips_through_json() {
         let schema = clinic();
+        let sessions = schema.collection("sessions").unwrap();
+        let download = |field: &str| Collection::download(&sessions.fields[field]);
+        assert_eq!(download("consent"), Download::Eager, "the default");
+        assert_eq!(download("recording"), Download::OnDemand);
         assert_eq!(Schema::from_json(&schema.to_json()).unwrap(), schema);
         let versioned = Schema {
             version: Some(3),
@@ -349,6 +382,9 @@ mod tests {
             r#"{"collections": {"c": {"scope_field": "s", "fields": {"s": {"type": "string", "required": true}, "j": {"type": "json"}}, "indexes": [{"name": "i", "fields": ["j"]}]}}}"#,
             r#"{"collections": {"c": {"scope_field": "s", "fields": {"s": {"type": "string", "required": true}, "_x": {"type": "string"}}}}}"#,
             r#"{"collections": {"c": {"scope_field": "s", "fields": {"s": {"type": "strin", "required": true}}}}}"#,
+            r#"{"collections": {"c": {"scope_field": "s", "fields": {"s": {"type": "string", "required": true}, "a": {"type": "attachment"}}, "indexes": [{"name": "i", "fields": ["a"]}]}}}"#,
+            r#"{"collections": {"c": {"scope_field": "s", "fields": {"s": {"type": "string", "required": true}, "n": {"type": "string", "download": "eager"}}}}}"#,
+            r#"{"collections": {"c": {"scope_field": "s", "fields": {"s": {"type": "string", "required": true}, "a": {"type": "attachment", "download": "lazily"}}}}}"#,
         ];
         for case in cases {
             assert!(
@@ -370,6 +406,7 @@ mod tests {
                 required: false,
                 target: None,
                 on_delete: None,
+                download: None,
             },
         );
         clients.indexes.push(Index {

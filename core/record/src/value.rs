@@ -19,6 +19,15 @@ pub fn check_type(collection: &str, name: &str, field: &Field, value: &Value) ->
         FieldType::Integer | FieldType::Timestamp => value.is_i64(),
         FieldType::Float => value.is_number(),
         FieldType::Boolean => value.is_boolean(),
+        FieldType::Attachment => {
+            return crate::attachment::AttachmentRef::from_value(value)
+                .map(drop)
+                .map_err(|problem| Error::InvalidAttachment {
+                    collection: collection.to_owned(),
+                    field: name.to_owned(),
+                    problem,
+                });
+        }
         FieldType::Json => {
             if nests_deeper(value, crate::MAX_NESTING_DEPTH) {
                 return Err(Error::NestingTooDeep {
@@ -61,6 +70,7 @@ mod tests {
             required: false,
             target: None,
             on_delete: None,
+            download: None,
         }
     }
 
@@ -72,5 +82,11 @@ mod tests {
         assert!(check_type("c", "f", &field(FieldType::Boolean), &json!("true")).is_err());
         assert!(check_type("c", "f", &field(FieldType::Text), &json!("note")).is_ok());
         assert!(check_type("c", "f", &field(FieldType::Json), &json!({"a": [1]})).is_ok());
+        let photo = json!({"sha256": "ab".repeat(32), "size": 3, "media_type": "image/png"});
+        assert!(check_type("c", "f", &field(FieldType::Attachment), &photo).is_ok());
+        let err = check_type("c", "f", &field(FieldType::Attachment), &json!({"size": 3}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`c.f`") && err.contains("sha256"), "{err}");
     }
 }

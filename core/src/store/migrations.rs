@@ -11,6 +11,7 @@ const STEPS: &[&str] = &[
     include_str!("migrations/003_sync_state.sql"),
     include_str!("migrations/004_refused_pulls.sql"),
     include_str!("migrations/005_rejected_writes.sql"),
+    include_str!("migrations/006_attachments.sql"),
 ];
 
 /// The format version a fully migrated file has.
@@ -23,21 +24,26 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
 
 /// Brings the file up to `target`; older steps already applied are skipped.
 pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<()> {
-    let current: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if current > LATEST {
-        return Err(Error::NewerFormat {
-            found: current,
-            supported: LATEST,
-        });
-    }
-    for version in current + 1..=target {
-        let tx = conn.transaction()?;
+    loop {
+        // The version is read inside the step's write transaction: two processes opening the
+        // same file at once apply each step once, the second seeing the first's version.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if current > LATEST {
+            return Err(Error::NewerFormat {
+                found: current,
+                supported: LATEST,
+            });
+        }
+        if current >= target {
+            return Ok(());
+        }
+        let version = current + 1;
         tx.execute_batch(STEPS[version as usize - 1])?;
         // PRAGMA takes no parameters; `version` is our own integer.
         tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
         tx.commit()?;
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -137,7 +137,11 @@ fn column_type(field_type: FieldType) -> &'static str {
     match field_type {
         FieldType::Integer | FieldType::Timestamp | FieldType::Boolean => "INTEGER",
         FieldType::Float => "REAL",
-        FieldType::String | FieldType::Text | FieldType::Json | FieldType::Reference => "TEXT",
+        FieldType::String
+        | FieldType::Text
+        | FieldType::Json
+        | FieldType::Reference
+        | FieldType::Attachment => "TEXT",
     }
 }
 

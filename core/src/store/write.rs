@@ -71,9 +71,21 @@ pub(super) fn apply(
     db: &mut Db,
     writes: Vec<Write>,
 ) -> Result<(Vec<String>, Vec<Changed>)> {
+    apply_with(shared, db, writes, |_| Ok(()))
+}
+
+/// Like [`apply`], running `first` in the same transaction before the writes (storing an
+/// attachment's bytes with the write that references them).
+pub(super) fn apply_with(
+    shared: &Shared,
+    db: &mut Db,
+    writes: Vec<Write>,
+    first: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<()>,
+) -> Result<(Vec<String>, Vec<Changed>)> {
     let now = super::now_ms();
     let Db { conn, cache, .. } = db;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    first(&tx)?;
     let mut batch = Batch {
         shared,
         tx: &tx,
