@@ -168,6 +168,26 @@ pub struct StoredGroupGrant {
     pub access: Access,
 }
 
+/// An attachment the server holds, or is receiving, in a scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentState {
+    /// Its length in bytes.
+    pub size: u64,
+    /// The numbers of the chunks held, in order.
+    pub received: Vec<u32>,
+    /// Whether every chunk is in and the whole matched its hash.
+    pub complete: bool,
+}
+
+/// What storing an attachment's chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStored {
+    /// The chunk was new.
+    New,
+    /// The server held it already (a retry after a lost answer): nothing was written.
+    AlreadyHeld,
+}
+
 /// Who the clinic's identity provider says signed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignIn<'a> {
@@ -817,6 +837,31 @@ pub trait Storage: Send + Sync + 'static {
         record: &MergedRecord,
         action: &str,
     ) -> Result<bool>;
+
+    /// The attachment `sha256` of `scope`, if the server holds or is receiving it.
+    fn attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<Option<AttachmentState>>;
+    /// Stores chunk `chunk` of the attachment `sha256` of `size` bytes in `scope`, recording
+    /// the attachment if it is new. [`ServerError::Conflict`] if the server holds it with
+    /// another size; a chunk held already is left as it is.
+    fn put_attachment_chunk(
+        &self,
+        scope: &str,
+        sha256: &[u8; 32],
+        size: u64,
+        chunk: u32,
+        bytes: &[u8],
+    ) -> Result<ChunkStored>;
+    /// Chunk `chunk` of the attachment `sha256` of `scope`, if held.
+    fn attachment_chunk(
+        &self,
+        scope: &str,
+        sha256: &[u8; 32],
+        chunk: u32,
+    ) -> Result<Option<Vec<u8>>>;
+    /// Marks the attachment complete: every chunk is in and the caller checked the whole.
+    fn complete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<()>;
+    /// Drops an attachment and its chunks; false if the server held none.
+    fn delete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<bool>;
 
     /// The number of the schema version in force, 0 while none was set: cheap enough to ask
     /// on every push, which reads the schema again only when it changed.

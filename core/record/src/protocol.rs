@@ -25,6 +25,9 @@ pub const VERSION_HEADER: &str = "fieldsync-protocol";
 /// device got when it enrolled ([`EnrolledDevice`]).
 pub const DEVICE_HEADER: &str = "fieldsync-device";
 
+/// The size of the chunks attachments' bytes travel in (the last of an attachment shorter).
+pub const ATTACHMENT_CHUNK_BYTES: usize = 1 << 20;
+
 /// The content type of push and pull bodies.
 pub const CONTENT_TYPE: &str = "application/vnd.fieldsync+msgpack";
 

@@ -4,6 +4,7 @@
 //!
 //! Each check takes a fresh, empty storage and panics with a message on failure.
 
+mod attachments;
 mod identity;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     identity::scopes_are_found_by_prefix(&*fresh());
     identity::users_are_listed_and_admin_actions_audited(&*fresh());
     identity::group_grants_are_replaced_whole(&*fresh());
+    attachments::attachments_are_received_in_chunks_per_scope(&*fresh());
 }
 
 /// A pushed record of `clients` in `scope`, whose one change is its id's bytes.

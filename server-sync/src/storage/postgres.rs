@@ -32,14 +32,15 @@ use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceRecord, DeviceSync, DocumentEntry,
-    FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord,
-    Page, Result, Role, SignIn, Snapshot, Storage, StoredGroupGrant, StoredRecord, StoredSchema,
-    StoredVersion, TokenRecord, UserInfo, audited_name, decode_changes, encode_changes, now_ms,
-    replayed,
+    Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
+    DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
+    ListedRecord, Merge, MergedRecord, Page, Result, Role, SignIn, Snapshot, Storage,
+    StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion, TokenRecord, UserInfo,
+    audited_name, decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 
+mod attachments;
 mod identity;
 mod maintenance;
 
@@ -54,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/008_device_actors.sql"),
     include_str!("migrations/postgres/009_device_schema_versions.sql"),
     include_str!("migrations/postgres/010_identity.sql"),
+    include_str!("migrations/postgres/011_attachments.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -932,6 +934,38 @@ impl Storage for PostgresStorage {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    fn attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<Option<AttachmentState>> {
+        attachments::attachment(&mut *self.conn()?, scope, sha256)
+    }
+
+    fn put_attachment_chunk(
+        &self,
+        scope: &str,
+        sha256: &[u8; 32],
+        size: u64,
+        chunk: u32,
+        bytes: &[u8],
+    ) -> Result<ChunkStored> {
+        attachments::put_chunk(&mut *self.conn()?, (scope, sha256), size, chunk, bytes)
+    }
+
+    fn attachment_chunk(
+        &self,
+        scope: &str,
+        sha256: &[u8; 32],
+        chunk: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        attachments::chunk(&mut *self.conn()?, scope, sha256, chunk)
+    }
+
+    fn complete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<()> {
+        attachments::complete(&mut *self.conn()?, scope, sha256)
+    }
+
+    fn delete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<bool> {
+        attachments::delete(&mut *self.conn()?, scope, sha256)
     }
 
     fn schema_version(&self) -> Result<u32> {

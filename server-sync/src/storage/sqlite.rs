@@ -22,15 +22,16 @@ use fieldsync_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    Access, AuditEntry, AuditQuery, Batch, DeviceInfo, DeviceRecord, DeviceSync, DocumentEntry,
-    FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedRecord, Merge, MergedRecord,
-    Page, Result, Role, SignIn, Snapshot, SnapshotMark, Storage, StoredGroupGrant, StoredRecord,
-    StoredSchema, StoredVersion, TokenRecord, UserInfo, actor_taken_meanwhile, audited_name,
-    decode_changes, encode_changes, now_ms, replayed,
+    Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
+    DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
+    ListedRecord, Merge, MergedRecord, Page, Result, Role, SignIn, Snapshot, SnapshotMark, Storage,
+    StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion, TokenRecord, UserInfo,
+    actor_taken_meanwhile, audited_name, decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
 
+mod attachments;
 mod identity;
 mod maintenance;
 
@@ -48,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/011_device_actors.sql"),
     include_str!("migrations/sqlite/012_device_schema_versions.sql"),
     include_str!("migrations/sqlite/013_identity.sql"),
+    include_str!("migrations/sqlite/014_attachments.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -719,6 +721,38 @@ impl Storage for SqliteStorage {
         action: &str,
     ) -> Result<bool> {
         self.write(|conn| maintenance::rewrite_record(conn, key, version, record, action))
+    }
+
+    fn attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<Option<AttachmentState>> {
+        self.read(|conn| attachments::attachment(conn, scope, sha256))
+    }
+
+    fn put_attachment_chunk(
+        &self,
+        scope: &str,
+        sha256: &[u8; 32],
+        size: u64,
+        chunk: u32,
+        bytes: &[u8],
+    ) -> Result<ChunkStored> {
+        self.write(|conn| attachments::put_chunk(conn, (scope, sha256), size, chunk, bytes))
+    }
+
+    fn attachment_chunk(
+        &self,
+        scope: &str,
+        sha256: &[u8; 32],
+        chunk: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        self.read(|conn| attachments::chunk(conn, scope, sha256, chunk))
+    }
+
+    fn complete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<()> {
+        self.write(|conn| attachments::complete(conn, scope, sha256))
+    }
+
+    fn delete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<bool> {
+        self.write(|conn| attachments::delete(conn, scope, sha256))
     }
 
     fn schema_version(&self) -> Result<u32> {

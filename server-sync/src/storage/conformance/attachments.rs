@@ -1,0 +1,56 @@
+//! Checks of attachments' bytes and state, kept per scope.
+
+use crate::error::ServerError;
+use crate::storage::{AttachmentState, ChunkStored, Storage};
+
+pub(super) fn attachments_are_received_in_chunks_per_scope(storage: &dyn Storage) {
+    let sha = [7u8; 32];
+    assert_eq!(storage.attachment("north", &sha).unwrap(), None);
+    assert_eq!(
+        storage
+            .put_attachment_chunk("north", &sha, 5, 1, b"de")
+            .unwrap(),
+        ChunkStored::New
+    );
+    assert_eq!(
+        storage
+            .put_attachment_chunk("north", &sha, 5, 1, b"de")
+            .unwrap(),
+        ChunkStored::AlreadyHeld,
+        "a chunk sent again is not stored again"
+    );
+    let sized_otherwise = storage.put_attachment_chunk("north", &sha, 6, 0, b"abc");
+    assert!(
+        matches!(sized_otherwise, Err(ServerError::Conflict(_))),
+        "{sized_otherwise:?}"
+    );
+    assert_eq!(
+        storage.attachment("north", &sha).unwrap(),
+        Some(AttachmentState {
+            size: 5,
+            received: vec![1],
+            complete: false
+        })
+    );
+    storage
+        .put_attachment_chunk("north", &sha, 5, 0, b"abc")
+        .unwrap();
+    storage.complete_attachment("north", &sha).unwrap();
+    let state = storage.attachment("north", &sha).unwrap().unwrap();
+    assert_eq!((state.received, state.complete), (vec![0, 1], true));
+    assert_eq!(
+        storage
+            .attachment_chunk("north", &sha, 0)
+            .unwrap()
+            .as_deref(),
+        Some(&b"abc"[..])
+    );
+    assert_eq!(storage.attachment_chunk("north", &sha, 2).unwrap(), None);
+    // The same bytes in another scope are another attachment.
+    assert_eq!(storage.attachment("south", &sha).unwrap(), None);
+    assert_eq!(storage.attachment_chunk("south", &sha, 0).unwrap(), None);
+    assert!(storage.delete_attachment("north", &sha).unwrap());
+    assert!(!storage.delete_attachment("north", &sha).unwrap());
+    assert_eq!(storage.attachment("north", &sha).unwrap(), None);
+    assert_eq!(storage.attachment_chunk("north", &sha, 0).unwrap(), None);
+}
