@@ -54,6 +54,9 @@ enum Command {
         /// Largest record document in bytes.
         #[arg(long, env = "FIELDSYNC_MAX_DOCUMENT_BYTES", default_value_t = Limits::default().max_document_bytes)]
         max_document_bytes: usize,
+        /// Largest attachment in bytes.
+        #[arg(long, env = "FIELDSYNC_MAX_ATTACHMENT_BYTES", default_value_t = Limits::default().max_attachment_bytes)]
+        max_attachment_bytes: u64,
         /// Requests a second each device may make on average (0: no limit).
         #[arg(long, env = "FIELDSYNC_REQUESTS_PER_SECOND", default_value_t = Limits::default().requests_per_second)]
         requests_per_second: u32,
@@ -268,6 +271,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             max_body_bytes,
             max_records_per_push,
             max_document_bytes,
+            max_attachment_bytes,
             requests_per_second,
             request_burst,
             max_connections,
@@ -278,6 +282,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 max_body_bytes,
                 max_records_per_push,
                 max_document_bytes,
+                max_attachment_bytes,
                 requests_per_second,
                 request_burst,
                 ..Limits::default()

@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod admin_api;
 pub mod admission;
+mod attachments;
 pub mod auth;
 pub mod cli;
 mod devices;
@@ -80,6 +81,8 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Requests a device may make in a burst.
     pub request_burst: u32,
+    /// Largest attachment (bytes).
+    pub max_attachment_bytes: u64,
 }
 
 impl Default for Limits {
@@ -95,6 +98,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             requests_per_second: 20,
             request_burst: 60,
+            max_attachment_bytes: 100 << 20,
         }
     }
 }
@@ -158,6 +162,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/schema", get(schema::get))
         .route("/v1/devices", post(devices::enroll).get(devices::list))
         .route("/v1/devices/{id}", axum::routing::delete(devices::revoke))
+        .route(
+            "/v1/scopes/{scope}/attachments/{sha256}",
+            get(attachments::status),
+        )
+        .route(
+            "/v1/scopes/{scope}/attachments/{sha256}/chunks/{chunk}",
+            get(attachments::get_chunk).put(attachments::put_chunk),
+        )
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

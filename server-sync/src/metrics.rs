@@ -72,6 +72,12 @@ pub struct Metrics {
     pub changes_applied: AtomicU64,
     /// Records sent by pulls.
     pub records_pulled: AtomicU64,
+    /// Attachment chunks received and stored.
+    pub attachment_chunks_received: AtomicU64,
+    /// Attachment chunks received that the server held already (a retry after a lost answer).
+    pub attachment_chunks_repeated: AtomicU64,
+    /// Bytes of attachment chunks sent.
+    pub attachment_bytes_sent: AtomicU64,
     /// Push latency.
     pub push_latency: Histogram,
     /// Pull latency.
@@ -129,6 +135,21 @@ impl Metrics {
                 "fieldsync_records_pulled_total",
                 "records sent by pulls",
                 &self.records_pulled,
+            ),
+            (
+                "fieldsync_attachment_chunks_received_total",
+                "attachment chunks received and stored",
+                &self.attachment_chunks_received,
+            ),
+            (
+                "fieldsync_attachment_chunks_repeated_total",
+                "attachment chunks received that were held already",
+                &self.attachment_chunks_repeated,
+            ),
+            (
+                "fieldsync_attachment_bytes_sent_total",
+                "bytes of attachment chunks sent",
+                &self.attachment_bytes_sent,
             ),
         ];
         for (name, help, counter) in counters {

@@ -679,6 +679,23 @@ pub struct StoredSchema {
     pub set_at: i64,
 }
 
+/// A line to write to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewAuditLine<'a> {
+    /// Who (0: the server itself, or its command line).
+    pub user_id: i64,
+    /// From which device (0: none).
+    pub device_id: i64,
+    /// What was done.
+    pub action: &'a str,
+    /// To what: a record's collection, `admin` for an administrator's action, `attachment`.
+    pub collection: &'a str,
+    /// The record's id, the administrator's target, or the attachment's SHA-256.
+    pub record_id: &'a str,
+    /// The scope, if any.
+    pub scope: &'a str,
+}
+
 /// Which audit lines to list.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -810,10 +827,21 @@ pub trait Storage: Send + Sync + 'static {
     fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Writes a line to the audit log, at the current time.
+    fn audit_line(&self, line: &NewAuditLine<'_>) -> Result<()>;
     /// Writes an administrator's action to the audit log: `by` the user (0 for the command
     /// line on the server's host), `action` what they did, `target` to what (a user's name, a
     /// device id, a scope), in the line's collection `admin` and record id.
-    fn audit_admin(&self, by: i64, action: &str, target: &str) -> Result<()>;
+    fn audit_admin(&self, by: i64, action: &str, target: &str) -> Result<()> {
+        self.audit_line(&NewAuditLine {
+            user_id: by,
+            device_id: 0,
+            action,
+            collection: "admin",
+            record_id: target,
+            scope: "",
+        })
+    }
     /// Every user, in id order.
     fn list_users(&self) -> Result<Vec<UserInfo>>;
     /// The group mappings in force, by group and scopes.

@@ -28,6 +28,10 @@ pub const DEVICE_HEADER: &str = "fieldsync-device";
 /// The size of the chunks attachments' bytes travel in (the last of an attachment shorter).
 pub const ATTACHMENT_CHUNK_BYTES: usize = 1 << 20;
 
+/// The header carrying the SHA-256 (64 lowercase hex digits) of an attachment chunk's bytes,
+/// on a chunk sent and on a chunk fetched: each is checked on arrival.
+pub const CHUNK_SHA256_HEADER: &str = "fieldsync-chunk-sha256";
+
 /// The content type of push and pull bodies.
 pub const CONTENT_TYPE: &str = "application/vnd.fieldsync+msgpack";
 
@@ -227,6 +231,18 @@ pub struct DeviceSummary {
     pub last_sync_at: Option<i64>,
     /// Whether it was revoked (`DELETE /v1/devices/{id}`).
     pub revoked: bool,
+}
+
+/// What the server holds of an attachment (JSON): the answer to
+/// `GET /v1/scopes/{scope}/attachments/{sha256}` and to each chunk sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentStatus {
+    /// The attachment's length in bytes.
+    pub size: u64,
+    /// The numbers of the chunks the server holds, in order: a resumed upload sends the others.
+    pub received: Vec<u32>,
+    /// Whether every chunk is in and the whole matched its SHA-256: it can be fetched.
+    pub complete: bool,
 }
 
 /// The JSON body of every error response.

@@ -34,7 +34,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
     DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
-    ListedRecord, Merge, MergedRecord, Page, Result, Role, SignIn, Snapshot, Storage,
+    ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn, Snapshot, Storage,
     StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion, TokenRecord, UserInfo,
     audited_name, decode_changes, encode_changes, now_ms, replayed,
 };
@@ -1051,8 +1051,8 @@ impl Storage for PostgresStorage {
             .collect())
     }
 
-    fn audit_admin(&self, by: i64, action: &str, target: &str) -> Result<()> {
-        identity::audit_admin(&mut *self.conn()?, by, action, target)
+    fn audit_line(&self, line: &NewAuditLine<'_>) -> Result<()> {
+        identity::audit_line(&mut *self.conn()?, line)
     }
 
     fn list_users(&self) -> Result<Vec<UserInfo>> {

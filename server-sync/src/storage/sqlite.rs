@@ -24,9 +24,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
     DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
-    ListedRecord, Merge, MergedRecord, Page, Result, Role, SignIn, Snapshot, SnapshotMark, Storage,
-    StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion, TokenRecord, UserInfo,
-    actor_taken_meanwhile, audited_name, decode_changes, encode_changes, now_ms, replayed,
+    ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn, Snapshot,
+    SnapshotMark, Storage, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion,
+    TokenRecord, UserInfo, actor_taken_meanwhile, audited_name, decode_changes, encode_changes,
+    now_ms, replayed,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -689,8 +690,8 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn audit_admin(&self, by: i64, action: &str, target: &str) -> Result<()> {
-        self.write(|conn| identity::audit_admin(conn, by, action, target))
+    fn audit_line(&self, line: &NewAuditLine<'_>) -> Result<()> {
+        self.write(|conn| identity::audit_line(conn, line))
     }
 
     fn list_users(&self) -> Result<Vec<UserInfo>> {

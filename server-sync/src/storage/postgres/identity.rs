@@ -7,7 +7,8 @@ use postgres::error::SqlState;
 
 use crate::error::ServerError;
 use crate::storage::{
-    Access, DeviceInfo, DeviceRecord, Result, Role, SignIn, StoredGroupGrant, UserInfo, now_ms,
+    Access, DeviceInfo, DeviceRecord, NewAuditLine, Result, Role, SignIn, StoredGroupGrant,
+    UserInfo, now_ms,
 };
 
 pub(super) fn sign_in(conn: &mut Client, sign_in: &SignIn<'_>) -> Result<i64> {
@@ -101,11 +102,19 @@ pub(super) fn scopes_with_prefix(conn: &mut Client, prefix: &str) -> Result<Vec<
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-pub(super) fn audit_admin(conn: &mut Client, by: i64, action: &str, target: &str) -> Result<()> {
+pub(super) fn audit_line(conn: &mut Client, line: &NewAuditLine<'_>) -> Result<()> {
     conn.execute(
         "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
-         VALUES ($1, $2, 0, $3, 'admin', $4, '')",
-        &[&now_ms(), &by, &action, &target],
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &now_ms(),
+            &line.user_id,
+            &line.device_id,
+            &line.action,
+            &line.collection,
+            &line.record_id,
+            &line.scope,
+        ],
     )?;
     Ok(())
 }

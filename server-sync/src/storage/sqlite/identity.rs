@@ -6,7 +6,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::ServerError;
 use crate::storage::{
-    Access, DeviceInfo, DeviceRecord, Result, Role, SignIn, StoredGroupGrant, UserInfo, now_ms,
+    Access, DeviceInfo, DeviceRecord, NewAuditLine, Result, Role, SignIn, StoredGroupGrant,
+    UserInfo, now_ms,
 };
 
 /// The user of `sign_in.subject` if they signed in before with the same name and email: read
@@ -106,17 +107,20 @@ pub(super) fn scopes_with_prefix(conn: &Connection, prefix: &str) -> Result<Vec<
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub(super) fn audit_admin(
-    conn: &mut Connection,
-    by: i64,
-    action: &str,
-    target: &str,
-) -> Result<()> {
+pub(super) fn audit_line(conn: &mut Connection, line: &NewAuditLine<'_>) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope)
-         VALUES (?1, ?2, 0, ?3, 'admin', ?4, '')",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![now_ms(), by, action, target])?;
+    .execute(params![
+        now_ms(),
+        line.user_id,
+        line.device_id,
+        line.action,
+        line.collection,
+        line.record_id,
+        line.scope
+    ])?;
     Ok(())
 }
 
