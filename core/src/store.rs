@@ -1,6 +1,7 @@
 //! The store: one SQLite file holding every record of an app as an Automerge document, the
 //! materialized values queries use, and the outbox of local changes waiting to sync.
 
+mod attachment_sync;
 mod attachments;
 mod migrations;
 mod read;

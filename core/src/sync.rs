@@ -20,6 +20,7 @@ use crate::protocol::{self, ErrorBody, PullResponse, PushRecord, PushRequest, Pu
 use crate::store::Store;
 use transport::HttpTransport;
 
+mod attachments;
 mod background;
 mod tls;
 mod token;
@@ -118,10 +119,16 @@ pub struct SyncReport {
     pub pulled: usize,
     /// Scopes whose records were deleted because the user may no longer read them.
     pub purged_scopes: Vec<String>,
+    /// Attachments the server now holds whole that it lacked.
+    pub attachments_sent: usize,
+    /// Attachments downloaded whole (eager fields).
+    pub attachments_fetched: usize,
 }
 
 impl SyncReport {
     fn add(&mut self, later: SyncReport) {
+        self.attachments_sent += later.attachments_sent;
+        self.attachments_fetched += later.attachments_fetched;
         self.pushed += later.pushed;
         self.rejected += later.rejected;
         self.pulled += later.pulled;
@@ -140,6 +147,10 @@ pub struct SyncProgress {
     pub pulled: u64,
     /// Whether the sync has moved on to pulling.
     pub pulling: bool,
+    /// Attachment bytes sent or fetched so far, once the records are synced.
+    pub attachment_bytes_done: u64,
+    /// Attachment bytes there were to send or fetch (known as each attachment starts).
+    pub attachment_bytes_total: u64,
 }
 
 /// Syncs stores with one server; keeps its connections between calls.
@@ -301,6 +312,7 @@ impl SyncClient {
                 push_total,
                 pulled: report.pulled as u64,
                 pulling,
+                ..SyncProgress::default()
             })
         };
         let last_batch = self
@@ -308,6 +320,18 @@ impl SyncClient {
             .await?;
         self.pull_all(store, last_batch, &mut report, &progress)
             .await?;
+        // Sent after the records that reference them, so that the server knows their scope is
+        // the device's to write before the bytes arrive.
+        let records = SyncProgress {
+            pushed: (report.pushed + report.rejected) as u64,
+            push_total,
+            pulled: report.pulled as u64,
+            pulling: true,
+            ..SyncProgress::default()
+        };
+        let mut bytes = attachments::Bytes::new(records, on_progress);
+        report.attachments_sent = self.send_attachments(store, &mut bytes).await?;
+        report.attachments_fetched = self.fetch_attachments(store, &mut bytes).await?;
         Ok(report)
     }
 

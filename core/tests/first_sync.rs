@@ -46,6 +46,7 @@ impl Transport for Server {
         let body = protocol::encode(&pages.remove(0));
         Box::pin(async move {
             Ok(TransportResponse {
+                chunk_sha256: None,
                 status: 200,
                 retry_after_secs: None,
                 body,

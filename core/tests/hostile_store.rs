@@ -747,6 +747,7 @@ impl Transport for Pages {
             .unwrap_or_else(|| protocol::encode(&page(Vec::new())));
         Box::pin(async move {
             Ok(TransportResponse {
+                chunk_sha256: None,
                 status: 200,
                 retry_after_secs: None,
                 body,

@@ -61,10 +61,11 @@ impl Transport for Server {
                     )
                 }
             }
-            TransportRequest::Enroll { .. } => (404, Vec::new()),
+            _ => (404, Vec::new()),
         };
         Box::pin(async move {
             Ok(TransportResponse {
+                chunk_sha256: None,
                 status,
                 retry_after_secs: None,
                 body,

@@ -244,18 +244,13 @@ async fn deliver(app: &Router, token: &str, request: TransportRequest) -> Transp
         .uri(request.path_and_query())
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header(protocol::VERSION_HEADER, protocol::VERSION.to_string());
-    let request = match request {
-        TransportRequest::Push { body } => builder
-            .method("POST")
-            .header(header::CONTENT_TYPE, protocol::CONTENT_TYPE)
-            .body(Body::from(body)),
-        TransportRequest::Pull { .. } => builder.method("GET").body(Body::empty()),
-        TransportRequest::Enroll { body } => builder
-            .method("POST")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body)),
+    let mut builder = builder.method(request.method());
+    for (name, value) in request.headers() {
+        builder = builder.header(name, value);
     }
-    .expect("a valid request");
+    let request = builder
+        .body(Body::from(request.into_body()))
+        .expect("a valid request");
     let response = app
         .clone()
         .oneshot(request)
@@ -273,6 +268,7 @@ async fn deliver(app: &Router, token: &str, request: TransportRequest) -> Transp
     TransportResponse {
         status,
         retry_after_secs,
+        chunk_sha256: None,
         body,
     }
 }

@@ -54,6 +54,13 @@ impl Store {
                 expected: FieldType::Attachment,
             });
         }
+        let scope = self
+            .get(collection, id)?
+            .ok_or_else(|| Error::NotFound {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+            })?
+            .scope;
         let (sha256, size) = match source {
             AttachmentSource::Bytes(bytes) => (Sha256::digest(bytes).into(), bytes.len() as u64),
             AttachmentSource::File(path) => hash_file(path)?,
@@ -77,7 +84,13 @@ impl Store {
         let changed = {
             let mut db = self.shared.lock();
             let (_, changed) = write::apply_with(&self.shared, &mut db, vec![update], |tx| {
-                store_bytes(tx, &reference, source)
+                store_bytes(tx, &reference, source)?;
+                tx.execute(
+                    "INSERT INTO attachment_uploads (scope, sha256, queued_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (scope, sha256) DO NOTHING",
+                    params![scope, &reference.sha256[..], now_ms()],
+                )?;
+                Ok(())
             })?;
             changed
         };
@@ -145,7 +158,7 @@ impl Store {
         Ok(())
     }
 
-    fn chunk(&self, sha256: &[u8; 32], chunk: u64) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn chunk(&self, sha256: &[u8; 32], chunk: u64) -> Result<Option<Vec<u8>>> {
         let db = self.shared.lock();
         Ok(db
             .conn

@@ -12,6 +12,7 @@ const STEPS: &[&str] = &[
     include_str!("migrations/004_refused_pulls.sql"),
     include_str!("migrations/005_rejected_writes.sql"),
     include_str!("migrations/006_attachments.sql"),
+    include_str!("migrations/007_attachment_uploads.sql"),
 ];
 
 /// The format version a fully migrated file has.

@@ -57,6 +57,35 @@ pub enum TransportRequest {
         /// The encoded (JSON) body.
         body: Vec<u8>,
     },
+    /// `GET /v1/scopes/{scope}/attachments/{sha256}`: what the server holds of an attachment.
+    AttachmentStatus {
+        /// The scope of the record that references it.
+        scope: String,
+        /// Its SHA-256, in hex.
+        sha256: String,
+    },
+    /// `PUT /v1/scopes/{scope}/attachments/{sha256}/chunks/{chunk}?size={size}`.
+    PutChunk {
+        /// The scope of the record that references it.
+        scope: String,
+        /// The attachment's SHA-256, in hex.
+        sha256: String,
+        /// The attachment's size.
+        size: u64,
+        /// The chunk's number.
+        chunk: u32,
+        /// The chunk's bytes.
+        bytes: Vec<u8>,
+    },
+    /// `GET /v1/scopes/{scope}/attachments/{sha256}/chunks/{chunk}`.
+    GetChunk {
+        /// The scope of the record that references it.
+        scope: String,
+        /// The attachment's SHA-256, in hex.
+        sha256: String,
+        /// The chunk's number.
+        chunk: u32,
+    },
 }
 
 impl TransportRequest {
@@ -65,6 +94,27 @@ impl TransportRequest {
         match self {
             TransportRequest::Push { .. } => "/v1/push".to_owned(),
             TransportRequest::Enroll { .. } => "/v1/devices".to_owned(),
+            TransportRequest::AttachmentStatus { scope, sha256 } => {
+                format!("/v1/scopes/{}/attachments/{sha256}", path_segment(scope))
+            }
+            TransportRequest::PutChunk {
+                scope,
+                sha256,
+                size,
+                chunk,
+                ..
+            } => format!(
+                "/v1/scopes/{}/attachments/{sha256}/chunks/{chunk}?size={size}",
+                path_segment(scope)
+            ),
+            TransportRequest::GetChunk {
+                scope,
+                sha256,
+                chunk,
+            } => format!(
+                "/v1/scopes/{}/attachments/{sha256}/chunks/{chunk}",
+                path_segment(scope)
+            ),
             TransportRequest::Pull {
                 limit,
                 cursor,
@@ -87,6 +137,63 @@ impl TransportRequest {
     }
 }
 
+impl TransportRequest {
+    /// The HTTP method.
+    pub fn method(&self) -> &'static str {
+        match self {
+            TransportRequest::Push { .. } | TransportRequest::Enroll { .. } => "POST",
+            TransportRequest::PutChunk { .. } => "PUT",
+            TransportRequest::Pull { .. }
+            | TransportRequest::AttachmentStatus { .. }
+            | TransportRequest::GetChunk { .. } => "GET",
+        }
+    }
+
+    /// The headers the request carries besides authentication and the protocol version.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            TransportRequest::Push { .. } => vec![("content-type", protocol::CONTENT_TYPE.into())],
+            TransportRequest::Enroll { .. } => vec![("content-type", "application/json".into())],
+            TransportRequest::PutChunk { bytes, .. } => {
+                use sha2::Digest as _;
+                vec![
+                    ("content-type", "application/octet-stream".into()),
+                    (
+                        protocol::CHUNK_SHA256_HEADER,
+                        hex_of(&sha2::Sha256::digest(bytes)),
+                    ),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The body the request carries (empty for a GET).
+    pub fn into_body(self) -> Vec<u8> {
+        match self {
+            TransportRequest::Push { body } | TransportRequest::Enroll { body } => body,
+            TransportRequest::PutChunk { bytes, .. } => bytes,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `text` percent-encoded as one path segment (a scope may hold any character).
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The server's answer, before decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportResponse {
@@ -94,6 +201,8 @@ pub struct TransportResponse {
     pub status: u16,
     /// The `Retry-After` header in seconds, if any.
     pub retry_after_secs: Option<u64>,
+    /// The [`protocol::CHUNK_SHA256_HEADER`] of a fetched attachment chunk, if any.
+    pub chunk_sha256: Option<String>,
     /// The body as received.
     pub body: Vec<u8>,
 }
@@ -129,19 +238,13 @@ impl Transport for HttpTransport {
                 self.endpoint.trim_end_matches('/'),
                 request.path_and_query()
             );
-            let builder = match request {
-                TransportRequest::Push { body } => self
-                    .http
-                    .post(url)
-                    .header(reqwest::header::CONTENT_TYPE, protocol::CONTENT_TYPE)
-                    .body(body),
-                TransportRequest::Pull { .. } => self.http.get(url),
-                TransportRequest::Enroll { body } => self
-                    .http
-                    .post(url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body),
-            };
+            let method = reqwest::Method::from_bytes(request.method().as_bytes())
+                .map_err(|_| Error::Protocol("an unknown HTTP method".into()))?;
+            let mut builder = self.http.request(method, url);
+            for (name, value) in request.headers() {
+                builder = builder.header(name, value);
+            }
+            let builder = builder.body(request.into_body());
             let mut builder = builder
                 .bearer_auth(&credentials.token)
                 .header(protocol::VERSION_HEADER, protocol::VERSION.to_string());
@@ -155,10 +258,16 @@ impl Transport for HttpTransport {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
+            let chunk_sha256 = response
+                .headers()
+                .get(protocol::CHUNK_SHA256_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = response.bytes().await.map_err(network_error)?.to_vec();
             Ok(TransportResponse {
                 status,
                 retry_after_secs,
+                chunk_sha256,
                 body,
             })
         })
