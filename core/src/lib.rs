@@ -67,9 +67,9 @@ pub use fieldsync_record::document::{ConflictValue, FieldConflict, HistoryEntry,
 pub use query::{Filter, Order, Query};
 pub use schema::{Collection, Download, Field, FieldType, Index, OnDelete, Schema};
 pub use store::{
-    ApplyReport, AttachmentReader, AttachmentSource, Orphan, OutboxEntry, Record, RejectedRecord,
-    RejectedWrite, RemotePayload, RemoteRecord, STORED_CHUNK_BYTES, Store, StoreOptions,
-    Synchronous, Write,
+    ApplyReport, AttachmentReader, AttachmentSource, AttachmentsTidied, Orphan, OutboxEntry,
+    Record, RejectedRecord, RejectedWrite, RemotePayload, RemoteRecord, STORED_CHUNK_BYTES, Store,
+    StoreOptions, Synchronous, Write,
 };
 pub use subscription::{ChangeEvent, ChangeOrigin, Subscription};
 pub use sync::{

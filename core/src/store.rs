@@ -30,6 +30,7 @@ use crate::subscription::{ChangeEvent, ChangeOrigin, Changed, Registry, Subscrip
 use crate::value::Fields;
 use fieldsync_sqlite::Checkpointer;
 
+pub use attachment_sync::AttachmentsTidied;
 pub use attachments::{AttachmentReader, AttachmentSource, STORED_CHUNK_BYTES};
 pub use read::{Orphan, Record};
 pub use rejected::RejectedWrite;
@@ -62,6 +63,10 @@ pub struct StoreOptions {
     /// How many remote changes may wait for missing dependencies before `apply_remote`
     /// refuses more (the sync engine then asks for whole documents).
     pub max_pending_changes: usize,
+    /// The most bytes of attachments the server holds that the store keeps: past it, the
+    /// least recently used are evicted (and fetched again when needed). Attachments not yet
+    /// on the server are kept whatever their size.
+    pub attachment_budget_bytes: u64,
     /// Encrypts the file (SQLCipher) with this key; `None` keeps it unencrypted. Clinical
     /// apps should always set one (see [`EncryptionKey`]). Never serialized.
     #[serde(skip)]
@@ -74,6 +79,7 @@ impl Default for StoreOptions {
             synchronous: Synchronous::Full,
             document_cache_size: 512,
             max_pending_changes: 10_000,
+            attachment_budget_bytes: 1 << 30,
             encryption_key: None,
         }
     }

@@ -332,6 +332,7 @@ impl SyncClient {
         let mut bytes = attachments::Bytes::new(records, on_progress);
         report.attachments_sent = self.send_attachments(store, &mut bytes).await?;
         report.attachments_fetched = self.fetch_attachments(store, &mut bytes).await?;
+        blocking(store, |s| s.tidy_attachments()).await?;
         Ok(report)
     }
 

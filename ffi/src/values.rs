@@ -604,6 +604,8 @@ impl TryFrom<StoreOptions> for core::StoreOptions {
             },
             document_cache_size: options.document_cache_size as usize,
             max_pending_changes: options.max_pending_changes as usize,
+            // The bindings take attachments up with their own API; until then, the default.
+            ..core::StoreOptions::default()
         })
     }
 }

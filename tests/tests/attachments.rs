@@ -240,3 +240,86 @@ async fn an_upload_cut_off_resumes_without_sending_a_chunk_twice() {
         assert_eq!(answer.status().as_u16(), 404, "{scope}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_within_the_budget_what_the_server_holds_and_keeps_the_rest() {
+    let clinic = tokio::task::spawn_blocking(Clinic::new).await.unwrap();
+    let ada = clinic.server.user_with_device("ada", &["north"]);
+    let options = fieldsync_core::StoreOptions {
+        attachment_budget_bytes: 100_000,
+        ..fieldsync_core::StoreOptions::default()
+    };
+    let store = Store::open(
+        clinic.dir.path().join("phone.db"),
+        fieldsync_tests::clinic_schema(),
+        options,
+    )
+    .unwrap();
+    let client = SyncClient::new(SyncConfig::new(&clinic.server.url, &ada)).unwrap();
+    let attach = |name: &str, bytes: &[u8]| {
+        let id = store
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": name})),
+            )
+            .unwrap();
+        store
+            .attach(
+                "clients",
+                &id,
+                "consent_form",
+                AttachmentSource::Bytes(bytes),
+                "image/png",
+                None,
+            )
+            .unwrap()
+    };
+    let first = attach("first", &recording(80_000, 1));
+    let second = attach("second", &recording(80_000, 2));
+    // Read the first now: the second is the least recently used.
+    store.attachment_bytes(&first).unwrap().unwrap();
+    client.sync_now(&store).await.unwrap();
+    // Both are on the server, 160,000 bytes over a budget of 100,000: one goes.
+    assert!(store.has_attachment(&first).unwrap());
+    assert!(
+        !store.has_attachment(&second).unwrap(),
+        "the least recently used"
+    );
+    // It is not fetched back by the next sync (it would not fit), but on demand.
+    let again = client.sync_now(&store).await.unwrap();
+    assert_eq!(again.attachments_fetched, 0);
+
+    // Written offline, not yet on the server: kept, however far over the budget.
+    let offline: Vec<AttachmentRef> = (0..3)
+        .map(|i| attach(&format!("offline {i}"), &recording(90_000, 10 + i)))
+        .collect();
+    let tidied = store.tidy_attachments().unwrap();
+    assert_eq!((tidied.evicted, tidied.unreferenced), (0, 0));
+    for reference in &offline {
+        assert!(store.has_attachment(reference).unwrap());
+    }
+    // A record that stops referencing bytes frees them.
+    let bytes = recording(5_000, 20);
+    let temporary = attach("temporary", &bytes);
+    let id = store
+        .query(
+            "clients",
+            &fieldsync_core::Query {
+                filter: fieldsync_core::Filter::eq("name", "temporary"),
+                ..Default::default()
+            },
+        )
+        .unwrap()[0]
+        .id
+        .clone();
+    store.delete("clients", &id).unwrap();
+    client.sync_now(&store).await.unwrap();
+    assert!(!store.has_attachment(&temporary).unwrap(), "unreferenced");
+    // Sent now, the offline ones count against the budget: the least recently used go
+    // until what the server holds fits, the newest stays.
+    let held: Vec<bool> = std::iter::once(&first)
+        .chain(&offline)
+        .map(|reference| store.has_attachment(reference).unwrap())
+        .collect();
+    assert_eq!(held, [false, false, false, true]);
+}

@@ -238,3 +238,137 @@ impl Store {
         Ok(false)
     }
 }
+
+/// What [`Store::tidy_attachments`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttachmentsTidied {
+    /// Attachments no record, refused write or queued upload references any more.
+    pub unreferenced: usize,
+    /// Attachments the server holds, evicted (least recently used first) to keep within the
+    /// budget; fetched again when needed.
+    pub evicted: usize,
+    /// Bytes freed in all.
+    pub bytes: u64,
+}
+
+impl Store {
+    /// Removes the bytes of attachments nothing references any more (no live record, no
+    /// refused write kept for the app, no queued upload), then evicts attachments the server
+    /// holds, least recently used first, until those take at most
+    /// [`StoreOptions::attachment_budget_bytes`](super::StoreOptions). Bytes the server does not
+    /// hold are never evicted. The sync calls it after each sync.
+    pub fn tidy_attachments(&self) -> Result<AttachmentsTidied> {
+        let referenced = self.referenced_attachments()?;
+        let budget = self.shared.options.attachment_budget_bytes;
+        let mut db = self.shared.lock();
+        let tx = db.conn.transaction()?;
+        // Whole and on the server, nothing of it waiting to be sent: safe to evict.
+        let on_server: std::collections::HashSet<[u8; 32]> = {
+            let mut stmt = tx.prepare(
+                "SELECT sha256 FROM attachments WHERE on_server = 1
+                 AND sha256 NOT IN (SELECT sha256 FROM attachment_uploads)",
+            )?;
+            let rows = stmt.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
+            rows.filter_map(|row| row.ok()?.try_into().ok()).collect()
+        };
+        // Least recently used first.
+        let mut held: Vec<([u8; 32], u64, bool)> = Vec::new();
+        {
+            let mut stmt =
+                tx.prepare("SELECT sha256, size FROM attachments ORDER BY used_at, sha256")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (sha256, size) = row?;
+                let sha256: [u8; 32] = sha256
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("an attachment's hash is not 32 bytes".into()))?;
+                held.push((sha256, size as u64, on_server.contains(&sha256)));
+            }
+        }
+        let mut tidied = AttachmentsTidied::default();
+        let remove = |sha256: &[u8; 32]| -> Result<()> {
+            tx.execute(
+                "DELETE FROM attachment_chunks WHERE sha256 = ?1",
+                [&sha256[..]],
+            )?;
+            tx.execute("DELETE FROM attachments WHERE sha256 = ?1", [&sha256[..]])?;
+            Ok(())
+        };
+        let mut kept_on_server = 0u64;
+        let mut evictable = Vec::new();
+        for (sha256, size, safe) in &held {
+            if !referenced.contains(sha256) {
+                remove(sha256)?;
+                tidied.unreferenced += 1;
+                tidied.bytes += size;
+            } else if *safe {
+                kept_on_server += size;
+                evictable.push((*sha256, *size));
+            }
+        }
+        for (sha256, size) in evictable {
+            if kept_on_server <= budget {
+                break;
+            }
+            remove(&sha256)?;
+            kept_on_server -= size;
+            tidied.evicted += 1;
+            tidied.bytes += size;
+        }
+        tx.commit()?;
+        Ok(tidied)
+    }
+
+    /// How many more bytes of attachments the server holds fit the budget: eager fetches stop
+    /// there, rather than fetch what the next tidying would evict.
+    pub(crate) fn attachment_room(&self) -> Result<u64> {
+        let db = self.shared.lock();
+        let held: i64 = db.conn.query_row(
+            "SELECT coalesce(sum(size), 0) FROM attachments WHERE on_server = 1",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(self
+            .shared
+            .options
+            .attachment_budget_bytes
+            .saturating_sub(held as u64))
+    }
+
+    /// Every attachment something still references: live records' attachment fields (of any
+    /// download mode), refused writes kept for the app, and the upload queue.
+    fn referenced_attachments(&self) -> Result<std::collections::HashSet<[u8; 32]>> {
+        let mut referenced = std::collections::HashSet::new();
+        for (name, collection) in &self.schema().collections {
+            for (field, declared) in &collection.fields {
+                if declared.field_type == FieldType::Attachment {
+                    for (_, reference) in
+                        self.references_in(name, field, &collection.scope_field)?
+                    {
+                        referenced.insert(reference.sha256);
+                    }
+                }
+            }
+        }
+        let db = self.shared.lock();
+        let mut stmt = db.conn.prepare("SELECT fields FROM rejected_writes")?;
+        for fields in stmt.query_map([], |row| row.get::<_, String>(0))? {
+            if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&fields?) {
+                for value in fields.values() {
+                    if let Ok(reference) = AttachmentRef::from_value(value) {
+                        referenced.insert(reference.sha256);
+                    }
+                }
+            }
+        }
+        let mut stmt = db.conn.prepare("SELECT sha256 FROM attachment_uploads")?;
+        for sha256 in stmt.query_map([], |row| row.get::<_, Vec<u8>>(0))? {
+            if let Ok(sha256) = sha256?.try_into() {
+                referenced.insert(sha256);
+            }
+        }
+        Ok(referenced)
+    }
+}

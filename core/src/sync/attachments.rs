@@ -118,16 +118,23 @@ impl SyncClient {
         Ok(sent)
     }
 
-    /// Fetches the attachments eager fields reference that the store lacks; returns how many
-    /// it now holds whole. One the server does not hold whole yet is left for a later sync.
+    /// Fetches the attachments eager fields reference that the store lacks, as far as the
+    /// store's attachment budget has room; returns how many it now holds whole. One the server
+    /// does not hold whole yet is left for a later sync.
     pub(super) async fn fetch_attachments(
         &self,
         store: &Store,
         bytes: &mut Bytes<'_>,
     ) -> Result<usize> {
         let mut fetched = 0;
+        let mut room = blocking(store, |s| s.attachment_room()).await?;
         for (scope, reference) in blocking(store, |s| s.wanted_downloads()).await? {
+            // What does not fit the budget is left to be fetched on demand.
+            if reference.size > room {
+                continue;
+            }
             if self.fetch(store, &scope, &reference, bytes).await? {
+                room -= reference.size;
                 fetched += 1;
             }
         }
