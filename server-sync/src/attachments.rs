@@ -276,5 +276,6 @@ mod tests {
     }
 }
 
+pub(crate) mod collect;
 #[cfg(test)]
 mod http_tests;

@@ -166,6 +166,14 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Drop attachments no live record references any more, once older than the grace period
+    /// (`serve` does it once a day too).
+    CollectAttachments {
+        /// Hours an attachment no record references is kept (a device may be about to send
+        /// the record that references it).
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u32,
+    },
     /// Write a consistent copy of the database to a file, while the server may be running.
     Backup {
         /// Where to write the copy.
@@ -422,6 +430,21 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             };
             listing::audit(&*open()?, &query)
         }
+        Command::CollectAttachments { grace_hours } => {
+            let storage = open()?;
+            let schema = current_schema(&*storage)?;
+            let collected = crate::attachments::collect::collect(
+                &*storage,
+                &schema,
+                i64::from(grace_hours) * 3_600_000,
+                crate::storage::now_ms(),
+            )?;
+            println!(
+                "{} attachments held, {} dropped ({} bytes)",
+                collected.held, collected.dropped, collected.bytes
+            );
+            Ok(())
+        }
         Command::Backup { to } => backup(&db, &to),
         Command::Schema(command) => run_schema(&*open()?, command),
         Command::Check { repair } => check(&*open()?, repair),
@@ -590,6 +613,9 @@ async fn serve_on(
     // Tests and scripts read this line to find a server started on port 0.
     println!("listening on http://{address}");
     tracing::info!(%address, max_connections = connections.max_connections, "listening");
+    tokio::spawn(crate::attachments::collect::periodically(
+        state.storage.clone(),
+    ));
     let app = router(state);
     listener::serve(listener, app, connections, shutdown_signal()).await;
     tracing::info!("stopped");

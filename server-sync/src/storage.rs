@@ -179,6 +179,19 @@ pub struct AttachmentState {
     pub complete: bool,
 }
 
+/// An attachment as the collection of unreferenced ones lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAttachment {
+    /// Its scope.
+    pub scope: String,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Its size.
+    pub size: u64,
+    /// When its first chunk arrived (ms since the epoch).
+    pub created_at: i64,
+}
+
 /// What storing an attachment's chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkStored {
@@ -890,6 +903,12 @@ pub trait Storage: Send + Sync + 'static {
     fn complete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<()>;
     /// Drops an attachment and its chunks; false if the server held none.
     fn delete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<bool>;
+    /// Attachments after `after` in (scope, SHA-256) order, at most `limit`.
+    fn attachments_after(
+        &self,
+        after: Option<(&str, &[u8; 32])>,
+        limit: u32,
+    ) -> Result<Vec<ListedAttachment>>;
 
     /// The number of the schema version in force, 0 while none was set: cheap enough to ask
     /// on every push, which reads the schema again only when it changed.

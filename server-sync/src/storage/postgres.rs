@@ -34,9 +34,9 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
     DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
-    ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn, Snapshot, Storage,
-    StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion, TokenRecord, UserInfo,
-    audited_name, decode_changes, encode_changes, now_ms, replayed,
+    ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn,
+    Snapshot, Storage, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion, TokenRecord,
+    UserInfo, audited_name, decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 
@@ -966,6 +966,14 @@ impl Storage for PostgresStorage {
 
     fn delete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<bool> {
         attachments::delete(&mut *self.conn()?, scope, sha256)
+    }
+
+    fn attachments_after(
+        &self,
+        after: Option<(&str, &[u8; 32])>,
+        limit: u32,
+    ) -> Result<Vec<ListedAttachment>> {
+        attachments::after(&mut *self.conn()?, after, limit)
     }
 
     fn schema_version(&self) -> Result<u32> {

@@ -24,8 +24,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, param
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
     DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
-    ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn, Snapshot,
-    SnapshotMark, Storage, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion,
+    ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn,
+    Snapshot, SnapshotMark, Storage, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion,
     TokenRecord, UserInfo, actor_taken_meanwhile, audited_name, decode_changes, encode_changes,
     now_ms, replayed,
 };
@@ -754,6 +754,14 @@ impl Storage for SqliteStorage {
 
     fn delete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<bool> {
         self.write(|conn| attachments::delete(conn, scope, sha256))
+    }
+
+    fn attachments_after(
+        &self,
+        after: Option<(&str, &[u8; 32])>,
+        limit: u32,
+    ) -> Result<Vec<ListedAttachment>> {
+        self.read(|conn| attachments::after(conn, after, limit))
     }
 
     fn schema_version(&self) -> Result<u32> {

@@ -3,7 +3,7 @@
 use postgres::Client;
 
 use crate::error::ServerError;
-use crate::storage::{AttachmentState, ChunkStored, Result, now_ms};
+use crate::storage::{AttachmentState, ChunkStored, ListedAttachment, Result, now_ms};
 
 pub(super) fn attachment(
     conn: &mut Client,
@@ -109,4 +109,31 @@ pub(super) fn delete(conn: &mut Client, scope: &str, sha256: &[u8; 32]) -> Resul
     )?;
     tx.commit()?;
     Ok(deleted > 0)
+}
+
+pub(super) fn after(
+    conn: &mut Client,
+    after: Option<(&str, &[u8; 32])>,
+    limit: u32,
+) -> Result<Vec<ListedAttachment>> {
+    let (scope, sha256): (&str, &[u8]) = after.map_or(("", &[][..]), |(s, h)| (s, &h[..]));
+    // `COLLATE "C"`: byte order, as SQLite compares, whatever the database's locale.
+    let rows = conn.query(
+        "SELECT scope, sha256, size, created_at FROM attachments
+         WHERE (scope COLLATE \"C\", sha256) > ($1, $2)
+         ORDER BY scope COLLATE \"C\", sha256 LIMIT $3",
+        &[&scope, &sha256, &i64::from(limit)],
+    )?;
+    rows.iter()
+        .map(|row| {
+            Ok(ListedAttachment {
+                scope: row.get(0),
+                sha256: row.get::<_, Vec<u8>>(1).try_into().map_err(|_| {
+                    ServerError::Corrupt("an attachment's hash is not 32 bytes".into())
+                })?,
+                size: row.get::<_, i64>(2) as u64,
+                created_at: row.get(3),
+            })
+        })
+        .collect()
 }

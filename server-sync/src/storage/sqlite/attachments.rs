@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::ServerError;
-use crate::storage::{AttachmentState, ChunkStored, Result, now_ms};
+use crate::storage::{AttachmentState, ChunkStored, ListedAttachment, Result, now_ms};
 
 pub(super) fn attachment(
     conn: &Connection,
@@ -103,4 +103,36 @@ pub(super) fn delete(conn: &mut Connection, scope: &str, sha256: &[u8; 32]) -> R
     )?;
     tx.commit()?;
     Ok(deleted > 0)
+}
+
+pub(super) fn after(
+    conn: &Connection,
+    after: Option<(&str, &[u8; 32])>,
+    limit: u32,
+) -> Result<Vec<ListedAttachment>> {
+    let (scope, sha256): (&str, &[u8]) = after.map_or(("", &[][..]), |(s, h)| (s, &h[..]));
+    let mut stmt = conn.prepare_cached(
+        "SELECT scope, sha256, size, created_at FROM attachments
+         WHERE (scope, sha256) > (?1, ?2) ORDER BY scope, sha256 LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![scope, sha256, limit], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, Vec<u8>>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, i64>(3)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (scope, sha256, size, created_at) = row?;
+        Ok(ListedAttachment {
+            scope,
+            sha256: sha256
+                .try_into()
+                .map_err(|_| ServerError::Corrupt("an attachment's hash is not 32 bytes".into()))?,
+            size: size as u64,
+            created_at,
+        })
+    })
+    .collect()
 }

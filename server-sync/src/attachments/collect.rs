@@ -1,0 +1,218 @@
+//! Attachments no record references any more (the record was deleted, or its field now names
+//! other bytes, or the upload was abandoned) are dropped once older than a grace period: long
+//! enough that a device sending bytes for a record it pushed moments ago is never cut off.
+
+use std::collections::HashSet;
+
+use fieldsync_record::attachment::AttachmentRef;
+use fieldsync_record::{FieldType, Schema};
+
+use crate::error::ServerError;
+use crate::storage::{NewAuditLine, Storage};
+
+/// What one collection dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Attachments held before.
+    pub held: usize,
+    /// Attachments dropped.
+    pub dropped: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// How often `serve` collects, and the grace period it gives.
+pub const EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Collects once every [`EVERY`], the first a period after the server started, with a grace
+/// period of as long, for as long as the server runs.
+pub async fn periodically(storage: std::sync::Arc<dyn Storage>) {
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let storage = storage.clone();
+        let collected = tokio::task::spawn_blocking(move || {
+            let Some(stored) = storage.current_schema()? else {
+                return Ok(Collected::default());
+            };
+            let schema = crate::schema::parse(&stored)?;
+            let grace = EVERY.as_millis() as i64;
+            collect(&*storage, &schema, grace, crate::storage::now_ms())
+        })
+        .await;
+        match collected {
+            Ok(Ok(collected)) => tracing::info!(
+                held = collected.held,
+                dropped = collected.dropped,
+                bytes = collected.bytes,
+                "collected unreferenced attachments"
+            ),
+            Ok(Err(err)) => tracing::warn!(error = %err, "collecting attachments failed"),
+            Err(err) => tracing::warn!(error = %err, "collecting attachments failed"),
+        }
+    }
+}
+
+/// Records and attachments read a page at a time.
+const PAGE: u32 = 500;
+
+/// Drops every attachment that no live record of its scope references and that arrived more
+/// than `grace_ms` before `now` (ms since the epoch), with an audit line each.
+pub fn collect(
+    storage: &dyn Storage,
+    schema: &Schema,
+    grace_ms: i64,
+    now: i64,
+) -> Result<Collected, ServerError> {
+    let referenced = referenced(storage, schema)?;
+    let mut collected = Collected::default();
+    let mut after: Option<(String, [u8; 32])> = None;
+    loop {
+        let key = after.as_ref().map(|(scope, sha)| (scope.as_str(), sha));
+        let page = storage.attachments_after(key, PAGE)?;
+        for attachment in &page {
+            collected.held += 1;
+            let key = (attachment.scope.clone(), attachment.sha256);
+            if referenced.contains(&key) || attachment.created_at > now - grace_ms {
+                continue;
+            }
+            if storage.delete_attachment(&attachment.scope, &attachment.sha256)? {
+                collected.dropped += 1;
+                collected.bytes += attachment.size;
+                let sha256 = hex::encode(attachment.sha256);
+                storage.audit_line(&NewAuditLine {
+                    user_id: 0,
+                    device_id: 0,
+                    action: "collect",
+                    collection: "attachment",
+                    record_id: &sha256,
+                    scope: &attachment.scope,
+                })?;
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => {
+                after = Some((last.scope.clone(), last.sha256));
+            }
+            _ => return Ok(collected),
+        }
+    }
+}
+
+/// Every (scope, SHA-256) an attachment field of a live record holds.
+fn referenced(
+    storage: &dyn Storage,
+    schema: &Schema,
+) -> Result<HashSet<(String, [u8; 32])>, ServerError> {
+    let mut referenced = HashSet::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let key = after.as_ref().map(|(c, i)| (c.as_str(), i.as_str()));
+        let page = storage.records_after(key, PAGE)?;
+        for listed in &page {
+            let Ok(collection) = schema.collection(&listed.collection) else {
+                continue;
+            };
+            if listed.stored.deleted {
+                continue;
+            }
+            let fields: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&listed.stored.fields_json)
+                    .map_err(|_| ServerError::Corrupt("stored values do not decode".into()))?;
+            for (name, field) in &collection.fields {
+                if field.field_type != FieldType::Attachment {
+                    continue;
+                }
+                if let Some(Ok(reference)) = fields.get(name).map(AttachmentRef::from_value) {
+                    referenced.insert((listed.stored.scope.clone(), reference.sha256));
+                }
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => {
+                after = Some((last.collection.clone(), last.id.clone()));
+            }
+            _ => return Ok(referenced),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fieldsync_record::protocol::PushRecord;
+    use serde_json::json;
+
+    use super::*;
+    use crate::storage::conformance::{accept, record};
+    use crate::storage::sqlite::SqliteStorage;
+    use crate::storage::{AuditQuery, Batch, MergedRecord, Role, StoredRecord};
+
+    const SCHEMA: &str = r#"{"collections": {"clients": {"scope_field": "caseload_id",
+        "fields": {"caseload_id": {"type": "string", "required": true},
+                   "consent_form": {"type": "attachment"}}}}}"#;
+
+    #[test]
+    fn unreferenced_attachments_older_than_the_grace_period_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
+        let schema = Schema::from_json(SCHEMA).unwrap();
+        let user = storage.create_user("ada", Role::Member).unwrap();
+        let device = storage.create_device(user, "phone").unwrap();
+        let referenced = [1u8; 32];
+        let orphan = [2u8; 32];
+        // A record of north references the first; the same bytes in south are referenced by
+        // nothing there.
+        let mut merge = |r: &PushRecord, stored: Option<StoredRecord>| {
+            let mut merged: MergedRecord = accept(r, stored)?;
+            merged.fields_json = json!({"caseload_id": "north", "consent_form":
+                {"sha256": hex::encode(referenced), "size": 3, "media_type": "image/png"}})
+            .to_string();
+            Ok(merged)
+        };
+        storage
+            .push(
+                device,
+                &Batch::new("b", &[record("c1", "north")]),
+                &mut merge,
+            )
+            .unwrap();
+        for (scope, sha) in [
+            ("north", referenced),
+            ("north", orphan),
+            ("south", referenced),
+        ] {
+            storage
+                .put_attachment_chunk(scope, &sha, 3, 0, b"abc")
+                .unwrap();
+        }
+        // A minute on, every attachment is within a grace period of five: kept.
+        let now = crate::storage::now_ms();
+        let collected = collect(&storage, &schema, 5 * 60_000, now + 60_000).unwrap();
+        assert_eq!(
+            collected.dropped, 0,
+            "nothing is older than the grace period yet"
+        );
+        let collected = collect(&storage, &schema, 5 * 60_000, now + 10 * 60_000).unwrap();
+        assert_eq!(
+            collected,
+            Collected {
+                held: 3,
+                dropped: 2,
+                bytes: 6
+            }
+        );
+        assert!(storage.attachment("north", &referenced).unwrap().is_some());
+        assert!(storage.attachment("north", &orphan).unwrap().is_none());
+        assert!(storage.attachment("south", &referenced).unwrap().is_none());
+        let lines = storage
+            .audit(&AuditQuery {
+                record_id: Some(hex::encode(orphan)),
+                limit: 10,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (lines[0].action.as_str(), lines[0].user.as_str()),
+            ("collect", "(server)")
+        );
+    }
+}
