@@ -50,6 +50,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     identity::users_are_listed_and_admin_actions_audited(&*fresh());
     identity::group_grants_are_replaced_whole(&*fresh());
     attachments::attachments_are_received_in_chunks_per_scope(&*fresh());
+    attachments::attachments_are_listed_in_order(&*fresh());
 }
 
 /// A pushed record of `clients` in `scope`, whose one change is its id's bytes.

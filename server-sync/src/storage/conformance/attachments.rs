@@ -54,3 +54,27 @@ pub(super) fn attachments_are_received_in_chunks_per_scope(storage: &dyn Storage
     assert_eq!(storage.attachment("north", &sha).unwrap(), None);
     assert_eq!(storage.attachment_chunk("north", &sha, 0).unwrap(), None);
 }
+
+pub(super) fn attachments_are_listed_in_order(storage: &dyn Storage) {
+    for (scope, byte) in [("south", 1u8), ("north", 9), ("north", 2), ("a b", 5)] {
+        storage
+            .put_attachment_chunk(scope, &[byte; 32], 1, 0, b"x")
+            .unwrap();
+    }
+    let page = storage.attachments_after(None, 3).unwrap();
+    let listed: Vec<(&str, u8)> = page
+        .iter()
+        .map(|a| (a.scope.as_str(), a.sha256[0]))
+        .collect();
+    assert_eq!(listed, [("a b", 5), ("north", 2), ("north", 9)]);
+    assert!(page.iter().all(|a| a.size == 1 && a.created_at > 0));
+    let last = page.last().unwrap();
+    let rest = storage
+        .attachments_after(Some((&last.scope, &last.sha256)), 3)
+        .unwrap();
+    let listed: Vec<(&str, u8)> = rest
+        .iter()
+        .map(|a| (a.scope.as_str(), a.sha256[0]))
+        .collect();
+    assert_eq!(listed, [("south", 1)]);
+}
