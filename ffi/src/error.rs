@@ -71,9 +71,14 @@ pub enum FieldsyncError {
     /// A record id is empty, too long, or uses characters outside `[A-Za-z0-9_.:-]`.
     #[error("{0}")]
     InvalidId(String),
-    /// A `Json` field value is not valid JSON, or nests deeper than the store accepts.
+    /// A `Json` field value is not valid JSON, or nests deeper than the store accepts; or an
+    /// attachment reference, media type or file name is malformed (the message names which).
     #[error("{0}")]
     InvalidValue(String),
+    /// A file the app named could not be read or written (an attachment's source, or where
+    /// its bytes were to be saved), or an attachment's bytes left the store while being read.
+    #[error("{0}")]
+    Io(String),
     /// Changes from elsewhere could not be decoded or merged, or inflate beyond the limit.
     #[error("{0}")]
     InvalidRemoteChange(String),
@@ -138,6 +143,7 @@ impl From<CoreError> for FieldsyncError {
             CoreError::NestingTooDeep { .. } | CoreError::InvalidAttachment { .. } => {
                 FieldsyncError::InvalidValue(message)
             }
+            CoreError::Io(_) => FieldsyncError::Io(message),
             CoreError::TooManyPendingChanges { .. } => {
                 FieldsyncError::TooManyPendingChanges(message)
             }

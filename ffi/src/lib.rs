@@ -3,7 +3,8 @@
 //! A thin layer: every call goes to [`fieldsync_core`], converting values at the boundary.
 //! [`Store`] is the record store, [`SyncClient`] syncs it with a server (`sync_now` is a
 //! Kotlin `suspend fun`, a Swift `async` function and a Python coroutine), and
-//! [`BackgroundSync`] keeps syncing with a status listener. Errors cross as one flat
+//! [`BackgroundSync`] keeps syncing with a status listener. Attachments' bytes go in and come
+//! out by their [`AttachmentRef`], never through a record's fields. Errors cross as one flat
 //! [`FieldsyncError`]; a Rust panic becomes the foreign language's internal error instead of
 //! crossing the boundary.
 //!
@@ -31,11 +32,13 @@
 //! # Ok::<(), fieldsync_ffi::FieldsyncError>(())
 //! ```
 
+mod attachments;
 mod error;
 mod store;
 mod sync;
 mod values;
 
+pub use attachments::{AttachmentRef, AttachmentsTidied, attachment_ref_of};
 pub use error::{FieldsyncError, Result};
 pub use store::{ChangeListener, Store, Subscription, encrypt_store_file, generate_encryption_key};
 pub use sync::{

@@ -1,9 +1,11 @@
 //! The store object: the core's [`fieldsync_core::Store`] with boundary types.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use fieldsync_core as core;
 
+use crate::attachments::{AttachmentRef, AttachmentsTidied};
 use crate::error::Result;
 use crate::values::{
     ChangeEvent, FieldConflict, FieldMap, Filter, HistoryEntry, Orphan, Query, Record,
@@ -210,6 +212,129 @@ impl Store {
     /// Forgets a rejected write; the record stays as the server has it.
     pub fn discard_rejected_write(&self, id: i64) -> Result<()> {
         Ok(self.inner.discard_rejected_write(id)?)
+    }
+
+    /// Stores `bytes` and makes the `attachment` field `field` of `collection/id` reference
+    /// them, in one transaction; returns the reference. `media_type` (`image/jpeg`) and `name`
+    /// (`consent.jpg`) go into the reference. The next sync sends the bytes. For large files,
+    /// prefer `attach_file`, which does not hold them in memory.
+    #[uniffi::method(default(name = None))]
+    pub fn attach_bytes(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+        bytes: Vec<u8>,
+        media_type: String,
+        name: Option<String>,
+    ) -> Result<AttachmentRef> {
+        let source = core::AttachmentSource::Bytes(&bytes);
+        let reference = self.inner.attach(
+            &collection,
+            &id,
+            &field,
+            source,
+            &media_type,
+            name.as_deref(),
+        )?;
+        Ok(reference.into())
+    }
+
+    /// Like `attach_bytes`, with the bytes read from the file at `path`, a chunk at a time.
+    /// Throws `Io` when the file cannot be read; nothing is stored then.
+    #[uniffi::method(default(name = None))]
+    pub fn attach_file(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+        path: String,
+        media_type: String,
+        name: Option<String>,
+    ) -> Result<AttachmentRef> {
+        let source = core::AttachmentSource::File(Path::new(&path));
+        let reference = self.inner.attach(
+            &collection,
+            &id,
+            &field,
+            source,
+            &media_type,
+            name.as_deref(),
+        )?;
+        Ok(reference.into())
+    }
+
+    /// The reference the `attachment` field `field` of `collection/id` holds, or null when the
+    /// field is empty. Throws `NotFound` when there is no such live record.
+    pub fn attachment_of(
+        &self,
+        collection: String,
+        id: String,
+        field: String,
+    ) -> Result<Option<AttachmentRef>> {
+        let declared = self
+            .inner
+            .schema()
+            .collection(&collection)
+            .and_then(|declared| declared.field(&collection, &field))
+            .map_err(core::Error::from)?;
+        if declared.field_type != core::FieldType::Attachment {
+            return Err(core::Error::WrongType {
+                collection,
+                field,
+                expected: core::FieldType::Attachment,
+            }
+            .into());
+        }
+        let record = self
+            .inner
+            .get(&collection, &id)?
+            .ok_or_else(|| core::Error::NotFound {
+                collection: collection.clone(),
+                id,
+            })?;
+        match record.fields.get(&field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => match core::AttachmentRef::from_value(value) {
+                Ok(reference) => Ok(Some(reference.into())),
+                Err(problem) => Err(core::Error::InvalidAttachment {
+                    collection,
+                    field,
+                    problem,
+                }
+                .into()),
+            },
+        }
+    }
+
+    /// Whether the store holds every byte `reference` names: false while an `on_demand`
+    /// attachment is not fetched (`SyncClient.fetch_attachment`), or after it was evicted.
+    pub fn has_attachment(&self, reference: AttachmentRef) -> Result<bool> {
+        Ok(self.inner.has_attachment(&reference.to_core()?)?)
+    }
+
+    /// The bytes `reference` names, in memory, or null while the store does not hold them all.
+    /// For large attachments (recordings, videos), prefer `save_attachment`.
+    pub fn attachment_bytes(&self, reference: AttachmentRef) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.attachment_bytes(&reference.to_core()?)?)
+    }
+
+    /// Writes the bytes `reference` names to the file at `path` (created or replaced), a chunk
+    /// at a time, so that a large attachment is never held in memory whole; false, writing
+    /// nothing, while the store does not hold them all. Throws `Io` when the file cannot be
+    /// written.
+    pub fn save_attachment(&self, reference: AttachmentRef, path: String) -> Result<bool> {
+        Ok(self
+            .inner
+            .save_attachment(&reference.to_core()?, Path::new(&path))?)
+    }
+
+    /// Removes the bytes of attachments nothing references any more, then evicts attachments
+    /// the server holds, least recently used first, to keep within
+    /// `StoreOptions.attachment_budget_bytes`. Bytes not yet on the server are never evicted.
+    /// Every sync does this at its end; call it after deleting many records offline.
+    pub fn tidy_attachments(&self) -> Result<AttachmentsTidied> {
+        Ok(self.inner.tidy_attachments()?.into())
     }
 }
 

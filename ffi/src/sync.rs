@@ -61,6 +61,10 @@ pub struct SyncReport {
     pub pulled: u64,
     /// Scopes whose records were removed because the user may no longer read them.
     pub purged_scopes: Vec<String>,
+    /// Attachments written here that the server now holds whole.
+    pub attachments_sent: u64,
+    /// Attachments of `eager` fields downloaded whole.
+    pub attachments_fetched: u64,
 }
 
 /// How far a running sync has come.
@@ -74,6 +78,10 @@ pub struct SyncProgress {
     pub pulled: u64,
     /// Whether the sync has moved on to pulling.
     pub pulling: bool,
+    /// Attachment bytes sent or fetched so far; attachments move once the records are synced.
+    pub attachment_bytes_done: u64,
+    /// Attachment bytes there are to send or fetch, growing as each attachment starts.
+    pub attachment_bytes_total: u64,
 }
 
 /// What the background sync is doing.
@@ -251,7 +259,31 @@ impl SyncClient {
             rejected: report.rejected as u64,
             pulled: report.pulled as u64,
             purged_scopes: report.purged_scopes,
+            attachments_sent: report.attachments_sent as u64,
+            attachments_fetched: report.attachments_fetched as u64,
         })
+    }
+
+    /// Fetches the attachment the field `field` of `collection/id` references: the way to get
+    /// an `on_demand` field's bytes (an `eager` field's too, when the budget left it behind).
+    /// True once the store holds it whole, at once if it did already; false while the server
+    /// does not hold it whole yet (the device that wrote it has not sent it all). Safe to
+    /// cancel: the chunks fetched are kept, and the next call fetches the rest.
+    pub async fn fetch_attachment(
+        &self,
+        store: Arc<Store>,
+        collection: String,
+        id: String,
+        field: String,
+    ) -> Result<bool> {
+        let client = self.inner.clone();
+        let store = store.inner.clone();
+        run(async move {
+            client
+                .fetch_attachment(&store, &collection, &id, &field)
+                .await
+        })?
+        .await
     }
 
     /// Starts syncing `store` in the background: on the interval, shortly after local writes,
@@ -343,6 +375,8 @@ impl BackgroundSync {
                     push_total: 0,
                     pulled: 0,
                     pulling: false,
+                    attachment_bytes_done: 0,
+                    attachment_bytes_total: 0,
                 },
                 last_success_ms: None,
                 last_error: None,
@@ -391,6 +425,8 @@ impl From<&core::SyncProgress> for SyncProgress {
             push_total: progress.push_total,
             pulled: progress.pulled,
             pulling: progress.pulling,
+            attachment_bytes_done: progress.attachment_bytes_done,
+            attachment_bytes_total: progress.attachment_bytes_total,
         }
     }
 }

@@ -563,6 +563,11 @@ pub struct StoreOptions {
     /// the file unencrypted, which only apps without clinical data should do.
     #[uniffi(default = None)]
     pub encryption_key: Option<Vec<u8>>,
+    /// The most bytes of attachments the server holds that the store keeps (1 GiB by
+    /// default): past it the least recently used are evicted, and fetched again when needed.
+    /// Attachments not yet on the server are kept whatever their size.
+    #[uniffi(default = 1073741824)]
+    pub attachment_budget_bytes: u64,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -572,6 +577,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("document_cache_size", &self.document_cache_size)
             .field("max_pending_changes", &self.max_pending_changes)
             .field("encrypted", &self.encryption_key.is_some())
+            .field("attachment_budget_bytes", &self.attachment_budget_bytes)
             .finish()
     }
 }
@@ -584,6 +590,7 @@ impl Default for StoreOptions {
             document_cache_size: defaults.document_cache_size as u32,
             max_pending_changes: defaults.max_pending_changes as u32,
             encryption_key: None,
+            attachment_budget_bytes: defaults.attachment_budget_bytes,
         }
     }
 }
@@ -604,8 +611,7 @@ impl TryFrom<StoreOptions> for core::StoreOptions {
             },
             document_cache_size: options.document_cache_size as usize,
             max_pending_changes: options.max_pending_changes as usize,
-            // The bindings take attachments up with their own API; until then, the default.
-            ..core::StoreOptions::default()
+            attachment_budget_bytes: options.attachment_budget_bytes,
         })
     }
 }

@@ -8,9 +8,18 @@ Everything the library exports is here (``Store``, ``SyncClient``, ``Query``, ``
     rid = store.insert("clients", fieldsync.fields(caseload_id="north", name="Ada"))
     fieldsync.values(store.get("clients", rid).fields)  # {'caseload_id': 'north', ...}
 
-``SyncClient.sync_now``, ``SyncClient.enroll_device`` and ``BackgroundSync.stop`` are
-coroutines. Text positions (``splice_text``) count UTF-16 code units: convert a Python index
-``i`` of ``s`` with ``len(s[:i].encode("utf-16-le")) // 2``.
+Attachments (photos, recordings) go into ``attachment`` fields with ``attach``, which takes bytes
+or a path, and come out with ``Store.attachment_bytes`` or, for large ones, ``save_attachment``;
+``attachment_ref_of(record.fields[field])`` reads a record's reference. An ``on_demand`` field's
+bytes come with ``SyncClient.fetch_attachment``::
+
+    scan = pathlib.Path("consent.jpg")
+    ref = fieldsync.attach(store, "clients", rid, "consent_form", scan, "image/jpeg")
+    fieldsync.save_attachment(store, ref, destination)
+
+``SyncClient.sync_now``, ``SyncClient.fetch_attachment``, ``SyncClient.enroll_device`` and
+``BackgroundSync.stop`` are coroutines. Text positions (``splice_text``) count UTF-16 code
+units: convert a Python index ``i`` of ``s`` with ``len(s[:i].encode("utf-16-le")) // 2``.
 
 Where staff sign in through an identity provider, a ``TokenProvider`` subclass gives the sync
 its tokens: its ``token`` is a coroutine, which raises ``TokenProviderError.SignInRequired``
@@ -34,10 +43,11 @@ never run, and each sync fails with ``SignInRequired`` once the request timeout 
 """
 
 import json as _json
+import os as _os
 from typing import Any, Mapping
 
 from ._native import *  # noqa: F401,F403  (the generated module defines __all__)
-from ._native import FieldValue
+from ._native import AttachmentRef, FieldValue, Store
 # Not in the generated module's __all__, and needed by every app with a token provider.
 from ._native import uniffi_set_event_loop
 
@@ -81,4 +91,40 @@ def values(record_fields: Mapping[str, FieldValue]) -> dict[str, Any]:
     return {name: plain_value(value) for name, value in record_fields.items()}
 
 
-__all__ += ["field_value", "fields", "plain_value", "values"]
+def attach(
+    store: Store,
+    collection: str,
+    id: str,
+    field: str,
+    source: "bytes | bytearray | memoryview | _os.PathLike",
+    media_type: str,
+    name: str | None = None,
+) -> AttachmentRef:
+    """Attaches ``source`` to the ``attachment`` field ``field`` of ``collection/id`` and returns
+    the reference: bytes are stored as they are, a path (``pathlib.Path``) names a file that is
+    read a chunk at a time, never whole in memory::
+
+        photo = fieldsync.attach(store, "clients", rid, "consent_form", b"...", "image/jpeg")
+        audio = fieldsync.attach(store, "sessions", sid, "audio_note", path, "audio/mp4")
+
+    A ``str`` is refused, since it could be either: wrap a path in ``pathlib.Path``. Raises
+    ``FieldsyncError.Io`` when the file cannot be read and ``FieldsyncError.InvalidValue`` when
+    ``media_type`` or ``name`` cannot go into a reference; nothing is stored then.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return store.attach_bytes(collection, id, field, bytes(source), media_type, name)
+    if isinstance(source, _os.PathLike):
+        return store.attach_file(collection, id, field, _os.fsdecode(source), media_type, name)
+    raise TypeError(f"attach takes bytes or an os.PathLike, not a {type(source).__name__}")
+
+
+def save_attachment(store: Store, reference: AttachmentRef, path: "str | _os.PathLike") -> bool:
+    """Writes the bytes ``reference`` names to the file at ``path`` (created or replaced), a
+    chunk at a time: the way to read a large attachment. False, writing nothing, while the store
+    does not hold them all (an ``on_demand`` field not yet fetched with
+    ``SyncClient.fetch_attachment``). Raises ``FieldsyncError.Io`` when the file cannot be
+    written."""
+    return store.save_attachment(reference, _os.fsdecode(path))
+
+
+__all__ += ["field_value", "fields", "plain_value", "values", "attach", "save_attachment"]

@@ -1,5 +1,6 @@
-// Swift conveniences over the generated bindings: literals for field values, and changes as an
-// AsyncStream. Thin by design: everything else is the generated API.
+// Swift conveniences over the generated bindings: literals for field values, changes as an
+// AsyncStream, and attachments from and to file URLs. Thin by design: everything else is the
+// generated API.
 import Foundation
 
 extension FieldValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral,
@@ -33,6 +34,25 @@ extension Store {
             collection: collection, filter: filter, listener: StreamListener(continuation))
         continuation.onTermination = { _ in subscription.cancel() }
         return stream
+    }
+}
+
+extension Store {
+    /// `attachFile` with a file URL: stores the file's bytes, read a chunk at a time, and makes
+    /// the `attachment` field reference them.
+    public func attachFile(
+        collection: String, id: String, field: String, url: URL, mediaType: String,
+        name: String? = nil
+    ) throws -> AttachmentRef {
+        try attachFile(
+            collection: collection, id: id, field: field, path: url.path, mediaType: mediaType,
+            name: name)
+    }
+
+    /// `saveAttachment` to a file URL: false, writing nothing, while the store does not hold
+    /// the bytes.
+    public func saveAttachment(reference: AttachmentRef, to url: URL) throws -> Bool {
+        try saveAttachment(reference: reference, path: url.path)
     }
 }
 

@@ -1016,6 +1016,32 @@ public func FfiConverterTypeChangeListener_lower(_ value: ChangeListener) -> UIn
 public protocol StoreProtocol: AnyObject, Sendable {
     
     /**
+     * Stores `bytes` and makes the `attachment` field `field` of `collection/id` reference
+     * them, in one transaction; returns the reference. `media_type` (`image/jpeg`) and `name`
+     * (`consent.jpg`) go into the reference. The next sync sends the bytes. For large files,
+     * prefer `attach_file`, which does not hold them in memory.
+     */
+    func attachBytes(collection: String, id: String, field: String, bytes: Data, mediaType: String, name: String?) throws  -> AttachmentRef
+    
+    /**
+     * Like `attach_bytes`, with the bytes read from the file at `path`, a chunk at a time.
+     * Throws `Io` when the file cannot be read; nothing is stored then.
+     */
+    func attachFile(collection: String, id: String, field: String, path: String, mediaType: String, name: String?) throws  -> AttachmentRef
+    
+    /**
+     * The bytes `reference` names, in memory, or null while the store does not hold them all.
+     * For large attachments (recordings, videos), prefer `save_attachment`.
+     */
+    func attachmentBytes(reference: AttachmentRef) throws  -> Data?
+    
+    /**
+     * The reference the `attachment` field `field` of `collection/id` holds, or null when the
+     * field is empty. Throws `NotFound` when there is no such live record.
+     */
+    func attachmentOf(collection: String, id: String, field: String) throws  -> AttachmentRef?
+    
+    /**
      * Fields of the record on which concurrent writes happened, with winner and losers.
      */
     func conflicts(collection: String, id: String) throws  -> [FieldConflict]
@@ -1044,6 +1070,12 @@ public protocol StoreProtocol: AnyObject, Sendable {
      * The live record with this id, or null if there is none or it was deleted.
      */
     func get(collection: String, id: String) throws  -> Record?
+    
+    /**
+     * Whether the store holds every byte `reference` names: false while an `on_demand`
+     * attachment is not fetched (`SyncClient.fetch_attachment`), or after it was evicted.
+     */
+    func hasAttachment(reference: AttachmentRef) throws  -> Bool
     
     /**
      * Every change of the record, oldest first: which device, when, which fields.
@@ -1094,6 +1126,14 @@ public protocol StoreProtocol: AnyObject, Sendable {
     func retryRejectedWrite(id: Int64) throws 
     
     /**
+     * Writes the bytes `reference` names to the file at `path` (created or replaced), a chunk
+     * at a time, so that a large attachment is never held in memory whole; false, writing
+     * nothing, while the store does not hold them all. Throws `Io` when the file cannot be
+     * written.
+     */
+    func saveAttachment(reference: AttachmentRef, path: String) throws  -> Bool
+    
+    /**
      * Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
      * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
      */
@@ -1105,6 +1145,14 @@ public protocol StoreProtocol: AnyObject, Sendable {
      * returned subscription is cancelled.
      */
     func subscribe(collection: String, filter: Filter, listener: ChangeListener) throws  -> Subscription
+    
+    /**
+     * Removes the bytes of attachments nothing references any more, then evicts attachments
+     * the server holds, least recently used first, to keep within
+     * `StoreOptions.attachment_budget_bytes`. Bytes not yet on the server are never evicted.
+     * Every sync does this at its end; call it after deleting many records offline.
+     */
+    func tidyAttachments() throws  -> AttachmentsTidied
     
     /**
      * Sets the fields in `patch`; `Null` clears an optional field. Other fields are kept.
@@ -1204,6 +1252,76 @@ public static func openWithOptions(path: String, schemaJson: String, options: St
 
     
     /**
+     * Stores `bytes` and makes the `attachment` field `field` of `collection/id` reference
+     * them, in one transaction; returns the reference. `media_type` (`image/jpeg`) and `name`
+     * (`consent.jpg`) go into the reference. The next sync sends the bytes. For large files,
+     * prefer `attach_file`, which does not hold them in memory.
+     */
+open func attachBytes(collection: String, id: String, field: String, bytes: Data, mediaType: String, name: String? = nil)throws  -> AttachmentRef  {
+    return try  FfiConverterTypeAttachmentRef_lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_attach_bytes(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(collection),
+        FfiConverterString.lower(id),
+        FfiConverterString.lower(field),
+        FfiConverterData.lower(bytes),
+        FfiConverterString.lower(mediaType),
+        FfiConverterOptionString.lower(name),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Like `attach_bytes`, with the bytes read from the file at `path`, a chunk at a time.
+     * Throws `Io` when the file cannot be read; nothing is stored then.
+     */
+open func attachFile(collection: String, id: String, field: String, path: String, mediaType: String, name: String? = nil)throws  -> AttachmentRef  {
+    return try  FfiConverterTypeAttachmentRef_lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_attach_file(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(collection),
+        FfiConverterString.lower(id),
+        FfiConverterString.lower(field),
+        FfiConverterString.lower(path),
+        FfiConverterString.lower(mediaType),
+        FfiConverterOptionString.lower(name),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The bytes `reference` names, in memory, or null while the store does not hold them all.
+     * For large attachments (recordings, videos), prefer `save_attachment`.
+     */
+open func attachmentBytes(reference: AttachmentRef)throws  -> Data?  {
+    return try  FfiConverterOptionData.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_attachment_bytes(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentRef_lower(reference),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The reference the `attachment` field `field` of `collection/id` holds, or null when the
+     * field is empty. Throws `NotFound` when there is no such live record.
+     */
+open func attachmentOf(collection: String, id: String, field: String)throws  -> AttachmentRef?  {
+    return try  FfiConverterOptionTypeAttachmentRef.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_attachment_of(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(collection),
+        FfiConverterString.lower(id),
+        FfiConverterString.lower(field),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Fields of the record on which concurrent writes happened, with winner and losers.
      */
 open func conflicts(collection: String, id: String)throws  -> [FieldConflict]  {
@@ -1278,6 +1396,20 @@ open func get(collection: String, id: String)throws  -> Record?  {
             self.uniffiCloneHandle(),
         FfiConverterString.lower(collection),
         FfiConverterString.lower(id),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Whether the store holds every byte `reference` names: false while an `on_demand`
+     * attachment is not fetched (`SyncClient.fetch_attachment`), or after it was evicted.
+     */
+open func hasAttachment(reference: AttachmentRef)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_has_attachment(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentRef_lower(reference),uniffiCallStatus
     )
 })
 }
@@ -1403,6 +1535,23 @@ open func retryRejectedWrite(id: Int64)throws   {try rustCallWithError(FfiConver
 }
     
     /**
+     * Writes the bytes `reference` names to the file at `path` (created or replaced), a chunk
+     * at a time, so that a large attachment is never held in memory whole; false, writing
+     * nothing, while the store does not hold them all. Throws `Io` when the file cannot be
+     * written.
+     */
+open func saveAttachment(reference: AttachmentRef, path: String)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_save_attachment(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentRef_lower(reference),
+        FfiConverterString.lower(path),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
      * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
      */
@@ -1433,6 +1582,21 @@ open func subscribe(collection: String, filter: Filter, listener: ChangeListener
         FfiConverterString.lower(collection),
         FfiConverterTypeFilter_lower(filter),
         FfiConverterTypeChangeListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Removes the bytes of attachments nothing references any more, then evicts attachments
+     * the server holds, least recently used first, to keep within
+     * `StoreOptions.attachment_budget_bytes`. Bytes not yet on the server are never evicted.
+     * Every sync does this at its end; call it after deleting many records offline.
+     */
+open func tidyAttachments()throws  -> AttachmentsTidied  {
+    return try  FfiConverterTypeAttachmentsTidied_lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_method_store_tidy_attachments(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
@@ -1656,6 +1820,15 @@ public protocol SyncClientProtocol: AnyObject, Sendable {
     func enrollDevice(name: String) async throws  -> Int64
     
     /**
+     * Fetches the attachment the field `field` of `collection/id` references: the way to get
+     * an `on_demand` field's bytes (an `eager` field's too, when the budget left it behind).
+     * True once the store holds it whole, at once if it did already; false while the server
+     * does not hold it whole yet (the device that wrote it has not sent it all). Safe to
+     * cancel: the chunks fetched are kept, and the next call fetches the rest.
+     */
+    func fetchAttachment(store: Store, collection: String, id: String, field: String) async throws  -> Bool
+    
+    /**
      * Starts syncing `store` in the background: on the interval, shortly after local writes,
      * and with backoff after failures. It stops when the server refuses a device token, when
      * `stop` is called, or when the returned object is closed. When a token provider has no
@@ -1772,6 +1945,29 @@ open func enrollDevice(name: String)async throws  -> Int64  {
             completeFunc: ffi_fieldsync_ffi_rust_future_complete_i64,
             freeFunc: ffi_fieldsync_ffi_rust_future_free_i64,
             liftFunc: FfiConverterInt64.lift,
+            errorHandler: FfiConverterTypeFieldsyncError_lift
+        )
+}
+    
+    /**
+     * Fetches the attachment the field `field` of `collection/id` references: the way to get
+     * an `on_demand` field's bytes (an `eager` field's too, when the budget left it behind).
+     * True once the store holds it whole, at once if it did already; false while the server
+     * does not hold it whole yet (the device that wrote it has not sent it all). Safe to
+     * cancel: the chunks fetched are kept, and the next call fetches the rest.
+     */
+open func fetchAttachment(store: Store, collection: String, id: String, field: String)async throws  -> Bool  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_fieldsync_ffi_fn_method_syncclient_fetch_attachment(
+                        self.uniffiCloneHandle(),FfiConverterTypeStore_lower(store),FfiConverterString.lower(collection),FfiConverterString.lower(id),FfiConverterString.lower(field)
+                )
+            },
+            pollFunc: ffi_fieldsync_ffi_rust_future_poll_i8,
+            completeFunc: ffi_fieldsync_ffi_rust_future_complete_i8,
+            freeFunc: ffi_fieldsync_ffi_rust_future_free_i8,
+            liftFunc: FfiConverterBool.lift,
             errorHandler: FfiConverterTypeFieldsyncError_lift
         )
 }
@@ -2529,6 +2725,180 @@ public func FfiConverterTypeTokenProvider_lower(_ value: TokenProvider) -> UInt6
 }
 
 
+
+
+/**
+ * A reference to an attachment's bytes (a photo, an audio note, a signed form): what an
+ * `attachment` field holds. The bytes are kept beside the record, not in it; the store
+ * methods read them by their reference.
+ */
+public struct AttachmentRef: Equatable, Hashable {
+    /**
+     * SHA-256 of the bytes, as 64 lowercase hex digits: what finds them and checks them.
+     */
+    public var sha256: String
+    /**
+     * Their length in bytes.
+     */
+    public var size: UInt64
+    /**
+     * Their media type (`image/jpeg`, `audio/mp4`, `application/pdf`).
+     */
+    public var mediaType: String
+    /**
+     * The file name to offer when the bytes are saved or shared, if any.
+     */
+    public var name: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * SHA-256 of the bytes, as 64 lowercase hex digits: what finds them and checks them.
+         */sha256: String, 
+        /**
+         * Their length in bytes.
+         */size: UInt64, 
+        /**
+         * Their media type (`image/jpeg`, `audio/mp4`, `application/pdf`).
+         */mediaType: String, 
+        /**
+         * The file name to offer when the bytes are saved or shared, if any.
+         */name: String? = nil) {
+        self.sha256 = sha256
+        self.size = size
+        self.mediaType = mediaType
+        self.name = name
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension AttachmentRef: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentRef: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentRef {
+        return
+            try AttachmentRef(
+                sha256: FfiConverterString.read(from: &buf), 
+                size: FfiConverterUInt64.read(from: &buf), 
+                mediaType: FfiConverterString.read(from: &buf), 
+                name: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: AttachmentRef, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.sha256, into: &buf)
+        FfiConverterUInt64.write(value.size, into: &buf)
+        FfiConverterString.write(value.mediaType, into: &buf)
+        FfiConverterOptionString.write(value.name, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentRef_lift(_ buf: RustBuffer) throws -> AttachmentRef {
+    return try FfiConverterTypeAttachmentRef.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentRef_lower(_ value: AttachmentRef) -> RustBuffer {
+    return FfiConverterTypeAttachmentRef.lower(value)
+}
+
+
+/**
+ * What `Store.tidy_attachments` removed.
+ */
+public struct AttachmentsTidied: Equatable, Hashable {
+    /**
+     * Attachments nothing references any more (no live record, no rejected write kept for
+     * the app, no upload waiting).
+     */
+    public var unreferenced: UInt64
+    /**
+     * Attachments the server holds, evicted (least recently used first) to keep within
+     * `StoreOptions.attachment_budget_bytes`; fetched again when needed.
+     */
+    public var evicted: UInt64
+    /**
+     * Bytes freed in all.
+     */
+    public var bytes: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Attachments nothing references any more (no live record, no rejected write kept for
+         * the app, no upload waiting).
+         */unreferenced: UInt64, 
+        /**
+         * Attachments the server holds, evicted (least recently used first) to keep within
+         * `StoreOptions.attachment_budget_bytes`; fetched again when needed.
+         */evicted: UInt64, 
+        /**
+         * Bytes freed in all.
+         */bytes: UInt64) {
+        self.unreferenced = unreferenced
+        self.evicted = evicted
+        self.bytes = bytes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension AttachmentsTidied: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentsTidied: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentsTidied {
+        return
+            try AttachmentsTidied(
+                unreferenced: FfiConverterUInt64.read(from: &buf), 
+                evicted: FfiConverterUInt64.read(from: &buf), 
+                bytes: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: AttachmentsTidied, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.unreferenced, into: &buf)
+        FfiConverterUInt64.write(value.evicted, into: &buf)
+        FfiConverterUInt64.write(value.bytes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentsTidied_lift(_ buf: RustBuffer) throws -> AttachmentsTidied {
+    return try FfiConverterTypeAttachmentsTidied.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentsTidied_lower(_ value: AttachmentsTidied) -> RustBuffer {
+    return FfiConverterTypeAttachmentsTidied.lower(value)
+}
 
 
 /**
@@ -3466,6 +3836,12 @@ public struct StoreOptions: Equatable, Hashable {
      * the file unencrypted, which only apps without clinical data should do.
      */
     public var encryptionKey: Data?
+    /**
+     * The most bytes of attachments the server holds that the store keeps (1 GiB by
+     * default): past it the least recently used are evicted, and fetched again when needed.
+     * Attachments not yet on the server are kept whatever their size.
+     */
+    public var attachmentBudgetBytes: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3482,11 +3858,17 @@ public struct StoreOptions: Equatable, Hashable {
         /**
          * The 32-byte key that encrypts the file (kept in the Keychain or Keystore); null keeps
          * the file unencrypted, which only apps without clinical data should do.
-         */encryptionKey: Data? = nil) {
+         */encryptionKey: Data? = nil, 
+        /**
+         * The most bytes of attachments the server holds that the store keeps (1 GiB by
+         * default): past it the least recently used are evicted, and fetched again when needed.
+         * Attachments not yet on the server are kept whatever their size.
+         */attachmentBudgetBytes: UInt64 = UInt64(1073741824)) {
         self.synchronous = synchronous
         self.documentCacheSize = documentCacheSize
         self.maxPendingChanges = maxPendingChanges
         self.encryptionKey = encryptionKey
+        self.attachmentBudgetBytes = attachmentBudgetBytes
     }
 
     
@@ -3508,7 +3890,8 @@ public struct FfiConverterTypeStoreOptions: FfiConverterRustBuffer {
                 synchronous: FfiConverterTypeSynchronous.read(from: &buf), 
                 documentCacheSize: FfiConverterUInt32.read(from: &buf), 
                 maxPendingChanges: FfiConverterUInt32.read(from: &buf), 
-                encryptionKey: FfiConverterOptionData.read(from: &buf)
+                encryptionKey: FfiConverterOptionData.read(from: &buf), 
+                attachmentBudgetBytes: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -3517,6 +3900,7 @@ public struct FfiConverterTypeStoreOptions: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.documentCacheSize, into: &buf)
         FfiConverterUInt32.write(value.maxPendingChanges, into: &buf)
         FfiConverterOptionData.write(value.encryptionKey, into: &buf)
+        FfiConverterUInt64.write(value.attachmentBudgetBytes, into: &buf)
     }
 }
 
@@ -3705,6 +4089,14 @@ public struct SyncProgress: Equatable, Hashable {
      * Whether the sync has moved on to pulling.
      */
     public var pulling: Bool
+    /**
+     * Attachment bytes sent or fetched so far; attachments move once the records are synced.
+     */
+    public var attachmentBytesDone: UInt64
+    /**
+     * Attachment bytes there are to send or fetch, growing as each attachment starts.
+     */
+    public var attachmentBytesTotal: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3720,11 +4112,19 @@ public struct SyncProgress: Equatable, Hashable {
          */pulled: UInt64, 
         /**
          * Whether the sync has moved on to pulling.
-         */pulling: Bool) {
+         */pulling: Bool, 
+        /**
+         * Attachment bytes sent or fetched so far; attachments move once the records are synced.
+         */attachmentBytesDone: UInt64, 
+        /**
+         * Attachment bytes there are to send or fetch, growing as each attachment starts.
+         */attachmentBytesTotal: UInt64) {
         self.pushed = pushed
         self.pushTotal = pushTotal
         self.pulled = pulled
         self.pulling = pulling
+        self.attachmentBytesDone = attachmentBytesDone
+        self.attachmentBytesTotal = attachmentBytesTotal
     }
 
     
@@ -3746,7 +4146,9 @@ public struct FfiConverterTypeSyncProgress: FfiConverterRustBuffer {
                 pushed: FfiConverterUInt64.read(from: &buf), 
                 pushTotal: FfiConverterUInt64.read(from: &buf), 
                 pulled: FfiConverterUInt64.read(from: &buf), 
-                pulling: FfiConverterBool.read(from: &buf)
+                pulling: FfiConverterBool.read(from: &buf), 
+                attachmentBytesDone: FfiConverterUInt64.read(from: &buf), 
+                attachmentBytesTotal: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -3755,6 +4157,8 @@ public struct FfiConverterTypeSyncProgress: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.pushTotal, into: &buf)
         FfiConverterUInt64.write(value.pulled, into: &buf)
         FfiConverterBool.write(value.pulling, into: &buf)
+        FfiConverterUInt64.write(value.attachmentBytesDone, into: &buf)
+        FfiConverterUInt64.write(value.attachmentBytesTotal, into: &buf)
     }
 }
 
@@ -3795,6 +4199,14 @@ public struct SyncReport: Equatable, Hashable {
      * Scopes whose records were removed because the user may no longer read them.
      */
     public var purgedScopes: [String]
+    /**
+     * Attachments written here that the server now holds whole.
+     */
+    public var attachmentsSent: UInt64
+    /**
+     * Attachments of `eager` fields downloaded whole.
+     */
+    public var attachmentsFetched: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3811,11 +4223,19 @@ public struct SyncReport: Equatable, Hashable {
          */pulled: UInt64, 
         /**
          * Scopes whose records were removed because the user may no longer read them.
-         */purgedScopes: [String]) {
+         */purgedScopes: [String], 
+        /**
+         * Attachments written here that the server now holds whole.
+         */attachmentsSent: UInt64, 
+        /**
+         * Attachments of `eager` fields downloaded whole.
+         */attachmentsFetched: UInt64) {
         self.pushed = pushed
         self.rejected = rejected
         self.pulled = pulled
         self.purgedScopes = purgedScopes
+        self.attachmentsSent = attachmentsSent
+        self.attachmentsFetched = attachmentsFetched
     }
 
     
@@ -3837,7 +4257,9 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 pushed: FfiConverterUInt64.read(from: &buf), 
                 rejected: FfiConverterUInt64.read(from: &buf), 
                 pulled: FfiConverterUInt64.read(from: &buf), 
-                purgedScopes: FfiConverterSequenceString.read(from: &buf)
+                purgedScopes: FfiConverterSequenceString.read(from: &buf), 
+                attachmentsSent: FfiConverterUInt64.read(from: &buf), 
+                attachmentsFetched: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -3846,6 +4268,8 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.rejected, into: &buf)
         FfiConverterUInt64.write(value.pulled, into: &buf)
         FfiConverterSequenceString.write(value.purgedScopes, into: &buf)
+        FfiConverterUInt64.write(value.attachmentsSent, into: &buf)
+        FfiConverterUInt64.write(value.attachmentsFetched, into: &buf)
     }
 }
 
@@ -4313,9 +4737,16 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     case InvalidId(message: String)
     
     /**
-     * A `Json` field value is not valid JSON, or nests deeper than the store accepts.
+     * A `Json` field value is not valid JSON, or nests deeper than the store accepts; or an
+     * attachment reference, media type or file name is malformed (the message names which).
      */
     case InvalidValue(message: String)
+    
+    /**
+     * A file the app named could not be read or written (an attachment's source, or where
+     * its bytes were to be saved), or an attachment's bytes left the store while being read.
+     */
+    case Io(message: String)
     
     /**
      * Changes from elsewhere could not be decoded or merged, or inflate beyond the limit.
@@ -4485,43 +4916,47 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 23: return .InvalidRemoteChange(
+        case 23: return .Io(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 24: return .TooManyPendingChanges(
+        case 24: return .InvalidRemoteChange(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 25: return .InvalidConfig(
+        case 25: return .TooManyPendingChanges(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 26: return .Network(
+        case 26: return .InvalidConfig(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 27: return .Unauthorized(
+        case 27: return .Network(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 28: return .SignInRequired(
+        case 28: return .Unauthorized(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 29: return .RateLimited(
+        case 29: return .SignInRequired(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 30: return .Server(
+        case 30: return .RateLimited(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 31: return .Protocol(
+        case 31: return .Server(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 32: return .Internal(
+        case 32: return .Protocol(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 33: return .Internal(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -4580,26 +5015,28 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(21))
         case .InvalidValue(_ /* message is ignored*/):
             writeInt(&buf, Int32(22))
-        case .InvalidRemoteChange(_ /* message is ignored*/):
+        case .Io(_ /* message is ignored*/):
             writeInt(&buf, Int32(23))
-        case .TooManyPendingChanges(_ /* message is ignored*/):
+        case .InvalidRemoteChange(_ /* message is ignored*/):
             writeInt(&buf, Int32(24))
-        case .InvalidConfig(_ /* message is ignored*/):
+        case .TooManyPendingChanges(_ /* message is ignored*/):
             writeInt(&buf, Int32(25))
-        case .Network(_ /* message is ignored*/):
+        case .InvalidConfig(_ /* message is ignored*/):
             writeInt(&buf, Int32(26))
-        case .Unauthorized(_ /* message is ignored*/):
+        case .Network(_ /* message is ignored*/):
             writeInt(&buf, Int32(27))
-        case .SignInRequired(_ /* message is ignored*/):
+        case .Unauthorized(_ /* message is ignored*/):
             writeInt(&buf, Int32(28))
-        case .RateLimited(_ /* message is ignored*/):
+        case .SignInRequired(_ /* message is ignored*/):
             writeInt(&buf, Int32(29))
-        case .Server(_ /* message is ignored*/):
+        case .RateLimited(_ /* message is ignored*/):
             writeInt(&buf, Int32(30))
-        case .Protocol(_ /* message is ignored*/):
+        case .Server(_ /* message is ignored*/):
             writeInt(&buf, Int32(31))
-        case .Internal(_ /* message is ignored*/):
+        case .Protocol(_ /* message is ignored*/):
             writeInt(&buf, Int32(32))
+        case .Internal(_ /* message is ignored*/):
+            writeInt(&buf, Int32(33))
 
         
         }
@@ -5484,6 +5921,30 @@ fileprivate struct FfiConverterOptionTypeSyncStatusListener: FfiConverterRustBuf
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeAttachmentRef: FfiConverterRustBuffer {
+    typealias SwiftType = AttachmentRef?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeAttachmentRef.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeAttachmentRef.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeRecord: FfiConverterRustBuffer {
     typealias SwiftType = Record?
 
@@ -5944,6 +6405,20 @@ public func uniffiForeignFutureHandleCountFieldsync() -> Int {
     UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.count
 }
 /**
+ * The reference an `attachment` field's value holds, for reading it out of a record the app
+ * has already (a query's results); null when the value is `Null`.
+ *
+ * Throws `InvalidValue` when the value is not an attachment reference.
+ */
+public func attachmentRefOf(value: FieldValue)throws  -> AttachmentRef?  {
+    return try  FfiConverterOptionTypeAttachmentRef.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+        uniffiCallStatus in
+    uniffi_fieldsync_ffi_fn_func_attachment_ref_of(
+        FfiConverterTypeFieldValue_lower(value),uniffiCallStatus
+    )
+})
+}
+/**
  * Encrypts an unencrypted store file in place with `key` (32 bytes), keeping all its data.
  * The file must not be open; afterwards open it with the key.
  */
@@ -5982,6 +6457,9 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_fieldsync_ffi_checksum_func_attachment_ref_of() != 27219) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fieldsync_ffi_checksum_func_encrypt_store_file() != 38688) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5989,6 +6467,18 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_changelistener_on_change() != 12083) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_store_attach_bytes() != 5221) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_store_attach_file() != 27259) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_store_attachment_bytes() != 45966) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_store_attachment_of() != 37457) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_conflicts() != 9261) {
@@ -6007,6 +6497,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_get() != 23340) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_store_has_attachment() != 62360) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_history() != 55880) {
@@ -6036,10 +6529,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_store_retry_rejected_write() != 44862) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fieldsync_ffi_checksum_method_store_save_attachment() != 43284) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fieldsync_ffi_checksum_method_store_splice_text() != 21039) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_subscribe() != 50981) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_store_tidy_attachments() != 4722) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_update() != 22019) {
@@ -6061,6 +6560,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_syncclient_enroll_device() != 19451) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_syncclient_fetch_attachment() != 39887) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_syncclient_start_background() != 31125) {

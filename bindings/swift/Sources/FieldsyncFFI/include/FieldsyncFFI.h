@@ -346,6 +346,26 @@ uint64_t uniffi_fieldsync_ffi_fn_constructor_store_new(RustBuffer path, RustBuff
 uint64_t uniffi_fieldsync_ffi_fn_constructor_store_open_with_options(RustBuffer path, RustBuffer schema_json, RustBuffer options, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACH_BYTES
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACH_BYTES
+RustBuffer uniffi_fieldsync_ffi_fn_method_store_attach_bytes(uint64_t ptr, RustBuffer collection, RustBuffer id, RustBuffer field, RustBuffer bytes, RustBuffer media_type, RustBuffer name, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACH_FILE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACH_FILE
+RustBuffer uniffi_fieldsync_ffi_fn_method_store_attach_file(uint64_t ptr, RustBuffer collection, RustBuffer id, RustBuffer field, RustBuffer path, RustBuffer media_type, RustBuffer name, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACHMENT_BYTES
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACHMENT_BYTES
+RustBuffer uniffi_fieldsync_ffi_fn_method_store_attachment_bytes(uint64_t ptr, RustBuffer reference, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACHMENT_OF
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_ATTACHMENT_OF
+RustBuffer uniffi_fieldsync_ffi_fn_method_store_attachment_of(uint64_t ptr, RustBuffer collection, RustBuffer id, RustBuffer field, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_CONFLICTS
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_CONFLICTS
 RustBuffer uniffi_fieldsync_ffi_fn_method_store_conflicts(uint64_t ptr, RustBuffer collection, RustBuffer id, RustCallStatus *_Nonnull out_status
@@ -374,6 +394,11 @@ void uniffi_fieldsync_ffi_fn_method_store_discard_rejected_write(uint64_t ptr, i
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_GET
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_GET
 RustBuffer uniffi_fieldsync_ffi_fn_method_store_get(uint64_t ptr, RustBuffer collection, RustBuffer id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_HAS_ATTACHMENT
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_HAS_ATTACHMENT
+int8_t uniffi_fieldsync_ffi_fn_method_store_has_attachment(uint64_t ptr, RustBuffer reference, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_HISTORY
@@ -421,6 +446,11 @@ void uniffi_fieldsync_ffi_fn_method_store_rekey(uint64_t ptr, RustBuffer new_key
 void uniffi_fieldsync_ffi_fn_method_store_retry_rejected_write(uint64_t ptr, int64_t id, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SAVE_ATTACHMENT
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SAVE_ATTACHMENT
+int8_t uniffi_fieldsync_ffi_fn_method_store_save_attachment(uint64_t ptr, RustBuffer reference, RustBuffer path, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SPLICE_TEXT
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SPLICE_TEXT
 void uniffi_fieldsync_ffi_fn_method_store_splice_text(uint64_t ptr, RustBuffer collection, RustBuffer id, RustBuffer field, uint64_t index, uint64_t delete_count, RustBuffer insert, RustCallStatus *_Nonnull out_status
@@ -429,6 +459,11 @@ void uniffi_fieldsync_ffi_fn_method_store_splice_text(uint64_t ptr, RustBuffer c
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SUBSCRIBE
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SUBSCRIBE
 uint64_t uniffi_fieldsync_ffi_fn_method_store_subscribe(uint64_t ptr, RustBuffer collection, RustBuffer filter, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_TIDY_ATTACHMENTS
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_TIDY_ATTACHMENTS
+RustBuffer uniffi_fieldsync_ffi_fn_method_store_tidy_attachments(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_UPDATE
@@ -506,6 +541,11 @@ uint64_t uniffi_fieldsync_ffi_fn_constructor_syncclient_with_token_provider(Rust
 uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_enroll_device(uint64_t ptr, RustBuffer name
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_FETCH_ATTACHMENT
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_FETCH_ATTACHMENT
+uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_fetch_attachment(uint64_t ptr, uint64_t store, RustBuffer collection, RustBuffer id, RustBuffer field
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_START_BACKGROUND
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_START_BACKGROUND
 uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_start_background(uint64_t ptr, uint64_t store, RustBuffer options, RustBuffer listener, RustCallStatus *_Nonnull out_status
@@ -574,6 +614,11 @@ void uniffi_fieldsync_ffi_fn_init_callback_vtable_tokenprovider(const UniffiVTab
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_TOKENPROVIDER_TOKEN
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_TOKENPROVIDER_TOKEN
 uint64_t uniffi_fieldsync_ffi_fn_method_tokenprovider_token(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_ATTACHMENT_REF_OF
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_ATTACHMENT_REF_OF
+RustBuffer uniffi_fieldsync_ffi_fn_func_attachment_ref_of(RustBuffer value, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_FUNC_ENCRYPT_STORE_FILE
@@ -847,6 +892,12 @@ void ffi_fieldsync_ffi_rust_future_free_void(uint64_t handle
 void ffi_fieldsync_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_ATTACHMENT_REF_OF
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_ATTACHMENT_REF_OF
+uint16_t uniffi_fieldsync_ffi_checksum_func_attachment_ref_of(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_ENCRYPT_STORE_FILE
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_FUNC_ENCRYPT_STORE_FILE
 uint16_t uniffi_fieldsync_ffi_checksum_func_encrypt_store_file(void
@@ -862,6 +913,30 @@ uint16_t uniffi_fieldsync_ffi_checksum_func_generate_encryption_key(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGE
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_CHANGELISTENER_ON_CHANGE
 uint16_t uniffi_fieldsync_ffi_checksum_method_changelistener_on_change(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACH_BYTES
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACH_BYTES
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_attach_bytes(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACH_FILE
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACH_FILE
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_attach_file(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACHMENT_BYTES
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACHMENT_BYTES
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_attachment_bytes(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACHMENT_OF
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_ATTACHMENT_OF
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_attachment_of(void
     
 );
 #endif
@@ -898,6 +973,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_store_discard_rejected_write(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_GET
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_GET
 uint16_t uniffi_fieldsync_ffi_checksum_method_store_get(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_HAS_ATTACHMENT
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_HAS_ATTACHMENT
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_has_attachment(void
     
 );
 #endif
@@ -955,6 +1036,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_store_retry_rejected_write(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SAVE_ATTACHMENT
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SAVE_ATTACHMENT
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_save_attachment(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SPLICE_TEXT
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SPLICE_TEXT
 uint16_t uniffi_fieldsync_ffi_checksum_method_store_splice_text(void
@@ -964,6 +1051,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_store_splice_text(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SUBSCRIBE
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_SUBSCRIBE
 uint16_t uniffi_fieldsync_ffi_checksum_method_store_subscribe(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_TIDY_ATTACHMENTS
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_STORE_TIDY_ATTACHMENTS
+uint16_t uniffi_fieldsync_ffi_checksum_method_store_tidy_attachments(void
     
 );
 #endif
@@ -1006,6 +1099,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_backgroundsync_sync_soon(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_ENROLL_DEVICE
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_ENROLL_DEVICE
 uint16_t uniffi_fieldsync_ffi_checksum_method_syncclient_enroll_device(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_FETCH_ATTACHMENT
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_FETCH_ATTACHMENT
+uint16_t uniffi_fieldsync_ffi_checksum_method_syncclient_fetch_attachment(void
     
 );
 #endif

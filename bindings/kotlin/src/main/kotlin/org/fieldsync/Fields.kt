@@ -115,6 +115,19 @@ fun Record.json(name: String): String? = when (val value = fields[name]) {
     else -> throw wrongKind(name, value, "a JSON map or list")
 }
 
+/**
+ * The reference the `attachment` field [name] holds, or null when the record has no value for
+ * it. Read its bytes with [Store.attachmentBytes] or [Store.saveAttachment].
+ *
+ * @throws IllegalArgumentException if the field holds another kind of value.
+ * @throws FieldsyncException.InvalidValue if it holds a map that is not an attachment reference.
+ */
+fun Record.attachment(name: String): AttachmentRef? = when (val value = fields[name]) {
+    null, FieldValue.Null -> null
+    is FieldValue.Json -> attachmentRefOf(value)
+    else -> throw wrongKind(name, value, "an attachment reference")
+}
+
 // Names the kind only: field values must not end up in logs through exception messages.
 private fun Record.wrongKind(name: String, value: FieldValue, expected: String) =
     IllegalArgumentException(

@@ -93,7 +93,14 @@ class ObservableBackgroundSync internal constructor(
     private val state = MutableStateFlow(
         SyncStatus(
             state = SyncState.IDLE,
-            progress = SyncProgress(pushed = 0uL, pushTotal = 0uL, pulled = 0uL, pulling = false),
+            progress = SyncProgress(
+                pushed = 0uL,
+                pushTotal = 0uL,
+                pulled = 0uL,
+                pulling = false,
+                attachmentBytesDone = 0uL,
+                attachmentBytesTotal = 0uL,
+            ),
             lastSuccessMs = null,
             lastError = null,
             retryInMs = null,
