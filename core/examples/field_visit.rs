@@ -1,13 +1,15 @@
 //! A field visit, told step by step: a therapist's phone and a colleague's tablet both edit the
-//! same client's record and session note while offline, then sync through the server and end
-//! up identical.
+//! same client's record and session note while offline, the phone photographs a signed consent
+//! form, then both sync through the server and end up identical, the photo on the tablet too.
 //!
 //! `scripts/demo` starts a real `fieldsync-server`, enrolls the two devices and runs this with
 //! `field_visit <server url> <phone token> <tablet token> <work dir>`.
 
 use std::path::Path;
 
-use fieldsync_core::{Fields, Schema, Store, StoreOptions, SyncClient, SyncConfig};
+use fieldsync_core::{
+    AttachmentSource, Fields, Schema, Store, StoreOptions, SyncClient, SyncConfig,
+};
 use serde_json::json;
 
 const SCHEMA: &str = include_str!("../tests/fixtures/clinic.schema.json");
@@ -91,6 +93,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  tablet: notes += 'Bring picture cards.' (at the end), phone = 555-0142, birth year 2016,"
     );
     println!("          session note += 'Next: r-sounds.' (at the end)");
+    // Bytes standing in for the camera's: a JPEG's first marker, then 300 KiB of pixels.
+    let photo: Vec<u8> = [0xFF, 0xD8, 0xFF, 0xE0]
+        .into_iter()
+        .chain((0u32..300 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8))
+        .collect();
+    let consent = phone.store.attach(
+        "clients",
+        &client,
+        "consent_form",
+        AttachmentSource::Bytes(&photo),
+        "image/jpeg",
+        Some("consent-sam-rivera.jpg"),
+    )?;
+    println!(
+        "  phone:  photographs the signed consent form ({} KiB), attached to the client",
+        consent.size / 1024
+    );
 
     step("Back in signal, both sync through the server.");
     phone.sync("phone").await?;
@@ -126,6 +145,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 short(&loser.device_id)
             );
         }
+    }
+    match tablet.store.attachment_bytes(&consent)? {
+        Some(bytes) if bytes == photo => println!(
+            "  consent form:  {} ({}, {} KiB), on the tablet too, its SHA-256 checked",
+            consent.name.as_deref().unwrap_or("unnamed"),
+            consent.media_type,
+            bytes.len() / 1024
+        ),
+        _ => println!("  consent form:  NOT on the tablet"),
     }
     let identical = on_phone.fields == on_tablet.fields
         && tablet.store.get("sessions", &session)?.map(|r| r.fields) == Some(note.fields.clone());
@@ -174,8 +202,13 @@ impl Device {
     async fn sync(&self, name: &str) -> fieldsync_core::Result<()> {
         let report = self.client.sync_now(&self.store).await?;
         println!(
-            "  {name} synced: sent {}, received {}",
-            report.pushed, report.pulled
+            "  {name} synced: sent {}, received {}{}",
+            report.pushed,
+            report.pulled,
+            match (report.attachments_sent, report.attachments_fetched) {
+                (0, 0) => String::new(),
+                (sent, fetched) => format!("; attachments sent {sent}, fetched {fetched}"),
+            }
         );
         Ok(())
     }
