@@ -13,10 +13,12 @@ CREATE TABLE attachments (
     used_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Chunk `chunk` (from 0) of an attachment: 256 KiB each but the last.
+-- Chunk `chunk` (from 0) of an attachment: 256 KiB each but the last. A rowid table with its
+-- key in an index of its own, so that finding which chunks are held reads the index only (a
+-- WITHOUT ROWID table's rows would be read whole, bytes included).
 CREATE TABLE attachment_chunks (
     sha256 BLOB NOT NULL,
     chunk INTEGER NOT NULL,
-    bytes BLOB NOT NULL,
-    PRIMARY KEY (sha256, chunk)
-) WITHOUT ROWID;
+    bytes BLOB NOT NULL
+);
+CREATE UNIQUE INDEX attachment_chunks_by_key ON attachment_chunks (sha256, chunk);

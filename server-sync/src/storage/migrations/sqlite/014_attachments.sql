@@ -12,10 +12,13 @@ CREATE TABLE attachments (
     PRIMARY KEY (scope, sha256)
 ) WITHOUT ROWID;
 
+-- A rowid table with its key in an index of its own: listing an attachment's chunks reads the
+-- index only. As a WITHOUT ROWID table, every row listed was read whole, its 1 MiB included,
+-- and a chunk's arrival (which lists those held) cost more with each chunk held.
 CREATE TABLE attachment_chunks (
     scope TEXT NOT NULL,
     sha256 BLOB NOT NULL,
     chunk INTEGER NOT NULL,
-    bytes BLOB NOT NULL,
-    PRIMARY KEY (scope, sha256, chunk)
-) WITHOUT ROWID;
+    bytes BLOB NOT NULL
+);
+CREATE UNIQUE INDEX attachment_chunks_by_key ON attachment_chunks (scope, sha256, chunk);
