@@ -258,6 +258,16 @@ impl Store {
     /// [`StoreOptions::attachment_budget_bytes`](super::StoreOptions). Bytes the server does not
     /// hold are never evicted. The sync calls it after each sync.
     pub fn tidy_attachments(&self) -> Result<AttachmentsTidied> {
+        // Most syncs of most apps hold no attachment: they need not read every record's
+        // attachment fields to find that out.
+        let any: bool = self.shared.lock().conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM attachments)",
+            [],
+            |row| row.get(0),
+        )?;
+        if !any {
+            return Ok(AttachmentsTidied::default());
+        }
         let referenced = self.referenced_attachments()?;
         let budget = self.shared.options.attachment_budget_bytes;
         let mut db = self.shared.lock();
