@@ -21,7 +21,7 @@ use crate::auth::Caller;
 use crate::error::ServerError;
 use crate::http::{authorize, blocking, read_body};
 use crate::metrics::Metrics;
-use crate::storage::{ChunkStored, NewAuditLine, Storage};
+use crate::storage::{ChunkStored, NewAuditLine};
 
 /// The path of an attachment: its scope and SHA-256.
 #[derive(Deserialize)]
@@ -117,33 +117,38 @@ pub async fn put_chunk(
             "the chunk's bytes do not match its SHA-256; send it again".into(),
         ));
     }
+    let key = (path.scope.clone(), sha256);
+    let stored = state
+        .chunks
+        .put(&state.storage, &key, size, path.chunk, bytes)
+        .await?;
+    Metrics::inc(match stored {
+        ChunkStored::New => &state.metrics.attachment_chunks_received,
+        ChunkStored::AlreadyHeld => &state.metrics.attachment_chunks_repeated,
+    });
+    let held = {
+        let (storage, scope) = (state.storage.clone(), path.scope.clone());
+        blocking(move || storage.attachment(&scope, &sha256))
+            .await?
+            .ok_or_else(|| ServerError::Internal("a chunk stored is not found".into()))?
+    };
+    let chunks = chunk_count(size);
+    if held.complete || held.received.len() as u64 != chunks {
+        return Ok(Json(AttachmentStatus {
+            size,
+            received: held.received,
+            complete: held.complete,
+        }));
+    }
+    // The last chunk is in: the whole must be the bytes the hash names.
+    if whole_sha256(&state, &key, chunks).await? != sha256 {
+        state.chunks.delete(&state.storage, &key).await?;
+        return Err(ServerError::BadRequest(
+            "the attachment's bytes do not match its SHA-256; it was dropped".into(),
+        ));
+    }
     let storage = state.storage.clone();
-    let metrics = state.metrics.clone();
-    let status = blocking(move || {
-        let stored =
-            storage.put_attachment_chunk(&path.scope, &sha256, size, path.chunk, &bytes)?;
-        Metrics::inc(match stored {
-            ChunkStored::New => &metrics.attachment_chunks_received,
-            ChunkStored::AlreadyHeld => &metrics.attachment_chunks_repeated,
-        });
-        let held = storage
-            .attachment(&path.scope, &sha256)?
-            .ok_or_else(|| ServerError::Internal("a chunk stored is not found".into()))?;
-        let chunks = chunk_count(size);
-        if held.complete || held.received.len() as u64 != chunks {
-            return Ok(AttachmentStatus {
-                size,
-                received: held.received,
-                complete: held.complete,
-            });
-        }
-        // The last chunk is in: the whole must be the bytes the hash names.
-        if whole_sha256(&*storage, &path.scope, &sha256, chunks)? != sha256 {
-            storage.delete_attachment(&path.scope, &sha256)?;
-            return Err(ServerError::BadRequest(
-                "the attachment's bytes do not match its SHA-256; it was dropped".into(),
-            ));
-        }
+    blocking(move || {
         storage.complete_attachment(&path.scope, &sha256)?;
         storage.audit_line(&NewAuditLine {
             user_id: caller.user_id,
@@ -152,15 +157,14 @@ pub async fn put_chunk(
             collection: "attachment",
             record_id: &path.sha256,
             scope: &path.scope,
-        })?;
-        Ok(AttachmentStatus {
-            size,
-            received: held.received,
-            complete: true,
         })
     })
     .await?;
-    Ok(Json(status))
+    Ok(Json(AttachmentStatus {
+        size,
+        received: held.received,
+        complete: true,
+    }))
 }
 
 /// One chunk fetched: `GET /v1/scopes/{scope}/attachments/{sha256}/chunks/{chunk}`.
@@ -174,17 +178,25 @@ pub async fn get_chunk(
     if !may_read(&caller, &path.scope) {
         return Err(not_found());
     }
-    let storage = state.storage.clone();
-    let bytes = blocking(move || {
-        let complete = storage
-            .attachment(&path.scope, &sha256)?
-            .is_some_and(|held| held.complete);
-        if !complete {
-            return Ok(None);
-        }
-        let bytes = storage.attachment_chunk(&path.scope, &sha256, path.chunk)?;
-        // A download is audited once, at its first chunk.
-        if bytes.is_some() && path.chunk == 0 {
+    let key = (path.scope.clone(), sha256);
+    let complete = {
+        let (storage, scope) = (state.storage.clone(), path.scope.clone());
+        blocking(move || storage.attachment(&scope, &sha256))
+            .await?
+            .is_some_and(|held| held.complete)
+    };
+    if !complete {
+        return Err(not_found());
+    }
+    let bytes = state
+        .chunks
+        .get(&state.storage, &key, path.chunk)
+        .await?
+        .ok_or_else(not_found)?;
+    // A download is audited once, at its first chunk.
+    if path.chunk == 0 {
+        let storage = state.storage.clone();
+        blocking(move || {
             storage.audit_line(&NewAuditLine {
                 user_id: caller.user_id,
                 device_id: caller.device_id,
@@ -192,12 +204,10 @@ pub async fn get_chunk(
                 collection: "attachment",
                 record_id: &path.sha256,
                 scope: &path.scope,
-            })?;
-        }
-        Ok(bytes)
-    })
-    .await?
-    .ok_or_else(not_found)?;
+            })
+        })
+        .await?;
+    }
     Metrics::add(&state.metrics.attachment_bytes_sent, bytes.len());
     let digest = hex::encode(Sha256::digest(&bytes));
     let mut response = (StatusCode::OK, bytes).into_response();
@@ -242,16 +252,17 @@ pub fn chunk_len(size: u64, chunk: u32) -> Option<usize> {
 }
 
 /// The SHA-256 of the attachment's stored chunks, read one at a time.
-fn whole_sha256(
-    storage: &dyn Storage,
-    scope: &str,
-    sha256: &[u8; 32],
+async fn whole_sha256(
+    state: &AppState,
+    key: &chunks::AttachmentKey,
     chunks: u64,
 ) -> Result<[u8; 32], ServerError> {
     let mut hasher = Sha256::new();
     for chunk in 0..chunks {
-        let bytes = storage
-            .attachment_chunk(scope, sha256, chunk as u32)?
+        let bytes = state
+            .chunks
+            .get(&state.storage, key, chunk as u32)
+            .await?
             .ok_or_else(|| ServerError::Internal("a received chunk is missing".into()))?;
         hasher.update(&bytes);
     }
@@ -276,6 +287,8 @@ mod tests {
     }
 }
 
+pub mod bucket;
+pub mod chunks;
 pub(crate) mod collect;
 #[cfg(test)]
 mod http_tests;

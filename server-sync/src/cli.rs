@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::attachments::bucket::Bucket;
+use crate::attachments::chunks::ChunkStore;
 use crate::schema::{self, SchemaSet};
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Access, AuditQuery, Database, Role, Storage, postgres};
 use crate::{AppState, Limits, ServerError, admin, listener, router};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bucket;
 mod identity;
 mod listing;
 
@@ -70,7 +73,9 @@ enum Command {
         #[arg(long, env = "FIELDSYNC_HEAD_TIMEOUT_SECS", default_value_t = 10)]
         head_timeout_secs: u64,
         #[command(flatten)]
-        identity: identity::IdentityArgs,
+        identity: Box<identity::IdentityArgs>,
+        #[command(flatten)]
+        bucket: bucket::BucketArgs,
     },
     /// Create a user.
     CreateUser {
@@ -173,11 +178,16 @@ enum Command {
         /// the record that references it).
         #[arg(long, default_value_t = 24)]
         grace_hours: u32,
+        #[command(flatten)]
+        bucket: bucket::BucketArgs,
     },
-    /// Write a consistent copy of the database to a file, while the server may be running.
+    /// Write a consistent copy of the database to a file, while the server may be running;
+    /// with the server's attachment bucket, its attachments' bytes are copied in too.
     Backup {
         /// Where to write the copy.
         to: PathBuf,
+        #[command(flatten)]
+        bucket: bucket::BucketArgs,
     },
     /// Set or show the schema pushed records are validated against.
     #[command(subcommand)]
@@ -285,6 +295,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             max_connections,
             head_timeout_secs,
             identity,
+            bucket,
         } => {
             let limits = Limits {
                 max_body_bytes,
@@ -296,6 +307,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 ..Limits::default()
             };
             let identity_provider = identity.provider()?;
+            let bucket = bucket.bucket()?;
             let storage = open()?;
             if storage.count_users()? == 0 && identity_provider.is_none() {
                 println!(
@@ -320,6 +332,10 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let state = AppState::new(storage.clone(), limits);
             let state = match identity_provider {
                 Some(provider) => state.with_identity_provider(provider),
+                None => state,
+            };
+            let state = match bucket {
+                Some(bucket) => state.with_attachment_bucket(bucket),
                 None => state,
             };
             serve(storage, state, connections, listen)
@@ -430,22 +446,34 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             };
             listing::audit(&*open()?, &query)
         }
-        Command::CollectAttachments { grace_hours } => {
+        Command::CollectAttachments {
+            grace_hours,
+            bucket,
+        } => {
             let storage = open()?;
             let schema = current_schema(&*storage)?;
-            let collected = crate::attachments::collect::collect(
-                &*storage,
-                &schema,
-                i64::from(grace_hours) * 3_600_000,
-                crate::storage::now_ms(),
-            )?;
+            let chunks = match bucket.bucket()? {
+                Some(bucket) => ChunkStore::Bucket(bucket),
+                None => ChunkStore::Database,
+            };
+            let collected = block_on(async {
+                chunks.check().await?;
+                crate::attachments::collect::collect(
+                    &storage,
+                    &chunks,
+                    schema,
+                    i64::from(grace_hours) * 3_600_000,
+                    crate::storage::now_ms(),
+                )
+                .await
+            })?;
             println!(
                 "{} attachments held, {} dropped ({} bytes)",
                 collected.held, collected.dropped, collected.bytes
             );
             Ok(())
         }
-        Command::Backup { to } => backup(&db, &to),
+        Command::Backup { to, bucket } => backup(&db, &to, bucket.bucket()?),
         Command::Schema(command) => run_schema(&*open()?, command),
         Command::Check { repair } => check(&*open()?, repair),
         Command::Repair {
@@ -564,20 +592,48 @@ fn run_schema(storage: &dyn Storage, command: SchemaCommand) -> Result<(), Serve
     }
 }
 
-/// Writes a consistent copy of a SQLite database; PostgreSQL has its own tools.
-fn backup(db: &Database, to: &std::path::Path) -> Result<(), ServerError> {
-    match db {
-        Database::Sqlite(path) => {
-            SqliteStorage::open(path)?.backup_to(to)?;
-            println!("backup written to {}", to.display());
-            Ok(())
-        }
-        Database::Postgres(_) => Err(ServerError::Config(
+/// Writes a consistent copy of a SQLite database, with the bytes of attachments kept in
+/// `bucket` copied in; PostgreSQL has its own tools.
+fn backup(db: &Database, to: &std::path::Path, bucket: Option<Bucket>) -> Result<(), ServerError> {
+    let Database::Sqlite(path) = db else {
+        return Err(ServerError::Config(
             "`backup` copies SQLite databases; back up PostgreSQL with pg_dump \
              (see docs/DEPLOYMENT.md)"
                 .into(),
-        )),
+        ));
+    };
+    SqliteStorage::open(path)?.backup_to(to)?;
+    let copy = Arc::new(SqliteStorage::open(to)?);
+    match bucket {
+        Some(bucket) => {
+            let copied = block_on(async {
+                bucket.check().await?;
+                crate::attachments::chunks::copy_into_backup(copy, &bucket).await
+            })?;
+            println!("{copied} attachment chunks copied from the bucket");
+        }
+        None => {
+            let in_bucket = copy.chunks_in_bucket(None, 1)?;
+            if !in_bucket.is_empty() {
+                return Err(ServerError::Config(format!(
+                    "the backup at {} lacks attachments whose bytes are in a bucket: run \
+                     `backup` with the server's --attachment-bucket settings",
+                    to.display()
+                )));
+            }
+        }
     }
+    println!("backup written to {}", to.display());
+    Ok(())
+}
+
+/// Runs `work` on a runtime of its own, for the commands that reach a bucket.
+fn block_on<T>(
+    work: impl std::future::Future<Output = Result<T, ServerError>>,
+) -> Result<T, ServerError> {
+    tokio::runtime::Runtime::new()
+        .map_err(|err| ServerError::Internal(err.to_string()))?
+        .block_on(work)
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC time.
@@ -613,8 +669,10 @@ async fn serve_on(
     // Tests and scripts read this line to find a server started on port 0.
     println!("listening on http://{address}");
     tracing::info!(%address, max_connections = connections.max_connections, "listening");
+    state.chunks.check().await?;
     tokio::spawn(crate::attachments::collect::periodically(
         state.storage.clone(),
+        state.chunks.clone(),
     ));
     let app = router(state);
     listener::serve(listener, app, connections, shutdown_signal()).await;

@@ -22,7 +22,7 @@
 pub mod admin;
 pub mod admin_api;
 pub mod admission;
-mod attachments;
+pub mod attachments;
 pub mod auth;
 pub mod cli;
 mod devices;
@@ -121,6 +121,8 @@ pub struct AppState {
     /// The clinic's identity provider, whose access tokens are accepted besides device
     /// tokens; `None` for device tokens only.
     pub oidc: Option<Arc<oidc::Provider>>,
+    /// Where attachments' bytes are kept.
+    pub chunks: Arc<attachments::chunks::ChunkStore>,
 }
 
 impl AppState {
@@ -140,6 +142,15 @@ impl AppState {
                 admission::AdmissionLimits::default(),
             )),
             oidc: None,
+            chunks: Arc::new(attachments::chunks::ChunkStore::Database),
+        }
+    }
+
+    /// This state, keeping attachments' bytes in `bucket` rather than the database.
+    pub fn with_attachment_bucket(self, bucket: attachments::bucket::Bucket) -> AppState {
+        AppState {
+            chunks: Arc::new(attachments::chunks::ChunkStore::Bucket(bucket)),
+            ..self
         }
     }
 

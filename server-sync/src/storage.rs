@@ -192,6 +192,15 @@ pub struct ListedAttachment {
     pub created_at: i64,
 }
 
+/// A stored chunk of an attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredChunk {
+    /// Its bytes, kept in the database.
+    Bytes(Vec<u8>),
+    /// It arrived, and its bytes are in the attachment bucket.
+    InBucket,
+}
+
 /// What storing an attachment's chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkStored {
@@ -882,15 +891,16 @@ pub trait Storage: Send + Sync + 'static {
     /// The attachment `sha256` of `scope`, if the server holds or is receiving it.
     fn attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<Option<AttachmentState>>;
     /// Stores chunk `chunk` of the attachment `sha256` of `size` bytes in `scope`, recording
-    /// the attachment if it is new. [`ServerError::Conflict`] if the server holds it with
-    /// another size; a chunk held already is left as it is.
+    /// the attachment if it is new: its `bytes`, or with `None` its arrival only, the bytes
+    /// being in the attachment bucket. [`ServerError::Conflict`] if the server holds the
+    /// attachment with another size; a chunk held already is left as it is.
     fn put_attachment_chunk(
         &self,
         scope: &str,
         sha256: &[u8; 32],
         size: u64,
         chunk: u32,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
     ) -> Result<ChunkStored>;
     /// Chunk `chunk` of the attachment `sha256` of `scope`, if held.
     fn attachment_chunk(
@@ -898,7 +908,7 @@ pub trait Storage: Send + Sync + 'static {
         scope: &str,
         sha256: &[u8; 32],
         chunk: u32,
-    ) -> Result<Option<Vec<u8>>>;
+    ) -> Result<Option<StoredChunk>>;
     /// Marks the attachment complete: every chunk is in and the caller checked the whole.
     fn complete_attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<()>;
     /// Drops an attachment and its chunks; false if the server held none.

@@ -4,6 +4,7 @@
 pub mod clinic_data;
 pub mod load;
 pub mod postgres;
+pub mod s3proxy;
 pub mod server;
 pub mod sim;
 

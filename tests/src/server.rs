@@ -15,6 +15,8 @@ pub struct ServerProcess {
     stdout: mpsc::Receiver<String>,
     binary: PathBuf,
     db: OsString,
+    /// Set for the server and its admin commands.
+    env: Vec<(String, String)>,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     /// What the server printed before it listened.
@@ -44,14 +46,30 @@ impl ServerProcess {
         serve_args: &[&str],
         log: Option<&Path>,
     ) -> ServerProcess {
+        ServerProcess::start_with_env(binary, db, serve_args, &[], log)
+    }
+
+    /// Like [`ServerProcess::start_with`], with environment variables set for the server and
+    /// its admin commands (settings such as the attachment bucket's credentials).
+    pub fn start_with_env(
+        binary: &Path,
+        db: impl AsRef<OsStr>,
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> ServerProcess {
         let db = db.as_ref();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
         // Devices here run the clinic app: a database without a schema gets its schema.
-        if admin(binary, db, &["schema", "history"]) == "no schema set\n" {
+        if admin_in(binary, db, &env, &["schema", "history"]) == "no schema set\n" {
             let fixture = concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../core/tests/fixtures/clinic.schema.json"
             );
-            admin(binary, db, &["schema", "set", fixture]);
+            admin_in(binary, db, &env, &["schema", "set", fixture]);
         }
         let (level, stderr) = match log {
             Some(path) => (
@@ -65,6 +83,7 @@ impl ServerProcess {
             .arg(db)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(serve_args)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .env("FIELDSYNC_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -97,6 +116,7 @@ impl ServerProcess {
             stdout,
             binary: binary.to_owned(),
             db: db.to_owned(),
+            env,
             url,
             banner,
         }
@@ -104,7 +124,7 @@ impl ServerProcess {
 
     /// Runs an admin command against the server's database and returns its output.
     pub fn admin(&self, args: &[&str]) -> String {
-        admin(&self.binary, &self.db, args)
+        admin_in(&self.binary, &self.db, &self.env, args)
     }
 
     /// Creates a user with write grants on `scopes` and enrolls a device; returns its token.
@@ -353,10 +373,16 @@ pub fn partial_push(url: &str, token: &str, body: &[u8], send: usize) -> std::ne
 
 /// Runs an admin command of `binary` against `db`; panics if it fails.
 pub fn admin(binary: &Path, db: &OsStr, args: &[&str]) -> String {
+    admin_in(binary, db, &[], args)
+}
+
+/// Like [`admin`], with environment variables set.
+fn admin_in(binary: &Path, db: &OsStr, env: &[(String, String)], args: &[&str]) -> String {
     let output = Command::new(binary)
         .arg("--db")
         .arg(db)
         .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .env("FIELDSYNC_LOG", "warn")
         .output()
         .expect("the admin command runs");

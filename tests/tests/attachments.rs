@@ -1,7 +1,12 @@
 //! Attachments between devices through a real server process: bytes written on one device
 //! reach another (eager fields with the sync, on-demand fields when asked), an upload cut off
-//! resumes without sending a chunk twice (the server's counters say so), and a device of
-//! another scope gets nothing however well it knows the hash.
+//! (by a dropped connection, or with the app's process killed) resumes without sending a
+//! chunk twice (the server's counters say so), and a device of another scope gets nothing
+//! however well it knows the hash. `bucket` runs a server keeping the bytes in an
+//! S3-compatible bucket.
+
+#[path = "attachments/bucket.rs"]
+mod bucket;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -322,4 +327,123 @@ async fn eviction_keeps_within_the_budget_what_the_server_holds_and_keeps_the_re
         .map(|reference| store.has_attachment(reference).unwrap())
         .collect();
     assert_eq!(held, [false, false, false, true]);
+}
+
+/// `fieldsync-device` run as the app's process, killed (SIGKILL) when dropped, so that no test,
+/// passing or failing, leaves one behind.
+struct DeviceProcess {
+    child: std::process::Child,
+    answers: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl DeviceProcess {
+    fn start(args: &[&str]) -> DeviceProcess {
+        use std::io::BufRead as _;
+        use std::process::Stdio;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync-device"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let answers = child.stdin.take().unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        DeviceProcess {
+            child,
+            answers,
+            lines,
+        }
+    }
+
+    /// The next line it prints.
+    fn line(&mut self) -> String {
+        self.lines
+            .next()
+            .expect("the device printed a line")
+            .unwrap()
+    }
+
+    /// Lets it go on from the line it stopped at.
+    fn go_on(&mut self) {
+        use std::io::Write as _;
+        writeln!(self.answers, "go on").unwrap();
+    }
+
+    /// Kills it with SIGKILL, as the system kills an app, and waits until it is gone.
+    fn kill(mut self) {
+        use std::os::unix::process::ExitStatusExt as _;
+        self.child.kill().unwrap();
+        assert_eq!(self.child.wait().unwrap().signal(), Some(9), "killed");
+    }
+
+    /// Waits until it exits; true if it succeeded.
+    fn finished(mut self) -> bool {
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        // Fails only for a process already waited for, which is gone.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_killed_with_the_app_resumes_where_it_stopped() {
+    const CHUNKS: u64 = 8;
+    const ACKNOWLEDGED: u64 = 3;
+    let clinic = tokio::task::spawn_blocking(Clinic::new).await.unwrap();
+    let ada = clinic.server.user_with_device("ada", &["north"]);
+    let phone = clinic.dir.path().join("phone.db");
+    let phone = phone.to_str().unwrap();
+    let len = (CHUNKS as usize - 1) * ATTACHMENT_CHUNK_BYTES + 4321;
+    let received = || metric(&clinic.server, "fieldsync_attachment_chunks_received_total");
+    let repeated = || metric(&clinic.server, "fieldsync_attachment_chunks_repeated_total");
+
+    // The app attaches a consent form and syncs; the server has answered for three chunks of
+    // eight when the app is killed, before it read the third answer.
+    let mut app =
+        DeviceProcess::start(&["upload", phone, &clinic.server.url, &ada, &len.to_string()]);
+    let attached = app.line();
+    let [_, id, sha256] = attached.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("the device printed {attached:?}");
+    };
+    let (id, sha256) = (id.to_owned(), sha256.to_owned());
+    for chunk in 0..ACKNOWLEDGED {
+        assert_eq!(app.line(), format!("chunk {chunk}"));
+        if chunk + 1 < ACKNOWLEDGED {
+            app.go_on();
+        }
+    }
+    app.kill();
+    assert_eq!((received(), repeated()), (ACKNOWLEDGED, 0));
+
+    // Started again, it syncs the rest. The device keeps no record of the chunks it sent: it
+    // asks the server what it holds, so even the chunk whose answer it never read is not sent
+    // again, and with nothing in flight at the kill none may be repeated.
+    let mut app = DeviceProcess::start(&["sync", phone, &clinic.server.url, &ada]);
+    // `synced <pushed> <rejected> <pulled> <attachments-sent> <attachments-fetched>`: the
+    // record went with the first run, only the attachment is left.
+    assert_eq!(app.line(), "synced 0 0 0 1 0");
+    assert!(app.finished());
+    assert_eq!(
+        (received(), repeated()),
+        (CHUNKS, 0),
+        "every chunk sent once"
+    );
+
+    // Another device of the scope gets the bytes the app attached.
+    let bo = clinic.server.user_with_device("bo", &["north"]);
+    let (tablet, tablet_client) = clinic.device("tablet", &bo);
+    let report = tablet_client.sync_now(&tablet).await.unwrap();
+    assert_eq!(report.attachments_fetched, 1);
+    let record = tablet.get("clients", &id).unwrap().unwrap();
+    let reference = AttachmentRef::from_value(&record.fields["consent_form"]).unwrap();
+    assert_eq!(reference.sha256_hex(), sha256);
+    // The device process attaches `recording(len, 0)`.
+    let bytes = tablet.attachment_bytes(&reference).unwrap().unwrap();
+    assert!(bytes == recording(len, 0), "the bytes arrive intact");
 }

@@ -3,11 +3,14 @@
 //! enough that a device sending bytes for a record it pushed moments ago is never cut off.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use fieldsync_record::attachment::AttachmentRef;
 use fieldsync_record::{FieldType, Schema};
 
+use super::chunks::ChunkStore;
 use crate::error::ServerError;
+use crate::http::blocking;
 use crate::storage::{NewAuditLine, Storage};
 
 /// What one collection dropped.
@@ -26,27 +29,28 @@ pub const EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600)
 
 /// Collects once every [`EVERY`], the first a period after the server started, with a grace
 /// period of as long, for as long as the server runs.
-pub async fn periodically(storage: std::sync::Arc<dyn Storage>) {
+pub async fn periodically(storage: Arc<dyn Storage>, chunks: Arc<ChunkStore>) {
     loop {
         tokio::time::sleep(EVERY).await;
-        let storage = storage.clone();
-        let collected = tokio::task::spawn_blocking(move || {
-            let Some(stored) = storage.current_schema()? else {
+        let collected = async {
+            let schema = {
+                let storage = storage.clone();
+                blocking(move || storage.current_schema()).await?
+            };
+            let Some(stored) = schema else {
                 return Ok(Collected::default());
             };
             let schema = crate::schema::parse(&stored)?;
             let grace = EVERY.as_millis() as i64;
-            collect(&*storage, &schema, grace, crate::storage::now_ms())
-        })
-        .await;
-        match collected {
-            Ok(Ok(collected)) => tracing::info!(
+            collect(&storage, &chunks, schema, grace, crate::storage::now_ms()).await
+        };
+        match collected.await {
+            Ok(collected) => tracing::info!(
                 held = collected.held,
                 dropped = collected.dropped,
                 bytes = collected.bytes,
                 "collected unreferenced attachments"
             ),
-            Ok(Err(err)) => tracing::warn!(error = %err, "collecting attachments failed"),
             Err(err) => tracing::warn!(error = %err, "collecting attachments failed"),
         }
     }
@@ -57,36 +61,49 @@ const PAGE: u32 = 500;
 
 /// Drops every attachment that no live record of its scope references and that arrived more
 /// than `grace_ms` before `now` (ms since the epoch), with an audit line each.
-pub fn collect(
-    storage: &dyn Storage,
-    schema: &Schema,
+pub async fn collect(
+    storage: &Arc<dyn Storage>,
+    chunks: &ChunkStore,
+    schema: Schema,
     grace_ms: i64,
     now: i64,
 ) -> Result<Collected, ServerError> {
-    let referenced = referenced(storage, schema)?;
+    let referenced = {
+        let storage = storage.clone();
+        blocking(move || referenced(&*storage, &schema)).await?
+    };
     let mut collected = Collected::default();
     let mut after: Option<(String, [u8; 32])> = None;
     loop {
-        let key = after.as_ref().map(|(scope, sha)| (scope.as_str(), sha));
-        let page = storage.attachments_after(key, PAGE)?;
+        let page = {
+            let (storage, after) = (storage.clone(), after.clone());
+            blocking(move || {
+                let key = after.as_ref().map(|(scope, sha)| (scope.as_str(), sha));
+                storage.attachments_after(key, PAGE)
+            })
+            .await?
+        };
         for attachment in &page {
             collected.held += 1;
             let key = (attachment.scope.clone(), attachment.sha256);
             if referenced.contains(&key) || attachment.created_at > now - grace_ms {
                 continue;
             }
-            if storage.delete_attachment(&attachment.scope, &attachment.sha256)? {
+            if chunks.delete(storage, &key).await? {
                 collected.dropped += 1;
                 collected.bytes += attachment.size;
-                let sha256 = hex::encode(attachment.sha256);
-                storage.audit_line(&NewAuditLine {
-                    user_id: 0,
-                    device_id: 0,
-                    action: "collect",
-                    collection: "attachment",
-                    record_id: &sha256,
-                    scope: &attachment.scope,
-                })?;
+                let storage = storage.clone();
+                blocking(move || {
+                    storage.audit_line(&NewAuditLine {
+                        user_id: 0,
+                        device_id: 0,
+                        action: "collect",
+                        collection: "attachment",
+                        record_id: &hex::encode(key.1),
+                        scope: &key.0,
+                    })
+                })
+                .await?;
             }
         }
         match page.last() {
@@ -150,10 +167,10 @@ mod tests {
         "fields": {"caseload_id": {"type": "string", "required": true},
                    "consent_form": {"type": "attachment"}}}}}"#;
 
-    #[test]
-    fn unreferenced_attachments_older_than_the_grace_period_are_dropped() {
+    #[tokio::test]
+    async fn unreferenced_attachments_older_than_the_grace_period_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
+        let storage = Arc::new(SqliteStorage::open(&dir.path().join("server.db")).unwrap());
         let schema = Schema::from_json(SCHEMA).unwrap();
         let user = storage.create_user("ada", Role::Member).unwrap();
         let device = storage.create_device(user, "phone").unwrap();
@@ -181,17 +198,22 @@ mod tests {
             ("south", referenced),
         ] {
             storage
-                .put_attachment_chunk(scope, &sha, 3, 0, b"abc")
+                .put_attachment_chunk(scope, &sha, 3, 0, Some(b"abc"))
                 .unwrap();
         }
         // A minute on, every attachment is within a grace period of five: kept.
         let now = crate::storage::now_ms();
-        let collected = collect(&storage, &schema, 5 * 60_000, now + 60_000).unwrap();
+        let (shared, chunks): (Arc<dyn Storage>, _) = (storage.clone(), ChunkStore::Database);
+        let collected = collect(&shared, &chunks, schema.clone(), 5 * 60_000, now + 60_000)
+            .await
+            .unwrap();
         assert_eq!(
             collected.dropped, 0,
             "nothing is older than the grace period yet"
         );
-        let collected = collect(&storage, &schema, 5 * 60_000, now + 10 * 60_000).unwrap();
+        let collected = collect(&shared, &chunks, schema, 5 * 60_000, now + 10 * 60_000)
+            .await
+            .unwrap();
         assert_eq!(
             collected,
             Collected {

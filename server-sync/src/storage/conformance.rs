@@ -50,6 +50,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     identity::users_are_listed_and_admin_actions_audited(&*fresh());
     identity::group_grants_are_replaced_whole(&*fresh());
     attachments::attachments_are_received_in_chunks_per_scope(&*fresh());
+    attachments::chunks_in_the_bucket_are_recorded_without_bytes(&*fresh());
     attachments::attachments_are_listed_in_order(&*fresh());
 }
 

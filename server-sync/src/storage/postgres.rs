@@ -35,8 +35,8 @@ use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
     DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
     ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn,
-    Snapshot, Storage, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion, TokenRecord,
-    UserInfo, audited_name, decode_changes, encode_changes, now_ms, replayed,
+    Snapshot, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion,
+    TokenRecord, UserInfo, audited_name, decode_changes, encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 
@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/009_device_schema_versions.sql"),
     include_str!("migrations/postgres/010_identity.sql"),
     include_str!("migrations/postgres/011_attachments.sql"),
+    include_str!("migrations/postgres/012_chunks_in_a_bucket.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -946,7 +947,7 @@ impl Storage for PostgresStorage {
         sha256: &[u8; 32],
         size: u64,
         chunk: u32,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
     ) -> Result<ChunkStored> {
         attachments::put_chunk(&mut *self.conn()?, (scope, sha256), size, chunk, bytes)
     }
@@ -956,7 +957,7 @@ impl Storage for PostgresStorage {
         scope: &str,
         sha256: &[u8; 32],
         chunk: u32,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<StoredChunk>> {
         attachments::chunk(&mut *self.conn()?, scope, sha256, chunk)
     }
 

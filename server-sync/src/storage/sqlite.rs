@@ -25,9 +25,9 @@ use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
     DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
     ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn,
-    Snapshot, SnapshotMark, Storage, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion,
-    TokenRecord, UserInfo, actor_taken_meanwhile, audited_name, decode_changes, encode_changes,
-    now_ms, replayed,
+    Snapshot, SnapshotMark, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema,
+    StoredVersion, TokenRecord, UserInfo, actor_taken_meanwhile, audited_name, decode_changes,
+    encode_changes, now_ms, replayed,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/012_device_schema_versions.sql"),
     include_str!("migrations/sqlite/013_identity.sql"),
     include_str!("migrations/sqlite/014_attachments.sql"),
+    include_str!("migrations/sqlite/015_chunks_in_a_bucket.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -246,7 +247,26 @@ impl SqliteStorage {
         backup.run_to_completion(256, Duration::ZERO, None)?;
         Ok(())
     }
+
+    /// Chunks whose bytes are in the attachment bucket, after `after` in key order, at most
+    /// `limit`: what a backup copies in.
+    pub fn chunks_in_bucket(
+        &self,
+        after: Option<&ChunkInBucket>,
+        limit: u32,
+    ) -> Result<Vec<ChunkInBucket>> {
+        self.read(|conn| attachments::chunks_in_bucket(conn, after, limit))
+    }
+
+    /// Keeps a chunk's bytes in the database from now on, rather than in the bucket.
+    pub fn keep_chunk_bytes(&self, chunk: &ChunkInBucket, bytes: &[u8]) -> Result<()> {
+        self.write(|conn| attachments::keep_chunk_bytes(conn, chunk, bytes))
+    }
 }
+
+/// A chunk whose bytes are in the attachment bucket: its attachment's scope and SHA-256, and
+/// its number.
+pub type ChunkInBucket = (String, [u8; 32], u32);
 
 /// Creates the file at `path`, if it is missing, readable and writable by its owner only
 /// (SQLite would create it 0644 under the usual umask). SQLite gives the WAL and shared-memory
@@ -734,7 +754,7 @@ impl Storage for SqliteStorage {
         sha256: &[u8; 32],
         size: u64,
         chunk: u32,
-        bytes: &[u8],
+        bytes: Option<&[u8]>,
     ) -> Result<ChunkStored> {
         self.write(|conn| attachments::put_chunk(conn, (scope, sha256), size, chunk, bytes))
     }
@@ -744,7 +764,7 @@ impl Storage for SqliteStorage {
         scope: &str,
         sha256: &[u8; 32],
         chunk: u32,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<StoredChunk>> {
         self.read(|conn| attachments::chunk(conn, scope, sha256, chunk))
     }
 

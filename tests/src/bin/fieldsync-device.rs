@@ -17,14 +17,22 @@
 //!   an answer is stored, `page` once a pulled page is stored, and `synced <pushed> <rejected>
 //!   <pulled>` when it returned; a sync that fails prints `sync-failed <error>` and the process
 //!   exits with status 1.
+//! - `fieldsync-device upload <db> <url> <token> <len>` inserts a client of caseload `north`,
+//!   attaches `len` bytes to its `consent_form` (byte `i` is the second byte of the
+//!   little-endian `u32` `i × 2654435761`), prints `attached <id> <sha256>`, then syncs. After
+//!   each chunk of the attachment the server answered that it holds, it prints `chunk <n>` and
+//!   waits for a line on stdin before going on, the engine not having read that answer yet, so
+//!   that a test can kill it with no chunk in flight. When the sync returns it prints `synced
+//!   <pushed> <rejected> <pulled> <attachments-sent> <attachments-fetched>`.
+//! - `fieldsync-device sync <db> <url> <token>` syncs once and prints the same `synced` line.
 
 use std::io::{BufRead, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
 use fieldsync_core::{
-    BoxFuture, ChangeOrigin, Credentials, Filter, SyncClient, SyncConfig, SyncProgress, Transport,
-    TransportRequest, TransportResponse,
+    AttachmentSource, BoxFuture, ChangeOrigin, Credentials, Filter, SyncClient, SyncConfig,
+    SyncProgress, SyncReport, Transport, TransportRequest, TransportResponse,
 };
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
@@ -58,9 +66,16 @@ fn main() {
             token,
             seed.parse().expect("seed is a number"),
         ),
+        [_, "upload", path, url, token, len] => upload(
+            Path::new(path),
+            url,
+            token,
+            len.parse().expect("len is a number"),
+        ),
+        [_, "sync", path, url, token] => sync(Path::new(path), url, token),
         _ => {
             eprintln!(
-                "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size> | churn <db> <url> <token> <seed>"
+                "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size> | churn <db> <url> <token> <seed> | upload <db> <url> <token> <len> | sync <db> <url> <token>"
             );
             std::process::exit(2);
         }
@@ -238,6 +253,94 @@ impl Transport for StoppingTransport {
             let response = self.http.send(credentials, request).await?;
             if is_push {
                 stop_at("pushed");
+            }
+            Ok(response)
+        })
+    }
+}
+
+fn upload(path: &Path, url: &str, token: &str, len: usize) {
+    let store = open_device(path);
+    let id = store
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Consent"})),
+        )
+        .expect("insert succeeds");
+    let reference = store
+        .attach(
+            "clients",
+            &id,
+            "consent_form",
+            AttachmentSource::Bytes(&attachment_bytes(len)),
+            "image/jpeg",
+            None,
+        )
+        .expect("the attachment is stored");
+    println!("attached {id} {}", reference.sha256_hex());
+    let config = SyncConfig::new(url, token);
+    let transport = ChunkStops {
+        http: fieldsync_core::http_transport(&config).expect("the HTTP transport builds"),
+    };
+    let client = SyncClient::with_transport(config, Arc::new(transport));
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+    let report = runtime
+        .block_on(client.sync_now(&store))
+        .expect("the sync succeeds");
+    print_synced(&report);
+}
+
+/// `len` bytes that differ at every position: byte `i` is the second byte of the little-endian
+/// `u32` `i × 2654435761` (what `recording(len, 0)` of tests/tests/attachments.rs makes).
+fn attachment_bytes(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
+        .collect()
+}
+
+fn sync(path: &Path, url: &str, token: &str) {
+    let store = open_device(path);
+    let client = SyncClient::new(SyncConfig::new(url, token)).expect("the client builds");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+    let report = runtime
+        .block_on(client.sync_now(&store))
+        .expect("the sync succeeds");
+    print_synced(&report);
+}
+
+fn print_synced(report: &SyncReport) {
+    println!(
+        "synced {} {} {} {} {}",
+        report.pushed,
+        report.rejected,
+        report.pulled,
+        report.attachments_sent,
+        report.attachments_fetched
+    );
+}
+
+/// The engine's own HTTP transport, stopping once the server answered that it holds a chunk
+/// sent, before the engine reads that answer. Nothing is in flight while it stops: the engine
+/// sends an attachment's chunks one after another, each once the one before was answered.
+#[derive(Debug)]
+struct ChunkStops {
+    http: Arc<dyn Transport>,
+}
+
+impl Transport for ChunkStops {
+    fn send<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+        request: TransportRequest,
+    ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
+        Box::pin(async move {
+            let chunk = match &request {
+                TransportRequest::PutChunk { chunk, .. } => Some(*chunk),
+                _ => None,
+            };
+            let response = self.http.send(credentials, request).await?;
+            if let Some(chunk) = chunk.filter(|_| response.status == 200) {
+                stop_at(&format!("chunk {chunk}"));
             }
             Ok(response)
         })

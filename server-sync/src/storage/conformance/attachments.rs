@@ -1,25 +1,25 @@
 //! Checks of attachments' bytes and state, kept per scope.
 
 use crate::error::ServerError;
-use crate::storage::{AttachmentState, ChunkStored, Storage};
+use crate::storage::{AttachmentState, ChunkStored, Storage, StoredChunk};
 
 pub(super) fn attachments_are_received_in_chunks_per_scope(storage: &dyn Storage) {
     let sha = [7u8; 32];
     assert_eq!(storage.attachment("north", &sha).unwrap(), None);
     assert_eq!(
         storage
-            .put_attachment_chunk("north", &sha, 5, 1, b"de")
+            .put_attachment_chunk("north", &sha, 5, 1, Some(b"de"))
             .unwrap(),
         ChunkStored::New
     );
     assert_eq!(
         storage
-            .put_attachment_chunk("north", &sha, 5, 1, b"de")
+            .put_attachment_chunk("north", &sha, 5, 1, Some(b"de"))
             .unwrap(),
         ChunkStored::AlreadyHeld,
         "a chunk sent again is not stored again"
     );
-    let sized_otherwise = storage.put_attachment_chunk("north", &sha, 6, 0, b"abc");
+    let sized_otherwise = storage.put_attachment_chunk("north", &sha, 6, 0, Some(b"abc"));
     assert!(
         matches!(sized_otherwise, Err(ServerError::Conflict(_))),
         "{sized_otherwise:?}"
@@ -33,17 +33,14 @@ pub(super) fn attachments_are_received_in_chunks_per_scope(storage: &dyn Storage
         })
     );
     storage
-        .put_attachment_chunk("north", &sha, 5, 0, b"abc")
+        .put_attachment_chunk("north", &sha, 5, 0, Some(b"abc"))
         .unwrap();
     storage.complete_attachment("north", &sha).unwrap();
     let state = storage.attachment("north", &sha).unwrap().unwrap();
     assert_eq!((state.received, state.complete), (vec![0, 1], true));
     assert_eq!(
-        storage
-            .attachment_chunk("north", &sha, 0)
-            .unwrap()
-            .as_deref(),
-        Some(&b"abc"[..])
+        storage.attachment_chunk("north", &sha, 0).unwrap(),
+        Some(StoredChunk::Bytes(b"abc".to_vec()))
     );
     assert_eq!(storage.attachment_chunk("north", &sha, 2).unwrap(), None);
     // The same bytes in another scope are another attachment.
@@ -55,10 +52,32 @@ pub(super) fn attachments_are_received_in_chunks_per_scope(storage: &dyn Storage
     assert_eq!(storage.attachment_chunk("north", &sha, 0).unwrap(), None);
 }
 
+pub(super) fn chunks_in_the_bucket_are_recorded_without_bytes(storage: &dyn Storage) {
+    let sha = [3u8; 32];
+    let size = 3;
+    storage
+        .put_attachment_chunk("north", &sha, size, 0, None)
+        .unwrap();
+    assert_eq!(
+        storage
+            .put_attachment_chunk("north", &sha, size, 0, None)
+            .unwrap(),
+        ChunkStored::AlreadyHeld
+    );
+    let state = storage.attachment("north", &sha).unwrap().unwrap();
+    assert_eq!(state.received, [0]);
+    assert_eq!(
+        storage.attachment_chunk("north", &sha, 0).unwrap(),
+        Some(StoredChunk::InBucket)
+    );
+    assert!(storage.delete_attachment("north", &sha).unwrap());
+    assert_eq!(storage.attachment_chunk("north", &sha, 0).unwrap(), None);
+}
+
 pub(super) fn attachments_are_listed_in_order(storage: &dyn Storage) {
     for (scope, byte) in [("south", 1u8), ("north", 9), ("north", 2), ("a b", 5)] {
         storage
-            .put_attachment_chunk(scope, &[byte; 32], 1, 0, b"x")
+            .put_attachment_chunk(scope, &[byte; 32], 1, 0, Some(b"x"))
             .unwrap();
     }
     let page = storage.attachments_after(None, 3).unwrap();

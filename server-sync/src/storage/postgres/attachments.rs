@@ -3,7 +3,7 @@
 use postgres::Client;
 
 use crate::error::ServerError;
-use crate::storage::{AttachmentState, ChunkStored, ListedAttachment, Result, now_ms};
+use crate::storage::{AttachmentState, ChunkStored, ListedAttachment, Result, StoredChunk, now_ms};
 
 pub(super) fn attachment(
     conn: &mut Client,
@@ -38,7 +38,7 @@ pub(super) fn put_chunk(
     (scope, sha256): (&str, &[u8; 32]),
     size: u64,
     chunk: u32,
-    bytes: &[u8],
+    bytes: Option<&[u8]>,
 ) -> Result<ChunkStored> {
     let sha256 = &sha256[..];
     let size = size as i64;
@@ -78,13 +78,16 @@ pub(super) fn chunk(
     scope: &str,
     sha256: &[u8; 32],
     chunk: u32,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<StoredChunk>> {
     Ok(conn
         .query_opt(
             "SELECT bytes FROM attachment_chunks WHERE scope = $1 AND sha256 = $2 AND chunk = $3",
             &[&scope, &&sha256[..], &(chunk as i32)],
         )?
-        .map(|row| row.get(0)))
+        .map(|row| {
+            row.get::<_, Option<Vec<u8>>>(0)
+                .map_or(StoredChunk::InBucket, StoredChunk::Bytes)
+        }))
 }
 
 pub(super) fn complete(conn: &mut Client, scope: &str, sha256: &[u8; 32]) -> Result<()> {

@@ -2,8 +2,9 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::ChunkInBucket;
 use crate::error::ServerError;
-use crate::storage::{AttachmentState, ChunkStored, ListedAttachment, Result, now_ms};
+use crate::storage::{AttachmentState, ChunkStored, ListedAttachment, Result, StoredChunk, now_ms};
 
 pub(super) fn attachment(
     conn: &Connection,
@@ -37,7 +38,7 @@ pub(super) fn put_chunk(
     (scope, sha256): (&str, &[u8; 32]),
     size: u64,
     chunk: u32,
-    bytes: &[u8],
+    bytes: Option<&[u8]>,
 ) -> Result<ChunkStored> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
@@ -73,13 +74,14 @@ pub(super) fn chunk(
     scope: &str,
     sha256: &[u8; 32],
     chunk: u32,
-) -> Result<Option<Vec<u8>>> {
-    Ok(conn
+) -> Result<Option<StoredChunk>> {
+    let bytes: Option<Option<Vec<u8>>> = conn
         .prepare_cached(
             "SELECT bytes FROM attachment_chunks WHERE scope = ?1 AND sha256 = ?2 AND chunk = ?3",
         )?
         .query_row(params![scope, &sha256[..], chunk], |row| row.get(0))
-        .optional()?)
+        .optional()?;
+    Ok(bytes.map(|bytes| bytes.map_or(StoredChunk::InBucket, StoredChunk::Bytes)))
 }
 
 pub(super) fn complete(conn: &Connection, scope: &str, sha256: &[u8; 32]) -> Result<()> {
@@ -135,4 +137,45 @@ pub(super) fn after(
         })
     })
     .collect()
+}
+
+pub(super) fn chunks_in_bucket(
+    conn: &Connection,
+    after: Option<&ChunkInBucket>,
+    limit: u32,
+) -> Result<Vec<ChunkInBucket>> {
+    let (scope, sha256, chunk): (&str, &[u8], i64) =
+        after.map_or(("", &[][..], -1), |(s, h, c)| (s, &h[..], i64::from(*c)));
+    let mut stmt = conn.prepare_cached(
+        "SELECT scope, sha256, chunk FROM attachment_chunks
+         WHERE bytes IS NULL AND (scope, sha256, chunk) > (?1, ?2, ?3)
+         ORDER BY scope, sha256, chunk LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![scope, sha256, chunk, limit], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, Vec<u8>>(1)?,
+            row.get::<_, u32>(2)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (scope, sha256, chunk) = row?;
+        let sha256 = sha256
+            .try_into()
+            .map_err(|_| ServerError::Corrupt("an attachment's hash is not 32 bytes".into()))?;
+        Ok((scope, sha256, chunk))
+    })
+    .collect()
+}
+
+pub(super) fn keep_chunk_bytes(
+    conn: &mut Connection,
+    (scope, sha256, chunk): &ChunkInBucket,
+    bytes: &[u8],
+) -> Result<()> {
+    conn.execute(
+        "UPDATE attachment_chunks SET bytes = ?4 WHERE scope = ?1 AND sha256 = ?2 AND chunk = ?3",
+        params![scope, &sha256[..], chunk, bytes],
+    )?;
+    Ok(())
 }
