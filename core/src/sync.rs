@@ -346,9 +346,13 @@ impl SyncClient {
     ) -> Result<Option<AnsweredBatch>> {
         let batch_size = self.config.push_batch_size.max(1);
         loop {
-            // One entry more than a batch says whether this batch is the last.
-            let mut entries =
-                blocking(store, move |s| s.outbox(batch_size.saturating_add(1))).await?;
+            // One entry more than a batch says whether this batch is the last. The server is
+            // told how many wait, this batch's included (the count may include writes made
+            // since the entries were read: it is a snapshot for administrators).
+            let (mut entries, pending_changes) = blocking(store, move |s| {
+                Ok((s.outbox(batch_size.saturating_add(1))?, s.outbox_len()?))
+            })
+            .await?;
             let last = entries.len() <= batch_size;
             entries.truncate(batch_size);
             let (Some(first), Some(end)) = (entries.first(), entries.last()) else {
@@ -362,7 +366,7 @@ impl SyncClient {
                 outbox_seq: Some(end.seq),
                 records: entries.iter().cloned().map(PushRecord::from).collect(),
             };
-            let response: PushResponse = self.send_push(&request).await?;
+            let response: PushResponse = self.send_push(&request, pending_changes as u64).await?;
             if response.results.len() != entries.len() {
                 return Err(Error::Protocol(
                     "the push answer does not match the request".into(),
@@ -388,13 +392,17 @@ impl SyncClient {
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport, bool) + Send + Sync),
     ) -> Result<()> {
+        // The last batch's entries are still in the outbox while its answer is stored, but
+        // answered: the pull does not count them as waiting.
+        let answered = last_batch.as_ref().map_or(0, |batch| batch.entries.len());
         // A first sync cancelled half-way left its indexes to build.
-        let (cursor, writer) = blocking(store, |s| {
+        let (cursor, writer) = blocking(store, move |s| {
             s.rebuild_indexes()?;
             let writer = Writer {
                 outbox_seq: s.outbox_high_water()?,
                 actor: s.device_id(),
                 schema_version: s.schema().version,
+                pending_changes: s.outbox_len()?.saturating_sub(answered) as u64,
             };
             Ok((s.sync_cursor()?, writer))
         })
@@ -478,12 +486,13 @@ impl SyncClient {
         }
     }
 
-    async fn send_push(&self, request: &PushRequest) -> Result<PushResponse> {
+    async fn send_push(&self, request: &PushRequest, pending_changes: u64) -> Result<PushResponse> {
         let body = protocol::encode(request);
-        let response = self
-            .transport
-            .send(&self.credentials(), TransportRequest::Push { body })
-            .await?;
+        let request = TransportRequest::Push {
+            body,
+            pending_changes,
+        };
+        let response = self.transport.send(&self.credentials(), request).await?;
         decode_response(response)
     }
 
@@ -502,6 +511,7 @@ impl SyncClient {
             outbox_seq: writer.outbox_seq,
             actor: writer.actor.clone(),
             schema_version: writer.schema_version,
+            pending_changes: writer.pending_changes,
         };
         let response = self.transport.send(&self.credentials(), request).await?;
         let page: PullResponse = decode_response(response)?;
@@ -527,6 +537,9 @@ struct Writer {
     actor: String,
     /// The app schema's version, which the server shows in its device list.
     schema_version: Option<u32>,
+    /// The outbox entries no push answer covers yet, counted when the pull began and sent
+    /// with each of its pages, which the server shows in its device list.
+    pending_changes: u64,
 }
 
 /// A pushed batch and the server's answer to it, not yet stored.

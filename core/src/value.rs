@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::schema::FieldType;
 
 pub use fieldsync_record::value::Fields;
-pub(crate) use fieldsync_record::value::check_type;
+pub(crate) use fieldsync_record::value::{check_insert, check_patch, check_type, normalize};
 
 /// The SQLite value stored in a materialized column (and bound in queries).
 pub(crate) fn to_sql(field_type: FieldType, value: &Value) -> SqlValue {

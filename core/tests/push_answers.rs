@@ -30,7 +30,7 @@ impl Transport for Server {
         request: TransportRequest,
     ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
         let (status, body) = match request {
-            TransportRequest::Push { body } => {
+            TransportRequest::Push { body, .. } => {
                 *self.pushes.lock().unwrap() += 1;
                 let request: PushRequest = protocol::decode(&body, 64 << 20).unwrap();
                 let results = request

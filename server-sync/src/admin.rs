@@ -2,12 +2,16 @@
 //! command line and the admin API (`admin_api.rs`) call these same functions; each action that
 //! changes something is written to the audit log with who did it.
 
+pub use webhooks::{AddedWebhook, add_webhook, remove_webhook, webhooks};
+
 use crate::auth::new_token;
 use crate::error::ServerError;
 use crate::group_grants::GroupGrants;
 use crate::storage::{
     Access, AuditEntry, AuditQuery, DeviceInfo, Grant, Role, Storage, StoredGroupGrant, now_ms,
 };
+
+mod webhooks;
 
 /// Who performs an administrator's action, as the audit log names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

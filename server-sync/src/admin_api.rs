@@ -5,7 +5,7 @@
 //! OpenAPI document (`openapi.json`, served at `/v1/admin/openapi.json`) describes every route.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -46,6 +46,14 @@ pub fn routes() -> axum::Router<AppState> {
             get(list_group_grants).put(set_group_grants),
         )
         .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/grants", get(all_grants))
+        .route("/v1/admin/health", get(health))
+        .route("/v1/admin/schema", get(schema_versions))
+        .route(
+            "/v1/admin/webhooks",
+            get(webhooks::list).post(webhooks::add),
+        )
+        .route("/v1/admin/webhooks/{id}", delete(webhooks::remove))
 }
 
 /// An administrator, authenticated: the extractor every admin route takes first.
@@ -66,7 +74,15 @@ impl FromRequestParts<AppState> for Administrator {
 /// A JSON body, refused as `bad_request` naming what does not read.
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ServerError> {
     body.map(|Json(value)| value)
-        .map_err(|rejection| ServerError::BadRequest(rejection.body_text()))
+        .map_err(|rejection| crate::http::unreadable(rejection.body_text()))
+}
+
+/// Path parameters, refused as `bad_request` (in JSON, like every other error) when they do
+/// not read: a number out of range, a percent-encoding that is not UTF-8.
+fn path<T>(params: Result<Path<T>, PathRejection>) -> Result<T, ServerError> {
+    params
+        .map(|Path(value)| value)
+        .map_err(|rejection| crate::http::unreadable(rejection.body_text()))
 }
 
 async fn openapi() -> Response {
@@ -118,6 +134,8 @@ struct NewUser {
     name: String,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    service: bool,
 }
 
 async fn create_user(
@@ -126,10 +144,15 @@ async fn create_user(
     request: Result<Json<NewUser>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ServerError> {
     let user = body(request)?;
-    let role = if user.admin {
-        Role::Admin
-    } else {
-        Role::Member
+    let role = match (user.admin, user.service) {
+        (true, true) => {
+            return Err(ServerError::BadRequest(
+                "a service account is not an administrator".into(),
+            ));
+        }
+        (true, false) => Role::Admin,
+        (false, true) => Role::Service,
+        (false, false) => Role::Member,
     };
     let storage = state.storage.clone();
     let id = blocking(move || admin::create_user(&*storage, by, &user.name, role)).await?;
@@ -139,8 +162,9 @@ async fn create_user(
 async fn list_grants(
     Administrator(_): Administrator,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ServerError> {
+    let name = path(name)?;
     let storage = state.storage.clone();
     let grants = blocking(move || admin::grants_of(&*storage, &name)).await?;
     let grants: Vec<serde_json::Value> = grants
@@ -175,9 +199,10 @@ impl From<AccessName> for Access {
 async fn set_grant(
     Administrator(by): Administrator,
     State(state): State<AppState>,
-    Path((name, scope)): Path<(String, String)>,
+    target: Result<Path<(String, String)>, PathRejection>,
     request: Result<Json<GrantBody>, JsonRejection>,
 ) -> Result<StatusCode, ServerError> {
+    let (name, scope) = path(target)?;
     let access = body(request)?.access.into();
     let storage = state.storage.clone();
     blocking(move || admin::grant(&*storage, by, &name, &scope, access)).await?;
@@ -187,8 +212,9 @@ async fn set_grant(
 async fn revoke_grant(
     Administrator(by): Administrator,
     State(state): State<AppState>,
-    Path((name, scope)): Path<(String, String)>,
+    target: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ServerError> {
+    let (name, scope) = path(target)?;
     let storage = state.storage.clone();
     blocking(move || admin::revoke_grant(&*storage, by, &name, &scope)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -208,6 +234,8 @@ struct DeviceView {
     last_sync_at: Option<i64>,
     revoked: bool,
     schema_version: Option<u32>,
+    pending_changes: Option<u64>,
+    pending_reported_at: Option<i64>,
 }
 
 impl From<DeviceInfo> for DeviceView {
@@ -220,6 +248,8 @@ impl From<DeviceInfo> for DeviceView {
             last_sync_at: device.last_sync_at,
             revoked: device.revoked,
             schema_version: device.schema_version,
+            pending_changes: device.pending_changes,
+            pending_reported_at: device.pending_reported_at,
         }
     }
 }
@@ -229,7 +259,7 @@ async fn list_devices(
     State(state): State<AppState>,
     query: Result<Query<DevicesQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ServerError> {
-    let Query(query) = query.map_err(|rejection| ServerError::BadRequest(rejection.body_text()))?;
+    let Query(query) = query.map_err(|rejection| crate::http::unreadable(rejection.body_text()))?;
     let storage = state.storage.clone();
     let devices = blocking(move || admin::devices(&*storage, query.user.as_deref())).await?;
     let devices: Vec<DeviceView> = devices.into_iter().map(DeviceView::from).collect();
@@ -273,8 +303,9 @@ async fn enroll_device(
 async fn revoke_device(
     Administrator(by): Administrator,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
 ) -> Result<StatusCode, ServerError> {
+    let id = path(id)?;
     let storage = state.storage.clone();
     blocking(move || admin::revoke_device(&*storage, by, id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -288,9 +319,10 @@ struct NewToken {
 async fn issue_token(
     Administrator(by): Administrator,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
     request: Result<Json<NewToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ServerError> {
+    let id = path(id)?;
     // An empty body asks for a token that does not expire.
     let expires_in_days = match request {
         Err(JsonRejection::MissingJsonContentType(_)) => None,
@@ -308,8 +340,9 @@ async fn issue_token(
 async fn revoke_token(
     Administrator(by): Administrator,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ServerError> {
+    let id = path(id)?;
     let storage = state.storage.clone();
     blocking(move || admin::revoke_token(&*storage, by, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -318,8 +351,9 @@ async fn revoke_token(
 async fn release_actor(
     Administrator(by): Administrator,
     State(state): State<AppState>,
-    Path(actor): Path<String>,
+    actor: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ServerError> {
+    let actor = path(actor)?;
     let storage = state.storage.clone();
     blocking(move || admin::release_actor(&*storage, by, &actor)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -404,7 +438,7 @@ async fn audit(
     params: Result<Query<AuditParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ServerError> {
     let Query(params) =
-        params.map_err(|rejection| ServerError::BadRequest(rejection.body_text()))?;
+        params.map_err(|rejection| crate::http::unreadable(rejection.body_text()))?;
     let query = AuditQuery {
         user: params.user,
         record_id: params.record,
@@ -432,5 +466,62 @@ async fn audit(
     Ok(Json(serde_json::json!({ "entries": entries })))
 }
 
+/// Every user's stored grants, in one answer (a page showing them all would otherwise ask once
+/// per user, against the administrator's request limit).
+async fn all_grants(
+    Administrator(_): Administrator,
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    let storage = state.storage.clone();
+    let grants = blocking(move || {
+        let mut all = Vec::new();
+        for user in storage.list_users()? {
+            for grant in storage.grants(user.id)? {
+                all.push(serde_json::json!({
+                    "user": user.name,
+                    "scope": grant.scope,
+                    "access": grant.access.as_str(),
+                }));
+            }
+        }
+        Ok(all)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "grants": grants })))
+}
+
+/// The counters' growth in each interval of the last 24 hours (`metrics::history`).
+async fn health(
+    Administrator(_): Administrator,
+    State(state): State<AppState>,
+) -> Json<crate::metrics::history::HistoryView> {
+    Json(state.metrics_history.view(&state.metrics))
+}
+
+/// Every schema version, oldest first: the last is in force.
+async fn schema_versions(
+    Administrator(_): Administrator,
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ServerError> {
+    let storage = state.storage.clone();
+    let history = blocking(move || storage.schema_history()).await?;
+    let versions = history
+        .iter()
+        .map(|stored| {
+            let schema = crate::schema::parse(stored)?;
+            Ok(serde_json::json!({
+                "version": stored.version,
+                "set_at": stored.set_at,
+                "schema": schema,
+            }))
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    let current = history.last().map(|stored| stored.version);
+    Ok(Json(
+        serde_json::json!({ "current": current, "versions": versions }),
+    ))
+}
+
 #[cfg(test)]
 mod tests;
+mod webhooks;

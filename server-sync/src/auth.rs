@@ -278,6 +278,18 @@ fn signed_in_person(storage: &dyn Storage, signed: &SignedIn) -> Result<Person, 
     })
 }
 
+/// The user `user_id` as their stored grants let them read and write, from no device: what a
+/// webhook of theirs may deliver.
+pub(crate) fn caller_of_user(storage: &dyn Storage, user_id: i64) -> Result<Caller, ServerError> {
+    Ok(Caller {
+        device_id: 0,
+        user_id,
+        actor: None,
+        grants: strongest(stored_grants(storage, user_id)?),
+        admin: false,
+    })
+}
+
 /// A user's stored grants, each on the scope it names.
 fn stored_grants(
     storage: &dyn Storage,

@@ -72,6 +72,14 @@ enum Command {
         /// Seconds a client may take to send a request's head, or stay idle between requests.
         #[arg(long, env = "FIELDSYNC_HEAD_TIMEOUT_SECS", default_value_t = 10)]
         head_timeout_secs: u64,
+        /// Seconds between the samples of the counters the admin console charts (24 hours are
+        /// kept, in memory).
+        #[arg(long, env = "FIELDSYNC_METRICS_SAMPLE_SECS", default_value_t = 60)]
+        metrics_sample_secs: u64,
+        /// The longest a webhook's failed delivery waits before it is tried again, in seconds
+        /// (the wait doubles from one second with each failure in a row).
+        #[arg(long, env = "FIELDSYNC_WEBHOOK_MAX_BACKOFF_SECS", default_value_t = Limits::default().webhook_max_backoff.as_secs())]
+        webhook_max_backoff_secs: u64,
         #[command(flatten)]
         identity: Box<identity::IdentityArgs>,
         #[command(flatten)]
@@ -82,8 +90,12 @@ enum Command {
         /// The user's unique name.
         name: String,
         /// Make the user an administrator.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "service")]
         admin: bool,
+        /// Make it a service account: the clinic's own system using the records API, with
+        /// grants of its own and a token from `enroll-device`.
+        #[arg(long)]
+        service: bool,
     },
     /// Register a device for a user and print its token (shown only this once).
     EnrollDevice {
@@ -152,6 +164,10 @@ enum Command {
     /// Set or show what the identity provider's groups give their members.
     #[command(subcommand)]
     GroupGrants(GroupGrantsCommand),
+    /// Add, list or remove webhooks: URLs of the clinic's systems that receive every change a
+    /// service account may read.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Show who pushed and pulled which records when, and what administrators did, newest
     /// first.
     Audit {
@@ -248,6 +264,30 @@ enum GroupGrantsCommand {
     Show,
 }
 
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Add a webhook and print the secret its deliveries are signed with (shown only this
+    /// once).
+    Add {
+        /// Where changes are posted (https; http only to this machine).
+        #[arg(long)]
+        url: String,
+        /// The service account whose grants say which scopes' changes it receives.
+        #[arg(long)]
+        user: String,
+        /// Deliver every change the server holds, not only those from now on.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// List webhooks and how their deliveries go.
+    List,
+    /// Remove a webhook.
+    Remove {
+        /// The webhook's id.
+        id: i64,
+    },
+}
+
 /// A time given as RFC 3339, in ms since the epoch.
 fn parse_time(text: &str) -> Result<i64, String> {
     let time = humantime::parse_rfc3339_weak(text)
@@ -294,6 +334,8 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             request_burst,
             max_connections,
             head_timeout_secs,
+            metrics_sample_secs,
+            webhook_max_backoff_secs,
             identity,
             bucket,
         } => {
@@ -304,6 +346,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 max_attachment_bytes,
                 requests_per_second,
                 request_burst,
+                webhook_max_backoff: std::time::Duration::from_secs(
+                    webhook_max_backoff_secs.max(1),
+                ),
                 ..Limits::default()
             };
             let identity_provider = identity.provider()?;
@@ -338,15 +383,24 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 Some(bucket) => state.with_attachment_bucket(bucket),
                 None => state,
             };
+            let every = std::time::Duration::from_secs(metrics_sample_secs);
+            let state = AppState {
+                metrics_history: Arc::new(crate::metrics::history::History::new(every)),
+                ..state
+            };
             serve(storage, state, connections, listen)
         }
-        Command::CreateUser { name, admin } => {
-            let id = admin::create_user(
-                &*open()?,
-                admin::By::CommandLine,
-                &name,
-                if admin { Role::Admin } else { Role::Member },
-            )?;
+        Command::CreateUser {
+            name,
+            admin,
+            service,
+        } => {
+            let role = match (admin, service) {
+                (true, _) => Role::Admin,
+                (false, true) => Role::Service,
+                (false, false) => Role::Member,
+            };
+            let id = admin::create_user(&*open()?, admin::By::CommandLine, &name, role)?;
             println!("created user {name} (id {id})");
             Ok(())
         }
@@ -424,6 +478,25 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let grants = crate::group_grants::GroupGrants::parse(&text)?;
             admin::set_group_grants(&*open()?, admin::By::CommandLine, &grants)?;
             println!("{} group mappings in force", grants.grants().len());
+            Ok(())
+        }
+        Command::Webhook(WebhookCommand::Add {
+            url,
+            user,
+            from_start,
+        }) => {
+            let added =
+                admin::add_webhook(&*open()?, admin::By::CommandLine, &url, &user, from_start)?;
+            println!(
+                "added webhook {} for {user}; its deliveries are signed with {}",
+                added.id, added.secret
+            );
+            Ok(())
+        }
+        Command::Webhook(WebhookCommand::List) => listing::webhooks(&*open()?),
+        Command::Webhook(WebhookCommand::Remove { id }) => {
+            admin::remove_webhook(&*open()?, admin::By::CommandLine, id)?;
+            println!("removed webhook {id}");
             Ok(())
         }
         Command::GroupGrants(GroupGrantsCommand::Show) => {
@@ -636,7 +709,6 @@ fn block_on<T>(
         .block_on(work)
 }
 
-/// Milliseconds since the epoch as an RFC 3339 UTC time.
 /// Serves `state`, whose storage is `storage`.
 fn serve(
     storage: Arc<dyn Storage>,
@@ -673,6 +745,11 @@ async fn serve_on(
     tokio::spawn(crate::attachments::collect::periodically(
         state.storage.clone(),
         state.chunks.clone(),
+    ));
+    tokio::spawn(crate::webhooks::deliver_forever(state.clone()));
+    tokio::spawn(crate::metrics::history::sample_periodically(
+        state.metrics.clone(),
+        state.metrics_history.clone(),
     ));
     let app = router(state);
     listener::serve(listener, app, connections, shutdown_signal()).await;

@@ -43,6 +43,10 @@ pub enum ServerError {
     /// A name or id is already taken (administration).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A write of the records API that the schema or the merge refused (its reason names the
+    /// field, never a value).
+    #[error("refused: {0}")]
+    Refused(String),
     /// Something named does not exist (administration, a person's devices).
     #[error("not found: {0}")]
     NotFound(String),
@@ -107,6 +111,7 @@ impl ServerError {
                 (StatusCode::BAD_REQUEST, ErrorCode::BadRequest)
             }
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ServerError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Refused),
             ServerError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
             ServerError::NoSchema => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoSchema),
             ServerError::TryAgain(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),

@@ -25,6 +25,17 @@ pub(crate) async fn authorize(
     Ok(caller)
 }
 
+/// Authenticates a caller of the records API: as [`authorize`], without the protocol header
+/// (the API is JSON and versioned by its path).
+pub(crate) async fn authorize_api(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Caller, ServerError> {
+    let caller = counted(state, authenticate(state, headers).await)?;
+    rate_limit(state, caller.device_id)?;
+    Ok(caller)
+}
+
 /// Authenticates someone whichever device they call from (see [`authenticate_person`]), with
 /// the request limit of their device or user, then checks the protocol version.
 pub(crate) async fn authorize_person(
@@ -85,6 +96,38 @@ fn check_version(headers: &HeaderMap) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The count of local changes a device says wait in its outbox
+/// ([`protocol::PENDING_CHANGES_HEADER`]), if it says: `None` without the header (an app from
+/// before it). Anything but one header of decimal digits with a value up to `i64::MAX` is
+/// refused, so that a client's mistake shows at once instead of as a wrong count.
+pub(crate) fn pending_changes(headers: &HeaderMap) -> Result<Option<u64>, ServerError> {
+    let mut values = headers.get_all(protocol::PENDING_CHANGES_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let malformed = || {
+        ServerError::BadRequest(format!(
+            "the {} header must be sent once, as a decimal count from 0 to {}",
+            protocol::PENDING_CHANGES_HEADER,
+            i64::MAX
+        ))
+    };
+    if values.next().is_some() {
+        return Err(malformed());
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(malformed());
+    }
+    // Digits only, so that no sign is taken; the parse refuses what passes the bound.
+    let count = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(malformed)?;
+    Ok(Some(count as u64))
+}
+
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ServerError> {
     axum::body::to_bytes(body, limit)
         .await
@@ -117,5 +160,63 @@ pub(crate) fn decode_error(err: DecodeError) -> ServerError {
         DecodeError::Compression | DecodeError::Malformed(_) => {
             ServerError::BadRequest(err.to_string())
         }
+    }
+}
+
+/// A request the JSON or query extractor refused, as `bad_request`: its reason (a field
+/// missing or unknown, a wrong type) with any value it quotes left out, since a value sent
+/// may be clinical data.
+pub(crate) fn unreadable(reason: String) -> ServerError {
+    ServerError::BadRequest(without_values(&reason))
+}
+
+/// `text` with what serde quotes of a value (`string "…"`, `integer `…``) elided.
+fn without_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let next = [
+            ("string \"", '"'),
+            ("integer `", '`'),
+            ("floating point `", '`'),
+        ]
+        .iter()
+        .filter_map(|(opening, close)| rest.find(opening).map(|at| (at, *opening, *close)))
+        .min_by_key(|(at, _, _)| *at);
+        let Some((at, opening, close)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let start = at + opening.len();
+        out.push_str(&rest[..start]);
+        out.push('…');
+        match rest[start..].find(close) {
+            Some(end) => rest = &rest[start + end..],
+            None => return out,
+        }
+    }
+}
+
+#[cfg(test)]
+mod unreadable_tests {
+    use super::without_values;
+
+    #[test]
+    fn values_quoted_by_serde_are_left_out() {
+        assert_eq!(
+            without_values(
+                "fields: invalid type: string \"Sam has a fever\", expected a map at line 1"
+            ),
+            "fields: invalid type: string \"…\", expected a map at line 1"
+        );
+        assert_eq!(
+            without_values("invalid type: integer `42`, expected a string"),
+            "invalid type: integer `…`, expected a string"
+        );
+        assert_eq!(
+            without_values("unknown field `colour`, expected `id` or `fields`"),
+            "unknown field `colour`, expected `id` or `fields`"
+        );
+        assert_eq!(without_values("cut string \"abc"), "cut string \"…");
     }
 }

@@ -24,7 +24,9 @@ pub mod admin_api;
 pub mod admission;
 pub mod attachments;
 pub mod auth;
+pub mod change_feed;
 pub mod cli;
+mod console;
 mod devices;
 pub mod error;
 pub mod group_grants;
@@ -36,13 +38,16 @@ mod merge;
 pub mod metrics;
 pub mod oidc;
 mod ops;
+mod outbound;
 mod premerge;
 mod pull;
 mod push;
 pub mod rate_limit;
+pub mod records_api;
 pub mod repair;
 pub mod schema;
 pub mod storage;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +88,9 @@ pub struct Limits {
     pub request_burst: u32,
     /// Largest attachment (bytes).
     pub max_attachment_bytes: u64,
+    /// The longest a webhook's failed delivery waits before it is tried again (the wait
+    /// doubles from a second with each failure in a row, up to this).
+    pub webhook_max_backoff: Duration,
 }
 
 impl Default for Limits {
@@ -99,6 +107,7 @@ impl Default for Limits {
             requests_per_second: 20,
             request_burst: 60,
             max_attachment_bytes: 100 << 20,
+            webhook_max_backoff: Duration::from_secs(300),
         }
     }
 }
@@ -112,6 +121,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// The counters' growth over the last 24 hours, for the admin console's charts.
+    pub metrics_history: Arc<metrics::history::History>,
     /// The per-device request limit.
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// The schema pushes are validated against.
@@ -123,6 +134,8 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::Provider>>,
     /// Where attachments' bytes are kept.
     pub chunks: Arc<attachments::chunks::ChunkStore>,
+    /// Woken when this instance stored a push, for the change feed's long polls.
+    pub feed_stored: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -136,6 +149,7 @@ impl AppState {
             storage,
             limits,
             metrics: Arc::default(),
+            metrics_history: Arc::default(),
             rate_limiter,
             schema: Arc::default(),
             admission: Arc::new(admission::Admission::new(
@@ -143,6 +157,7 @@ impl AppState {
             )),
             oidc: None,
             chunks: Arc::new(attachments::chunks::ChunkStore::Database),
+            feed_stored: Arc::default(),
         }
     }
 
@@ -171,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/push", post(push::push))
         .route("/v1/pull", get(pull::pull))
         .route("/v1/schema", get(schema::get))
+        .route("/v1/changes", get(change_feed::changes))
         .route("/v1/devices", post(devices::enroll).get(devices::list))
         .route("/v1/devices/{id}", axum::routing::delete(devices::revoke))
         .route(
@@ -185,6 +201,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .merge(admin_api::routes())
+        .merge(records_api::routes())
+        .merge(console::routes())
         .with_state(state.clone())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

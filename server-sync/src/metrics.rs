@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod history;
+
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -78,6 +80,12 @@ pub struct Metrics {
     pub attachment_chunks_repeated: AtomicU64,
     /// Bytes of attachment chunks sent.
     pub attachment_bytes_sent: AtomicU64,
+    /// Webhook deliveries a receiver took.
+    pub webhook_deliveries: AtomicU64,
+    /// Webhook deliveries that failed (each is tried again).
+    pub webhook_failures: AtomicU64,
+    /// Webhooks whose deliveries fail now (a gauge).
+    pub webhooks_failing: AtomicU64,
     /// Push latency.
     pub push_latency: Histogram,
     /// Pull latency.
@@ -88,6 +96,11 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge.
+    pub fn set(gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Ordering::Relaxed);
     }
 
     /// Adds `n` to a counter.
@@ -151,6 +164,16 @@ impl Metrics {
                 "bytes of attachment chunks sent",
                 &self.attachment_bytes_sent,
             ),
+            (
+                "fieldsync_webhook_deliveries_total",
+                "webhook deliveries a receiver took",
+                &self.webhook_deliveries,
+            ),
+            (
+                "fieldsync_webhook_failures_total",
+                "webhook deliveries that failed",
+                &self.webhook_failures,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -163,6 +186,12 @@ impl Metrics {
             out,
             "# HELP fieldsync_active_devices devices that synced in the last 5 minutes\n\
              # TYPE fieldsync_active_devices gauge\nfieldsync_active_devices {active_devices}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fieldsync_webhooks_failing webhooks whose deliveries fail\n\
+             # TYPE fieldsync_webhooks_failing gauge\nfieldsync_webhooks_failing {}",
+            self.webhooks_failing.load(Ordering::Relaxed)
         );
         self.push_latency
             .render(&mut out, "fieldsync_push_seconds", "push latency");

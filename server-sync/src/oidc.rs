@@ -103,7 +103,13 @@ impl Provider {
             admin_group: config.admin_group.clone(),
             jwks_url: config.jwks_url.clone(),
             refetch_interval: config.refetch_interval,
-            http: http_client(config.ca_pem.as_deref())?,
+            http: crate::outbound::Outbound {
+                what: "the identity provider",
+                ca_pem: config.ca_pem.as_deref(),
+                timeout: FETCH_TIMEOUT,
+                connect_timeout: FETCH_TIMEOUT,
+            }
+            .client()?,
             keys: RwLock::default(),
             fetching: tokio::sync::Mutex::new(()),
         })
@@ -258,59 +264,12 @@ fn unreachable_keys() -> ServerError {
 fn check_url(what: &str, url: &str) -> Result<(), ServerError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|_| ServerError::Config(format!("the OIDC {what} is not a URL")))?;
-    let host = parsed.host_str().unwrap_or_default();
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err(ServerError::Config(format!(
-            "the OIDC {what} must be an https URL (http only to this machine)"
-        ))),
+    if crate::outbound::secure_or_loopback(&parsed) {
+        return Ok(());
     }
-}
-
-fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client, ServerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config_error = |err: &dyn std::fmt::Display| {
-        ServerError::Config(format!("the identity provider's TLS settings: {err}"))
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|err| config_error(&err))?;
-    let tls = match ca_pem {
-        None => {
-            let verifier = rustls_platform_verifier::Verifier::new(provider)
-                .map_err(|err| config_error(&err))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
-        }
-        Some(pem) => {
-            use rustls::pki_types::CertificateDer;
-            use rustls::pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|_| config_error(&"the CA file is not PEM"))?;
-                roots.add(cert).map_err(|err| config_error(&err))?;
-            }
-            if roots.is_empty() {
-                return Err(config_error(&"the CA file holds no certificate"));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-    };
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(FETCH_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|err| config_error(&err))
+    Err(ServerError::Config(format!(
+        "the OIDC {what} must be an https URL (http only to this machine)"
+    )))
 }
 
 fn unix_now() -> i64 {

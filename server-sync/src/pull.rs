@@ -16,7 +16,7 @@ use serde_bytes::ByteBuf;
 use crate::AppState;
 use crate::auth::Readable;
 use crate::error::ServerError;
-use crate::http::{authorize, blocking, message_response};
+use crate::http::{authorize, blocking, message_response, pending_changes};
 use crate::metrics::Metrics;
 use crate::storage::{FeedEntry, Page};
 
@@ -85,6 +85,7 @@ pub async fn pull(
     // the extractor's plain text.
     let Query(params) =
         params.map_err(|_| ServerError::BadRequest("the query string does not decode".into()))?;
+    let pending_changes = pending_changes(&headers)?;
     let cursor = params.cursor.as_deref().map(Cursor::decode).transpose()?;
     let limit = params
         .limit
@@ -239,7 +240,7 @@ pub async fn pull(
             .iter()
             .map(|r| (r.collection.clone(), r.id.clone(), r.scope.clone()))
             .collect();
-        storage.record_pull(caller.device_id, &pulled)?;
+        storage.record_pull(caller.device_id, &pulled, pending_changes)?;
         Ok(PullResponse {
             records,
             next_cursor: next.encode(),
@@ -264,7 +265,7 @@ const FEED_READS_FOR_NEW_SCOPES: usize = 4;
 /// skipped for good. If one turned up, the page is read again with it (positions become
 /// visible in order, so a scope seen after the read holds every entry up to the page's last
 /// position that the read could have missed).
-fn feed_page_in(
+pub(crate) fn feed_page_in(
     readable: &Readable,
     mut resolve: impl FnMut() -> Result<BTreeSet<String>, ServerError>,
     mut read: impl FnMut(&[String]) -> Result<Page<FeedEntry>, ServerError>,

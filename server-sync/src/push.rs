@@ -13,7 +13,9 @@ use fieldsync_record::protocol::{self, Payload, PushRequest};
 
 use crate::AppState;
 use crate::error::ServerError;
-use crate::http::{authorize, blocking, decode_error, message_response, read_body};
+use crate::http::{
+    authorize, blocking, decode_error, message_response, pending_changes, read_body,
+};
 use crate::merge::{MergeContext, decode_change, load_document};
 use crate::metrics::Metrics;
 use crate::premerge::{Premerges, PushMerger};
@@ -28,6 +30,7 @@ pub async fn push(
 ) -> Result<Response, ServerError> {
     let started = Instant::now();
     let caller = authorize(&state, &headers).await?;
+    let pending_changes = pending_changes(&headers)?;
     // What the push may hold in memory is admitted before it is held (admission.rs).
     let _slot = state.admission.device_slot(caller.device_id)?;
     let body = read_body(body, state.limits.max_body_bytes).await?;
@@ -41,14 +44,54 @@ pub async fn push(
     };
     let _bytes = state.admission.bytes(body.len() + 2 * decoded_size).await;
     let _merging = state.admission.merging().await;
-    let storage = state.storage.clone();
-    let limits = state.limits.clone();
-    let metrics = state.metrics.clone();
-    let schemas = state.schema.clone();
+    let pusher = Pusher {
+        pending_changes,
+        ..Pusher::of(&state)
+    };
     let response = blocking(move || {
-        let schema = schemas.current(&*storage)?;
         let request: PushRequest =
-            protocol::decode(&body, limits.max_decompressed_bytes).map_err(decode_error)?;
+            protocol::decode(&body, pusher.limits.max_decompressed_bytes).map_err(decode_error)?;
+        pusher.push(&caller, &request)
+    })
+    .await?;
+    Metrics::inc(&state.metrics.pushes);
+    state.metrics.push_latency.observe(started.elapsed());
+    Ok(message_response(&response))
+}
+
+/// What a push needs of the server's state: shared by devices' pushes and the records API,
+/// whose writes are pushes of the server's making.
+#[derive(Clone)]
+pub(crate) struct Pusher {
+    storage: std::sync::Arc<dyn crate::storage::Storage>,
+    limits: crate::Limits,
+    metrics: std::sync::Arc<Metrics>,
+    schemas: std::sync::Arc<crate::schema::SchemaCache>,
+    feed_stored: std::sync::Arc<tokio::sync::Notify>,
+    /// How many local changes the pushing device said wait in its outbox, recorded with the
+    /// push; `None` when it did not say, and for pushes of the server's making.
+    pending_changes: Option<u64>,
+}
+
+impl Pusher {
+    pub(crate) fn of(state: &AppState) -> Pusher {
+        Pusher {
+            storage: state.storage.clone(),
+            limits: state.limits.clone(),
+            metrics: state.metrics.clone(),
+            schemas: state.schema.clone(),
+            feed_stored: state.feed_stored.clone(),
+            pending_changes: None,
+        }
+    }
+
+    /// Checks, merges and stores `request` from `caller`, on the calling (blocking) thread.
+    pub(crate) fn push(
+        &self,
+        caller: &crate::auth::Caller,
+        request: &PushRequest,
+    ) -> Result<protocol::PushResponse, ServerError> {
+        let schema = self.schemas.current(&*self.storage)?;
         // A NUL byte cannot be stored in PostgreSQL text; refused here on every backend.
         if request.batch_id.is_empty()
             || request.batch_id.len() > 128
@@ -58,10 +101,10 @@ pub async fn push(
                 "batch_id must be 1 to 128 characters, without NUL".into(),
             ));
         }
-        if request.records.len() > limits.max_records_per_push {
+        if request.records.len() > self.limits.max_records_per_push {
             return Err(ServerError::TooLarge(format!(
                 "at most {} records per push",
-                limits.max_records_per_push
+                self.limits.max_records_per_push
             )));
         }
         let changes: usize = request
@@ -72,23 +115,23 @@ pub async fn push(
                 Payload::Document(_) => 1,
             })
             .sum();
-        if changes > limits.max_changes_per_push {
+        if changes > self.limits.max_changes_per_push {
             return Err(ServerError::TooLarge(format!(
                 "at most {} changes per push",
-                limits.max_changes_per_push
+                self.limits.max_changes_per_push
             )));
         }
         // The device pushes as the actor of its first change: bound by its first push that
         // stores something, and again when a store restored from an older copy took a new
         // one. Until then the changes count as its own only if no other live device holds
         // the actor; an actor the device had before is an older copy's.
-        let claimed = first_actor(&request, limits.max_document_bytes);
+        let claimed = first_actor(request, self.limits.max_document_bytes);
         let (actor, binds) = match (&caller.actor, claimed) {
             (Some(bound), Some(claimed)) if *bound == claimed => (Some(claimed), None),
             (bound, Some(claimed)) => {
-                if storage.actor_free(caller.device_id, &claimed)? {
+                if self.storage.actor_free(caller.device_id, &claimed)? {
                     (Some(claimed.clone()), Some(claimed))
-                } else if storage.retired_actor(caller.device_id, &claimed)? {
+                } else if self.storage.retired_actor(caller.device_id, &claimed)? {
                     return Err(ServerError::ActorReused);
                 } else {
                     (bound.clone(), None)
@@ -101,11 +144,11 @@ pub async fn push(
             .iter()
             .map(|r| (r.collection.as_str(), r.id.as_str()))
             .collect();
-        let snapshot = storage.stored_records(&keys)?;
+        let snapshot = self.storage.stored_records(&keys)?;
         let context = MergeContext {
-            caller: &caller,
+            caller,
             actor: actor.as_deref(),
-            limits: &limits,
+            limits: &self.limits,
             schema: &schema.schema,
         };
         let premerges = Premerges::for_records(&request.records);
@@ -115,25 +158,28 @@ pub async fn push(
             let batch = Batch {
                 outbox_seq: request.outbox_seq,
                 binds: binds.as_deref(),
+                pending_changes: self.pending_changes,
                 ..Batch::new(&request.batch_id, &request.records)
             };
-            let response = storage.push(caller.device_id, &batch, &mut merger)?;
+            let response = self.storage.push(caller.device_id, &batch, &mut merger)?;
             Ok::<_, ServerError>((response, merger.applied))
         })?;
+        if applied > 0 {
+            self.feed_stored.notify_waiters();
+        }
         let rejected = response
             .results
             .iter()
             .filter(|r| r.rejected.is_some())
             .count();
-        Metrics::add(&metrics.records_rejected, rejected);
-        Metrics::add(&metrics.records_accepted, response.results.len() - rejected);
-        Metrics::add(&metrics.changes_applied, applied);
+        Metrics::add(&self.metrics.records_rejected, rejected);
+        Metrics::add(
+            &self.metrics.records_accepted,
+            response.results.len() - rejected,
+        );
+        Metrics::add(&self.metrics.changes_applied, applied);
         Ok(response)
-    })
-    .await?;
-    Metrics::inc(&state.metrics.pushes);
-    state.metrics.push_latency.observe(started.elapsed());
-    Ok(message_response(&response))
+    }
 }
 
 /// The actor of the first change in a push, which binds a device that has pushed nothing yet.

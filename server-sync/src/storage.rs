@@ -30,6 +30,9 @@ pub enum Role {
     Admin,
     /// A therapist or other member of staff.
     Member,
+    /// A service account: the clinic's own system (an EHR connector, a scheduling system)
+    /// using the records API with a token of its own, within its grants.
+    Service,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Member => "member",
+            Role::Service => "service",
         }
     }
 
@@ -46,6 +50,7 @@ impl Role {
         match name {
             "admin" => Some(Role::Admin),
             "member" => Some(Role::Member),
+            "service" => Some(Role::Service),
             _ => None,
         }
     }
@@ -124,6 +129,12 @@ pub struct DeviceInfo {
     pub revoked: bool,
     /// The version of the app's schema it last said it runs.
     pub schema_version: Option<u32>,
+    /// How many local changes it last said wait in its outbox, unsent (the
+    /// `fieldsync-pending-changes` header of a push or pull); `None` until it says.
+    pub pending_changes: Option<u64>,
+    /// When it said so (ms since the epoch): its last sync, unless it synced since without
+    /// saying (an app from before the header).
+    pub pending_reported_at: Option<i64>,
 }
 
 /// A device as authentication reads it.
@@ -210,6 +221,52 @@ pub enum ChunkStored {
     AlreadyHeld,
 }
 
+/// A webhook: a URL that receives, in order, the changes its owner may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Its id.
+    pub id: i64,
+    /// Where changes are posted.
+    pub url: String,
+    /// The key its deliveries are signed with.
+    pub secret: String,
+    /// The user (a service account) whose grants say which scopes' changes it receives.
+    pub user_id: i64,
+    /// That user's name.
+    pub user: String,
+    /// The feed position delivered up to.
+    pub cursor: i64,
+    /// When it was added (ms since the epoch).
+    pub created_at: i64,
+    /// Failed deliveries in a row.
+    pub attempts: u32,
+    /// Since when deliveries fail, while they do.
+    pub failing_since: Option<i64>,
+    /// Why the last one failed, while they do.
+    pub last_error: Option<String>,
+    /// The earliest the next delivery is tried.
+    pub next_attempt_at: i64,
+}
+
+/// How a webhook's delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The receiver took every change up to `cursor`.
+    Delivered {
+        /// The feed position now delivered up to.
+        cursor: i64,
+    },
+    /// The receiver did not take them; tried again from `retry_at`.
+    Failed {
+        /// Why, for administrators (never a record's value).
+        error: String,
+        /// When to try again (ms since the epoch).
+        retry_at: i64,
+    },
+    /// There was nothing to deliver.
+    Idle,
+}
+
 /// Who the clinic's identity provider says signed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignIn<'a> {
@@ -248,6 +305,17 @@ pub struct StoredRecord {
     /// shares: a record whose version has not moved has not changed. `None` for a state not
     /// written yet.
     pub version: Option<i64>,
+}
+
+/// A record's values, as [`Storage::records_in_scope`] lists them (without its document).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordValues {
+    /// Record id.
+    pub id: String,
+    /// Its values by root key, as JSON.
+    pub fields_json: String,
+    /// Its version ([`StoredRecord::version`]).
+    pub version: i64,
 }
 
 /// A stored record with its key, as [`Storage::records_after`] lists them.
@@ -512,6 +580,9 @@ pub struct Batch<'a> {
     /// An actor the device pushes as for the first time, bound to it if the push stores
     /// anything (a push whose records are all refused binds nothing).
     pub binds: Option<&'a str>,
+    /// How many local changes the device said wait in its outbox, this batch's included, if
+    /// it said: recorded with its last sync time.
+    pub pending_changes: Option<u64>,
 }
 
 impl<'a> Batch<'a> {
@@ -523,6 +594,7 @@ impl<'a> Batch<'a> {
             hash: batch_hash(records),
             outbox_seq: None,
             binds: None,
+            pending_changes: None,
         }
     }
 }
@@ -589,6 +661,8 @@ pub struct FeedEntry {
     /// change: a device holding everything before it can then store them without loading
     /// the document. Read in the same snapshot as the entry.
     pub latest: Option<(String, bool)>,
+    /// When the push that brought them was stored (ms since the epoch).
+    pub committed_at: i64,
 }
 
 /// A whole record, for first syncs.
@@ -803,7 +877,8 @@ pub trait Storage: Send + Sync + 'static {
     /// stored response and changes nothing; the id of a stored batch with other records is
     /// [`ServerError::BatchConflict`]; otherwise each record is merged by `merge` and written
     /// with its feed entry and audit line, or rejected and written only to the audit log, and
-    /// the device's highest pushed outbox position is kept. If the push stores anything and
+    /// the device's highest pushed outbox position and its [`Batch::pending_changes`] (if
+    /// given) are kept with its last sync time. If the push stores anything and
     /// [`Batch::binds`] names an actor, the device is bound to it as by
     /// [`Storage::bind_actor`] in the same transaction; if another device took the actor
     /// meanwhile, nothing is written and the push fails with [`ServerError::TryAgain`].
@@ -843,10 +918,17 @@ pub trait Storage: Send + Sync + 'static {
         up_to: i64,
         limit: u32,
     ) -> Result<Page<DocumentEntry>>;
-    /// Records a pull in the audit log and the device's last sync time. A pull that brought
-    /// nothing moves the last sync time only if it is [`IDLE_PULL_RECORDED_EVERY_MS`] old or
-    /// more, and otherwise writes nothing.
-    fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()>;
+    /// Records a pull in the audit log, and the device's last sync time with the count of
+    /// local changes it said wait in its outbox (`pending_changes`, kept as it was when
+    /// `None`). A pull that brought nothing writes nothing if the last sync time is less than
+    /// [`IDLE_PULL_RECORDED_EVERY_MS`] old and the count, if given, is the one stored and was
+    /// recorded as recently.
+    fn record_pull(
+        &self,
+        device_id: i64,
+        records: &[(String, String, String)],
+        pending_changes: Option<u64>,
+    ) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
     /// Writes a line to the audit log, at the current time.
@@ -874,6 +956,15 @@ pub trait Storage: Send + Sync + 'static {
     /// Stored records in (collection, id) order after `after`, at most `limit`: what
     /// `fieldsync-server check` reads the whole database through.
     fn records_after(&self, after: Option<(&str, &str)>, limit: u32) -> Result<Vec<ListedRecord>>;
+    /// The live records of `collection` in `scope` whose ids come after `after` (byte order),
+    /// at most `limit`, in id order: the records API's listing.
+    fn records_in_scope(
+        &self,
+        collection: &str,
+        scope: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordValues>>;
     /// Every change the feed holds for a record, oldest entry first, as they were stored.
     fn feed_changes_of(&self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>>;
     /// Writes `record` as the new state of the record `key` names, with a feed entry holding
@@ -919,6 +1010,19 @@ pub trait Storage: Send + Sync + 'static {
         after: Option<(&str, &[u8; 32])>,
         limit: u32,
     ) -> Result<Vec<ListedAttachment>>;
+
+    /// Adds a webhook of user `user_id` posting to `url`, signed with `secret`, from feed
+    /// position `cursor` on; its id.
+    fn create_webhook(&self, url: &str, secret: &str, user_id: i64, cursor: i64) -> Result<i64>;
+    /// Every webhook, by id.
+    fn webhooks(&self) -> Result<Vec<Webhook>>;
+    /// Removes a webhook; false if there was none.
+    fn delete_webhook(&self, id: i64) -> Result<bool>;
+    /// Takes webhook `id` for a delivery until `until`, if it is due at `now` and no instance
+    /// holds it; false otherwise.
+    fn lease_webhook(&self, id: i64, now: i64, until: i64) -> Result<bool>;
+    /// Records how a delivery of webhook `id` ended at `now`, and releases it.
+    fn end_webhook_delivery(&self, id: i64, delivery: &Delivery, now: i64) -> Result<()>;
 
     /// The number of the schema version in force, 0 while none was set: cheap enough to ask
     /// on every push, which reads the schema again only when it changed.
@@ -1010,6 +1114,17 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+/// A device's count of pending changes as a signed 64-bit column holds it (the HTTP layer
+/// takes none larger; a larger one is stored as the largest).
+pub(crate) fn stored_count(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// A stored count of pending changes, as [`DeviceInfo`] lists it.
+pub(crate) fn listed_count(stored: i64) -> u64 {
+    u64::try_from(stored).unwrap_or(0)
 }
 
 /// A pushed record's collection, id or scope as an audit line of its refusal keeps it. A

@@ -685,6 +685,91 @@ async fn an_unknown_protocol_version_gets_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_malformed_pending_changes_header_is_refused_and_records_nothing() {
+    let server = Server::new();
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let reader = server.device("ada");
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    let body = protocol::encode(&PushRequest {
+        outbox_seq: None,
+        batch_id: "b".into(),
+        records: phone
+            .outbox(10)
+            .unwrap()
+            .into_iter()
+            .map(PushRecord::from)
+            .collect(),
+    });
+    // A push or a pull from the phone, carrying each of `values` as the header.
+    let send = |push: bool, values: &[&[u8]]| {
+        let mut request = if push {
+            Request::post("/v1/push")
+        } else {
+            Request::get("/v1/pull")
+        };
+        request = request
+            .header(protocol::VERSION_HEADER, "1")
+            .header("authorization", format!("Bearer {token}"));
+        for value in values {
+            let value = axum::http::HeaderValue::from_bytes(value).unwrap();
+            request = request.header(protocol::PENDING_CHANGES_HEADER, value);
+        }
+        let body = if push { body.clone() } else { Vec::new() };
+        server.send(request.body(Body::from(body)).unwrap())
+    };
+    let listed = || {
+        let devices = server.storage.list_devices().unwrap();
+        let phone = devices.into_iter().next().unwrap();
+        (
+            phone.pending_changes,
+            phone.pending_reported_at.is_some(),
+            phone.last_sync_at.is_some(),
+        )
+    };
+    let malformed: [&[&[u8]]; 10] = [
+        &[b""],
+        &[b"-1"],
+        &[b"+1"],
+        &[b"1.0"],
+        &[b"0x10"],
+        &[b"1 2"],
+        &[b"twelve"],
+        &["\u{ff11}".as_bytes()],
+        &[b"9223372036854775808"],
+        &[b"1", b"1"],
+    ];
+    for values in malformed {
+        for push in [true, false] {
+            let (status, answer) = send(push, values).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{values:?}, push {push}");
+            let error: ErrorBody = serde_json::from_slice(&answer).unwrap();
+            assert_eq!(error.code, ErrorCode::BadRequest);
+            assert!(
+                error.message.contains(protocol::PENDING_CHANGES_HEADER),
+                "{}",
+                error.message
+            );
+        }
+    }
+    assert_eq!(listed(), (None, false, false), "nothing was recorded");
+    let stored = server.pull(&reader, None, 100).await.ok();
+    assert!(stored.records.is_empty(), "the refused push stored nothing");
+
+    // Decimal digits, leading zeros allowed, up to the largest signed 64-bit count.
+    let (status, _) = send(true, &[b"007"]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed(), (Some(7), true, true));
+    let (status, _) = send(false, &[b"9223372036854775807"]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed(), (Some(i64::MAX as u64), true, true));
+    // Without the header the count stays as it was said.
+    let (status, _) = send(false, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed(), (Some(i64::MAX as u64), true, true));
+}
+
+#[tokio::test]
 async fn a_revoked_grant_tells_the_device_to_purge_and_a_new_grant_resyncs() {
     let server = Server::new();
     let ada = server.user("ada", &[("north", Access::Write), ("south", Access::Write)]);

@@ -71,7 +71,7 @@ struct NetworkState {
     /// Devices cut off from the server.
     partitioned: Vec<bool>,
     /// Every push sent so far, with its token, for late replays.
-    pushes: Vec<(String, Vec<u8>)>,
+    pushes: Vec<(String, TransportRequest)>,
 }
 
 impl Network {
@@ -181,7 +181,7 @@ struct Plan {
     app: Router,
     deliver: bool,
     duplicate: bool,
-    replay: Option<(String, Vec<u8>)>,
+    replay: Option<(String, TransportRequest)>,
     drop_response: bool,
 }
 
@@ -210,8 +210,8 @@ impl Transport for SimTransport {
                         None
                     };
                 let drop_response = state.rng.random_bool(faults.drop_response);
-                if let TransportRequest::Push { body } = &request {
-                    state.pushes.push((token.to_owned(), body.clone()));
+                if let TransportRequest::Push { .. } = &request {
+                    state.pushes.push((token.to_owned(), request.clone()));
                 }
                 Plan {
                     app: state.app.clone(),
@@ -224,8 +224,8 @@ impl Transport for SimTransport {
             if !plan.deliver {
                 return Err(Error::Network("request lost".into()));
             }
-            if let Some((old_token, body)) = plan.replay {
-                deliver(&plan.app, &old_token, TransportRequest::Push { body }).await;
+            if let Some((old_token, old_push)) = plan.replay {
+                deliver(&plan.app, &old_token, old_push).await;
             }
             let answer = deliver(&plan.app, token, request.clone()).await;
             if plan.duplicate {

@@ -78,6 +78,10 @@ impl Probe {
             request = request.header(AUTHORIZATION, value.clone());
         }
         if let Some(body) = body {
+            // JSON bodies (the records API's) say so; pushes are the protocol's own type.
+            if body.first() == Some(&b'{') {
+                request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+            }
             request = request.body(body);
         }
         let response = request.send().expect("the server answers every request");
@@ -428,7 +432,7 @@ fn run_matrix(backend: &str, db: &OsStr, dir: &Path) {
         (Method::PUT, "/v1/push".to_owned()),
         (Method::POST, "/v1/pull".to_owned()),
         (Method::DELETE, "/v1/pull".to_owned()),
-        (Method::GET, format!("/v1/records/clients/{existing}")),
+        (Method::GET, format!("/v1/records/nowhere/{existing}")),
         (Method::GET, format!("/v1/pull/{existing}")),
         (Method::GET, "/v1/admin/users".to_owned()),
         (Method::GET, "/v1/audit".to_owned()),
@@ -483,6 +487,50 @@ fn run_matrix(backend: &str, db: &OsStr, dir: &Path) {
                 assert!(!carries_values(&page), "{what} carried record values");
                 probe.assert_no_secret(&what, &body);
             }
+        }
+    }
+
+    // 4b. The records API and the change feed, for scopes not granted: a record is as absent
+    // as one that does not exist, a listing is refused, the feed leaves it out.
+    for reader in &users {
+        let auth = Auth::bearer(&reader.token);
+        for scope in SCOPES.iter().filter(|s| !reader.reads.contains(s)) {
+            let what = format!("{} records API on {scope}", reader.name);
+            for id in ids.get(scope).into_iter().flatten() {
+                let path = format!("/v1/records/clients/{id}?history=true");
+                let (status, body) = probe.send("records API", Method::GET, &path, &auth, None);
+                probe.assert_refused(&what, status, &body, 404);
+                let patch = br#"{"merge": true, "fields": {"name": "x"}}"#.to_vec();
+                let path = format!("/v1/records/clients/{id}");
+                let (status, body) =
+                    probe.send("records API", Method::PATCH, &path, &auth, Some(patch));
+                probe.assert_refused(&what, status, &body, 404);
+                let (status, body) = probe.send("records API", Method::DELETE, &path, &auth, None);
+                probe.assert_refused(&what, status, &body, 404);
+            }
+            let path = format!("/v1/records/clients?scope={scope}");
+            let (status, body) = probe.send("records API", Method::GET, &path, &auth, None);
+            probe.assert_refused(&what, status, &body, 403);
+        }
+        let (status, body) = probe.send(
+            "change feed",
+            Method::GET,
+            "/v1/changes?limit=500",
+            &auth,
+            None,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for change in page["changes"].as_array().unwrap() {
+            let scope = change["scope"].as_str().unwrap();
+            assert!(
+                reader.reads.contains(&scope),
+                "{} fed a change of {scope}",
+                reader.name
+            );
+        }
+        if !reader.reads.iter().any(|s| ids.contains_key(s)) {
+            probe.assert_no_secret(&format!("{} change feed", reader.name), &body);
         }
     }
 

@@ -95,7 +95,11 @@ fn the_audit_log_is_append_only() {
     let ada = storage.create_user("ada", Role::Member).unwrap();
     let phone = storage.create_device(ada, "phone").unwrap();
     storage
-        .record_pull(phone, &[("clients".into(), "a".into(), "north".into())])
+        .record_pull(
+            phone,
+            &[("clients".into(), "a".into(), "north".into())],
+            None,
+        )
         .unwrap();
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     for statement in [

@@ -2,12 +2,16 @@
 //! deletes, catching up, revocation and rejection.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fieldsync_core::{Error, Filter, Store, SyncClient, SyncConfig};
+use fieldsync_core::{
+    BoxFuture, Credentials, Error, Filter, Store, SyncClient, SyncConfig, Transport,
+    TransportRequest, TransportResponse,
+};
 use fieldsync_tests::server::ServerProcess;
 use fieldsync_tests::{fields, open_device, record_indexes};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
 
@@ -497,6 +501,124 @@ async fn a_sync_reports_each_pulled_record_once() {
     let report = bo.sync().await;
     assert_eq!(report.pulled, 61);
     assert_eq!(bo.client_record(&id).unwrap()["phone"], "4");
+}
+
+/// The HTTP transport, failing (as a lost connection does) every request after the first
+/// `allowed`.
+#[derive(Debug)]
+struct CutAfter {
+    http: Arc<dyn Transport>,
+    allowed: AtomicUsize,
+}
+
+impl Transport for CutAfter {
+    fn send<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+        request: TransportRequest,
+    ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
+        let allowed = self
+            .allowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        Box::pin(async move {
+            if !allowed {
+                return Err(Error::Network("the connection failed".into()));
+            }
+            self.http.send(credentials, request).await
+        })
+    }
+}
+
+/// What the admin API and the `devices` command show of the device of `user`: the API's
+/// `pending_changes`, `pending_reported_at` and `last_sync_at`, and the command's `pending`
+/// column.
+async fn pending_shown(clinic: &Clinic, admin_token: &str, user: &str) -> (Value, Value, String) {
+    // The HTTP client needs a crypto provider, even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/admin/devices?user={user}",
+            clinic.server.url
+        ))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let listed: Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    let device = &listed["devices"][0];
+    let at = &device["pending_reported_at"];
+    assert_eq!(at, &device["last_sync_at"], "said at the last sync");
+    let id = device["id"].to_string();
+    let command = clinic.server.admin(&["devices"]);
+    let line = command
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(id.as_str()))
+        .unwrap_or_else(|| panic!("device {id} is listed: {command}"));
+    // id, user, device, last sync, pending, pending as of, schema, state, actor.
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    let shown_at = at
+        .as_i64()
+        .map_or("-".to_owned(), |_| columns[3].to_owned());
+    assert_eq!(columns[5], shown_at, "{command}");
+    (
+        device["pending_changes"].clone(),
+        at.clone(),
+        columns[4].to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrators_see_what_a_device_has_not_pushed_yet_until_it_has() {
+    let clinic = Clinic::new();
+    let token = clinic.server.user_with_device("ada", &["north"]);
+    let ada = clinic.device_with_token(&token, "ada");
+    clinic.server.admin(&["create-user", "root", "--admin"]);
+    let admin_token = clinic.server.device("root");
+    let (count, at, column) = pending_shown(&clinic, &admin_token, "ada").await;
+    assert_eq!(
+        (count, at, column.as_str()),
+        (Value::Null, Value::Null, "-"),
+        "a device that never synced has said nothing"
+    );
+    // A first sync, with nothing to push: later pulls are incremental, and bring nothing (a
+    // device's own changes are left out), which the server records sparingly.
+    ada.sync().await;
+    let (count, _, column) = pending_shown(&clinic, &admin_token, "ada").await;
+    assert_eq!((count, column.as_str()), (json!(0), "0"));
+    for n in 0..100 {
+        ada.store
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": format!("c{n}")})),
+            )
+            .unwrap();
+    }
+
+    // A sync cut off after its first push (of 40): the server heard 100 were waiting.
+    let mut config = SyncConfig::new(&clinic.server.url, &token);
+    config.push_batch_size = 40;
+    let transport = CutAfter {
+        http: fieldsync_core::http_transport(&config).unwrap(),
+        allowed: AtomicUsize::new(1),
+    };
+    let cut = SyncClient::with_transport(config, Arc::new(transport));
+    assert!(matches!(
+        cut.sync_now(&ada.store).await,
+        Err(Error::Network(_))
+    ));
+    let (count, at, column) = pending_shown(&clinic, &admin_token, "ada").await;
+    assert_eq!((count, column.as_str()), (json!(100), "100"));
+    assert!(at.is_i64());
+
+    // A sync that pushes the other 60: the pull after the last push says none are left.
+    let report = ada.sync().await;
+    assert_eq!(report.pushed, 60);
+    assert_eq!(ada.store.outbox_len().unwrap(), 0);
+    let (count, later, column) = pending_shown(&clinic, &admin_token, "ada").await;
+    assert_eq!((count, column.as_str()), (json!(0), "0"));
+    assert!(later.as_i64() >= at.as_i64());
 }
 
 /// Puts `backup` back as the store file `name`, as a phone restored from a backup does.

@@ -25,6 +25,12 @@ pub const VERSION_HEADER: &str = "fieldsync-protocol";
 /// device got when it enrolled ([`EnrolledDevice`]).
 pub const DEVICE_HEADER: &str = "fieldsync-device";
 
+/// The request header of pushes and pulls in which a device says how many of its local changes
+/// wait to be pushed: its outbox entries that no push answer covers yet (those of the push
+/// that carries it included), as decimal digits. Optional; the server refuses a malformed one
+/// (`400 bad_request`) and shows the latest to administrators. See docs/PROTOCOL.md.
+pub const PENDING_CHANGES_HEADER: &str = "fieldsync-pending-changes";
+
 /// The size of the chunks attachments' bytes travel in (the last of an attachment shorter).
 pub const ATTACHMENT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -283,8 +289,11 @@ pub enum ErrorCode {
     ActorReused,
     /// What the request names does not exist (404; the admin API and `/v1/devices`).
     NotFound,
-    /// What the request would create exists already (409; the admin API).
+    /// What the request would create exists already, or what it would change changed since
+    /// it was read (409; the admin and records APIs).
     Conflict,
+    /// The records API refused a write: the schema or the merge rules do not allow it (422).
+    Refused,
     /// An unexpected server error (500).
     Internal,
     /// A code this build does not know (a newer server's); the status says what kind it is.

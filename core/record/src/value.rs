@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::schema::{Field, FieldType};
+use crate::schema::{Collection, Field, FieldType};
 
 /// A record's field values by field name.
 pub type Fields = serde_json::Map<String, Value>;
@@ -57,6 +57,60 @@ fn nests_deeper(value: &Value, levels: usize) -> bool {
         Value::Object(map) => levels == 0 || map.values().any(|v| nests_deeper(v, levels - 1)),
         _ => false,
     }
+}
+
+/// A value as stored: a whole number given to a `float` field becomes a float.
+pub fn normalize(field_type: FieldType, value: Value) -> Value {
+    match (field_type, &value) {
+        (FieldType::Float, Value::Number(n)) if !n.is_f64() => {
+            n.as_f64().map_or(value, Value::from)
+        }
+        _ => value,
+    }
+}
+
+/// Checks the fields of a new record of `collection`: each declared, of its type, and every
+/// required one set.
+pub fn check_insert(collection: &str, decl: &Collection, fields: &Fields) -> Result<()> {
+    for (name, value) in fields {
+        let field = decl.field(collection, name)?;
+        if !value.is_null() {
+            check_type(collection, name, field, value)?;
+        }
+    }
+    for (name, field) in &decl.fields {
+        if field.required && fields.get(name).is_none_or(Value::is_null) {
+            return Err(Error::MissingField {
+                collection: collection.to_owned(),
+                field: name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the fields an update of a record of `collection` in `scope` sets: each declared,
+/// of its type, no required one cleared, the scope field unchanged.
+pub fn check_patch(collection: &str, decl: &Collection, patch: &Fields, scope: &str) -> Result<()> {
+    for (name, value) in patch {
+        let field = decl.field(collection, name)?;
+        if value.is_null() {
+            if field.required {
+                return Err(Error::MissingField {
+                    collection: collection.to_owned(),
+                    field: name.clone(),
+                });
+            }
+            continue;
+        }
+        check_type(collection, name, field, value)?;
+        if *name == decl.scope_field && value.as_str() != Some(scope) {
+            return Err(Error::ScopeChange {
+                collection: collection.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

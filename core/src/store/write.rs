@@ -16,7 +16,7 @@ use crate::document;
 use crate::error::{Error, Result};
 use crate::schema::{Collection, FieldType, OnDelete};
 use crate::subscription::Changed;
-use crate::value::{Fields, check_type};
+use crate::value::{Fields, check_insert, check_patch, normalize};
 
 /// One write of a batch (see [`Store::write_batch`](crate::Store::write_batch)).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -246,7 +246,7 @@ fn encode_insert(
     keep_doc: bool,
 ) -> Result<Encoded> {
     let decl = shared.schema.collection(collection)?;
-    validate_insert(collection, decl, &fields)?;
+    check_insert(collection, decl, &fields)?;
     let id = match id {
         Some(id) => {
             check_id(&id)?;
@@ -395,7 +395,7 @@ impl Batch<'_> {
         let decl = self.shared.schema.collection(collection)?;
         let (heads, before) = self.open_live(collection, id)?;
         let cached = &self.docs[&(collection.to_owned(), id.to_owned())];
-        validate_patch(collection, decl, patch, &cached.scope)?;
+        check_patch(collection, decl, patch, &cached.scope)?;
         let cached = self.doc_mut(collection, id);
         for (name, value) in patch {
             let field = &decl.fields[name];
@@ -582,55 +582,6 @@ impl Batch<'_> {
 }
 
 /// The value as materialization reads it back: floats stay floats even when written as `3`.
-fn normalize(field_type: FieldType, value: Value) -> Value {
-    match (field_type, &value) {
-        (FieldType::Float, Value::Number(n)) if !n.is_f64() => {
-            n.as_f64().map_or(value, Value::from)
-        }
-        _ => value,
-    }
-}
-
-fn validate_insert(collection: &str, decl: &Collection, fields: &Fields) -> Result<()> {
-    for (name, value) in fields {
-        let field = decl.field(collection, name)?;
-        if !value.is_null() {
-            check_type(collection, name, field, value)?;
-        }
-    }
-    for (name, field) in &decl.fields {
-        if field.required && fields.get(name).is_none_or(Value::is_null) {
-            return Err(Error::MissingField {
-                collection: collection.to_owned(),
-                field: name.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn validate_patch(collection: &str, decl: &Collection, patch: &Fields, scope: &str) -> Result<()> {
-    for (name, value) in patch {
-        let field = decl.field(collection, name)?;
-        if value.is_null() {
-            if field.required {
-                return Err(Error::MissingField {
-                    collection: collection.to_owned(),
-                    field: name.clone(),
-                });
-            }
-            continue;
-        }
-        check_type(collection, name, field, value)?;
-        if *name == decl.scope_field && value.as_str() != Some(scope) {
-            return Err(Error::ScopeChange {
-                collection: collection.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Ids appear in URLs, logs and file names, so they keep to a safe alphabet.
 pub(crate) fn check_id(id: &str) -> Result<()> {
     Ok(fieldsync_record::ids::check_record_id(id)?)

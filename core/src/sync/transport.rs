@@ -37,6 +37,9 @@ pub enum TransportRequest {
     Push {
         /// The encoded body.
         body: Vec<u8>,
+        /// The store's outbox entries no push answer covers yet, this push's included (sent
+        /// as [`protocol::PENDING_CHANGES_HEADER`]).
+        pending_changes: u64,
     },
     /// `GET /v1/pull?limit=..&cursor=..&outbox_seq=..&actor=..&schema_version=..`.
     Pull {
@@ -50,6 +53,9 @@ pub enum TransportRequest {
         actor: String,
         /// The app schema's declared version, if it declares one.
         schema_version: Option<u32>,
+        /// The store's outbox entries no push answer covers yet (sent as
+        /// [`protocol::PENDING_CHANGES_HEADER`]).
+        pending_changes: u64,
     },
     /// `POST /v1/devices` with a JSON [`protocol::EnrollRequest`]: the device enrols itself
     /// with its person's identity provider token.
@@ -121,6 +127,7 @@ impl TransportRequest {
                 outbox_seq,
                 actor,
                 schema_version,
+                ..
             } => {
                 let cursor = cursor
                     .as_ref()
@@ -152,7 +159,21 @@ impl TransportRequest {
     /// The headers the request carries besides authentication and the protocol version.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            TransportRequest::Push { .. } => vec![("content-type", protocol::CONTENT_TYPE.into())],
+            TransportRequest::Push {
+                pending_changes, ..
+            } => vec![
+                ("content-type", protocol::CONTENT_TYPE.into()),
+                (
+                    protocol::PENDING_CHANGES_HEADER,
+                    pending_changes.to_string(),
+                ),
+            ],
+            TransportRequest::Pull {
+                pending_changes, ..
+            } => vec![(
+                protocol::PENDING_CHANGES_HEADER,
+                pending_changes.to_string(),
+            )],
             TransportRequest::Enroll { .. } => vec![("content-type", "application/json".into())],
             TransportRequest::PutChunk { bytes, .. } => {
                 use sha2::Digest as _;
@@ -171,7 +192,7 @@ impl TransportRequest {
     /// The body the request carries (empty for a GET).
     pub fn into_body(self) -> Vec<u8> {
         match self {
-            TransportRequest::Push { body } | TransportRequest::Enroll { body } => body,
+            TransportRequest::Push { body, .. } | TransportRequest::Enroll { body } => body,
             TransportRequest::PutChunk { bytes, .. } => bytes,
             _ => Vec::new(),
         }

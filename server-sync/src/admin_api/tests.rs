@@ -10,13 +10,14 @@ use tower::ServiceExt as _;
 
 use crate::admin::{self, By};
 use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{Role, Storage};
+use crate::storage::{Access, Role, Storage};
 use crate::{AppState, Limits, router};
 
 struct Api {
     _dir: tempfile::TempDir,
     storage: Arc<SqliteStorage>,
     app: axum::Router,
+    state: AppState,
     /// A device token of an administrator.
     admin: String,
 }
@@ -29,7 +30,8 @@ impl Api {
             requests_per_second: 0,
             ..Limits::default()
         };
-        let app = router(AppState::new(storage.clone(), limits));
+        let state = AppState::new(storage.clone(), limits);
+        let app = router(state.clone());
         admin::create_user(&*storage, By::CommandLine, "root", Role::Admin).unwrap();
         let admin = admin::enroll_device(&*storage, By::CommandLine, "root", "laptop", None)
             .unwrap()
@@ -38,6 +40,7 @@ impl Api {
             _dir: dir,
             storage,
             app,
+            state,
             admin,
         }
     }
@@ -417,4 +420,163 @@ async fn the_openapi_document_and_the_routes_agree() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn the_consoles_routes_are_for_administrators_and_show_what_is_stored() {
+    let api = Api::new();
+    let ok = StatusCode::OK;
+    admin::create_user(&*api.storage, By::CommandLine, "ada", Role::Member).unwrap();
+    admin::grant(
+        &*api.storage,
+        By::CommandLine,
+        "ada",
+        "caseload-east",
+        Access::Write,
+    )
+    .unwrap();
+    admin::grant(
+        &*api.storage,
+        By::CommandLine,
+        "root",
+        "clinic",
+        Access::Read,
+    )
+    .unwrap();
+    let member = admin::enroll_device(&*api.storage, By::CommandLine, "ada", "phone", None)
+        .unwrap()
+        .token;
+    for path in ["/v1/admin/grants", "/v1/admin/health", "/v1/admin/schema"] {
+        let (status, body) = api.call(Method::GET, path, Some(&member), None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{path}"
+        );
+        assert_eq!(body.as_object().unwrap().len(), 2, "{path}: {body}");
+    }
+
+    let grants = api.admin(Method::GET, "/v1/admin/grants", None, ok).await;
+    assert_eq!(
+        grants,
+        json!({"grants": [
+            {"user": "root", "scope": "clinic", "access": "read"},
+            {"user": "ada", "scope": "caseload-east", "access": "write"},
+        ]})
+    );
+
+    let schemas = api.admin(Method::GET, "/v1/admin/schema", None, ok).await;
+    assert_eq!(schemas, json!({"current": null, "versions": []}));
+    let first = r#"{"collections": {"clients": {"scope_field": "caseload_id",
+        "fields": {"caseload_id": {"type": "string", "required": true}}}}}"#;
+    let second = first.replace(r#"}}}}}"#, r#"}, "name": {"type": "string"}}}}}"#);
+    crate::schema::set_schema(&*api.storage, first).unwrap();
+    crate::schema::set_schema(&*api.storage, &second).unwrap();
+    let schemas = api.admin(Method::GET, "/v1/admin/schema", None, ok).await;
+    assert_eq!(schemas["current"], 2);
+    let versions = schemas["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0]["version"], 1);
+    assert!(versions[1]["set_at"].as_i64().unwrap() > 0);
+    let fields = &versions[1]["schema"]["collections"]["clients"]["fields"];
+    assert_eq!(fields["name"]["type"], "string");
+    assert!(versions[0]["schema"]["collections"]["clients"]["fields"]["name"].is_null());
+
+    // Before the first sample the history is empty; the totals count what happened already.
+    let health = api.admin(Method::GET, "/v1/admin/health", None, ok).await;
+    assert_eq!(health["interval_secs"], 60);
+    assert_eq!(health["at"], json!([]));
+    assert_eq!(health["totals"]["unauthorized"], 0);
+    let (status, _) = api
+        .call(Method::GET, "/v1/admin/health", Some("fs_x"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    api.state.metrics_history.sample(&api.state.metrics, 1_000);
+    let health = api.admin(Method::GET, "/v1/admin/health", None, ok).await;
+    assert_eq!(health["at"], json!([1_000]));
+    assert_eq!(health["series"]["unauthorized"], json!([1.0]));
+    assert_eq!(
+        health["series"]["requests"],
+        json!([8.0]),
+        "every call so far"
+    );
+    assert_eq!(health["series"]["pushes"], json!([0.0]));
+    assert_eq!(health["series"]["push_latency_ms"], json!([null]));
+}
+
+#[tokio::test]
+async fn webhooks_are_added_listed_without_their_secret_and_removed() {
+    let api = Api::new();
+    api.admin(
+        Method::POST,
+        "/v1/admin/users",
+        Some(json!({"name": "ehr", "service": true})),
+        StatusCode::CREATED,
+    )
+    .await;
+    for url in [
+        "http://ehr.example/hook",
+        "ftp://127.0.0.1/hook",
+        "not a url",
+    ] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/v1/admin/webhooks",
+                Some(&api.admin),
+                Some(json!({"url": url, "user": "ehr"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
+    }
+    api.admin(
+        Method::POST,
+        "/v1/admin/webhooks",
+        Some(json!({"url": "https://ehr.example/hook", "user": "nobody"})),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let added = api
+        .admin(
+            Method::POST,
+            "/v1/admin/webhooks",
+            Some(json!({"url": "https://ehr.example/hook", "user": "ehr"})),
+            StatusCode::CREATED,
+        )
+        .await;
+    let secret = added["secret"].as_str().unwrap();
+    assert!(
+        secret.starts_with("whsec_") && secret.len() > 40,
+        "{secret}"
+    );
+    let listed = api
+        .admin(Method::GET, "/v1/admin/webhooks", None, StatusCode::OK)
+        .await;
+    assert_eq!(listed[0]["user"], json!("ehr"));
+    assert_eq!(listed[0]["failing_since"], Value::Null);
+    assert!(
+        !listed.to_string().contains(secret),
+        "the secret is shown once"
+    );
+    let path = format!("/v1/admin/webhooks/{}", added["id"]);
+    api.admin(Method::DELETE, &path, None, StatusCode::NO_CONTENT)
+        .await;
+    api.admin(Method::DELETE, &path, None, StatusCode::NOT_FOUND)
+        .await;
+    let lines = api
+        .storage
+        .audit(&crate::storage::AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let actions: Vec<&str> = lines.iter().map(|l| l.action.as_str()).collect();
+    assert!(
+        actions.iter().any(|a| a.starts_with("add-webhook")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| a.starts_with("remove-webhook")),
+        "{actions:?}"
+    );
 }

@@ -180,7 +180,13 @@ impl Bucket {
             )
         };
         Ok(Bucket {
-            http: http_client()?,
+            http: crate::outbound::Outbound {
+                what: "the attachment bucket",
+                ca_pem: None,
+                timeout: REQUEST_TIMEOUT,
+                connect_timeout: CONNECT_TIMEOUT,
+            }
+            .client()?,
             origin: format!("{}://{host}", endpoint.scheme()),
             host,
             bucket_path,
@@ -480,27 +486,6 @@ fn check_endpoint(endpoint: &str) -> Result<reqwest::Url, ServerError> {
 
 /// An HTTP client trusting the system's roots (as the identity provider's does), following
 /// no redirect (S3 answers one for a bucket in another region: a configuration error).
-fn http_client() -> Result<reqwest::Client, ServerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config_error =
-        |err: &dyn fmt::Display| ServerError::Config(format!("the attachment bucket's TLS: {err}"));
-    let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
-        .map_err(|err| config_error(&err))?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| config_error(&err))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|err| config_error(&err))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

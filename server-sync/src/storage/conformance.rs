@@ -5,7 +5,9 @@
 //! Each check takes a fresh, empty storage and panics with a message on failure.
 
 mod attachments;
+mod back_office;
 mod identity;
+mod pending_changes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,6 +39,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     audit_and_activity(&*fresh());
     a_record_s_audit_lines_among_many(&*fresh());
     idle_pulls_move_the_last_sync_at_most_once_a_minute(&*fresh());
+    pending_changes::a_reported_count_of_pending_changes_is_kept_and_listed(&*fresh());
     a_record_pushed_twice_in_one_batch_keeps_both(&*fresh());
     concurrent_pushes_lose_nothing_and_readers_skip_nothing(&*fresh());
     refused_records_are_audited_with_their_code(&*fresh());
@@ -52,6 +55,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     attachments::attachments_are_received_in_chunks_per_scope(&*fresh());
     attachments::chunks_in_the_bucket_are_recorded_without_bytes(&*fresh());
     attachments::attachments_are_listed_in_order(&*fresh());
+    back_office::a_scopes_live_records_are_listed_by_id(&*fresh());
+    back_office::webhooks_are_leased_and_their_deliveries_recorded(&*fresh());
 }
 
 /// A pushed record of `clients` in `scope`, whose one change is its id's bytes.
@@ -814,7 +819,11 @@ fn audit_and_activity(storage: &dyn Storage) {
         )
         .unwrap();
     storage
-        .record_pull(bob_phone, &[("clients".into(), "a".into(), "north".into())])
+        .record_pull(
+            bob_phone,
+            &[("clients".into(), "a".into(), "north".into())],
+            None,
+        )
         .unwrap();
     let all = storage
         .audit(&AuditQuery {
@@ -883,7 +892,7 @@ fn a_record_s_audit_lines_among_many(storage: &dyn Storage) {
                 ("clients".into(), id, "north".into())
             })
             .collect();
-        storage.record_pull(device, &lines).unwrap();
+        storage.record_pull(device, &lines, None).unwrap();
     };
     pull(ada, &[10]);
     let first = now_ms();
@@ -946,13 +955,13 @@ fn idle_pulls_move_the_last_sync_at_most_once_a_minute(storage: &dyn Storage) {
             .last_sync_at
     };
     // A device's first pull is recorded even when it brought nothing.
-    storage.record_pull(phone, &[]).unwrap();
+    storage.record_pull(phone, &[], None).unwrap();
     let first = last_sync().expect("a first pull sets the last sync time");
     // Let the clock pass the first time, so that an update would show.
     while now_ms() <= first {
         std::hint::spin_loop();
     }
-    storage.record_pull(phone, &[]).unwrap();
+    storage.record_pull(phone, &[], None).unwrap();
     assert_eq!(
         last_sync(),
         Some(first),
@@ -968,7 +977,11 @@ fn idle_pulls_move_the_last_sync_at_most_once_a_minute(storage: &dyn Storage) {
             .is_empty()
     );
     storage
-        .record_pull(phone, &[("clients".into(), "a".into(), "north".into())])
+        .record_pull(
+            phone,
+            &[("clients".into(), "a".into(), "north".into())],
+            None,
+        )
         .unwrap();
     assert!(
         last_sync().unwrap() > first,

@@ -32,17 +32,19 @@ use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
-    DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
-    ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn,
-    Snapshot, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema, StoredVersion,
-    TokenRecord, UserInfo, audited_name, decode_changes, encode_changes, now_ms, replayed,
+    Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, Delivery, DeviceInfo,
+    DeviceRecord, DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS,
+    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, RecordValues,
+    Result, Role, SignIn, Snapshot, Storage, StoredChunk, StoredGroupGrant, StoredRecord,
+    StoredSchema, StoredVersion, TokenRecord, UserInfo, Webhook, audited_name, decode_changes,
+    encode_changes, now_ms, replayed, stored_count,
 };
 use crate::error::ServerError;
 
 mod attachments;
 mod identity;
 mod maintenance;
+mod webhooks;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/001_init.sql"),
@@ -57,6 +59,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/010_identity.sql"),
     include_str!("migrations/postgres/011_attachments.sql"),
     include_str!("migrations/postgres/012_chunks_in_a_bucket.sql"),
+    include_str!("migrations/postgres/013_pending_changes.sql"),
+    include_str!("migrations/postgres/014_back_office.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -100,7 +104,7 @@ impl PostgresStorage {
             "SELECT f.seq, f.device_id IS NOT DISTINCT FROM $4, f.collection, f.record_id,
                     f.scope, f.device_id,
                     CASE WHEN f.device_id IS DISTINCT FROM $4 THEN f.changes END,
-                    r.fields, r.deleted
+                    r.fields, r.deleted, f.committed_at
              FROM feed f
              LEFT JOIN records r
                ON f.device_id IS DISTINCT FROM $4 AND r.collection = f.collection
@@ -127,6 +131,7 @@ impl PostgresStorage {
                         latest: row
                             .get::<_, Option<String>>(7)
                             .map(|fields| (fields, row.get::<_, Option<bool>>(8).unwrap_or(false))),
+                        committed_at: row.get(9),
                     }),
                 ))
             })
@@ -840,9 +845,17 @@ impl Storage for PostgresStorage {
             &[&device_id, &batch.id, &stored, &now, &batch.hash.as_slice()],
         )?;
         tx.execute(
-            "UPDATE devices SET last_sync_at = $2, outbox_seq = GREATEST(outbox_seq, $3)
+            "UPDATE devices SET last_sync_at = $2, outbox_seq = GREATEST(outbox_seq, $3),
+                 pending_changes = COALESCE($4, pending_changes),
+                 pending_reported_at = CASE WHEN $4::BIGINT IS NULL THEN pending_reported_at
+                                            ELSE $2 END
              WHERE id = $1",
-            &[&device_id, &now, &batch.outbox_seq],
+            &[
+                &device_id,
+                &now,
+                &batch.outbox_seq,
+                &batch.pending_changes.map(stored_count),
+            ],
         )?;
         if !accepted.is_empty() {
             // Held until commit: positions become visible in the order they are taken.
@@ -909,15 +922,31 @@ impl Storage for PostgresStorage {
         Ok(Page::from_rows(entries, after, limit, |e| e.created_seq))
     }
 
-    fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {
+    fn record_pull(
+        &self,
+        device_id: i64,
+        records: &[(String, String, String)],
+        pending_changes: Option<u64>,
+    ) -> Result<()> {
         let mut conn = self.conn()?;
+        let pending_changes = pending_changes.map(stored_count);
         if records.is_empty() {
             // Outside a transaction: an update that matches no row commits nothing to flush.
             let now = now_ms();
             conn.execute(
-                "UPDATE devices SET last_sync_at = $2
-                 WHERE id = $1 AND (last_sync_at IS NULL OR last_sync_at <= $3)",
-                &[&device_id, &now, &(now - IDLE_PULL_RECORDED_EVERY_MS)],
+                "UPDATE devices SET last_sync_at = $2,
+                     pending_changes = COALESCE($4, pending_changes),
+                     pending_reported_at = CASE WHEN $4::BIGINT IS NULL THEN pending_reported_at
+                                                ELSE $2 END
+                 WHERE id = $1 AND (last_sync_at IS NULL OR last_sync_at <= $3
+                     OR ($4::BIGINT IS NOT NULL AND (pending_changes IS DISTINCT FROM $4
+                         OR pending_reported_at IS NULL OR pending_reported_at <= $3)))",
+                &[
+                    &device_id,
+                    &now,
+                    &(now - IDLE_PULL_RECORDED_EVERY_MS),
+                    &pending_changes,
+                ],
             )?;
             return Ok(());
         }
@@ -930,8 +959,12 @@ impl Storage for PostgresStorage {
             .collect();
         insert_audit(&mut tx, now, user_id, device_id, "pull", &pulled)?;
         tx.execute(
-            "UPDATE devices SET last_sync_at = $2 WHERE id = $1",
-            &[&device_id, &now],
+            "UPDATE devices SET last_sync_at = $2,
+                 pending_changes = COALESCE($3, pending_changes),
+                 pending_reported_at = CASE WHEN $3::BIGINT IS NULL THEN pending_reported_at
+                                            ELSE $2 END
+             WHERE id = $1",
+            &[&device_id, &now, &pending_changes],
         )?;
         tx.commit()?;
         Ok(())
@@ -977,6 +1010,26 @@ impl Storage for PostgresStorage {
         attachments::after(&mut *self.conn()?, after, limit)
     }
 
+    fn create_webhook(&self, url: &str, secret: &str, user_id: i64, cursor: i64) -> Result<i64> {
+        webhooks::create(&mut *self.conn()?, (url, secret), user_id, cursor)
+    }
+
+    fn webhooks(&self) -> Result<Vec<Webhook>> {
+        webhooks::list(&mut *self.conn()?)
+    }
+
+    fn delete_webhook(&self, id: i64) -> Result<bool> {
+        webhooks::delete(&mut *self.conn()?, id)
+    }
+
+    fn lease_webhook(&self, id: i64, now: i64, until: i64) -> Result<bool> {
+        webhooks::lease(&mut *self.conn()?, id, now, until)
+    }
+
+    fn end_webhook_delivery(&self, id: i64, delivery: &Delivery, now: i64) -> Result<()> {
+        webhooks::end_delivery(&mut *self.conn()?, id, delivery, now)
+    }
+
     fn schema_version(&self) -> Result<u32> {
         let version: Option<i32> = self
             .conn()?
@@ -1014,6 +1067,16 @@ impl Storage for PostgresStorage {
 
     fn records_after(&self, after: Option<(&str, &str)>, limit: u32) -> Result<Vec<ListedRecord>> {
         maintenance::records_after(&mut *self.conn()?, after, limit)
+    }
+
+    fn records_in_scope(
+        &self,
+        collection: &str,
+        scope: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordValues>> {
+        maintenance::records_in_scope(&mut *self.conn()?, (collection, scope), after, limit)
     }
 
     fn feed_changes_of(&self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>> {

@@ -22,12 +22,13 @@ use fieldsync_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{
-    Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, DeviceInfo, DeviceRecord,
-    DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS, Lineage,
-    ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, Result, Role, SignIn,
-    Snapshot, SnapshotMark, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema,
-    StoredVersion, TokenRecord, UserInfo, actor_taken_meanwhile, audited_name, decode_changes,
-    encode_changes, now_ms, replayed,
+    Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, Delivery, DeviceInfo,
+    DeviceRecord, DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS,
+    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, RecordValues,
+    Result, Role, SignIn, Snapshot, SnapshotMark, Storage, StoredChunk, StoredGroupGrant,
+    StoredRecord, StoredSchema, StoredVersion, TokenRecord, UserInfo, Webhook,
+    actor_taken_meanwhile, audited_name, decode_changes, encode_changes, now_ms, replayed,
+    stored_count,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -35,6 +36,7 @@ use crate::metrics::Histogram;
 mod attachments;
 mod identity;
 mod maintenance;
+mod webhooks;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_init.sql"),
@@ -52,6 +54,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/013_identity.sql"),
     include_str!("migrations/sqlite/014_attachments.sql"),
     include_str!("migrations/sqlite/015_chunks_in_a_bucket.sql"),
+    include_str!("migrations/sqlite/016_pending_changes.sql"),
+    include_str!("migrations/sqlite/017_back_office.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -675,12 +679,24 @@ impl Storage for SqliteStorage {
         self.read(|conn| documents_page_in(conn, scopes, after, up_to, limit))
     }
 
-    fn record_pull(&self, device_id: i64, records: &[(String, String, String)]) -> Result<()> {
+    fn record_pull(
+        &self,
+        device_id: i64,
+        records: &[(String, String, String)],
+        pending_changes: Option<u64>,
+    ) -> Result<()> {
+        let pending_changes = pending_changes.map(stored_count);
         if records.is_empty() {
             let recent: bool = self.read(|conn| {
                 Ok(conn.query_row(
-                    "SELECT coalesce(last_sync_at > ?2, 0) FROM devices WHERE id = ?1",
-                    params![device_id, now_ms() - IDLE_PULL_RECORDED_EVERY_MS],
+                    "SELECT coalesce(last_sync_at > ?2 AND (?3 IS NULL
+                         OR (pending_changes IS ?3 AND pending_reported_at > ?2)), 0)
+                     FROM devices WHERE id = ?1",
+                    params![
+                        device_id,
+                        now_ms() - IDLE_PULL_RECORDED_EVERY_MS,
+                        pending_changes
+                    ],
                     |row| row.get(0),
                 )?)
             })?;
@@ -688,7 +704,7 @@ impl Storage for SqliteStorage {
                 return Ok(());
             }
         }
-        self.write(|conn| record_pull_in(conn, device_id, records))
+        self.write(|conn| record_pull_in(conn, device_id, records, pending_changes))
     }
 
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
@@ -728,6 +744,16 @@ impl Storage for SqliteStorage {
 
     fn records_after(&self, after: Option<(&str, &str)>, limit: u32) -> Result<Vec<ListedRecord>> {
         self.read(|conn| maintenance::records_after(conn, after, limit))
+    }
+
+    fn records_in_scope(
+        &self,
+        collection: &str,
+        scope: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordValues>> {
+        self.read(|conn| maintenance::records_in_scope(conn, (collection, scope), after, limit))
     }
 
     fn feed_changes_of(&self, collection: &str, id: &str) -> Result<Vec<Vec<u8>>> {
@@ -782,6 +808,26 @@ impl Storage for SqliteStorage {
         limit: u32,
     ) -> Result<Vec<ListedAttachment>> {
         self.read(|conn| attachments::after(conn, after, limit))
+    }
+
+    fn create_webhook(&self, url: &str, secret: &str, user_id: i64, cursor: i64) -> Result<i64> {
+        self.write(|conn| webhooks::create(conn, (url, secret), user_id, cursor))
+    }
+
+    fn webhooks(&self) -> Result<Vec<Webhook>> {
+        self.read(webhooks::list)
+    }
+
+    fn delete_webhook(&self, id: i64) -> Result<bool> {
+        self.write(|conn| webhooks::delete(conn, id))
+    }
+
+    fn lease_webhook(&self, id: i64, now: i64, until: i64) -> Result<bool> {
+        self.write(|conn| webhooks::lease(conn, id, now, until))
+    }
+
+    fn end_webhook_delivery(&self, id: i64, delivery: &Delivery, now: i64) -> Result<()> {
+        self.write(|conn| webhooks::end_delivery(conn, id, delivery, now))
     }
 
     fn schema_version(&self) -> Result<u32> {
@@ -1067,9 +1113,16 @@ fn push_in(
     tx.execute(
         "UPDATE devices SET last_sync_at = ?2,
              outbox_seq = CASE WHEN ?3 IS NULL THEN outbox_seq
-                               ELSE max(coalesce(outbox_seq, ?3), ?3) END
+                               ELSE max(coalesce(outbox_seq, ?3), ?3) END,
+             pending_changes = coalesce(?4, pending_changes),
+             pending_reported_at = CASE WHEN ?4 IS NULL THEN pending_reported_at ELSE ?2 END
          WHERE id = ?1",
-        params![device_id, now, batch.outbox_seq],
+        params![
+            device_id,
+            now,
+            batch.outbox_seq,
+            batch.pending_changes.map(stored_count)
+        ],
     )?;
     tx.commit()?;
     Ok(response)
@@ -1124,7 +1177,8 @@ const ACTOR_RETIRED: &str =
 fn feed_page_sql(scopes: usize) -> String {
     format!(
         "SELECT f.seq, f.device_id IS ?3, f.collection, f.record_id, f.scope, f.device_id,
-                CASE WHEN f.device_id IS NOT ?3 THEN f.changes END, r.fields, r.deleted
+                CASE WHEN f.device_id IS NOT ?3 THEN f.changes END, r.fields, r.deleted,
+                f.committed_at
          FROM feed f INDEXED BY feed_by_seq_scope
          LEFT JOIN records r
            ON r.collection = CASE WHEN f.device_id IS NOT ?3 THEN f.collection END
@@ -1181,6 +1235,7 @@ fn feed_page_in(
                 device_id: row.get(5)?,
                 changes: decode_changes(&row.get::<_, Vec<u8>>(6)?)?,
                 latest,
+                committed_at: row.get(9)?,
             }),
         ));
     }
@@ -1219,6 +1274,7 @@ fn record_pull_in(
     conn: &mut Connection,
     device_id: i64,
     records: &[(String, String, String)],
+    pending_changes: Option<i64>,
 ) -> Result<()> {
     let tx = conn.transaction()?;
     let now = now_ms();
@@ -1237,8 +1293,11 @@ fn record_pull_in(
         ])?;
     }
     tx.execute(
-        "UPDATE devices SET last_sync_at = ?2 WHERE id = ?1",
-        params![device_id, now],
+        "UPDATE devices SET last_sync_at = ?2,
+             pending_changes = coalesce(?3, pending_changes),
+             pending_reported_at = CASE WHEN ?3 IS NULL THEN pending_reported_at ELSE ?2 END
+         WHERE id = ?1",
+        params![device_id, now, pending_changes],
     )?;
     tx.commit()?;
     Ok(())
@@ -1455,13 +1514,62 @@ mod tests {
         let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
         let user = storage.create_user("ada", Role::Member).unwrap();
         let device = storage.create_device(user, "phone").unwrap();
-        storage.record_pull(device, &[]).unwrap();
+        storage.record_pull(device, &[], Some(0)).unwrap();
         let before = storage.wal_flushes();
-        storage.record_pull(device, &[]).unwrap();
+        // Saying the same count of pending changes as before changes nothing either.
+        storage.record_pull(device, &[], Some(0)).unwrap();
         assert_eq!(storage.wal_flushes(), before);
         storage
-            .record_pull(device, &[("c".into(), "r".into(), "s".into())])
+            .record_pull(device, &[("c".into(), "r".into(), "s".into())], None)
             .unwrap();
         assert_eq!(storage.wal_flushes(), before + 1);
+    }
+
+    #[test]
+    fn a_database_of_any_earlier_version_upgrades_to_a_new_one_s_schema_keeping_its_devices() {
+        /// Every table, index and trigger of a file, as created.
+        fn schema_of(path: &Path) -> Vec<(String, String, Option<String>)> {
+            let conn = Connection::open(path).unwrap();
+            let mut stmt = conn
+                .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+                .unwrap();
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
+            rows.unwrap().collect::<rusqlite::Result<_>>().unwrap()
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh.db");
+        drop(SqliteStorage::open(&fresh).unwrap());
+        for version in 1..MIGRATIONS.len() {
+            let old = dir.path().join(format!("version-{version}.db"));
+            {
+                let conn = Connection::open(&old).unwrap();
+                for step in &MIGRATIONS[..version] {
+                    conn.execute_batch(step).unwrap();
+                }
+                conn.pragma_update(None, "user_version", version as i64)
+                    .unwrap();
+                conn.execute_batch(
+                    "INSERT INTO users (name, role, created_at) VALUES ('ada', 'member', 0);
+                     INSERT INTO devices (user_id, name, created_at, last_sync_at)
+                         VALUES (1, 'phone', 0, 5);",
+                )
+                .unwrap();
+            }
+            let upgraded = SqliteStorage::open(&old).unwrap();
+            assert_eq!(
+                upgraded.migrations_applied() as usize,
+                MIGRATIONS.len() - version
+            );
+            let phone = upgraded.list_devices().unwrap().remove(0);
+            let said = (phone.pending_changes, phone.pending_reported_at);
+            assert_eq!(
+                (phone.last_sync_at, said),
+                (Some(5), (None, None)),
+                "from version {version}: a device has said nothing of its outbox yet"
+            );
+            drop(upgraded);
+            assert_eq!(schema_of(&old), schema_of(&fresh), "from version {version}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use postgres::error::SqlState;
 use crate::error::ServerError;
 use crate::storage::{
     Access, DeviceInfo, DeviceRecord, NewAuditLine, Result, Role, SignIn, StoredGroupGrant,
-    UserInfo, now_ms,
+    UserInfo, listed_count, now_ms,
 };
 
 pub(super) fn sign_in(conn: &mut Client, sign_in: &SignIn<'_>) -> Result<i64> {
@@ -74,7 +74,7 @@ pub(super) fn device(conn: &mut Client, device_id: i64) -> Result<Option<DeviceR
 pub(super) fn devices(conn: &mut Client, user_id: Option<i64>) -> Result<Vec<DeviceInfo>> {
     let rows = conn.query(
         "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL,
-                d.schema_version
+                d.schema_version, d.pending_changes, d.pending_reported_at
          FROM devices d JOIN users u ON u.id = d.user_id
          WHERE $1::BIGINT IS NULL OR d.user_id = $1 ORDER BY d.id",
         &[&user_id],
@@ -89,6 +89,8 @@ pub(super) fn devices(conn: &mut Client, user_id: Option<i64>) -> Result<Vec<Dev
             last_sync_at: row.get(4),
             revoked: row.get(5),
             schema_version: row.get::<_, Option<i32>>(6).map(|v| v as u32),
+            pending_changes: row.get::<_, Option<i64>>(7).map(listed_count),
+            pending_reported_at: row.get(8),
         })
         .collect())
 }

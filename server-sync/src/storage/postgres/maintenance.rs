@@ -4,7 +4,9 @@
 use postgres::Client;
 
 use super::{LOCK_FEED, LOCK_RECORD, record_lock_key, stored_record};
-use crate::storage::{ListedRecord, MergedRecord, Result, decode_changes, encode_changes, now_ms};
+use crate::storage::{
+    ListedRecord, MergedRecord, RecordValues, Result, decode_changes, encode_changes, now_ms,
+};
 
 pub(super) fn records_after(
     conn: &mut Client,
@@ -25,6 +27,29 @@ pub(super) fn records_after(
             collection: row.get(0),
             id: row.get(1),
             stored: stored_record(row, 2),
+        })
+        .collect())
+}
+
+pub(super) fn records_in_scope(
+    conn: &mut Client,
+    (collection, scope): (&str, &str),
+    after: &str,
+    limit: u32,
+) -> Result<Vec<RecordValues>> {
+    // `COLLATE "C"`: byte order, as SQLite compares, whatever the database's locale.
+    let rows = conn.query(
+        "SELECT id, fields, updated_seq FROM records
+         WHERE collection = $1 AND scope = $2 AND id COLLATE \"C\" > $3 AND NOT deleted
+         ORDER BY id COLLATE \"C\" LIMIT $4",
+        &[&collection, &scope, &after, &i64::from(limit)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| RecordValues {
+            id: row.get(0),
+            fields_json: row.get(1),
+            version: row.get(2),
         })
         .collect())
 }

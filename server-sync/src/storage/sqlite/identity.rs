@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::error::ServerError;
 use crate::storage::{
     Access, DeviceInfo, DeviceRecord, NewAuditLine, Result, Role, SignIn, StoredGroupGrant,
-    UserInfo, now_ms,
+    UserInfo, listed_count, now_ms,
 };
 
 /// The user of `sign_in.subject` if they signed in before with the same name and email: read
@@ -78,7 +78,7 @@ pub(super) fn device(conn: &Connection, device_id: i64) -> Result<Option<DeviceR
 pub(super) fn devices(conn: &Connection, user_id: Option<i64>) -> Result<Vec<DeviceInfo>> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, u.name, d.name, d.actor, d.last_sync_at, d.revoked_at IS NOT NULL,
-                d.schema_version
+                d.schema_version, d.pending_changes, d.pending_reported_at
          FROM devices d JOIN users u ON u.id = d.user_id
          WHERE ?1 IS NULL OR d.user_id = ?1 ORDER BY d.id",
     )?;
@@ -91,6 +91,8 @@ pub(super) fn devices(conn: &Connection, user_id: Option<i64>) -> Result<Vec<Dev
             last_sync_at: row.get(4)?,
             revoked: row.get(5)?,
             schema_version: row.get(6)?,
+            pending_changes: row.get::<_, Option<i64>>(7)?.map(listed_count),
+            pending_reported_at: row.get(8)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

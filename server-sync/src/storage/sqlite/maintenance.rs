@@ -4,7 +4,9 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::stored_record;
-use crate::storage::{ListedRecord, MergedRecord, Result, decode_changes, encode_changes, now_ms};
+use crate::storage::{
+    ListedRecord, MergedRecord, RecordValues, Result, decode_changes, encode_changes, now_ms,
+};
 
 pub(super) fn records_after(
     conn: &Connection,
@@ -21,6 +23,27 @@ pub(super) fn records_after(
             stored: stored_record(row)?,
             collection: row.get(6)?,
             id: row.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn records_in_scope(
+    conn: &Connection,
+    (collection, scope): (&str, &str),
+    after: &str,
+    limit: u32,
+) -> Result<Vec<RecordValues>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, fields, updated_seq FROM records
+         WHERE collection = ?1 AND scope = ?2 AND id > ?3 AND NOT deleted
+         ORDER BY id LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![collection, scope, after, limit], |row| {
+        Ok(RecordValues {
+            id: row.get(0)?,
+            fields_json: row.get(1)?,
+            version: row.get(2)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
