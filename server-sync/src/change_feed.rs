@@ -108,9 +108,17 @@ pub async fn changes(
     if streams {
         return Ok(stream(state, caller, after, limit).into_response());
     }
-    let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_WAIT);
+    let wait = Duration::from_secs(query.wait.unwrap_or(0))
+        .min(longest_wait(state.limits.request_timeout));
     let page = poll(&state, &caller, after, limit, wait).await?;
     Ok(Json(page).into_response())
+}
+
+/// The longest a long poll waits: [`MAX_WAIT`], but no longer than four fifths of the request
+/// timeout (24 seconds of the default 30), so that a poll that found nothing has time left to
+/// answer its empty page before the timeout cuts the request off with a bodiless `408`.
+fn longest_wait(request_timeout: Duration) -> Duration {
+    MAX_WAIT.min(request_timeout - request_timeout / 5)
 }
 
 /// The page after `after`, waiting up to `wait` for one that is not empty.

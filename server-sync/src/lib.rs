@@ -186,7 +186,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/push", post(push::push))
         .route("/v1/pull", get(pull::pull))
         .route("/v1/schema", get(schema::get))
-        .route("/v1/changes", get(change_feed::changes))
         .route("/v1/devices", post(devices::enroll).get(devices::list))
         .route("/v1/devices/{id}", axum::routing::delete(devices::revoke))
         .route(

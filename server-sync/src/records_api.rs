@@ -6,7 +6,7 @@
 //! the feed devices pull, and audited the same way. Reads are audited too (`read`, `list`).
 //! A record in a scope the caller may not read is answered as one that does not exist. The
 //! OpenAPI document (`openapi.json`, served at `/v1/records/openapi.json`) describes every
-//! route.
+//! route, the change feed's (`GET /v1/changes`, `change_feed.rs`) among them.
 
 use std::collections::HashMap;
 
@@ -44,11 +44,13 @@ const DEFAULT_PAGE: u32 = 100;
 /// found and where to go on.
 const SCAN_PER_PAGE: u32 = 5_000;
 
-/// The records routes. The document's static path wins over `{collection}`, which could not
-/// name it anyway (collection names have no `.`).
+/// The records routes, and the change feed's (`change_feed.rs`), which the same document
+/// describes for the same callers. The document's static path wins over `{collection}`, which
+/// could not name it anyway (collection names have no `.`).
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/v1/records/openapi.json", get(openapi))
+        .route("/v1/changes", get(crate::change_feed::changes))
         .route("/v1/records/{collection}", get(list).post(create))
         .route(
             "/v1/records/{collection}/{id}",

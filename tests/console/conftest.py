@@ -1,5 +1,7 @@
 """One real fieldsync-server for the console's tests, seeded through its command line and by
-devices syncing clinic data (the Python bindings), and one headless Chromium to look at it.
+devices syncing clinic data, and one headless Chromium to look at it. The therapists' tablets
+are written by `fieldsync-device seed` with the project's clinic data generator
+(tests/src/clinic_data.rs); every device syncs through the Python bindings.
 
 The server samples its counters every second (`--metrics-sample-secs 1`) so that the sync
 health charts have data within the run. Everything started here is stopped, and its files
@@ -20,17 +22,46 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bindings/python"))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import fieldsync  # noqa: E402  (built into bindings/python by bindings/python/build.sh)
-from clinic_data import ClinicSize, caseload, clinic  # noqa: E402
 
 CLINIC_SCHEMA = ROOT / "core/tests/fixtures/clinic.schema.json"
 SCREENSHOTS = ROOT / "target/console-screenshots"
+DEVICE = pathlib.Path(os.environ.get("FIELDSYNC_DEVICE", ROOT / "target/debug/fieldsync-device"))
+# The clinic the generator makes from SEED with THERAPISTS therapists (12 clients each).
 SEED = 42
-SIZE = ClinicSize(therapists=2, clients=24, sessions=40)
+THERAPISTS = 2
 # A user whose name is markup: the console must show it as text.
 HOSTILE_NAME = '<img src=x onerror="document.title=1">'
+
+
+@dataclass
+class Tablet:
+    """A therapist's tablet store as `fieldsync-device seed` wrote it: the therapist's name,
+    the scopes their records are in, and those records' ids."""
+
+    db: pathlib.Path
+    name: str
+    caseload: str
+    team: str
+    records: list[str]
+
+
+def seed_tablet(directory: pathlib.Path, therapist: int) -> Tablet:
+    """Writes the tablet store of therapist `therapist` with what the clinic data generator
+    gives them (`fieldsync-device seed`, whose output is described in its source)."""
+    db = directory / f"tablet-{therapist}.db"
+    out = subprocess.run(
+        [str(DEVICE), "seed", str(db), str(therapist), str(THERAPISTS), str(SEED)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    # therapist <id> <caseload> <team> <name>, record <collection> <id>..., seeded <records>
+    _, _, caseload, team, name = out[0].split(" ", 4)
+    records = [line.split(" ")[2] for line in out[1:-1]]
+    assert out[-1] == f"seeded {len(records)}", out[-1]
+    return Tablet(db=db, name=name, caseload=caseload, team=team, records=records)
 
 
 @dataclass
@@ -41,6 +72,7 @@ class Device:
     name: str
     token: str
     user: str
+    db: pathlib.Path = None
     store: object = None
     client: object = None
 
@@ -141,49 +173,38 @@ def seed(server: Server, directory: pathlib.Path) -> Clinic:
     server.admin("create-user", HOSTILE_NAME)
     server.enroll(HOSTILE_NAME, "<b>bold</b> tablet")
 
-    writes = clinic(SIZE, SEED)
+    tablets = [seed_tablet(directory, t) for t in range(THERAPISTS)]
     therapists = []
     first_names = []
     devices = {}
-    for t, (_, _, therapist) in enumerate(writes[: SIZE.therapists]):
-        first, last = therapist["name"].split()
+    records = {}
+    for tablet in tablets:
+        first, last = tablet.name.split()
         user = f"{first}.{last}".lower()
         therapists.append(user)
         first_names.append(first)
         server.admin("create-user", user)
-        server.admin("grant", "--user", user, "--scope", caseload(t))
-        server.admin("grant", "--user", user, "--scope", therapist["team_id"])
+        server.admin("grant", "--user", user, "--scope", tablet.caseload)
+        server.admin("grant", "--user", user, "--scope", tablet.team)
         devices[user] = server.enroll(user, f"{first}'s tablet")
+        devices[user].db = tablet.db
+        records[user] = tablet.records
     # The device the revoke test revokes, and a second token of the first tablet.
     devices["phone"] = server.enroll(therapists[1], f"{first_names[1]}'s phone")
+    devices["phone"].db = directory / "phone.db"
     first_tablet = devices[therapists[0]]
     spare = server.admin("issue-token", "--device", str(first_tablet.id)).split("token: ")[1]
 
     url = server.start()
     schema = CLINIC_SCHEMA.read_text()
     for device in devices.values():
-        device.store = fieldsync.Store(str(directory / f"device-{device.id}.db"), schema)
+        device.store = fieldsync.Store(str(device.db), schema)
         device.client = fieldsync.SyncClient(
             fieldsync.SyncConfig(endpoint=url, token=device.token)
         )
-    records = {}
-    for t, user in enumerate(therapists):
-        team = f"team-{t % 5}"
-        mine = [
-            (collection, id, fields)
-            for collection, id, fields in writes
-            if fields.get("caseload_id") == caseload(t) or fields.get("team_id") == team
-        ]
-        records[user] = [id for _, id, _ in mine]
-        devices[user].store.write_batch(
-            [
-                fieldsync.Write.INSERT(collection, id, fieldsync.fields(fields))
-                for collection, id, fields in mine
-            ]
-        )
     # A client written into a caseload its therapist may not write: refused by the server.
     devices[therapists[1]].store.insert(
-        "clients", fieldsync.fields(caseload_id=caseload(0), name="Not mine")
+        "clients", fieldsync.fields(caseload_id=tablets[0].caseload, name="Not mine")
     )
     for device in devices.values():
         device.sync()
@@ -204,6 +225,11 @@ def clinic_server():
     )
     if not binary.exists():
         pytest.fail(f"{binary} is missing: build it with `cargo build -p fieldsync-server`")
+    if not DEVICE.exists():
+        pytest.fail(
+            f"{DEVICE} is missing: build it with "
+            "`cargo build -p fieldsync-tests --bin fieldsync-device`"
+        )
     with tempfile.TemporaryDirectory(prefix="fieldsync-console-") as directory:
         server = Server(binary, pathlib.Path(directory))
         try:

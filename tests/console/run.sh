@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The admin console in a real browser: Debian's headless Chromium, driven by selenium, against a
-# real fieldsync-server seeded with clinic data synced from devices (the Python bindings).
+# real fieldsync-server seeded with clinic data synced from devices: the therapists' tablets
+# written by `fieldsync-device seed` (the project's clinic data generator), every device syncing
+# through the Python bindings.
 # Screenshots of each page go to target/console-screenshots/. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,5 +20,6 @@ python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install --quiet py
 python3 -c 'import selenium' 2>/dev/null || python3 -m pip install --quiet selenium
 
 cargo build --quiet -p fieldsync-server
+cargo build --quiet -p fieldsync-tests --bin fieldsync-device
 bindings/python/build.sh
 python3 -m pytest -q tests/console "$@"

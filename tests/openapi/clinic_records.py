@@ -6,8 +6,10 @@ fuzzer given only that sends mostly undeclared fields, which the server refuses 
 merge. This writes a copy with one path per collection of the schema and each field typed as
 the schema declares it (in requests and in answers), so that the fuzzer reaches the
 validation, the Automerge edits and the reads of real values, and checks that what the
-server answers has the declared types. Everything else (parameters, answers, errors) is the
-served document's.
+server answers has the declared types, in the change feed's changes too. The feed's long poll
+waits at most a second here (`wait`; the served document says 60), so that a case that finds
+nothing new takes a second rather than a minute. Everything else (parameters, answers, errors)
+is the served document's.
 
 Usage: clinic_records.py SERVED_DOCUMENT APP_SCHEMA SCOPES OUTPUT
 SCOPES is a comma-separated list of the scopes the scope field may name.
@@ -142,8 +144,38 @@ def specialise(served, app_schema, scopes):
         }
         paths[f"/v1/records/{name}"] = many
         paths[f"/v1/records/{name}/{{id}}"] = one
+    paths["/v1/changes"] = feed(generic["/v1/changes"], schemas, app_schema)
     document["paths"] = paths
     return document
+
+
+def feed(served, schemas, app_schema):
+    """The change feed's path, its long poll at most a second long and each change's values
+    typed by its collection (the `NAMEFields` schemas `specialise` adds)."""
+    path = copy.deepcopy(served)
+    wait = next(p for p in path["get"]["parameters"] if p["name"] == "wait")
+    wait["schema"]["maximum"] = 1
+    wait["description"] += " (At most 1 in this document, so that the fuzzer's cases are quick.)"
+    change = copy.deepcopy(schemas["FeedChange"])
+    change["properties"]["collection"] = {"enum": list(app_schema["collections"])}
+    change["allOf"] = [
+        {
+            "if": {"properties": {"collection": {"const": name}}},
+            "then": {
+                "properties": {
+                    "fields": {"$ref": f"#/components/schemas/{name.capitalize()}Fields"}
+                }
+            },
+        }
+        for name in app_schema["collections"]
+    ]
+    schemas["ClinicFeedChange"] = change
+    page = copy.deepcopy(schemas["ChangePage"])
+    page["properties"]["changes"]["items"] = {"$ref": "#/components/schemas/ClinicFeedChange"}
+    schemas["ClinicChangePage"] = page
+    content = path["get"]["responses"]["200"]["content"]["application/json"]
+    content["schema"] = {"$ref": "#/components/schemas/ClinicChangePage"}
+    return path
 
 
 def main():

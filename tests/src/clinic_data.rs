@@ -1,5 +1,6 @@
 //! Realistic clinic data, generated deterministically from a seed: therapists, clients with
-//! goals and notes, and therapy sessions with notes. The benchmarks and the demo share it.
+//! goals and notes, and therapy sessions with notes. The benchmarks, the demo and the
+//! console's browser tests share it.
 
 use fieldsync_core::{Fields, Write};
 use serde_json::json;

@@ -2,6 +2,7 @@
 //! version an update is based on, filters and paging, and the audit lines every call leaves.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -27,13 +28,16 @@ struct Api {
 
 impl Api {
     fn new() -> Api {
+        Api::with_limits(Limits {
+            requests_per_second: 0,
+            ..Limits::default()
+        })
+    }
+
+    fn with_limits(limits: Limits) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(SqliteStorage::open(&dir.path().join("server.db")).unwrap());
         crate::schema::set_schema(&*storage, SCHEMA).unwrap();
-        let limits = Limits {
-            requests_per_second: 0,
-            ..Limits::default()
-        };
         let app = router(AppState::new(storage.clone(), limits));
         Api {
             _dir: dir,
@@ -386,7 +390,7 @@ async fn the_openapi_document_is_served_and_agrees_with_the_routes() {
             &path[..path.find('"').unwrap()]
         })
         .collect();
-    assert_eq!(routed.len(), 3);
+    assert_eq!(routed.len(), 4);
     for path in &routed {
         assert!(paths.contains_key(*path), "{path} is not documented");
     }
@@ -486,4 +490,27 @@ async fn a_path_that_does_not_read_is_a_json_bad_request_once_authenticated() {
             "{method} {path}: {body}"
         );
     }
+}
+
+/// Found while documenting the change feed: a long poll may ask to wait up to 60 seconds, but
+/// the server cuts every request off at its request timeout (30 seconds), so a poll that found
+/// nothing was answered a bodiless `408` rather than its empty page.
+#[tokio::test]
+async fn a_long_poll_answers_its_empty_page_within_the_request_timeout() {
+    let timeout = Duration::from_secs(5);
+    let api = Api::with_limits(Limits {
+        requests_per_second: 0,
+        request_timeout: timeout,
+        ..Limits::default()
+    });
+    let ehr = api.account("ehr", &[("north", Access::Write)]);
+    let started = Instant::now();
+    let (status, page) = api
+        .call(Method::GET, "/v1/changes?wait=60", &ehr, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page, json!({"changes": [], "next": "0", "more": false}));
+    let waited = started.elapsed();
+    assert!(waited < timeout, "answered after {waited:?}");
+    assert!(waited >= timeout / 2, "a long poll still waits: {waited:?}");
 }

@@ -1,4 +1,5 @@
-//! A device as a separate process, so tests can end it abruptly and reopen its store.
+//! A device as a separate process, so tests can end it abruptly and reopen its store, and so
+//! tests in other languages (the admin console's) can seed one with the project's clinic data.
 //!
 //! - `fieldsync-device write <db> <count>` inserts `count` clients with a note each, prints each
 //!   id as its insert returns, then exits at once without closing the store.
@@ -25,17 +26,28 @@
 //!   that a test can kill it with no chunk in flight. When the sync returns it prints `synced
 //!   <pushed> <rejected> <pulled> <attachments-sent> <attachments-fetched>`.
 //! - `fieldsync-device sync <db> <url> <token>` syncs once and prints the same `synced` line.
+//! - `fieldsync-device seed <db> <therapist> <therapists> <seed>` writes into a fresh store
+//!   what the tablet of therapist `therapist` (from 0) holds in the clinic that
+//!   [`fieldsync_tests::clinic_data`] makes from `seed` with `therapists` therapists (and 12
+//!   clients and 20 sessions a therapist): the therapist records of their team (their own
+//!   among them), the clients of their caseload, and those clients' sessions. It prints
+//!   `therapist <id> <caseload> <team> <name>` (the scopes its records are in, and the name,
+//!   which is the rest of the line: a user can be named after it and granted the scopes
+//!   before the device is enrolled), then `record <collection> <id>` for each record written,
+//!   then `seeded <records>`. It does not sync: `sync` does, or the app that opens the store
+//!   next.
 
 use std::io::{BufRead, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
 use fieldsync_core::{
-    AttachmentSource, BoxFuture, ChangeOrigin, Credentials, Filter, SyncClient, SyncConfig,
-    SyncProgress, SyncReport, Transport, TransportRequest, TransportResponse,
+    AttachmentSource, BoxFuture, ChangeOrigin, Credentials, Fields, Filter, SyncClient, SyncConfig,
+    SyncProgress, SyncReport, Transport, TransportRequest, TransportResponse, Write,
 };
+use fieldsync_tests::clinic_data::{self, ClinicSize, Rng};
 use fieldsync_tests::{fields, open_device};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -73,13 +85,21 @@ fn main() {
             len.parse().expect("len is a number"),
         ),
         [_, "sync", path, url, token] => sync(Path::new(path), url, token),
-        _ => {
-            eprintln!(
-                "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size> | churn <db> <url> <token> <seed> | upload <db> <url> <token> <len> | sync <db> <url> <token>"
-            );
-            std::process::exit(2);
-        }
+        [_, "seed", path, therapist, therapists, seed] => seed_tablet(
+            Path::new(path),
+            therapist.parse().expect("therapist is a number"),
+            therapists.parse().expect("therapists is a number"),
+            seed.parse().expect("seed is a number"),
+        ),
+        _ => usage(),
     }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size> | churn <db> <url> <token> <seed> | upload <db> <url> <token> <len> | sync <db> <url> <token> | seed <db> <therapist> <therapists> <seed>"
+    );
+    std::process::exit(2);
 }
 
 fn write(path: &Path, count: usize) {
@@ -364,4 +384,73 @@ fn first_sync(path: &Path, url: &str, token: &str, page_size: u32) {
         report.pulled,
         fieldsync_tests::peak_rss_kib().unwrap_or(0)
     );
+}
+
+/// Clients of each therapist in the clinic `seed` makes.
+const CLIENTS_PER_THERAPIST: usize = 12;
+/// Sessions of each therapist's clients in the clinic `seed` makes, on average.
+const SESSIONS_PER_THERAPIST: usize = 20;
+
+fn seed_tablet(path: &Path, therapist: usize, therapists: usize, seed: u64) {
+    if therapist >= therapists {
+        usage();
+    }
+    let size = ClinicSize {
+        therapists,
+        clients: therapists * CLIENTS_PER_THERAPIST,
+        sessions: therapists * SESSIONS_PER_THERAPIST,
+    };
+    // In the order the generator's other callers draw: therapists, clients, sessions.
+    let mut rng = Rng::new(seed);
+    let mut clinic = clinic_data::therapists(size, &mut rng);
+    clinic.extend(clinic_data::clients(size, &mut rng));
+    clinic.extend((0..size.sessions).map(|i| clinic_data::session(size, i, &mut rng)));
+
+    let (_, id, own) = inserted(&clinic[therapist]);
+    let text = |name: &str| {
+        own[name]
+            .as_str()
+            .expect("a therapist has a team and a name")
+    };
+    let team = text("team_id").to_owned();
+    let caseload = clinic_data::caseload(therapist);
+    let therapist_line = format!("therapist {id} {caseload} {team} {}", text("name"));
+    let holds = |fields: &Fields| {
+        fields.get("caseload_id").and_then(Value::as_str) == Some(caseload.as_str())
+            || fields.get("team_id").and_then(Value::as_str) == Some(team.as_str())
+    };
+    let theirs: Vec<Write> = clinic
+        .into_iter()
+        .filter(|write| holds(inserted(write).2))
+        .collect();
+    let records: Vec<String> = theirs
+        .iter()
+        .map(|write| {
+            let (collection, id, _) = inserted(write);
+            format!("record {collection} {id}")
+        })
+        .collect();
+    open_device(path)
+        .write_batch(theirs)
+        .expect("the clinic's records are written");
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{therapist_line}").expect("stdout is open");
+    for line in &records {
+        writeln!(out, "{line}").expect("stdout is open");
+    }
+    writeln!(out, "seeded {}", records.len()).expect("stdout is open");
+}
+
+/// The collection, id and fields of one of `clinic_data`'s writes, which are all inserts with
+/// an id.
+fn inserted(write: &Write) -> (&str, &str, &Fields) {
+    match write {
+        Write::Insert {
+            collection,
+            id: Some(id),
+            fields,
+        } => (collection, id, fields),
+        _ => unreachable!("clinic_data makes inserts with ids only"),
+    }
 }
