@@ -197,6 +197,17 @@ enum Command {
         #[command(flatten)]
         bucket: bucket::BucketArgs,
     },
+    /// Print as JSON everything the server holds of one person, for a subject access
+    /// request: their record and every record referencing it, each with its whole history and
+    /// who made each change, and their audit lines.
+    ExportSubject {
+        /// The subject's collection (such as `clients`).
+        #[arg(long)]
+        collection: String,
+        /// The subject's record id.
+        #[arg(long)]
+        id: String,
+    },
     /// Write a consistent copy of the database to a file, while the server may be running;
     /// with the server's attachment bucket, its attachments' bytes are copied in too.
     Backup {
@@ -544,6 +555,20 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 "{} attachments held, {} dropped ({} bytes)",
                 collected.held, collected.dropped, collected.bytes
             );
+            Ok(())
+        }
+        Command::ExportSubject { collection, id } => {
+            let storage = open()?;
+            let schema = current_schema(&*storage)?;
+            let exported = crate::subject_export::export(
+                &*storage,
+                &schema,
+                (&collection, &id),
+                Limits::default().max_document_bytes,
+            )?;
+            let json = serde_json::to_string_pretty(&exported)
+                .map_err(|err| ServerError::Internal(err.to_string()))?;
+            println!("{json}");
             Ok(())
         }
         Command::Backup { to, bucket } => backup(&db, &to, bucket.bucket()?),

@@ -47,6 +47,7 @@ pub mod records_api;
 pub mod repair;
 pub mod schema;
 pub mod storage;
+pub mod subject_export;
 pub mod webhooks;
 
 use std::sync::Arc;

@@ -180,31 +180,14 @@ pub async fn read(
         let schema = schemas.current(&*storage)?;
         let decl = declared(&schema.schema, &collection)?;
         let stored = readable_record(&*storage, &caller, (&collection, &id))?;
-        let mut doc = crate::merge::load_document(&stored.doc, max_inflated)
-            .map_err(|_| ServerError::Corrupt("a stored record does not load".into()))?;
-        let conflicts = document::conflicts(&doc, decl)
-            .map_err(|_| ServerError::Corrupt("a stored record does not read".into()))?;
-        let history = query
-            .history
-            .then(|| with_who(&*storage, document::history(&mut doc)))
-            .transpose()?;
-        audit(
+        let view = record_view(
             &*storage,
-            &caller,
-            "read",
-            (&collection, &id),
-            &stored.scope,
+            (decl, &collection, &id),
+            stored,
+            (query.history, max_inflated),
         )?;
-        Ok(RecordView {
-            fields: values(&stored.fields_json)?,
-            collection,
-            id,
-            scope: stored.scope,
-            version: stored.version.unwrap_or_default(),
-            deleted: stored.deleted,
-            conflicts,
-            history,
-        })
+        audit(&*storage, &caller, "read", (&collection, &id), &view.scope)?;
+        Ok(view)
     })
     .await?;
     Ok(Json(view))
@@ -378,6 +361,32 @@ fn path<T>(params: Result<Path<T>, PathRejection>) -> Result<T, ServerError> {
     params
         .map(|Path(value)| value)
         .map_err(|rejection| crate::http::unreadable(rejection.body_text()))
+}
+
+/// A stored record as the API shows it, with its history if `history`.
+pub(crate) fn record_view(
+    storage: &dyn Storage,
+    (decl, collection, id): (&Collection, &str, &str),
+    stored: StoredRecord,
+    (history, max_inflated): (bool, usize),
+) -> Result<RecordView, ServerError> {
+    let mut doc = crate::merge::load_document(&stored.doc, max_inflated)
+        .map_err(|_| ServerError::Corrupt("a stored record does not load".into()))?;
+    let conflicts = document::conflicts(&doc, decl)
+        .map_err(|_| ServerError::Corrupt("a stored record does not read".into()))?;
+    let history = history
+        .then(|| with_who(storage, document::history(&mut doc)))
+        .transpose()?;
+    Ok(RecordView {
+        fields: values(&stored.fields_json)?,
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+        scope: stored.scope,
+        version: stored.version.unwrap_or_default(),
+        deleted: stored.deleted,
+        conflicts,
+        history,
+    })
 }
 
 fn declared<'a>(
