@@ -3,6 +3,7 @@
 
 mod attachment_sync;
 mod attachments;
+mod epochs;
 mod migrations;
 mod read;
 mod rejected;
@@ -99,6 +100,9 @@ pub struct OutboxEntry {
     /// What to send: one Automerge change (a new record's is the bytes its row holds, encoded
     /// once). Entries written by earlier versions may hold a new record's saved document.
     pub payload: RemotePayload,
+    /// The record's epoch the change was made on (0 until the server erases content from the
+    /// record; see [`PulledRecord::epoch`](crate::protocol::PulledRecord::epoch)).
+    pub epoch: u64,
 }
 
 /// A record document held in memory, with the row facts that go with it.
@@ -457,8 +461,11 @@ impl Store {
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>> {
         let db = self.shared.lock();
         let mut stmt = db.conn.prepare_cached(
-            "SELECT seq, collection, record_id, scope, is_document, payload
-             FROM outbox ORDER BY seq LIMIT ?1",
+            "SELECT o.seq, o.collection, o.record_id, o.scope, o.is_document, o.payload,
+                    coalesce(e.epoch, 0)
+             FROM outbox o
+             LEFT JOIN record_epochs e ON e.collection = o.collection AND e.record_id = o.record_id
+             ORDER BY o.seq LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit.min(i64::MAX as usize) as i64], |row| {
             Ok(OutboxEntry {
@@ -467,6 +474,7 @@ impl Store {
                 record_id: row.get(2)?,
                 scope: row.get(3)?,
                 payload: RemotePayload::from_outbox(row.get(4)?, row.get(5)?),
+                epoch: row.get::<_, i64>(6)?.max(0) as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -586,8 +594,12 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> Result<()> {
     // edited records dirties (about 900: each record's row and the index entries its new
     // values move), so the transaction no longer spills them to the WAL half-way and reads
     // them back.
+    // Deleted content is zeroed as it goes (`secure_delete`): what an erasure removes, and
+    // every earlier version of a record's row, leaves no copy in free pages or in the free
+    // space of the pages that held it (docs/BENCHMARKS.md, "Erasure").
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {level}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;"
+        "PRAGMA synchronous = {level}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;
+         PRAGMA secure_delete = ON;"
     ))?;
     // A file that is not SQLite at all fails here rather than on the first write.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {

@@ -123,6 +123,10 @@ pub struct SyncReport {
     pub attachments_sent: usize,
     /// Attachments downloaded whole (eager fields).
     pub attachments_fetched: usize,
+    /// Pulled records the server erased content from: each replaced this store's copy.
+    pub erased: usize,
+    /// Of those, records whose unsent writes were made again on the erased record and pushed.
+    pub rebased: usize,
 }
 
 impl SyncReport {
@@ -133,6 +137,8 @@ impl SyncReport {
         self.rejected += later.rejected;
         self.pulled += later.pulled;
         self.purged_scopes.extend(later.purged_scopes);
+        self.erased += later.erased;
+        self.rebased += later.rebased;
     }
 }
 
@@ -320,6 +326,16 @@ impl SyncClient {
             .await?;
         self.pull_all(store, last_batch, &mut report, &progress)
             .await?;
+        if report.rebased > 0 {
+            // Writes refused as made on an erased record's old epoch were just made again on
+            // its new one: they go now rather than at the next sync.
+            if let Some(batch) = self
+                .push_all(store, &mut report, &|r| progress(r, false))
+                .await?
+            {
+                batch.store(store, &mut report).await?;
+            }
+        }
         // Sent after the records that reference them, so that the server knows their scope is
         // the device's to write before the bytes arrive.
         let records = SyncProgress {
@@ -470,6 +486,8 @@ impl SyncClient {
             // Both run to the end, so that a failed request never hides a page that committed.
             let (applied, next) = tokio::join!(apply, fetch);
             let (applied, records) = applied?;
+            report.erased += applied.erased;
+            report.rebased += applied.rebased;
             pulled.extend(records);
             report.pulled = pulled.len();
             progress(report);
@@ -551,11 +569,20 @@ struct AnsweredBatch {
 impl AnsweredBatch {
     /// Removes the batch's entries from the outbox (remembering refusals) and counts them.
     async fn store(self, store: &Store, report: &mut SyncReport) -> Result<()> {
+        // Writes refused as made on an erased record's old epoch stay queued: the pull makes
+        // them again on the new epoch.
+        let kept = |r: &protocol::Rejection| r.code == protocol::RejectCode::RecordErased;
         let rejected = self
             .response
             .results
             .iter()
-            .filter(|r| r.rejected.is_some())
+            .filter(|r| r.rejected.as_ref().is_some_and(|r| !kept(r)))
+            .count();
+        let waiting = self
+            .response
+            .results
+            .iter()
+            .filter(|r| r.rejected.as_ref().is_some_and(kept))
             .count();
         let restored = self.response.results.iter().find_map(|r| {
             r.rejected
@@ -570,7 +597,7 @@ impl AnsweredBatch {
         let count = entries.len();
         blocking(store, move |s| s.complete_push(&entries, &response)).await?;
         report.rejected += rejected;
-        report.pushed += count - rejected;
+        report.pushed += count - rejected - waiting;
         // Its writes stay queued; the app hears why the sync cannot finish.
         restored.map_or(Ok(()), Err)
     }
@@ -662,6 +689,7 @@ mod tests {
     /// A page of `records` whole documents of `bytes` bytes each.
     fn page(records: usize, bytes: usize) -> PullResponse {
         let record = PulledRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: "id".into(),
             scope: "north".into(),

@@ -77,6 +77,7 @@ fn first_sync_page(count: usize, more: bool) -> PullResponse {
                 .unwrap();
             let values = sender.get("clients", &entry.record_id).unwrap().unwrap();
             PulledRecord {
+                epoch: 0,
                 collection: entry.collection,
                 id: entry.record_id,
                 scope: entry.scope,

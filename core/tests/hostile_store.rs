@@ -770,6 +770,7 @@ fn pull(store: &Store, body: Vec<u8>) -> fieldsync_core::Result<SyncReport> {
 
 fn pulled(id: &str, document: Vec<u8>, values: Value) -> PulledRecord {
     PulledRecord {
+        epoch: 0,
         collection: "clients".into(),
         id: id.into(),
         scope: "north".into(),

@@ -23,7 +23,8 @@ pub enum By {
 }
 
 impl By {
-    fn user_id(self) -> i64 {
+    /// The user id audit lines name: 0 for the command line.
+    pub(crate) fn user_id(self) -> i64 {
         match self {
             By::CommandLine => 0,
             By::User(id) => id,

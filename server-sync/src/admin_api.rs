@@ -54,6 +54,10 @@ pub fn routes() -> axum::Router<AppState> {
             get(webhooks::list).post(webhooks::add),
         )
         .route("/v1/admin/webhooks/{id}", delete(webhooks::remove))
+        .route(
+            "/v1/admin/records/{collection}/{id}/erase",
+            post(erasure::erase),
+        )
 }
 
 /// An administrator, authenticated: the extractor every admin route takes first.
@@ -460,6 +464,7 @@ async fn audit(
                 "record_id": entry.record_id,
                 "scope": entry.scope,
                 "code": entry.code,
+                "detail": entry.detail,
             })
         })
         .collect();
@@ -522,6 +527,7 @@ async fn schema_versions(
     ))
 }
 
+mod erasure;
 #[cfg(test)]
 mod tests;
 mod webhooks;

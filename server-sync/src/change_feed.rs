@@ -58,6 +58,11 @@ pub struct ChangeView {
     pub device: Option<String>,
     /// When the server stored it (ms since the epoch).
     pub at: i64,
+    /// For an erasure, what it erased (`fields a,b`, `history` or `record`): every earlier
+    /// change of the record is gone from the feed, and `fields` holds all of the record's
+    /// values as the erasure left them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased: Option<String>,
 }
 
 /// An answer: the changes after the cursor asked for, and where the next request starts.
@@ -250,7 +255,10 @@ fn describe(
                     slot.insert(Written::of(&stored.doc, max_inflated))
                 }
             };
-            let (fields, deleted) = written.by(entry)?;
+            let (fields, deleted) = match &entry.erased {
+                Some(_) => epoch_values(entry, max_inflated)?,
+                None => written.by(entry)?,
+            };
             let who = who.get(&entry.device_id);
             Ok(ChangeView {
                 cursor: entry.seq.to_string(),
@@ -262,9 +270,21 @@ fn describe(
                 user: who.map(|(user, _)| user.clone()),
                 device: who.map(|(_, device)| device.clone()),
                 at: entry.committed_at,
+                erased: entry.erased.clone(),
             })
         })
         .collect()
+}
+
+/// The values of the epoch an erasure's entry starts: its whole document.
+fn epoch_values(entry: &FeedEntry, max_inflated: usize) -> Result<(Fields, bool), ServerError> {
+    let doc = entry
+        .changes
+        .first()
+        .and_then(|bytes| crate::merge::load_document(bytes, max_inflated).ok())
+        .ok_or_else(|| ServerError::Corrupt("an erasure's feed entry does not load".into()))?;
+    document::document_values(&doc)
+        .map_err(|_| ServerError::Corrupt("an erasure's feed entry does not read".into()))
 }
 
 /// A record's document, and which fields each of its changes wrote.

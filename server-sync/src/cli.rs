@@ -13,10 +13,12 @@ use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Access, AuditQuery, Database, Role, Storage, postgres};
 use crate::{AppState, Limits, ServerError, admin, listener, router};
 use clap::{Parser, Subcommand, ValueEnum};
+use fieldsync_record::erasure::Erasure;
 
 mod bucket;
 mod identity;
 mod listing;
+mod retention;
 
 #[derive(Parser)]
 #[command(
@@ -168,6 +170,9 @@ enum Command {
     /// service account may read.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Retention policies: how long each collection's records are kept.
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
     /// Show who pushed and pulled which records when, and what administrators did, newest
     /// first.
     Audit {
@@ -207,6 +212,27 @@ enum Command {
         /// The subject's record id.
         #[arg(long)]
         id: String,
+    },
+    /// Erase a record's content from the server, history included: with `--field`, those
+    /// fields; with `--history`, every past value (the current ones stay); with neither, the
+    /// whole record (it keeps only its scope, deleted). Devices replace their copy at their
+    /// next sync. The audit log says what was erased and why, never the content.
+    Erase {
+        /// The record's collection.
+        #[arg(long)]
+        collection: String,
+        /// The record's id.
+        #[arg(long)]
+        id: String,
+        /// A field to erase (repeat for several).
+        #[arg(long = "field", conflicts_with = "history")]
+        fields: Vec<String>,
+        /// Erase every past value, keeping the current ones.
+        #[arg(long)]
+        history: bool,
+        /// Why, for the audit log (name no content).
+        #[arg(long)]
+        reason: String,
     },
     /// Write a consistent copy of the database to a file, while the server may be running;
     /// with the server's attachment bucket, its attachments' bytes are copied in too.
@@ -510,6 +536,10 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             println!("removed webhook {id}");
             Ok(())
         }
+        Command::Retention(command) => {
+            let storage = open()?;
+            retention::run(&*storage, || current_schema(&*storage), command)
+        }
         Command::GroupGrants(GroupGrantsCommand::Show) => {
             print!("{}", admin::group_grants(&*open()?)?.to_text());
             Ok(())
@@ -574,6 +604,41 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         Command::Backup { to, bucket } => backup(&db, &to, bucket.bucket()?),
         Command::Schema(command) => run_schema(&*open()?, command),
         Command::Check { repair } => check(&*open()?, repair),
+        Command::Erase {
+            collection,
+            id,
+            fields,
+            history,
+            reason,
+        } => {
+            let erasure = match (fields.is_empty(), history) {
+                (false, _) => Erasure::Fields(fields.into_iter().collect()),
+                (true, true) => Erasure::History,
+                (true, false) => Erasure::Record,
+            };
+            let storage = open()?;
+            let schema = current_schema(&*storage)?;
+            let request = crate::erasure::EraseRequest {
+                collection: &collection,
+                id: &id,
+                erasure,
+                by: 0,
+                reason: &reason,
+            };
+            let erased = crate::erasure::erase(&*storage, &schema, &request)?;
+            println!(
+                "erased {} of {collection} {id}: the record is at epoch {}",
+                request.erasure.describe(),
+                erased.epoch
+            );
+            if !erased.scrubbed {
+                println!(
+                    "the database's write-ahead log could not be emptied yet (a reader holds \
+                     it, or the database is PostgreSQL): see DEPLOYMENT.md, \"Erasure\""
+                );
+            }
+            Ok(())
+        }
         Command::Repair {
             collection,
             id,
@@ -772,6 +837,7 @@ async fn serve_on(
         state.chunks.clone(),
     ));
     tokio::spawn(crate::webhooks::deliver_forever(state.clone()));
+    tokio::spawn(crate::retention::periodically(state.storage.clone()));
     tokio::spawn(crate::metrics::history::sample_periodically(
         state.metrics.clone(),
         state.metrics_history.clone(),

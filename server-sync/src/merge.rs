@@ -75,6 +75,27 @@ fn invalid_record(err: fieldsync_record::Error) -> Rejection {
     reject(RejectCode::InvalidRecord, &rule)
 }
 
+/// Changes made on another epoch of the record than the stored one are never merged: an older
+/// epoch's changes depend on a history an erasure removed, and a whole document of it would
+/// bring the erased content back.
+fn check_epoch(record: &PushRecord, stored: Option<&StoredRecord>) -> Result<(), Rejection> {
+    let epoch = stored.map_or(0, |stored| stored.epoch);
+    if record.epoch < epoch {
+        return Err(reject(
+            RejectCode::RecordErased,
+            "the record was erased since these changes were made: pull its new epoch and \
+             make them again on it",
+        ));
+    }
+    if record.epoch > epoch {
+        return Err(reject(
+            RejectCode::Malformed,
+            "the changes name an epoch of the record the server has not reached",
+        ));
+    }
+    Ok(())
+}
+
 fn reject(code: RejectCode, message: &str) -> Rejection {
     Rejection {
         code,
@@ -85,23 +106,75 @@ fn reject(code: RejectCode, message: &str) -> Rejection {
 /// Checks one pushed record and merges it into the stored document. Automerge panics on some
 /// crafted input in places no single guard covers (a change that applies can still break a
 /// later lookup): a panic anywhere refuses the record, as malformed.
+///
+/// Changes the server has already are accepted, adding nothing, whatever the checks would say
+/// now: a device whose push was stored but whose answer was lost sends it again, maybe after
+/// its grant or the schema changed, and must hear that the server has them (its pulls leave
+/// out its own changes, so a refusal would have it take back, for good, what everyone else
+/// keeps).
 pub(crate) fn merge(
     context: MergeContext<'_>,
     record: &PushRecord,
     stored: Option<StoredRecord>,
 ) -> Result<MergedRecord, Rejection> {
-    guarded(|| merge_unguarded(context, record, stored)).unwrap_or_else(|| {
-        Err(reject(
-            RejectCode::Malformed,
-            "the record's changes or document made Automerge fail",
-        ))
+    let merged =
+        guarded(|| merge_unguarded(context, record, stored.as_ref())).unwrap_or_else(|| {
+            Err(reject(
+                RejectCode::Malformed,
+                "the record's changes or document made Automerge fail",
+            ))
+        });
+    match (merged, stored) {
+        (Err(_), Some(stored)) if holds_already(context.limits, record, &stored) => {
+            Ok(unchanged(stored))
+        }
+        (merged, _) => merged,
+    }
+}
+
+/// Whether `stored` holds every change `record` brings (its scope and epoch the same).
+fn holds_already(limits: &Limits, record: &PushRecord, stored: &StoredRecord) -> bool {
+    let Payload::Changes(raw) = &record.payload else {
+        return false;
+    };
+    if raw.is_empty() || stored.scope != record.scope || stored.epoch != record.epoch {
+        return false;
+    }
+    let Ok(hashes) = raw
+        .iter()
+        .map(|bytes| decode_change(bytes, limits.max_document_bytes).map(|c| c.hash()))
+        .collect::<Result<Vec<ChangeHash>, Rejection>>()
+    else {
+        return false;
+    };
+    guarded(|| {
+        let doc = AutoCommit::load(&stored.doc).ok()?;
+        Some(
+            hashes
+                .iter()
+                .all(|hash| doc.get_change_by_hash(hash).is_some()),
+        )
     })
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// A pushed record that adds nothing to `stored`: accepted, and nothing is written.
+fn unchanged(stored: StoredRecord) -> MergedRecord {
+    MergedRecord {
+        lineage: stored.lineage.unwrap_or_default(),
+        doc: stored.doc,
+        fields_json: stored.fields_json,
+        deleted: stored.deleted,
+        new_changes: Vec::new(),
+        epoch: stored.epoch,
+    }
 }
 
 fn merge_unguarded(
     context: MergeContext<'_>,
     record: &PushRecord,
-    stored: Option<StoredRecord>,
+    stored: Option<&StoredRecord>,
 ) -> Result<MergedRecord, Rejection> {
     let MergeContext {
         caller,
@@ -124,12 +197,13 @@ fn merge_unguarded(
             "no write grant on this scope",
         ));
     }
-    if stored.as_ref().is_some_and(|s| s.scope != record.scope) {
+    if stored.is_some_and(|s| s.scope != record.scope) {
         return Err(reject(
             RejectCode::ScopeChange,
             "the record cannot be written in this scope",
         ));
     }
+    check_epoch(record, stored)?;
     schema
         .collection(&record.collection)
         .map_err(invalid_record)?;
@@ -138,7 +212,7 @@ fn merge_unguarded(
     if matches!(&record.payload, Payload::Changes(changes) if changes.is_empty()) {
         return Err(reject(RejectCode::Malformed, "the record holds no changes"));
     }
-    match (&stored, &record.payload) {
+    match (stored, &record.payload) {
         (Some(stored), Payload::Changes(raw)) => {
             if let Some(merged) = append_in_line(context, record, stored, raw) {
                 return Ok(merged);
@@ -158,7 +232,7 @@ fn merge_unguarded(
         }
         _ => {}
     }
-    let mut doc = match &stored {
+    let mut doc = match stored {
         Some(stored) => guarded(|| AutoCommit::load(&stored.doc).ok())
             .flatten()
             .ok_or_else(|| reject(RejectCode::Malformed, "the stored document does not load"))?,
@@ -236,7 +310,7 @@ fn merge_unguarded(
         }
     }
     let new_changes = doc.get_changes(&heads_before);
-    let known = stored.as_ref().map(|stored| stored.lineage.as_ref());
+    let known = stored.map(|stored| stored.lineage.as_ref());
     let lineage = lineage_after_merge(&mut doc, known, &new_changes);
     let new_changes: Vec<Vec<u8>> = new_changes.iter().map(|c| c.raw_bytes().to_vec()).collect();
     let saved = doc.save();
@@ -264,6 +338,7 @@ fn merge_unguarded(
         deleted,
         new_changes,
         lineage,
+        epoch: record.epoch,
     })
 }
 
@@ -412,6 +487,7 @@ fn append_in_line(
             head_change: Some((head_actor, head_seq)),
             root_ops: Some(root_ops),
         },
+        epoch: stored.epoch,
     })
 }
 
@@ -458,6 +534,7 @@ fn new_record_as_sent(
         deleted,
         new_changes,
         lineage,
+        epoch: 0,
     })
 }
 

@@ -184,6 +184,7 @@ pub async fn pull(
                             payload: Payload::Document(ByteBuf::from(entry.doc)),
                             fields: Some(fields),
                             deleted: entry.deleted,
+                            epoch: entry.epoch,
                         })
                     })
                     .collect::<Result<Vec<_>, ServerError>>()?;
@@ -214,15 +215,20 @@ pub async fn pull(
                             Some((json, deleted)) => (Some(decode_fields(&json)?), deleted),
                             None => (None, false),
                         };
+                        // The entry that starts an epoch holds its whole document.
+                        let mut changes = entry.changes.into_iter().map(ByteBuf::from);
+                        let payload = match (&entry.erased, changes.len()) {
+                            (Some(_), 1) => Payload::Document(changes.next().expect("one")),
+                            _ => Payload::Changes(changes.collect()),
+                        };
                         Ok(PulledRecord {
                             collection: entry.collection,
                             id: entry.record_id,
                             scope: entry.scope,
-                            payload: Payload::Changes(
-                                entry.changes.into_iter().map(ByteBuf::from).collect(),
-                            ),
+                            payload,
                             fields,
                             deleted,
+                            epoch: entry.epoch,
                         })
                     })
                     .collect::<Result<Vec<_>, ServerError>>()?;

@@ -154,6 +154,7 @@ pub fn repair(
         deleted: fieldsync_record::document::is_deleted(&doc),
         new_changes: history.iter().map(|c| c.raw_bytes().to_vec()).collect(),
         lineage,
+        epoch: stored.epoch,
     };
     if problem(&rebuilt.to_stored(&stored.scope)).is_some() {
         return Err(ServerError::Corrupt(

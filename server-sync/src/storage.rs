@@ -12,12 +12,14 @@ pub mod sqlite;
 mod accounts;
 mod audit;
 mod records;
+mod retention_policies;
 mod stored_attachments;
 mod stored_webhooks;
 
 pub use accounts::*;
 pub use audit::*;
 pub use records::*;
+pub use retention_policies::*;
 pub use stored_attachments::*;
 pub use stored_webhooks::*;
 
@@ -203,6 +205,32 @@ pub trait Storage: Send + Sync + 'static {
         record: &MergedRecord,
         action: &str,
     ) -> Result<bool>;
+    /// Writes `epoch` in place of everything the record `key` names held, if it is still at
+    /// `version`: its document and values, and its feed entries, which give way to one entry
+    /// holding the epoch's whole document; with an audit line (`erase`) saying what was
+    /// erased, by whom and why. False, writing nothing, if another write came between.
+    fn erase_record(&self, key: (&str, &str), version: i64, epoch: &NewEpoch) -> Result<bool>;
+    /// The records of a collection whose field (`key`: the collection and the field) holds a
+    /// number below `before`, deleted or not, in id order after `after` (byte order), at most
+    /// `limit`: what a retention policy ages out.
+    fn records_aged(
+        &self,
+        key: (&str, &str),
+        before: i64,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordValues>>;
+    /// Sets the retention policy of its collection, replacing any.
+    fn set_retention_policy(&self, policy: &RetentionPolicy) -> Result<()>;
+    /// Every retention policy, by collection.
+    fn retention_policies(&self) -> Result<Vec<RetentionPolicy>>;
+    /// Removes `collection`'s retention policy; false if it had none.
+    fn remove_retention_policy(&self, collection: &str) -> Result<bool>;
+    /// Leaves no copy of deleted bytes in the storage's own files where it can: the embedded
+    /// SQLite database empties its WAL into the database file (whose deleted bytes were
+    /// zeroed as they went). True if nothing was left behind (a reader holding an old
+    /// snapshot keeps its WAL frames alive).
+    fn scrub(&self) -> Result<bool>;
 
     /// The attachment `sha256` of `scope`, if the server holds or is receiving it.
     fn attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<Option<AttachmentState>>;
@@ -366,6 +394,21 @@ pub(crate) fn audited_name(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A record's epoch as a signed 64-bit column holds it.
+pub(crate) fn stored_epoch(epoch: u64) -> i64 {
+    i64::try_from(epoch).unwrap_or(i64::MAX)
+}
+
+/// A stored epoch, as [`StoredRecord::epoch`] holds it.
+pub(crate) fn listed_epoch(stored: i64) -> u64 {
+    u64::try_from(stored).unwrap_or(0)
+}
+
+/// The `detail` of an erasure's audit line: what was erased and why.
+pub(crate) fn erasure_detail(epoch: &NewEpoch) -> String {
+    format!("erased {}; reason: {}", epoch.erased, epoch.reason)
 }
 
 /// A feed entry's changes as stored: a MessagePack list of byte strings.

@@ -278,6 +278,7 @@ fn raw_record(payload: &[u8]) -> Vec<u8> {
 
 fn record(id: &str, payload: Payload) -> PushRecord {
     PushRecord {
+        epoch: 0,
         collection: "clients".into(),
         id: id.into(),
         scope: "north".into(),

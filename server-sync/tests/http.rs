@@ -479,6 +479,7 @@ async fn scopes_limit_what_a_user_reads_and_writes() {
         outbox_seq: None,
         batch_id: "b2".into(),
         records: vec![PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: north_id,
             scope: "west".into(),
@@ -644,6 +645,7 @@ async fn bad_bodies_are_refused_cleanly_and_write_nothing() {
         outbox_seq: None,
         batch_id: "g".into(),
         records: vec![PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: "x".into(),
             scope: "north".into(),
@@ -976,6 +978,7 @@ fn written_by(actor: &str, scope: &str, name: &str) -> (Vec<u8>, Vec<u8>) {
 
 fn claim(id: &str, (doc, change): &(Vec<u8>, Vec<u8>), as_document: bool) -> PushRecord {
     PushRecord {
+        epoch: 0,
         collection: "clients".into(),
         id: id.into(),
         scope: "north".into(),
@@ -1202,6 +1205,7 @@ fn crafted(id: &str, write: impl FnOnce(&mut automerge::AutoCommit)) -> PushReco
     write(&mut doc);
     let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
     PushRecord {
+        epoch: 0,
         collection: "clients".into(),
         id: id.into(),
         scope: "north".into(),

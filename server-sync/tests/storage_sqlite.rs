@@ -127,6 +127,7 @@ fn the_wal_is_checkpointed_on_its_own_thread_not_in_a_commit() {
     // About 6 MB of documents: one commit takes the WAL past SQLite's 1,000 pages.
     let records: Vec<PushRecord> = (0..300)
         .map(|i| PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: format!("r{i}"),
             scope: "north".into(),
@@ -138,6 +139,7 @@ fn the_wal_is_checkpointed_on_its_own_thread_not_in_a_commit() {
             unreachable!()
         };
         Ok(MergedRecord {
+            epoch: 0,
             doc: changes[0].to_vec(),
             fields_json: "{}".into(),
             deleted: false,

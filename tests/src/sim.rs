@@ -14,10 +14,12 @@ use fieldsync_core::{
     BoxFuture, Credentials, Error, Fields, Filter, Query, Result, Store, StoreOptions, SyncClient,
     SyncConfig, Synchronous, Transport, TransportRequest, TransportResponse,
 };
+use fieldsync_record::erasure::Erasure;
 use fieldsync_record::protocol;
+use fieldsync_server::erasure::{EraseRequest, erase};
 use fieldsync_server::storage::sqlite::SqliteStorage;
 use fieldsync_server::storage::{Access, Role};
-use fieldsync_server::{AppState, Limits, admin, router};
+use fieldsync_server::{AppState, Limits, ServerError, admin, router};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -135,6 +137,32 @@ impl Network {
         let mut state = self.lock();
         state.partitioned.iter_mut().for_each(|p| *p = false);
         state.faults = Faults::NONE;
+    }
+
+    /// Erases content from client `id` on the server, as an administrator would: the notes, the
+    /// phone, every past value, or the whole record, by `which` (0 to 3). False if the server
+    /// does not have the record.
+    pub fn erase(&self, id: &str, which: usize) -> bool {
+        let storage = SqliteStorage::open(&self.server_db).expect("the server database opens");
+        let schema = clinic_schema();
+        let erasure = match which {
+            0 => Erasure::Fields(["notes".to_owned()].into()),
+            1 => Erasure::Fields(["phone".to_owned()].into()),
+            2 => Erasure::History,
+            _ => Erasure::Record,
+        };
+        let request = EraseRequest {
+            collection: "clients",
+            id,
+            erasure,
+            by: 0,
+            reason: "simulated",
+        };
+        match erase(&storage, &schema, &request) {
+            Ok(_) => true,
+            Err(ServerError::NotFound(_)) => false,
+            Err(err) => panic!("the erasure of {id} failed: {err}"),
+        }
     }
 
     /// Restarts the server process: a new router over the same database.
@@ -356,6 +384,22 @@ pub struct Tally {
     pub refused_writes: usize,
     /// Devices restored from an older copy of their store file.
     pub restores: usize,
+    /// Records an administrator erased content from.
+    pub erasures: usize,
+}
+
+impl Tally {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Tally) {
+        self.writes += other.writes;
+        self.syncs += other.syncs;
+        self.failed_syncs += other.failed_syncs;
+        self.restarts += other.restarts;
+        self.grant_changes += other.grant_changes;
+        self.refused_writes += other.refused_writes;
+        self.restores += other.restores;
+        self.erasures += other.erasures;
+    }
 }
 
 /// Runs the scenario of `seed`: 2 to 8 devices write and sync over a faulty network, then
@@ -365,7 +409,8 @@ pub struct Tally {
 /// Two therapists share the caseload, each with several devices; the devices of a third user
 /// may only read it and write anyway, and the second therapist's grant changes as the
 /// scenario goes (read only, revoked, given back), so the server refuses writes and devices
-/// take them back. Devices back their store file up and are restored from the copy.
+/// take them back. Devices back their store file up and are restored from the copy. Now and
+/// again an administrator erases a client's notes, phone, history or whole record on the server.
 pub async fn run_scenario(seed: u64, steps: usize) -> Tally {
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = scratch_dir();
@@ -392,7 +437,7 @@ pub async fn run_scenario(seed: u64, steps: usize) -> Tally {
     let mut created: Vec<String> = Vec::new();
     for _ in 0..steps {
         let d = rng.random_range(0..device_count);
-        match rng.random_range(0..100) {
+        match rng.random_range(0..101) {
             0..52 => {
                 if write(&mut rng, &mut devices[d], d, &mut created) {
                     tally.writes += 1;
@@ -424,6 +469,14 @@ pub async fn run_scenario(seed: u64, steps: usize) -> Tally {
             97 => {
                 if devices[d].restore() {
                     tally.restores += 1;
+                }
+            }
+            100 => {
+                if !created.is_empty() {
+                    let id = &created[rng.random_range(0..created.len())];
+                    if network.erase(id, rng.random_range(0..4)) {
+                        tally.erasures += 1;
+                    }
                 }
             }
             _ => {

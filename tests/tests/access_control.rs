@@ -224,6 +224,7 @@ fn record_by(actor: &str, id: &str, scope: &str) -> PushRecord {
     doc.put(automerge::ROOT, "caseload_id", scope).unwrap();
     doc.put(automerge::ROOT, "name", "claimed").unwrap();
     PushRecord {
+        epoch: 0,
         collection: "clients".into(),
         id: id.into(),
         scope: scope.into(),
@@ -555,6 +556,7 @@ fn run_matrix(backend: &str, db: &OsStr, dir: &Path) {
                     // scope stands in the way; and a copy of the owner's pending change.
                     let owner_change = outbox_request(ada_store, "y").records.into_iter().next();
                     records.push(PushRecord {
+                        epoch: 0,
                         collection: "clients".into(),
                         id: id.clone(),
                         scope: claimed.into(),

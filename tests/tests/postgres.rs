@@ -373,6 +373,7 @@ async fn names_with_nul_bytes_are_refused_before_they_reach_postgres() {
         .unwrap();
     let real = PushRecord::from(phone.outbox(1).unwrap().remove(0));
     let with_nul = |collection: &str, id: &str, scope: &str| PushRecord {
+        epoch: 0,
         collection: collection.into(),
         id: id.into(),
         scope: scope.into(),

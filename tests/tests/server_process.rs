@@ -295,6 +295,7 @@ fn records_devices_would_refuse_are_refused_by_a_real_server_and_audited() {
         doc.put(automerge::ROOT, "name", "Ada").unwrap();
         write(&mut doc);
         PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: id.into(),
             scope: "north".into(),
@@ -371,6 +372,7 @@ fn a_damaged_record_is_found_refused_by_devices_and_repaired_from_a_device_s_cop
         outbox_seq: None,
         batch_id: batch.into(),
         records: vec![PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: id.clone(),
             scope: "north".into(),
@@ -483,6 +485,7 @@ fn a_burst_of_inflating_pushes_stays_within_its_memory_bound() {
             outbox_seq: None,
             batch_id: format!("burst-{n}"),
             records: vec![PushRecord {
+                epoch: 0,
                 collection: "clients".into(),
                 id: format!("burst-{n}"),
                 scope: "north".into(),
@@ -804,6 +807,7 @@ fn a_caught_panic_is_one_json_warning_with_the_request_id() {
         outbox_seq: None,
         batch_id: "crafted".into(),
         records: vec![PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: "c1".into(),
             scope: "north".into(),
@@ -857,6 +861,7 @@ fn the_audit_output_cannot_be_forged_with_line_breaks() {
         outbox_seq: None,
         batch_id: "forged".into(),
         records: vec![PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: format!("c1{forged}"),
             scope: format!("north{forged}"),

@@ -99,6 +99,18 @@ pub enum Error {
     #[error("invalid record id: {0}")]
     InvalidId(String),
 
+    /// An erasure names a field that cannot be erased on its own (the scope field, the
+    /// tombstone, a required field of a live record).
+    #[error("field `{collection}.{field}` cannot be erased: {reason}")]
+    CannotErase {
+        /// The collection.
+        collection: String,
+        /// The field.
+        field: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
     /// A document does not load or Automerge refused an operation on it.
     #[error("damaged record document: {0}")]
     Corrupt(String),

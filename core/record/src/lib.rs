@@ -7,6 +7,8 @@
 //!   fields Automerge text, `json` fields nested maps and lists, the tombstone `_deleted`), and
 //!   its values, conflicts and history.
 //! - [`validate`]: whether a record document is valid under a schema.
+//! - [`erasure`]: a record written again as a new epoch without erased content or history,
+//!   and a device's unsent writes made again on it.
 //! - [`merge`] and [`stored`]: the panic guard every merge of outside data runs under, and the
 //!   stored form of a document (a save followed by appended changes).
 //! - [`chunks`]: Automerge's binary chunks checked before Automerge sees them (inflated size,
@@ -39,6 +41,7 @@
 pub mod attachment;
 pub mod chunks;
 pub mod document;
+pub mod erasure;
 mod error;
 pub mod ids;
 pub mod merge;

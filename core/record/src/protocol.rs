@@ -88,6 +88,15 @@ pub struct PushRecord {
     pub scope: String,
     /// Its changes, or its whole document for a new record.
     pub payload: Payload,
+    /// The record's epoch the changes were made on: 0 until the record is first erased, then
+    /// the number of the erasure (see [`PulledRecord::epoch`]). Changes made on an epoch
+    /// other than the server's are refused with [`RejectCode::RecordErased`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(epoch: &u64) -> bool {
+    *epoch == 0
 }
 
 /// The answer to a push: one result per pushed record, in order.
@@ -140,6 +149,10 @@ pub enum RejectCode {
     /// the device's store was restored from an older copy. It must take a new actor, make its
     /// unsent writes again under it, and sync again.
     ActorReused,
+    /// The changes were made on an epoch of the record other than the server's: the record
+    /// was erased since. The device keeps its writes, pulls the record's new epoch, and makes
+    /// them again on it.
+    RecordErased,
 }
 
 impl RejectCode {
@@ -154,6 +167,7 @@ impl RejectCode {
             RejectCode::TooLarge => "too_large",
             RejectCode::InvalidRecord => "invalid_record",
             RejectCode::ActorReused => "actor_reused",
+            RejectCode::RecordErased => "record_erased",
         }
     }
 }
@@ -191,6 +205,12 @@ pub struct PulledRecord {
     pub fields: Option<Fields>,
     /// With `fields`: whether the record is deleted.
     pub deleted: bool,
+    /// The record's epoch: 0 until it is first erased, one more at each erasure. An erasure
+    /// rewrites the record as a new document without the erased content or any history; a
+    /// device holding an older epoch replaces its copy with this record's `document` (always
+    /// a whole document then) and makes its unsent writes again on it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
 }
 
 /// `GET /v1/schema`: the schema the server validates pushed records against (JSON).
@@ -463,6 +483,7 @@ mod tests {
                 id: "c1".into(),
                 scope: "north".into(),
                 payload: Payload::Changes(vec![ByteBuf::from(vec![1, 2, 3])]),
+                epoch: 0,
             }],
         }
     }

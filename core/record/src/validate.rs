@@ -4,7 +4,7 @@
 //! A valid record's collection is declared; each declared field that has a value has the
 //! declared type (a `text` field is Automerge text, any other a scalar or, for `json`, nested
 //! maps and lists no deeper than [`MAX_NESTING_DEPTH`](crate::MAX_NESTING_DEPTH)); every
-//! required field has a value; the scope field holds the record's scope; and the tombstone
+//! required field of a live record has a value (a deleted one keeps at least its scope); the scope field holds the record's scope; and the tombstone
 //! `_deleted`, where set, is a boolean. Keys the schema does not declare (written by a newer
 //! app version) are kept and not checked.
 
@@ -26,8 +26,11 @@ pub fn validate_document(
 ) -> Result<Fields> {
     let collection = schema.collection(collection_name)?;
     let fields = document::materialize(doc, collection_name, collection)?;
+    // A deleted record need not keep its required fields: an erased one keeps only its scope.
+    let live = !document::is_deleted(doc);
     for (name, field) in &collection.fields {
-        if field.required && fields.get(name).is_none_or(Value::is_null) {
+        let must_hold = field.required && (live || name == &collection.scope_field);
+        if must_hold && fields.get(name).is_none_or(Value::is_null) {
             return Err(Error::MissingField {
                 collection: collection_name.to_owned(),
                 field: name.clone(),

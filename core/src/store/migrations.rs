@@ -13,14 +13,25 @@ const STEPS: &[&str] = &[
     include_str!("migrations/005_rejected_writes.sql"),
     include_str!("migrations/006_attachments.sql"),
     include_str!("migrations/007_attachment_uploads.sql"),
+    include_str!("migrations/008_record_epochs.sql"),
 ];
 
 /// The format version a fully migrated file has.
 pub(crate) const LATEST: u32 = STEPS.len() as u32;
 
-/// Brings the file up to [`LATEST`], one transaction per step.
+/// The first version whose stores zero deleted content (`secure_delete`, set at open).
+const ZEROES_DELETED_CONTENT: u32 = 8;
+
+/// Brings the file up to [`LATEST`], one transaction per step. A file from before stores
+/// zeroed what they deleted is then rewritten without its free pages (`VACUUM`, once), which
+/// may still hold records' earlier bytes.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
-    migrate_to(conn, LATEST)
+    let before: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    migrate_to(conn, LATEST)?;
+    if (1..ZEROES_DELETED_CONTENT).contains(&before) {
+        conn.execute_batch("VACUUM")?;
+    }
+    Ok(())
 }
 
 /// Brings the file up to `target`; older steps already applied are skipped.

@@ -55,9 +55,9 @@ pub struct RejectedWrite {
 }
 
 /// What one write did, read from its changes.
-struct Typed {
-    fields: BTreeSet<String>,
-    deleted: bool,
+pub(super) struct Typed {
+    pub fields: BTreeSet<String>,
+    pub deleted: bool,
 }
 
 /// Takes a record's refused or unsent writes (`payloads`, as the outbox held them) back out of
@@ -192,7 +192,7 @@ pub(super) fn unsent_by_record(tx: &Transaction<'_>, scope: Option<&str>) -> Res
 
 /// The hashes of the changes `payloads` hold (every change of a saved document, which earlier
 /// versions queued for a new record).
-fn change_hashes(payloads: &[RemotePayload]) -> HashSet<ChangeHash> {
+pub(super) fn change_hashes(payloads: &[RemotePayload]) -> HashSet<ChangeHash> {
     let mut hashes = HashSet::new();
     for payload in payloads {
         match payload {
@@ -215,7 +215,7 @@ fn change_hashes(payloads: &[RemotePayload]) -> HashSet<ChangeHash> {
 }
 
 /// The fields the changes `hashes` wrote, and whether they deleted the record.
-fn typed_by(doc: &mut AutoCommit, hashes: &HashSet<ChangeHash>) -> Typed {
+pub(super) fn typed_by(doc: &mut AutoCommit, hashes: &HashSet<ChangeHash>) -> Typed {
     let mut typed = Typed {
         fields: BTreeSet::new(),
         deleted: false,
@@ -251,7 +251,7 @@ fn typed_values(
 
 /// The document's changes, in causal order, without `refused` and every change that depends
 /// on one of them.
-fn without(doc: &AutoCommit, refused: &HashSet<ChangeHash>) -> Vec<Change> {
+pub(super) fn without(doc: &AutoCommit, refused: &HashSet<ChangeHash>) -> Vec<Change> {
     let mut dropped = refused.clone();
     let mut kept = Vec::new();
     let mut doc = doc.clone();
@@ -265,7 +265,7 @@ fn without(doc: &AutoCommit, refused: &HashSet<ChangeHash>) -> Vec<Change> {
     kept
 }
 
-fn remember(
+pub(super) fn remember(
     tx: &Transaction<'_>,
     (collection, id, scope): (&str, &str, &str),
     fields: &Fields,

@@ -10,7 +10,7 @@ use automerge::{Change, ChangeHash};
 use rusqlite::{Transaction, TransactionBehavior};
 
 use super::tables::TableSql;
-use super::{CachedDoc, Db, DocKey, Shared, read};
+use super::{CachedDoc, Db, DocKey, Shared, epochs, read};
 use crate::document;
 use crate::error::{Error, Result};
 use crate::merge::{decode_change, guarded};
@@ -63,6 +63,11 @@ pub struct ApplyReport {
     pub waiting_changes: usize,
     /// Records that were not merged, and why. Nothing of them was written.
     pub rejected: Vec<RejectedRecord>,
+    /// Records replaced by a new epoch: the server erased content from them.
+    pub erased: usize,
+    /// Of those, records whose unsent writes were made again on the new epoch (they wait in
+    /// the outbox to be pushed).
+    pub rebased: usize,
 }
 
 /// A record `apply_remote` refused.
@@ -82,6 +87,9 @@ pub struct RejectedRecord {
 pub(crate) struct Incoming {
     pub record: RemoteRecord,
     pub values: Option<(Fields, bool)>,
+    /// The record's epoch on the server (see `epochs.rs`): a newer one than the store holds
+    /// replaces its copy, an older one is left out.
+    pub epoch: u64,
 }
 
 impl From<RemoteRecord> for Incoming {
@@ -89,6 +97,7 @@ impl From<RemoteRecord> for Incoming {
         Incoming {
             record,
             values: None,
+            epoch: 0,
         }
     }
 }
@@ -128,6 +137,7 @@ pub(super) fn apply(
             row.get(0)
         })?;
     let from_feed = effects.cursor.is_some();
+    let mut epochs = epochs::local_epochs(&tx)?;
     let appendable = if from_feed && !any_pending {
         Appendable::read(&tx, &incoming)?
     } else {
@@ -136,10 +146,58 @@ pub(super) fn apply(
     let mut ahead = if any_pending {
         HashMap::new()
     } else {
-        merge_ahead(shared, &tx, cache, &incoming, &appendable, now)?
+        merge_ahead(shared, &tx, cache, (&incoming, &epochs), &appendable, now)?
     };
-    for Incoming { record, values } in incoming {
+    for Incoming {
+        record,
+        values,
+        epoch,
+    } in incoming
+    {
         let key = (record.collection.clone(), record.id.clone());
+        let local_epoch = epochs.get(&key).copied().unwrap_or(0);
+        if epoch < local_epoch {
+            // A change of an epoch the store has left: an erasure removed what it built on.
+            report.unchanged += 1;
+            continue;
+        }
+        if epoch > local_epoch {
+            merged.remove(&key);
+            cache.pop(&key);
+            tx.prepare_cached("SAVEPOINT remote_record")?.execute([])?;
+            let replaced = guarded(|| epochs::replace(shared, &tx, &record, epoch, now))
+                .unwrap_or_else(|| {
+                    Err(Error::InvalidRemoteChange {
+                        collection: record.collection.clone(),
+                        id: record.id.clone(),
+                        reason: "the record's new epoch made Automerge fail".into(),
+                    })
+                });
+            match replaced {
+                Ok(replaced) => {
+                    tx.prepare_cached("RELEASE remote_record")?.execute([])?;
+                    report.erased += 1;
+                    report.rebased += usize::from(replaced.rebased);
+                    epochs.insert(key.clone(), epoch);
+                    changed.push(replaced.changed);
+                    changed_records.insert(key.clone());
+                    merged.insert(key, replaced.doc);
+                }
+                Err(Error::Database(err)) => return Err(Error::Database(err)),
+                Err(err) => {
+                    tx.execute_batch("ROLLBACK TO remote_record; RELEASE remote_record")?;
+                    if from_feed {
+                        remember_refused(&tx, &record.collection, &record.id, now)?;
+                    }
+                    report.rejected.push(RejectedRecord {
+                        collection: record.collection,
+                        id: record.id,
+                        reason: err.to_string(),
+                    });
+                }
+            }
+            continue;
+        }
         let ahead = ahead.remove(&key);
         if let Some(Ahead::Damaged(reason)) = ahead {
             if from_feed {
@@ -252,6 +310,9 @@ pub(super) fn apply(
         row.get::<_, i64>(0)
     })? as usize;
     tx.commit()?;
+    if report.erased > 0 {
+        epochs::scrub_wal(conn)?;
+    }
     for (key, doc) in merged {
         cache.put(key, doc);
     }
@@ -305,7 +366,7 @@ fn merge_ahead(
     shared: &Shared,
     tx: &Transaction<'_>,
     cache: &mut lru::LruCache<DocKey, CachedDoc>,
-    incoming: &[Incoming],
+    (incoming, epochs): (&[Incoming], &HashMap<DocKey, u64>),
     appendable: &Appendable,
     now: i64,
 ) -> Result<HashMap<DocKey, Ahead>> {
@@ -319,8 +380,16 @@ fn merge_ahead(
     }
     let candidates: Vec<&RemoteRecord> = incoming
         .iter()
-        // Records that may be appended unread are left to the page's loop.
+        // Records that may be appended unread, and records of another epoch than the store's,
+        // are left to the page's loop.
         .filter(|incoming| incoming.values.is_none() || !appendable.allows_record(&incoming.record))
+        .filter(|incoming| {
+            let key = (
+                incoming.record.collection.clone(),
+                incoming.record.id.clone(),
+            );
+            incoming.epoch == epochs.get(&key).copied().unwrap_or(0)
+        })
         .map(|incoming| &incoming.record)
         .filter(|record| {
             matches!(record.payload, RemotePayload::Changes(_))

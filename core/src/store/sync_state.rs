@@ -144,6 +144,7 @@ impl Store {
             .map(|mut record| {
                 let values = record.fields.take().map(|fields| (fields, record.deleted));
                 Incoming {
+                    epoch: record.epoch,
                     record: record.into(),
                     values,
                 }
@@ -196,15 +197,16 @@ fn remove_pushed(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // A change refused as `actor_reused` is this store's own, numbered again after a restore:
     // its record's writes stay queued (nothing is taken back; those after it were refused
-    // for depending on it) until the store syncs under a new actor.
+    // for depending on it) until the store syncs under a new actor. One refused as
+    // `record_erased` was made on an epoch the server has left: its record's writes stay
+    // queued until the pull brings the new epoch, which makes them again on it.
     let reused: HashSet<(&str, &str)> = entries
         .iter()
         .zip(&response.results)
         .filter(|(_, result)| {
-            result
-                .rejected
-                .as_ref()
-                .is_some_and(|r| r.code == RejectCode::ActorReused)
+            result.rejected.as_ref().is_some_and(|r| {
+                matches!(r.code, RejectCode::ActorReused | RejectCode::RecordErased)
+            })
         })
         .map(|(entry, _)| (entry.collection.as_str(), entry.record_id.as_str()))
         .collect();
@@ -258,7 +260,11 @@ fn remove_pushed(
 }
 
 /// Removes a record's queued outbox entries and returns their payloads, in order.
-fn take_queued(tx: &Transaction<'_>, collection: &str, id: &str) -> Result<Vec<RemotePayload>> {
+pub(super) fn take_queued(
+    tx: &Transaction<'_>,
+    collection: &str,
+    id: &str,
+) -> Result<Vec<RemotePayload>> {
     let mut stmt = tx.prepare_cached(
         "SELECT is_document, payload FROM outbox WHERE collection = ?1 AND record_id = ?2
          ORDER BY seq",
@@ -310,6 +316,7 @@ mod tests {
         let record = from.get("clients", id).unwrap().unwrap();
         PullResponse {
             records: vec![PulledRecord {
+                epoch: 0,
                 collection: "clients".into(),
                 id: id.into(),
                 scope: record.scope,
@@ -581,6 +588,7 @@ mod tests {
             .unwrap();
         PullResponse {
             records: vec![PulledRecord {
+                epoch: 0,
                 collection: "clients".into(),
                 id: id.into(),
                 scope: values["caseload_id"].as_str().unwrap().into(),
@@ -895,6 +903,7 @@ mod tests {
                 let (fields, deleted) = crate::document::document_values(doc).unwrap();
                 PullResponse {
                     records: vec![PulledRecord {
+                        epoch: 0,
                         collection: "clients".into(),
                         id: id.clone(),
                         scope: "north".into(),

@@ -34,6 +34,7 @@ impl From<OutboxEntry> for PushRecord {
             id: entry.record_id,
             scope: entry.scope,
             payload: entry.payload.into(),
+            epoch: entry.epoch,
         }
     }
 }

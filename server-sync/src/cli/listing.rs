@@ -94,9 +94,13 @@ pub(super) fn audit(storage: &dyn Storage, query: &AuditQuery) -> Result<(), Ser
             .code
             .map(|code| format!(" ({code})"))
             .unwrap_or_default();
+        let detail = entry
+            .detail
+            .map(|detail| format!(": {}", printable(&detail)))
+            .unwrap_or_default();
         // Collections, ids and scopes of refused pushes are as the device sent them.
         println!(
-            "{} {} device {} {} {}/{} in {}{code}",
+            "{} {} device {} {} {}/{} in {}{code}{detail}",
             utc(entry.at),
             printable(&entry.user),
             entry.device_id,

@@ -60,6 +60,7 @@ pub(crate) fn edit(doc: &mut AutoCommit, key: &str, value: i64) -> Vec<u8> {
 
 pub(crate) fn pushed(id: &str, scope: &str, payload: Payload) -> PushRecord {
     PushRecord {
+        epoch: 0,
         collection: "clients".into(),
         id: id.into(),
         scope: scope.into(),
@@ -75,6 +76,7 @@ pub(crate) fn changes(change: Vec<u8>) -> Payload {
 pub(crate) fn stored(doc: &mut AutoCommit) -> StoredRecord {
     let (fields, deleted) = fieldsync_record::document::document_values(doc).unwrap();
     StoredRecord {
+        epoch: 0,
         scope: "north".into(),
         doc: doc.save(),
         fields_json: serde_json::Value::Object(fields).to_string(),
@@ -658,4 +660,26 @@ fn a_record_that_inflates_past_the_document_limit_is_refused() {
     let record = pushed("a", "north", changes(change));
     let refused = merge(context(&caller, &limits), &record, Some(state)).unwrap_err();
     assert_eq!(refused.code, RejectCode::TooLarge);
+}
+
+/// A push stored whose answer was lost comes again after the device's grant became read-only:
+/// the server has its changes, so it says so, whatever the grant says now; new changes are
+/// refused as before.
+#[test]
+fn changes_the_server_has_are_accepted_again_whatever_the_checks_say_now() {
+    let device = ActorId::random();
+    let mut doc = document(&device, "Ada");
+    let mut state = stored(&mut doc);
+    let change = edit(&mut doc, "visits", 1);
+    state = push_change(&device, &state, &change).to_stored("north");
+    let mut reader = caller(&device);
+    reader.grants = vec![(ScopePattern::Exact("north".into()), Access::Read)];
+    let limits = Limits::default();
+    let again = pushed("a", "north", changes(change));
+    let merged = merge(context(&reader, &limits), &again, Some(state.clone())).unwrap();
+    assert!(merged.new_changes.is_empty(), "nothing is written");
+
+    let newer = pushed("a", "north", changes(edit(&mut doc, "visits", 2)));
+    let refused = merge(context(&reader, &limits), &newer, Some(state)).unwrap_err();
+    assert_eq!(refused.code, RejectCode::ForbiddenScope);
 }

@@ -48,7 +48,11 @@ pub fn create(
     let mut doc = document::new_doc(actor);
     document::init_fields(&mut doc, target.decl, fields).map_err(refused)?;
     document::commit(&mut doc, now);
-    Ok(push_record(target, scope, changes_since(&mut doc, &[])))
+    Ok(push_record(
+        target,
+        (scope, 0),
+        changes_since(&mut doc, &[]),
+    ))
 }
 
 /// `patch` applied to the stored record, as one change by `actor`; `None` when it sets
@@ -71,7 +75,11 @@ pub fn update(
         return Ok(None);
     }
     let changes = changes_since(&mut doc, &heads);
-    Ok(Some(push_record(target, stored.scope.clone(), changes)))
+    Ok(Some(push_record(
+        target,
+        (stored.scope.clone(), stored.epoch),
+        changes,
+    )))
 }
 
 /// The stored record marked deleted, as one change by `actor`.
@@ -86,7 +94,11 @@ pub fn delete(
     document::mark_deleted(&mut doc).map_err(refused)?;
     document::commit(&mut doc, now);
     let changes = changes_since(&mut doc, &heads);
-    Ok(push_record(target, stored.scope.clone(), changes))
+    Ok(push_record(
+        target,
+        (stored.scope.clone(), stored.epoch),
+        changes,
+    ))
 }
 
 fn load(
@@ -107,12 +119,18 @@ fn changes_since(doc: &mut AutoCommit, heads: &[ChangeHash]) -> Vec<ByteBuf> {
         .collect()
 }
 
-fn push_record(target: Target<'_>, scope: String, changes: Vec<ByteBuf>) -> PushRecord {
+/// The write as a push of `changes` to the record in `scope`, made on its `epoch`.
+fn push_record(
+    target: Target<'_>,
+    (scope, epoch): (String, u64),
+    changes: Vec<ByteBuf>,
+) -> PushRecord {
     PushRecord {
         collection: target.collection.to_owned(),
         id: target.id.to_owned(),
         scope,
         payload: Payload::Changes(changes),
+        epoch,
     }
 }
 
@@ -148,6 +166,7 @@ mod tests {
             }
         }
         StoredRecord {
+            epoch: 0,
             scope: "north".into(),
             doc: doc.save(),
             fields_json: String::new(),

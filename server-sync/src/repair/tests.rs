@@ -49,6 +49,7 @@ impl Server {
     /// Pushes `change` for record "a" through the server's own merge.
     fn push(&self, batch: &str, change: Vec<u8>) {
         let records = [PushRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: "a".into(),
             scope: "north".into(),

@@ -9,8 +9,8 @@ pub struct AuditEntry {
     pub user: String,
     /// From which device.
     pub device_id: i64,
-    /// `push`, `pull`, `refuse` for a pushed record the server refused, or `repair` for a
-    /// record the server rebuilt (by the user `(server)`, device 0).
+    /// `push`, `pull`, `refuse` for a pushed record the server refused, `repair` for a
+    /// record the server rebuilt (by the user `(server)`, device 0), or `erase`.
     pub action: String,
     /// Collection of the record.
     pub collection: String,
@@ -20,6 +20,8 @@ pub struct AuditEntry {
     pub scope: String,
     /// For `refuse`: the refusal's code (`forbidden_scope`, `invalid_record`, ...).
     pub code: Option<String>,
+    /// For `erase`: what was erased and why (never a value).
+    pub detail: Option<String>,
 }
 
 /// One version of the schema pushed records are validated against.

@@ -6,6 +6,7 @@
 
 mod attachments;
 mod back_office;
+mod erasure;
 mod identity;
 mod pending_changes;
 
@@ -57,6 +58,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     attachments::attachments_are_listed_in_order(&*fresh());
     back_office::a_scopes_live_records_are_listed_by_id(&*fresh());
     back_office::webhooks_are_leased_and_their_deliveries_recorded(&*fresh());
+    erasure::an_erased_record_s_feed_entries_give_way_to_its_new_epoch(&*fresh());
+    erasure::retention_policies_are_kept_and_aged_records_listed(&*fresh());
 }
 
 /// A pushed record of `clients` in `scope`, whose one change is its id's bytes.
@@ -64,8 +67,9 @@ pub(crate) fn record(id: &str, scope: &str) -> PushRecord {
     record_with(id, scope, id.as_bytes())
 }
 
-fn record_with(id: &str, scope: &str, change: &[u8]) -> PushRecord {
+pub(crate) fn record_with(id: &str, scope: &str, change: &[u8]) -> PushRecord {
     PushRecord {
+        epoch: 0,
         collection: "clients".into(),
         id: id.into(),
         scope: scope.into(),
@@ -81,9 +85,11 @@ pub(crate) fn accept(
     let Payload::Changes(changes) = &record.payload else {
         unreachable!("tests push changes")
     };
+    let epoch = stored.as_ref().map_or(0, |s| s.epoch);
     let mut doc = stored.map(|s| s.doc).unwrap_or_default();
     doc.extend(changes.iter().flat_map(|c| c.iter().copied()));
     Ok(MergedRecord {
+        epoch,
         fields_json: format!("{{\"id\": \"{}\"}}", record.id),
         deleted: false,
         new_changes: changes.iter().map(|c| c.to_vec()).collect(),
@@ -93,7 +99,7 @@ pub(crate) fn accept(
 }
 
 /// A lineage the stored "document" determines, so that reading it back can be checked.
-fn lineage_of(doc: &[u8]) -> Lineage {
+pub(crate) fn lineage_of(doc: &[u8]) -> Lineage {
     Lineage {
         heads: vec![ChangeHash([doc.len() as u8; 32])],
         max_op: doc.len() as u64,
@@ -345,6 +351,7 @@ fn stored_records_as_named(storage: &dyn Storage) {
     };
     let stored = |scope: &str, doc: &[u8]| {
         Some(StoredRecord {
+            epoch: 0,
             scope: scope.into(),
             doc: doc.to_vec(),
             fields_json: format!("{{\"id\": \"{}\"}}", String::from_utf8_lossy(doc)),
@@ -1273,6 +1280,7 @@ fn records_are_listed_and_rewritten(storage: &dyn Storage) {
 
     let version = rest[0].stored.version.unwrap();
     let rebuilt = MergedRecord {
+        epoch: 0,
         doc: b"rebuilt".to_vec(),
         fields_json: "{}".into(),
         deleted: true,

@@ -34,9 +34,10 @@ use r2d2_postgres::PostgresConnectionManager;
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, Delivery, DeviceInfo,
     DeviceRecord, DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS,
-    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, RecordValues,
-    Result, Role, SignIn, Snapshot, Storage, StoredChunk, StoredGroupGrant, StoredRecord,
-    StoredSchema, TokenRecord, UserInfo, Webhook, decode_changes, now_ms, stored_count,
+    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, NewEpoch, Page,
+    RecordValues, Result, RetentionPolicy, Role, SignIn, Snapshot, Storage, StoredChunk,
+    StoredGroupGrant, StoredRecord, StoredSchema, TokenRecord, UserInfo, Webhook, decode_changes,
+    now_ms, stored_count,
 };
 use crate::error::ServerError;
 
@@ -44,6 +45,7 @@ mod attachments;
 mod identity;
 mod maintenance;
 mod push;
+mod retention;
 
 use push::{ACTOR_RETIRED, ACTOR_TAKEN, bind_in};
 mod webhooks;
@@ -63,6 +65,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/012_chunks_in_a_bucket.sql"),
     include_str!("migrations/postgres/013_pending_changes.sql"),
     include_str!("migrations/postgres/014_back_office.sql"),
+    include_str!("migrations/postgres/015_erasure.sql"),
+    include_str!("migrations/postgres/016_retention.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -106,7 +110,7 @@ impl PostgresStorage {
             "SELECT f.seq, f.device_id IS NOT DISTINCT FROM $4, f.collection, f.record_id,
                     f.scope, f.device_id,
                     CASE WHEN f.device_id IS DISTINCT FROM $4 THEN f.changes END,
-                    r.fields, r.deleted, f.committed_at
+                    r.fields, r.deleted, f.committed_at, f.epoch, f.erased
              FROM feed f
              LEFT JOIN records r
                ON f.device_id IS DISTINCT FROM $4 AND r.collection = f.collection
@@ -134,6 +138,8 @@ impl PostgresStorage {
                             .get::<_, Option<String>>(7)
                             .map(|fields| (fields, row.get::<_, Option<bool>>(8).unwrap_or(false))),
                         committed_at: row.get(9),
+                        epoch: super::listed_epoch(row.get(10)),
+                        erased: row.get(11),
                     }),
                 ))
             })
@@ -230,7 +236,7 @@ fn migrate(client: &mut Client) -> Result<u32> {
     Ok(missing.len() as u32)
 }
 
-/// A record's stored state from `scope, doc, fields, deleted, lineage, updated_seq` at
+/// A record's stored state from `scope, doc, fields, deleted, lineage, updated_seq, epoch` at
 /// columns `first`….
 fn stored_record(row: &postgres::Row, first: usize) -> StoredRecord {
     StoredRecord {
@@ -242,6 +248,7 @@ fn stored_record(row: &postgres::Row, first: usize) -> StoredRecord {
             .get::<_, Option<&[u8]>>(first + 4)
             .and_then(Lineage::decode),
         version: Some(row.get(first + 5)),
+        epoch: super::listed_epoch(row.get(first + 6)),
     }
 }
 
@@ -538,7 +545,7 @@ impl Storage for PostgresStorage {
         let (collections, ids) = key_arrays(keys.iter().copied());
         let rows = self.conn()?.query(
             "SELECT r.collection, r.id, r.scope, r.doc, r.fields, r.deleted, r.lineage,
-                    r.updated_seq
+                    r.updated_seq, r.epoch
              FROM unnest($1::text[], $2::text[]) AS k (collection, id)
              JOIN records r ON r.collection = k.collection AND r.id = k.id",
             &[&collections, &ids],
@@ -626,7 +633,7 @@ impl Storage for PostgresStorage {
             return Ok(Page::empty(after));
         }
         let rows = self.conn()?.query(
-            "SELECT created_seq, updated_seq, collection, id, scope, doc, fields, deleted
+            "SELECT created_seq, updated_seq, collection, id, scope, doc, fields, deleted, epoch
              FROM records
              WHERE created_seq > $1 AND created_seq <= $4 AND scope = ANY($3)
              ORDER BY created_seq LIMIT $2",
@@ -643,6 +650,7 @@ impl Storage for PostgresStorage {
                 doc: row.get(5),
                 fields_json: row.get(6),
                 deleted: row.get(7),
+                epoch: super::listed_epoch(row.get(8)),
             })
             .collect();
         Ok(Page::from_rows(entries, after, limit, |e| e.created_seq))
@@ -819,9 +827,42 @@ impl Storage for PostgresStorage {
         maintenance::rewrite_record(&mut *self.conn()?, key, version, record, action)
     }
 
+    fn erase_record(&self, key: (&str, &str), version: i64, epoch: &NewEpoch) -> Result<bool> {
+        maintenance::erase_record(&mut *self.conn()?, key, version, epoch)
+    }
+
+    fn records_aged(
+        &self,
+        key: (&str, &str),
+        before: i64,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordValues>> {
+        retention::records_aged(&mut *self.conn()?, key, before, after, limit)
+    }
+
+    fn set_retention_policy(&self, policy: &RetentionPolicy) -> Result<()> {
+        retention::set_policy(&mut *self.conn()?, policy)
+    }
+
+    fn retention_policies(&self) -> Result<Vec<RetentionPolicy>> {
+        retention::policies(&mut *self.conn()?)
+    }
+
+    fn remove_retention_policy(&self, collection: &str) -> Result<bool> {
+        retention::remove_policy(&mut *self.conn()?, collection)
+    }
+
+    fn scrub(&self) -> Result<bool> {
+        // PostgreSQL keeps a deleted row's bytes until vacuum reuses its space, and its WAL
+        // until the segment is recycled: nothing a statement can clear (docs/DEPLOYMENT.md).
+        Ok(false)
+    }
+
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let rows = self.conn()?.query(
-            "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
+            "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code,
+                    a.detail
              FROM audit a LEFT JOIN users u ON u.id = a.user_id
              WHERE ($1::text IS NULL OR u.name = $1) AND ($2::text IS NULL OR a.record_id = $2)
                AND ($3::bigint IS NULL OR a.at >= $3) AND ($5::bigint IS NULL OR a.at < $5)
@@ -845,6 +886,7 @@ impl Storage for PostgresStorage {
                 record_id: row.get(5),
                 scope: row.get(6),
                 code: row.get(7),
+                detail: row.get(8),
             })
             .collect())
     }

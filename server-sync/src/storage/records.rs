@@ -28,6 +28,8 @@ pub struct StoredRecord {
     /// shares: a record whose version has not moved has not changed. `None` for a state not
     /// written yet.
     pub version: Option<i64>,
+    /// Its epoch: 0 until it is first erased, one more at each erasure.
+    pub epoch: u64,
 }
 
 /// A record's values, as [`Storage::records_in_scope`] lists them (without its document).
@@ -65,6 +67,8 @@ pub struct MergedRecord {
     pub new_changes: Vec<Vec<u8>>,
     /// Its history's facts after the merge.
     pub lineage: Lineage,
+    /// The epoch it stays in (a push never changes it).
+    pub epoch: u64,
 }
 
 impl MergedRecord {
@@ -77,6 +81,7 @@ impl MergedRecord {
             deleted: self.deleted,
             lineage: Some(self.lineage.clone()),
             version: None,
+            epoch: self.epoch,
         }
     }
 }
@@ -386,6 +391,13 @@ pub struct FeedEntry {
     pub latest: Option<(String, bool)>,
     /// When the push that brought them was stored (ms since the epoch).
     pub committed_at: i64,
+    /// The record's epoch the changes belong to.
+    pub epoch: u64,
+    /// For the entry that starts an epoch (its `changes` then hold the epoch's whole
+    /// document): what the erasure took out, as [`Erasure::describe`] names it.
+    ///
+    /// [`Erasure::describe`]: fieldsync_record::erasure::Erasure::describe
+    pub erased: Option<String>,
 }
 
 /// A whole record, for first syncs.
@@ -407,6 +419,30 @@ pub struct DocumentEntry {
     pub fields_json: String,
     /// Whether it is deleted.
     pub deleted: bool,
+    /// Its epoch ([`StoredRecord::epoch`]).
+    pub epoch: u64,
+}
+
+/// A record's next epoch, for the storage to write in place of everything it held: its
+/// document, values and feed entries ([`Storage::erase_record`](super::Storage::erase_record)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEpoch {
+    /// The epoch's number, one more than the record's.
+    pub epoch: u64,
+    /// The epoch's whole document.
+    pub doc: Vec<u8>,
+    /// Its values by root key, as JSON.
+    pub fields_json: String,
+    /// Whether it is deleted.
+    pub deleted: bool,
+    /// Its history's facts.
+    pub lineage: Lineage,
+    /// What was erased ([`Erasure::describe`](fieldsync_record::erasure::Erasure::describe)).
+    pub erased: String,
+    /// Who erased it: a user id, 0 for the command line on the server's host.
+    pub by: i64,
+    /// Why, as the administrator said it (it goes in the audit line).
+    pub reason: String,
 }
 
 /// One page of a read.

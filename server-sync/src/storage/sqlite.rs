@@ -23,9 +23,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, Delivery, DeviceInfo,
     DeviceRecord, DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS,
-    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, Page, RecordValues,
-    Result, Role, SignIn, Snapshot, SnapshotMark, Storage, StoredChunk, StoredGroupGrant,
-    StoredRecord, StoredSchema, TokenRecord, UserInfo, Webhook, now_ms, stored_count,
+    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, NewEpoch, Page,
+    RecordValues, Result, RetentionPolicy, Role, SignIn, Snapshot, SnapshotMark, Storage,
+    StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema, TokenRecord, UserInfo, Webhook,
+    now_ms, stored_count,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -35,6 +36,7 @@ mod identity;
 mod maintenance;
 mod pull;
 mod push;
+mod retention;
 mod webhooks;
 
 use pull::{documents_page_in, feed_page_in, record_pull_in};
@@ -58,6 +60,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/015_chunks_in_a_bucket.sql"),
     include_str!("migrations/sqlite/016_pending_changes.sql"),
     include_str!("migrations/sqlite/017_back_office.sql"),
+    include_str!("migrations/sqlite/018_erasure.sql"),
+    include_str!("migrations/sqlite/019_retention.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -100,11 +104,21 @@ impl SqliteStorage {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         enable_wal(&conn)?;
         // SQLite's default page cache (2 MiB) would send most record reads of a busy server
-        // back to the file system; a server can afford 64 MiB.
+        // back to the file system; a server can afford 64 MiB. Deleted content is zeroed as
+        // it goes (`secure_delete`), so that what an erasure removes leaves no copy in free
+        // pages or in the free space of the pages that held it (docs/BENCHMARKS.md, "Erasure").
         conn.execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;
+             PRAGMA secure_delete = ON;",
         )?;
+        let before: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
         let migrations_applied = migrate(&mut conn)?;
+        if (1..ZEROES_DELETED_CONTENT).contains(&before) {
+            // Pages freed by earlier releases may still hold records' earlier bytes: the file
+            // is rewritten without them, once.
+            tracing::info!("rewriting the database without its free pages, once");
+            conn.execute_batch("VACUUM")?;
+        }
         // From here on, commits are flushed by `wait_durable`, in groups.
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let checkpointer = {
@@ -318,6 +332,9 @@ fn enable_wal(conn: &Connection) -> Result<()> {
         }
     }
 }
+
+/// The first schema version whose servers zero deleted content (`secure_delete`).
+const ZEROES_DELETED_CONTENT: i64 = 18;
 
 /// Applies the missing migration steps; returns how many this connection applied.
 fn migrate(conn: &mut Connection) -> Result<u32> {
@@ -715,7 +732,8 @@ impl Storage for SqliteStorage {
             return audit_of_record(&conn, query);
         }
         let mut stmt = conn.prepare_cached(
-            "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
+            "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code,
+                    a.detail
              FROM audit a LEFT JOIN users u ON u.id = a.user_id
              WHERE (?1 IS NULL OR u.name = ?1) AND (?2 IS NULL OR a.at >= ?2)
                AND (?4 IS NULL OR a.at < ?4)
@@ -770,6 +788,36 @@ impl Storage for SqliteStorage {
         action: &str,
     ) -> Result<bool> {
         self.write(|conn| maintenance::rewrite_record(conn, key, version, record, action))
+    }
+
+    fn erase_record(&self, key: (&str, &str), version: i64, epoch: &NewEpoch) -> Result<bool> {
+        self.write(|conn| maintenance::erase_record(conn, key, version, epoch))
+    }
+
+    fn records_aged(
+        &self,
+        key: (&str, &str),
+        before: i64,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordValues>> {
+        self.read(|conn| retention::records_aged(conn, key, before, after, limit))
+    }
+
+    fn set_retention_policy(&self, policy: &RetentionPolicy) -> Result<()> {
+        self.write(|conn| retention::set_policy(conn, policy))
+    }
+
+    fn retention_policies(&self) -> Result<Vec<RetentionPolicy>> {
+        self.read(retention::policies)
+    }
+
+    fn remove_retention_policy(&self, collection: &str) -> Result<bool> {
+        self.write(|conn| retention::remove_policy(conn, collection))
+    }
+
+    fn scrub(&self) -> Result<bool> {
+        self.write(|conn| maintenance::scrub(conn))
     }
 
     fn attachment(&self, scope: &str, sha256: &[u8; 32]) -> Result<Option<AttachmentState>> {
@@ -891,7 +939,7 @@ impl Storage for SqliteStorage {
 }
 
 /// A record's stored state by collection (`?1`) and id (`?2`), as [`stored_record`] reads it.
-const SELECT_STORED_RECORD: &str = "SELECT scope, doc, fields, deleted, lineage, updated_seq
+const SELECT_STORED_RECORD: &str = "SELECT scope, doc, fields, deleted, lineage, updated_seq, epoch
      FROM records WHERE collection = ?1 AND id = ?2";
 
 /// What `conn` sees now: rows it changed (completed statements count even if rolled back,
@@ -914,13 +962,15 @@ fn stored_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
         deleted: row.get(3)?,
         lineage: row.get_ref(4)?.as_blob_or_null()?.and_then(Lineage::decode),
         version: Some(row.get(5)?),
+        epoch: super::listed_epoch(row.get(6)?),
     })
 }
 
 /// A record's (`?2`) audit lines in block `?1`, as [`audit_entry`] reads them, newest first:
 /// by user name `?3`, from time `?4` and before time `?6` when not null, at most `?5`.
 const AUDIT_OF_RECORD_IN_BLOCK: &str =
-    "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code
+    "SELECT a.at, coalesce(u.name, '(server)'), a.device_id, a.action, a.collection, a.record_id, a.scope, a.code,
+                    a.detail
      FROM audit a INDEXED BY audit_by_record_in_blocks LEFT JOIN users u ON u.id = a.user_id
      WHERE (a.id >> 12) = ?1 AND a.record_id = ?2
        AND (?3 IS NULL OR u.name = ?3) AND (?4 IS NULL OR a.at >= ?4)
@@ -980,6 +1030,7 @@ fn audit_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
         record_id: row.get(5)?,
         scope: row.get(6)?,
         code: row.get(7)?,
+        detail: row.get(8)?,
     })
 }
 

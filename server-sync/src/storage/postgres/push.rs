@@ -14,7 +14,7 @@ use super::{
 use crate::error::ServerError;
 use crate::storage::{
     Batch, Merge, MergedRecord, Result, StoredRecord, StoredVersion, actor_taken_meanwhile,
-    audited_name, encode_changes, now_ms, replayed, stored_count,
+    audited_name, encode_changes, now_ms, replayed, stored_count, stored_epoch,
 };
 
 /// Applies a push in one transaction (see [`Storage::push`]).
@@ -76,7 +76,7 @@ pub(super) fn push(
                     None if !versions.contains_key(&key) => None,
                     None => tx
                         .query_opt(
-                            "SELECT scope, doc, fields, deleted, lineage, updated_seq
+                            "SELECT scope, doc, fields, deleted, lineage, updated_seq, epoch
                              FROM records WHERE collection = $1 AND id = $2",
                             &[&record.collection, &record.id],
                         )?
@@ -246,14 +246,26 @@ pub(super) fn write_feed_and_records(
         .iter()
         .map(|(_, m)| encode_changes(&m.new_changes))
         .collect();
+    let epochs: Vec<i64> = accepted
+        .iter()
+        .map(|(_, m)| stored_epoch(m.epoch))
+        .collect();
     let rows = tx.query(
-        "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at)
-         SELECT c, r, s, $1, ch, $2
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[]) WITH ORDINALITY
-             AS t (c, r, s, ch, n)
+        "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at, epoch)
+         SELECT c, r, s, $1, ch, $2, e
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[])
+             WITH ORDINALITY AS t (c, r, s, ch, e, n)
          ORDER BY n
          RETURNING seq, collection, record_id",
-        &[&device_id, &now, &collections, &ids, &scopes, &changes],
+        &[
+            &device_id,
+            &now,
+            &collections,
+            &ids,
+            &scopes,
+            &changes,
+            &epochs,
+        ],
     )?;
     // A record pushed twice in one batch takes the position of its later entry; its later
     // merge already holds the earlier one.

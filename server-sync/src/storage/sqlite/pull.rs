@@ -4,7 +4,9 @@
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::{page_params, placeholders};
-use crate::storage::{DocumentEntry, FeedEntry, Page, Result, decode_changes, now_ms};
+use crate::storage::{
+    DocumentEntry, FeedEntry, Page, Result, decode_changes, listed_epoch, now_ms,
+};
 
 /// Feed entries after `?1` in `scopes` scopes (`?4`…), in order, at most `?2`; the second
 /// column says whether device `?3` (or none, if null) pushed the entry, which then comes
@@ -15,7 +17,7 @@ pub(super) fn feed_page_sql(scopes: usize) -> String {
     format!(
         "SELECT f.seq, f.device_id IS ?3, f.collection, f.record_id, f.scope, f.device_id,
                 CASE WHEN f.device_id IS NOT ?3 THEN f.changes END, r.fields, r.deleted,
-                f.committed_at
+                f.committed_at, f.epoch, f.erased
          FROM feed f INDEXED BY feed_by_seq_scope
          LEFT JOIN records r
            ON r.collection = CASE WHEN f.device_id IS NOT ?3 THEN f.collection END
@@ -29,7 +31,7 @@ pub(super) fn feed_page_sql(scopes: usize) -> String {
 /// order, at most `?2`.
 pub(super) fn documents_page_sql(scopes: usize) -> String {
     format!(
-        "SELECT created_seq, updated_seq, collection, id, scope, doc, fields, deleted
+        "SELECT created_seq, updated_seq, collection, id, scope, doc, fields, deleted, epoch
          FROM records INDEXED BY records_by_creation_scope
          WHERE created_seq > ?1 AND created_seq <= ?3 AND scope IN ({})
          ORDER BY created_seq LIMIT ?2",
@@ -73,6 +75,8 @@ pub(super) fn feed_page_in(
                 changes: decode_changes(&row.get::<_, Vec<u8>>(6)?)?,
                 latest,
                 committed_at: row.get(9)?,
+                epoch: listed_epoch(row.get(10)?),
+                erased: row.get(11)?,
             }),
         ));
     }
@@ -101,6 +105,7 @@ pub(super) fn documents_page_in(
             doc: row.get(5)?,
             fields_json: row.get(6)?,
             deleted: row.get(7)?,
+            epoch: listed_epoch(row.get(8)?),
         })
     })?;
     let entries = rows.collect::<Result<Vec<_>, _>>()?;

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{SELECT_STORED_RECORD, snapshot_mark, stored_record};
 use crate::storage::{
     Batch, Merge, Result, StoredVersion, actor_taken_meanwhile, audited_name, encode_changes,
-    now_ms, replayed, stored_count,
+    now_ms, replayed, stored_count, stored_epoch,
 };
 
 pub(super) fn push_in(
@@ -86,8 +86,8 @@ pub(super) fn push_in(
             Ok(merged) => {
                 written.insert(key);
                 tx.prepare_cached(
-                        "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at, epoch)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
                         record.collection,
@@ -95,7 +95,8 @@ pub(super) fn push_in(
                         record.scope,
                         device_id,
                         encode_changes(&merged.new_changes),
-                        now
+                        now,
+                        stored_epoch(merged.epoch)
                     ])?;
                 let seq = tx.last_insert_rowid();
                 tx.prepare_cached(
