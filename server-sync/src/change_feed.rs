@@ -97,6 +97,15 @@ pub async fn changes(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok());
     let after = cursor(query.after.as_deref().or(resumed))?;
+    let pruned_through = {
+        let (storage, device) = (state.storage.clone(), caller.device_id);
+        blocking(move || storage.device_sync(device))
+            .await?
+            .feed_pruned_through
+    };
+    if after > 0 && after < pruned_through {
+        return Err(ServerError::CursorExpired);
+    }
     let limit = match query.limit {
         None => DEFAULT_PAGE,
         Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,

@@ -82,6 +82,11 @@ enum Command {
         /// (the wait doubles from one second with each failure in a row).
         #[arg(long, env = "FIELDSYNC_WEBHOOK_MAX_BACKOFF_SECS", default_value_t = Limits::default().webhook_max_backoff.as_secs())]
         webhook_max_backoff_secs: u64,
+        /// Days a device may go without syncing before the changes it has not read may be
+        /// pruned from the feed (its next sync then starts over with whole records); push
+        /// answers kept for replays are kept as long. Pruned once a day.
+        #[arg(long, env = "FIELDSYNC_FEED_KEEP_DAYS", default_value_t = Limits::default().feed_keep_days)]
+        feed_keep_days: u32,
         #[command(flatten)]
         identity: Box<identity::IdentityArgs>,
         #[command(flatten)]
@@ -234,6 +239,21 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Prune the feed up to where every device that synced within `--keep-days` has read
+    /// (a device that did not starts its next sync over with whole records), and the push
+    /// answers kept for replays older than that (`serve` does it once a day).
+    Prune {
+        /// Days a device may go without syncing before it is no longer waited for.
+        #[arg(long, default_value_t = Limits::default().feed_keep_days)]
+        keep_days: u32,
+    },
+    /// Delete the audit lines from before a date: the audit log is pruned by date only, and
+    /// only when an administrator asks (keep what the law requires).
+    PruneAudit {
+        /// Lines before this time go (RFC 3339, such as `2019-01-01T00:00:00Z`).
+        #[arg(long, value_parser = parse_time)]
+        before: i64,
+    },
     /// Write a consistent copy of the database to a file, while the server may be running;
     /// with the server's attachment bucket, its attachments' bytes are copied in too.
     Backup {
@@ -373,6 +393,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             head_timeout_secs,
             metrics_sample_secs,
             webhook_max_backoff_secs,
+            feed_keep_days,
             identity,
             bucket,
         } => {
@@ -386,6 +407,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 webhook_max_backoff: std::time::Duration::from_secs(
                     webhook_max_backoff_secs.max(1),
                 ),
+                feed_keep_days: feed_keep_days.max(1),
                 ..Limits::default()
             };
             let identity_provider = identity.provider()?;
@@ -534,6 +556,19 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         Command::Webhook(WebhookCommand::Remove { id }) => {
             admin::remove_webhook(&*open()?, admin::By::CommandLine, id)?;
             println!("removed webhook {id}");
+            Ok(())
+        }
+        Command::Prune { keep_days } => {
+            let pruned = crate::pruning::prune(&*open()?, keep_days, crate::storage::now_ms())?;
+            println!(
+                "pruned {} feed entries and {} push answers",
+                pruned.feed_entries, pruned.push_answers
+            );
+            Ok(())
+        }
+        Command::PruneAudit { before } => {
+            let pruned = open()?.prune_audit(before, 0)?;
+            println!("deleted {pruned} audit lines");
             Ok(())
         }
         Command::Retention(command) => {
@@ -838,6 +873,10 @@ async fn serve_on(
     ));
     tokio::spawn(crate::webhooks::deliver_forever(state.clone()));
     tokio::spawn(crate::retention::periodically(state.storage.clone()));
+    tokio::spawn(crate::pruning::periodically(
+        state.storage.clone(),
+        state.limits.feed_keep_days,
+    ));
     tokio::spawn(crate::metrics::history::sample_periodically(
         state.metrics.clone(),
         state.metrics_history.clone(),

@@ -67,6 +67,12 @@ pub enum ServerError {
     /// and the same request may succeed in a moment (503 `unavailable`, `Retry-After: 1`).
     #[error("try again: {0}")]
     TryAgain(String),
+    /// A change feed cursor from before how far the feed was pruned.
+    #[error(
+        "the change feed was pruned past this cursor: read the records again through the \
+         records API, then follow the feed from its start"
+    )]
+    CursorExpired,
     /// No schema was set, so no record can be validated or stored.
     #[error(
         "the server has no schema yet; an administrator sets one with `fieldsync-server schema set FILE`"
@@ -113,6 +119,7 @@ impl ServerError {
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             ServerError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Refused),
             ServerError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ServerError::CursorExpired => (StatusCode::GONE, ErrorCode::CursorExpired),
             ServerError::NoSchema => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoSchema),
             ServerError::TryAgain(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ServerError::BatchConflict => (StatusCode::CONFLICT, ErrorCode::BatchConflict),

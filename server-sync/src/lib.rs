@@ -41,6 +41,7 @@ pub mod oidc;
 mod ops;
 mod outbound;
 mod premerge;
+mod pruning;
 mod pull;
 mod push;
 pub mod rate_limit;
@@ -94,6 +95,10 @@ pub struct Limits {
     /// The longest a webhook's failed delivery waits before it is tried again (the wait
     /// doubles from a second with each failure in a row, up to this).
     pub webhook_max_backoff: Duration,
+    /// Days a device may go without syncing before the feed entries it has not read may be
+    /// pruned (its next pull then starts over with whole records); push answers are kept as
+    /// long.
+    pub feed_keep_days: u32,
 }
 
 impl Default for Limits {
@@ -111,6 +116,7 @@ impl Default for Limits {
             request_burst: 60,
             max_attachment_bytes: 100 << 20,
             webhook_max_backoff: Duration::from_secs(300),
+            feed_keep_days: 90,
         }
     }
 }

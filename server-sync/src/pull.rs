@@ -150,11 +150,13 @@ pub async fn pull(
             None => (Vec::new(), 0),
         };
         // A first sync pages through the documents created after `sent_to`; it starts
-        // (again) without a cursor, when scopes were added, and from a cursor that does not
-        // say where it is.
+        // (again) without a cursor, when scopes were added, from a cursor the feed was pruned
+        // past (the device read none of it for longer than the server keeps it), and from a
+        // cursor that does not say where it is.
         let first_sync = match &cursor {
             None => Some(None),
             Some(_) if added > 0 => Some(None),
+            Some(cursor) if cursor.seq < device.feed_pruned_through => Some(None),
             Some(cursor) if cursor.documents => {
                 Some(cursor.sent_to.map(|sent_to| (cursor.seq, sent_to)))
             }
@@ -246,7 +248,7 @@ pub async fn pull(
             .iter()
             .map(|r| (r.collection.clone(), r.id.clone(), r.scope.clone()))
             .collect();
-        storage.record_pull(caller.device_id, &pulled, pending_changes)?;
+        storage.record_pull(caller.device_id, &pulled, pending_changes, next.seq)?;
         Ok(PullResponse {
             records,
             next_cursor: next.encode(),

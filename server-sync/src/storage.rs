@@ -147,7 +147,7 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<Page<DocumentEntry>>;
     /// Records a pull in the audit log, and the device's last sync time with the count of
     /// local changes it said wait in its outbox (`pending_changes`, kept as it was when
-    /// `None`). A pull that brought nothing writes nothing if the last sync time is less than
+    /// `None`) and the feed position its cursor `reached` (kept if higher). A pull that brought nothing writes nothing if the last sync time is less than
     /// [`IDLE_PULL_RECORDED_EVERY_MS`] old and the count, if given, is the one stored and was
     /// recorded as recently.
     fn record_pull(
@@ -155,6 +155,7 @@ pub trait Storage: Send + Sync + 'static {
         device_id: i64,
         records: &[(String, String, String)],
         pending_changes: Option<u64>,
+        reached: i64,
     ) -> Result<()>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
@@ -226,6 +227,18 @@ pub trait Storage: Send + Sync + 'static {
     fn retention_policies(&self) -> Result<Vec<RetentionPolicy>>;
     /// Removes `collection`'s retention policy; false if it had none.
     fn remove_retention_policy(&self, collection: &str) -> Result<bool>;
+    /// The feed position every reader in use has read up to: the lowest of the positions the
+    /// pulls of devices not revoked that synced since `active_since` reached, and of
+    /// webhooks' cursors; the feed's head if there is no such reader.
+    fn feed_read_by_all(&self, active_since: i64) -> Result<i64>;
+    /// Deletes the feed entries up to position `through` and remembers that it did (a pull
+    /// from a cursor before it starts over, see [`DeviceSync::feed_pruned_through`]), and the
+    /// push answers kept for replays stored before `answers_before` (ms since the epoch).
+    fn prune_feed(&self, through: i64, answers_before: i64) -> Result<Pruned>;
+    /// Deletes the audit lines from before `before` (ms since the epoch), by date only (the
+    /// database refuses to delete a line newer than the latest such date), with an audit line
+    /// (`audit-prune`) by user `by` (0: the command line). Returns how many were deleted.
+    fn prune_audit(&self, before: i64, by: i64) -> Result<u64>;
     /// Leaves no copy of deleted bytes in the storage's own files where it can: the embedded
     /// SQLite database empties its WAL into the database file (whose deleted bytes were
     /// zeroed as they went). True if nothing was left behind (a reader holding an old
@@ -349,6 +362,10 @@ fn redact_password(url: &str) -> String {
         None => url.to_owned(),
     }
 }
+
+/// How often, at most, an idle pull whose cursor moved (past the device's own changes, say)
+/// records how far it reached, for pruning: a position up to this old only holds pruning back.
+pub const FEED_POSITION_RECORDED_EVERY_MS: i64 = 3_600_000;
 
 /// How stale a device's last sync time may grow before a pull that brought nothing updates
 /// it. A device's sync after a local write pushes (which records the time) and then pulls,

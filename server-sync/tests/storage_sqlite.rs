@@ -35,6 +35,34 @@ fn the_audit_log_is_append_only() {
             .is_err()
     );
     assert!(conn.execute("DELETE FROM audit", []).is_err());
+
+    // Pruned by date only: a line goes once older than the horizon, which only moves forward.
+    conn.execute(
+        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope) VALUES (1000, 1, 1, 'push', 'c', 'r', 's')",
+        [],
+    )
+    .unwrap();
+    conn.execute("UPDATE audit_horizon SET prunable_before = 500", [])
+        .unwrap();
+    assert!(
+        conn.execute("DELETE FROM audit", []).is_err(),
+        "the newer line is refused, and with it the statement"
+    );
+    assert_eq!(
+        conn.execute("DELETE FROM audit WHERE at < 500", [])
+            .unwrap(),
+        1
+    );
+    for statement in [
+        "UPDATE audit_horizon SET prunable_before = 0",
+        "DELETE FROM audit_horizon",
+    ] {
+        assert!(conn.execute(statement, []).is_err(), "{statement}");
+    }
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM audit", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(left, 1);
 }
 
 #[test]

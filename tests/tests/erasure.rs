@@ -210,3 +210,55 @@ async fn retention_erases_exactly_the_sessions_older_than_its_policy() {
     drop(phone);
     assert!(server.terminate());
 }
+
+/// The feed is pruned past a device that did not sync within the keep period: its next sync
+/// starts over with whole records and misses nothing; a change feed consumer that far behind
+/// is told its cursor expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_pruned_feed_left_behind_syncs_again_from_whole_records() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let ada = server.user_with_device("ada", &["north"]);
+    let ben = server.user_with_device("ben", &["north"]);
+    server.admin(&["create-user", "ehr", "--service"]);
+    server.admin(&["grant", "--user", "ehr", "--scope", "north"]);
+    let ehr = server.device("ehr");
+    let phone = open_device(&dir.path().join("phone.db"));
+    let tablet = open_device(&dir.path().join("tablet.db"));
+    let [phone_sync, tablet_sync] =
+        [&ada, &ben].map(|token| SyncClient::new(SyncConfig::new(&server.url, token)).unwrap());
+    let session =
+        |note: &str| fields(json!({"caseload_id": "north", "started_at": 1, "note": note}));
+    let first = phone.insert("sessions", session("first")).unwrap();
+    phone_sync.sync_now(&phone).await.unwrap();
+    tablet_sync.sync_now(&tablet).await.unwrap();
+    let http = reqwest::Client::new();
+    let feed = |after: &str| {
+        http.get(format!("{}/v1/changes?after={after}", server.url))
+            .bearer_auth(&ehr)
+            .send()
+    };
+    let page: serde_json::Value =
+        serde_json::from_slice(&feed("0").await.unwrap().bytes().await.unwrap()).unwrap();
+    let cursor = page["next"].as_str().unwrap().to_owned();
+
+    // The tablet goes quiet; the phone writes on, and the feed is pruned past the tablet.
+    let later = phone.insert("sessions", session("later")).unwrap();
+    phone
+        .update("sessions", &first, fields(json!({"note": "first, edited"})))
+        .unwrap();
+    phone_sync.sync_now(&phone).await.unwrap();
+    let pruned = server.admin(&["prune", "--keep-days", "0"]);
+    assert!(pruned.contains("pruned 3 feed entries"), "{pruned}");
+
+    tablet_sync.sync_now(&tablet).await.unwrap();
+    assert_eq!(note_of(&tablet, &first), json!("first, edited"));
+    assert_eq!(note_of(&tablet, &later), json!("later"));
+    let expired = feed(&cursor).await.unwrap();
+    assert_eq!(expired.status(), 410);
+    let body: serde_json::Value = serde_json::from_slice(&expired.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "cursor_expired");
+    drop((phone, tablet));
+    assert!(server.terminate());
+}

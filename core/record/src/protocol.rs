@@ -314,6 +314,9 @@ pub enum ErrorCode {
     Conflict,
     /// The records API refused a write: the schema or the merge rules do not allow it (422).
     Refused,
+    /// The change feed no longer holds the changes after the cursor: it was pruned past it
+    /// (410). Read the records again, then follow the feed from its start.
+    CursorExpired,
     /// An unexpected server error (500).
     Internal,
     /// A code this build does not know (a newer server's); the status says what kind it is.

@@ -174,4 +174,6 @@ pub struct DeviceSync {
     pub outbox_seq: Option<i64>,
     /// The version of the app's schema it last said it runs.
     pub schema_version: Option<u32>,
+    /// How far the feed was pruned: a cursor before it must start over.
+    pub feed_pruned_through: i64,
 }

@@ -9,6 +9,7 @@ mod back_office;
 mod erasure;
 mod identity;
 mod pending_changes;
+mod pruning;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -60,6 +61,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     back_office::webhooks_are_leased_and_their_deliveries_recorded(&*fresh());
     erasure::an_erased_record_s_feed_entries_give_way_to_its_new_epoch(&*fresh());
     erasure::retention_policies_are_kept_and_aged_records_listed(&*fresh());
+    pruning::the_feed_push_answers_and_audit_lines_are_pruned(&*fresh());
 }
 
 /// A pushed record of `clients` in `scope`, whose one change is its id's bytes.
@@ -830,6 +832,7 @@ fn audit_and_activity(storage: &dyn Storage) {
             bob_phone,
             &[("clients".into(), "a".into(), "north".into())],
             None,
+            0,
         )
         .unwrap();
     let all = storage
@@ -899,7 +902,7 @@ fn a_record_s_audit_lines_among_many(storage: &dyn Storage) {
                 ("clients".into(), id, "north".into())
             })
             .collect();
-        storage.record_pull(device, &lines, None).unwrap();
+        storage.record_pull(device, &lines, None, 0).unwrap();
     };
     pull(ada, &[10]);
     let first = now_ms();
@@ -962,13 +965,13 @@ fn idle_pulls_move_the_last_sync_at_most_once_a_minute(storage: &dyn Storage) {
             .last_sync_at
     };
     // A device's first pull is recorded even when it brought nothing.
-    storage.record_pull(phone, &[], None).unwrap();
+    storage.record_pull(phone, &[], None, 0).unwrap();
     let first = last_sync().expect("a first pull sets the last sync time");
     // Let the clock pass the first time, so that an update would show.
     while now_ms() <= first {
         std::hint::spin_loop();
     }
-    storage.record_pull(phone, &[], None).unwrap();
+    storage.record_pull(phone, &[], None, 0).unwrap();
     assert_eq!(
         last_sync(),
         Some(first),
@@ -988,6 +991,7 @@ fn idle_pulls_move_the_last_sync_at_most_once_a_minute(storage: &dyn Storage) {
             phone,
             &[("clients".into(), "a".into(), "north".into())],
             None,
+            0,
         )
         .unwrap();
     assert!(

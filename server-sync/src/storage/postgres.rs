@@ -33,17 +33,18 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, Delivery, DeviceInfo,
-    DeviceRecord, DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS,
-    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, NewEpoch, Page,
-    RecordValues, Result, RetentionPolicy, Role, SignIn, Snapshot, Storage, StoredChunk,
-    StoredGroupGrant, StoredRecord, StoredSchema, TokenRecord, UserInfo, Webhook, decode_changes,
-    now_ms, stored_count,
+    DeviceRecord, DeviceSync, DocumentEntry, FEED_POSITION_RECORDED_EVERY_MS, FeedEntry, Grant,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord,
+    NewAuditLine, NewEpoch, Page, Pruned, RecordValues, Result, RetentionPolicy, Role, SignIn,
+    Snapshot, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema, TokenRecord,
+    UserInfo, Webhook, decode_changes, now_ms, stored_count,
 };
 use crate::error::ServerError;
 
 mod attachments;
 mod identity;
 mod maintenance;
+mod pruning;
 mod push;
 mod retention;
 
@@ -67,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/014_back_office.sql"),
     include_str!("migrations/postgres/015_erasure.sql"),
     include_str!("migrations/postgres/016_retention.sql"),
+    include_str!("migrations/postgres/017_pruning.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -571,12 +573,14 @@ impl Storage for PostgresStorage {
 
     fn device_sync(&self, device_id: i64) -> Result<DeviceSync> {
         let row = self.conn()?.query_opt(
-            "SELECT outbox_seq, schema_version FROM devices WHERE id = $1",
+            "SELECT d.outbox_seq, d.schema_version, h.pruned_through
+             FROM devices d, feed_horizon h WHERE d.id = $1",
             &[&device_id],
         )?;
         Ok(row.map_or_else(DeviceSync::default, |row| DeviceSync {
             outbox_seq: row.get(0),
             schema_version: row.get::<_, Option<i32>>(1).map(|v| v as u32),
+            feed_pruned_through: row.get(2),
         }))
     }
 
@@ -616,9 +620,12 @@ impl Storage for PostgresStorage {
     fn feed_head(&self) -> Result<i64> {
         // Positions become visible in order (the feed lock), so everything that commits
         // after this read comes after the head it returns.
-        let row = self
-            .conn()?
-            .query_one("SELECT coalesce(max(seq), 0) FROM feed", &[])?;
+        let row = self.conn()?.query_one(
+            // Past the entries pruned, even when every entry was.
+            "SELECT greatest(coalesce((SELECT max(seq) FROM feed), 0),
+                                 (SELECT pruned_through FROM feed_horizon))",
+            &[],
+        )?;
         Ok(row.get(0))
     }
 
@@ -661,6 +668,7 @@ impl Storage for PostgresStorage {
         device_id: i64,
         records: &[(String, String, String)],
         pending_changes: Option<u64>,
+        reached: i64,
     ) -> Result<()> {
         let mut conn = self.conn()?;
         let pending_changes = pending_changes.map(stored_count);
@@ -671,15 +679,21 @@ impl Storage for PostgresStorage {
                 "UPDATE devices SET last_sync_at = $2,
                      pending_changes = COALESCE($4, pending_changes),
                      pending_reported_at = CASE WHEN $4::BIGINT IS NULL THEN pending_reported_at
-                                                ELSE $2 END
+                                                ELSE $2 END,
+                     feed_position = greatest(coalesce(feed_position, 0), $5),
+                     feed_position_at = $2
                  WHERE id = $1 AND (last_sync_at IS NULL OR last_sync_at <= $3
                      OR ($4::BIGINT IS NOT NULL AND (pending_changes IS DISTINCT FROM $4
-                         OR pending_reported_at IS NULL OR pending_reported_at <= $3)))",
+                         OR pending_reported_at IS NULL OR pending_reported_at <= $3))
+                     OR (coalesce(feed_position, -1) < $5
+                         AND (feed_position_at IS NULL OR feed_position_at <= $6)))",
                 &[
                     &device_id,
                     &now,
                     &(now - IDLE_PULL_RECORDED_EVERY_MS),
                     &pending_changes,
+                    &reached,
+                    &(now - FEED_POSITION_RECORDED_EVERY_MS),
                 ],
             )?;
             return Ok(());
@@ -696,9 +710,10 @@ impl Storage for PostgresStorage {
             "UPDATE devices SET last_sync_at = $2,
                  pending_changes = COALESCE($3, pending_changes),
                  pending_reported_at = CASE WHEN $3::BIGINT IS NULL THEN pending_reported_at
-                                            ELSE $2 END
+                                            ELSE $2 END,
+                 feed_position = greatest(coalesce(feed_position, 0), $4), feed_position_at = $2
              WHERE id = $1",
-            &[&device_id, &now, &pending_changes],
+            &[&device_id, &now, &pending_changes, &reached],
         )?;
         tx.commit()?;
         Ok(())
@@ -851,6 +866,18 @@ impl Storage for PostgresStorage {
 
     fn remove_retention_policy(&self, collection: &str) -> Result<bool> {
         retention::remove_policy(&mut *self.conn()?, collection)
+    }
+
+    fn feed_read_by_all(&self, active_since: i64) -> Result<i64> {
+        pruning::feed_read_by_all(&mut *self.conn()?, active_since)
+    }
+
+    fn prune_feed(&self, through: i64, answers_before: i64) -> Result<Pruned> {
+        pruning::prune_feed(&mut *self.conn()?, through, answers_before)
+    }
+
+    fn prune_audit(&self, before: i64, by: i64) -> Result<u64> {
+        pruning::prune_audit(&mut *self.conn()?, before, by)
     }
 
     fn scrub(&self) -> Result<bool> {

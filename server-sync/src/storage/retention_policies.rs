@@ -1,4 +1,4 @@
-//! Retention policies, as storage keeps them.
+//! Retention policies, and what pruning deleted, as storage keeps them.
 
 use super::Result;
 use crate::error::ServerError;
@@ -32,4 +32,13 @@ pub(crate) fn parse_erase_fields(stored: Option<&str>) -> Result<Vec<String>> {
             ServerError::Corrupt("a retention policy's fields to erase do not read".into())
         })
     })
+}
+
+/// What one pruning of the feed deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Feed entries.
+    pub feed_entries: u64,
+    /// Push answers kept for replays.
+    pub push_answers: u64,
 }

@@ -22,11 +22,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Access, AttachmentState, AuditEntry, AuditQuery, Batch, ChunkStored, Delivery, DeviceInfo,
-    DeviceRecord, DeviceSync, DocumentEntry, FeedEntry, Grant, IDLE_PULL_RECORDED_EVERY_MS,
-    Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord, NewAuditLine, NewEpoch, Page,
-    RecordValues, Result, RetentionPolicy, Role, SignIn, Snapshot, SnapshotMark, Storage,
-    StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema, TokenRecord, UserInfo, Webhook,
-    now_ms, stored_count,
+    DeviceRecord, DeviceSync, DocumentEntry, FEED_POSITION_RECORDED_EVERY_MS, FeedEntry, Grant,
+    IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord,
+    NewAuditLine, NewEpoch, Page, Pruned, RecordValues, Result, RetentionPolicy, Role, SignIn,
+    Snapshot, SnapshotMark, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema,
+    TokenRecord, UserInfo, Webhook, now_ms, stored_count,
 };
 use crate::error::ServerError;
 use crate::metrics::Histogram;
@@ -34,6 +34,7 @@ use crate::metrics::Histogram;
 mod attachments;
 mod identity;
 mod maintenance;
+mod pruning;
 mod pull;
 mod push;
 mod retention;
@@ -62,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/017_back_office.sql"),
     include_str!("migrations/sqlite/018_erasure.sql"),
     include_str!("migrations/sqlite/019_retention.sql"),
+    include_str!("migrations/sqlite/020_pruning.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -645,11 +647,15 @@ impl Storage for SqliteStorage {
     fn device_sync(&self, device_id: i64) -> Result<DeviceSync> {
         let conn = self.lock();
         let sync = conn
-            .prepare_cached("SELECT outbox_seq, schema_version FROM devices WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT d.outbox_seq, d.schema_version, h.pruned_through
+                 FROM devices d, feed_horizon h WHERE d.id = ?1",
+            )?
             .query_row([device_id], |row| {
                 Ok(DeviceSync {
                     outbox_seq: row.get(0)?,
                     schema_version: row.get(1)?,
+                    feed_pruned_through: row.get(2)?,
                 })
             })
             .optional()?;
@@ -681,9 +687,13 @@ impl Storage for SqliteStorage {
     fn feed_head(&self) -> Result<i64> {
         self.read(|conn| {
             Ok(
-                conn.query_row("SELECT coalesce(max(seq), 0) FROM feed", [], |row| {
-                    row.get(0)
-                })?,
+                // Past the entries pruned, even when every entry was.
+                conn.query_row(
+                    "SELECT max(coalesce((SELECT max(seq) FROM feed), 0),
+                                (SELECT pruned_through FROM feed_horizon))",
+                    [],
+                    |row| row.get(0),
+                )?,
             )
         })
     }
@@ -703,18 +713,23 @@ impl Storage for SqliteStorage {
         device_id: i64,
         records: &[(String, String, String)],
         pending_changes: Option<u64>,
+        reached: i64,
     ) -> Result<()> {
         let pending_changes = pending_changes.map(stored_count);
         if records.is_empty() {
             let recent: bool = self.read(|conn| {
+                let now = now_ms();
                 Ok(conn.query_row(
                     "SELECT coalesce(last_sync_at > ?2 AND (?3 IS NULL
-                         OR (pending_changes IS ?3 AND pending_reported_at > ?2)), 0)
+                         OR (pending_changes IS ?3 AND pending_reported_at > ?2))
+                         AND (coalesce(feed_position, -1) >= ?4 OR feed_position_at > ?5), 0)
                      FROM devices WHERE id = ?1",
                     params![
                         device_id,
-                        now_ms() - IDLE_PULL_RECORDED_EVERY_MS,
-                        pending_changes
+                        now - IDLE_PULL_RECORDED_EVERY_MS,
+                        pending_changes,
+                        reached,
+                        now - FEED_POSITION_RECORDED_EVERY_MS
                     ],
                     |row| row.get(0),
                 )?)
@@ -723,7 +738,7 @@ impl Storage for SqliteStorage {
                 return Ok(());
             }
         }
-        self.write(|conn| record_pull_in(conn, device_id, records, pending_changes))
+        self.write(|conn| record_pull_in(conn, device_id, records, (pending_changes, reached)))
     }
 
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
@@ -814,6 +829,18 @@ impl Storage for SqliteStorage {
 
     fn remove_retention_policy(&self, collection: &str) -> Result<bool> {
         self.write(|conn| retention::remove_policy(conn, collection))
+    }
+
+    fn feed_read_by_all(&self, active_since: i64) -> Result<i64> {
+        self.read(|conn| pruning::feed_read_by_all(conn, active_since))
+    }
+
+    fn prune_feed(&self, through: i64, answers_before: i64) -> Result<Pruned> {
+        self.write(|conn| pruning::prune_feed(conn, through, answers_before))
+    }
+
+    fn prune_audit(&self, before: i64, by: i64) -> Result<u64> {
+        self.write(|conn| pruning::prune_audit(conn, before, by))
     }
 
     fn scrub(&self) -> Result<bool> {

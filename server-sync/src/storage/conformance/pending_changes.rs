@@ -42,7 +42,7 @@ pub(super) fn a_reported_count_of_pending_changes_is_kept_and_listed(storage: &d
     // The pull after it says the outbox is empty: recorded, though it brought nothing and the
     // last sync time is recent (an idle pull that says nothing new writes nothing).
     after(pushed.last_sync_at.unwrap());
-    storage.record_pull(phone, &[], Some(0)).unwrap();
+    storage.record_pull(phone, &[], Some(0), 0).unwrap();
     let emptied = listed(storage, phone);
     assert_eq!(
         emptied.pending_changes,
@@ -52,7 +52,7 @@ pub(super) fn a_reported_count_of_pending_changes_is_kept_and_listed(storage: &d
     assert!(emptied.pending_reported_at > pushed.pending_reported_at);
     assert_eq!(emptied.pending_reported_at, emptied.last_sync_at);
     after(emptied.last_sync_at.unwrap());
-    storage.record_pull(phone, &[], Some(0)).unwrap();
+    storage.record_pull(phone, &[], Some(0), 0).unwrap();
     assert_eq!(
         listed(storage, phone),
         emptied,
@@ -65,6 +65,7 @@ pub(super) fn a_reported_count_of_pending_changes_is_kept_and_listed(storage: &d
             phone,
             &[("clients".into(), "a".into(), "north".into())],
             None,
+            0,
         )
         .unwrap();
     let silent = listed(storage, phone);

@@ -116,7 +116,7 @@ pub(super) fn record_pull_in(
     conn: &mut Connection,
     device_id: i64,
     records: &[(String, String, String)],
-    pending_changes: Option<i64>,
+    (pending_changes, reached): (Option<i64>, i64),
 ) -> Result<()> {
     let tx = conn.transaction()?;
     let now = now_ms();
@@ -137,9 +137,10 @@ pub(super) fn record_pull_in(
     tx.execute(
         "UPDATE devices SET last_sync_at = ?2,
              pending_changes = coalesce(?3, pending_changes),
-             pending_reported_at = CASE WHEN ?3 IS NULL THEN pending_reported_at ELSE ?2 END
+             pending_reported_at = CASE WHEN ?3 IS NULL THEN pending_reported_at ELSE ?2 END,
+             feed_position = max(coalesce(feed_position, 0), ?4), feed_position_at = ?2
          WHERE id = ?1",
-        params![device_id, now, pending_changes],
+        params![device_id, now, pending_changes, reached],
     )?;
     tx.commit()?;
     Ok(())

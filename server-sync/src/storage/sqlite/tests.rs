@@ -208,13 +208,13 @@ fn a_pull_that_brought_nothing_soon_after_a_sync_commits_and_flushes_nothing() {
     let storage = SqliteStorage::open(&dir.path().join("server.db")).unwrap();
     let user = storage.create_user("ada", Role::Member).unwrap();
     let device = storage.create_device(user, "phone").unwrap();
-    storage.record_pull(device, &[], Some(0)).unwrap();
+    storage.record_pull(device, &[], Some(0), 0).unwrap();
     let before = storage.wal_flushes();
     // Saying the same count of pending changes as before changes nothing either.
-    storage.record_pull(device, &[], Some(0)).unwrap();
+    storage.record_pull(device, &[], Some(0), 0).unwrap();
     assert_eq!(storage.wal_flushes(), before);
     storage
-        .record_pull(device, &[("c".into(), "r".into(), "s".into())], None)
+        .record_pull(device, &[("c".into(), "r".into(), "s".into())], None, 0)
         .unwrap();
     assert_eq!(storage.wal_flushes(), before + 1);
 }

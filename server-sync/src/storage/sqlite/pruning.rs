@@ -1,0 +1,59 @@
+//! What pruning deletes, in SQLite: the feed up to where every reader in use has read, old
+//! push answers, and audit lines by date.
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use crate::storage::{Pruned, Result, now_ms};
+
+pub(super) fn feed_read_by_all(conn: &Connection, active_since: i64) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT coalesce(min(position), (SELECT coalesce(max(seq), 0) FROM feed)) FROM (
+             SELECT coalesce(feed_position, 0) AS position FROM devices
+             WHERE revoked_at IS NULL AND last_sync_at >= ?1
+             UNION ALL SELECT cursor FROM webhooks)",
+        [active_since],
+        |row| row.get(0),
+    )?)
+}
+
+pub(super) fn prune_feed(
+    conn: &mut Connection,
+    through: i64,
+    answers_before: i64,
+) -> Result<Pruned> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "UPDATE feed_horizon SET pruned_through = max(pruned_through, ?1)",
+        [through],
+    )?;
+    let feed_entries = tx.execute("DELETE FROM feed WHERE seq <= ?1", [through])?;
+    let push_answers = tx.execute(
+        "DELETE FROM push_batches WHERE created_at < ?1",
+        [answers_before],
+    )?;
+    tx.commit()?;
+    Ok(Pruned {
+        feed_entries: feed_entries as u64,
+        push_answers: push_answers as u64,
+    })
+}
+
+pub(super) fn prune_audit(conn: &mut Connection, before: i64, by: i64) -> Result<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "UPDATE audit_horizon SET prunable_before = max(prunable_before, ?1)",
+        [before],
+    )?;
+    let pruned = tx.execute("DELETE FROM audit WHERE at < ?1", [before])?;
+    tx.execute(
+        "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope, detail)
+         VALUES (?1, ?2, 0, 'audit-prune', 'admin', '', '', ?3)",
+        params![
+            now_ms(),
+            by,
+            format!("lines before {before} (ms since the epoch)")
+        ],
+    )?;
+    tx.commit()?;
+    Ok(pruned as u64)
+}
