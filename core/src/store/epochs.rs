@@ -95,6 +95,9 @@ pub(super) fn replace(
         .map(|e| e.fields.clone());
     let created_at = existing.as_ref().map_or(now, |e| e.created_at);
     let unsent = super::sync_state::take_queued(tx, collection, id)?;
+    if let Some(local) = &existing {
+        rebase_kept_writes(shared, tx, (collection, id), &local.fields, &next_fields)?;
+    }
     let mut doc = CachedDoc {
         stored: Vec::new(),
         deleted: document::is_deleted(&next),
@@ -138,6 +141,42 @@ pub(super) fn replace(
         doc,
         rebased,
     })
+}
+
+/// Writes kept for the app (refused by the server, or set aside while a restored store synced
+/// again) hold each field as the user left it, a text whole: the record's copy (`base`, which
+/// no longer holds them) is what they were written on. Once the record moves to a new epoch,
+/// their text and nested values are merged three ways against it, so that writing them again
+/// brings back what the user typed, not what the erasure removed.
+fn rebase_kept_writes(
+    shared: &Shared,
+    tx: &Transaction<'_>,
+    (collection, id): (&str, &str),
+    base: &Fields,
+    next: &Fields,
+) -> Result<()> {
+    let decl = shared.schema.collection(collection)?;
+    let kept: Vec<(i64, String)> = tx
+        .prepare_cached(
+            "SELECT id, fields FROM rejected_writes WHERE collection = ?1 AND record_id = ?2",
+        )?
+        .query_map([collection, id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (row, json) in kept {
+        let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&json) else {
+            continue;
+        };
+        for (name, value) in fields.iter_mut() {
+            let Some(field) = decl.fields.get(name) else {
+                continue;
+            };
+            let value_of = |fields: &Fields| fields.get(name).cloned().unwrap_or(Value::Null);
+            *value = rebase_value(field, &value_of(base), value, &value_of(next))?;
+        }
+        tx.prepare_cached("UPDATE rejected_writes SET fields = ?2 WHERE id = ?1")?
+            .execute(params![row, Value::Object(fields).to_string()])?;
+    }
+    Ok(())
 }
 
 /// Makes the writes `unsent` (as the outbox held them) made on the old epoch `local` again on

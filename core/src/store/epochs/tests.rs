@@ -164,3 +164,41 @@ fn the_store_zeroes_what_it_deletes() {
         .unwrap();
     assert_eq!(secure, 1);
 }
+
+#[test]
+fn a_kept_write_is_merged_with_the_new_epoch_so_that_retrying_it_brings_nothing_erased_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, server, id) = synced_note(dir.path());
+    device
+        .splice_text("clients", &id, "notes", 0, 0, "Seen today. ")
+        .unwrap();
+    // The server refuses the edit: the record shows what the server has again, and the edit
+    // waits for the app with the note as the user left it.
+    let entries = device.outbox(10).unwrap();
+    let refused = PushResponse {
+        results: vec![PushResult {
+            collection: "clients".into(),
+            id: id.clone(),
+            rejected: Some(crate::protocol::Rejection {
+                code: crate::protocol::RejectCode::ForbiddenScope,
+                message: "no write grant on this scope".into(),
+            }),
+        }],
+    };
+    device.complete_push(&entries, &refused).unwrap();
+    let [kept]: [RejectedWrite; 1] = device.rejected_writes().unwrap().try_into().unwrap();
+    assert_eq!(
+        kept.fields["notes"],
+        json!("Seen today. CANARY-9 is not Ada.")
+    );
+
+    let erasure = Erasure::Fields(["notes".to_owned()].into());
+    device
+        .apply_pull_page(epoch_page(&server, &id, &erasure, 1))
+        .unwrap();
+    let [kept]: [RejectedWrite; 1] = device.rejected_writes().unwrap().try_into().unwrap();
+    assert_eq!(kept.fields["notes"], json!("Seen today. "));
+    device.retry_rejected_write(kept.id).unwrap();
+    let record = device.get("clients", &id).unwrap().unwrap();
+    assert_eq!(record.fields["notes"], json!("Seen today. "));
+}
