@@ -238,6 +238,10 @@ enum Command {
         /// Why, for the audit log (name no content).
         #[arg(long)]
         reason: String,
+        /// Where attachments' bytes are kept, if not in the database: attachments only the
+        /// erased values referenced are dropped from it.
+        #[command(flatten)]
+        bucket: bucket::BucketArgs,
     },
     /// Prune the feed up to where every device that synced within `--keep-days` has read
     /// (a device that did not starts its next sync over with whole records), and the push
@@ -645,6 +649,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             fields,
             history,
             reason,
+            bucket,
         } => {
             let erasure = match (fields.is_empty(), history) {
                 (false, _) => Erasure::Fields(fields.into_iter().collect()),
@@ -660,9 +665,21 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 by: 0,
                 reason: &reason,
             };
+            let chunks = match bucket.bucket()? {
+                Some(bucket) => ChunkStore::Bucket(bucket),
+                None => ChunkStore::Database,
+            };
             let erased = crate::erasure::erase(&*storage, &schema, &request)?;
+            let dropped = block_on(crate::attachments::collect::drop_unreferenced(
+                &storage,
+                &chunks,
+                &schema,
+                &erased.scope,
+                &erased.attachments,
+            ))?;
             println!(
-                "erased {} of {collection} {id}: the record is at epoch {}",
+                "erased {} of {collection} {id}: the record is at epoch {}; {dropped} \
+                 attachments dropped",
                 request.erasure.describe(),
                 erased.epoch
             );

@@ -5,8 +5,8 @@
 //! the old epoch are refused (`record_erased`) and made again by the devices on the new one.
 //!
 //! Push answers kept for replays (`push_batches`) hold record ids and refusal codes, never
-//! content, so they stay. Attachments' bytes that only erased values referenced go with the
-//! daily collection of unreferenced attachments.
+//! content, so they stay. Attachments' bytes that only erased values referenced go too, once
+//! the caller, which holds the attachment store, drops those no other record references.
 
 use automerge::{ActorId, AutoCommit};
 use fieldsync_record::Schema;
@@ -37,13 +37,19 @@ pub struct EraseRequest<'a> {
 }
 
 /// What an erasure did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erased {
     /// The record's new epoch.
     pub epoch: u64,
     /// Whether the storage's own files keep no copy of the erased bytes (see
     /// [`Storage::scrub`]).
     pub scrubbed: bool,
+    /// The record's scope.
+    pub scope: String,
+    /// Attachments the record referenced, now or before, and no longer does: their bytes go
+    /// unless another record of the scope references them
+    /// ([`drop_unreferenced`](crate::attachments::collect::drop_unreferenced)).
+    pub attachments: Vec<[u8; 32]>,
 }
 
 /// Erases what `request` names from the record, as one new epoch.
@@ -71,7 +77,7 @@ pub fn erase(
         let version = stored
             .version
             .ok_or_else(|| ServerError::Corrupt("a stored record has no version".into()))?;
-        let doc = guarded(|| AutoCommit::load(&stored.doc).ok())
+        let mut doc = guarded(|| AutoCommit::load(&stored.doc).ok())
             .flatten()
             .ok_or_else(|| {
                 ServerError::Corrupt(
@@ -93,6 +99,9 @@ pub fn erase(
         })?;
         let (fields, deleted) = fieldsync_record::document::document_values(&next)
             .map_err(|_| ServerError::Corrupt("the erased record's values do not read".into()))?;
+        let attachments =
+            fieldsync_record::erasure::attachments_left_behind(&mut doc, collection, &next)
+                .map_err(|err| ServerError::Corrupt(err.to_string()))?;
         let history = next.get_changes(&[]);
         let epoch = NewEpoch {
             epoch: stored.epoch + 1,
@@ -109,6 +118,8 @@ pub fn erase(
             return Ok(Erased {
                 epoch: epoch.epoch,
                 scrubbed,
+                scope: stored.scope,
+                attachments: attachments.into_iter().collect(),
             });
         }
     }

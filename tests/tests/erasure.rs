@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use fieldsync_core::{Store, SyncClient, SyncConfig};
+use fieldsync_core::{AttachmentSource, Store, SyncClient, SyncConfig};
 use fieldsync_tests::server::ServerProcess;
 use fieldsync_tests::{fields, open_device};
 use serde_json::json;
@@ -260,5 +260,89 @@ async fn a_device_the_pruned_feed_left_behind_syncs_again_from_whole_records() {
     let body: serde_json::Value = serde_json::from_slice(&expired.bytes().await.unwrap()).unwrap();
     assert_eq!(body["code"], "cursor_expired");
     drop((phone, tablet));
+    assert!(server.terminate());
+}
+
+/// Erasing a client's consent form drops its bytes from the server at once, unless another
+/// record of the scope still references them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_attachment_s_bytes_leave_the_server() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let ada = server.user_with_device("ada", &["north"]);
+    let phone = open_device(&dir.path().join("phone.db"));
+    let sync = SyncClient::new(SyncConfig::new(&server.url, &ada)).unwrap();
+    let client = |name: &str| {
+        phone
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": name})),
+            )
+            .unwrap()
+    };
+    let (sam, kim) = (client("Sam"), client("Kim"));
+    let form = b"CANARY consent form of the wrong family".repeat(100);
+    let shared = b"the clinic's leaflet".to_vec();
+    let attach = |id: &str, bytes: &[u8]| {
+        phone
+            .attach(
+                "clients",
+                id,
+                "consent_form",
+                AttachmentSource::Bytes(bytes),
+                "image/jpeg",
+                None,
+            )
+            .unwrap()
+    };
+    let form_ref = attach(&sam, &form);
+    attach(&kim, &shared);
+    let leaflet = attach(&sam, &shared);
+    sync.sync_now(&phone).await.unwrap();
+    let held = |sha256: &str| {
+        let url = format!("{}/v1/scopes/north/attachments/{sha256}", server.url);
+        let ada = ada.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(ada)
+                .header("fieldsync-protocol", "1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let hex = |sha256: [u8; 32]| {
+        sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let form_sha = hex(form_ref.sha256);
+    assert_eq!(held(&form_sha).await, 200);
+
+    // Sam's field held the form, then the leaflet Kim's record references too.
+    let said = server.admin(&[
+        "erase",
+        "--collection",
+        "clients",
+        "--id",
+        &sam,
+        "--field",
+        "consent_form",
+        "--reason",
+        "consent withdrawn",
+    ]);
+    assert!(said.contains("1 attachments dropped"), "{said}");
+    assert_eq!(held(&form_sha).await, 404);
+    assert_eq!(
+        held(&hex(leaflet.sha256)).await,
+        200,
+        "Kim's record still uses it"
+    );
+    drop(phone);
     assert!(server.terminate());
 }

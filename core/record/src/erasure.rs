@@ -11,6 +11,7 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ROOT, ReadDoc, hydrate};
 use serde_json::Value;
 
+use crate::attachment::AttachmentRef;
 use crate::document::{self, DELETED_KEY};
 use crate::error::{Error, Result};
 use crate::schema::{Collection, Field, FieldType};
@@ -160,6 +161,55 @@ fn empty_like(value: &Value) -> Value {
         Value::Array(_) => Value::Array(Vec::new()),
         _ => Value::Object(serde_json::Map::new()),
     }
+}
+
+/// The attachments (SHA-256) that `doc`'s attachment fields held at any point of its history
+/// and that its next epoch `next` no longer references: the bytes an erasure leaves behind,
+/// which go unless another record of the scope references them.
+pub fn attachments_left_behind(
+    doc: &mut AutoCommit,
+    collection: &Collection,
+    next: &AutoCommit,
+) -> Result<BTreeSet<[u8; 32]>> {
+    let attachment_fields: Vec<&str> = collection
+        .fields
+        .iter()
+        .filter(|(_, field)| field.field_type == FieldType::Attachment)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let held = |doc: &AutoCommit| -> Result<Vec<[u8; 32]>> {
+        let (values, _) = document::document_values(doc)?;
+        Ok(attachment_fields
+            .iter()
+            .filter_map(|name| values.get(*name))
+            .filter_map(|value| AttachmentRef::from_value(value).ok())
+            .map(|reference| reference.sha256)
+            .collect())
+    };
+    let mut left = BTreeSet::new();
+    if attachment_fields.is_empty() {
+        return Ok(left);
+    }
+    for change in document::history(doc) {
+        if !change
+            .fields
+            .iter()
+            .any(|f| attachment_fields.contains(&f.as_str()))
+        {
+            continue;
+        }
+        let Ok(hash) = change.change_hash.parse::<automerge::ChangeHash>() else {
+            continue;
+        };
+        let then = doc
+            .fork_at(&[hash])
+            .map_err(|_| Error::Corrupt("a change of the record's history is missing".into()))?;
+        left.extend(held(&then)?);
+    }
+    for sha256 in held(next)? {
+        left.remove(&sha256);
+    }
+    Ok(left)
 }
 
 /// Whether a record document's root holds `key`.

@@ -30,6 +30,8 @@ pub struct ErasedView {
     pub erased: String,
     /// The record's new epoch.
     pub epoch: u64,
+    /// Attachments only the erased values referenced, whose bytes were dropped.
+    pub attachments_dropped: usize,
 }
 
 /// `POST /v1/admin/records/{collection}/{id}/erase`.
@@ -57,7 +59,7 @@ pub async fn erase(
     };
     let storage = state.storage.clone();
     let erased = erasure.describe();
-    let done = blocking(move || {
+    let (done, schema) = blocking(move || {
         let stored = storage.current_schema()?.ok_or(ServerError::NoSchema)?;
         let schema = crate::schema::parse(&stored)?;
         let request = crate::erasure::EraseRequest {
@@ -67,11 +69,20 @@ pub async fn erase(
             by: by.user_id(),
             reason: &reason,
         };
-        crate::erasure::erase(&*storage, &schema, &request)
+        Ok((crate::erasure::erase(&*storage, &schema, &request)?, schema))
     })
+    .await?;
+    let attachments_dropped = crate::attachments::collect::drop_unreferenced(
+        &state.storage,
+        &state.chunks,
+        &schema,
+        &done.scope,
+        &done.attachments,
+    )
     .await?;
     Ok(Json(ErasedView {
         erased,
         epoch: done.epoch,
+        attachments_dropped,
     }))
 }

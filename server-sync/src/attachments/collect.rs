@@ -115,6 +115,85 @@ pub async fn collect(
     }
 }
 
+/// Drops the attachments `sha256s` of `scope` that no live record of the scope references
+/// (an erasure's leftovers), at once, with an audit line each; returns how many.
+pub async fn drop_unreferenced(
+    storage: &Arc<dyn Storage>,
+    chunks: &ChunkStore,
+    schema: &Schema,
+    scope: &str,
+    sha256s: &[[u8; 32]],
+) -> Result<usize, ServerError> {
+    if sha256s.is_empty() {
+        return Ok(0);
+    }
+    let referenced = {
+        let (storage, schema, scope) = (storage.clone(), schema.clone(), scope.to_owned());
+        blocking(move || referenced_in_scope(&*storage, &schema, &scope)).await?
+    };
+    let mut dropped = 0;
+    for sha256 in sha256s.iter().filter(|sha| !referenced.contains(*sha)) {
+        let key = (scope.to_owned(), *sha256);
+        if chunks.delete(storage, &key).await? {
+            dropped += 1;
+            let storage = storage.clone();
+            blocking(move || {
+                storage.audit_line(&NewAuditLine {
+                    user_id: 0,
+                    device_id: 0,
+                    action: "collect",
+                    collection: "attachment",
+                    record_id: &hex::encode(key.1),
+                    scope: &key.0,
+                })
+            })
+            .await?;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Every SHA-256 an attachment field of a live record of `scope` holds.
+fn referenced_in_scope(
+    storage: &dyn Storage,
+    schema: &Schema,
+    scope: &str,
+) -> Result<HashSet<[u8; 32]>, ServerError> {
+    let mut referenced = HashSet::new();
+    for (name, collection) in &schema.collections {
+        let fields: Vec<&str> = collection
+            .fields
+            .iter()
+            .filter(|(_, field)| field.field_type == FieldType::Attachment)
+            .map(|(field, _)| field.as_str())
+            .collect();
+        if fields.is_empty() {
+            continue;
+        }
+        let mut after = String::new();
+        loop {
+            let page = storage.records_in_scope(name, scope, &after, PAGE)?;
+            for record in &page {
+                let values: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&record.fields_json)
+                        .map_err(|_| ServerError::Corrupt("stored values do not decode".into()))?;
+                referenced.extend(
+                    fields
+                        .iter()
+                        .filter_map(|field| values.get(*field))
+                        .filter_map(|value| AttachmentRef::from_value(value).ok())
+                        .map(|reference| reference.sha256),
+                );
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE as usize => after = last.id.clone(),
+                _ => break,
+            }
+        }
+    }
+    Ok(referenced)
+}
+
 /// Every (scope, SHA-256) an attachment field of a live record holds.
 fn referenced(
     storage: &dyn Storage,
