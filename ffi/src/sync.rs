@@ -65,6 +65,10 @@ pub struct SyncReport {
     pub attachments_sent: u64,
     /// Attachments of `eager` fields downloaded whole.
     pub attachments_fetched: u64,
+    /// Pulled records the server erased content from: each replaced this store's copy.
+    pub erased: u64,
+    /// Of those, records whose unsent writes were made again on the erased record and pushed.
+    pub rebased: u64,
 }
 
 /// How far a running sync has come.
@@ -261,6 +265,8 @@ impl SyncClient {
             purged_scopes: report.purged_scopes,
             attachments_sent: report.attachments_sent as u64,
             attachments_fetched: report.attachments_fetched as u64,
+            erased: report.erased as u64,
+            rebased: report.rebased as u64,
         })
     }
 

@@ -4207,6 +4207,14 @@ public struct SyncReport: Equatable, Hashable {
      * Attachments of `eager` fields downloaded whole.
      */
     public var attachmentsFetched: UInt64
+    /**
+     * Pulled records the server erased content from: each replaced this store's copy.
+     */
+    public var erased: UInt64
+    /**
+     * Of those, records whose unsent writes were made again on the erased record and pushed.
+     */
+    public var rebased: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4229,13 +4237,21 @@ public struct SyncReport: Equatable, Hashable {
          */attachmentsSent: UInt64, 
         /**
          * Attachments of `eager` fields downloaded whole.
-         */attachmentsFetched: UInt64) {
+         */attachmentsFetched: UInt64, 
+        /**
+         * Pulled records the server erased content from: each replaced this store's copy.
+         */erased: UInt64, 
+        /**
+         * Of those, records whose unsent writes were made again on the erased record and pushed.
+         */rebased: UInt64) {
         self.pushed = pushed
         self.rejected = rejected
         self.pulled = pulled
         self.purgedScopes = purgedScopes
         self.attachmentsSent = attachmentsSent
         self.attachmentsFetched = attachmentsFetched
+        self.erased = erased
+        self.rebased = rebased
     }
 
     
@@ -4259,7 +4275,9 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 pulled: FfiConverterUInt64.read(from: &buf), 
                 purgedScopes: FfiConverterSequenceString.read(from: &buf), 
                 attachmentsSent: FfiConverterUInt64.read(from: &buf), 
-                attachmentsFetched: FfiConverterUInt64.read(from: &buf)
+                attachmentsFetched: FfiConverterUInt64.read(from: &buf), 
+                erased: FfiConverterUInt64.read(from: &buf), 
+                rebased: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -4270,6 +4288,8 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterSequenceString.write(value.purgedScopes, into: &buf)
         FfiConverterUInt64.write(value.attachmentsSent, into: &buf)
         FfiConverterUInt64.write(value.attachmentsFetched, into: &buf)
+        FfiConverterUInt64.write(value.erased, into: &buf)
+        FfiConverterUInt64.write(value.rebased, into: &buf)
     }
 }
 
