@@ -78,6 +78,13 @@ impl Caller {
         readable
     }
 
+    /// Whether the caller may read `scope` (any grant on it).
+    pub fn may_read(&self, scope: &str) -> bool {
+        self.grants
+            .iter()
+            .any(|(pattern, _)| pattern.matches(scope))
+    }
+
     /// Whether the caller may write `scope`.
     pub fn may_write(&self, scope: &str) -> bool {
         self.grants

@@ -86,9 +86,9 @@ pub fn erase(
             })?;
         let mut next = next_epoch(
             &doc,
-            request.collection,
-            collection,
+            (request.collection, collection),
             &request.erasure,
+            stored.epoch,
             &ActorId::random(),
             now_ms(),
         )

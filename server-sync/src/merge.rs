@@ -125,7 +125,12 @@ pub(crate) fn merge(
             ))
         });
     match (merged, stored) {
-        (Err(_), Some(stored)) if holds_already(context.limits, record, &stored) => {
+        // Only to a caller who may read the scope: to anyone else it would tell what the
+        // scope's records hold.
+        (Err(_), Some(stored))
+            if context.caller.may_read(&record.scope)
+                && holds_already(context.limits, record, &stored) =>
+        {
             Ok(unchanged(stored))
         }
         (merged, _) => merged,

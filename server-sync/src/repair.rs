@@ -6,7 +6,9 @@
 //! appended, every rewritten document is loaded back), but a database written by an older
 //! server, or damaged on disk, may hold some; devices refuse them.
 
-use automerge::{AutoCommit, Change};
+use std::collections::HashSet;
+
+use automerge::{AutoCommit, Change, ChangeHash};
 use fieldsync_record::chunks;
 use fieldsync_record::merge::{decode_change, guarded};
 use fieldsync_record::protocol::{self, MAX_RECORD_INFLATED_BYTES};
@@ -126,6 +128,30 @@ pub fn repair(
             return Err(ServerError::BadRequest(
                 "the device's copy is not intact Automerge data".into(),
             ));
+        }
+        // An erased record's history starts at its epoch's one change: a copy from before
+        // the erasure would bring the erased history back.
+        if stored.epoch > 0 {
+            let roots = |changes: &mut dyn Iterator<Item = Change>| -> HashSet<ChangeHash> {
+                changes
+                    .filter(|change| change.deps().is_empty())
+                    .map(|change| change.hash())
+                    .collect()
+            };
+            let known = roots(
+                &mut chunks::split(&stored.doc)
+                    .into_iter()
+                    .flat_map(good_changes)
+                    .flatten(),
+            );
+            let copied = roots(&mut pieces.iter().copied().flat_map(good_changes).flatten());
+            if known.is_empty() || !copied.is_subset(&known) {
+                return Err(ServerError::BadRequest(
+                    "the device's copy holds the record from before it was erased: sync the \
+                     device, then repair from its copy"
+                        .into(),
+                ));
+            }
         }
         pieces.into_iter().for_each(&mut take);
     }

@@ -29,6 +29,8 @@ pub struct Applied {
     pub collection: String,
     /// Records erased.
     pub erased: usize,
+    /// Records past their time that could not be erased (damaged; `check` finds them).
+    pub failed: usize,
 }
 
 /// Checks `policy` against the schema in force: its collection is declared, its age field is a
@@ -101,7 +103,7 @@ fn apply_one(
         Erasure::Fields(policy.erase_fields.iter().cloned().collect())
     };
     let key = (policy.collection.as_str(), policy.age_field.as_str());
-    let mut erased = 0;
+    let (mut erased, mut failed) = (0, 0);
     let mut after = String::new();
     loop {
         let page = storage.records_aged(key, cutoff, &after, PAGE)?;
@@ -126,6 +128,16 @@ fn apply_one(
                 Ok(_) => erased += 1,
                 // Deleted or written meanwhile: the next run sees it again.
                 Err(ServerError::NotFound(_) | ServerError::TryAgain(_)) => {}
+                // One record that cannot be erased (damaged: `check` and `repair` find it) must
+                // not keep the policy from every other record.
+                Err(ServerError::Corrupt(_) | ServerError::BadRequest(_)) => {
+                    tracing::warn!(
+                        collection = %policy.collection,
+                        id = %aged.id,
+                        "a record past its retention could not be erased: run `check`"
+                    );
+                    failed += 1;
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -133,6 +145,7 @@ fn apply_one(
     Ok(Applied {
         collection: policy.collection.clone(),
         erased,
+        failed,
     })
 }
 
@@ -178,8 +191,13 @@ pub async fn periodically(storage: Arc<dyn Storage>) {
         .await;
         match applied {
             Ok(applied) => {
-                for Applied { collection, erased } in applied {
-                    tracing::info!(%collection, erased, "applied the retention policy");
+                for Applied {
+                    collection,
+                    erased,
+                    failed,
+                } in applied
+                {
+                    tracing::info!(%collection, erased, failed, "applied the retention policy");
                 }
             }
             Err(err) => tracing::warn!(error = %err, "applying retention policies failed"),

@@ -5,10 +5,11 @@
 //! an older epoch are never merged into a newer one (they depend on a history that no longer
 //! exists), so nothing erased comes back.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use automerge::transaction::Transactable;
+use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ROOT, ReadDoc, hydrate};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::attachment::AttachmentRef;
@@ -42,14 +43,33 @@ impl Erasure {
     }
 }
 
+/// Each actor's highest sequence number in a document: which changes it holds.
+pub type Clock = BTreeMap<String, u64>;
+
+/// What an epoch's one change says, as its message, of the epochs it replaces: for each, its
+/// number and the clock of its last document, so that a device still holding writes made on
+/// one of them tells those the server had (an answer lost) from those it did not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Replaced {
+    replaces: Vec<ReplacedEpoch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ReplacedEpoch {
+    epoch: u64,
+    clock: Clock,
+}
+
 /// The record's next epoch: a new document written by `actor` at `time_ms`, in one change,
 /// that holds `doc`'s current values (the value that shows where concurrent writes left
 /// several, keys the schema does not declare included) without what `erasure` takes out.
+/// `doc` is the record at epoch `epoch`; the new change's message names the changes it held
+/// (see [`replaced_clock`]).
 pub fn next_epoch(
     doc: &AutoCommit,
-    collection_name: &str,
-    collection: &Collection,
+    (collection_name, collection): (&str, &Collection),
     erasure: &Erasure,
+    epoch: u64,
     actor: &ActorId,
     time_ms: i64,
 ) -> Result<AutoCommit> {
@@ -78,10 +98,52 @@ pub fn next_epoch(
             hydrate::Value::Scalar(automerge::ScalarValue::Boolean(true)),
         );
     }
+    let mut replaced = root_message(doc).unwrap_or_default();
+    replaced.replaces.push(ReplacedEpoch {
+        epoch,
+        clock: clock_of(doc),
+    });
+    let message = serde_json::to_string(&replaced).expect("clocks serialize");
     let mut next = document::new_doc(actor);
     next.init_root_from_hydrate(&hydrate::Map::from(values))?;
-    document::commit(&mut next, time_ms);
+    next.commit_with(
+        CommitOptions::default()
+            .with_time(time_ms)
+            .with_message(message),
+    );
     Ok(next)
+}
+
+/// Each actor's highest sequence number in `doc`.
+fn clock_of(doc: &AutoCommit) -> Clock {
+    let mut clock = Clock::new();
+    for change in doc.clone().get_changes(&[]) {
+        let seq = clock.entry(change.actor_id().to_hex_string()).or_default();
+        *seq = (*seq).max(change.seq());
+    }
+    clock
+}
+
+/// What the root change of an epoch's document says it replaced; `None` for a record never
+/// erased (or erased by a server from before clocks were kept).
+fn root_message(doc: &AutoCommit) -> Option<Replaced> {
+    let root = doc
+        .clone()
+        .get_changes(&[])
+        .into_iter()
+        .find(|change| change.deps().is_empty())?;
+    serde_json::from_str(root.message()?).ok()
+}
+
+/// The clock of epoch `epoch`'s last document, as the epoch `doc` belongs to recorded it when
+/// it replaced that one: a change made on epoch `epoch` with a sequence number up to its
+/// actor's in the clock reached the server before the erasure. `None` if `doc` does not say.
+pub fn replaced_clock(doc: &AutoCommit, epoch: u64) -> Option<Clock> {
+    root_message(doc)?
+        .replaces
+        .into_iter()
+        .find(|replaced| replaced.epoch == epoch)
+        .map(|replaced| replaced.clock)
 }
 
 /// Whether field `name` may be erased from a record (live unless `deleted`).
@@ -272,9 +334,9 @@ mod tests {
         let erasure = Erasure::Fields(["note".to_owned()].into());
         let mut next = next_epoch(
             &doc,
-            "sessions",
-            collection,
+            ("sessions", collection),
             &erasure,
+            0,
             &ActorId::random(),
             4,
         )
@@ -301,16 +363,30 @@ mod tests {
         document::commit(&mut doc, 2);
 
         let actor = ActorId::random();
-        let mut squashed =
-            next_epoch(&doc, "sessions", collection, &Erasure::History, &actor, 3).unwrap();
+        let mut squashed = next_epoch(
+            &doc,
+            ("sessions", collection),
+            &Erasure::History,
+            0,
+            &actor,
+            3,
+        )
+        .unwrap();
         assert_eq!(
             values(&squashed),
             (json!({"caseload_id": "north", "client": "Ada"}), false)
         );
         assert!(!saved_bytes_hold(&mut squashed, "CANARY-2"));
 
-        let mut erased =
-            next_epoch(&doc, "sessions", collection, &Erasure::Record, &actor, 3).unwrap();
+        let mut erased = next_epoch(
+            &doc,
+            ("sessions", collection),
+            &Erasure::Record,
+            0,
+            &actor,
+            3,
+        )
+        .unwrap();
         assert_eq!(values(&erased), (json!({"caseload_id": "north"}), true));
         assert!(!saved_bytes_hold(&mut erased, "Ada"));
         crate::validate::validate_document(&schema, "sessions", "north", &erased).unwrap();
@@ -324,12 +400,13 @@ mod tests {
         let actor = ActorId::random();
         for field in ["caseload_id", "client", "_deleted"] {
             let erasure = Erasure::Fields([field.to_owned()].into());
-            let err = next_epoch(&doc, "sessions", collection, &erasure, &actor, 2).unwrap_err();
+            let err =
+                next_epoch(&doc, ("sessions", collection), &erasure, 0, &actor, 2).unwrap_err();
             assert!(matches!(err, Error::CannotErase { .. }), "{field}: {err}");
         }
         let erasure = Erasure::Fields(["nope".to_owned()].into());
         assert!(matches!(
-            next_epoch(&doc, "sessions", collection, &erasure, &actor, 2),
+            next_epoch(&doc, ("sessions", collection), &erasure, 0, &actor, 2),
             Err(Error::UnknownField { .. })
         ));
     }

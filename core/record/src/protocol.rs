@@ -153,6 +153,9 @@ pub enum RejectCode {
     /// was erased since. The device keeps its writes, pulls the record's new epoch, and makes
     /// them again on it.
     RecordErased,
+    /// A code this build does not know (a newer server's): the refusal is final, as most are.
+    #[serde(other)]
+    Unknown,
 }
 
 impl RejectCode {
@@ -168,6 +171,7 @@ impl RejectCode {
             RejectCode::InvalidRecord => "invalid_record",
             RejectCode::ActorReused => "actor_reused",
             RejectCode::RecordErased => "record_erased",
+            RejectCode::Unknown => "unknown",
         }
     }
 }

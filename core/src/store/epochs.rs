@@ -19,7 +19,8 @@ use crate::protocol;
 use crate::store::{RemotePayload, RemoteRecord};
 use crate::subscription::Changed;
 use crate::value::Fields;
-use fieldsync_record::erasure::rebase_value;
+use fieldsync_record::FieldType;
+use fieldsync_record::erasure::{rebase_value, replaced_clock};
 use fieldsync_record::validate::validate_document;
 
 /// The code of unsent writes to a record the server erased whole: the record stays deleted,
@@ -54,7 +55,7 @@ pub(super) fn replace(
     shared: &Shared,
     tx: &Transaction<'_>,
     record: &RemoteRecord,
-    epoch: u64,
+    (epoch, local_epoch): (u64, u64),
     now: i64,
 ) -> Result<Replaced> {
     let (collection, id) = (record.collection.as_str(), record.id.as_str());
@@ -79,7 +80,23 @@ pub(super) fn replace(
     })?;
     let next = document::load_doc(bytes, &shared.actor())
         .map_err(|_| invalid("the new epoch's document does not load"))?;
-    let next_fields = validate_document(&shared.schema, collection, &record.scope, &next)?;
+    // The epoch replaces the copy even where this store's schema would refuse it (an older
+    // app whose schema requires a field that was erased): keeping the old copy would keep the
+    // erased content. Its values must still be of their declared types, in its scope.
+    let next_fields = match validate_document(&shared.schema, collection, &record.scope, &next) {
+        Ok(fields) => fields,
+        Err(_) => {
+            let decl = shared.schema.collection(collection)?;
+            let fields = document::materialize(&next, collection, decl)?;
+            let scope = fields.get(&decl.scope_field).and_then(Value::as_str);
+            if scope != Some(record.scope.as_str()) {
+                return Err(invalid(
+                    "the new epoch's scope field does not hold its scope",
+                ));
+            }
+            fields
+        }
+    };
     // A damaged local copy has nothing worth keeping: the new epoch replaces it all the same.
     let existing = match read::load_cached_doc(shared, tx, collection, id) {
         Ok(existing) => existing,
@@ -110,6 +127,7 @@ pub(super) fn replace(
     };
     let rebased = match existing {
         Some(local) if !unsent.is_empty() => {
+            let local = (local, local_epoch);
             rebase(shared, tx, record, local, &unsent, &mut doc, now)?
         }
         _ => false,
@@ -187,7 +205,7 @@ fn rebase(
     shared: &Shared,
     tx: &Transaction<'_>,
     record: &RemoteRecord,
-    mut local: CachedDoc,
+    (mut local, local_epoch): (CachedDoc, u64),
     unsent: &[RemotePayload],
     next: &mut CachedDoc,
     now: i64,
@@ -195,6 +213,18 @@ fn rebase(
     let (collection, id) = (record.collection.as_str(), record.id.as_str());
     let decl = shared.schema.collection(collection)?;
     let mut hashes = rejected::change_hashes(unsent);
+    // Unsent writes the server had when it erased (a push stored, its answer lost) were
+    // erased with the rest: they are not made again.
+    if let Some(clock) = replaced_clock(&next.doc, local_epoch) {
+        for change in local.doc.get_changes(&[]) {
+            let reached = clock
+                .get(&change.actor_id().to_hex_string())
+                .is_some_and(|seq| change.seq() <= *seq);
+            if reached {
+                hashes.remove(&change.hash());
+            }
+        }
+    }
     let mut kept = rejected::without(&local.doc, &hashes);
     if kept.is_empty() {
         // The unsent writes include the record's creation, yet the server erased the record:
@@ -217,6 +247,7 @@ fn rebase(
         .and_then(std::result::Result::ok)
         .ok_or_else(|| Error::Corrupt("a record's own changes do not apply again".into()))?;
     let base = document::materialize(&base_doc, collection, decl)?;
+    let unsent_ops = unsent_ops(&mut local.doc, &hashes);
     let mut values = Fields::new();
     for name in typed
         .fields
@@ -225,12 +256,19 @@ fn rebase(
     {
         let field = &decl.fields[name];
         let value_of = |fields: &Fields| fields.get(name).cloned().unwrap_or(Value::Null);
-        let value = rebase_value(
-            field,
-            &value_of(&base),
-            &value_of(&local.fields),
-            &value_of(&next.fields),
-        )?;
+        // Where a concurrent write won the field on this device, the device's own value is
+        // what it wrote, not the winner (which is the server's to keep or erase).
+        let own = own_scalar(&local.doc, name, &unsent_ops).unwrap_or(value_of(&local.fields));
+        let next_value = value_of(&next.fields);
+        // A text the erasure removed keeps exactly what the unsent writes typed: a diff of the
+        // old text against the user's would take some of the user's characters for old ones.
+        let typed_text = (field.field_type == FieldType::Text && next_value.is_null())
+            .then(|| own_text(&local.doc, name, &unsent_ops))
+            .flatten();
+        let value = match typed_text {
+            Some(text) => Value::String(text),
+            None => rebase_value(field, &value_of(&base), &own, &next_value)?,
+        };
         values.insert(name.clone(), value);
     }
     let keep_aside = |tx: &Transaction<'_>, message: &str| {
@@ -285,6 +323,76 @@ fn rebase(
     next.doc = doc;
     next.fields = fields;
     Ok(true)
+}
+
+/// Each unsent change's actor and range of operation counters.
+fn unsent_ops(
+    doc: &mut automerge::AutoCommit,
+    hashes: &std::collections::HashSet<automerge::ChangeHash>,
+) -> Vec<(automerge::ActorId, std::ops::RangeInclusive<u64>)> {
+    doc.get_changes(&[])
+        .into_iter()
+        .filter(|change| hashes.contains(&change.hash()))
+        .map(|change| {
+            let range = change.start_op().get()..=change.max_op();
+            (change.actor_id().clone(), range)
+        })
+        .collect()
+}
+
+/// The scalar value an unsent change put in root key `name`, if it still shows among the
+/// key's values (concurrent writes keep them all).
+fn own_scalar(
+    doc: &automerge::AutoCommit,
+    name: &str,
+    unsent_ops: &[(automerge::ActorId, std::ops::RangeInclusive<u64>)],
+) -> Option<Value> {
+    use automerge::ReadDoc;
+    let values = doc.get_all(automerge::ROOT, name).ok()?;
+    values.into_iter().find_map(|(value, id)| {
+        let automerge::ObjId::Id(counter, actor, _) = id else {
+            return None;
+        };
+        let own = unsent_ops
+            .iter()
+            .any(|(by, ops)| *by == actor && ops.contains(&counter));
+        match value {
+            automerge::Value::Scalar(scalar) if own => {
+                Some(fieldsync_record::document::scalar_to_json(&scalar))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The characters of text field `name` that unsent changes inserted and that still show, in
+/// order; `None` if the field holds no text.
+fn own_text(
+    doc: &automerge::AutoCommit,
+    name: &str,
+    unsent_ops: &[(automerge::ActorId, std::ops::RangeInclusive<u64>)],
+) -> Option<String> {
+    use automerge::ReadDoc;
+    let Ok(Some((automerge::Value::Object(automerge::ObjType::Text), text))) =
+        doc.get(automerge::ROOT, name)
+    else {
+        return None;
+    };
+    let mut typed = String::new();
+    for item in doc.list_range(&text, ..) {
+        let automerge::ObjId::Id(counter, actor, _) = item.id() else {
+            continue;
+        };
+        let own = unsent_ops
+            .iter()
+            .any(|(by, ops)| *by == actor && ops.contains(&counter));
+        if let (true, automerge::Value::Scalar(scalar)) = (own, item.value.into())
+            && let automerge::ScalarValue::Str(chars) = scalar.as_ref()
+        {
+            typed.push_str(chars);
+        }
+    }
+    Some(typed)
 }
 
 /// Copies the WAL into the database file and empties it, so that no page image from before

@@ -165,7 +165,8 @@ pub(super) fn apply(
             merged.remove(&key);
             cache.pop(&key);
             tx.prepare_cached("SAVEPOINT remote_record")?.execute([])?;
-            let replaced = guarded(|| epochs::replace(shared, &tx, &record, epoch, now))
+            let epochs_seen = (epoch, local_epoch);
+            let replaced = guarded(|| epochs::replace(shared, &tx, &record, epochs_seen, now))
                 .unwrap_or_else(|| {
                     Err(Error::InvalidRemoteChange {
                         collection: record.collection.clone(),

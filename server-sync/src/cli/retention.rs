@@ -75,8 +75,16 @@ pub(super) fn run(
             println!("removed the retention policy of {collection}");
         }
         RetentionCommand::Apply => {
-            for Applied { collection, erased } in apply(storage, &schema()?, now_ms())? {
+            for Applied {
+                collection,
+                erased,
+                failed,
+            } in apply(storage, &schema()?, now_ms())?
+            {
                 println!("{collection}: erased {erased} records");
+                if failed > 0 {
+                    println!("{collection}: {failed} records could not be erased: run `check`");
+                }
             }
         }
     }

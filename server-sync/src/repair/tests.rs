@@ -191,3 +191,30 @@ fn a_device_s_copy_that_is_not_intact_repairs_nothing() {
     let missing = repair(&server.storage, &server.schema, ("clients", "b"), None).unwrap_err();
     assert!(matches!(missing, ServerError::NotFound(_)), "{missing}");
 }
+
+/// A device's copy from before an erasure would bring the erased history back: refused.
+#[test]
+fn a_copy_from_before_an_erasure_repairs_nothing() {
+    let server = Server::new();
+    let mut doc = document(&server.device, "Ada");
+    server.push("b1", doc.save_after(&[]));
+    let before_erasure = doc.save();
+    let request = crate::erasure::EraseRequest {
+        collection: "clients",
+        id: "a",
+        erasure: fieldsync_record::erasure::Erasure::History,
+        by: 0,
+        reason: "test",
+    };
+    crate::erasure::erase(&server.storage, &server.schema, &request).unwrap();
+    let refused = repair(
+        &server.storage,
+        &server.schema,
+        ("clients", "a"),
+        Some(&before_erasure),
+    );
+    assert!(
+        matches!(refused, Err(ServerError::BadRequest(_))),
+        "{refused:?}"
+    );
+}

@@ -44,7 +44,15 @@ fn epoch_page(server: &Store, id: &str, erasure: &Erasure, epoch: u64) -> PullRe
     let doc = automerge::AutoCommit::load(&server.document("clients", id).unwrap()).unwrap();
     let schema = server.schema();
     let collection = schema.collection("clients").unwrap();
-    let mut next = next_epoch(&doc, "clients", collection, erasure, &ActorId::random(), 5).unwrap();
+    let mut next = next_epoch(
+        &doc,
+        ("clients", collection),
+        erasure,
+        epoch - 1,
+        &ActorId::random(),
+        5,
+    )
+    .unwrap();
     PullResponse {
         records: vec![PulledRecord {
             collection: "clients".into(),
@@ -201,4 +209,118 @@ fn a_kept_write_is_merged_with_the_new_epoch_so_that_retrying_it_brings_nothing_
     device.retry_rejected_write(kept.id).unwrap();
     let record = device.get("clients", &id).unwrap().unwrap();
     assert_eq!(record.fields["notes"], json!("Seen today. "));
+}
+
+/// A push the server stored but whose answer was lost stays in the outbox; the erasure erased
+/// what it wrote with the rest, so the new epoch does not get it back, while a later unsent
+/// write is made again.
+#[test]
+fn writes_the_server_had_before_the_erasure_are_not_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, server, id) = synced_note(dir.path());
+    device
+        .splice_text("clients", &id, "notes", 0, 0, "CANARY-7 wrong child. ")
+        .unwrap();
+    // The server merges the push; its answer never comes back.
+    server
+        .apply_remote(vec![crate::RemoteRecord {
+            collection: "clients".into(),
+            id: id.clone(),
+            scope: "north".into(),
+            payload: crate::RemotePayload::Document(device.document("clients", &id).unwrap()),
+        }])
+        .unwrap();
+    device
+        .update("clients", &id, fields(json!({"phone": "555"})))
+        .unwrap();
+    assert_eq!(device.outbox_len().unwrap(), 2);
+
+    let erasure = Erasure::Fields(["notes".to_owned()].into());
+    let report = device
+        .apply_pull_page(epoch_page(&server, &id, &erasure, 1))
+        .unwrap();
+    assert_eq!(report.rebased, 1);
+    let record = device.get("clients", &id).unwrap().unwrap();
+    assert_eq!(
+        record.fields.get("notes"),
+        None,
+        "the erased note stays erased"
+    );
+    assert_eq!(record.fields["phone"], json!("555"));
+}
+
+/// The device's own write to a field that a concurrent write won on this device is what the
+/// rebase makes again, not the winner, which the erasure removed.
+#[test]
+fn a_field_s_own_write_is_made_again_even_where_a_concurrent_write_won() {
+    use automerge::transaction::Transactable;
+    let dir = tempfile::tempdir().unwrap();
+    let (device, server, id) = synced_note(dir.path());
+    // A colleague's concurrent phone number, by the actor that wins every conflict.
+    let synced = server.document("clients", &id).unwrap();
+    let mut colleague = automerge::AutoCommit::load(&synced)
+        .unwrap()
+        .with_actor(ActorId::from([0xff; 16]));
+    let heads = colleague.get_heads();
+    colleague
+        .put(automerge::ROOT, "phone", "555-SECRET")
+        .unwrap();
+    colleague.commit();
+    let change = colleague.get_changes(&heads)[0].raw_bytes().to_vec();
+    device
+        .update("clients", &id, fields(json!({"phone": "111-OWN"})))
+        .unwrap();
+    for store in [&device, &server] {
+        store
+            .apply_remote(vec![crate::RemoteRecord {
+                collection: "clients".into(),
+                id: id.clone(),
+                scope: "north".into(),
+                payload: crate::RemotePayload::Changes(vec![change.clone()]),
+            }])
+            .unwrap();
+    }
+    let shown = device.get("clients", &id).unwrap().unwrap();
+    assert_eq!(
+        shown.fields["phone"],
+        json!("555-SECRET"),
+        "the colleague's won"
+    );
+
+    let erasure = Erasure::Fields(["phone".to_owned()].into());
+    device
+        .apply_pull_page(epoch_page(&server, &id, &erasure, 1))
+        .unwrap();
+    let record = device.get("clients", &id).unwrap().unwrap();
+    assert_eq!(record.fields["phone"], json!("111-OWN"));
+}
+
+/// Typing into a note that is then erased keeps exactly the typed characters, even where they
+/// repeat characters of the erased text.
+#[test]
+fn typing_into_an_erased_note_keeps_every_typed_character() {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, server, id) = synced_note(dir.path());
+    device
+        .update("clients", &id, fields(json!({"notes": "Visit."})))
+        .unwrap();
+    push_everything(&device);
+    server
+        .apply_remote(vec![crate::RemoteRecord {
+            collection: "clients".into(),
+            id: id.clone(),
+            scope: "north".into(),
+            payload: crate::RemotePayload::Document(device.document("clients", &id).unwrap()),
+        }])
+        .unwrap();
+    // The user writes over "Visit.", which is then erased, words sharing its letters.
+    device
+        .splice_text("clients", &id, "notes", 0, 6, "Sam is fine, he visited.")
+        .unwrap();
+    let erasure = Erasure::Fields(["notes".to_owned()].into());
+    device
+        .apply_pull_page(epoch_page(&server, &id, &erasure, 1))
+        .unwrap();
+    let record = device.get("clients", &id).unwrap().unwrap();
+    assert_eq!(record.fields["notes"], json!("Sam is fine, he visited."));
 }
