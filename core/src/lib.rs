@@ -87,6 +87,7 @@ impl OutboxEntry {
             id: self.record_id,
             scope: self.scope,
             payload: self.payload,
+            epoch: self.epoch,
         }
     }
 }

@@ -19,6 +19,7 @@ fn drain(store: &Store) -> Vec<RemoteRecord> {
     entries
         .into_iter()
         .map(|entry| RemoteRecord {
+            epoch: 0,
             collection: entry.collection,
             id: entry.record_id,
             scope: entry.scope,

@@ -52,6 +52,7 @@ fn record(id: &str, payload: RemotePayload) -> RemoteRecord {
         id: id.into(),
         scope: "north".into(),
         payload,
+        epoch: 0,
     }
 }
 

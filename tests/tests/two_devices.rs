@@ -230,6 +230,7 @@ fn three_devices_converge_whatever_the_exchange_order() {
             let docs = all
                 .iter()
                 .map(|r| fieldsync_core::RemoteRecord {
+                    epoch: 0,
                     collection: "clients".into(),
                     id: r.id.clone(),
                     scope: r.scope.clone(),

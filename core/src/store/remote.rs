@@ -30,6 +30,10 @@ pub struct RemoteRecord {
     pub scope: String,
     /// What to merge.
     pub payload: RemotePayload,
+    /// The record's epoch the payload belongs to (0 until the server erases content from the
+    /// record). A newer epoch than the store's replaces its copy (the payload is then the
+    /// epoch's whole document); an older one is left out.
+    pub epoch: u64,
 }
 
 /// What a [`RemoteRecord`] carries.
@@ -95,9 +99,9 @@ pub(crate) struct Incoming {
 impl From<RemoteRecord> for Incoming {
     fn from(record: RemoteRecord) -> Incoming {
         Incoming {
+            epoch: record.epoch,
             record,
             values: None,
-            epoch: 0,
         }
     }
 }

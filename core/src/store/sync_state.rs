@@ -802,6 +802,7 @@ mod tests {
             .unwrap()
             .into_iter()
             .map(|entry| RemoteRecord {
+                epoch: 0,
                 collection: entry.collection,
                 id: entry.record_id,
                 scope: entry.scope,

@@ -46,6 +46,7 @@ impl From<PulledRecord> for RemoteRecord {
             id: record.id,
             scope: record.scope,
             payload: record.payload.into(),
+            epoch: record.epoch,
         }
     }
 }

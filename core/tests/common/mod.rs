@@ -48,6 +48,7 @@ pub fn seed(default: u64) -> u64 {
 
 pub fn record(collection: &str, id: &str, scope: &str, payload: RemotePayload) -> RemoteRecord {
     RemoteRecord {
+        epoch: 0,
         collection: collection.into(),
         id: id.into(),
         scope: scope.into(),

@@ -83,6 +83,7 @@ fn synced_note(dir: &std::path::Path) -> (Store, Store, String) {
     let server = open(dir, "server-copy.db");
     server
         .apply_remote(vec![crate::RemoteRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: id.clone(),
             scope: "north".into(),
@@ -224,6 +225,7 @@ fn writes_the_server_had_before_the_erasure_are_not_made_again() {
     // The server merges the push; its answer never comes back.
     server
         .apply_remote(vec![crate::RemoteRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: id.clone(),
             scope: "north".into(),
@@ -273,6 +275,7 @@ fn a_field_s_own_write_is_made_again_even_where_a_concurrent_write_won() {
     for store in [&device, &server] {
         store
             .apply_remote(vec![crate::RemoteRecord {
+                epoch: 0,
                 collection: "clients".into(),
                 id: id.clone(),
                 scope: "north".into(),
@@ -307,6 +310,7 @@ fn typing_into_an_erased_note_keeps_every_typed_character() {
     push_everything(&device);
     server
         .apply_remote(vec![crate::RemoteRecord {
+            epoch: 0,
             collection: "clients".into(),
             id: id.clone(),
             scope: "north".into(),
@@ -323,4 +327,34 @@ fn typing_into_an_erased_note_keeps_every_typed_character() {
         .unwrap();
     let record = device.get("clients", &id).unwrap().unwrap();
     assert_eq!(record.fields["notes"], json!("Sam is fine, he visited."));
+}
+
+/// Changes carried from store to store (`into_remote`) name their epoch: a peer on the same
+/// epoch merges them.
+#[test]
+fn changes_carried_between_stores_keep_their_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (device, server, id) = synced_note(dir.path());
+    let peer = open(dir.path(), "peer.db");
+    let erasure = Erasure::Fields(["notes".to_owned()].into());
+    let page = epoch_page(&server, &id, &erasure, 1);
+    for store in [&device, &peer] {
+        store.apply_pull_page(page.clone()).unwrap();
+    }
+    device
+        .update("clients", &id, fields(json!({"phone": "555"})))
+        .unwrap();
+    let carried: Vec<crate::RemoteRecord> = device
+        .outbox(10)
+        .unwrap()
+        .into_iter()
+        .map(crate::OutboxEntry::into_remote)
+        .collect();
+    assert_eq!(carried[0].epoch, 1);
+    let report = peer.apply_remote(carried).unwrap();
+    assert_eq!(report.changed, 1);
+    assert_eq!(
+        peer.get("clients", &id).unwrap().unwrap().fields["phone"],
+        json!("555")
+    );
 }
