@@ -219,8 +219,8 @@ enum Command {
         id: String,
     },
     /// Erase a record's content from the server, history included: with `--field`, those
-    /// fields; with `--history`, every past value (the current ones stay); with neither, the
-    /// whole record (it keeps only its scope, deleted). Devices replace their copy at their
+    /// fields; with `--history`, every past value (the current ones stay); with `--record`,
+    /// the whole record (it keeps only its scope, deleted). Devices replace their copy at their
     /// next sync. The audit log says what was erased and why, never the content.
     Erase {
         /// The record's collection.
@@ -230,11 +230,14 @@ enum Command {
         #[arg(long)]
         id: String,
         /// A field to erase (repeat for several).
-        #[arg(long = "field", conflicts_with = "history")]
+        #[arg(long = "field", required_unless_present_any = ["history", "record"], conflicts_with_all = ["history", "record"])]
         fields: Vec<String>,
         /// Erase every past value, keeping the current ones.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "record")]
         history: bool,
+        /// Erase the whole record: it keeps only its scope, deleted.
+        #[arg(long)]
+        record: bool,
         /// Why, for the audit log (name no content).
         #[arg(long)]
         reason: String,
@@ -648,13 +651,14 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             id,
             fields,
             history,
+            record,
             reason,
             bucket,
         } => {
-            let erasure = match (fields.is_empty(), history) {
-                (false, _) => Erasure::Fields(fields.into_iter().collect()),
-                (true, true) => Erasure::History,
-                (true, false) => Erasure::Record,
+            let erasure = match (history, record) {
+                (true, _) => Erasure::History,
+                (_, true) => Erasure::Record,
+                _ => Erasure::Fields(fields.into_iter().collect()),
             };
             let storage = open()?;
             let schema = current_schema(&*storage)?;
@@ -664,6 +668,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 erasure,
                 by: 0,
                 reason: &reason,
+                scrub: true,
             };
             let chunks = match bucket.bucket()? {
                 Some(bucket) => ChunkStore::Bucket(bucket),

@@ -34,6 +34,9 @@ pub struct EraseRequest<'a> {
     pub by: i64,
     /// Why (required; it goes in the audit line, so it names no content).
     pub reason: &'a str,
+    /// Whether to empty the storage's WAL once written ([`Storage::scrub`]); an erasure of
+    /// many records (retention) scrubs once at the end instead.
+    pub scrub: bool,
 }
 
 /// What an erasure did.
@@ -42,7 +45,7 @@ pub struct Erased {
     /// The record's new epoch.
     pub epoch: u64,
     /// Whether the storage's own files keep no copy of the erased bytes (see
-    /// [`Storage::scrub`]).
+    /// [`Storage::scrub`]); false when the request did not ask for it.
     pub scrubbed: bool,
     /// The record's scope.
     pub scope: String,
@@ -114,7 +117,7 @@ pub fn erase(
             reason: request.reason.to_owned(),
         };
         if storage.erase_record(key, version, &epoch)? {
-            let scrubbed = storage.scrub()?;
+            let scrubbed = request.scrub && storage.scrub()?;
             return Ok(Erased {
                 epoch: epoch.epoch,
                 scrubbed,

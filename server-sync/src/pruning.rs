@@ -25,11 +25,13 @@ pub fn prune(storage: &dyn Storage, keep_days: u32, now: i64) -> Result<Pruned, 
     storage.prune_feed(through, since)
 }
 
-/// Prunes once every [`EVERY`], the first a period after the server started, for as long as
-/// the server runs.
+/// Prunes once every [`EVERY`], the first ten minutes after the server started (a server
+/// restarted more often than daily still prunes), for as long as the server runs.
 pub async fn periodically(storage: Arc<dyn Storage>, keep_days: u32) {
+    let mut wait = crate::retention::FIRST_AFTER;
     loop {
-        tokio::time::sleep(EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = EVERY;
         let storage = storage.clone();
         match crate::http::blocking(move || prune(&*storage, keep_days, now_ms())).await {
             Ok(pruned) => tracing::info!(

@@ -20,6 +20,9 @@ const PAGE: u32 = 500;
 /// How often `serve` applies the policies.
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// How long after it starts `serve` first applies them.
+pub const FIRST_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// What applying one policy did.
@@ -72,17 +75,22 @@ pub fn check(schema: &Schema, policy: &RetentionPolicy) -> Result<(), ServerErro
     Ok(())
 }
 
-/// Applies every policy once, as at `now` (ms since the epoch).
+/// Applies every policy once, as at `now` (ms since the epoch), then empties the storage's
+/// WAL once if anything was erased.
 pub fn apply(
     storage: &dyn Storage,
     schema: &Schema,
     now: i64,
 ) -> Result<Vec<Applied>, ServerError> {
-    storage
+    let applied = storage
         .retention_policies()?
         .iter()
         .map(|policy| apply_one(storage, schema, policy, now))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if applied.iter().any(|applied| applied.erased > 0) {
+        storage.scrub()?;
+    }
+    Ok(applied)
 }
 
 fn apply_one(
@@ -123,6 +131,7 @@ fn apply_one(
                 erasure: erasure.clone(),
                 by: 0,
                 reason: &reason,
+                scrub: false,
             };
             match erase(storage, schema, &request) {
                 Ok(_) => erased += 1,
@@ -175,11 +184,14 @@ fn holds_any(
             .any(|field| fieldsync_record::erasure::holds(&doc, field)))
 }
 
-/// Applies the policies once every [`EVERY`], the first a period after the server started,
-/// for as long as the server runs.
+/// Applies the policies once every [`EVERY`], the first [`FIRST_AFTER`] after the server
+/// started (a server restarted more often than daily still applies them), for as long as
+/// the server runs.
 pub async fn periodically(storage: Arc<dyn Storage>) {
+    let mut wait = FIRST_AFTER;
     loop {
-        tokio::time::sleep(EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = EVERY;
         let storage = storage.clone();
         let applied = crate::http::blocking(move || {
             let Some(stored) = storage.current_schema()? else {

@@ -157,6 +157,7 @@ impl Network {
             erasure,
             by: 0,
             reason: "simulated",
+            scrub: true,
         };
         match erase(&storage, &schema, &request) {
             Ok(_) => true,

@@ -12,7 +12,8 @@ use crate::AppState;
 use crate::error::ServerError;
 use crate::http::blocking;
 
-/// What to erase: `fields`, or with `history` every past value, or with neither the record.
+/// What to erase: `fields`, or with `history` every past value, or with `record` the whole
+/// record; exactly one of them.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EraseBody {
@@ -20,6 +21,8 @@ pub struct EraseBody {
     fields: Vec<String>,
     #[serde(default)]
     history: bool,
+    #[serde(default)]
+    record: bool,
     reason: String,
 }
 
@@ -32,6 +35,9 @@ pub struct ErasedView {
     pub epoch: u64,
     /// Attachments only the erased values referenced, whose bytes were dropped.
     pub attachments_dropped: usize,
+    /// Whether the database's own files keep no copy of the erased bytes (false on PostgreSQL,
+    /// or while a reader held the WAL: see DEPLOYMENT.md, "Erasure").
+    pub scrubbed: bool,
 }
 
 /// `POST /v1/admin/records/{collection}/{id}/erase`.
@@ -45,17 +51,18 @@ pub async fn erase(
     let EraseBody {
         fields,
         history,
+        record,
         reason,
     } = body(request)?;
-    let erasure = match (fields.is_empty(), history) {
-        (false, false) => Erasure::Fields(fields.into_iter().collect()),
-        (false, true) => {
+    let erasure = match (!fields.is_empty(), history, record) {
+        (true, false, false) => Erasure::Fields(fields.into_iter().collect()),
+        (false, true, false) => Erasure::History,
+        (false, false, true) => Erasure::Record,
+        _ => {
             return Err(ServerError::BadRequest(
-                "name `fields` or `history`, not both".into(),
+                "name exactly one of `fields`, `history` and `record`".into(),
             ));
         }
-        (true, true) => Erasure::History,
-        (true, false) => Erasure::Record,
     };
     let storage = state.storage.clone();
     let erased = erasure.describe();
@@ -68,6 +75,7 @@ pub async fn erase(
             erasure,
             by: by.user_id(),
             reason: &reason,
+            scrub: true,
         };
         Ok((crate::erasure::erase(&*storage, &schema, &request)?, schema))
     })
@@ -84,5 +92,6 @@ pub async fn erase(
         erased,
         epoch: done.epoch,
         attachments_dropped,
+        scrubbed: done.scrubbed,
     }))
 }

@@ -580,3 +580,81 @@ async fn webhooks_are_added_listed_without_their_secret_and_removed() {
         "{actions:?}"
     );
 }
+
+#[tokio::test]
+async fn an_administrator_erases_a_field_naming_exactly_one_kind_of_erasure() {
+    let api = Api::new();
+    crate::schema::set_schema(
+        &*api.storage,
+        r#"{"collections": {"clients": {"scope_field": "caseload_id", "fields": {
+            "caseload_id": {"type": "string", "required": true},
+            "name": {"type": "string", "required": true},
+            "notes": {"type": "text"}}}}}"#,
+    )
+    .unwrap();
+    admin::grant(
+        &*api.storage,
+        By::CommandLine,
+        "root",
+        "north",
+        Access::Write,
+    )
+    .unwrap();
+    let created = api
+        .admin(
+            Method::POST,
+            "/v1/records/clients",
+            Some(json!({"fields": {"caseload_id": "north", "name": "Ada",
+                                   "notes": "CANARY wrong child"}})),
+            StatusCode::CREATED,
+        )
+        .await;
+    let path = format!(
+        "/v1/admin/records/clients/{}/erase",
+        created["id"].as_str().unwrap()
+    );
+    for ambiguous in [
+        json!({"reason": "consent withdrawn"}),
+        json!({"fields": ["notes"], "record": true, "reason": "consent withdrawn"}),
+    ] {
+        api.admin(
+            Method::POST,
+            &path,
+            Some(ambiguous),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    }
+    let erased = api
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({"fields": ["notes"], "reason": "typed into the wrong record"})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(
+        erased,
+        json!({"erased": "fields notes", "epoch": 1, "attachments_dropped": 0, "scrubbed": true})
+    );
+    let read = api
+        .admin(
+            Method::GET,
+            &format!("/v1/records/clients/{}", created["id"].as_str().unwrap()),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(
+        read["fields"],
+        json!({"caseload_id": "north", "name": "Ada"})
+    );
+    let missing = "/v1/admin/records/clients/nobody/erase";
+    api.admin(
+        Method::POST,
+        missing,
+        Some(json!({"record": true, "reason": "x"})),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}

@@ -205,6 +205,7 @@ fn a_copy_from_before_an_erasure_repairs_nothing() {
         erasure: fieldsync_record::erasure::Erasure::History,
         by: 0,
         reason: "test",
+        scrub: true,
     };
     crate::erasure::erase(&server.storage, &server.schema, &request).unwrap();
     let refused = repair(
