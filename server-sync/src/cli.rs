@@ -13,9 +13,9 @@ use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Access, AuditQuery, Database, Role, Storage, postgres};
 use crate::{AppState, Limits, ServerError, admin, listener, router};
 use clap::{Parser, Subcommand, ValueEnum};
-use fieldsync_record::erasure::Erasure;
 
 mod bucket;
+mod erasure;
 mod identity;
 mod listing;
 mod retention;
@@ -222,30 +222,7 @@ enum Command {
     /// fields; with `--history`, every past value (the current ones stay); with `--record`,
     /// the whole record (it keeps only its scope, deleted). Devices replace their copy at their
     /// next sync. The audit log says what was erased and why, never the content.
-    Erase {
-        /// The record's collection.
-        #[arg(long)]
-        collection: String,
-        /// The record's id.
-        #[arg(long)]
-        id: String,
-        /// A field to erase (repeat for several).
-        #[arg(long = "field", required_unless_present_any = ["history", "record"], conflicts_with_all = ["history", "record"])]
-        fields: Vec<String>,
-        /// Erase every past value, keeping the current ones.
-        #[arg(long, conflicts_with = "record")]
-        history: bool,
-        /// Erase the whole record: it keeps only its scope, deleted.
-        #[arg(long)]
-        record: bool,
-        /// Why, for the audit log (name no content).
-        #[arg(long)]
-        reason: String,
-        /// Where attachments' bytes are kept, if not in the database: attachments only the
-        /// erased values referenced are dropped from it.
-        #[command(flatten)]
-        bucket: bucket::BucketArgs,
-    },
+    Erase(erasure::EraseArgs),
     /// Prune the feed up to where every device that synced within `--keep-days` has read
     /// (a device that did not starts its next sync over with whole records), and the push
     /// answers kept for replays older than that (`serve` does it once a day).
@@ -646,55 +623,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         Command::Backup { to, bucket } => backup(&db, &to, bucket.bucket()?),
         Command::Schema(command) => run_schema(&*open()?, command),
         Command::Check { repair } => check(&*open()?, repair),
-        Command::Erase {
-            collection,
-            id,
-            fields,
-            history,
-            record,
-            reason,
-            bucket,
-        } => {
-            let erasure = match (history, record) {
-                (true, _) => Erasure::History,
-                (_, true) => Erasure::Record,
-                _ => Erasure::Fields(fields.into_iter().collect()),
-            };
+        Command::Erase(args) => {
             let storage = open()?;
-            let schema = current_schema(&*storage)?;
-            let request = crate::erasure::EraseRequest {
-                collection: &collection,
-                id: &id,
-                erasure,
-                by: 0,
-                reason: &reason,
-                scrub: true,
-            };
-            let chunks = match bucket.bucket()? {
-                Some(bucket) => ChunkStore::Bucket(bucket),
-                None => ChunkStore::Database,
-            };
-            let erased = crate::erasure::erase(&*storage, &schema, &request)?;
-            let dropped = block_on(crate::attachments::collect::drop_unreferenced(
-                &storage,
-                &chunks,
-                &schema,
-                &erased.scope,
-                &erased.attachments,
-            ))?;
-            println!(
-                "erased {} of {collection} {id}: the record is at epoch {}; {dropped} \
-                 attachments dropped",
-                request.erasure.describe(),
-                erased.epoch
-            );
-            if !erased.scrubbed {
-                println!(
-                    "the database's write-ahead log could not be emptied yet (a reader holds \
-                     it, or the database is PostgreSQL): see DEPLOYMENT.md, \"Erasure\""
-                );
-            }
-            Ok(())
+            erasure::run(&storage, &current_schema(&*storage)?, args)
         }
         Command::Repair {
             collection,
