@@ -127,6 +127,10 @@ pub struct SyncReport {
     pub erased: usize,
     /// Of those, records whose unsent writes were made again on the erased record and pushed.
     pub rebased: usize,
+    /// Whether the sync went to the end: everything pushed, pulled and transferred. False when
+    /// [`SyncClient::sync_within`] ran out of budget first; what was done is kept, and the next
+    /// sync carries on from there.
+    pub complete: bool,
 }
 
 impl SyncReport {
@@ -139,6 +143,20 @@ impl SyncReport {
         self.purged_scopes.extend(later.purged_scopes);
         self.erased += later.erased;
         self.rebased += later.rebased;
+        self.complete = later.complete;
+    }
+}
+
+/// When a budgeted sync ([`SyncClient::sync_within`]) stops starting new steps.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Option<tokio::time::Instant>);
+
+impl Deadline {
+    /// No deadline: the sync goes to the end.
+    const NONE: Deadline = Deadline(None);
+
+    fn passed(self) -> bool {
+        self.0.is_some_and(|at| tokio::time::Instant::now() >= at)
     }
 }
 
@@ -283,22 +301,47 @@ impl SyncClient {
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
     ) -> Result<SyncReport> {
         // A sync is safe to repeat: one refused half-way for an expired token runs again.
-        self.with_fresh_token(|_| self.sync_restoring(store, on_progress))
+        self.with_fresh_token(|_| self.sync_restoring(store, on_progress, Deadline::NONE))
             .await
+    }
+
+    /// Syncs for at most `budget`, for a background task the OS gives a few seconds or
+    /// minutes (Android's WorkManager, iOS's BGTaskScheduler). No new batch, page or attachment
+    /// is started once most of the budget is spent; one still running when the budget ends is
+    /// cancelled. Everything stored stays stored: the next sync, budgeted or not, carries on
+    /// where this one stopped. The report says whether it went to the end (`complete`); its
+    /// counts miss the work of a step cancelled at the end.
+    pub async fn sync_within(
+        &self,
+        store: &Store,
+        budget: Duration,
+        on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
+    ) -> Result<SyncReport> {
+        let start = tokio::time::Instant::now();
+        // A step (a batch, a page, an attachment's chunk) takes seconds at most on a working
+        // connection: a fifth of the budget, up to ten seconds, is left for the last one.
+        let margin = (budget / 5).min(Duration::from_secs(10));
+        let soft = Deadline(Some(start + budget.saturating_sub(margin)));
+        let sync = self.with_fresh_token(|_| self.sync_restoring(store, on_progress, soft));
+        match tokio::time::timeout(budget, sync).await {
+            Ok(done) => done,
+            Err(_) => Ok(SyncReport::default()),
+        }
     }
 
     async fn sync_restoring(
         &self,
         store: &Store,
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
+        deadline: Deadline,
     ) -> Result<SyncReport> {
-        match self.sync_once(store, on_progress).await {
+        match self.sync_once(store, on_progress, deadline).await {
             Err(Error::Server { status: 409, .. }) => {
                 tracing::warn!("the store was restored from an older copy; it takes a new actor");
                 blocking(store, |s| s.take_new_actor()).await?;
-                let mut report = self.sync_once(store, on_progress).await?;
+                let mut report = self.sync_once(store, on_progress, deadline).await?;
                 blocking(store, |s| s.write_restored_again()).await?;
-                report.add(self.sync_once(store, on_progress).await?);
+                report.add(self.sync_once(store, on_progress, deadline).await?);
                 Ok(report)
             }
             done => done,
@@ -309,6 +352,7 @@ impl SyncClient {
         &self,
         store: &Store,
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
+        deadline: Deadline,
     ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let push_total = blocking(store, |s| s.outbox_len()).await? as u64;
@@ -322,15 +366,25 @@ impl SyncClient {
             })
         };
         let last_batch = self
-            .push_all(store, &mut report, &|r| progress(r, false))
+            .push_all(store, &mut report, &|r| progress(r, false), deadline)
             .await?;
-        self.pull_all(store, last_batch, &mut report, &progress)
+        if deadline.passed() {
+            if let Some(batch) = last_batch {
+                batch.store(store, &mut report).await?;
+            }
+            return Ok(report);
+        }
+        let caught_up = self
+            .pull_all(store, last_batch, &mut report, &progress, deadline)
             .await?;
+        if !caught_up {
+            return Ok(report);
+        }
         if report.rebased > 0 {
             // Writes refused as made on an erased record's old epoch were just made again on
             // its new one: they go now rather than at the next sync.
             if let Some(batch) = self
-                .push_all(store, &mut report, &|r| progress(r, false))
+                .push_all(store, &mut report, &|r| progress(r, false), Deadline::NONE)
                 .await?
             {
                 batch.store(store, &mut report).await?;
@@ -346,22 +400,30 @@ impl SyncClient {
             ..SyncProgress::default()
         };
         let mut bytes = attachments::Bytes::new(records, on_progress);
-        report.attachments_sent = self.send_attachments(store, &mut bytes).await?;
-        report.attachments_fetched = self.fetch_attachments(store, &mut bytes).await?;
+        let (sent, all_sent) = self.send_attachments(store, &mut bytes, deadline).await?;
+        report.attachments_sent = sent;
+        let (fetched, all_fetched) = self.fetch_attachments(store, &mut bytes, deadline).await?;
+        report.attachments_fetched = fetched;
         blocking(store, |s| s.tidy_attachments()).await?;
+        report.complete = all_sent && all_fetched;
         Ok(report)
     }
 
     /// Pushes the outbox in batches, storing each answer, except the last batch's: that one
     /// is returned for [`SyncClient::pull_all`] to store while its first page is asked for.
+    /// Past the deadline no further batch is sent.
     async fn push_all(
         &self,
         store: &Store,
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
+        deadline: Deadline,
     ) -> Result<Option<AnsweredBatch>> {
         let batch_size = self.config.push_batch_size.max(1);
         loop {
+            if deadline.passed() {
+                return Ok(None);
+            }
             // One entry more than a batch says whether this batch is the last. The server is
             // told how many wait, this batch's included (the count may include writes made
             // since the entries were read: it is a snapshot for administrators).
@@ -400,14 +462,15 @@ impl SyncClient {
     /// Stores `last_batch`'s answer, then pulls until caught up. The first page is asked for
     /// while that answer is stored: the push it answers has committed on the server, so the
     /// page holds the same either way, and it is stored after the answer, as it would be
-    /// without the overlap.
+    /// without the overlap. Whether it caught up: past the deadline no further page is asked.
     async fn pull_all(
         &self,
         store: &Store,
         last_batch: Option<AnsweredBatch>,
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport, bool) + Send + Sync),
-    ) -> Result<()> {
+        deadline: Deadline,
+    ) -> Result<bool> {
         // The last batch's entries are still in the outbox while its answer is stored, but
         // answered: the pull does not count them as waiting.
         let answered = last_batch.as_ref().map_or(0, |batch| batch.entries.len());
@@ -446,17 +509,18 @@ impl SyncClient {
         }
         let progress = |r: &SyncReport| progress(r, true);
         let pulled = self
-            .pull_pages(store, page, (limit, &writer), report, &progress)
+            .pull_pages(store, page, (limit, &writer), report, &progress, deadline)
             .await;
         if bulk {
             let rebuilt = blocking(store, |s| s.rebuild_indexes()).await;
             // The pull's own failure says more than the rebuild's.
-            return pulled.and(rebuilt);
+            return pulled.and_then(|caught_up| rebuilt.map(|()| caught_up));
         }
         pulled
     }
 
-    /// Stores `page` and the pages after it, each asked for while the one before is stored.
+    /// Stores `page` and the pages after it, each asked for while the one before is stored;
+    /// whether it caught up (past the deadline no further page is asked for).
     async fn pull_pages(
         &self,
         store: &Store,
@@ -464,7 +528,8 @@ impl SyncClient {
         (mut limit, writer): (u32, &Writer),
         report: &mut SyncReport,
         progress: &(dyn Fn(&SyncReport) + Send + Sync),
-    ) -> Result<()> {
+        deadline: Deadline,
+    ) -> Result<bool> {
         // Records, each once however many pages bring it.
         let mut pulled = std::collections::HashSet::new();
         loop {
@@ -474,7 +539,8 @@ impl SyncClient {
             // The next page is asked for while this one is stored: the server reads it while
             // the device writes, instead of each waiting for the other. Its cursor is the one
             // this page stores; if storing fails, the next sync asks again from the stored one.
-            let next_cursor = page.more.then(|| page.next_cursor.clone());
+            let stopped = page.more && deadline.passed();
+            let next_cursor = (page.more && !stopped).then(|| page.next_cursor.clone());
             limit = next_page_size(&self.config, limit, &page);
             let apply = blocking(store, move |s| s.apply_pulled_page(page));
             let fetch = async {
@@ -499,7 +565,7 @@ impl SyncClient {
             }
             match next? {
                 Some(next) => page = next,
-                None => return Ok(()),
+                None => return Ok(!stopped),
             }
         }
     }

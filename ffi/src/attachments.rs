@@ -9,7 +9,7 @@ use fieldsync_core as core;
 use serde_json::{Map, Value};
 
 use crate::error::{FieldsyncError, Result};
-use crate::values::FieldValue;
+use crate::values::{FieldValue, signed};
 
 /// A reference to an attachment's bytes (a photo, an audio note, a signed form): what an
 /// `attachment` field holds. The bytes are kept beside the record, not in it; the store
@@ -19,7 +19,7 @@ pub struct AttachmentRef {
     /// SHA-256 of the bytes, as 64 lowercase hex digits: what finds them and checks them.
     pub sha256: String,
     /// Their length in bytes.
-    pub size: u64,
+    pub size: i64,
     /// Their media type (`image/jpeg`, `audio/mp4`, `application/pdf`).
     pub media_type: String,
     /// The file name to offer when the bytes are saved or shared, if any.
@@ -31,7 +31,7 @@ impl From<core::AttachmentRef> for AttachmentRef {
     fn from(reference: core::AttachmentRef) -> Self {
         AttachmentRef {
             sha256: reference.sha256_hex(),
-            size: reference.size,
+            size: signed(reference.size),
             media_type: reference.media_type,
             name: reference.name,
         }
@@ -56,7 +56,7 @@ impl AttachmentRef {
 
 // The core's problem names the member and never its value.
 fn not_a_reference(problem: &str) -> FieldsyncError {
-    FieldsyncError::InvalidValue(format!("not an attachment reference: {problem}"))
+    FieldsyncError::invalid_value(format!("not an attachment reference: {problem}"))
 }
 
 /// The reference an `attachment` field's value holds, for reading it out of a record the app
@@ -80,20 +80,20 @@ pub fn attachment_ref_of(value: FieldValue) -> Result<Option<AttachmentRef>> {
 pub struct AttachmentsTidied {
     /// Attachments nothing references any more (no live record, no rejected write kept for
     /// the app, no upload waiting).
-    pub unreferenced: u64,
+    pub unreferenced: i64,
     /// Attachments the server holds, evicted (least recently used first) to keep within
     /// `StoreOptions.attachment_budget_bytes`; fetched again when needed.
-    pub evicted: u64,
+    pub evicted: i64,
     /// Bytes freed in all.
-    pub bytes: u64,
+    pub bytes: i64,
 }
 
 impl From<core::AttachmentsTidied> for AttachmentsTidied {
     fn from(tidied: core::AttachmentsTidied) -> Self {
         AttachmentsTidied {
-            unreferenced: tidied.unreferenced as u64,
-            evicted: tidied.evicted as u64,
-            bytes: tidied.bytes,
+            unreferenced: signed(tidied.unreferenced),
+            evicted: signed(tidied.evicted),
+            bytes: signed(tidied.bytes),
         }
     }
 }
@@ -149,14 +149,14 @@ mod tests {
             ),
             (
                 AttachmentRef {
-                    size: u64::MAX,
+                    size: -1,
                     ..reference()
                 },
                 "size",
             ),
         ] {
             match reference.to_core() {
-                Err(FieldsyncError::InvalidValue(message)) => {
+                Err(FieldsyncError::InvalidValue { reason: message }) => {
                     assert!(message.contains(member), "{message}");
                     assert!(!message.contains("secret") && !message.contains("zz"));
                 }
@@ -168,7 +168,7 @@ mod tests {
         };
         assert!(matches!(
             attachment_ref_of(text),
-            Err(FieldsyncError::InvalidValue(message)) if !message.contains("secret")
+            Err(FieldsyncError::InvalidValue { reason: message }) if !message.contains("secret")
         ));
     }
 }

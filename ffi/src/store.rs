@@ -9,7 +9,7 @@ use crate::attachments::{AttachmentRef, AttachmentsTidied};
 use crate::error::Result;
 use crate::values::{
     ChangeEvent, FieldConflict, FieldMap, Filter, HistoryEntry, Orphan, Query, Record,
-    RejectedWrite, StoreOptions, Write, fields_to_core, to_usize,
+    RejectedWrite, StoreOptions, Write, fields_to_core, signed, unsigned,
 };
 
 /// An app's local record store: one SQLite file. Every method may be called from any thread;
@@ -108,16 +108,16 @@ impl Store {
         collection: String,
         id: String,
         field: String,
-        index: u64,
-        delete_count: u64,
+        index: i32,
+        delete_count: i32,
         insert: String,
     ) -> Result<()> {
         Ok(self.inner.splice_text(
             &collection,
             &id,
             &field,
-            to_usize(index)?,
-            to_usize(delete_count)?,
+            unsigned(index, "index")?,
+            unsigned(delete_count, "delete_count")?,
             &insert,
         )?)
     }
@@ -148,8 +148,8 @@ impl Store {
     }
 
     /// How many live records match the filter.
-    pub fn count(&self, collection: String, filter: Filter) -> Result<u64> {
-        Ok(self.inner.count(&collection, &filter.to_core()?)?)
+    pub fn count(&self, collection: String, filter: Filter) -> Result<i64> {
+        Ok(signed(self.inner.count(&collection, &filter.to_core()?)?))
     }
 
     /// Live records whose reference fields point at a deleted or absent record.
@@ -192,8 +192,8 @@ impl Store {
     }
 
     /// How many local changes wait to be pushed.
-    pub fn outbox_len(&self) -> Result<u64> {
-        Ok(self.inner.outbox_len()? as u64)
+    pub fn outbox_len(&self) -> Result<i64> {
+        Ok(signed(self.inner.outbox_len()?))
     }
 
     /// Writes that did not reach the server, oldest first: refused by it (the record shows

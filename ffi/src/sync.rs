@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{FieldsyncError, Result};
 use crate::store::Store;
+use crate::values::{signed, unsigned};
 
 /// Where and how to sync.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -31,61 +32,80 @@ pub struct SyncConfig {
     pub pinned_spki_sha256: Vec<String>,
     /// Outbox entries per push.
     #[uniffi(default = 500)]
-    pub push_batch_size: u32,
+    pub push_batch_size: i32,
     /// Records asked for in a pull's first page, and the fewest asked for in any page.
     #[uniffi(default = 500)]
-    pub pull_page_size: u32,
+    pub pull_page_size: i32,
     /// Longest one request may take, in milliseconds.
     #[uniffi(default = 60000)]
-    pub request_timeout_ms: u64,
+    pub request_timeout_ms: i64,
     /// While a pull's pages carry fewer bytes of record data than this, the next page asks for
     /// more records (at most four times as many, and 5,000); 0 keeps every page at
     /// `pull_page_size`. It bounds a long first sync's memory.
     #[uniffi(default = 2097152)]
-    pub pull_page_bytes: u64,
+    pub pull_page_bytes: i64,
     /// With a token provider: the id `SyncClient.enroll_device` returned when this device
     /// enrolled, kept by the app and passed again whenever it builds its client.
     #[uniffi(default = None)]
     pub device_id: Option<i64>,
 }
 
-/// What one `sync_now` did.
+/// What one `sync_now` or `sync_within` did.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct SyncReport {
     /// Outbox entries the server accepted.
-    pub pushed: u64,
+    pub pushed: i64,
     /// Outbox entries the server refused; their writes were taken back (see
     /// `Store.rejected_writes`).
-    pub rejected: u64,
+    pub rejected: i64,
     /// Pulled records that changed this store.
-    pub pulled: u64,
+    pub pulled: i64,
     /// Scopes whose records were removed because the user may no longer read them.
     pub purged_scopes: Vec<String>,
     /// Attachments written here that the server now holds whole.
-    pub attachments_sent: u64,
+    pub attachments_sent: i64,
     /// Attachments of `eager` fields downloaded whole.
-    pub attachments_fetched: u64,
+    pub attachments_fetched: i64,
     /// Pulled records the server erased content from: each replaced this store's copy.
-    pub erased: u64,
+    pub erased: i64,
     /// Of those, records whose unsent writes were made again on the erased record and pushed.
-    pub rebased: u64,
+    pub rebased: i64,
+    /// Whether the sync went to the end. False when `sync_within` ran out of budget first:
+    /// what was done is kept, and the next sync carries on from there.
+    pub complete: bool,
+}
+
+impl From<core::SyncReport> for SyncReport {
+    fn from(report: core::SyncReport) -> Self {
+        SyncReport {
+            pushed: signed(report.pushed),
+            rejected: signed(report.rejected),
+            pulled: signed(report.pulled),
+            purged_scopes: report.purged_scopes,
+            attachments_sent: signed(report.attachments_sent),
+            attachments_fetched: signed(report.attachments_fetched),
+            erased: signed(report.erased),
+            rebased: signed(report.rebased),
+            complete: report.complete,
+        }
+    }
 }
 
 /// How far a running sync has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
 pub struct SyncProgress {
     /// Outbox entries sent so far.
-    pub pushed: u64,
+    pub pushed: i64,
     /// Outbox entries there were to send when the sync started.
-    pub push_total: u64,
+    pub push_total: i64,
     /// Pulled records merged so far (the total is not known in advance).
-    pub pulled: u64,
+    pub pulled: i64,
     /// Whether the sync has moved on to pulling.
     pub pulling: bool,
     /// Attachment bytes sent or fetched so far; attachments move once the records are synced.
-    pub attachment_bytes_done: u64,
+    pub attachment_bytes_done: i64,
     /// Attachment bytes there are to send or fetch, growing as each attachment starts.
-    pub attachment_bytes_total: u64,
+    pub attachment_bytes_total: i64,
 }
 
 /// What the background sync is doing.
@@ -114,10 +134,12 @@ pub struct SyncStatus {
     pub progress: SyncProgress,
     /// When a sync last succeeded (ms since the epoch).
     pub last_success_ms: Option<i64>,
+    /// What the last successful sync did: writes the server refused, scopes purged, ...
+    pub last_report: Option<SyncReport>,
     /// What went wrong last, if the last sync failed.
     pub last_error: Option<String>,
     /// How long until the next attempt, when waiting after a failure.
-    pub retry_in_ms: Option<u64>,
+    pub retry_in_ms: Option<i64>,
     /// Whether the loop has stopped for good (a device token refused, or stopped by the app).
     /// `SignInRequired` does not stop it.
     pub stopped: bool,
@@ -128,16 +150,16 @@ pub struct SyncStatus {
 pub struct BackgroundOptions {
     /// Sync at least this often.
     #[uniffi(default = 300000)]
-    pub interval_ms: u64,
+    pub interval_ms: i64,
     /// After a local write, sync once writes have paused this long.
     #[uniffi(default = 2000)]
-    pub debounce_ms: u64,
+    pub debounce_ms: i64,
     /// First wait after a failure; doubles on each further failure.
     #[uniffi(default = 1000)]
-    pub min_backoff_ms: u64,
+    pub min_backoff_ms: i64,
     /// Longest wait after failures.
     #[uniffi(default = 300000)]
-    pub max_backoff_ms: u64,
+    pub max_backoff_ms: i64,
 }
 
 /// Told how a running `sync_now` progresses.
@@ -242,32 +264,29 @@ impl SyncClient {
 
     /// Pushes the whole outbox, then pulls until caught up. Safe to cancel: whatever the
     /// server answered is kept, and the next sync carries on.
+    #[uniffi::method(default(progress = None))]
     pub async fn sync_now(
         &self,
         store: Arc<Store>,
         progress: Option<Arc<dyn SyncProgressListener>>,
     ) -> Result<SyncReport> {
-        let client = self.inner.clone();
-        let store = store.inner.clone();
-        let report = run(async move {
-            let on_progress = |p: &core::SyncProgress| {
-                if let Some(Err(err)) = progress.as_ref().map(|l| l.on_progress(p.into())) {
-                    tracing::warn!(error = %err, "a sync progress listener failed");
-                }
-            };
-            client.sync_now_with_progress(&store, &on_progress).await
-        })?
-        .await?;
-        Ok(SyncReport {
-            pushed: report.pushed as u64,
-            rejected: report.rejected as u64,
-            pulled: report.pulled as u64,
-            purged_scopes: report.purged_scopes,
-            attachments_sent: report.attachments_sent as u64,
-            attachments_fetched: report.attachments_fetched as u64,
-            erased: report.erased as u64,
-            rebased: report.rebased as u64,
-        })
+        self.sync(store, None, progress).await
+    }
+
+    /// Syncs for at most `budget_ms`, for the background work an OS allows a suspended app
+    /// (Android's WorkManager, iOS's BGTaskScheduler). No new batch, page or attachment starts
+    /// once most of the budget is spent, and one still running when it ends is cancelled;
+    /// what was stored stays stored, and the next sync carries on from there. The report says
+    /// whether it went to the end (`complete`), and what the server refused or purged.
+    #[uniffi::method(default(progress = None))]
+    pub async fn sync_within(
+        &self,
+        store: Arc<Store>,
+        budget_ms: i64,
+        progress: Option<Arc<dyn SyncProgressListener>>,
+    ) -> Result<SyncReport> {
+        let budget = Duration::from_millis(unsigned(budget_ms, "budget_ms")?);
+        self.sync(store, Some(budget), progress).await
     }
 
     /// Fetches the attachment the field `field` of `collection/id` references: the way to get
@@ -310,10 +329,16 @@ impl SyncClient {
             self.inner.clone(),
             store.inner.clone(),
             core::BackgroundOptions {
-                interval: Duration::from_millis(options.interval_ms),
-                debounce: Duration::from_millis(options.debounce_ms),
-                min_backoff: Duration::from_millis(options.min_backoff_ms),
-                max_backoff: Duration::from_millis(options.max_backoff_ms),
+                interval: Duration::from_millis(unsigned(options.interval_ms, "interval_ms")?),
+                debounce: Duration::from_millis(unsigned(options.debounce_ms, "debounce_ms")?),
+                min_backoff: Duration::from_millis(unsigned(
+                    options.min_backoff_ms,
+                    "min_backoff_ms",
+                )?),
+                max_backoff: Duration::from_millis(unsigned(
+                    options.max_backoff_ms,
+                    "max_backoff_ms",
+                )?),
             },
             listener,
         )?;
@@ -324,6 +349,29 @@ impl SyncClient {
 }
 
 impl SyncClient {
+    async fn sync(
+        &self,
+        store: Arc<Store>,
+        budget: Option<Duration>,
+        progress: Option<Arc<dyn SyncProgressListener>>,
+    ) -> Result<SyncReport> {
+        let client = self.inner.clone();
+        let store = store.inner.clone();
+        let report = run(async move {
+            let on_progress = |p: &core::SyncProgress| {
+                if let Some(Err(err)) = progress.as_ref().map(|l| l.on_progress(p.into())) {
+                    tracing::warn!(error = %err, "a sync progress listener failed");
+                }
+            };
+            match budget {
+                Some(budget) => client.sync_within(&store, budget, &on_progress).await,
+                None => client.sync_now_with_progress(&store, &on_progress).await,
+            }
+        })?
+        .await?;
+        Ok(report.into())
+    }
+
     fn build(config: SyncConfig, provider: Option<Arc<dyn TokenProvider>>) -> Result<Arc<Self>> {
         let _context = runtime()?.enter();
         // With a provider the configured token is never sent: the provider is asked first.
@@ -339,10 +387,13 @@ impl SyncClient {
             device_id: config.device_id,
             trusted_roots_pem: config.trusted_roots_pem,
             pinned_spki_sha256: config.pinned_spki_sha256,
-            push_batch_size: config.push_batch_size as usize,
-            pull_page_size: config.pull_page_size,
-            pull_page_bytes: usize::try_from(config.pull_page_bytes).unwrap_or(usize::MAX),
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            push_batch_size: unsigned(config.push_batch_size, "push_batch_size")?,
+            pull_page_size: unsigned(config.pull_page_size, "pull_page_size")?,
+            pull_page_bytes: unsigned(config.pull_page_bytes, "pull_page_bytes")?,
+            request_timeout: Duration::from_millis(unsigned(
+                config.request_timeout_ms,
+                "request_timeout_ms",
+            )?),
             ..core::SyncConfig::new(config.endpoint, token)
         })?;
         Ok(Arc::new(SyncClient { inner }))
@@ -385,6 +436,7 @@ impl BackgroundSync {
                     attachment_bytes_total: 0,
                 },
                 last_success_ms: None,
+                last_report: None,
                 last_error: None,
                 retry_in_ms: None,
                 stopped: true,
@@ -427,12 +479,12 @@ impl core::SyncListener for StatusForwarder {
 impl From<&core::SyncProgress> for SyncProgress {
     fn from(progress: &core::SyncProgress) -> Self {
         SyncProgress {
-            pushed: progress.pushed,
-            push_total: progress.push_total,
-            pulled: progress.pulled,
+            pushed: signed(progress.pushed),
+            push_total: signed(progress.push_total),
+            pulled: signed(progress.pulled),
             pulling: progress.pulling,
-            attachment_bytes_done: progress.attachment_bytes_done,
-            attachment_bytes_total: progress.attachment_bytes_total,
+            attachment_bytes_done: signed(progress.attachment_bytes_done),
+            attachment_bytes_total: signed(progress.attachment_bytes_total),
         }
     }
 }
@@ -449,8 +501,9 @@ impl From<&core::SyncStatus> for SyncStatus {
             },
             progress: (&status.progress).into(),
             last_success_ms: status.last_success_ms,
+            last_report: status.last_report.clone().map(Into::into),
             last_error: status.last_error.clone(),
-            retry_in_ms: status.retry_in_ms,
+            retry_in_ms: status.retry_in_ms.map(signed),
             stopped: status.stopped,
         }
     }
@@ -469,7 +522,7 @@ fn runtime() -> Result<&'static Runtime> {
                 .map_err(|err| err.to_string())
         })
         .as_ref()
-        .map_err(|err| FieldsyncError::Internal(format!("the sync runtime cannot start: {err}")))
+        .map_err(|err| FieldsyncError::internal(format!("the sync runtime cannot start: {err}")))
 }
 
 /// Runs `work` on the library's runtime; the returned future, polled by any executor, gives
@@ -485,7 +538,7 @@ where
     Ok(async move {
         match task.join().await {
             Ok(result) => result.map_err(Into::into),
-            Err(err) => Err(FieldsyncError::Internal(format!(
+            Err(err) => Err(FieldsyncError::internal(format!(
                 "the sync task failed: {err}"
             ))),
         }

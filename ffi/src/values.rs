@@ -57,12 +57,12 @@ impl FieldValue {
             FieldValue::Integer { value } => Value::from(*value),
             FieldValue::Float { value } => {
                 Number::from_f64(*value).map(Value::Number).ok_or_else(|| {
-                    FieldsyncError::InvalidValue("a float field value must be finite".into())
+                    FieldsyncError::invalid_value("a float field value must be finite")
                 })?
             }
             FieldValue::Str { value } => Value::String(value.clone()),
             FieldValue::Json { json } => serde_json::from_str(json).map_err(|err| {
-                FieldsyncError::InvalidValue(format!("a Json field value is not JSON: {err}"))
+                FieldsyncError::invalid_value(format!("a Json field value is not JSON: {err}"))
             })?,
         })
     }
@@ -292,10 +292,10 @@ pub struct Query {
     pub order: Vec<Order>,
     /// At most this many.
     #[uniffi(default = None)]
-    pub limit: Option<u64>,
+    pub limit: Option<i64>,
     /// After skipping this many.
     #[uniffi(default = 0)]
-    pub offset: u64,
+    pub offset: i64,
 }
 
 impl Query {
@@ -310,8 +310,11 @@ impl Query {
                     descending: order.descending,
                 })
                 .collect(),
-            limit: self.limit,
-            offset: self.offset,
+            limit: self
+                .limit
+                .map(|limit| unsigned(limit, "limit"))
+                .transpose()?,
+            offset: unsigned(self.offset, "offset")?,
         })
     }
 }
@@ -346,9 +349,9 @@ pub enum Write {
         /// A `text` field.
         field: String,
         /// Where the edit starts.
-        index: u64,
+        index: i32,
         /// How many units to delete there.
-        delete_count: u64,
+        delete_count: i32,
         /// What to insert there.
         insert: String,
     },
@@ -393,8 +396,8 @@ impl Write {
                 collection,
                 id,
                 field,
-                index: to_usize(index)?,
-                delete_count: to_usize(delete_count)?,
+                index: unsigned(index, "index")?,
+                delete_count: unsigned(delete_count, "delete_count")?,
                 insert,
             },
             Write::Delete { collection, id } => core::Write::Delete { collection, id },
@@ -402,9 +405,23 @@ impl Write {
     }
 }
 
-pub(crate) fn to_usize(value: u64) -> Result<usize> {
-    usize::try_from(value)
-        .map_err(|_| FieldsyncError::InvalidValue("a position is too large for this device".into()))
+/// A count or size as the platforms count it: in a signed integer (Kotlin `Long`, Swift
+/// `Int64`). Nothing the store counts comes near the top of its range.
+pub(crate) fn signed<T: TryInto<i64>>(value: T) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
+}
+
+/// A count, size or position the app gave, for the core: refused when negative, naming it.
+pub(crate) fn unsigned<T: TryFrom<i64>>(value: impl Into<i64>, name: &str) -> Result<T> {
+    let value = value.into();
+    if value < 0 {
+        return Err(FieldsyncError::invalid_value(format!(
+            "`{name}` must not be negative"
+        )));
+    }
+    T::try_from(value).map_err(|_| {
+        FieldsyncError::invalid_value(format!("`{name}` is too large for this device"))
+    })
 }
 
 /// One of the concurrent values of a field, and the device that wrote it.
@@ -555,10 +572,10 @@ pub struct StoreOptions {
     pub synchronous: Synchronous,
     /// How many record documents stay loaded in memory between writes.
     #[uniffi(default = 512)]
-    pub document_cache_size: u32,
+    pub document_cache_size: i32,
     /// How many remote changes may wait for missing dependencies.
     #[uniffi(default = 10000)]
-    pub max_pending_changes: u32,
+    pub max_pending_changes: i32,
     /// The 32-byte key that encrypts the file (kept in the Keychain or Keystore); null keeps
     /// the file unencrypted, which only apps without clinical data should do.
     #[uniffi(default = None)]
@@ -567,7 +584,7 @@ pub struct StoreOptions {
     /// default): past it the least recently used are evicted, and fetched again when needed.
     /// Attachments not yet on the server are kept whatever their size.
     #[uniffi(default = 1073741824)]
-    pub attachment_budget_bytes: u64,
+    pub attachment_budget_bytes: i64,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -587,10 +604,10 @@ impl Default for StoreOptions {
         let defaults = core::StoreOptions::default();
         StoreOptions {
             synchronous: Synchronous::Full,
-            document_cache_size: defaults.document_cache_size as u32,
-            max_pending_changes: defaults.max_pending_changes as u32,
+            document_cache_size: i32::try_from(defaults.document_cache_size).unwrap_or(i32::MAX),
+            max_pending_changes: i32::try_from(defaults.max_pending_changes).unwrap_or(i32::MAX),
             encryption_key: None,
-            attachment_budget_bytes: defaults.attachment_budget_bytes,
+            attachment_budget_bytes: signed(defaults.attachment_budget_bytes),
         }
     }
 }
@@ -609,9 +626,12 @@ impl TryFrom<StoreOptions> for core::StoreOptions {
                 Synchronous::Full => core::Synchronous::Full,
                 Synchronous::Normal => core::Synchronous::Normal,
             },
-            document_cache_size: options.document_cache_size as usize,
-            max_pending_changes: options.max_pending_changes as usize,
-            attachment_budget_bytes: options.attachment_budget_bytes,
+            document_cache_size: unsigned(options.document_cache_size, "document_cache_size")?,
+            max_pending_changes: unsigned(options.max_pending_changes, "max_pending_changes")?,
+            attachment_budget_bytes: unsigned(
+                options.attachment_budget_bytes,
+                "attachment_budget_bytes",
+            )?,
         })
     }
 }
@@ -684,12 +704,12 @@ mod tests {
         let nan = FieldValue::Float { value: f64::NAN };
         assert!(matches!(
             nan.to_core(),
-            Err(FieldsyncError::InvalidValue(_))
+            Err(FieldsyncError::InvalidValue { .. })
         ));
         let bad = FieldValue::Json { json: "{".into() };
         assert!(matches!(
             bad.to_core(),
-            Err(FieldsyncError::InvalidValue(_))
+            Err(FieldsyncError::InvalidValue { .. })
         ));
     }
 

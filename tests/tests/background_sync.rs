@@ -1,6 +1,6 @@
 //! Background sync against a real server: syncing after local writes, stopping on a refused
-//! token, retrying while the server is unreachable. Every wait is on a status the listener
-//! reports, never on a timer.
+//! token, retrying while the server is unreachable, and the budgeted sync an OS background task
+//! runs. Every wait is on a status the listener reports, never on a timer.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fieldsync_core::{
-    BackgroundOptions, BackgroundSync, SyncClient, SyncConfig, SyncListener, SyncState, SyncStatus,
+    BackgroundOptions, BackgroundSync, BoxFuture, Credentials, SyncClient, SyncConfig,
+    SyncListener, SyncState, SyncStatus, Transport, TransportRequest, TransportResponse,
+    http_transport,
 };
 use fieldsync_tests::server::ServerProcess;
 use fieldsync_tests::{fields, open_device};
@@ -78,6 +80,9 @@ async fn local_writes_are_synced_soon_in_the_background() {
         s.state == SyncState::Idle && s.progress.pushed == 1
     });
     assert!(synced.last_success_ms.is_some());
+    let report = synced.last_report.expect("the report of the last sync");
+    assert_eq!((report.pushed, report.rejected), (1, 0));
+    assert!(report.complete);
     assert_eq!(background.status().state, SyncState::Idle);
 
     let tablet = open_device(&dir.path().join("tablet.db"));
@@ -146,4 +151,102 @@ async fn an_unreachable_server_is_reported_offline_and_retried() {
     }
     background.stop().await;
     wait_for(&statuses, "stopped", |s| s.stopped);
+}
+
+/// The real HTTP transport, each request held back by `delay` first: a slow connection.
+#[derive(Debug)]
+struct Slow {
+    inner: Arc<dyn Transport>,
+    delay: Duration,
+}
+
+impl Transport for Slow {
+    fn send<'a>(
+        &'a self,
+        credentials: &'a Credentials,
+        request: TransportRequest,
+    ) -> BoxFuture<'a, fieldsync_core::Result<TransportResponse>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.send(credentials, request).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budgeted_sync_stops_within_its_budget_and_the_next_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
+    let laptop_token = server.user_with_device("ada", &["north"]);
+    let phone_token = server.device("ada");
+    let laptop = open_device(&dir.path().join("laptop.db"));
+    for n in 0..30 {
+        laptop
+            .insert(
+                "clients",
+                fields(json!({"caseload_id": "north", "name": format!("client {n}")})),
+            )
+            .unwrap();
+    }
+    SyncClient::new(SyncConfig::new(&server.url, &laptop_token))
+        .unwrap()
+        .sync_now(&laptop)
+        .await
+        .unwrap();
+
+    // Two records a page, each request 200 ms late: fifteen pages take three seconds, and a
+    // one-second budget has room for a few at most.
+    let phone = open_device(&dir.path().join("phone.db"));
+    let config = SyncConfig {
+        pull_page_size: 2,
+        pull_page_bytes: 0,
+        ..SyncConfig::new(&server.url, &phone_token)
+    };
+    let slow = Arc::new(Slow {
+        inner: http_transport(&config).unwrap(),
+        delay: Duration::from_millis(200),
+    });
+    let client = SyncClient::with_transport(config, slow);
+    let started = std::time::Instant::now();
+    let cut_short = client
+        .sync_within(&phone, Duration::from_secs(1), &|_| {})
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(!cut_short.complete);
+    let stored = phone
+        .count("clients", &fieldsync_core::Filter::All)
+        .unwrap();
+    assert!(stored < 30, "{stored} records arrived within the budget");
+
+    let rest = client
+        .sync_within(&phone, Duration::from_secs(600), &|_| {})
+        .await
+        .unwrap();
+    assert!(rest.complete);
+    assert_eq!(
+        phone
+            .count("clients", &fieldsync_core::Filter::All)
+            .unwrap(),
+        30
+    );
+    assert_eq!(rest.pulled as u64, 30 - stored);
+
+    // No budget at all: nothing is started, and nothing is lost.
+    let id = phone
+        .insert(
+            "clients",
+            fields(json!({"caseload_id": "north", "name": "Ben"})),
+        )
+        .unwrap();
+    let none = client
+        .sync_within(&phone, Duration::ZERO, &|_| {})
+        .await
+        .unwrap();
+    assert!(!none.complete);
+    assert_eq!((none.pushed, phone.outbox_len().unwrap()), (0, 1));
+    let pushed = client.sync_now(&phone).await.unwrap();
+    assert_eq!(pushed.pushed, 1);
+    assert!(pushed.complete);
+    assert!(phone.get("clients", &id).unwrap().is_some());
 }

@@ -9,7 +9,9 @@ use fieldsync_record::attachment::AttachmentRef;
 use fieldsync_record::protocol::{ATTACHMENT_CHUNK_BYTES, AttachmentStatus};
 use sha2::{Digest, Sha256};
 
-use super::{SyncClient, SyncProgress, TransportRequest, blocking, decode_json, error_of};
+use super::{
+    Deadline, SyncClient, SyncProgress, TransportRequest, blocking, decode_json, error_of,
+};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -54,14 +56,19 @@ impl<'a> Bytes<'a> {
 }
 
 impl SyncClient {
-    /// Sends every queued attachment the server lacks; returns how many it now holds whole.
+    /// Sends every queued attachment the server lacks; returns how many it now holds whole,
+    /// and whether all were sent (past the deadline no further attachment is started).
     pub(super) async fn send_attachments(
         &self,
         store: &Store,
         bytes: &mut Bytes<'_>,
-    ) -> Result<usize> {
+        deadline: Deadline,
+    ) -> Result<(usize, bool)> {
         let mut sent = 0;
         for upload in blocking(store, |s| s.attachment_uploads()).await? {
+            if deadline.passed() {
+                return Ok((sent, false));
+            }
             let sha256 = hex(&upload.sha256);
             let status = self.attachment_status(&upload.scope, &sha256).await?;
             let mut complete = status.as_ref().is_some_and(|s| s.complete);
@@ -115,20 +122,25 @@ impl SyncClient {
                 blocking(store, move |s| s.attachment_upload_refused(&scope, &sha)).await?;
             }
         }
-        Ok(sent)
+        Ok((sent, true))
     }
 
     /// Fetches the attachments eager fields reference that the store lacks, as far as the
-    /// store's attachment budget has room; returns how many it now holds whole. One the server
+    /// store's attachment budget has room; returns how many it now holds whole, and whether it
+    /// went through them all (past the deadline no further one is started). One the server
     /// does not hold whole yet is left for a later sync.
     pub(super) async fn fetch_attachments(
         &self,
         store: &Store,
         bytes: &mut Bytes<'_>,
-    ) -> Result<usize> {
+        deadline: Deadline,
+    ) -> Result<(usize, bool)> {
         let mut fetched = 0;
         let mut room = blocking(store, |s| s.attachment_room()).await?;
         for (scope, reference) in blocking(store, |s| s.wanted_downloads()).await? {
+            if deadline.passed() {
+                return Ok((fetched, false));
+            }
             // What does not fit the budget is left to be fetched on demand.
             if reference.size > room {
                 continue;
@@ -138,7 +150,7 @@ impl SyncClient {
                 fetched += 1;
             }
         }
-        Ok(fetched)
+        Ok((fetched, true))
     }
 
     /// Fetches the attachment `collection/id`'s field `field` references, whatever its field's

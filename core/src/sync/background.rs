@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::{SyncClient, SyncProgress};
+use super::{SyncClient, SyncProgress, SyncReport};
 use crate::error::Error;
 use crate::query::Filter;
 use crate::store::{Store, now_ms};
@@ -39,6 +39,9 @@ pub struct SyncStatus {
     pub progress: SyncProgress,
     /// When a sync last succeeded (ms since the epoch).
     pub last_success_ms: Option<i64>,
+    /// What the last successful sync did: among the rest, writes the server refused and
+    /// scopes whose records were purged, for the app to tell the user.
+    pub last_report: Option<SyncReport>,
     /// What went wrong last, if the last sync failed.
     pub last_error: Option<String>,
     /// How long until the next attempt, when waiting after a failure.
@@ -113,6 +116,7 @@ impl BackgroundSync {
             state: SyncState::Idle,
             progress: SyncProgress::default(),
             last_success_ms: None,
+            last_report: None,
             last_error: None,
             retry_in_ms: None,
             stopped: false,
@@ -237,9 +241,10 @@ async fn run(
             }
         };
         match (result, &next) {
-            (Ok(_), _) => reporter.update(|s| {
+            (Ok(report), _) => reporter.update(|s| {
                 s.state = SyncState::Idle;
                 s.last_success_ms = Some(now_ms());
+                s.last_report = Some(report);
                 s.last_error = None;
             }),
             (Err(err), _) => reporter.update(|s| {

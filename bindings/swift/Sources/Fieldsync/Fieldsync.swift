@@ -471,31 +471,15 @@ private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterUInt32: FfiConverterPrimitive {
-    typealias FfiType = UInt32
-    typealias SwiftType = UInt32
+fileprivate struct FfiConverterInt32: FfiConverterPrimitive {
+    typealias FfiType = Int32
+    typealias SwiftType = Int32
 
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt32 {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Int32 {
         return try lift(readInt(&buf))
     }
 
-    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
-        writeInt(&buf, lower(value))
-    }
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
-    typealias FfiType = UInt64
-    typealias SwiftType = UInt64
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt64 {
-        return try lift(readInt(&buf))
-    }
-
-    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+    public static func write(_ value: Int32, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
     }
 }
@@ -1049,7 +1033,7 @@ public protocol StoreProtocol: AnyObject, Sendable {
     /**
      * How many live records match the filter.
      */
-    func count(collection: String, filter: Filter) throws  -> UInt64
+    func count(collection: String, filter: Filter) throws  -> Int64
     
     /**
      * Deletes a record, leaving a tombstone that syncs; a delete wins over concurrent edits.
@@ -1100,7 +1084,7 @@ public protocol StoreProtocol: AnyObject, Sendable {
     /**
      * How many local changes wait to be pushed.
      */
-    func outboxLen() throws  -> UInt64
+    func outboxLen() throws  -> Int64
     
     /**
      * Live records matching the query.
@@ -1137,7 +1121,7 @@ public protocol StoreProtocol: AnyObject, Sendable {
      * Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
      * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
      */
-    func spliceText(collection: String, id: String, field: String, index: UInt64, deleteCount: UInt64, insert: String) throws 
+    func spliceText(collection: String, id: String, field: String, index: Int32, deleteCount: Int32, insert: String) throws 
     
     /**
      * Calls `listener` after every commit that changes records of `collection` matching
@@ -1338,8 +1322,8 @@ open func conflicts(collection: String, id: String)throws  -> [FieldConflict]  {
     /**
      * How many live records match the filter.
      */
-open func count(collection: String, filter: Filter)throws  -> UInt64  {
-    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+open func count(collection: String, filter: Filter)throws  -> Int64  {
+    return try  FfiConverterInt64.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
     uniffi_fieldsync_ffi_fn_method_store_count(
             self.uniffiCloneHandle(),
@@ -1472,8 +1456,8 @@ open func orphans(collection: String)throws  -> [Orphan]  {
     /**
      * How many local changes wait to be pushed.
      */
-open func outboxLen()throws  -> UInt64  {
-    return try  FfiConverterUInt64.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+open func outboxLen()throws  -> Int64  {
+    return try  FfiConverterInt64.lift(try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
     uniffi_fieldsync_ffi_fn_method_store_outbox_len(
             self.uniffiCloneHandle(),uniffiCallStatus
@@ -1555,15 +1539,15 @@ open func saveAttachment(reference: AttachmentRef, path: String)throws  -> Bool 
      * Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
      * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
      */
-open func spliceText(collection: String, id: String, field: String, index: UInt64, deleteCount: UInt64, insert: String)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
+open func spliceText(collection: String, id: String, field: String, index: Int32, deleteCount: Int32, insert: String)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
     uniffi_fieldsync_ffi_fn_method_store_splice_text(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(collection),
         FfiConverterString.lower(id),
         FfiConverterString.lower(field),
-        FfiConverterUInt64.lower(index),
-        FfiConverterUInt64.lower(deleteCount),
+        FfiConverterInt32.lower(index),
+        FfiConverterInt32.lower(deleteCount),
         FfiConverterString.lower(insert),uniffiCallStatus
     )
 }
@@ -1843,6 +1827,15 @@ public protocol SyncClientProtocol: AnyObject, Sendable {
      */
     func syncNow(store: Store, progress: SyncProgressListener?) async throws  -> SyncReport
     
+    /**
+     * Syncs for at most `budget_ms`, for the background work an OS allows a suspended app
+     * (Android's WorkManager, iOS's BGTaskScheduler). No new batch, page or attachment starts
+     * once most of the budget is spent, and one still running when it ends is cancelled;
+     * what was stored stays stored, and the next sync carries on from there. The report says
+     * whether it went to the end (`complete`), and what the server refused or purged.
+     */
+    func syncWithin(store: Store, budgetMs: Int64, progress: SyncProgressListener?) async throws  -> SyncReport
+    
 }
 /**
  * Syncs stores with one server; keeps its connections between calls.
@@ -1995,12 +1988,35 @@ open func startBackground(store: Store, options: BackgroundOptions, listener: Sy
      * Pushes the whole outbox, then pulls until caught up. Safe to cancel: whatever the
      * server answered is kept, and the next sync carries on.
      */
-open func syncNow(store: Store, progress: SyncProgressListener?)async throws  -> SyncReport  {
+open func syncNow(store: Store, progress: SyncProgressListener? = nil)async throws  -> SyncReport  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_fieldsync_ffi_fn_method_syncclient_sync_now(
                         self.uniffiCloneHandle(),FfiConverterTypeStore_lower(store),FfiConverterOptionTypeSyncProgressListener.lower(progress)
+                )
+            },
+            pollFunc: ffi_fieldsync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_fieldsync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_fieldsync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeSyncReport_lift,
+            errorHandler: FfiConverterTypeFieldsyncError_lift
+        )
+}
+    
+    /**
+     * Syncs for at most `budget_ms`, for the background work an OS allows a suspended app
+     * (Android's WorkManager, iOS's BGTaskScheduler). No new batch, page or attachment starts
+     * once most of the budget is spent, and one still running when it ends is cancelled;
+     * what was stored stays stored, and the next sync carries on from there. The report says
+     * whether it went to the end (`complete`), and what the server refused or purged.
+     */
+open func syncWithin(store: Store, budgetMs: Int64, progress: SyncProgressListener? = nil)async throws  -> SyncReport  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_fieldsync_ffi_fn_method_syncclient_sync_within(
+                        self.uniffiCloneHandle(),FfiConverterTypeStore_lower(store),FfiConverterInt64.lower(budgetMs),FfiConverterOptionTypeSyncProgressListener.lower(progress)
                 )
             },
             pollFunc: ffi_fieldsync_ffi_rust_future_poll_rust_buffer,
@@ -2740,7 +2756,7 @@ public struct AttachmentRef: Equatable, Hashable {
     /**
      * Their length in bytes.
      */
-    public var size: UInt64
+    public var size: Int64
     /**
      * Their media type (`image/jpeg`, `audio/mp4`, `application/pdf`).
      */
@@ -2758,7 +2774,7 @@ public struct AttachmentRef: Equatable, Hashable {
          */sha256: String, 
         /**
          * Their length in bytes.
-         */size: UInt64, 
+         */size: Int64, 
         /**
          * Their media type (`image/jpeg`, `audio/mp4`, `application/pdf`).
          */mediaType: String, 
@@ -2788,7 +2804,7 @@ public struct FfiConverterTypeAttachmentRef: FfiConverterRustBuffer {
         return
             try AttachmentRef(
                 sha256: FfiConverterString.read(from: &buf), 
-                size: FfiConverterUInt64.read(from: &buf), 
+                size: FfiConverterInt64.read(from: &buf), 
                 mediaType: FfiConverterString.read(from: &buf), 
                 name: FfiConverterOptionString.read(from: &buf)
         )
@@ -2796,7 +2812,7 @@ public struct FfiConverterTypeAttachmentRef: FfiConverterRustBuffer {
 
     public static func write(_ value: AttachmentRef, into buf: inout [UInt8]) {
         FfiConverterString.write(value.sha256, into: &buf)
-        FfiConverterUInt64.write(value.size, into: &buf)
+        FfiConverterInt64.write(value.size, into: &buf)
         FfiConverterString.write(value.mediaType, into: &buf)
         FfiConverterOptionString.write(value.name, into: &buf)
     }
@@ -2826,16 +2842,16 @@ public struct AttachmentsTidied: Equatable, Hashable {
      * Attachments nothing references any more (no live record, no rejected write kept for
      * the app, no upload waiting).
      */
-    public var unreferenced: UInt64
+    public var unreferenced: Int64
     /**
      * Attachments the server holds, evicted (least recently used first) to keep within
      * `StoreOptions.attachment_budget_bytes`; fetched again when needed.
      */
-    public var evicted: UInt64
+    public var evicted: Int64
     /**
      * Bytes freed in all.
      */
-    public var bytes: UInt64
+    public var bytes: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2843,14 +2859,14 @@ public struct AttachmentsTidied: Equatable, Hashable {
         /**
          * Attachments nothing references any more (no live record, no rejected write kept for
          * the app, no upload waiting).
-         */unreferenced: UInt64, 
+         */unreferenced: Int64, 
         /**
          * Attachments the server holds, evicted (least recently used first) to keep within
          * `StoreOptions.attachment_budget_bytes`; fetched again when needed.
-         */evicted: UInt64, 
+         */evicted: Int64, 
         /**
          * Bytes freed in all.
-         */bytes: UInt64) {
+         */bytes: Int64) {
         self.unreferenced = unreferenced
         self.evicted = evicted
         self.bytes = bytes
@@ -2872,16 +2888,16 @@ public struct FfiConverterTypeAttachmentsTidied: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentsTidied {
         return
             try AttachmentsTidied(
-                unreferenced: FfiConverterUInt64.read(from: &buf), 
-                evicted: FfiConverterUInt64.read(from: &buf), 
-                bytes: FfiConverterUInt64.read(from: &buf)
+                unreferenced: FfiConverterInt64.read(from: &buf), 
+                evicted: FfiConverterInt64.read(from: &buf), 
+                bytes: FfiConverterInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: AttachmentsTidied, into buf: inout [UInt8]) {
-        FfiConverterUInt64.write(value.unreferenced, into: &buf)
-        FfiConverterUInt64.write(value.evicted, into: &buf)
-        FfiConverterUInt64.write(value.bytes, into: &buf)
+        FfiConverterInt64.write(value.unreferenced, into: &buf)
+        FfiConverterInt64.write(value.evicted, into: &buf)
+        FfiConverterInt64.write(value.bytes, into: &buf)
     }
 }
 
@@ -2908,35 +2924,35 @@ public struct BackgroundOptions: Equatable, Hashable {
     /**
      * Sync at least this often.
      */
-    public var intervalMs: UInt64
+    public var intervalMs: Int64
     /**
      * After a local write, sync once writes have paused this long.
      */
-    public var debounceMs: UInt64
+    public var debounceMs: Int64
     /**
      * First wait after a failure; doubles on each further failure.
      */
-    public var minBackoffMs: UInt64
+    public var minBackoffMs: Int64
     /**
      * Longest wait after failures.
      */
-    public var maxBackoffMs: UInt64
+    public var maxBackoffMs: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
          * Sync at least this often.
-         */intervalMs: UInt64 = UInt64(300000), 
+         */intervalMs: Int64 = Int64(300000), 
         /**
          * After a local write, sync once writes have paused this long.
-         */debounceMs: UInt64 = UInt64(2000), 
+         */debounceMs: Int64 = Int64(2000), 
         /**
          * First wait after a failure; doubles on each further failure.
-         */minBackoffMs: UInt64 = UInt64(1000), 
+         */minBackoffMs: Int64 = Int64(1000), 
         /**
          * Longest wait after failures.
-         */maxBackoffMs: UInt64 = UInt64(300000)) {
+         */maxBackoffMs: Int64 = Int64(300000)) {
         self.intervalMs = intervalMs
         self.debounceMs = debounceMs
         self.minBackoffMs = minBackoffMs
@@ -2959,18 +2975,18 @@ public struct FfiConverterTypeBackgroundOptions: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> BackgroundOptions {
         return
             try BackgroundOptions(
-                intervalMs: FfiConverterUInt64.read(from: &buf), 
-                debounceMs: FfiConverterUInt64.read(from: &buf), 
-                minBackoffMs: FfiConverterUInt64.read(from: &buf), 
-                maxBackoffMs: FfiConverterUInt64.read(from: &buf)
+                intervalMs: FfiConverterInt64.read(from: &buf), 
+                debounceMs: FfiConverterInt64.read(from: &buf), 
+                minBackoffMs: FfiConverterInt64.read(from: &buf), 
+                maxBackoffMs: FfiConverterInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: BackgroundOptions, into buf: inout [UInt8]) {
-        FfiConverterUInt64.write(value.intervalMs, into: &buf)
-        FfiConverterUInt64.write(value.debounceMs, into: &buf)
-        FfiConverterUInt64.write(value.minBackoffMs, into: &buf)
-        FfiConverterUInt64.write(value.maxBackoffMs, into: &buf)
+        FfiConverterInt64.write(value.intervalMs, into: &buf)
+        FfiConverterInt64.write(value.debounceMs, into: &buf)
+        FfiConverterInt64.write(value.minBackoffMs, into: &buf)
+        FfiConverterInt64.write(value.maxBackoffMs, into: &buf)
     }
 }
 
@@ -3479,11 +3495,11 @@ public struct Query: Equatable, Hashable {
     /**
      * At most this many.
      */
-    public var limit: UInt64?
+    public var limit: Int64?
     /**
      * After skipping this many.
      */
-    public var offset: UInt64
+    public var offset: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3496,10 +3512,10 @@ public struct Query: Equatable, Hashable {
          */order: [Order] = [], 
         /**
          * At most this many.
-         */limit: UInt64? = nil, 
+         */limit: Int64? = nil, 
         /**
          * After skipping this many.
-         */offset: UInt64 = UInt64(0)) {
+         */offset: Int64 = Int64(0)) {
         self.filter = filter
         self.order = order
         self.limit = limit
@@ -3524,16 +3540,16 @@ public struct FfiConverterTypeQuery: FfiConverterRustBuffer {
             try Query(
                 filter: FfiConverterTypeFilter.read(from: &buf), 
                 order: FfiConverterSequenceTypeOrder.read(from: &buf), 
-                limit: FfiConverterOptionUInt64.read(from: &buf), 
-                offset: FfiConverterUInt64.read(from: &buf)
+                limit: FfiConverterOptionInt64.read(from: &buf), 
+                offset: FfiConverterInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: Query, into buf: inout [UInt8]) {
         FfiConverterTypeFilter.write(value.filter, into: &buf)
         FfiConverterSequenceTypeOrder.write(value.order, into: &buf)
-        FfiConverterOptionUInt64.write(value.limit, into: &buf)
-        FfiConverterUInt64.write(value.offset, into: &buf)
+        FfiConverterOptionInt64.write(value.limit, into: &buf)
+        FfiConverterInt64.write(value.offset, into: &buf)
     }
 }
 
@@ -3826,11 +3842,11 @@ public struct StoreOptions: Equatable, Hashable {
     /**
      * How many record documents stay loaded in memory between writes.
      */
-    public var documentCacheSize: UInt32
+    public var documentCacheSize: Int32
     /**
      * How many remote changes may wait for missing dependencies.
      */
-    public var maxPendingChanges: UInt32
+    public var maxPendingChanges: Int32
     /**
      * The 32-byte key that encrypts the file (kept in the Keychain or Keystore); null keeps
      * the file unencrypted, which only apps without clinical data should do.
@@ -3841,7 +3857,7 @@ public struct StoreOptions: Equatable, Hashable {
      * default): past it the least recently used are evicted, and fetched again when needed.
      * Attachments not yet on the server are kept whatever their size.
      */
-    public var attachmentBudgetBytes: UInt64
+    public var attachmentBudgetBytes: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3851,10 +3867,10 @@ public struct StoreOptions: Equatable, Hashable {
          */synchronous: Synchronous, 
         /**
          * How many record documents stay loaded in memory between writes.
-         */documentCacheSize: UInt32 = UInt32(512), 
+         */documentCacheSize: Int32 = 512, 
         /**
          * How many remote changes may wait for missing dependencies.
-         */maxPendingChanges: UInt32 = UInt32(10000), 
+         */maxPendingChanges: Int32 = 10000, 
         /**
          * The 32-byte key that encrypts the file (kept in the Keychain or Keystore); null keeps
          * the file unencrypted, which only apps without clinical data should do.
@@ -3863,7 +3879,7 @@ public struct StoreOptions: Equatable, Hashable {
          * The most bytes of attachments the server holds that the store keeps (1 GiB by
          * default): past it the least recently used are evicted, and fetched again when needed.
          * Attachments not yet on the server are kept whatever their size.
-         */attachmentBudgetBytes: UInt64 = UInt64(1073741824)) {
+         */attachmentBudgetBytes: Int64 = Int64(1073741824)) {
         self.synchronous = synchronous
         self.documentCacheSize = documentCacheSize
         self.maxPendingChanges = maxPendingChanges
@@ -3888,19 +3904,19 @@ public struct FfiConverterTypeStoreOptions: FfiConverterRustBuffer {
         return
             try StoreOptions(
                 synchronous: FfiConverterTypeSynchronous.read(from: &buf), 
-                documentCacheSize: FfiConverterUInt32.read(from: &buf), 
-                maxPendingChanges: FfiConverterUInt32.read(from: &buf), 
+                documentCacheSize: FfiConverterInt32.read(from: &buf), 
+                maxPendingChanges: FfiConverterInt32.read(from: &buf), 
                 encryptionKey: FfiConverterOptionData.read(from: &buf), 
-                attachmentBudgetBytes: FfiConverterUInt64.read(from: &buf)
+                attachmentBudgetBytes: FfiConverterInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: StoreOptions, into buf: inout [UInt8]) {
         FfiConverterTypeSynchronous.write(value.synchronous, into: &buf)
-        FfiConverterUInt32.write(value.documentCacheSize, into: &buf)
-        FfiConverterUInt32.write(value.maxPendingChanges, into: &buf)
+        FfiConverterInt32.write(value.documentCacheSize, into: &buf)
+        FfiConverterInt32.write(value.maxPendingChanges, into: &buf)
         FfiConverterOptionData.write(value.encryptionKey, into: &buf)
-        FfiConverterUInt64.write(value.attachmentBudgetBytes, into: &buf)
+        FfiConverterInt64.write(value.attachmentBudgetBytes, into: &buf)
     }
 }
 
@@ -3945,21 +3961,21 @@ public struct SyncConfig: Equatable, Hashable {
     /**
      * Outbox entries per push.
      */
-    public var pushBatchSize: UInt32
+    public var pushBatchSize: Int32
     /**
      * Records asked for in a pull's first page, and the fewest asked for in any page.
      */
-    public var pullPageSize: UInt32
+    public var pullPageSize: Int32
     /**
      * Longest one request may take, in milliseconds.
      */
-    public var requestTimeoutMs: UInt64
+    public var requestTimeoutMs: Int64
     /**
      * While a pull's pages carry fewer bytes of record data than this, the next page asks for
      * more records (at most four times as many, and 5,000); 0 keeps every page at
      * `pull_page_size`. It bounds a long first sync's memory.
      */
-    public var pullPageBytes: UInt64
+    public var pullPageBytes: Int64
     /**
      * With a token provider: the id `SyncClient.enroll_device` returned when this device
      * enrolled, kept by the app and passed again whenever it builds its client.
@@ -3985,18 +4001,18 @@ public struct SyncConfig: Equatable, Hashable {
          */pinnedSpkiSha256: [String] = [], 
         /**
          * Outbox entries per push.
-         */pushBatchSize: UInt32 = UInt32(500), 
+         */pushBatchSize: Int32 = 500, 
         /**
          * Records asked for in a pull's first page, and the fewest asked for in any page.
-         */pullPageSize: UInt32 = UInt32(500), 
+         */pullPageSize: Int32 = 500, 
         /**
          * Longest one request may take, in milliseconds.
-         */requestTimeoutMs: UInt64 = UInt64(60000), 
+         */requestTimeoutMs: Int64 = Int64(60000), 
         /**
          * While a pull's pages carry fewer bytes of record data than this, the next page asks for
          * more records (at most four times as many, and 5,000); 0 keeps every page at
          * `pull_page_size`. It bounds a long first sync's memory.
-         */pullPageBytes: UInt64 = UInt64(2097152), 
+         */pullPageBytes: Int64 = Int64(2097152), 
         /**
          * With a token provider: the id `SyncClient.enroll_device` returned when this device
          * enrolled, kept by the app and passed again whenever it builds its client.
@@ -4032,10 +4048,10 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
                 token: FfiConverterString.read(from: &buf), 
                 trustedRootsPem: FfiConverterSequenceString.read(from: &buf), 
                 pinnedSpkiSha256: FfiConverterSequenceString.read(from: &buf), 
-                pushBatchSize: FfiConverterUInt32.read(from: &buf), 
-                pullPageSize: FfiConverterUInt32.read(from: &buf), 
-                requestTimeoutMs: FfiConverterUInt64.read(from: &buf), 
-                pullPageBytes: FfiConverterUInt64.read(from: &buf), 
+                pushBatchSize: FfiConverterInt32.read(from: &buf), 
+                pullPageSize: FfiConverterInt32.read(from: &buf), 
+                requestTimeoutMs: FfiConverterInt64.read(from: &buf), 
+                pullPageBytes: FfiConverterInt64.read(from: &buf), 
                 deviceId: FfiConverterOptionInt64.read(from: &buf)
         )
     }
@@ -4045,10 +4061,10 @@ public struct FfiConverterTypeSyncConfig: FfiConverterRustBuffer {
         FfiConverterString.write(value.token, into: &buf)
         FfiConverterSequenceString.write(value.trustedRootsPem, into: &buf)
         FfiConverterSequenceString.write(value.pinnedSpkiSha256, into: &buf)
-        FfiConverterUInt32.write(value.pushBatchSize, into: &buf)
-        FfiConverterUInt32.write(value.pullPageSize, into: &buf)
-        FfiConverterUInt64.write(value.requestTimeoutMs, into: &buf)
-        FfiConverterUInt64.write(value.pullPageBytes, into: &buf)
+        FfiConverterInt32.write(value.pushBatchSize, into: &buf)
+        FfiConverterInt32.write(value.pullPageSize, into: &buf)
+        FfiConverterInt64.write(value.requestTimeoutMs, into: &buf)
+        FfiConverterInt64.write(value.pullPageBytes, into: &buf)
         FfiConverterOptionInt64.write(value.deviceId, into: &buf)
     }
 }
@@ -4076,15 +4092,15 @@ public struct SyncProgress: Equatable, Hashable {
     /**
      * Outbox entries sent so far.
      */
-    public var pushed: UInt64
+    public var pushed: Int64
     /**
      * Outbox entries there were to send when the sync started.
      */
-    public var pushTotal: UInt64
+    public var pushTotal: Int64
     /**
      * Pulled records merged so far (the total is not known in advance).
      */
-    public var pulled: UInt64
+    public var pulled: Int64
     /**
      * Whether the sync has moved on to pulling.
      */
@@ -4092,33 +4108,33 @@ public struct SyncProgress: Equatable, Hashable {
     /**
      * Attachment bytes sent or fetched so far; attachments move once the records are synced.
      */
-    public var attachmentBytesDone: UInt64
+    public var attachmentBytesDone: Int64
     /**
      * Attachment bytes there are to send or fetch, growing as each attachment starts.
      */
-    public var attachmentBytesTotal: UInt64
+    public var attachmentBytesTotal: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
          * Outbox entries sent so far.
-         */pushed: UInt64, 
+         */pushed: Int64, 
         /**
          * Outbox entries there were to send when the sync started.
-         */pushTotal: UInt64, 
+         */pushTotal: Int64, 
         /**
          * Pulled records merged so far (the total is not known in advance).
-         */pulled: UInt64, 
+         */pulled: Int64, 
         /**
          * Whether the sync has moved on to pulling.
          */pulling: Bool, 
         /**
          * Attachment bytes sent or fetched so far; attachments move once the records are synced.
-         */attachmentBytesDone: UInt64, 
+         */attachmentBytesDone: Int64, 
         /**
          * Attachment bytes there are to send or fetch, growing as each attachment starts.
-         */attachmentBytesTotal: UInt64) {
+         */attachmentBytesTotal: Int64) {
         self.pushed = pushed
         self.pushTotal = pushTotal
         self.pulled = pulled
@@ -4143,22 +4159,22 @@ public struct FfiConverterTypeSyncProgress: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncProgress {
         return
             try SyncProgress(
-                pushed: FfiConverterUInt64.read(from: &buf), 
-                pushTotal: FfiConverterUInt64.read(from: &buf), 
-                pulled: FfiConverterUInt64.read(from: &buf), 
+                pushed: FfiConverterInt64.read(from: &buf), 
+                pushTotal: FfiConverterInt64.read(from: &buf), 
+                pulled: FfiConverterInt64.read(from: &buf), 
                 pulling: FfiConverterBool.read(from: &buf), 
-                attachmentBytesDone: FfiConverterUInt64.read(from: &buf), 
-                attachmentBytesTotal: FfiConverterUInt64.read(from: &buf)
+                attachmentBytesDone: FfiConverterInt64.read(from: &buf), 
+                attachmentBytesTotal: FfiConverterInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: SyncProgress, into buf: inout [UInt8]) {
-        FfiConverterUInt64.write(value.pushed, into: &buf)
-        FfiConverterUInt64.write(value.pushTotal, into: &buf)
-        FfiConverterUInt64.write(value.pulled, into: &buf)
+        FfiConverterInt64.write(value.pushed, into: &buf)
+        FfiConverterInt64.write(value.pushTotal, into: &buf)
+        FfiConverterInt64.write(value.pulled, into: &buf)
         FfiConverterBool.write(value.pulling, into: &buf)
-        FfiConverterUInt64.write(value.attachmentBytesDone, into: &buf)
-        FfiConverterUInt64.write(value.attachmentBytesTotal, into: &buf)
+        FfiConverterInt64.write(value.attachmentBytesDone, into: &buf)
+        FfiConverterInt64.write(value.attachmentBytesTotal, into: &buf)
     }
 }
 
@@ -4179,22 +4195,22 @@ public func FfiConverterTypeSyncProgress_lower(_ value: SyncProgress) -> RustBuf
 
 
 /**
- * What one `sync_now` did.
+ * What one `sync_now` or `sync_within` did.
  */
 public struct SyncReport: Equatable, Hashable {
     /**
      * Outbox entries the server accepted.
      */
-    public var pushed: UInt64
+    public var pushed: Int64
     /**
      * Outbox entries the server refused; their writes were taken back (see
      * `Store.rejected_writes`).
      */
-    public var rejected: UInt64
+    public var rejected: Int64
     /**
      * Pulled records that changed this store.
      */
-    public var pulled: UInt64
+    public var pulled: Int64
     /**
      * Scopes whose records were removed because the user may no longer read them.
      */
@@ -4202,48 +4218,57 @@ public struct SyncReport: Equatable, Hashable {
     /**
      * Attachments written here that the server now holds whole.
      */
-    public var attachmentsSent: UInt64
+    public var attachmentsSent: Int64
     /**
      * Attachments of `eager` fields downloaded whole.
      */
-    public var attachmentsFetched: UInt64
+    public var attachmentsFetched: Int64
     /**
      * Pulled records the server erased content from: each replaced this store's copy.
      */
-    public var erased: UInt64
+    public var erased: Int64
     /**
      * Of those, records whose unsent writes were made again on the erased record and pushed.
      */
-    public var rebased: UInt64
+    public var rebased: Int64
+    /**
+     * Whether the sync went to the end. False when `sync_within` ran out of budget first:
+     * what was done is kept, and the next sync carries on from there.
+     */
+    public var complete: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(
         /**
          * Outbox entries the server accepted.
-         */pushed: UInt64, 
+         */pushed: Int64, 
         /**
          * Outbox entries the server refused; their writes were taken back (see
          * `Store.rejected_writes`).
-         */rejected: UInt64, 
+         */rejected: Int64, 
         /**
          * Pulled records that changed this store.
-         */pulled: UInt64, 
+         */pulled: Int64, 
         /**
          * Scopes whose records were removed because the user may no longer read them.
          */purgedScopes: [String], 
         /**
          * Attachments written here that the server now holds whole.
-         */attachmentsSent: UInt64, 
+         */attachmentsSent: Int64, 
         /**
          * Attachments of `eager` fields downloaded whole.
-         */attachmentsFetched: UInt64, 
+         */attachmentsFetched: Int64, 
         /**
          * Pulled records the server erased content from: each replaced this store's copy.
-         */erased: UInt64, 
+         */erased: Int64, 
         /**
          * Of those, records whose unsent writes were made again on the erased record and pushed.
-         */rebased: UInt64) {
+         */rebased: Int64, 
+        /**
+         * Whether the sync went to the end. False when `sync_within` ran out of budget first:
+         * what was done is kept, and the next sync carries on from there.
+         */complete: Bool) {
         self.pushed = pushed
         self.rejected = rejected
         self.pulled = pulled
@@ -4252,6 +4277,7 @@ public struct SyncReport: Equatable, Hashable {
         self.attachmentsFetched = attachmentsFetched
         self.erased = erased
         self.rebased = rebased
+        self.complete = complete
     }
 
     
@@ -4270,26 +4296,28 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncReport {
         return
             try SyncReport(
-                pushed: FfiConverterUInt64.read(from: &buf), 
-                rejected: FfiConverterUInt64.read(from: &buf), 
-                pulled: FfiConverterUInt64.read(from: &buf), 
+                pushed: FfiConverterInt64.read(from: &buf), 
+                rejected: FfiConverterInt64.read(from: &buf), 
+                pulled: FfiConverterInt64.read(from: &buf), 
                 purgedScopes: FfiConverterSequenceString.read(from: &buf), 
-                attachmentsSent: FfiConverterUInt64.read(from: &buf), 
-                attachmentsFetched: FfiConverterUInt64.read(from: &buf), 
-                erased: FfiConverterUInt64.read(from: &buf), 
-                rebased: FfiConverterUInt64.read(from: &buf)
+                attachmentsSent: FfiConverterInt64.read(from: &buf), 
+                attachmentsFetched: FfiConverterInt64.read(from: &buf), 
+                erased: FfiConverterInt64.read(from: &buf), 
+                rebased: FfiConverterInt64.read(from: &buf), 
+                complete: FfiConverterBool.read(from: &buf)
         )
     }
 
     public static func write(_ value: SyncReport, into buf: inout [UInt8]) {
-        FfiConverterUInt64.write(value.pushed, into: &buf)
-        FfiConverterUInt64.write(value.rejected, into: &buf)
-        FfiConverterUInt64.write(value.pulled, into: &buf)
+        FfiConverterInt64.write(value.pushed, into: &buf)
+        FfiConverterInt64.write(value.rejected, into: &buf)
+        FfiConverterInt64.write(value.pulled, into: &buf)
         FfiConverterSequenceString.write(value.purgedScopes, into: &buf)
-        FfiConverterUInt64.write(value.attachmentsSent, into: &buf)
-        FfiConverterUInt64.write(value.attachmentsFetched, into: &buf)
-        FfiConverterUInt64.write(value.erased, into: &buf)
-        FfiConverterUInt64.write(value.rebased, into: &buf)
+        FfiConverterInt64.write(value.attachmentsSent, into: &buf)
+        FfiConverterInt64.write(value.attachmentsFetched, into: &buf)
+        FfiConverterInt64.write(value.erased, into: &buf)
+        FfiConverterInt64.write(value.rebased, into: &buf)
+        FfiConverterBool.write(value.complete, into: &buf)
     }
 }
 
@@ -4326,13 +4354,17 @@ public struct SyncStatus: Equatable, Hashable {
      */
     public var lastSuccessMs: Int64?
     /**
+     * What the last successful sync did: writes the server refused, scopes purged, ...
+     */
+    public var lastReport: SyncReport?
+    /**
      * What went wrong last, if the last sync failed.
      */
     public var lastError: String?
     /**
      * How long until the next attempt, when waiting after a failure.
      */
-    public var retryInMs: UInt64?
+    public var retryInMs: Int64?
     /**
      * Whether the loop has stopped for good (a device token refused, or stopped by the app).
      * `SignInRequired` does not stop it.
@@ -4352,11 +4384,14 @@ public struct SyncStatus: Equatable, Hashable {
          * When a sync last succeeded (ms since the epoch).
          */lastSuccessMs: Int64?, 
         /**
+         * What the last successful sync did: writes the server refused, scopes purged, ...
+         */lastReport: SyncReport?, 
+        /**
          * What went wrong last, if the last sync failed.
          */lastError: String?, 
         /**
          * How long until the next attempt, when waiting after a failure.
-         */retryInMs: UInt64?, 
+         */retryInMs: Int64?, 
         /**
          * Whether the loop has stopped for good (a device token refused, or stopped by the app).
          * `SignInRequired` does not stop it.
@@ -4364,6 +4399,7 @@ public struct SyncStatus: Equatable, Hashable {
         self.state = state
         self.progress = progress
         self.lastSuccessMs = lastSuccessMs
+        self.lastReport = lastReport
         self.lastError = lastError
         self.retryInMs = retryInMs
         self.stopped = stopped
@@ -4388,8 +4424,9 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 state: FfiConverterTypeSyncState.read(from: &buf), 
                 progress: FfiConverterTypeSyncProgress.read(from: &buf), 
                 lastSuccessMs: FfiConverterOptionInt64.read(from: &buf), 
+                lastReport: FfiConverterOptionTypeSyncReport.read(from: &buf), 
                 lastError: FfiConverterOptionString.read(from: &buf), 
-                retryInMs: FfiConverterOptionUInt64.read(from: &buf), 
+                retryInMs: FfiConverterOptionInt64.read(from: &buf), 
                 stopped: FfiConverterBool.read(from: &buf)
         )
     }
@@ -4398,8 +4435,9 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterTypeSyncState.write(value.state, into: &buf)
         FfiConverterTypeSyncProgress.write(value.progress, into: &buf)
         FfiConverterOptionInt64.write(value.lastSuccessMs, into: &buf)
+        FfiConverterOptionTypeSyncReport.write(value.lastReport, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)
-        FfiConverterOptionUInt64.write(value.retryInMs, into: &buf)
+        FfiConverterOptionInt64.write(value.retryInMs, into: &buf)
         FfiConverterBool.write(value.stopped, into: &buf)
     }
 }
@@ -4643,8 +4681,8 @@ public func FfiConverterTypeFieldValue_lower(_ value: FieldValue) -> RustBuffer 
 
 
 /**
- * Everything that can go wrong in a Fieldsync call. Each case names the failure; its message
- * says what happened and what to do. Messages never contain field values.
+ * Everything that can go wrong in a Fieldsync call. Each case names the failure; `reason`
+ * says what happened and what to do. Reasons never contain field values.
  */
 public 
 enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
@@ -4654,171 +4692,333 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * SQLite refused an operation (disk full, file locked, I/O failure); nothing was written.
      */
-    case Database(message: String)
-    
+    case Database(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The file is not a Fieldsync store, or it is damaged.
      */
-    case Corrupt(message: String)
-    
+    case Corrupt(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The file was written by a newer Fieldsync; upgrade the app.
      */
-    case NewerFormat(message: String)
-    
+    case NewerFormat(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The file is encrypted (or not a database) and no key was given.
      */
-    case KeyRequired(message: String)
-    
+    case KeyRequired(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The key does not open the file (wrong key, or a damaged file); nothing was written.
      */
-    case WrongKey(message: String)
-    
+    case WrongKey(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A key was given for an unencrypted file: encrypt it first with `encrypt_store_file`.
      */
-    case NotEncrypted(message: String)
-    
+    case NotEncrypted(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The file to encrypt is encrypted already: rotate its key with `Store.rekey`.
      */
-    case AlreadyEncrypted(message: String)
-    
+    case AlreadyEncrypted(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A key cannot be used (it must be 32 bytes).
      */
-    case InvalidKey(message: String)
-    
+    case InvalidKey(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The schema declaration is malformed.
      */
-    case InvalidSchema(message: String)
-    
+    case InvalidSchema(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The schema cannot replace the one the file was created with.
      */
-    case IncompatibleSchema(message: String)
-    
+    case IncompatibleSchema(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * No collection of that name is declared.
      */
-    case UnknownCollection(message: String)
-    
+    case UnknownCollection(
+        /**
+         * The collection named.
+         */collection: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The collection declares no field of that name.
      */
-    case UnknownField(message: String)
-    
+    case UnknownField(
+        /**
+         * The collection.
+         */collection: String, 
+        /**
+         * The field named.
+         */field: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A value does not have its field's declared type.
      */
-    case WrongType(message: String)
-    
+    case WrongType(
+        /**
+         * The collection.
+         */collection: String, 
+        /**
+         * The field written.
+         */field: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A required field is missing, or a write tried to clear it.
      */
-    case MissingField(message: String)
-    
+    case MissingField(
+        /**
+         * The collection.
+         */collection: String, 
+        /**
+         * The required field.
+         */field: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * An update tried to change a record's scope.
      */
-    case ScopeChange(message: String)
-    
+    case ScopeChange(
+        /**
+         * The collection.
+         */collection: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * No live record with that id exists.
      */
-    case NotFound(message: String)
-    
+    case NotFound(
+        /**
+         * The collection searched.
+         */collection: String, 
+        /**
+         * The record id asked for.
+         */id: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * An insert used an id that is already taken.
      */
-    case DuplicateId(message: String)
-    
+    case DuplicateId(
+        /**
+         * The collection.
+         */collection: String, 
+        /**
+         * The id in use.
+         */id: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A delete was refused because `restrict` references point at the record.
      */
-    case Restricted(message: String)
-    
+    case Restricted(
+        /**
+         * The collection.
+         */collection: String, 
+        /**
+         * The record that was to be deleted.
+         */id: String, 
+        /**
+         * `collection.field` whose records still point at it.
+         */referencedBy: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A query filter or order does not fit the collection.
      */
-    case InvalidQuery(message: String)
-    
+    case InvalidQuery(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A text edit is outside the text or on a field that is not `text`.
      */
-    case InvalidTextEdit(message: String)
-    
+    case InvalidTextEdit(
+        /**
+         * The collection.
+         */collection: String, 
+        /**
+         * The field edited.
+         */field: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A record id is empty, too long, or uses characters outside `[A-Za-z0-9_.:-]`.
      */
-    case InvalidId(message: String)
-    
+    case InvalidId(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A `Json` field value is not valid JSON, or nests deeper than the store accepts; or an
-     * attachment reference, media type or file name is malformed (the message names which).
+     * attachment reference, media type or file name is malformed (the reason names which).
      */
-    case InvalidValue(message: String)
-    
+    case InvalidValue(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * A file the app named could not be read or written (an attachment's source, or where
      * its bytes were to be saved), or an attachment's bytes left the store while being read.
      */
-    case Io(message: String)
-    
+    case Io(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * Changes from elsewhere could not be decoded or merged, or inflate beyond the limit.
      */
-    case InvalidRemoteChange(message: String)
-    
+    case InvalidRemoteChange(
+        /**
+         * The record's collection.
+         */collection: String, 
+        /**
+         * The record's id.
+         */id: String, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * Too many remote changes wait for missing dependencies.
      */
-    case TooManyPendingChanges(message: String)
-    
+    case TooManyPendingChanges(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The sync configuration cannot be used (endpoint, certificates).
      */
-    case InvalidConfig(message: String)
-    
+    case InvalidConfig(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The server could not be reached or the connection broke; retry later.
      */
-    case Network(message: String)
-    
+    case Network(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The server refused the device's token (unknown, expired or revoked): enroll again.
      */
-    case Unauthorized(message: String)
-    
+    case Unauthorized(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The token provider gave no token, or the server refused its fresh one: the person must
      * sign in again. Nothing local is lost; sync again once they have.
      */
-    case SignInRequired(message: String)
-    
+    case SignInRequired(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
-     * The server asks to slow down; the message says for how long.
+     * The server asks to slow down: sync again after `retry_after_ms`.
      */
-    case RateLimited(message: String)
-    
+    case RateLimited(
+        /**
+         * How long to wait before the next sync (ms).
+         */retryAfterMs: Int64, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The server answered with an error.
      */
-    case Server(message: String)
-    
+    case Server(
+        /**
+         * The HTTP status.
+         */status: Int32, 
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * The server's answer does not follow the protocol version spoken here.
      */
-    case Protocol(message: String)
-    
+    case Protocol(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
     /**
      * An app callback failed, or the library met a state it does not expect; report it.
      */
-    case Internal(message: String)
-    
+    case Internal(
+        /**
+         * What happened and what to do (names fields and ids, never values).
+         */reason: String
+    )
 
     
 
@@ -4849,139 +5049,127 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
 
         
         case 1: return .Database(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 2: return .Corrupt(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 3: return .NewerFormat(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 4: return .KeyRequired(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 5: return .WrongKey(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 6: return .NotEncrypted(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 7: return .AlreadyEncrypted(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 8: return .InvalidKey(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 9: return .InvalidSchema(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 10: return .IncompatibleSchema(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 11: return .UnknownCollection(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 12: return .UnknownField(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            field: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 13: return .WrongType(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            field: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 14: return .MissingField(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            field: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 15: return .ScopeChange(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 16: return .NotFound(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 17: return .DuplicateId(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 18: return .Restricted(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterString.read(from: &buf), 
+            referencedBy: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 19: return .InvalidQuery(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 20: return .InvalidTextEdit(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            field: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 21: return .InvalidId(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 22: return .InvalidValue(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 23: return .Io(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 24: return .InvalidRemoteChange(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            collection: try FfiConverterString.read(from: &buf), 
+            id: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 25: return .TooManyPendingChanges(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 26: return .InvalidConfig(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 27: return .Network(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 28: return .Unauthorized(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 29: return .SignInRequired(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 30: return .RateLimited(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            retryAfterMs: try FfiConverterInt64.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 31: return .Server(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            status: try FfiConverterInt32.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 32: return .Protocol(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
         case 33: return .Internal(
-            message: try FfiConverterString.read(from: &buf)
-        )
-        
+            reason: try FfiConverterString.read(from: &buf)
+            )
 
-        default: throw UniffiInternalError.unexpectedEnumCase
+         default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
 
@@ -4991,74 +5179,192 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
         
 
         
-        case .Database(_ /* message is ignored*/):
-            writeInt(&buf, Int32(1))
-        case .Corrupt(_ /* message is ignored*/):
-            writeInt(&buf, Int32(2))
-        case .NewerFormat(_ /* message is ignored*/):
-            writeInt(&buf, Int32(3))
-        case .KeyRequired(_ /* message is ignored*/):
-            writeInt(&buf, Int32(4))
-        case .WrongKey(_ /* message is ignored*/):
-            writeInt(&buf, Int32(5))
-        case .NotEncrypted(_ /* message is ignored*/):
-            writeInt(&buf, Int32(6))
-        case .AlreadyEncrypted(_ /* message is ignored*/):
-            writeInt(&buf, Int32(7))
-        case .InvalidKey(_ /* message is ignored*/):
-            writeInt(&buf, Int32(8))
-        case .InvalidSchema(_ /* message is ignored*/):
-            writeInt(&buf, Int32(9))
-        case .IncompatibleSchema(_ /* message is ignored*/):
-            writeInt(&buf, Int32(10))
-        case .UnknownCollection(_ /* message is ignored*/):
-            writeInt(&buf, Int32(11))
-        case .UnknownField(_ /* message is ignored*/):
-            writeInt(&buf, Int32(12))
-        case .WrongType(_ /* message is ignored*/):
-            writeInt(&buf, Int32(13))
-        case .MissingField(_ /* message is ignored*/):
-            writeInt(&buf, Int32(14))
-        case .ScopeChange(_ /* message is ignored*/):
-            writeInt(&buf, Int32(15))
-        case .NotFound(_ /* message is ignored*/):
-            writeInt(&buf, Int32(16))
-        case .DuplicateId(_ /* message is ignored*/):
-            writeInt(&buf, Int32(17))
-        case .Restricted(_ /* message is ignored*/):
-            writeInt(&buf, Int32(18))
-        case .InvalidQuery(_ /* message is ignored*/):
-            writeInt(&buf, Int32(19))
-        case .InvalidTextEdit(_ /* message is ignored*/):
-            writeInt(&buf, Int32(20))
-        case .InvalidId(_ /* message is ignored*/):
-            writeInt(&buf, Int32(21))
-        case .InvalidValue(_ /* message is ignored*/):
-            writeInt(&buf, Int32(22))
-        case .Io(_ /* message is ignored*/):
-            writeInt(&buf, Int32(23))
-        case .InvalidRemoteChange(_ /* message is ignored*/):
-            writeInt(&buf, Int32(24))
-        case .TooManyPendingChanges(_ /* message is ignored*/):
-            writeInt(&buf, Int32(25))
-        case .InvalidConfig(_ /* message is ignored*/):
-            writeInt(&buf, Int32(26))
-        case .Network(_ /* message is ignored*/):
-            writeInt(&buf, Int32(27))
-        case .Unauthorized(_ /* message is ignored*/):
-            writeInt(&buf, Int32(28))
-        case .SignInRequired(_ /* message is ignored*/):
-            writeInt(&buf, Int32(29))
-        case .RateLimited(_ /* message is ignored*/):
-            writeInt(&buf, Int32(30))
-        case .Server(_ /* message is ignored*/):
-            writeInt(&buf, Int32(31))
-        case .Protocol(_ /* message is ignored*/):
-            writeInt(&buf, Int32(32))
-        case .Internal(_ /* message is ignored*/):
-            writeInt(&buf, Int32(33))
-
         
+        case let .Database(reason):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Corrupt(reason):
+            writeInt(&buf, Int32(2))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .NewerFormat(reason):
+            writeInt(&buf, Int32(3))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .KeyRequired(reason):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .WrongKey(reason):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .NotEncrypted(reason):
+            writeInt(&buf, Int32(6))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .AlreadyEncrypted(reason):
+            writeInt(&buf, Int32(7))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidKey(reason):
+            writeInt(&buf, Int32(8))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidSchema(reason):
+            writeInt(&buf, Int32(9))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .IncompatibleSchema(reason):
+            writeInt(&buf, Int32(10))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .UnknownCollection(collection,reason):
+            writeInt(&buf, Int32(11))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .UnknownField(collection,field,reason):
+            writeInt(&buf, Int32(12))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(field, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .WrongType(collection,field,reason):
+            writeInt(&buf, Int32(13))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(field, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .MissingField(collection,field,reason):
+            writeInt(&buf, Int32(14))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(field, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .ScopeChange(collection,reason):
+            writeInt(&buf, Int32(15))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .NotFound(collection,id,reason):
+            writeInt(&buf, Int32(16))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .DuplicateId(collection,id,reason):
+            writeInt(&buf, Int32(17))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Restricted(collection,id,referencedBy,reason):
+            writeInt(&buf, Int32(18))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterString.write(referencedBy, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidQuery(reason):
+            writeInt(&buf, Int32(19))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidTextEdit(collection,field,reason):
+            writeInt(&buf, Int32(20))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(field, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidId(reason):
+            writeInt(&buf, Int32(21))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidValue(reason):
+            writeInt(&buf, Int32(22))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Io(reason):
+            writeInt(&buf, Int32(23))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidRemoteChange(collection,id,reason):
+            writeInt(&buf, Int32(24))
+            FfiConverterString.write(collection, into: &buf)
+            FfiConverterString.write(id, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .TooManyPendingChanges(reason):
+            writeInt(&buf, Int32(25))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .InvalidConfig(reason):
+            writeInt(&buf, Int32(26))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Network(reason):
+            writeInt(&buf, Int32(27))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Unauthorized(reason):
+            writeInt(&buf, Int32(28))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .SignInRequired(reason):
+            writeInt(&buf, Int32(29))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .RateLimited(retryAfterMs,reason):
+            writeInt(&buf, Int32(30))
+            FfiConverterInt64.write(retryAfterMs, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Server(status,reason):
+            writeInt(&buf, Int32(31))
+            FfiConverterInt32.write(status, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Protocol(reason):
+            writeInt(&buf, Int32(32))
+            FfiConverterString.write(reason, into: &buf)
+            
+        
+        case let .Internal(reason):
+            writeInt(&buf, Int32(33))
+            FfiConverterString.write(reason, into: &buf)
+            
         }
     }
 }
@@ -5685,10 +5991,10 @@ public enum Write: Equatable, Hashable {
          */field: String, 
         /**
          * Where the edit starts.
-         */index: UInt64, 
+         */index: Int32, 
         /**
          * How many units to delete there.
-         */deleteCount: UInt64, 
+         */deleteCount: Int32, 
         /**
          * What to insert there.
          */insert: String
@@ -5731,7 +6037,7 @@ public struct FfiConverterTypeWrite: FfiConverterRustBuffer {
         case 2: return .update(collection: try FfiConverterString.read(from: &buf), id: try FfiConverterString.read(from: &buf), patch: try FfiConverterDictionaryStringTypeFieldValue.read(from: &buf)
         )
         
-        case 3: return .spliceText(collection: try FfiConverterString.read(from: &buf), id: try FfiConverterString.read(from: &buf), field: try FfiConverterString.read(from: &buf), index: try FfiConverterUInt64.read(from: &buf), deleteCount: try FfiConverterUInt64.read(from: &buf), insert: try FfiConverterString.read(from: &buf)
+        case 3: return .spliceText(collection: try FfiConverterString.read(from: &buf), id: try FfiConverterString.read(from: &buf), field: try FfiConverterString.read(from: &buf), index: try FfiConverterInt32.read(from: &buf), deleteCount: try FfiConverterInt32.read(from: &buf), insert: try FfiConverterString.read(from: &buf)
         )
         
         case 4: return .delete(collection: try FfiConverterString.read(from: &buf), id: try FfiConverterString.read(from: &buf)
@@ -5764,8 +6070,8 @@ public struct FfiConverterTypeWrite: FfiConverterRustBuffer {
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(id, into: &buf)
             FfiConverterString.write(field, into: &buf)
-            FfiConverterUInt64.write(index, into: &buf)
-            FfiConverterUInt64.write(deleteCount, into: &buf)
+            FfiConverterInt32.write(index, into: &buf)
+            FfiConverterInt32.write(deleteCount, into: &buf)
             FfiConverterString.write(insert, into: &buf)
             
         
@@ -5793,30 +6099,6 @@ public func FfiConverterTypeWrite_lower(_ value: Write) -> RustBuffer {
     return FfiConverterTypeWrite.lower(value)
 }
 
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
-    typealias SwiftType = UInt64?
-
-    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
-        guard let value = value else {
-            writeInt(&buf, Int8(0))
-            return
-        }
-        writeInt(&buf, Int8(1))
-        FfiConverterUInt64.write(value, into: &buf)
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
-        switch try readInt(&buf) as Int8 {
-        case 0: return nil
-        case 1: return try FfiConverterUInt64.read(from: &buf)
-        default: throw UniffiInternalError.unexpectedOptionalTag
-        }
-    }
-}
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -5981,6 +6263,30 @@ fileprivate struct FfiConverterOptionTypeRecord: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeRecord.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeSyncReport: FfiConverterRustBuffer {
+    typealias SwiftType = SyncReport?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeSyncReport.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeSyncReport.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -6504,7 +6810,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_store_conflicts() != 9261) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_store_count() != 10154) {
+    if (uniffi_fieldsync_ffi_checksum_method_store_count() != 27030) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_delete() != 23746) {
@@ -6534,7 +6840,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_store_orphans() != 16256) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_store_outbox_len() != 28165) {
+    if (uniffi_fieldsync_ffi_checksum_method_store_outbox_len() != 53116) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_query() != 61494) {
@@ -6552,7 +6858,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_store_save_attachment() != 43284) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_store_splice_text() != 21039) {
+    if (uniffi_fieldsync_ffi_checksum_method_store_splice_text() != 35567) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_subscribe() != 50981) {
@@ -6588,7 +6894,10 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_syncclient_start_background() != 31125) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_syncclient_sync_now() != 63675) {
+    if (uniffi_fieldsync_ffi_checksum_method_syncclient_sync_now() != 23321) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fieldsync_ffi_checksum_method_syncclient_sync_within() != 30018) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_syncprogresslistener_on_progress() != 60563) {

@@ -373,7 +373,7 @@ RustBuffer uniffi_fieldsync_ffi_fn_method_store_conflicts(uint64_t ptr, RustBuff
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_COUNT
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_COUNT
-uint64_t uniffi_fieldsync_ffi_fn_method_store_count(uint64_t ptr, RustBuffer collection, RustBuffer filter, RustCallStatus *_Nonnull out_status
+int64_t uniffi_fieldsync_ffi_fn_method_store_count(uint64_t ptr, RustBuffer collection, RustBuffer filter, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_DELETE
@@ -423,7 +423,7 @@ RustBuffer uniffi_fieldsync_ffi_fn_method_store_orphans(uint64_t ptr, RustBuffer
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_OUTBOX_LEN
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_OUTBOX_LEN
-uint64_t uniffi_fieldsync_ffi_fn_method_store_outbox_len(uint64_t ptr, RustCallStatus *_Nonnull out_status
+int64_t uniffi_fieldsync_ffi_fn_method_store_outbox_len(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_QUERY
@@ -453,7 +453,7 @@ int8_t uniffi_fieldsync_ffi_fn_method_store_save_attachment(uint64_t ptr, RustBu
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SPLICE_TEXT
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SPLICE_TEXT
-void uniffi_fieldsync_ffi_fn_method_store_splice_text(uint64_t ptr, RustBuffer collection, RustBuffer id, RustBuffer field, uint64_t index, uint64_t delete_count, RustBuffer insert, RustCallStatus *_Nonnull out_status
+void uniffi_fieldsync_ffi_fn_method_store_splice_text(uint64_t ptr, RustBuffer collection, RustBuffer id, RustBuffer field, int32_t index, int32_t delete_count, RustBuffer insert, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_STORE_SUBSCRIBE
@@ -554,6 +554,11 @@ uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_start_background(uint64_t ptr
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_SYNC_NOW
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_SYNC_NOW
 uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_sync_now(uint64_t ptr, uint64_t store, RustBuffer progress
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_SYNC_WITHIN
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_METHOD_SYNCCLIENT_SYNC_WITHIN
+uint64_t uniffi_fieldsync_ffi_fn_method_syncclient_sync_within(uint64_t ptr, uint64_t store, int64_t budget_ms, RustBuffer progress
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_FN_CLONE_SYNCPROGRESSLISTENER
@@ -1117,6 +1122,12 @@ uint16_t uniffi_fieldsync_ffi_checksum_method_syncclient_start_background(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_SYNC_NOW
 #define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_SYNC_NOW
 uint16_t uniffi_fieldsync_ffi_checksum_method_syncclient_sync_now(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_SYNC_WITHIN
+#define UNIFFI_FFIDEF_UNIFFI_FIELDSYNC_FFI_CHECKSUM_METHOD_SYNCCLIENT_SYNC_WITHIN
+uint16_t uniffi_fieldsync_ffi_checksum_method_syncclient_sync_within(void
     
 );
 #endif
