@@ -64,6 +64,7 @@ pub use error::{Error, Result};
 pub use fieldsync_record::MAX_NESTING_DEPTH;
 pub use fieldsync_record::attachment::AttachmentRef;
 pub use fieldsync_record::document::{ConflictValue, FieldConflict, HistoryEntry, TEXT_ENCODING};
+pub use fieldsync_record::protocol::Author;
 pub use query::{Filter, Order, Query};
 pub use schema::{Collection, Download, Field, FieldType, Index, OnDelete, Schema};
 pub use store::{

@@ -404,15 +404,27 @@ impl Store {
         let mut db = self.shared.lock();
         let cached = self.shared.load_doc(&mut db, collection, id)?;
         let collection_decl = self.shared.schema.collection(collection)?;
-        Ok(crate::document::conflicts(&cached.doc, collection_decl)?)
+        let mut conflicts = crate::document::conflicts(&cached.doc, collection_decl)?;
+        let values = conflicts
+            .iter_mut()
+            .flat_map(|c| std::iter::once(&mut c.winner).chain(c.losers.iter_mut()));
+        for value in values {
+            value.author = read::author(&db.conn, &value.device_id)?;
+        }
+        Ok(conflicts)
     }
 
     /// Every change of the record (including ones merged from other devices), oldest first:
-    /// which device made it, when, and which fields it wrote.
+    /// which device made it (and, once a sync named them, the person and device behind it),
+    /// when, and which fields it wrote.
     pub fn history(&self, collection: &str, id: &str) -> Result<Vec<crate::HistoryEntry>> {
         let mut db = self.shared.lock();
         let cached = self.shared.load_doc(&mut db, collection, id)?;
-        Ok(crate::document::history(&mut cached.doc))
+        let mut history = crate::document::history(&mut cached.doc);
+        for entry in &mut history {
+            entry.author = read::author(&db.conn, &entry.device_id)?;
+        }
+        Ok(history)
     }
 
     /// The saved Automerge document of a record (live or deleted), for sending it whole.

@@ -768,6 +768,7 @@ mod tests {
             next_cursor: "c".into(),
             more: true,
             revoked_scopes: Vec::new(),
+            authors: Vec::new(),
         }
     }
 

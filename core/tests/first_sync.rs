@@ -92,6 +92,7 @@ fn first_sync_page(count: usize, more: bool) -> PullResponse {
         next_cursor: if more { "c1" } else { "c2" }.into(),
         more,
         revoked_scopes: Vec::new(),
+        authors: Vec::new(),
     }
 }
 

@@ -786,6 +786,7 @@ fn page(records: Vec<PulledRecord>) -> PullResponse {
         next_cursor: "c1".into(),
         more: false,
         revoked_scopes: Vec::new(),
+        authors: Vec::new(),
     }
 }
 

@@ -52,6 +52,7 @@ impl Transport for Server {
                         next_cursor: "c1".into(),
                         more: false,
                         revoked_scopes: Vec::new(),
+                        authors: Vec::new(),
                     };
                     (200, protocol::encode(&page))
                 } else {

@@ -46,7 +46,7 @@ pub use sync::{
     SyncReport, SyncState, SyncStatus, SyncStatusListener,
 };
 pub use values::{
-    ChangeEvent, ChangeOrigin, ConflictValue, FieldConflict, FieldMap, FieldValue, Filter,
+    Author, ChangeEvent, ChangeOrigin, ConflictValue, FieldConflict, FieldMap, FieldValue, Filter,
     HistoryEntry, Order, Orphan, Query, Record, RejectedWrite, StoreOptions, Synchronous, Write,
 };
 

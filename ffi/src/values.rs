@@ -424,13 +424,33 @@ pub(crate) fn unsigned<T: TryFrom<i64>>(value: impl Into<i64>, name: &str) -> Re
     })
 }
 
+/// The person and device behind a change, as the server named them at a sync.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, uniffi::Record)]
+pub struct Author {
+    /// The user's display name (their sign-in name when they have none).
+    pub user_name: String,
+    /// The device's name, as it was enrolled.
+    pub device_name: String,
+}
+
+impl From<core::Author> for Author {
+    fn from(author: core::Author) -> Self {
+        Author {
+            user_name: author.user,
+            device_name: author.device,
+        }
+    }
+}
+
 /// One of the concurrent values of a field, and the device that wrote it.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct ConflictValue {
     /// The value.
     pub value: FieldValue,
-    /// The device that wrote it.
+    /// The device (actor id) that wrote it.
     pub device_id: String,
+    /// Who wrote it, once a sync named the person and device behind `device_id`.
+    pub author: Option<Author>,
 }
 
 /// A field on which concurrent writes happened: the value every device shows, and the losers.
@@ -449,6 +469,7 @@ impl From<core::ConflictValue> for ConflictValue {
         ConflictValue {
             value: FieldValue::from_core(&value.value),
             device_id: value.device_id,
+            author: value.author.map(Into::into),
         }
     }
 }
@@ -468,8 +489,10 @@ impl From<core::FieldConflict> for FieldConflict {
 pub struct HistoryEntry {
     /// The change hash (hex), unique across all devices.
     pub change_hash: String,
-    /// The device that made the change.
+    /// The device (actor id) that made the change.
     pub device_id: String,
+    /// Who made it, once a sync named the person and device behind `device_id`.
+    pub author: Option<Author>,
     /// When the device made it (ms since the epoch, device clock).
     pub timestamp_ms: i64,
     /// The fields it wrote, sorted.
@@ -483,6 +506,7 @@ impl From<core::HistoryEntry> for HistoryEntry {
         HistoryEntry {
             change_hash: entry.change_hash,
             device_id: entry.device_id,
+            author: entry.author.map(Into::into),
             timestamp_ms: entry.timestamp_ms,
             fields: entry.fields,
             deleted: entry.deleted,

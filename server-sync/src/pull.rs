@@ -244,6 +244,12 @@ pub async fn pull(
                 (records, next, page.more)
             }
         };
+        // Named with the page, so that the device shows people rather than actor ids.
+        let keys: Vec<(&str, &str)> = records
+            .iter()
+            .map(|r| (r.collection.as_str(), r.id.as_str()))
+            .collect();
+        let authors = storage.authors_of(&keys)?;
         let pulled: Vec<(String, String, String)> = records
             .iter()
             .map(|r| (r.collection.clone(), r.id.clone(), r.scope.clone()))
@@ -254,6 +260,7 @@ pub async fn pull(
             next_cursor: next.encode(),
             more,
             revoked_scopes: revoked,
+            authors,
         })
     })
     .await?;

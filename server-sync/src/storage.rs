@@ -26,7 +26,7 @@ pub use stored_webhooks::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fieldsync_record::protocol::PushResponse;
+use fieldsync_record::protocol::{Author, PushResponse};
 use serde_bytes::ByteBuf;
 
 use crate::error::ServerError;
@@ -157,6 +157,9 @@ pub trait Storage: Send + Sync + 'static {
         pending_changes: Option<u64>,
         reached: i64,
     ) -> Result<()>;
+    /// Who wrote the records `keys` name: each actor of each device that pushed to one of them,
+    /// with its user's display name and the device's name, by actor, each once.
+    fn authors_of(&self, keys: &[(&str, &str)]) -> Result<Vec<Author>>;
     /// Lines of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
     /// Writes a line to the audit log, at the current time.

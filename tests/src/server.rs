@@ -143,7 +143,12 @@ impl ServerProcess {
 
     /// Enrolls another device for `user`; returns its id and token.
     pub fn enroll(&self, user: &str) -> (i64, String) {
-        let out = self.admin(&["enroll-device", "--user", user, "--name", "device"]);
+        self.enroll_named(user, "device")
+    }
+
+    /// Enrolls another device for `user`, named `name`; returns its id and token.
+    pub fn enroll_named(&self, user: &str, name: &str) -> (i64, String) {
+        let out = self.admin(&["enroll-device", "--user", user, "--name", name]);
         let id = out
             .lines()
             .find_map(|line| {

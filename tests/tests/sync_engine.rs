@@ -1,6 +1,7 @@
 //! The sync engine against a real server process: several devices, offline edits, conflicts,
 //! deletes, catching up, revocation and rejection.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,18 +33,22 @@ impl Clinic {
         Clinic { dir, server }
     }
 
-    /// A device of `user`, creating the user with write grants on `scopes` the first time.
+    /// A device of `user` enrolled as `name`, creating the user with write grants on `scopes`
+    /// the first time.
     fn device(&self, user: &str, scopes: &[&str], name: &str) -> Device {
         let existing = self
             .server
             .admin(&["devices"])
             .lines()
             .any(|l| l.split_whitespace().nth(1) == Some(user));
-        let token = if existing {
-            self.server.device(user)
-        } else {
-            self.server.user_with_device(user, scopes)
-        };
+        if !existing {
+            self.server.admin(&["create-user", user]);
+            for scope in scopes {
+                self.server
+                    .admin(&["grant", "--user", user, "--scope", scope]);
+            }
+        }
+        let (_, token) = self.server.enroll_named(user, name);
         self.device_with_token(&token, name)
     }
 
@@ -110,11 +115,31 @@ async fn two_therapists_edit_one_note_offline_and_both_edits_survive() {
     assert_eq!(fresh.client_record(&id).unwrap()["notes"], expected);
 
     let winner = ada.client_record(&id).unwrap()["phone"].clone();
+    let both = BTreeSet::from([("ada", "ada"), ("bo", "bo")]);
     for device in [&ada, &bo, &fresh] {
         assert_eq!(device.client_record(&id).unwrap()["phone"], winner);
         let conflicts = device.store.conflicts("clients", &id).unwrap();
         assert_eq!(conflicts.len(), 1, "the conflict is visible everywhere");
         assert_eq!(conflicts[0].winner.value, winner);
+        // Each value and each change names the person and device behind it.
+        let values = std::iter::once(&conflicts[0].winner).chain(&conflicts[0].losers);
+        let writers: BTreeSet<(&str, &str)> = values
+            .map(|value| {
+                let author = value.author.as_ref().expect("a named writer");
+                (author.user.as_str(), author.device.as_str())
+            })
+            .collect();
+        assert_eq!(writers, both);
+        let history = device.store.history("clients", &id).unwrap();
+        let authors: BTreeSet<(&str, &str)> = history
+            .iter()
+            .map(|change| {
+                let author = change.author.as_ref().expect("a named change");
+                assert_eq!(author.actor, change.device_id);
+                (author.user.as_str(), author.device.as_str())
+            })
+            .collect();
+        assert_eq!(authors, both);
     }
 }
 

@@ -22,6 +22,7 @@ use automerge::{
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::protocol::Author;
 use crate::schema::{Collection, Field, FieldType};
 use crate::value::Fields;
 
@@ -280,6 +281,9 @@ pub struct ConflictValue {
     pub value: Value,
     /// The device id (Automerge actor, hex) that wrote it.
     pub device_id: String,
+    /// The person and device behind `device_id`, once a server has named them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
 }
 
 /// Every declared field that holds concurrent values.
@@ -299,6 +303,7 @@ pub fn conflicts(doc: &AutoCommit, collection: &Collection) -> Result<Vec<FieldC
             let entry = ConflictValue {
                 value: read_value(doc, name, value, &id, 0)?,
                 device_id: actor_of(&id),
+                author: None,
             };
             if id == winner_id {
                 winner = Some(entry);
@@ -330,6 +335,9 @@ pub struct HistoryEntry {
     pub fields: Vec<String>,
     /// Whether this change deleted the record.
     pub deleted: bool,
+    /// The person and device behind `device_id`, once a server has named them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
 }
 
 /// Every change of the document in causal order, with the fields each one touched.
@@ -366,6 +374,7 @@ pub fn history(doc: &mut AutoCommit) -> Vec<HistoryEntry> {
             timestamp_ms: change.timestamp(),
             fields: fields.into_iter().collect(),
             deleted,
+            author: None,
         });
     }
     entries

@@ -188,6 +188,22 @@ pub struct PullResponse {
     pub more: bool,
     /// Scopes the device synced before but may no longer read: purge their records.
     pub revoked_scopes: Vec<String>,
+    /// Who wrote the page's records: for each actor whose changes they hold and that the
+    /// server knows, its user and device, so that a device shows "Ben edited this" instead of
+    /// an actor id. Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<Author>,
+}
+
+/// The person and device behind an Automerge actor, as the server knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Author {
+    /// The actor (hex), as history and conflicts name it.
+    pub actor: String,
+    /// The user's display name (their sign-in name when they have none).
+    pub user: String,
+    /// The device's name, as it was enrolled.
+    pub device: String,
 }
 
 /// One record of a pull.

@@ -390,3 +390,17 @@ pub(super) fn row_values<'a>(table: &TableSql, row: &RowData<'a>) -> Vec<ToSqlOu
     }
     values
 }
+
+/// The person and device the server named as writing as `actor`, if a sync named them.
+pub(super) fn author(conn: &Connection, actor: &str) -> Result<Option<crate::protocol::Author>> {
+    Ok(conn
+        .prepare_cached("SELECT user_name, device_name FROM authors WHERE actor = ?1")?
+        .query_row([actor], |row| {
+            Ok(crate::protocol::Author {
+                actor: actor.to_owned(),
+                user: row.get(0)?,
+                device: row.get(1)?,
+            })
+        })
+        .optional()?)
+}

@@ -564,6 +564,7 @@ mod tests {
                 next_cursor: "c".into(),
                 more: false,
                 revoked_scopes: vec!["south".into()],
+                authors: Vec::new(),
             })
             .unwrap();
         let kept: Vec<(String, Fields, bool, String)> = store

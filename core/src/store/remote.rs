@@ -14,7 +14,7 @@ use super::{CachedDoc, Db, DocKey, Shared, epochs, read};
 use crate::document;
 use crate::error::{Error, Result};
 use crate::merge::{decode_change, guarded};
-use crate::protocol::{self, DecodeError};
+use crate::protocol::{self, Author, DecodeError};
 use crate::subscription::Changed;
 use crate::value::Fields;
 use fieldsync_record::validate;
@@ -114,6 +114,8 @@ pub(crate) struct PageEffects<'a> {
     /// The pull cursor to store with the merged records; `None` for records that come from
     /// elsewhere than the server's feed ([`Store::apply_remote`](crate::Store::apply_remote)).
     pub cursor: Option<&'a str>,
+    /// Who the server says writes as each actor of the page's records.
+    pub authors: &'a [Author],
 }
 
 /// The `sync_state` key set once records merged from elsewhere than the server's feed: the
@@ -296,6 +298,14 @@ pub(super) fn apply(
                 });
             }
         }
+    }
+    for author in effects.authors {
+        tx.prepare_cached(
+            "INSERT INTO authors (actor, user_name, device_name) VALUES (?1, ?2, ?3)
+             ON CONFLICT (actor) DO UPDATE SET user_name = excluded.user_name,
+                 device_name = excluded.device_name",
+        )?
+        .execute(rusqlite::params![author.actor, author.user, author.device])?;
     }
     if let Some(cursor) = effects.cursor {
         tx.execute(

@@ -153,6 +153,7 @@ impl Store {
         let effects = PageEffects {
             purge_scopes: &page.revoked_scopes,
             cursor: Some(&page.next_cursor),
+            authors: &page.authors,
         };
         let (report, changed, records) = {
             let mut db = self.shared.lock();
@@ -327,6 +328,7 @@ mod tests {
             next_cursor: cursor.into(),
             more,
             revoked_scopes: Vec::new(),
+            authors: Vec::new(),
         }
     }
 
@@ -380,6 +382,7 @@ mod tests {
             next_cursor: "c".into(),
             more,
             revoked_scopes: revoked.iter().map(|s| s.to_string()).collect(),
+            authors: Vec::new(),
         };
         assert!(need_not_wait_for_disk(&with_record(true)));
         assert!(!need_not_wait_for_disk(&with_record(false)));
@@ -599,6 +602,7 @@ mod tests {
             next_cursor: cursor.into(),
             more: false,
             revoked_scopes: Vec::new(),
+            authors: Vec::new(),
         }
     }
 
@@ -915,6 +919,7 @@ mod tests {
                     next_cursor: cursor.into(),
                     more: false,
                     revoked_scopes: Vec::new(),
+                    authors: Vec::new(),
                 }
             };
         let heads = doc.get_heads();

@@ -5,6 +5,7 @@
 //! Each check takes a fresh, empty storage and panics with a message on failure.
 
 mod attachments;
+mod authors;
 mod back_office;
 mod erasure;
 mod identity;
@@ -62,6 +63,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     erasure::an_erased_record_s_feed_entries_give_way_to_its_new_epoch(&*fresh());
     erasure::retention_policies_are_kept_and_aged_records_listed(&*fresh());
     pruning::the_feed_push_answers_and_audit_lines_are_pruned(&*fresh());
+    authors::a_record_s_writers_are_named_by_actor_until_it_is_erased(&*fresh());
 }
 
 /// A pushed record of `clients` in `scope`, whose one change is its id's bytes.

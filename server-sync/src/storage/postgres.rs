@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fieldsync_record::protocol::{PushRecord, PushResponse};
+use fieldsync_record::protocol::{Author, PushRecord, PushResponse};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -69,6 +69,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/015_erasure.sql"),
     include_str!("migrations/postgres/016_retention.sql"),
     include_str!("migrations/postgres/017_pruning.sql"),
+    include_str!("migrations/postgres/018_record_writers.sql"),
 ];
 
 /// The first key of every advisory lock this backend takes ("FS" and a class), so that its
@@ -661,6 +662,28 @@ impl Storage for PostgresStorage {
             })
             .collect();
         Ok(Page::from_rows(entries, after, limit, |e| e.created_seq))
+    }
+
+    fn authors_of(&self, keys: &[(&str, &str)]) -> Result<Vec<Author>> {
+        let (collections, ids) = key_arrays(keys.iter().copied());
+        let rows = self.conn()?.query(
+            "SELECT DISTINCT a.actor, coalesce(nullif(u.display_name, ''), u.name), d.name
+             FROM unnest($1::text[], $2::text[]) AS k (collection, id)
+             JOIN record_writers w ON w.collection = k.collection AND w.id = k.id
+             JOIN device_actors a ON a.device_id = w.device_id
+             JOIN devices d ON d.id = w.device_id
+             JOIN users u ON u.id = d.user_id
+             ORDER BY a.actor",
+            &[&collections, &ids],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|row| Author {
+                actor: row.get(0),
+                user: row.get(1),
+                device: row.get(2),
+            })
+            .collect())
     }
 
     fn record_pull(

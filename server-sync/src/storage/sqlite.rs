@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fieldsync_record::protocol::PushResponse;
+use fieldsync_record::protocol::{Author, PushResponse};
 use fieldsync_sqlite::Checkpointer;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -40,7 +40,7 @@ mod push;
 mod retention;
 mod webhooks;
 
-use pull::{documents_page_in, feed_page_in, record_pull_in};
+use pull::{authors_in, documents_page_in, feed_page_in, record_pull_in};
 use push::{ACTOR_RETIRED, ACTOR_TAKEN, bind_in, push_in};
 
 const MIGRATIONS: &[&str] = &[
@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/018_erasure.sql"),
     include_str!("migrations/sqlite/019_retention.sql"),
     include_str!("migrations/sqlite/020_pruning.sql"),
+    include_str!("migrations/sqlite/021_record_writers.sql"),
 ];
 
 /// Audit lines are indexed by record in blocks of `1 << AUDIT_BLOCK_BITS` consecutive lines
@@ -706,6 +707,10 @@ impl Storage for SqliteStorage {
         limit: u32,
     ) -> Result<Page<DocumentEntry>> {
         self.read(|conn| documents_page_in(conn, scopes, after, up_to, limit))
+    }
+
+    fn authors_of(&self, keys: &[(&str, &str)]) -> Result<Vec<Author>> {
+        self.read(|conn| authors_in(conn, keys))
     }
 
     fn record_pull(

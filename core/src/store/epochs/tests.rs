@@ -66,6 +66,7 @@ fn epoch_page(server: &Store, id: &str, erasure: &Erasure, epoch: u64) -> PullRe
         next_cursor: format!("after-epoch-{epoch}"),
         more: false,
         revoked_scopes: Vec::new(),
+        authors: Vec::new(),
     }
 }
 
@@ -137,6 +138,7 @@ fn a_new_epoch_replaces_the_copy_and_unsent_typing_is_made_again_on_it() {
         next_cursor: "later".into(),
         more: false,
         revoked_scopes: Vec::new(),
+        authors: Vec::new(),
     };
     let report = device.apply_pull_page(stale).unwrap();
     assert_eq!((report.changed, report.unchanged), (0, 1));

@@ -159,6 +159,11 @@ pub(super) fn erase_record(
         "DELETE FROM feed WHERE collection = $1 AND record_id = $2",
         &[&collection, &id],
     )?;
+    // The history that named them is gone.
+    tx.execute(
+        "DELETE FROM record_writers WHERE collection = $1 AND id = $2",
+        &[&collection, &id],
+    )?;
     tx.execute(
         "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope, detail)
          VALUES ($1, $2, 0, 'erase', $3, $4, $5, $6)",

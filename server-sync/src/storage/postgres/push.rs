@@ -267,6 +267,12 @@ pub(super) fn write_feed_and_records(
             &epochs,
         ],
     )?;
+    tx.execute(
+        "INSERT INTO record_writers (collection, id, device_id)
+         SELECT c, i, $1 FROM unnest($2::text[], $3::text[]) AS u (c, i)
+         ON CONFLICT DO NOTHING",
+        &[&device_id, &collections, &ids],
+    )?;
     // A record pushed twice in one batch takes the position of its later entry; its later
     // merge already holds the earlier one.
     let mut last_seq: HashMap<(String, String), i64> = HashMap::new();

@@ -145,6 +145,11 @@ pub(super) fn erase_record(
         "DELETE FROM feed WHERE collection = ?1 AND record_id = ?2",
         params![collection, id],
     )?;
+    // The history that named them is gone.
+    tx.execute(
+        "DELETE FROM record_writers WHERE collection = ?1 AND id = ?2",
+        params![collection, id],
+    )?;
     tx.execute(
         "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at, epoch, erased)
          VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6, ?7)",

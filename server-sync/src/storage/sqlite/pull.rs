@@ -1,6 +1,7 @@
 //! What a pull reads from SQLite: feed pages and first syncs' document pages, and the
 //! device's sync recorded.
 
+use fieldsync_record::protocol::Author;
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::{page_params, placeholders};
@@ -144,4 +145,31 @@ pub(super) fn record_pull_in(
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// Who wrote the records `keys` name (see [`crate::storage::Storage::authors_of`]).
+pub(super) fn authors_in(conn: &Connection, keys: &[(&str, &str)]) -> Result<Vec<Author>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.actor, coalesce(nullif(u.display_name, ''), u.name), d.name
+         FROM record_writers w
+         JOIN device_actors a ON a.device_id = w.device_id
+         JOIN devices d ON d.id = w.device_id
+         JOIN users u ON u.id = d.user_id
+         WHERE w.collection = ?1 AND w.id = ?2",
+    )?;
+    let mut authors = std::collections::BTreeMap::new();
+    for (collection, id) in keys {
+        let rows = stmt.query_map(params![collection, id], |row| {
+            Ok(Author {
+                actor: row.get(0)?,
+                user: row.get(1)?,
+                device: row.get(2)?,
+            })
+        })?;
+        for author in rows {
+            let author = author?;
+            authors.insert(author.actor.clone(), author);
+        }
+    }
+    Ok(authors.into_values().collect())
 }

@@ -100,6 +100,11 @@ pub(super) fn push_in(
                     ])?;
                 let seq = tx.last_insert_rowid();
                 tx.prepare_cached(
+                    "INSERT OR IGNORE INTO record_writers (collection, id, device_id)
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![record.collection, record.id, device_id])?;
+                tx.prepare_cached(
                     "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage, created_seq)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7)
                          ON CONFLICT (collection, id) DO UPDATE SET doc = excluded.doc,

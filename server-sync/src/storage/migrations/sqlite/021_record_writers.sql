@@ -1,0 +1,11 @@
+-- The devices that wrote each record, so that a pull names the people behind the actors of the
+-- records it sends. Pushes add to it and an erasure, which drops a record's history, clears
+-- it. Records written before it existed get the writers the feed still holds.
+CREATE TABLE record_writers (
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    device_id INTEGER NOT NULL,
+    PRIMARY KEY (collection, id, device_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO record_writers (collection, id, device_id)
+SELECT DISTINCT collection, record_id, device_id FROM feed WHERE device_id > 0;
