@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the Kotlin tests on the JVM: builds the library and the server, generates the Kotlin
 # bindings from the built library (uniffi library mode) into target/, then runs the JUnit suite
-# with Maven. Needs a JDK 17+ and Maven 3.8+; Maven fetches its dependencies on the first run.
-# Extra arguments go to Maven, for example `-Dtest=StoreTest`.
+# with Maven, packages the jar (the native library inside, with sources and javadoc jars) and
+# runs the *IT tests against that jar with no library override. Needs a JDK 17+ and Maven 3.8+;
+# Maven fetches its dependencies on the first run. Extra arguments go to Maven, for example
+# `-Dtest=StoreTest` (the jar's tests still run; `-DskipITs` skips them).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -28,7 +30,8 @@ if ! diff -rq "$out" "$generated" >/dev/null 2>&1; then
 fi
 
 cd "$here"
-mvn -B -q test \
+mvn -B -q verify \
+    -Dfieldsync.libraryDir="$(dirname "$library")" \
     -Dfieldsync.library="$library" \
     -Dfieldsync.server="$root/target/debug/fieldsync-server" \
     -Dfieldsync.schema="$root/core/tests/fixtures/clinic.schema.json" \

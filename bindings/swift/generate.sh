@@ -2,6 +2,12 @@
 # Generates the Swift bindings from the built library (uniffi library mode) into Sources/.
 # They are checked in, because Swift packages are consumed from the repository; `--check`
 # regenerates into a temp dir and fails if the checked-in copy is stale.
+#
+# After uniffi, scripts/lower_error_cases.py renames the error enums' cases to lowerCamelCase
+# (uniffi names them UpperCamel, mozilla/uniffi-rs#2262); the checked-in file is its output.
+# Then, as no Swift compiler runs here, scripts/check_examples.py checks that the examples and
+# tests call the API as declared (names and argument labels; see its docstring for what it
+# cannot see), after its self-test shows it still rejects wrong calls.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -16,6 +22,9 @@ mkdir -p "$out/Sources/Fieldsync" "$out/Sources/FieldsyncFFI/include"
 mv "$out/Fieldsync.swift" "$out/Sources/Fieldsync/Fieldsync.swift"
 mv "$out/FieldsyncFFI.h" "$out/Sources/FieldsyncFFI/include/FieldsyncFFI.h"
 mv "$out/FieldsyncFFI.modulemap" "$out/Sources/FieldsyncFFI/include/module.modulemap"
+python3 "$here/scripts/lower_error_cases.py" --self-test
+python3 "$here/scripts/lower_error_cases.py" "$out/Sources/Fieldsync/Fieldsync.swift" \
+    --expect FieldsyncError --expect TokenProviderError
 
 generated=(Sources/Fieldsync/Fieldsync.swift Sources/FieldsyncFFI/include/FieldsyncFFI.h
     Sources/FieldsyncFFI/include/module.modulemap)
@@ -33,3 +42,12 @@ else
         cp "$out/$file" "$here/$file"
     done
 fi
+
+# The hand-written sources are checked too: they call the generated API.
+handwritten=()
+for file in "$here"/Sources/Fieldsync/*.swift; do
+    [ "$(basename "$file")" = Fieldsync.swift ] || handwritten+=("$file")
+done
+python3 "$here/scripts/check_examples.py" --self-test
+python3 "$here/scripts/check_examples.py" --sendable "$here/Examples/Usage.swift" \
+    "$here"/Tests/FieldsyncTests/*.swift "${handwritten[@]}"

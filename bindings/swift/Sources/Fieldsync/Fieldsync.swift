@@ -2510,7 +2510,7 @@ public protocol TokenProvider: AnyObject, Sendable {
     /**
      * A current access token, refreshed as the sign-in library needs to. Asked before every
      * sync and once more when the server refused the token it gave (it expired meanwhile).
-     * Throw `TokenProviderError.SignInRequired` when no token can be had without the person
+     * Throw `TokenProviderError.signInRequired` when no token can be had without the person
      * (they signed out, or their session ended): the sync then fails with `SignInRequired`,
      * carrying the reason, which must not contain a token.
      */
@@ -2577,7 +2577,7 @@ open class TokenProviderImpl: TokenProvider, @unchecked Sendable {
     /**
      * A current access token, refreshed as the sign-in library needs to. Asked before every
      * sync and once more when the server refused the token it gave (it expired meanwhile).
-     * Throw `TokenProviderError.SignInRequired` when no token can be had without the person
+     * Throw `TokenProviderError.signInRequired` when no token can be had without the person
      * (they signed out, or their session ended): the sync then fails with `SignInRequired`,
      * carrying the reason, which must not contain a token.
      */
@@ -4692,7 +4692,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * SQLite refused an operation (disk full, file locked, I/O failure); nothing was written.
      */
-    case Database(
+    case database(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4700,7 +4700,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The file is not a Fieldsync store, or it is damaged.
      */
-    case Corrupt(
+    case corrupt(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4708,7 +4708,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The file was written by a newer Fieldsync; upgrade the app.
      */
-    case NewerFormat(
+    case newerFormat(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4716,7 +4716,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The file is encrypted (or not a database) and no key was given.
      */
-    case KeyRequired(
+    case keyRequired(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4724,7 +4724,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The key does not open the file (wrong key, or a damaged file); nothing was written.
      */
-    case WrongKey(
+    case wrongKey(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4732,7 +4732,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A key was given for an unencrypted file: encrypt it first with `encrypt_store_file`.
      */
-    case NotEncrypted(
+    case notEncrypted(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4740,7 +4740,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The file to encrypt is encrypted already: rotate its key with `Store.rekey`.
      */
-    case AlreadyEncrypted(
+    case alreadyEncrypted(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4748,7 +4748,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A key cannot be used (it must be 32 bytes).
      */
-    case InvalidKey(
+    case invalidKey(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4756,7 +4756,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The schema declaration is malformed.
      */
-    case InvalidSchema(
+    case invalidSchema(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4764,7 +4764,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The schema cannot replace the one the file was created with.
      */
-    case IncompatibleSchema(
+    case incompatibleSchema(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4772,7 +4772,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * No collection of that name is declared.
      */
-    case UnknownCollection(
+    case unknownCollection(
         /**
          * The collection named.
          */collection: String, 
@@ -4783,7 +4783,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The collection declares no field of that name.
      */
-    case UnknownField(
+    case unknownField(
         /**
          * The collection.
          */collection: String, 
@@ -4797,7 +4797,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A value does not have its field's declared type.
      */
-    case WrongType(
+    case wrongType(
         /**
          * The collection.
          */collection: String, 
@@ -4811,7 +4811,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A required field is missing, or a write tried to clear it.
      */
-    case MissingField(
+    case missingField(
         /**
          * The collection.
          */collection: String, 
@@ -4825,7 +4825,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * An update tried to change a record's scope.
      */
-    case ScopeChange(
+    case scopeChange(
         /**
          * The collection.
          */collection: String, 
@@ -4836,7 +4836,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * No live record with that id exists.
      */
-    case NotFound(
+    case notFound(
         /**
          * The collection searched.
          */collection: String, 
@@ -4850,7 +4850,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * An insert used an id that is already taken.
      */
-    case DuplicateId(
+    case duplicateId(
         /**
          * The collection.
          */collection: String, 
@@ -4864,7 +4864,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A delete was refused because `restrict` references point at the record.
      */
-    case Restricted(
+    case restricted(
         /**
          * The collection.
          */collection: String, 
@@ -4881,7 +4881,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A query filter or order does not fit the collection.
      */
-    case InvalidQuery(
+    case invalidQuery(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4889,7 +4889,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A text edit is outside the text or on a field that is not `text`.
      */
-    case InvalidTextEdit(
+    case invalidTextEdit(
         /**
          * The collection.
          */collection: String, 
@@ -4903,7 +4903,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * A record id is empty, too long, or uses characters outside `[A-Za-z0-9_.:-]`.
      */
-    case InvalidId(
+    case invalidId(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4912,7 +4912,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
      * A `Json` field value is not valid JSON, or nests deeper than the store accepts; or an
      * attachment reference, media type or file name is malformed (the reason names which).
      */
-    case InvalidValue(
+    case invalidValue(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4921,7 +4921,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
      * A file the app named could not be read or written (an attachment's source, or where
      * its bytes were to be saved), or an attachment's bytes left the store while being read.
      */
-    case Io(
+    case io(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4929,7 +4929,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * Changes from elsewhere could not be decoded or merged, or inflate beyond the limit.
      */
-    case InvalidRemoteChange(
+    case invalidRemoteChange(
         /**
          * The record's collection.
          */collection: String, 
@@ -4943,7 +4943,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * Too many remote changes wait for missing dependencies.
      */
-    case TooManyPendingChanges(
+    case tooManyPendingChanges(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4951,7 +4951,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The sync configuration cannot be used (endpoint, certificates).
      */
-    case InvalidConfig(
+    case invalidConfig(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4959,7 +4959,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The server could not be reached or the connection broke; retry later.
      */
-    case Network(
+    case network(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4967,7 +4967,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The server refused the device's token (unknown, expired or revoked): enroll again.
      */
-    case Unauthorized(
+    case unauthorized(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4976,7 +4976,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
      * The token provider gave no token, or the server refused its fresh one: the person must
      * sign in again. Nothing local is lost; sync again once they have.
      */
-    case SignInRequired(
+    case signInRequired(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -4984,7 +4984,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The server asks to slow down: sync again after `retry_after_ms`.
      */
-    case RateLimited(
+    case rateLimited(
         /**
          * How long to wait before the next sync (ms).
          */retryAfterMs: Int64, 
@@ -4995,7 +4995,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The server answered with an error.
      */
-    case Server(
+    case server(
         /**
          * The HTTP status.
          */status: Int32, 
@@ -5006,7 +5006,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * The server's answer does not follow the protocol version spoken here.
      */
-    case Protocol(
+    case `protocol`(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -5014,7 +5014,7 @@ enum FieldsyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError
     /**
      * An app callback failed, or the library met a state it does not expect; report it.
      */
-    case Internal(
+    case `internal`(
         /**
          * What happened and what to do (names fields and ids, never values).
          */reason: String
@@ -5048,124 +5048,124 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
         
 
         
-        case 1: return .Database(
+        case 1: return .database(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 2: return .Corrupt(
+        case 2: return .corrupt(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 3: return .NewerFormat(
+        case 3: return .newerFormat(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 4: return .KeyRequired(
+        case 4: return .keyRequired(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 5: return .WrongKey(
+        case 5: return .wrongKey(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 6: return .NotEncrypted(
+        case 6: return .notEncrypted(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 7: return .AlreadyEncrypted(
+        case 7: return .alreadyEncrypted(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 8: return .InvalidKey(
+        case 8: return .invalidKey(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .InvalidSchema(
+        case 9: return .invalidSchema(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 10: return .IncompatibleSchema(
+        case 10: return .incompatibleSchema(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 11: return .UnknownCollection(
+        case 11: return .unknownCollection(
             collection: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 12: return .UnknownField(
-            collection: try FfiConverterString.read(from: &buf), 
-            field: try FfiConverterString.read(from: &buf), 
-            reason: try FfiConverterString.read(from: &buf)
-            )
-        case 13: return .WrongType(
+        case 12: return .unknownField(
             collection: try FfiConverterString.read(from: &buf), 
             field: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 14: return .MissingField(
+        case 13: return .wrongType(
             collection: try FfiConverterString.read(from: &buf), 
             field: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 15: return .ScopeChange(
+        case 14: return .missingField(
+            collection: try FfiConverterString.read(from: &buf), 
+            field: try FfiConverterString.read(from: &buf), 
+            reason: try FfiConverterString.read(from: &buf)
+            )
+        case 15: return .scopeChange(
             collection: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 16: return .NotFound(
+        case 16: return .notFound(
             collection: try FfiConverterString.read(from: &buf), 
             id: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 17: return .DuplicateId(
+        case 17: return .duplicateId(
             collection: try FfiConverterString.read(from: &buf), 
             id: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 18: return .Restricted(
+        case 18: return .restricted(
             collection: try FfiConverterString.read(from: &buf), 
             id: try FfiConverterString.read(from: &buf), 
             referencedBy: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 19: return .InvalidQuery(
+        case 19: return .invalidQuery(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 20: return .InvalidTextEdit(
+        case 20: return .invalidTextEdit(
             collection: try FfiConverterString.read(from: &buf), 
             field: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 21: return .InvalidId(
+        case 21: return .invalidId(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 22: return .InvalidValue(
+        case 22: return .invalidValue(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 23: return .Io(
+        case 23: return .io(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 24: return .InvalidRemoteChange(
+        case 24: return .invalidRemoteChange(
             collection: try FfiConverterString.read(from: &buf), 
             id: try FfiConverterString.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 25: return .TooManyPendingChanges(
+        case 25: return .tooManyPendingChanges(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 26: return .InvalidConfig(
+        case 26: return .invalidConfig(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 27: return .Network(
+        case 27: return .network(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 28: return .Unauthorized(
+        case 28: return .unauthorized(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 29: return .SignInRequired(
+        case 29: return .signInRequired(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 30: return .RateLimited(
+        case 30: return .rateLimited(
             retryAfterMs: try FfiConverterInt64.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 31: return .Server(
+        case 31: return .server(
             status: try FfiConverterInt32.read(from: &buf), 
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 32: return .Protocol(
+        case 32: return .`protocol`(
             reason: try FfiConverterString.read(from: &buf)
             )
-        case 33: return .Internal(
+        case 33: return .`internal`(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -5180,104 +5180,104 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
 
         
         
-        case let .Database(reason):
+        case let .database(reason):
             writeInt(&buf, Int32(1))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Corrupt(reason):
+        case let .corrupt(reason):
             writeInt(&buf, Int32(2))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .NewerFormat(reason):
+        case let .newerFormat(reason):
             writeInt(&buf, Int32(3))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .KeyRequired(reason):
+        case let .keyRequired(reason):
             writeInt(&buf, Int32(4))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .WrongKey(reason):
+        case let .wrongKey(reason):
             writeInt(&buf, Int32(5))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .NotEncrypted(reason):
+        case let .notEncrypted(reason):
             writeInt(&buf, Int32(6))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .AlreadyEncrypted(reason):
+        case let .alreadyEncrypted(reason):
             writeInt(&buf, Int32(7))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidKey(reason):
+        case let .invalidKey(reason):
             writeInt(&buf, Int32(8))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidSchema(reason):
+        case let .invalidSchema(reason):
             writeInt(&buf, Int32(9))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .IncompatibleSchema(reason):
+        case let .incompatibleSchema(reason):
             writeInt(&buf, Int32(10))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .UnknownCollection(collection,reason):
+        case let .unknownCollection(collection,reason):
             writeInt(&buf, Int32(11))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .UnknownField(collection,field,reason):
+        case let .unknownField(collection,field,reason):
             writeInt(&buf, Int32(12))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(field, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .WrongType(collection,field,reason):
+        case let .wrongType(collection,field,reason):
             writeInt(&buf, Int32(13))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(field, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .MissingField(collection,field,reason):
+        case let .missingField(collection,field,reason):
             writeInt(&buf, Int32(14))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(field, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .ScopeChange(collection,reason):
+        case let .scopeChange(collection,reason):
             writeInt(&buf, Int32(15))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .NotFound(collection,id,reason):
+        case let .notFound(collection,id,reason):
             writeInt(&buf, Int32(16))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(id, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .DuplicateId(collection,id,reason):
+        case let .duplicateId(collection,id,reason):
             writeInt(&buf, Int32(17))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(id, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Restricted(collection,id,referencedBy,reason):
+        case let .restricted(collection,id,referencedBy,reason):
             writeInt(&buf, Int32(18))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(id, into: &buf)
@@ -5285,83 +5285,83 @@ public struct FfiConverterTypeFieldsyncError: FfiConverterRustBuffer {
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidQuery(reason):
+        case let .invalidQuery(reason):
             writeInt(&buf, Int32(19))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidTextEdit(collection,field,reason):
+        case let .invalidTextEdit(collection,field,reason):
             writeInt(&buf, Int32(20))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(field, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidId(reason):
+        case let .invalidId(reason):
             writeInt(&buf, Int32(21))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidValue(reason):
+        case let .invalidValue(reason):
             writeInt(&buf, Int32(22))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Io(reason):
+        case let .io(reason):
             writeInt(&buf, Int32(23))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidRemoteChange(collection,id,reason):
+        case let .invalidRemoteChange(collection,id,reason):
             writeInt(&buf, Int32(24))
             FfiConverterString.write(collection, into: &buf)
             FfiConverterString.write(id, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .TooManyPendingChanges(reason):
+        case let .tooManyPendingChanges(reason):
             writeInt(&buf, Int32(25))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .InvalidConfig(reason):
+        case let .invalidConfig(reason):
             writeInt(&buf, Int32(26))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Network(reason):
+        case let .network(reason):
             writeInt(&buf, Int32(27))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Unauthorized(reason):
+        case let .unauthorized(reason):
             writeInt(&buf, Int32(28))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .SignInRequired(reason):
+        case let .signInRequired(reason):
             writeInt(&buf, Int32(29))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .RateLimited(retryAfterMs,reason):
+        case let .rateLimited(retryAfterMs,reason):
             writeInt(&buf, Int32(30))
             FfiConverterInt64.write(retryAfterMs, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Server(status,reason):
+        case let .server(status,reason):
             writeInt(&buf, Int32(31))
             FfiConverterInt32.write(status, into: &buf)
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Protocol(reason):
+        case let .`protocol`(reason):
             writeInt(&buf, Int32(32))
             FfiConverterString.write(reason, into: &buf)
             
         
-        case let .Internal(reason):
+        case let .`internal`(reason):
             writeInt(&buf, Int32(33))
             FfiConverterString.write(reason, into: &buf)
             
@@ -5869,7 +5869,7 @@ enum TokenProviderError: Swift.Error, Equatable, Hashable, Foundation.LocalizedE
     /**
      * The person must sign in again; `reason` says why, for the sync's error message.
      */
-    case SignInRequired(
+    case signInRequired(
         /**
          * Why no token can be had (signed out, session ended, ...).
          */reason: String
@@ -5903,7 +5903,7 @@ public struct FfiConverterTypeTokenProviderError: FfiConverterRustBuffer {
         
 
         
-        case 1: return .SignInRequired(
+        case 1: return .signInRequired(
             reason: try FfiConverterString.read(from: &buf)
             )
 
@@ -5918,7 +5918,7 @@ public struct FfiConverterTypeTokenProviderError: FfiConverterRustBuffer {
 
         
         
-        case let .SignInRequired(reason):
+        case let .signInRequired(reason):
             writeInt(&buf, Int32(1))
             FfiConverterString.write(reason, into: &buf)
             

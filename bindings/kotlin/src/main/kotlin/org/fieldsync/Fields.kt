@@ -18,7 +18,8 @@ import java.time.Instant
  * There is no JSON encoder here: give a `json` field's maps and lists as
  * `FieldValue.Json(text)`, encoded with the app's JSON library.
  *
- * @throws IllegalArgumentException for a value of any other type.
+ * @throws FieldsyncException.InvalidValue for a value of any other type (the message names the
+ *   type, not the value).
  */
 fun fieldValueOf(value: Any?): FieldValue = when (value) {
     null -> FieldValue.Null
@@ -32,7 +33,7 @@ fun fieldValueOf(value: Any?): FieldValue = when (value) {
     is Float -> FieldValue.Float(value.toDouble())
     is CharSequence -> FieldValue.Str(value.toString())
     is Instant -> FieldValue.Integer(value.toEpochMilli())
-    else -> throw IllegalArgumentException("no field value for a ${value::class.qualifiedName}")
+    else -> throw FieldsyncException.InvalidValue("no field value for a ${value::class.qualifiedName}")
 }
 
 /**
@@ -44,15 +45,24 @@ fun fieldValueOf(value: Any?): FieldValue = when (value) {
  * store.update("clients", id, fieldsOf("birth_year" to null))  // clears the field
  * ```
  *
- * @throws IllegalArgumentException if a value has no [FieldValue].
+ * @throws FieldsyncException.InvalidValue if a value has no [FieldValue]; the message names the
+ *   field and the value's type.
  */
 fun fieldsOf(vararg fields: Pair<String, Any?>): Map<String, FieldValue> =
-    fields.associate { (name, value) -> name to fieldValueOf(value) }
+    fields.associate { (name, value) ->
+        val converted = try {
+            fieldValueOf(value)
+        } catch (e: FieldsyncException.InvalidValue) {
+            throw FieldsyncException.InvalidValue("field '$name': ${e.reason}")
+        }
+        name to converted
+    }
 
 /**
  * The `string`, `text` or `reference` field [name], or null when the record has no value for it.
  *
- * @throws IllegalArgumentException if the field holds another kind of value.
+ * @throws FieldsyncException.WrongType if the field holds another kind of value; it names the
+ *   field ([FieldsyncException.WrongType.field]) and the kind found, never the value.
  */
 fun Record.string(name: String): String? = when (val value = fields[name]) {
     null, FieldValue.Null -> null
@@ -63,7 +73,8 @@ fun Record.string(name: String): String? = when (val value = fields[name]) {
 /**
  * The `integer` or `timestamp` field [name], or null when the record has no value for it.
  *
- * @throws IllegalArgumentException if the field holds another kind of value.
+ * @throws FieldsyncException.WrongType if the field holds another kind of value; it names the
+ *   field ([FieldsyncException.WrongType.field]) and the kind found, never the value.
  */
 fun Record.long(name: String): Long? = when (val value = fields[name]) {
     null, FieldValue.Null -> null
@@ -75,7 +86,8 @@ fun Record.long(name: String): Long? = when (val value = fields[name]) {
  * The `float` field [name], or null when the record has no value for it. A whole number is
  * accepted too, since JSON does not tell `2` from `2.0`.
  *
- * @throws IllegalArgumentException if the field holds another kind of value.
+ * @throws FieldsyncException.WrongType if the field holds another kind of value; it names the
+ *   field ([FieldsyncException.WrongType.field]) and the kind found, never the value.
  */
 fun Record.double(name: String): Double? = when (val value = fields[name]) {
     null, FieldValue.Null -> null
@@ -87,7 +99,8 @@ fun Record.double(name: String): Double? = when (val value = fields[name]) {
 /**
  * The `boolean` field [name], or null when the record has no value for it.
  *
- * @throws IllegalArgumentException if the field holds another kind of value.
+ * @throws FieldsyncException.WrongType if the field holds another kind of value; it names the
+ *   field ([FieldsyncException.WrongType.field]) and the kind found, never the value.
  */
 fun Record.boolean(name: String): Boolean? = when (val value = fields[name]) {
     null, FieldValue.Null -> null
@@ -98,7 +111,8 @@ fun Record.boolean(name: String): Boolean? = when (val value = fields[name]) {
 /**
  * The `timestamp` field [name] as an [Instant], or null when the record has no value for it.
  *
- * @throws IllegalArgumentException if the field holds another kind of value.
+ * @throws FieldsyncException.WrongType if the field holds another kind of value; it names the
+ *   field ([FieldsyncException.WrongType.field]) and the kind found, never the value.
  */
 fun Record.instant(name: String): Instant? = long(name)?.let(Instant::ofEpochMilli)
 
@@ -107,7 +121,8 @@ fun Record.instant(name: String): Instant? = long(name)?.let(Instant::ofEpochMil
  * null when the record has no value for it. (A `json` field holding a single number, string or
  * boolean reads with the accessor of that kind instead.)
  *
- * @throws IllegalArgumentException if the field holds another kind of value.
+ * @throws FieldsyncException.WrongType if the field holds another kind of value; it names the
+ *   field ([FieldsyncException.WrongType.field]) and the kind found, never the value.
  */
 fun Record.json(name: String): String? = when (val value = fields[name]) {
     null, FieldValue.Null -> null
@@ -119,17 +134,25 @@ fun Record.json(name: String): String? = when (val value = fields[name]) {
  * The reference the `attachment` field [name] holds, or null when the record has no value for
  * it. Read its bytes with [Store.attachmentBytes] or [Store.saveAttachment].
  *
- * @throws IllegalArgumentException if the field holds another kind of value.
- * @throws FieldsyncException.InvalidValue if it holds a map that is not an attachment reference.
+ * @throws FieldsyncException.WrongType if the field holds another kind of value, or a map that
+ *   is not an attachment reference; it names the field and what is wrong, never the value.
  */
 fun Record.attachment(name: String): AttachmentRef? = when (val value = fields[name]) {
     null, FieldValue.Null -> null
-    is FieldValue.Json -> attachmentRefOf(value)
+    is FieldValue.Json -> try {
+        attachmentRefOf(value)
+    } catch (e: FieldsyncException.InvalidValue) {
+        // The library's reason names the member that is wrong, never its value.
+        throw FieldsyncException.WrongType(collection, name, "field '$name' of $collection '$id': ${e.reason}")
+    }
     else -> throw wrongKind(name, value, "an attachment reference")
 }
 
+// The library's exception, so that one catch handles a store's refusal and a reader's alike.
 // Names the kind only: field values must not end up in logs through exception messages.
 private fun Record.wrongKind(name: String, value: FieldValue, expected: String) =
-    IllegalArgumentException(
+    FieldsyncException.WrongType(
+        collection,
+        name,
         "field '$name' of $collection '$id' holds ${value::class.simpleName}, not $expected",
     )

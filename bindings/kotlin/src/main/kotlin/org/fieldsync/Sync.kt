@@ -3,6 +3,7 @@
 
 package org.fieldsync
 
+import kotlin.time.Duration
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.StateFlow
 import kotlinx.coroutines.flow.asStateFlow
@@ -29,6 +30,43 @@ suspend fun SyncClient.syncNow(store: Store, onProgress: (SyncProgress) -> Unit)
         override fun onProgress(progress: SyncProgress) = forward(progress)
     }
     return syncNow(store, listener)
+}
+
+/**
+ * [SyncClient.syncWithin] with a [Duration]: syncs for at most [budget], the way to sync in the
+ * background work an OS allows a suspended app (an Android `CoroutineWorker`; the module's
+ * README shows one). No new batch, page or attachment starts once most of the budget is spent,
+ * and one still running when it ends is cancelled; what was stored stays stored.
+ *
+ * ```
+ * val report = client.syncWithin(store, 20.seconds)
+ * if (!report.complete) rescheduleSoon()            // the next sync carries on from there
+ * if (report.rejected > 0) notifyRefused(store.rejectedWrites())
+ * ```
+ *
+ * [onProgress], if given, is called on a library thread after every pushed batch and pulled
+ * page. [Duration.INFINITE] syncs to the end, like [SyncClient.syncNow].
+ *
+ * @throws FieldsyncException.InvalidValue if [budget] is negative.
+ * @throws FieldsyncException when the sync fails, as [SyncClient.syncNow] does.
+ */
+suspend fun SyncClient.syncWithin(
+    store: Store,
+    budget: Duration,
+    onProgress: ((SyncProgress) -> Unit)? = null,
+): SyncReport {
+    // Checked here so that the message names this parameter, not the library's `budget_ms`.
+    if (budget.isNegative()) throw FieldsyncException.InvalidValue("budget must not be negative")
+    val forward = onProgress
+    val listener = forward?.let {
+        object : SyncProgressListener {
+            override fun onProgress(progress: SyncProgress) = forward(progress)
+        }
+    }
+    // An infinite Duration has no milliseconds to give (only a sentinel): with no deadline at
+    // all, this is a plain sync.
+    if (budget.isInfinite()) return syncNow(store, listener)
+    return syncWithin(store, budget.inWholeMilliseconds, listener)
 }
 
 /**
@@ -94,14 +132,15 @@ class ObservableBackgroundSync internal constructor(
         SyncStatus(
             state = SyncState.IDLE,
             progress = SyncProgress(
-                pushed = 0uL,
-                pushTotal = 0uL,
-                pulled = 0uL,
+                pushed = 0L,
+                pushTotal = 0L,
+                pulled = 0L,
                 pulling = false,
-                attachmentBytesDone = 0uL,
-                attachmentBytesTotal = 0uL,
+                attachmentBytesDone = 0L,
+                attachmentBytesTotal = 0L,
             ),
             lastSuccessMs = null,
+            lastReport = null,
             lastError = null,
             retryInMs = null,
             stopped = false,
@@ -111,7 +150,8 @@ class ObservableBackgroundSync internal constructor(
     private val background: BackgroundSync = client.startBackground(store, options, StatusForwarder(state))
 
     /**
-     * The latest status. It has [SyncStatus.stopped] set once the loop has stopped for good:
+     * The latest status; [SyncStatus.lastReport] tells what the last successful sync did (writes
+     * the server refused, scopes purged). It has [SyncStatus.stopped] set once the loop has stopped for good:
      * after [stop], or when the server refused a device token ([SyncState.ERROR]; enroll again).
      * [SyncState.SIGN_IN_REQUIRED] does not stop it: once the person signed in, [syncSoon] syncs.
      */

@@ -29,25 +29,25 @@ class AttachmentTest : ServerTest() {
         // Over two chunks of the protocol: the progress counts each of them.
         val form = recording(2 * MIB + 4321, 1)
         val consent = phone.attach("clients", client, "consent_form", form, "image/jpeg", "consent.jpg")
-        assertEquals(AttachmentRef(sha256Hex(form), form.size.toULong(), "image/jpeg", "consent.jpg"), consent)
+        assertEquals(AttachmentRef(sha256Hex(form), form.size.toLong(), "image/jpeg", "consent.jpg"), consent)
         val audio = recording(70_000, 2)
         val audioFile = dir.resolve("note.m4a").toFile().apply { writeBytes(audio) }
         val note = phone.attach("sessions", session, "audio_note", audioFile, "audio/mp4")
-        assertEquals(AttachmentRef(sha256Hex(audio), 70_000uL, "audio/mp4", null), note)
+        assertEquals(AttachmentRef(sha256Hex(audio), 70_000L, "audio/mp4", null), note)
         assertEquals(note, phone.attachmentOf("sessions", session, "audio_note"))
 
         val phoneProgress = Collections.synchronizedList(mutableListOf<SyncProgress>())
         val sent = phoneSync.syncNow(phone) { phoneProgress += it }
         // Two inserts and two attachments' references; then the bytes.
-        assertEquals(Triple(4uL, 2uL, 0uL), Triple(sent.pushed, sent.attachmentsSent, sent.attachmentsFetched))
-        val sentBytes = (form.size + audio.size).toULong()
+        assertEquals(Triple(4L, 2L, 0L), Triple(sent.pushed, sent.attachmentsSent, sent.attachmentsFetched))
+        val sentBytes = (form.size + audio.size).toLong()
         assertEquals(sentBytes to sentBytes, phoneProgress.last().let { it.attachmentBytesDone to it.attachmentBytesTotal })
 
         // The consent form (eager) comes with the sync.
         val tabletProgress = Collections.synchronizedList(mutableListOf<SyncProgress>())
         val pulled = tabletSync.syncNow(tablet) { tabletProgress += it }
-        assertEquals(2uL to 1uL, pulled.pulled to pulled.attachmentsFetched)
-        val formBytes = form.size.toULong()
+        assertEquals(2L to 1L, pulled.pulled to pulled.attachmentsFetched)
+        val formBytes = form.size.toLong()
         assertEquals(formBytes to formBytes, tabletProgress.last().let { it.attachmentBytesDone to it.attachmentBytesTotal })
         assertEquals(consent, tablet.get("clients", client)?.attachment("consent_form"))
         assertContentEquals(form, tablet.attachmentBytes(consent))
@@ -71,18 +71,18 @@ class AttachmentTest : ServerTest() {
         // Nothing moves twice.
         for ((store, sync) in listOf(phone to phoneSync, tablet to tabletSync)) {
             val again = sync.syncNow(store, null)
-            assertEquals(0uL to 0uL, again.attachmentsSent to again.attachmentsFetched)
+            assertEquals(0L to 0L, again.attachmentsSent to again.attachmentsFetched)
         }
     }
 
     @Test
     fun `tidying frees replaced bytes and the budget bounds eager fetches`(): Unit = runBlocking {
-        assertEquals(1uL shl 30, StoreOptions(synchronous = Synchronous.FULL).attachmentBudgetBytes)
+        assertEquals(1L shl 30, StoreOptions(synchronous = Synchronous.FULL).attachmentBudgetBytes)
         val phoneToken = server.userWithDevice("ada", "north")
         val tabletToken = server.userWithDevice("bo", "north")
         server.start()
         val (phone, phoneSync) = device("phone", phoneToken)
-        val small = StoreOptions(synchronous = Synchronous.FULL, attachmentBudgetBytes = 1000uL)
+        val small = StoreOptions(synchronous = Synchronous.FULL, attachmentBudgetBytes = 1000L)
         val tablet = closeLater(Store.openWithOptions(dir.resolve("tablet.db").toString(), clinicSchema, small))
         val tabletSync = closeLater(SyncClient(SyncConfig(endpoint = server.url, token = tabletToken)))
         val (client, _) = clientAndSession(phone)
@@ -92,18 +92,18 @@ class AttachmentTest : ServerTest() {
         // Replaced: the first form's bytes are referenced by nothing any more.
         val secondBytes = recording(3000, 4)
         val second = phone.attach("clients", client, "consent_form", secondBytes, "image/png")
-        assertEquals(AttachmentsTidied(unreferenced = 1uL, evicted = 0uL, bytes = 5000uL), phone.tidyAttachments())
+        assertEquals(AttachmentsTidied(unreferenced = 1L, evicted = 0L, bytes = 5000L), phone.tidyAttachments())
         assertFalse(phone.hasAttachment(first))
         assertTrue(phone.hasAttachment(second))
-        assertEquals(1uL, phoneSync.syncNow(phone, null).attachmentsSent)
+        assertEquals(1L, phoneSync.syncNow(phone, null).attachmentsSent)
 
         // 3000 bytes do not fit a budget of 1000: left to be fetched on demand.
-        assertEquals(0uL, tabletSync.syncNow(tablet, null).attachmentsFetched)
+        assertEquals(0L, tabletSync.syncNow(tablet, null).attachmentsFetched)
         assertFalse(tablet.hasAttachment(second))
         assertTrue(tabletSync.fetchAttachment(tablet, "clients", client, "consent_form"))
         assertContentEquals(secondBytes, tablet.attachmentBytes(second))
         // The server holds it: tidying evicts it to keep within the budget.
-        assertEquals(AttachmentsTidied(unreferenced = 0uL, evicted = 1uL, bytes = 3000uL), tablet.tidyAttachments())
+        assertEquals(AttachmentsTidied(unreferenced = 0L, evicted = 1L, bytes = 3000L), tablet.tidyAttachments())
         assertFalse(tablet.hasAttachment(second))
     }
 
@@ -112,7 +112,7 @@ class AttachmentTest : ServerTest() {
         val store = closeLater(Store(dir.resolve("device.db").toString(), clinicSchema))
         val client = store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Sam"))
         val scan = "a scanned form".toByteArray()
-        val wouldBe = AttachmentRef(sha256Hex(scan), scan.size.toULong(), "image/jpeg", null)
+        val wouldBe = AttachmentRef(sha256Hex(scan), scan.size.toLong(), "image/jpeg", null)
 
         val badType = assertFailsWith<FieldsyncException.InvalidValue> {
             store.attach("clients", client, "consent_form", scan, "jpeg")
@@ -128,8 +128,8 @@ class AttachmentTest : ServerTest() {
         assertNull(store.attachmentOf("clients", client, "consent_form"))
         assertNull(store.get("clients", client)?.attachment("consent_form"))
         assertFalse(store.hasAttachment(wouldBe))
-        assertEquals(1uL, store.outboxLen()) // the insert only
-        assertEquals(AttachmentsTidied(0uL, 0uL, 0uL), store.tidyAttachments())
+        assertEquals(1L, store.outboxLen()) // the insert only
+        assertEquals(AttachmentsTidied(0L, 0L, 0L), store.tidyAttachments())
 
         // A reference the app altered is refused, naming what is wrong but not its value.
         val altered = wouldBe.copy(sha256 = wouldBe.sha256.uppercase())
@@ -137,7 +137,7 @@ class AttachmentTest : ServerTest() {
         assertTrue("sha256" in refused.message.orEmpty(), refused.message)
         assertFalse(altered.sha256 in refused.message.orEmpty(), refused.message)
         // Another kind of value is not a reference.
-        assertFailsWith<IllegalArgumentException> { store.get("clients", client)?.attachment("name") }
+        assertFailsWith<FieldsyncException.WrongType> { store.get("clients", client)?.attachment("name") }
         assertFailsWith<FieldsyncException.NotFound> { store.attachmentOf("clients", "nobody", "consent_form") }
     }
 

@@ -3,7 +3,9 @@ package org.fieldsync
 import java.time.Instant
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
+import kotlin.test.assertFalse
 import kotlin.test.assertNull
+import kotlin.test.assertTrue
 import org.junit.jupiter.api.Test
 
 /** Plain Kotlin values to field values and back; no store needed. */
@@ -39,7 +41,12 @@ class FieldsTest {
                 "json" to FieldValue.Json("[1]"),
             ),
         )
-        assertFailsWith<IllegalArgumentException> { fieldValueOf(listOf(1, 2)) }
+        // The library's exception, naming the type and the field but never the value.
+        val noValue = assertFailsWith<FieldsyncException.InvalidValue> { fieldValueOf(listOf("secret")) }
+        assertFalse("secret" in noValue.reason, noValue.reason)
+        val named = assertFailsWith<FieldsyncException.InvalidValue> { fieldsOf("goals" to listOf("secret")) }
+        assertTrue("'goals'" in named.reason, named.reason)
+        assertFalse("secret" in named.reason, named.reason)
     }
 
     @Test
@@ -70,7 +77,28 @@ class FieldsTest {
         assertNull(record.string("phone"))
         assertNull(record.long("phone"))
 
-        val wrong = assertFailsWith<IllegalArgumentException> { record.long("name") }
-        assertEquals("field 'name' of clients 'client-1' holds Str, not an integer", wrong.message)
+        // The library's exception, so one catch covers the store and the readers; it names the
+        // field, never the value.
+        val wrong = assertFailsWith<FieldsyncException.WrongType> { record.long("name") }
+        assertEquals("clients" to "name", wrong.collection to wrong.field)
+        assertEquals("field 'name' of clients 'client-1' holds Str, not an integer", wrong.reason)
+        assertFalse("Ada" in wrong.message.orEmpty(), wrong.message)
+        val readers = listOf<(Record) -> Any?>(
+            { it.string("birth_year") },
+            { it.double("name") },
+            { it.boolean("name") },
+            { it.instant("name") },
+            { it.json("name") },
+            { it.attachment("name") },
+        )
+        for (read in readers) {
+            val e = assertFailsWith<FieldsyncException.WrongType> { read(record) }
+            assertEquals("clients", e.collection)
+        }
+        // A map that is not an attachment reference: the member named, not its value.
+        val notAReference = record.copy(fields = fieldsOf("goals" to FieldValue.Json("""{"sha256":"secret"}""")))
+        val bad = assertFailsWith<FieldsyncException.WrongType> { notAReference.attachment("goals") }
+        assertEquals("goals", bad.field)
+        assertFalse("secret" in bad.reason, bad.reason)
     }
 }

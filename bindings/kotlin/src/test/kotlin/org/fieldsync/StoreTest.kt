@@ -7,6 +7,7 @@ import java.util.concurrent.TimeUnit
 import kotlin.concurrent.thread
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
+import kotlin.test.assertFalse
 import kotlin.test.assertNull
 import kotlin.test.assertTrue
 import org.junit.jupiter.api.AfterEach
@@ -70,14 +71,14 @@ class StoreTest {
         val bornBefore = Filter.And(
             listOf(Filter.IsNotNull("birth_year"), Filter.Lt("birth_year", FieldValue.Integer(2000))),
         )
-        assertEquals(1uL, store.count("clients", bornBefore))
-        assertEquals(3uL, store.count("clients", Filter.All))
-        val paged = store.query("clients", Query(filter = Filter.All, order = listOf(Order("name")), limit = 1uL, offset = 1uL))
+        assertEquals(1L, store.count("clients", bornBefore))
+        assertEquals(3L, store.count("clients", Filter.All))
+        val paged = store.query("clients", Query(filter = Filter.All, order = listOf(Order("name")), limit = 1L, offset = 1L))
         assertEquals(listOf("Bo"), paged.map { it.string("name") })
 
         store.delete("clients", ada)
         assertNull(store.get("clients", ada))
-        assertEquals(2uL, store.count("clients", Filter.All))
+        assertEquals(2L, store.count("clients", Filter.All))
     }
 
     @Test
@@ -90,11 +91,11 @@ class StoreTest {
                     "client-1",
                     fieldsOf("caseload_id" to "north", "name" to "Ada", "notes" to "Visit."),
                 ),
-                Write.SpliceText("clients", "client-1", "notes", 0uL, 0uL, "Calm. "),
+                Write.SpliceText("clients", "client-1", "notes", 0, 0, "Calm. "),
             ),
         )
         assertEquals(listOf("client-1", "client-1"), ids)
-        store.spliceText("clients", "client-1", "notes", 6uL, 5uL, "Call")
+        store.spliceText("clients", "client-1", "notes", 6, 5, "Call")
         assertEquals("Calm. Call.", store.get("clients", "client-1")?.string("notes"))
 
         // The second write fails, so the first is not kept either.
@@ -120,7 +121,7 @@ class StoreTest {
         val note = "Mood \uD83D\uDE00 ok" // the emoji is two UTF-16 units
         val id = store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada", "notes" to note))
         val at = note.indexOf(" ok")
-        store.spliceText("clients", id, "notes", at.toULong(), 0uL, "!")
+        store.spliceText("clients", id, "notes", at, 0, "!")
         assertEquals("Mood \uD83D\uDE00! ok", store.get("clients", id)?.string("notes"))
     }
 
@@ -166,21 +167,29 @@ class StoreTest {
         }
 
         val store = openStore()
-        assertFailsWith<FieldsyncException.UnknownCollection> {
+        // Each case carries what an app acts on beside the reason.
+        val unknownCollection = assertFailsWith<FieldsyncException.UnknownCollection> {
             store.insert("patients", fieldsOf("name" to "Ada"))
         }
-        assertFailsWith<FieldsyncException.UnknownField> {
+        assertEquals("patients", unknownCollection.collection)
+        val unknownField = assertFailsWith<FieldsyncException.UnknownField> {
             store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada", "shoe_size" to 9))
         }
-        assertFailsWith<FieldsyncException.WrongType> {
-            store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada", "birth_year" to "x"))
+        assertEquals("clients" to "shoe_size", unknownField.collection to unknownField.field)
+        val wrongType = assertFailsWith<FieldsyncException.WrongType> {
+            store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada", "birth_year" to "secret"))
         }
-        assertFailsWith<FieldsyncException.MissingField> {
+        assertEquals("clients" to "birth_year", wrongType.collection to wrongType.field)
+        assertFalse("secret" in wrongType.reason, wrongType.reason)
+        val missing = assertFailsWith<FieldsyncException.MissingField> {
             store.insert("clients", fieldsOf("caseload_id" to "north"))
         }
-        assertFailsWith<FieldsyncException.NotFound> {
+        assertEquals("name", missing.field)
+        val notFound = assertFailsWith<FieldsyncException.NotFound> {
             store.update("clients", "nobody", fieldsOf("name" to "Ada"))
         }
+        assertEquals("clients" to "nobody", notFound.collection to notFound.id)
+        assertTrue("nobody" in notFound.reason, notFound.reason)
         assertFailsWith<FieldsyncException.InvalidValue> {
             store.insert("clients", fieldsOf("caseload_id" to "north", "name" to "Ada", "goals" to FieldValue.Json("{not json")))
         }
@@ -188,8 +197,19 @@ class StoreTest {
             store.query("clients", Query(filter = Filter.Eq("goals", FieldValue.Str("x"))))
         }
         // Nothing above was written.
-        assertEquals(0uL, store.count("clients", Filter.All))
-        assertEquals(0uL, store.outboxLen())
+        assertEquals(0L, store.count("clients", Filter.All))
+        assertEquals(0L, store.outboxLen())
+
+        store.insertWithId("clients", "client-1", fieldsOf("caseload_id" to "north", "name" to "Ada"))
+        val duplicate = assertFailsWith<FieldsyncException.DuplicateId> {
+            store.insertWithId("clients", "client-1", fieldsOf("caseload_id" to "north", "name" to "Bo"))
+        }
+        assertEquals("client-1", duplicate.id)
+        val badEdit = assertFailsWith<FieldsyncException.InvalidTextEdit> {
+            store.spliceText("clients", "client-1", "notes", 99, 0, "x")
+        }
+        assertEquals("notes", badEdit.field)
+        store.delete("clients", "client-1")
 
         // Reopening the file with a schema that drops a field is refused, and the file still opens.
         store.close()

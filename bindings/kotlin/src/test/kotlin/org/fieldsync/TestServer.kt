@@ -39,11 +39,12 @@ class TestServer(directory: Path) : AutoCloseable {
         return out
     }
 
-    /** Starts serving and returns once the server listens. */
-    fun start() {
+    /** Starts serving, with `serve`'s [options] if any, and returns once the server listens. */
+    fun start(vararg options: String) {
         // The server validates pushed records against the app's schema.
         admin("schema", "set", property("fieldsync.schema"))
-        val started = ProcessBuilder(binary.path, "--db", db, "serve", "--listen", "127.0.0.1:0")
+        val command = listOf(binary.path, "--db", db, "serve", "--listen", "127.0.0.1:0") + options
+        val started = ProcessBuilder(command)
             .redirectError(ProcessBuilder.Redirect.INHERIT)
             .apply { environment()["FIELDSYNC_LOG"] = "warn" }
             .start()
