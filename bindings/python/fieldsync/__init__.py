@@ -69,6 +69,7 @@ from . import _native
 from ._native import (
     AttachmentRef,
     AttachmentsTidied,
+    Author,
     BackgroundOptions,
     BackgroundSync,
     ChangeEvent,
@@ -109,6 +110,7 @@ __all__ = [
     "AsyncStore",
     "AttachmentRef",
     "AttachmentsTidied",
+    "Author",
     "BackgroundOptions",
     "BackgroundSync",
     "ChangeEvent",

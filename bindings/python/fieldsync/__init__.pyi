@@ -10,6 +10,7 @@ __all__ = [
     "AsyncStore",
     "AttachmentRef",
     "AttachmentsTidied",
+    "Author",
     "BackgroundOptions",
     "BackgroundSync",
     "ChangeEvent",
@@ -208,10 +209,16 @@ class Record:
         updated_at_ms: int,
     ) -> None: ...
 
+class Author:
+    user_name: str
+    device_name: str
+    def __init__(self, user_name: str, device_name: str) -> None: ...
+
 class ConflictValue:
     value: FieldValue
     device_id: str
-    def __init__(self, value: FieldValue, device_id: str) -> None: ...
+    author: Author | None
+    def __init__(self, value: FieldValue, device_id: str, author: Author | None) -> None: ...
 
 class FieldConflict:
     field: str
@@ -222,11 +229,18 @@ class FieldConflict:
 class HistoryEntry:
     change_hash: str
     device_id: str
+    author: Author | None
     timestamp_ms: int
     fields: list[str]
     deleted: bool
     def __init__(
-        self, change_hash: str, device_id: str, timestamp_ms: int, fields: list[str], deleted: bool
+        self,
+        change_hash: str,
+        device_id: str,
+        author: Author | None,
+        timestamp_ms: int,
+        fields: list[str],
+        deleted: bool,
     ) -> None: ...
 
 class Orphan:

@@ -98,6 +98,15 @@ def test_a_conflict_has_one_winner_everywhere_and_keeps_the_loser(server, tmp_pa
     devices = {entry.device_id for entry in phone.history("clients", client)}
     assert devices == {phone.device_id(), tablet.device_id()}
 
+    # People, not actor ids: the server named who writes as each actor.
+    both = {("ada", "ada's device"), ("bo", "bo's device")}
+    for store in (phone, tablet):
+        history = store.history("clients", client)
+        assert {(e.author.user_name, e.author.device_name) for e in history} == both
+        [conflict] = store.conflicts("clients", client)
+        values = [conflict.winner, *conflict.losers]
+        assert {(v.author.user_name, v.author.device_name) for v in values} == both
+
 
 def test_progress_is_reported(server, tmp_path, schema):
     token = server.user_with_device("ada", "north")

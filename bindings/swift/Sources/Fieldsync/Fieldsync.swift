@@ -2918,6 +2918,75 @@ public func FfiConverterTypeAttachmentsTidied_lower(_ value: AttachmentsTidied) 
 
 
 /**
+ * The person and device behind a change, as the server named them at a sync.
+ */
+public struct Author: Equatable, Hashable {
+    /**
+     * The user's display name (their sign-in name when they have none).
+     */
+    public var userName: String
+    /**
+     * The device's name, as it was enrolled.
+     */
+    public var deviceName: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The user's display name (their sign-in name when they have none).
+         */userName: String, 
+        /**
+         * The device's name, as it was enrolled.
+         */deviceName: String) {
+        self.userName = userName
+        self.deviceName = deviceName
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Author: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAuthor: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Author {
+        return
+            try Author(
+                userName: FfiConverterString.read(from: &buf), 
+                deviceName: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Author, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.userName, into: &buf)
+        FfiConverterString.write(value.deviceName, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAuthor_lift(_ buf: RustBuffer) throws -> Author {
+    return try FfiConverterTypeAuthor.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAuthor_lower(_ value: Author) -> RustBuffer {
+    return FfiConverterTypeAuthor.lower(value)
+}
+
+
+/**
  * Timing of the background sync, in milliseconds.
  */
 public struct BackgroundOptions: Equatable, Hashable {
@@ -3094,9 +3163,13 @@ public struct ConflictValue: Equatable, Hashable {
      */
     public var value: FieldValue
     /**
-     * The device that wrote it.
+     * The device (actor id) that wrote it.
      */
     public var deviceId: String
+    /**
+     * Who wrote it, once a sync named the person and device behind `device_id`.
+     */
+    public var author: Author?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3105,10 +3178,14 @@ public struct ConflictValue: Equatable, Hashable {
          * The value.
          */value: FieldValue, 
         /**
-         * The device that wrote it.
-         */deviceId: String) {
+         * The device (actor id) that wrote it.
+         */deviceId: String, 
+        /**
+         * Who wrote it, once a sync named the person and device behind `device_id`.
+         */author: Author?) {
         self.value = value
         self.deviceId = deviceId
+        self.author = author
     }
 
     
@@ -3128,13 +3205,15 @@ public struct FfiConverterTypeConflictValue: FfiConverterRustBuffer {
         return
             try ConflictValue(
                 value: FfiConverterTypeFieldValue.read(from: &buf), 
-                deviceId: FfiConverterString.read(from: &buf)
+                deviceId: FfiConverterString.read(from: &buf), 
+                author: FfiConverterOptionTypeAuthor.read(from: &buf)
         )
     }
 
     public static func write(_ value: ConflictValue, into buf: inout [UInt8]) {
         FfiConverterTypeFieldValue.write(value.value, into: &buf)
         FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterOptionTypeAuthor.write(value.author, into: &buf)
     }
 }
 
@@ -3242,9 +3321,13 @@ public struct HistoryEntry: Equatable, Hashable {
      */
     public var changeHash: String
     /**
-     * The device that made the change.
+     * The device (actor id) that made the change.
      */
     public var deviceId: String
+    /**
+     * Who made it, once a sync named the person and device behind `device_id`.
+     */
+    public var author: Author?
     /**
      * When the device made it (ms since the epoch, device clock).
      */
@@ -3265,8 +3348,11 @@ public struct HistoryEntry: Equatable, Hashable {
          * The change hash (hex), unique across all devices.
          */changeHash: String, 
         /**
-         * The device that made the change.
+         * The device (actor id) that made the change.
          */deviceId: String, 
+        /**
+         * Who made it, once a sync named the person and device behind `device_id`.
+         */author: Author?, 
         /**
          * When the device made it (ms since the epoch, device clock).
          */timestampMs: Int64, 
@@ -3278,6 +3364,7 @@ public struct HistoryEntry: Equatable, Hashable {
          */deleted: Bool) {
         self.changeHash = changeHash
         self.deviceId = deviceId
+        self.author = author
         self.timestampMs = timestampMs
         self.fields = fields
         self.deleted = deleted
@@ -3301,6 +3388,7 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
             try HistoryEntry(
                 changeHash: FfiConverterString.read(from: &buf), 
                 deviceId: FfiConverterString.read(from: &buf), 
+                author: FfiConverterOptionTypeAuthor.read(from: &buf), 
                 timestampMs: FfiConverterInt64.read(from: &buf), 
                 fields: FfiConverterSequenceString.read(from: &buf), 
                 deleted: FfiConverterBool.read(from: &buf)
@@ -3310,6 +3398,7 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
     public static func write(_ value: HistoryEntry, into buf: inout [UInt8]) {
         FfiConverterString.write(value.changeHash, into: &buf)
         FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterOptionTypeAuthor.write(value.author, into: &buf)
         FfiConverterInt64.write(value.timestampMs, into: &buf)
         FfiConverterSequenceString.write(value.fields, into: &buf)
         FfiConverterBool.write(value.deleted, into: &buf)
@@ -6239,6 +6328,30 @@ fileprivate struct FfiConverterOptionTypeAttachmentRef: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeAttachmentRef.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeAuthor: FfiConverterRustBuffer {
+    typealias SwiftType = Author?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeAuthor.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeAuthor.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }

@@ -12,6 +12,7 @@
 #if !compiler(>=6)
 extension AttachmentRef: @unchecked Sendable {}
 extension AttachmentsTidied: @unchecked Sendable {}
+extension Author: @unchecked Sendable {}
 extension BackgroundOptions: @unchecked Sendable {}
 extension ChangeEvent: @unchecked Sendable {}
 extension ConflictValue: @unchecked Sendable {}

@@ -94,6 +94,14 @@ class SyncTest : ServerTest() {
         }
         val devices = phone.history("clients", client).map { it.deviceId }.toSet()
         assertEquals(setOf(phone.deviceId(), tablet.deviceId()), devices)
+
+        // People, not actor ids: the server named who writes as each actor.
+        val both = setOf(Author("ada", "ada's device"), Author("bo", "bo's device"))
+        for (store in listOf(phone, tablet)) {
+            assertEquals(both, store.history("clients", client).map { it.author }.toSet())
+            val conflict = store.conflicts("clients", client).single()
+            assertEquals(both, (conflict.losers + conflict.winner).map { it.author }.toSet())
+        }
     }
 
     @Test
