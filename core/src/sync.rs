@@ -133,20 +133,6 @@ pub struct SyncReport {
     pub complete: bool,
 }
 
-impl SyncReport {
-    fn add(&mut self, later: SyncReport) {
-        self.attachments_sent += later.attachments_sent;
-        self.attachments_fetched += later.attachments_fetched;
-        self.pushed += later.pushed;
-        self.rejected += later.rejected;
-        self.pulled += later.pulled;
-        self.purged_scopes.extend(later.purged_scopes);
-        self.erased += later.erased;
-        self.rebased += later.rebased;
-        self.complete = later.complete;
-    }
-}
-
 /// When a budgeted sync ([`SyncClient::sync_within`]) stops starting new steps.
 #[derive(Debug, Clone, Copy)]
 struct Deadline(Option<tokio::time::Instant>);
@@ -301,7 +287,8 @@ impl SyncClient {
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
     ) -> Result<SyncReport> {
         // A sync is safe to repeat: one refused half-way for an expired token runs again.
-        self.with_fresh_token(|_| self.sync_restoring(store, on_progress, Deadline::NONE))
+        let tally = Mutex::new(SyncReport::default());
+        self.with_fresh_token(|_| self.sync_restoring(store, on_progress, Deadline::NONE, &tally))
             .await
     }
 
@@ -309,8 +296,9 @@ impl SyncClient {
     /// minutes (Android's WorkManager, iOS's BGTaskScheduler). No new batch, page or attachment
     /// is started once most of the budget is spent; one still running when the budget ends is
     /// cancelled. Everything stored stays stored: the next sync, budgeted or not, carries on
-    /// where this one stopped. The report says whether it went to the end (`complete`); its
-    /// counts miss the work of a step cancelled at the end.
+    /// where this one stopped. The report says whether it went to the end (`complete`), and
+    /// what the steps that finished did (a cancelled step's own work, whether or not it was
+    /// stored, and attachments' counts are left out).
     pub async fn sync_within(
         &self,
         store: &Store,
@@ -322,41 +310,47 @@ impl SyncClient {
         // connection: a fifth of the budget, up to ten seconds, is left for the last one.
         let margin = (budget / 5).min(Duration::from_secs(10));
         let soft = Deadline(Some(start + budget.saturating_sub(margin)));
-        let sync = self.with_fresh_token(|_| self.sync_restoring(store, on_progress, soft));
-        match tokio::time::timeout(budget, sync).await {
+        let tally = Mutex::new(SyncReport::default());
+        let sync = self.with_fresh_token(|_| self.sync_restoring(store, on_progress, soft, &tally));
+        let done = tokio::time::timeout(budget, sync).await;
+        match done {
             Ok(done) => done,
-            Err(_) => Ok(SyncReport::default()),
+            Err(_) => Ok(tally.into_inner().unwrap_or_else(|p| p.into_inner())),
         }
     }
 
+    /// [`SyncClient::sync_once`], which a store restored from an older copy repeats under a
+    /// new actor.
     async fn sync_restoring(
         &self,
         store: &Store,
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
         deadline: Deadline,
+        tally: &Mutex<SyncReport>,
     ) -> Result<SyncReport> {
-        match self.sync_once(store, on_progress, deadline).await {
+        match self.sync_once(store, on_progress, deadline, tally).await {
             Err(Error::Server { status: 409, .. }) => {
                 tracing::warn!("the store was restored from an older copy; it takes a new actor");
                 blocking(store, |s| s.take_new_actor()).await?;
-                let mut report = self.sync_once(store, on_progress, deadline).await?;
-                blocking(store, |s| s.write_restored_again()).await?;
-                report.add(self.sync_once(store, on_progress, deadline).await?);
-                Ok(report)
+                self.sync_once(store, on_progress, deadline, tally).await
             }
             done => done,
         }
     }
 
+    /// One sync: push, pull, push again what the pull made again, attachments. `tally` keeps
+    /// the report as each step stores its work, for a budgeted sync cancelled half-way.
     async fn sync_once(
         &self,
         store: &Store,
         on_progress: &(dyn Fn(&SyncProgress) + Send + Sync),
         deadline: Deadline,
+        tally: &Mutex<SyncReport>,
     ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let push_total = blocking(store, |s| s.outbox_len()).await? as u64;
         let progress = |report: &SyncReport, pulling: bool| {
+            *tally.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
             on_progress(&SyncProgress {
                 pushed: (report.pushed + report.rejected) as u64,
                 push_total,
@@ -371,6 +365,7 @@ impl SyncClient {
         if deadline.passed() {
             if let Some(batch) = last_batch {
                 batch.store(store, &mut report).await?;
+                progress(&report, false);
             }
             return Ok(report);
         }
@@ -380,9 +375,14 @@ impl SyncClient {
         if !caught_up {
             return Ok(report);
         }
-        if report.rebased > 0 {
+        // The writes a store restored from an older copy kept aside are made again once it has
+        // caught up with the server under its new actor, on top of everything the server has;
+        // a sync that stops before then leaves them to the next one.
+        let restored = blocking(store, |s| s.write_restored_again()).await?;
+        if report.rebased > 0 || restored > 0 {
             // Writes refused as made on an erased record's old epoch were just made again on
-            // its new one: they go now rather than at the next sync.
+            // its new one, and kept writes of a restored store: they go now rather than at
+            // the next sync.
             if let Some(batch) = self
                 .push_all(store, &mut report, &|r| progress(r, false), Deadline::NONE)
                 .await?
@@ -406,6 +406,7 @@ impl SyncClient {
         report.attachments_fetched = fetched;
         blocking(store, |s| s.tidy_attachments()).await?;
         report.complete = all_sent && all_fetched;
+        *tally.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
         Ok(report)
     }
 

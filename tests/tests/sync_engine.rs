@@ -77,8 +77,8 @@ impl Device {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_therapists_edit_one_note_offline_and_both_edits_survive() {
     let clinic = Clinic::new();
-    let ada = clinic.device("ada", &["north"], "ada");
-    let bo = clinic.device("bo", &["north"], "bo");
+    let ada = clinic.device("ada", &["north"], "ada-phone");
+    let bo = clinic.device("bo", &["north"], "bo-tablet");
     let id = ada
         .store
         .insert(
@@ -115,7 +115,7 @@ async fn two_therapists_edit_one_note_offline_and_both_edits_survive() {
     assert_eq!(fresh.client_record(&id).unwrap()["notes"], expected);
 
     let winner = ada.client_record(&id).unwrap()["phone"].clone();
-    let both = BTreeSet::from([("ada", "ada"), ("bo", "bo")]);
+    let both = BTreeSet::from([("ada", "ada-phone"), ("bo", "bo-tablet")]);
     for device in [&ada, &bo, &fresh] {
         assert_eq!(device.client_record(&id).unwrap()["phone"], winner);
         let conflicts = device.store.conflicts("clients", &id).unwrap();

@@ -71,19 +71,24 @@ impl Store {
         Ok(())
     }
 
-    /// Step 3: writes the writes [`Store::take_new_actor`] kept aside again, each as a new
-    /// edit on top of the record as it is now. One that cannot be written (its record was
-    /// deleted meanwhile, say) stays listed for the app.
-    pub(crate) fn write_restored_again(&self) -> Result<()> {
+    /// Step 3, once the store has caught up under its new actor: writes the writes
+    /// [`Store::take_new_actor`] kept aside again, each as a new edit on top of the record as
+    /// it is now; how many. One that cannot be written (its record was deleted meanwhile,
+    /// say) stays listed for the app, and is tried again at the next sync.
+    pub(crate) fn write_restored_again(&self) -> Result<usize> {
         let kept = self
             .rejected_writes()?
             .into_iter()
             .filter(|write| write.code == STORE_RESTORED);
+        let mut written = 0;
         for write in kept {
-            if let Err(err) = self.retry_rejected_write(write.id) {
-                tracing::warn!(error = %err, "a write kept through a restore could not be written again");
+            match self.retry_rejected_write(write.id) {
+                Ok(()) => written += 1,
+                Err(err) => {
+                    tracing::warn!(error = %err, "a write kept through a restore could not be written again");
+                }
             }
         }
-        Ok(())
+        Ok(written)
     }
 }

@@ -89,6 +89,10 @@ impl SyncClient {
                 if complete {
                     break;
                 }
+                // The chunks sent stay on the server: the next sync sends the rest.
+                if deadline.passed() {
+                    return Ok((sent, false));
+                }
                 let sha = upload.sha256;
                 let chunk_bytes = blocking(store, move |s| {
                     s.attachment_chunk_to_send(&sha, upload.size, chunk)
@@ -145,7 +149,10 @@ impl SyncClient {
             if reference.size > room {
                 continue;
             }
-            if self.fetch(store, &scope, &reference, bytes).await? {
+            if self
+                .fetch(store, &scope, &reference, bytes, deadline)
+                .await?
+            {
                 room -= reference.size;
                 fetched += 1;
             }
@@ -187,16 +194,19 @@ impl SyncClient {
         let mut ignored = |_: &SyncProgress| {};
         let listener: &(dyn Fn(&SyncProgress) + Send + Sync) = &mut ignored;
         let mut bytes = Bytes::new(SyncProgress::default(), listener);
-        self.fetch(store, &record.scope, &reference, &mut bytes)
+        self.fetch(store, &record.scope, &reference, &mut bytes, Deadline::NONE)
             .await
     }
 
+    /// Fetches the chunks of `reference` the store lacks; whether it now holds it whole
+    /// (false too when the deadline passed first: the chunks stored stay).
     async fn fetch(
         &self,
         store: &Store,
         scope: &str,
         reference: &AttachmentRef,
         bytes: &mut Bytes<'_>,
+        deadline: Deadline,
     ) -> Result<bool> {
         let sha256 = hex(&reference.sha256);
         let sha = reference.sha256;
@@ -211,6 +221,9 @@ impl SyncClient {
                 .sum(),
         );
         for chunk in missing {
+            if deadline.passed() {
+                return Ok(false);
+            }
             let request = TransportRequest::GetChunk {
                 scope: scope.to_owned(),
                 sha256: sha256.clone(),

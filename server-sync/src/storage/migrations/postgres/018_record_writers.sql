@@ -10,3 +10,5 @@ CREATE TABLE record_writers (
 INSERT INTO record_writers (collection, id, device_id)
 SELECT DISTINCT collection, record_id, device_id FROM feed WHERE device_id > 0
 ON CONFLICT DO NOTHING;
+-- A pull names a record's writers through their devices' actors.
+CREATE INDEX device_actors_by_device ON device_actors (device_id);

@@ -9,3 +9,5 @@ CREATE TABLE record_writers (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO record_writers (collection, id, device_id)
 SELECT DISTINCT collection, record_id, device_id FROM feed WHERE device_id > 0;
+-- A pull names a record's writers through their devices' actors.
+CREATE INDEX device_actors_by_device ON device_actors (device_id);
