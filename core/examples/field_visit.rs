@@ -139,10 +139,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for conflict in phone.store.conflicts("clients", &client)? {
         for loser in conflict.losers {
             println!(
-                "  the other {} value, {}, from device {}, is kept as a visible conflict",
+                "  the other {} value, {}, from {}, is kept as a visible conflict",
                 conflict.field,
                 loser.value,
-                short(&loser.device_id)
+                who(loser.author.as_ref(), &loser.device_id)
             );
         }
     }
@@ -162,14 +162,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if identical { "yes" } else { "NO" }
     );
 
-    step("The record's history (the audit trail):");
+    // The server named the person and device behind each actor with the pulled pages.
+    step("The record's history (the audit trail), as the phone shows it:");
     for entry in phone.store.history("clients", &client)? {
-        let who = if entry.device_id == phone.store.device_id() {
-            "Ada's phone"
-        } else {
-            "Bo's tablet"
-        };
-        println!("  {who:<12} changed {}", entry.fields.join(", "));
+        let who = who(entry.author.as_ref(), &entry.device_id);
+        println!("  {who:<22} changed {}", entry.fields.join(", "));
     }
     if !identical {
         return Err("the devices did not converge".into());
@@ -211,6 +208,14 @@ impl Device {
             }
         );
         Ok(())
+    }
+}
+
+/// "user on device" as the server named them, or the actor id when no sync named it.
+fn who(author: Option<&fieldsync_core::Author>, actor: &str) -> String {
+    match author {
+        Some(author) => format!("{} on {}", author.user, author.device),
+        None => format!("device {}", short(actor)),
     }
 }
 
