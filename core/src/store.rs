@@ -583,6 +583,10 @@ fn start_checkpointer(
     Ok(Checkpointer::start(conn, open)?)
 }
 
+/// The size the WAL file is cut back to once checkpointed (bytes): the thousand pages after
+/// which a checkpoint is asked for.
+const WAL_SIZE_LIMIT: i64 = 4 << 20;
+
 fn configure(conn: &Connection, synchronous: Synchronous) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     // With the bundled SQLite's STAT4, a cached statement whose parameters are compared with
@@ -609,9 +613,12 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> Result<()> {
     // Deleted content is zeroed as it goes (`secure_delete`): what an erasure removes, and
     // every earlier version of a record's row, leaves no copy in free pages or in the free
     // space of the pages that held it (docs/BENCHMARKS.md, "Erasure").
+    // The WAL file keeps the size of its busiest moment unless told otherwise: a note typed
+    // keystroke by keystroke, or a large pull, left tens of megabytes on a phone for good.
+    // Once checkpointed, it is cut back to WAL_SIZE_LIMIT when it starts over.
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {level}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;
-         PRAGMA secure_delete = ON;"
+         PRAGMA secure_delete = ON; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
     ))?;
     // A file that is not SQLite at all fails here rather than on the first write.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
@@ -725,6 +732,33 @@ mod tests {
         assert!(
             copied > 6_000_000,
             "the pages are in the file: {copied} bytes"
+        );
+    }
+
+    #[test]
+    fn the_wal_file_is_cut_back_once_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let wal = dir.path().join("store.db-wal");
+        let store = open(&path, None);
+        write_past_the_threshold(&store, 0);
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            grown > WAL_SIZE_LIMIT as u64,
+            "the WAL grew to {grown} bytes"
+        );
+        assert!(wait_for_checkpoint(&store));
+        // The next commit starts the WAL over, and cuts the file back as it does.
+        store
+            .insert(
+                "notes",
+                json!({"caseload_id": "north"}).as_object().unwrap().clone(),
+            )
+            .unwrap();
+        let now = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            now <= WAL_SIZE_LIMIT as u64,
+            "the WAL stayed at {now} bytes"
         );
     }
 
