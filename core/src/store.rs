@@ -11,6 +11,7 @@ mod remote;
 mod restore;
 mod sync_state;
 mod tables;
+mod typing;
 mod write;
 
 use std::collections::BTreeMap;
@@ -44,7 +45,8 @@ use tables::TableSql;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Synchronous {
-    /// Every commit is on disk when the call returns, even across power loss (default).
+    /// Every commit is on disk when the call returns, even across power loss (default); but a
+    /// keystroke ([`Store::splice_text`]) is flushed on a thread of its own within about 50 ms.
     #[default]
     Full,
     /// Commits survive an app crash but the last ones may be lost on power loss; faster.
@@ -135,6 +137,8 @@ struct Db {
     /// Whether a first sync dropped the record indexes and has not built them again yet
     /// (see `Store::suspend_indexes`).
     indexes_suspended: bool,
+    /// Keystrokes typed into a text field that are not a change yet (`typing.rs`).
+    typing: Option<typing::TypingRun>,
 }
 
 struct Shared {
@@ -148,6 +152,8 @@ struct Shared {
     subscriptions: Arc<Registry>,
     /// The store file, for the checkpoint thread's connection.
     path: PathBuf,
+    /// Its WAL file, which the checkpoint thread flushes after a keystroke (`typing.rs`).
+    wal_path: PathBuf,
 }
 
 /// An app's local record store. Cheap to clone; clones share one connection, and every method
@@ -231,6 +237,7 @@ impl Store {
             .collect();
         let cache_size =
             NonZeroUsize::new(options.document_cache_size).unwrap_or(NonZeroUsize::MIN);
+        let typing = typing::run_in_journal(&conn)?;
         let checkpointer =
             start_checkpointer(&mut conn, path.as_ref(), options.encryption_key.as_ref())?;
         Ok(Store {
@@ -240,6 +247,7 @@ impl Store {
                     conn,
                     cache: LruCache::new(cache_size),
                     indexes_suspended: false,
+                    typing,
                 }),
                 schema,
                 tables,
@@ -247,6 +255,7 @@ impl Store {
                 options,
                 subscriptions: Arc::default(),
                 path: path.as_ref().to_owned(),
+                wal_path: wal_path(path.as_ref()),
             }),
         })
     }
@@ -257,7 +266,7 @@ impl Store {
         if self.shared.options.encryption_key.is_none() {
             return Err(Error::NotEncrypted);
         }
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         // Leaving WAL for the rewrite needs the only connection to the file; the checkpoint
         // thread's comes back with the new key.
         db.checkpointer = None;
@@ -318,6 +327,13 @@ impl Store {
 
     /// Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
     /// Positions count UTF-16 code units (as Kotlin, Swift and JavaScript strings do).
+    ///
+    /// Made for typing, one call per keystroke: the record's row shows the edit at once, and a
+    /// run of edits of one field becomes one Automerge change later (before the next sync or
+    /// other write, or after a thousand keystrokes), so that a long note costs neither a change
+    /// per keystroke nor work that grows with its length. At [`Synchronous::Full`] the edit
+    /// returns before the disk has it: it is flushed a few milliseconds later, so a power cut
+    /// can lose the last moment's keystrokes, and an app crash loses none.
     pub fn splice_text(
         &self,
         collection: &str,
@@ -327,14 +343,22 @@ impl Store {
         delete_count: usize,
         insert: &str,
     ) -> Result<()> {
-        self.write_batch(vec![Write::SpliceText {
-            collection: collection.into(),
-            id: id.into(),
-            field: field.into(),
-            index,
-            delete_count,
-            insert: insert.into(),
-        }])?;
+        let changed = {
+            let mut db = self.shared.lock_rows();
+            typing::splice(
+                &self.shared,
+                &mut db,
+                collection,
+                id,
+                field,
+                index,
+                delete_count,
+                insert,
+            )?
+        };
+        self.shared
+            .subscriptions
+            .notify(&[changed], ChangeOrigin::Local);
         Ok(())
     }
 
@@ -352,7 +376,7 @@ impl Store {
     /// Returns the record id of each write, in order.
     pub fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<String>> {
         let (ids, changed) = {
-            let mut db = self.shared.lock();
+            let mut db = self.shared.lock()?;
             write::apply(&self.shared, &mut db, writes)?
         };
         self.shared
@@ -363,13 +387,13 @@ impl Store {
 
     /// The live record with this id, or `None` if there is none or it was deleted.
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Record>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock_rows();
         read::get(&self.shared, &db.conn, collection, id)
     }
 
     /// Live records matching the query.
     pub fn query(&self, collection: &str, query: &Query) -> Result<Vec<Record>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock_rows();
         read::query(&self.shared, &db.conn, collection, query)
     }
 
@@ -382,26 +406,26 @@ impl Store {
     /// `USE TEMP B-TREE FOR ORDER BY` sorts the matches. During a first sync in several pages
     /// the indexes are dropped until it ends, and the plan says so.
     pub fn query_plan(&self, collection: &str, query: &Query) -> Result<Vec<String>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock_rows();
         read::query_plan(&self.shared, &db.conn, collection, query)
     }
 
     /// How many live records match the filter.
     pub fn count(&self, collection: &str, filter: &Filter) -> Result<u64> {
-        let db = self.shared.lock();
+        let db = self.shared.lock_rows();
         read::count(&self.shared, &db.conn, collection, filter)
     }
 
     /// Live records whose reference fields point at a record that is deleted or absent, as
     /// can happen when a record arrives by merge after its target was deleted elsewhere.
     pub fn orphans(&self, collection: &str) -> Result<Vec<Orphan>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock_rows();
         read::orphans(&self.shared, &db.conn, collection)
     }
 
     /// Fields of the record on which concurrent writes happened, with winner and losers.
     pub fn conflicts(&self, collection: &str, id: &str) -> Result<Vec<crate::FieldConflict>> {
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         let cached = self.shared.load_doc(&mut db, collection, id)?;
         let collection_decl = self.shared.schema.collection(collection)?;
         let mut conflicts = crate::document::conflicts(&cached.doc, collection_decl)?;
@@ -418,7 +442,7 @@ impl Store {
     /// which device made it (and, once a sync named them, the person and device behind it),
     /// when, and which fields it wrote.
     pub fn history(&self, collection: &str, id: &str) -> Result<Vec<crate::HistoryEntry>> {
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         let cached = self.shared.load_doc(&mut db, collection, id)?;
         let mut history = crate::document::history(&mut cached.doc);
         for entry in &mut history {
@@ -429,7 +453,7 @@ impl Store {
 
     /// The saved Automerge document of a record (live or deleted), for sending it whole.
     pub fn document(&self, collection: &str, id: &str) -> Result<Vec<u8>> {
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         let cached = self.shared.load_doc(&mut db, collection, id)?;
         Ok(cached.doc.save())
     }
@@ -455,7 +479,7 @@ impl Store {
     pub fn apply_remote(&self, records: Vec<RemoteRecord>) -> Result<ApplyReport> {
         let incoming = records.into_iter().map(remote::Incoming::from).collect();
         let (report, changed, _) = {
-            let mut db = self.shared.lock();
+            let mut db = self.shared.lock()?;
             remote::apply(
                 &self.shared,
                 &mut db,
@@ -471,7 +495,7 @@ impl Store {
 
     /// The oldest `limit` outbox entries, in write order.
     pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         let mut stmt = db.conn.prepare_cached(
             "SELECT o.seq, o.collection, o.record_id, o.scope, o.is_document, o.payload,
                     coalesce(e.epoch, 0)
@@ -494,7 +518,7 @@ impl Store {
 
     /// How many entries wait in the outbox.
     pub fn outbox_len(&self) -> Result<usize> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         let count: i64 = db
             .conn
             .query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))?;
@@ -503,7 +527,7 @@ impl Store {
 
     /// Removes the outbox entries up to and including `seq`, once the server has them.
     pub fn acknowledge_outbox(&self, seq: i64) -> Result<()> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         db.conn
             .execute("DELETE FROM outbox WHERE seq <= ?1", [seq])?;
         Ok(())
@@ -524,7 +548,17 @@ impl Shared {
         self.identity().0
     }
 
-    fn lock(&self) -> MutexGuard<'_, Db> {
+    /// The store's connection, with every keystroke typed so far made into its record's
+    /// change (`typing.rs`): for anything that reads or writes documents or the outbox.
+    fn lock(&self) -> Result<MutexGuard<'_, Db>> {
+        let mut db = self.lock_rows();
+        typing::settle(self, &mut db)?;
+        Ok(db)
+    }
+
+    /// The store's connection as it is, for what reads only the records' rows (which show
+    /// every keystroke at once) and for typing itself.
+    fn lock_rows(&self) -> MutexGuard<'_, Db> {
         // Writers hand documents back to the cache only after their commit succeeded, so a
         // writer that panicked left nothing half-done behind the lock.
         self.db
@@ -580,8 +614,20 @@ fn start_checkpointer(
         own.busy_timeout(Duration::from_secs(5))?;
         Ok(own)
     };
-    Ok(Checkpointer::start(conn, open)?)
+    Ok(Checkpointer::start(conn, WAL_PAGES_AT_MOST, open)?)
 }
+
+/// The WAL file SQLite keeps beside the store file `path`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+/// A commit that leaves this many pages in the WAL (8 MiB) checkpoints on the spot: the
+/// checkpoint thread cannot catch up with commits that come back to back, such as fast typing,
+/// and the WAL would grow until they pause.
+const WAL_PAGES_AT_MOST: u32 = 2000;
 
 /// The size the WAL file is cut back to once checkpointed (bytes): the thousand pages after
 /// which a checkpoint is asked for.
@@ -708,14 +754,14 @@ mod tests {
     }
 
     fn checkpoints(store: &Store) -> (u64, u64) {
-        let db = store.shared.lock();
+        let db = store.shared.lock().unwrap();
         db.checkpointer.as_ref().unwrap().counts()
     }
 
     /// Waits for the checkpoint thread's first checkpoint. Under the store's lock: the
     /// thread does not take it.
     fn wait_for_checkpoint(store: &Store) -> bool {
-        let db = store.shared.lock();
+        let db = store.shared.lock().unwrap();
         let checkpointer = db.checkpointer.as_ref().unwrap();
         checkpointer.wait_for(1, Duration::from_secs(60))
     }

@@ -102,7 +102,9 @@ impl Store {
     }
 
     /// Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
-    /// Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
+    /// Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do. Made for
+    /// one call per keystroke: the record shows the edit at once, and a run of keystrokes on
+    /// one field becomes one change before the next sync or other write.
     pub fn splice_text(
         &self,
         collection: String,

@@ -583,7 +583,8 @@ impl From<core::RejectedWrite> for RejectedWrite {
 /// How hard SQLite works to make each commit survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum Synchronous {
-    /// Every commit is on disk when the call returns, even across power loss.
+    /// Every commit is on disk when the call returns, even across power loss; but a keystroke
+    /// (`splice_text`) is flushed on a thread of its own within about 50 ms.
     Full,
     /// Commits survive an app crash; the last ones may be lost on power loss. Faster.
     Normal,

@@ -1,5 +1,6 @@
-//! Processes that die mid-sync: the server killed during a push, a device killed during a pull.
-//! After a restart nothing is lost, nothing is applied twice, and everything converges.
+//! Processes that die mid-sync: the server killed during a push, a device killed during a pull
+//! or while a note is typed. After a restart nothing is lost, nothing is applied twice, and
+//! everything converges.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -168,4 +169,62 @@ async fn a_device_killed_during_a_pull_converges_after_restart() {
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_killed_while_a_note_is_typed_keeps_every_keystroke_and_pushes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(Path::new(SERVER), dir.path().join("server.db"));
+    let token = server.user_with_device("ada", &["north"]);
+    let reader_token = server.device("ada");
+    let phone_db = dir.path().join("phone.db");
+    let id = {
+        let phone = open_device(&phone_db);
+        let fields = fields(json!({"caseload_id": "north", "name": "Ada", "notes": "Visit: "}));
+        phone.insert("clients", fields).unwrap()
+    };
+
+    // The app types a note and is killed after at least 300 keystrokes returned: fewer than
+    // make a change on their own, so they are all in the typing journal.
+    let mut child = Command::new(DEVICE)
+        .args(["type", phone_db.to_str().unwrap(), &id, "600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for typed in 1..=300 {
+        assert_eq!(lines.next().unwrap().unwrap(), format!("typed {typed}"));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let phone = open_device(&phone_db);
+    let note = phone.get("clients", &id).unwrap().unwrap().fields["notes"].clone();
+    let note = note.as_str().unwrap().to_owned();
+    let typed = note.strip_prefix("Visit: ").unwrap();
+    assert!(typed.len() >= 300, "{} keystrokes kept", typed.len());
+    let letters: String = (b'a'..=b'z')
+        .cycle()
+        .take(typed.len())
+        .map(char::from)
+        .collect();
+    assert_eq!(typed, letters);
+
+    let report = SyncClient::new(SyncConfig::new(&server.url, &token))
+        .unwrap()
+        .sync_now(&phone)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.pushed, 2,
+        "the insert, and one change for the typing"
+    );
+    let tablet = open_device(&dir.path().join("tablet.db"));
+    SyncClient::new(SyncConfig::new(&server.url, &reader_token))
+        .unwrap()
+        .sync_now(&tablet)
+        .await
+        .unwrap();
+    let on_tablet = tablet.get("clients", &id).unwrap().unwrap().fields["notes"].clone();
+    assert_eq!(on_tablet, note.as_str());
 }

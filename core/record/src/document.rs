@@ -163,41 +163,105 @@ pub fn splice_text(
     delete_count: usize,
     insert: &str,
 ) -> Result<String> {
-    let invalid = |reason: String| Error::InvalidTextEdit {
-        collection: collection_name.to_owned(),
-        field: name.to_owned(),
-        reason,
-    };
+    let text = text(doc, name)?;
+    let edit = TextEdit::check(&text, collection_name, name, index, delete_count)?;
+    splice_text_checked(doc, name, index, delete_count, insert)?;
+    Ok(edit.apply(&text, insert))
+}
+
+/// Applies a splice already checked against the field's current text with [`TextEdit::check`]
+/// (replaying edits whose text was checked when they were made).
+pub fn splice_text_checked(
+    doc: &mut AutoCommit,
+    name: &str,
+    index: usize,
+    delete_count: usize,
+    insert: &str,
+) -> Result<()> {
     let text_id = match doc.get(ROOT, name)? {
         Some((AmValue::Object(ObjType::Text), id)) => id,
         _ => doc.put_object(ROOT, name, ObjType::Text)?,
     };
-    let length = doc.length(&text_id);
-    let end = index.checked_add(delete_count).filter(|end| *end <= length);
-    if end.is_none() {
-        return Err(invalid(format!(
-            "range {index}+{delete_count} is outside a text of {length} UTF-16 units"
-        )));
-    }
-    // A splice that would cut a surrogate pair in two is refused rather than corrupting text.
-    let text = doc.text(&text_id)?;
-    let units: Vec<u16> = text.encode_utf16().collect();
-    let splits_pair = |at: usize| at > 0 && at < units.len() && is_low_surrogate(units[at]);
-    if splits_pair(index) || splits_pair(index + delete_count) {
-        return Err(invalid(format!("position {index} splits a surrogate pair")));
-    }
-    let delete = isize::try_from(delete_count).map_err(|_| invalid("range too large".into()))?;
+    let delete = isize::try_from(delete_count)
+        .map_err(|_| Error::Corrupt("a text edit deletes too much".into()))?;
     doc.splice_text(&text_id, index, delete, insert)?;
-    let mut edited = String::from_utf16(&units[..index]).expect("cut at a character boundary");
-    edited.push_str(insert);
-    edited.push_str(
-        &String::from_utf16(&units[index + delete_count..]).expect("cut at a character boundary"),
-    );
-    Ok(edited)
+    Ok(())
 }
 
-fn is_low_surrogate(unit: u16) -> bool {
-    (0xDC00..0xE000).contains(&unit)
+/// The current text of a text field (empty when unset).
+pub fn text(doc: &AutoCommit, name: &str) -> Result<String> {
+    Ok(match doc.get(ROOT, name)? {
+        Some((AmValue::Object(ObjType::Text), id)) => doc.text(&id)?,
+        _ => String::new(),
+    })
+}
+
+/// A splice of a text field checked against its current text: the bytes it replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextEdit {
+    /// Where the deleted units start and end, in bytes of the text.
+    pub bytes: std::ops::Range<usize>,
+}
+
+impl TextEdit {
+    /// Checks a splice at UTF-16 position `index` deleting `delete_count` units of `text`:
+    /// the range must lie within the text and not cut a surrogate pair in two. Costs one pass
+    /// over the text up to the range's end, and no allocation.
+    pub fn check(
+        text: &str,
+        collection_name: &str,
+        name: &str,
+        index: usize,
+        delete_count: usize,
+    ) -> Result<TextEdit> {
+        let invalid = |reason: String| Error::InvalidTextEdit {
+            collection: collection_name.to_owned(),
+            field: name.to_owned(),
+            reason,
+        };
+        let outside = || {
+            let length: usize = text.chars().map(char::len_utf16).sum();
+            invalid(format!(
+                "range {index}+{delete_count} is outside a text of {length} UTF-16 units"
+            ))
+        };
+        let end = index.checked_add(delete_count).ok_or_else(outside)?;
+        let (start, reached) = utf16_to_byte(text, index).ok_or_else(outside)?;
+        let (length, reached_end) =
+            utf16_to_byte(&text[start..], end.saturating_sub(reached)).ok_or_else(outside)?;
+        // A splice that would cut a surrogate pair in two is refused rather than corrupting text.
+        if reached != index {
+            return Err(invalid(format!("position {index} splits a surrogate pair")));
+        }
+        if reached + reached_end != end {
+            return Err(invalid(format!("position {end} splits a surrogate pair")));
+        }
+        Ok(TextEdit {
+            bytes: start..start + length,
+        })
+    }
+
+    /// The text after the edit, inserting `insert`.
+    pub fn apply(&self, text: &str, insert: &str) -> String {
+        let mut edited = String::with_capacity(text.len() - self.bytes.len() + insert.len());
+        edited.push_str(&text[..self.bytes.start]);
+        edited.push_str(insert);
+        edited.push_str(&text[self.bytes.end..]);
+        edited
+    }
+}
+
+/// The byte offset in `text` of UTF-16 position `units`, with the position actually reached:
+/// one past `units` when it falls inside a surrogate pair. `None` past the end.
+fn utf16_to_byte(text: &str, units: usize) -> Option<(usize, usize)> {
+    let mut counted = 0;
+    for (byte, c) in text.char_indices() {
+        if counted >= units {
+            return Some((byte, counted));
+        }
+        counted += c.len_utf16();
+    }
+    (counted >= units).then_some((text.len(), counted))
 }
 
 /// Marks the record deleted. The key is never set back, so the delete wins every merge.

@@ -30,7 +30,7 @@ pub(crate) struct QueuedUpload {
 impl Store {
     /// Attachments waiting to be sent, with the scope they go to, oldest first.
     pub(crate) fn attachment_uploads(&self) -> Result<Vec<QueuedUpload>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         let mut stmt = db.conn.prepare_cached(
             "SELECT u.scope, u.sha256, a.size FROM attachment_uploads u
              JOIN attachments a ON a.sha256 = u.sha256 ORDER BY u.queued_at, u.scope",
@@ -85,7 +85,7 @@ impl Store {
     /// The server holds the attachment whole: it leaves the queue, and its bytes may be
     /// evicted from here.
     pub(crate) fn attachment_uploaded(&self, scope: &str, sha256: &[u8; 32]) -> Result<()> {
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         let tx = db.conn.transaction()?;
         tx.execute(
             "DELETE FROM attachment_uploads WHERE scope = ?1 AND sha256 = ?2",
@@ -102,7 +102,7 @@ impl Store {
     /// The server refused the attachment (its scope is not the user's to write): it leaves the
     /// queue, and its bytes stay here, not known to be on the server.
     pub(crate) fn attachment_upload_refused(&self, scope: &str, sha256: &[u8; 32]) -> Result<()> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         db.conn.execute(
             "DELETE FROM attachment_uploads WHERE scope = ?1 AND sha256 = ?2",
             params![scope, &sha256[..]],
@@ -142,7 +142,7 @@ impl Store {
         scope_field: &str,
     ) -> Result<Vec<(String, AttachmentRef)>> {
         let table = super::tables::table_name(collection);
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         // The names are the schema's identifiers, checked when it was declared.
         let mut stmt = db.conn.prepare_cached(&format!(
             "SELECT \"{scope_field}\", \"{field}\" FROM {table}
@@ -166,7 +166,7 @@ impl Store {
 
     /// The chunks (of the protocol's size) the store holds of an attachment being downloaded.
     pub(crate) fn downloaded_chunks(&self, sha256: &[u8; 32]) -> Result<Vec<u64>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         let mut stmt = db.conn.prepare_cached(
             "SELECT chunk FROM attachment_chunks WHERE sha256 = ?1 AND chunk % ?2 = 0
              ORDER BY chunk",
@@ -184,7 +184,7 @@ impl Store {
         chunk: u64,
         bytes: &[u8],
     ) -> Result<()> {
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         let tx = db.conn.transaction()?;
         let now = now_ms();
         tx.execute(
@@ -224,7 +224,7 @@ impl Store {
         if <[u8; 32]>::from(hasher.finalize()) == reference.sha256 {
             return Ok(true);
         }
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         let tx = db.conn.transaction()?;
         tx.execute(
             "DELETE FROM attachment_chunks WHERE sha256 = ?1",
@@ -260,7 +260,7 @@ impl Store {
     pub fn tidy_attachments(&self) -> Result<AttachmentsTidied> {
         // Most syncs of most apps hold no attachment: they need not read every record's
         // attachment fields to find that out.
-        let any: bool = self.shared.lock().conn.query_row(
+        let any: bool = self.shared.lock()?.conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM attachments)",
             [],
             |row| row.get(0),
@@ -270,7 +270,7 @@ impl Store {
         }
         let referenced = self.referenced_attachments()?;
         let budget = self.shared.options.attachment_budget_bytes;
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         let tx = db.conn.transaction()?;
         // Whole and on the server, nothing of it waiting to be sent: safe to evict.
         let on_server: std::collections::HashSet<[u8; 32]> = {
@@ -334,7 +334,7 @@ impl Store {
     /// How many more bytes of attachments the server holds fit the budget: eager fetches stop
     /// there, rather than fetch what the next tidying would evict.
     pub(crate) fn attachment_room(&self) -> Result<u64> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         let held: i64 = db.conn.query_row(
             "SELECT coalesce(sum(size), 0) FROM attachments WHERE on_server = 1",
             [],
@@ -362,7 +362,7 @@ impl Store {
                 }
             }
         }
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         let mut stmt = db.conn.prepare("SELECT fields FROM rejected_writes")?;
         for fields in stmt.query_map([], |row| row.get::<_, String>(0))? {
             if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&fields?) {

@@ -82,7 +82,7 @@ impl Store {
             patch,
         };
         let changed = {
-            let mut db = self.shared.lock();
+            let mut db = self.shared.lock()?;
             let (_, changed) = write::apply_with(&self.shared, &mut db, vec![update], |tx| {
                 store_bytes(tx, &reference, source)?;
                 tx.execute(
@@ -103,7 +103,7 @@ impl Store {
     /// Whether the store holds every byte `reference` names (it may not yet have downloaded
     /// them, or may have evicted them).
     pub fn has_attachment(&self, reference: &AttachmentRef) -> Result<bool> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         Ok(held(&db.conn, &reference.sha256)? == Some(reference.size))
     }
 
@@ -150,7 +150,7 @@ impl Store {
 
     /// Marks the bytes as used now, for evicting the least recently used first.
     fn touch(&self, sha256: &[u8; 32]) -> Result<()> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         db.conn.execute(
             "UPDATE attachments SET used_at = ?2 WHERE sha256 = ?1",
             params![&sha256[..], now_ms()],
@@ -159,7 +159,7 @@ impl Store {
     }
 
     pub(crate) fn chunk(&self, sha256: &[u8; 32], chunk: u64) -> Result<Option<Vec<u8>>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         Ok(db
             .conn
             .prepare_cached("SELECT bytes FROM attachment_chunks WHERE sha256 = ?1 AND chunk = ?2")?

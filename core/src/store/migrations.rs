@@ -15,6 +15,7 @@ const STEPS: &[&str] = &[
     include_str!("migrations/007_attachment_uploads.sql"),
     include_str!("migrations/008_record_epochs.sql"),
     include_str!("migrations/009_authors.sql"),
+    include_str!("migrations/010_typing.sql"),
 ];
 
 /// The format version a fully migrated file has.

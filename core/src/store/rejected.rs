@@ -298,7 +298,7 @@ impl Store {
     /// what the server has again), or taken away with a revoked scope. Each keeps the values
     /// the user wrote until the app retries or discards it.
     pub fn rejected_writes(&self) -> Result<Vec<RejectedWrite>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         let mut stmt = db.conn.prepare_cached(
             "SELECT id, collection, record_id, scope, fields, deleted, created, code, message,
                     rejected_at
@@ -314,7 +314,7 @@ impl Store {
 
     /// Forgets a rejected write; the record stays as the server has it.
     pub fn discard_rejected_write(&self, id: i64) -> Result<()> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         db.conn
             .execute("DELETE FROM rejected_writes WHERE id = ?1", [id])?;
         Ok(())
@@ -325,7 +325,7 @@ impl Store {
     /// syncs like any other: it goes through once the user may write.
     pub fn retry_rejected_write(&self, id: i64) -> Result<()> {
         let entry = {
-            let db = self.shared.lock();
+            let db = self.shared.lock()?;
             db.conn
                 .query_row(
                     "SELECT id, collection, record_id, scope, fields, deleted, created, code,

@@ -30,7 +30,7 @@ impl Store {
         let device_id = uuid::Uuid::new_v4().simple().to_string();
         let actor = ActorId::try_from(device_id.as_str()).expect("a UUID is 16 bytes of hex");
         let changed = {
-            let mut db = self.shared.lock();
+            let mut db = self.shared.lock()?;
             let Db { conn, cache, .. } = &mut *db;
             // Every cached document writes as the old actor.
             cache.clear();

@@ -28,7 +28,7 @@ impl Store {
         response: &PushResponse,
     ) -> Result<()> {
         let changed = {
-            let mut db = self.shared.lock();
+            let mut db = self.shared.lock()?;
             self.without_waiting_for_disk(&mut db, true, |db| {
                 remove_pushed(&self.shared, db, entries, response)
             })?
@@ -60,7 +60,7 @@ impl Store {
     /// ever grows: the server takes a store whose position is behind what it pushed for an
     /// older copy of it.
     pub(crate) fn outbox_high_water(&self) -> Result<i64> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         Ok(db
             .conn
             .query_row(
@@ -74,7 +74,7 @@ impl Store {
 
     /// The pull cursor stored with the last merged page, if any.
     pub(crate) fn sync_cursor(&self) -> Result<Option<String>> {
-        let db = self.shared.lock();
+        let db = self.shared.lock()?;
         Ok(db
             .conn
             .query_row(
@@ -102,7 +102,7 @@ impl Store {
     }
 
     fn change_indexes(&self, suspend: bool) -> Result<()> {
-        let mut db = self.shared.lock();
+        let mut db = self.shared.lock()?;
         if db.indexes_suspended == suspend {
             return Ok(());
         }
@@ -156,7 +156,7 @@ impl Store {
             authors: &page.authors,
         };
         let (report, changed, records) = {
-            let mut db = self.shared.lock();
+            let mut db = self.shared.lock()?;
             self.without_waiting_for_disk(&mut db, relaxed, |db| {
                 remote::apply(&self.shared, db, incoming, effects)
             })?
@@ -333,7 +333,7 @@ mod tests {
     }
 
     fn synchronous_level(store: &Store) -> i64 {
-        let db = store.shared.lock();
+        let db = store.shared.lock().unwrap();
         db.conn
             .query_row("PRAGMA synchronous", [], |row| row.get(0))
             .unwrap()
@@ -431,7 +431,7 @@ mod tests {
     }
 
     fn index_names(store: &Store) -> Vec<String> {
-        let db = store.shared.lock();
+        let db = store.shared.lock().unwrap();
         let mut stmt = db
             .conn
             .prepare(
@@ -608,7 +608,7 @@ mod tests {
 
     /// The record's stored document bytes and how many changes they have appended.
     fn stored_row(store: &Store, id: &str) -> (Vec<u8>, u32) {
-        let db = store.shared.lock();
+        let db = store.shared.lock().unwrap();
         db.conn
             .query_row(
                 "SELECT _doc, _doc_tail FROM \"rec_clients\" WHERE _id = ?1",

@@ -64,6 +64,17 @@ impl TableSql {
     }
 }
 
+impl TableSql {
+    /// Sets the text column `field` of the row `?1` to `?2` and `_updated_at` to `?3`: a
+    /// keystroke, which leaves the document as it is (see `typing.rs`).
+    pub(crate) fn typing_update(&self, field: &str) -> String {
+        format!(
+            "UPDATE {} SET \"{field}\" = ?2, _updated_at = ?3 WHERE _id = ?1",
+            self.table
+        )
+    }
+}
+
 pub(crate) fn table_name(collection: &str) -> String {
     format!("\"rec_{collection}\"")
 }

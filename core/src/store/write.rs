@@ -109,6 +109,42 @@ pub(super) fn apply_with(
     Ok((ids, changed))
 }
 
+/// Makes a run of journaled keystrokes on `field` into one change of the record's document,
+/// stamped `typed_at` (the last keystroke's time), in one transaction with `first` (which
+/// takes the run off the journal). The row already shows the text; it is written again from
+/// the document. A record deleted meanwhile has nothing to replay into.
+pub(super) fn replay_typing(
+    shared: &Shared,
+    db: &mut Db,
+    (collection, id): &DocKey,
+    field: &str,
+    keystrokes: &[&super::typing::Keystroke],
+    typed_at: i64,
+    first: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<()>,
+) -> Result<()> {
+    let Db { conn, cache, .. } = db;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    first(&tx)?;
+    let mut batch = Batch {
+        shared,
+        tx: &tx,
+        cache,
+        docs: HashMap::new(),
+        changed: Vec::new(),
+        now: typed_at,
+    };
+    match batch.replay(collection, id, field, keystrokes) {
+        Err(Error::NotFound { .. }) => {}
+        other => other?,
+    }
+    let Batch { docs, .. } = batch;
+    tx.commit()?;
+    for (key, doc) in docs {
+        cache.put(key, doc);
+    }
+    Ok(())
+}
+
 /// Batches with at least this many inserts encode their documents on worker threads.
 const PARALLEL_INSERTS: usize = 64;
 
@@ -441,6 +477,29 @@ impl Batch<'_> {
         )?;
         cached.fields.insert(field.to_owned(), Value::String(text));
         self.finish(collection, id, heads, before)
+    }
+
+    fn replay(
+        &mut self,
+        collection: &str,
+        id: &str,
+        field: &str,
+        keystrokes: &[&super::typing::Keystroke],
+    ) -> Result<()> {
+        let (heads, _) = self.open_live(collection, id)?;
+        let cached = self.doc_mut(collection, id);
+        for keystroke in keystrokes {
+            document::splice_text_checked(
+                &mut cached.doc,
+                field,
+                keystroke.index,
+                keystroke.delete,
+                &keystroke.insert,
+            )?;
+        }
+        let text = document::text(&cached.doc, field)?;
+        cached.fields.insert(field.to_owned(), Value::String(text));
+        self.finish(collection, id, heads, None)
     }
 
     fn delete(&mut self, collection: &str, id: &str) -> Result<()> {

@@ -126,7 +126,7 @@ impl SqliteStorage {
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let checkpointer = {
             let path = path.to_owned();
-            Checkpointer::start(&mut conn, move || {
+            Checkpointer::start(&mut conn, fieldsync_sqlite::INLINE_FROM_PAGES, move || {
                 let own = Connection::open(&path)?;
                 own.busy_timeout(BUSY_TIMEOUT)?;
                 Ok::<_, rusqlite::Error>(own)

@@ -3,6 +3,9 @@
 //!
 //! - `fieldsync-device write <db> <count>` inserts `count` clients with a note each, prints each
 //!   id as its insert returns, then exits at once without closing the store.
+//! - `fieldsync-device type <db> <id> <count>` types `count` characters (`a` to `z` over and
+//!   over) at the end of client `id`'s note, one `splice_text` per keystroke, printing `typed
+//!   <n>` as each returns, and keeps typing until killed.
 //! - `fieldsync-device pull <db> <url> <token> <page-size>` syncs; after each merged page it
 //!   prints `pulled <n>` and waits for a line on stdin before going on, so a test can kill it
 //!   at a known point.
@@ -60,6 +63,11 @@ fn main() {
         [_, "write", path, count] => {
             write(Path::new(path), count.parse().expect("count is a number"))
         }
+        [_, "type", path, id, count] => type_note(
+            Path::new(path),
+            id,
+            count.parse().expect("count is a number"),
+        ),
         [_, "pull", path, url, token, page] => pull(
             Path::new(path),
             url,
@@ -97,7 +105,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: fieldsync-device write <db> <count> | pull|first-sync <db> <url> <token> <page-size> | churn <db> <url> <token> <seed> | upload <db> <url> <token> <len> | sync <db> <url> <token> | seed <db> <therapist> <therapists> <seed>"
+        "usage: fieldsync-device write <db> <count> | type <db> <id> <count> | pull|first-sync <db> <url> <token> <page-size> | churn <db> <url> <token> <seed> | upload <db> <url> <token> <len> | sync <db> <url> <token> | seed <db> <therapist> <therapists> <seed>"
     );
     std::process::exit(2);
 }
@@ -114,6 +122,37 @@ fn write(path: &Path, count: usize) {
     }
     // Leave without dropping the store: what was committed must already be on disk.
     std::process::exit(0);
+}
+
+fn type_note(path: &Path, id: &str, count: usize) {
+    let store = open_device(path);
+    let mut out = std::io::stdout().lock();
+    let note = store
+        .get("clients", id)
+        .expect("reads")
+        .expect("the client exists");
+    let start = note
+        .fields
+        .get("notes")
+        .and_then(Value::as_str)
+        .map_or(0, |n| n.encode_utf16().count());
+    for (typed, letter) in (b'a'..=b'z').cycle().take(count).enumerate() {
+        store
+            .splice_text(
+                "clients",
+                id,
+                "notes",
+                start + typed,
+                0,
+                &char::from(letter).to_string(),
+            )
+            .expect("splice");
+        writeln!(out, "typed {}", typed + 1).expect("stdout is open");
+        out.flush().expect("stdout is open");
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 fn pull(path: &Path, url: &str, token: &str, page_size: u32) {

@@ -1119,7 +1119,9 @@ public protocol StoreProtocol: AnyObject, Sendable {
     
     /**
      * Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
-     * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
+     * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do. Made for
+     * one call per keystroke: the record shows the edit at once, and a run of keystrokes on
+     * one field becomes one change before the next sync or other write.
      */
     func spliceText(collection: String, id: String, field: String, index: Int32, deleteCount: Int32, insert: String) throws 
     
@@ -1537,7 +1539,9 @@ open func saveAttachment(reference: AttachmentRef, path: String)throws  -> Bool 
     
     /**
      * Edits a `text` field: at `index`, deletes `delete_count` units and inserts `insert`.
-     * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do.
+     * Positions count UTF-16 code units, as Kotlin and Swift (`utf16`) strings do. Made for
+     * one call per keystroke: the record shows the edit at once, and a run of keystrokes on
+     * one field becomes one change before the next sync or other write.
      */
 open func spliceText(collection: String, id: String, field: String, index: Int32, deleteCount: Int32, insert: String)throws   {try rustCallWithError(FfiConverterTypeFieldsyncError_lift) {
         uniffiCallStatus in
@@ -5877,7 +5881,8 @@ public func FfiConverterTypeSyncState_lower(_ value: SyncState) -> RustBuffer {
 public enum Synchronous: Equatable, Hashable {
     
     /**
-     * Every commit is on disk when the call returns, even across power loss.
+     * Every commit is on disk when the call returns, even across power loss; but a keystroke
+     * (`splice_text`) is flushed on a thread of its own within about 50 ms.
      */
     case full
     /**
@@ -6971,7 +6976,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fieldsync_ffi_checksum_method_store_save_attachment() != 43284) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fieldsync_ffi_checksum_method_store_splice_text() != 35567) {
+    if (uniffi_fieldsync_ffi_checksum_method_store_splice_text() != 35195) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fieldsync_ffi_checksum_method_store_subscribe() != 50981) {

@@ -168,7 +168,7 @@ fn writes_to_a_record_erased_whole_wait_aside_without_the_erased_text() {
 fn the_store_zeroes_what_it_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), "device.db");
-    let db = store.shared.lock();
+    let db = store.shared.lock().unwrap();
     let secure: i64 = db
         .conn
         .query_row("PRAGMA secure_delete", [], |row| row.get(0))
