@@ -632,7 +632,7 @@ fn outbox_holds_each_write_until_acknowledged() {
 }
 
 #[test]
-fn a_new_record_is_kept_as_its_change_and_saved_whole_once_edited_after_a_cold_load() {
+fn a_record_kept_as_changes_takes_cold_updates_appended_and_is_saved_whole_once_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let id = open(&dir, "a.db").insert("clients", client("Ada")).unwrap();
     // The Automerge chunk type, after 4 magic bytes and a 4-byte checksum: 0 document, 1 change.
@@ -649,28 +649,33 @@ fn a_new_record_is_kept_as_its_change_and_saved_whole_once_edited_after_a_cold_l
     let (first, tail) = stored();
     assert_eq!((first[8], tail), (1, 0));
 
-    // Reopened, the document is cold: its first write saves it whole.
+    // Reopened, the document is cold: scalar updates append their changes without loading it.
     let store = open(&dir, "a.db");
-    store
-        .update("clients", &id, fields(json!({"phone": "1"})))
-        .unwrap();
-    let (saved, tail) = stored();
-    assert_eq!((saved[8], tail), (0, 0));
-    // Loaded now, the next write appends its change.
+    for (phone, tails) in [("1", 1), ("2", 2)] {
+        store
+            .update("clients", &id, fields(json!({"phone": phone})))
+            .unwrap();
+        let (appended, tail) = stored();
+        assert_eq!(tail, tails);
+        assert!(appended.starts_with(&first) && appended[8] == 1);
+    }
+    // The same value again makes no change.
     store
         .update("clients", &id, fields(json!({"phone": "2"})))
         .unwrap();
-    let (appended, tail) = stored();
-    assert_eq!(tail, 1);
-    assert!(appended.starts_with(&saved) && appended.len() > saved.len());
+    assert_eq!(stored().1, 2);
+    assert_eq!(store.outbox_len().unwrap(), 3);
+    // A text write loads the document, and saves it whole.
+    store
+        .update("clients", &id, fields(json!({"notes": "calm"})))
+        .unwrap();
+    let (saved, tail) = stored();
+    assert_eq!((saved[8], tail), (0, 0));
     drop(store);
+    let record = open(&dir, "a.db").get("clients", &id).unwrap().unwrap();
     assert_eq!(
-        open(&dir, "a.db")
-            .get("clients", &id)
-            .unwrap()
-            .unwrap()
-            .fields["phone"],
-        "2"
+        (&record.fields["phone"], &record.fields["notes"]),
+        (&json!("2"), &json!("calm"))
     );
 }
 

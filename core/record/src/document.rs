@@ -502,7 +502,7 @@ pub fn scalar_to_json(scalar: &ScalarValue) -> Value {
     }
 }
 
-fn to_hydrate(field_type: FieldType, value: &Value) -> hydrate::Value {
+pub(crate) fn to_hydrate(field_type: FieldType, value: &Value) -> hydrate::Value {
     match (field_type, value) {
         (FieldType::Text, Value::String(s)) => hydrate::Value::text(TEXT_ENCODING, s),
         (FieldType::Timestamp, Value::Number(n)) => {

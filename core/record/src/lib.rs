@@ -40,6 +40,7 @@
 
 pub mod attachment;
 pub mod chunks;
+pub mod cold_update;
 pub mod document;
 pub mod erasure;
 mod error;

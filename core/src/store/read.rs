@@ -285,7 +285,7 @@ fn row_to_record(collection: &str, table: &TableSql, row: &Row<'_>) -> Result<Re
     })
 }
 
-fn scope_of(table: &TableSql, fields: &Fields) -> Result<String> {
+pub(super) fn scope_of(table: &TableSql, fields: &Fields) -> Result<String> {
     fields
         .get(&table.fields[table.scope_position])
         .and_then(|v| v.as_str())

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::schema::{Collection, FieldType, OnDelete};
 use crate::subscription::Changed;
 use crate::value::{Fields, check_insert, check_patch, normalize};
+use fieldsync_record::cold_update::{self, ColdUpdate};
 
 /// One write of a batch (see [`Store::write_batch`](crate::Store::write_batch)).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -429,6 +430,9 @@ impl Batch<'_> {
 
     fn update(&mut self, collection: &str, id: &str, patch: &Fields) -> Result<()> {
         let decl = self.shared.schema.collection(collection)?;
+        if self.update_cold(collection, id, patch)? {
+            return Ok(());
+        }
         let (heads, before) = self.open_live(collection, id)?;
         let cached = &self.docs[&(collection.to_owned(), id.to_owned())];
         check_patch(collection, decl, patch, &cached.scope)?;
@@ -446,6 +450,71 @@ impl Batch<'_> {
             }
         }
         self.finish(collection, id, heads, before)
+    }
+
+    /// Updates a record whose document is not loaded, when it is stored as changes only and
+    /// the update puts plain scalars: the change is encoded from the stored changes
+    /// (`fieldsync_record::cold_update`) and appended, and the document is not loaded, which
+    /// was most of the update's cost. `false` when the document must be loaded instead; the
+    /// row read is then left in the batch for it.
+    fn update_cold(&mut self, collection: &str, id: &str, patch: &Fields) -> Result<bool> {
+        let key = (collection.to_owned(), id.to_owned());
+        if self.docs.contains_key(&key) || self.cache.contains(&key) {
+            return Ok(false);
+        }
+        let not_found = || Error::NotFound {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        };
+        let row =
+            read::read_doc_row(self.shared, self.tx, collection, id)?.ok_or_else(not_found)?;
+        if row.deleted {
+            return Err(not_found());
+        }
+        let decl = self.shared.schema.collection(collection)?;
+        let table = self.shared.table(collection)?;
+        let before = row.fields?;
+        let scope = read::scope_of(table, &before)?;
+        check_patch(collection, decl, patch, &scope)?;
+        let update = (row.tail + 1 < crate::stored::APPENDED_AT_MOST)
+            .then(|| {
+                cold_update::scalar_update(&row.bytes, &self.shared.actor(), decl, patch, self.now)
+            })
+            .flatten();
+        let change = match update {
+            Some(ColdUpdate::Change(change)) => change,
+            Some(ColdUpdate::Unchanged) => return Ok(true),
+            None => {
+                let row = read::DocRow {
+                    fields: Ok(before),
+                    ..row
+                };
+                let loaded = row.load(self.shared, collection)?;
+                self.docs.insert(key, loaded);
+                return Ok(false);
+            }
+        };
+        let mut after = before.clone();
+        for (name, value) in patch {
+            let field_type = decl.fields[name].field_type;
+            after.insert(name.clone(), normalize(field_type, value.clone()));
+        }
+        let mut stored = row.bytes;
+        stored.extend_from_slice(&change);
+        let written = read::RowData {
+            id,
+            stored: &stored,
+            tail: row.tail + 1,
+            deleted: false,
+            created_at: row.created_at,
+            updated_at: self.now,
+            fields: &after,
+        };
+        read::update_row(self.tx, table, &written, &before, false)?;
+        self.push_outbox(collection, id, &scope, &change)?;
+        self.changed
+            .push(super::changed(collection, id, Some(before), Some(after)));
+        Ok(true)
     }
 
     fn splice(
