@@ -20,7 +20,6 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ServerError;
 use crate::http::{authorize, blocking, read_body};
-use crate::metrics::Metrics;
 use crate::storage::{ChunkStored, NewAuditLine};
 
 /// The path of an attachment: its scope and SHA-256.
@@ -122,10 +121,11 @@ pub async fn put_chunk(
         .chunks
         .put(&state.storage, &key, size, path.chunk, bytes)
         .await?;
-    Metrics::inc(match stored {
+    match stored {
         ChunkStored::New => &state.metrics.attachment_chunks_received,
         ChunkStored::AlreadyHeld => &state.metrics.attachment_chunks_repeated,
-    });
+    }
+    .inc();
     let held = {
         let (storage, scope) = (state.storage.clone(), path.scope.clone());
         blocking(move || storage.attachment(&scope, &sha256))
@@ -208,7 +208,10 @@ pub async fn get_chunk(
         })
         .await?;
     }
-    Metrics::add(&state.metrics.attachment_bytes_sent, bytes.len());
+    state
+        .metrics
+        .attachment_bytes_sent
+        .inc_by(bytes.len() as u64);
     let digest = hex::encode(Sha256::digest(&bytes));
     let mut response = (StatusCode::OK, bytes).into_response();
     let headers = response.headers_mut();

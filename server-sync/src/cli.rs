@@ -78,6 +78,11 @@ enum Command {
         /// kept, in memory).
         #[arg(long, env = "FIELDSYNC_METRICS_SAMPLE_SECS", default_value_t = 60)]
         metrics_sample_secs: u64,
+        /// Serve the feed lag of each scope on `/metrics` labelled with the scope's name
+        /// (`fieldsync_feed_lag`); without it only the largest is served, and `/metrics`, which
+        /// needs no token, names no scope.
+        #[arg(long, env = "FIELDSYNC_METRICS_SCOPE_LABELS")]
+        metrics_scope_labels: bool,
         /// The longest a webhook's failed delivery waits before it is tried again, in seconds
         /// (the wait doubles from one second with each failure in a row).
         #[arg(long, env = "FIELDSYNC_WEBHOOK_MAX_BACKOFF_SECS", default_value_t = Limits::default().webhook_max_backoff.as_secs())]
@@ -376,6 +381,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             max_connections,
             head_timeout_secs,
             metrics_sample_secs,
+            metrics_scope_labels,
             webhook_max_backoff_secs,
             feed_keep_days,
             identity,
@@ -426,6 +432,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 Some(bucket) => state.with_attachment_bucket(bucket),
                 None => state,
             };
+            state.metrics.label_scopes(metrics_scope_labels);
             let every = std::time::Duration::from_secs(metrics_sample_secs);
             let state = AppState {
                 metrics_history: Arc::new(crate::metrics::history::History::new(every)),

@@ -11,7 +11,6 @@ use serde::Serialize;
 use crate::AppState;
 use crate::auth::{Caller, Person, authenticate, authenticate_person};
 use crate::error::ServerError;
-use crate::metrics::Metrics;
 
 /// Authenticates the caller, then checks the protocol version; without a valid token nothing
 /// else is looked at.
@@ -68,7 +67,7 @@ pub(crate) async fn authorize_admin(
 /// Counts a refused token in the metrics.
 fn counted<T>(state: &AppState, authenticated: Result<T, ServerError>) -> Result<T, ServerError> {
     if let Err(ServerError::Unauthorized(_) | ServerError::InvalidToken(_)) = &authenticated {
-        Metrics::inc(&state.metrics.unauthorized);
+        state.metrics.unauthorized.inc();
     }
     authenticated
 }
@@ -81,7 +80,7 @@ fn limit_key(person: &Person) -> i64 {
 
 fn rate_limit(state: &AppState, key: i64) -> Result<(), ServerError> {
     state.rate_limiter.check(key).map_err(|retry_after_secs| {
-        Metrics::inc(&state.metrics.rate_limited);
+        state.metrics.rate_limited.inc();
         ServerError::RateLimited { retry_after_secs }
     })
 }

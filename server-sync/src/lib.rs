@@ -155,9 +155,9 @@ impl AppState {
             limits.request_burst,
         ));
         AppState {
+            metrics: Arc::new(metrics::Metrics::with_storage(storage.as_ref())),
             storage,
             limits,
-            metrics: Arc::default(),
             metrics_history: Arc::default(),
             rate_limiter,
             schema: Arc::default(),
@@ -221,7 +221,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Gives every request an id, logged on every line of its span and returned to the client.
 async fn request_id(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    metrics::Metrics::inc(&state.metrics.requests);
+    state.metrics.requests.inc();
     let id = uuid::Uuid::new_v4().to_string();
     // The route, not the path the client sent, which may be anything it likes.
     let route = request

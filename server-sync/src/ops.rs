@@ -5,29 +5,27 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+use crate::metrics::Scraped;
 
 /// `GET /health`: the process is alive.
 pub async fn health() -> &'static str {
     "ok"
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: the OpenMetrics text exposition, with the gauges read from storage now.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let storage = state.storage.clone();
     let since = crate::storage::now_ms() - 5 * 60 * 1000;
-    let (active, backend) = tokio::task::spawn_blocking(move || {
-        let mut backend = String::new();
-        storage.render_metrics(&mut backend);
-        (storage.active_devices(since).unwrap_or(0), backend)
+    let scraped = tokio::task::spawn_blocking(move || Scraped {
+        active_devices: storage.active_devices(since).unwrap_or(0),
+        feed_lag: storage.feed_lag(since).unwrap_or_default(),
     })
     .await
     .unwrap_or_default();
-    let mut text = state.metrics.render(active);
-    text.push_str(&backend);
-    let mut response = text.into_response();
+    let mut response = state.metrics.render(scraped).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }

@@ -4,7 +4,9 @@
 //! push", step 3).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use fieldsync_record::merge::guarded;
 use fieldsync_record::protocol::{PushRecord, Rejection};
@@ -27,6 +29,8 @@ pub(crate) struct PushMerger<'a> {
     written: HashMap<(String, String), bool>,
     /// Changes accepted so far.
     pub(crate) applied: usize,
+    /// Time spent in the merges made under the transaction.
+    merging: Duration,
 }
 
 impl<'a> PushMerger<'a> {
@@ -41,7 +45,14 @@ impl<'a> PushMerger<'a> {
             snapshot,
             written: HashMap::new(),
             applied: 0,
+            merging: Duration::ZERO,
         }
+    }
+
+    /// Time spent merging the push's records: ahead (summed over the threads) and under the
+    /// transaction.
+    pub(crate) fn merge_time(&self) -> Duration {
+        self.ahead.merge_time() + self.merging
     }
 
     /// Counts what `outcome` brings to `key`, merged ahead or again.
@@ -89,7 +100,9 @@ impl Merge for PushMerger<'_> {
         record: &PushRecord,
         stored: Option<StoredRecord>,
     ) -> Result<MergedRecord, Rejection> {
+        let merging = Instant::now();
         let outcome = merge(self.context, record, stored);
+        self.merging += merging.elapsed();
         let key = (record.collection.clone(), record.id.clone());
         self.account(key, &outcome, false);
         outcome
@@ -130,6 +143,8 @@ pub(crate) struct Premerges {
     group_of: HashMap<(String, String), usize>,
     merges: Mutex<Vec<GroupMerges>>,
     merged: Condvar,
+    /// Nanoseconds spent merging, summed over the threads.
+    merging_nanos: AtomicU64,
 }
 
 pub(crate) enum GroupMerges {
@@ -195,6 +210,7 @@ impl Premerges {
             group_of,
             merges: Mutex::new(merges),
             merged: Condvar::new(),
+            merging_nanos: AtomicU64::new(0),
         }
     }
 
@@ -224,11 +240,19 @@ impl Premerges {
             let Some((group, (indices, stored))) = next else {
                 return;
             };
+            let merging = Instant::now();
             let made = guarded(|| merge_group(context, records, indices, stored))
                 .map_or(GroupMerges::Lost, GroupMerges::Made);
+            let nanos = u64::try_from(merging.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.merging_nanos.fetch_add(nanos, Ordering::Relaxed);
             lock(&self.merges)[group] = made;
             self.merged.notify_all();
         }
+    }
+
+    /// Time spent merging ahead so far, summed over the threads.
+    fn merge_time(&self) -> Duration {
+        Duration::from_nanos(self.merging_nanos.load(Ordering::Relaxed))
     }
 
     /// The next merge made ahead for `key`'s copies, once it is made; `None` if there is none

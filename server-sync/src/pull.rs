@@ -17,7 +17,6 @@ use crate::AppState;
 use crate::auth::Readable;
 use crate::error::ServerError;
 use crate::http::{authorize, blocking, message_response, pending_changes};
-use crate::metrics::Metrics;
 use crate::storage::{FeedEntry, Page};
 
 /// The query string of a pull.
@@ -264,8 +263,11 @@ pub async fn pull(
         })
     })
     .await?;
-    Metrics::inc(&state.metrics.pulls);
-    Metrics::add(&state.metrics.records_pulled, response.records.len());
+    state.metrics.pulls.inc();
+    state
+        .metrics
+        .records_pulled
+        .inc_by(response.records.len() as u64);
     state.metrics.pull_latency.observe(started.elapsed());
     Ok(message_response(&response))
 }

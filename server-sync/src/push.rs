@@ -54,7 +54,7 @@ pub async fn push(
         pusher.push(&caller, &request)
     })
     .await?;
-    Metrics::inc(&state.metrics.pushes);
+    state.metrics.pushes.inc();
     state.metrics.push_latency.observe(started.elapsed());
     Ok(message_response(&response))
 }
@@ -161,8 +161,9 @@ impl Pusher {
                 pending_changes: self.pending_changes,
                 ..Batch::new(&request.batch_id, &request.records)
             };
-            let response = self.storage.push(caller.device_id, &batch, &mut merger)?;
-            Ok::<_, ServerError>((response, merger.applied))
+            let response = self.storage.push(caller.device_id, &batch, &mut merger);
+            self.metrics.merge_time.observe(merger.merge_time());
+            Ok::<_, ServerError>((response?, merger.applied))
         })?;
         if applied > 0 {
             self.feed_stored.notify_waiters();
@@ -172,12 +173,11 @@ impl Pusher {
             .iter()
             .filter(|r| r.rejected.is_some())
             .count();
-        Metrics::add(&self.metrics.records_rejected, rejected);
-        Metrics::add(
-            &self.metrics.records_accepted,
-            response.results.len() - rejected,
-        );
-        Metrics::add(&self.metrics.changes_applied, applied);
+        self.metrics.records_rejected.inc_by(rejected as u64);
+        self.metrics
+            .records_accepted
+            .inc_by((response.results.len() - rejected) as u64);
+        self.metrics.changes_applied.inc_by(applied as u64);
         Ok(response)
     }
 }

@@ -305,10 +305,16 @@ pub trait Storage: Send + Sync + 'static {
     fn add_schema(&self, version: u32, schema_json: &str) -> Result<bool>;
     /// How many live devices synced at or after `since` (ms since the epoch).
     fn active_devices(&self, since: i64) -> Result<u64>;
-    /// Appends the backend's own series to the Prometheus text of `/metrics`: what making
-    /// commits durable costs, where the backend does it itself (the embedded SQLite file;
-    /// PostgreSQL flushes inside the database).
-    fn render_metrics(&self, _out: &mut String) {}
+    /// Per scope with feed entries, how many feed positions its slowest reader in use is
+    /// behind the scope's last entry: the scope's last position less the lowest position
+    /// reached by the devices not revoked that synced since `active_since` (ms since the
+    /// epoch) of users granted the scope, and by the cursors of those users' webhooks; 0 where
+    /// none is behind or no such reader reads the scope. In scope order; one query.
+    fn feed_lag(&self, active_since: i64) -> Result<Vec<(String, i64)>>;
+    /// Registers the backend's own series for `/metrics`: what making commits durable costs,
+    /// where the backend does it itself (the embedded SQLite file; PostgreSQL flushes inside
+    /// the database).
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }
 
 /// Where the server keeps its data, as named by `--db`.

@@ -20,7 +20,6 @@ use crate::AppState;
 use crate::change_feed::{ChangeView, read_page_for};
 use crate::error::ServerError;
 use crate::http::blocking;
-use crate::metrics::Metrics;
 use crate::storage::{Delivery, Webhook, now_ms};
 
 /// Changes one delivery carries at most.
@@ -98,7 +97,7 @@ async fn deliver_due(state: &AppState, client: &reqwest::Client) -> Result<(), S
         .iter()
         .filter(|w| w.failing_since.is_some())
         .count();
-    Metrics::set(&state.metrics.webhooks_failing, failing as u64);
+    state.metrics.webhooks_failing.set(failing as i64);
     for webhook in webhooks {
         let now = now_ms();
         if webhook.next_attempt_at > now {
@@ -117,7 +116,7 @@ async fn deliver_due(state: &AppState, client: &reqwest::Client) -> Result<(), S
                 let wait = backoff(webhook.attempts, state.limits.webhook_max_backoff);
                 tracing::warn!(webhook = id, %error, retry_in_ms = wait.as_millis() as u64,
                     "a webhook's delivery failed");
-                Metrics::inc(&state.metrics.webhook_failures);
+                state.metrics.webhook_failures.inc();
                 Delivery::Failed {
                     error: error.clone(),
                     retry_at: now_ms() + wait.as_millis() as i64,
@@ -177,7 +176,7 @@ async fn deliver(
         .next
         .parse()
         .map_err(|_| "the feed gave an unreadable cursor".to_owned())?;
-    Metrics::inc(&state.metrics.webhook_deliveries);
+    state.metrics.webhook_deliveries.inc();
     Ok(Some(cursor))
 }
 

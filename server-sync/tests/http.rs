@@ -964,6 +964,99 @@ async fn metrics_count_pushes_pulls_and_refusals() {
     assert!(waits >= 2 && waits >= flushes, "{text}");
 }
 
+#[tokio::test]
+async fn metrics_are_openmetrics_text_with_the_operators_histograms() {
+    let mut server = Server::new();
+    // Scopes are named on `/metrics` only when the operator asks (`--metrics-scope-labels`).
+    let limits = Limits {
+        requests_per_second: 0,
+        ..Limits::default()
+    };
+    let state = AppState::new(server.storage.clone(), limits);
+    state.metrics.label_scopes(true);
+    server.app = router(state);
+    let token = server.user("ada", &[("north", Access::Write)]);
+    let phone = server.store("phone");
+    phone.insert("clients", client("north", "Ada")).unwrap();
+    server.push_outbox(&token, &phone, "p1").await;
+    let (status, body) = server
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+
+    // The exposition format: declared families, then samples of them, then `# EOF`.
+    let mut types = std::collections::HashMap::new();
+    let mut samples = std::collections::HashMap::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if lines.peek().is_none() {
+            assert_eq!(line, "# EOF", "{text}");
+            break;
+        }
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = declared.split_once(' ').expect("a name and a type");
+            types.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("`{line}`"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value of `{line}`"));
+        let name = series.split('{').next().unwrap();
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "labels of `{line}`"
+            );
+        }
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|family| types.contains_key(*family))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "`{line}` of no declared family");
+        samples.insert(series.to_owned(), value);
+    }
+
+    for (family, kind) in [
+        ("fieldsync_push_seconds", "histogram"),
+        ("fieldsync_pull_seconds", "histogram"),
+        ("fieldsync_merge_seconds", "histogram"),
+        ("fieldsync_wal_flush_seconds", "histogram"),
+        ("fieldsync_durable_wait_seconds", "histogram"),
+        ("fieldsync_feed_lag", "gauge"),
+        ("fieldsync_feed_lag_max", "gauge"),
+        ("fieldsync_active_devices", "gauge"),
+        ("fieldsync_requests", "counter"),
+    ] {
+        assert_eq!(types.get(family).map(String::as_str), Some(kind), "{text}");
+    }
+    assert_eq!(samples["fieldsync_merge_seconds_count"], 1.0, "{text}");
+    assert_eq!(samples["fieldsync_push_seconds_count"], 1.0, "{text}");
+    assert!(
+        samples["fieldsync_wal_flush_seconds_count"] >= 1.0,
+        "{text}"
+    );
+    assert!(samples.contains_key("fieldsync_merge_seconds_bucket{le=\"0.001\"}"));
+    assert!(samples.contains_key("fieldsync_merge_seconds_bucket{le=\"5.0\"}"));
+    // The phone pushed and never pulled: north's last entry is as far ahead of it as the
+    // feed's head.
+    assert!(
+        samples["fieldsync_feed_lag{scope=\"north\"}"] >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        samples["fieldsync_feed_lag_max"],
+        samples["fieldsync_feed_lag{scope=\"north\"}"]
+    );
+}
+
 /// A new record's saved document and its one change, made by `actor` (hex) as if on that
 /// device.
 fn written_by(actor: &str, scope: &str, name: &str) -> (Vec<u8>, Vec<u8>) {

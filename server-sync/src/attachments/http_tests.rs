@@ -2,7 +2,6 @@
 //! send and fetch; and what is refused.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -125,8 +124,8 @@ fn parsed(body: &[u8]) -> AttachmentStatus {
     serde_json::from_slice(body).unwrap()
 }
 
-fn count(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
+fn count(counter: &prometheus_client::metrics::counter::Counter) -> u64 {
+    counter.get()
 }
 
 #[tokio::test]

@@ -7,10 +7,10 @@
 //! Prometheus scraping `/metrics` is the place for longer or fleet-wide histories.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter as PromCounter;
 use serde::Serialize;
 
 use super::Metrics;
@@ -19,7 +19,7 @@ use super::Metrics;
 const KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Where a counter is read.
-type Counter = fn(&Metrics) -> &AtomicU64;
+type Counter = fn(&Metrics) -> &PromCounter;
 
 /// The counters sampled: the name the JSON gives each, and where it is read.
 const COUNTERS: [(&str, Counter); 15] = [
@@ -49,7 +49,7 @@ const SERVED: usize = 11;
 type Readings = [u64; COUNTERS.len()];
 
 fn read(metrics: &Metrics) -> Readings {
-    COUNTERS.map(|(_, counter)| counter(metrics).load(Ordering::Relaxed))
+    COUNTERS.map(|(_, counter)| counter(metrics).get())
 }
 
 /// The counters' growth over the last 24 hours, one sample per interval.
@@ -186,12 +186,12 @@ mod tests {
     fn samples_hold_what_each_interval_added_and_the_oldest_go() {
         let metrics = Metrics::default();
         let history = History::new(Duration::from_secs(8 * 60 * 60));
-        Metrics::add(&metrics.pushes, 3);
+        metrics.pushes.inc_by(3);
         metrics.push_latency.observe(Duration::from_millis(10));
         metrics.push_latency.observe(Duration::from_millis(30));
         history.sample(&metrics, 1_000);
-        Metrics::inc(&metrics.pushes);
-        Metrics::inc(&metrics.unauthorized);
+        metrics.pushes.inc();
+        metrics.unauthorized.inc();
         history.sample(&metrics, 2_000);
         let view = history.view(&metrics);
         assert_eq!(view.interval_secs, 8 * 60 * 60);

@@ -63,6 +63,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     erasure::an_erased_record_s_feed_entries_give_way_to_its_new_epoch(&*fresh());
     erasure::retention_policies_are_kept_and_aged_records_listed(&*fresh());
     pruning::the_feed_push_answers_and_audit_lines_are_pruned(&*fresh());
+    pruning::feed_lag_is_per_scope_from_the_slowest_reader_granted_it(&*fresh());
     authors::a_record_s_writers_are_named_by_actor_until_it_is_erased(&*fresh());
 }
 

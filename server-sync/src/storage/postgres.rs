@@ -891,6 +891,10 @@ impl Storage for PostgresStorage {
         retention::remove_policy(&mut *self.conn()?, collection)
     }
 
+    fn feed_lag(&self, active_since: i64) -> Result<Vec<(String, i64)>> {
+        pruning::feed_lag(&mut *self.conn()?, active_since)
+    }
+
     fn feed_read_by_all(&self, active_since: i64) -> Result<i64> {
         pruning::feed_read_by_all(&mut *self.conn()?, active_since)
     }

@@ -29,7 +29,7 @@ use super::{
     TokenRecord, UserInfo, Webhook, now_ms, stored_count,
 };
 use crate::error::ServerError;
-use crate::metrics::Histogram;
+use crate::metrics::Latency;
 
 mod attachments;
 mod identity;
@@ -82,9 +82,9 @@ pub struct SqliteStorage {
     durability: Mutex<Durability>,
     flushed: Condvar,
     /// How long each flush of the WAL took.
-    flush_latency: Histogram,
+    flush_latency: Latency,
     /// How long each request waited for its commit (or what it read) to be flushed.
-    durable_wait: Histogram,
+    durable_wait: Latency,
     /// Migration steps this open applied (see [`SqliteStorage::migrations_applied`]).
     migrations_applied: u32,
 }
@@ -140,8 +140,8 @@ impl SqliteStorage {
             wal: PathBuf::from(wal),
             durability: Mutex::new(Durability::default()),
             flushed: Condvar::new(),
-            flush_latency: Histogram::default(),
-            durable_wait: Histogram::default(),
+            flush_latency: Latency::default(),
+            durable_wait: Latency::default(),
             migrations_applied,
         })
     }
@@ -947,17 +947,21 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn render_metrics(&self, out: &mut String) {
-        self.flush_latency.render(
-            out,
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.flush_latency.register(
+            registry,
             "fieldsync_wal_flush_seconds",
             "flushes of the SQLite WAL (fsync), which make commits durable",
         );
-        self.durable_wait.render(
-            out,
+        self.durable_wait.register(
+            registry,
             "fieldsync_durable_wait_seconds",
             "waits of requests for a flush covering their commit or what they read",
         );
+    }
+
+    fn feed_lag(&self, active_since: i64) -> Result<Vec<(String, i64)>> {
+        self.read(|conn| pruning::feed_lag(conn, active_since))
     }
 
     fn active_devices(&self, since: i64) -> Result<u64> {

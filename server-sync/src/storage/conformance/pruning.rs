@@ -2,7 +2,7 @@
 //! and audit lines by date.
 
 use crate::storage::conformance::{accept, record};
-use crate::storage::{AuditQuery, Batch, Pruned, Role, Storage, now_ms};
+use crate::storage::{Access, AuditQuery, Batch, Pruned, Role, Storage, now_ms};
 
 pub(super) fn the_feed_push_answers_and_audit_lines_are_pruned(storage: &dyn Storage) {
     let user = storage.create_user("ada", Role::Member).unwrap();
@@ -87,4 +87,59 @@ pub(super) fn the_feed_push_answers_and_audit_lines_are_pruned(storage: &dyn Sto
         ("audit-prune", "admin")
     );
     assert!(line.detail.unwrap().contains("lines before"));
+}
+
+pub(super) fn feed_lag_is_per_scope_from_the_slowest_reader_granted_it(storage: &dyn Storage) {
+    let started = now_ms();
+    assert_eq!(storage.feed_lag(started - 1000).unwrap(), []);
+    let ada = storage.create_user("ada", Role::Member).unwrap();
+    let bob = storage.create_user("bob", Role::Member).unwrap();
+    storage.set_grant(ada, "north", Access::Write).unwrap();
+    storage.set_grant(ada, "south", Access::Write).unwrap();
+    storage.set_grant(bob, "north", Access::Read).unwrap();
+    let phone = storage.create_device(ada, "phone").unwrap();
+    let tablet = storage.create_device(bob, "tablet").unwrap();
+    let scopes = ["north", "north", "south", "north"];
+    for (n, scope) in scopes.iter().enumerate() {
+        let (batch, id) = (format!("b{n}"), format!("r{n}"));
+        storage
+            .push(
+                phone,
+                &Batch::new(&batch, &[record(&id, scope)]),
+                &mut accept,
+            )
+            .unwrap();
+    }
+    let head = storage.feed_head().unwrap();
+    let (north, south) = (head, head - 1);
+    // The phone pushed but never pulled; the tablet never synced, and is no reader in use.
+    let lag = |since: i64| storage.feed_lag(since).unwrap();
+    assert_eq!(
+        lag(started - 1000),
+        [("north".to_owned(), north), ("south".to_owned(), south)]
+    );
+    storage.record_pull(phone, &[], None, head).unwrap();
+    assert_eq!(
+        lag(started - 1000),
+        [("north".to_owned(), 0), ("south".to_owned(), 0)]
+    );
+    // The tablet reads north only: its position is north's lag, and south's is not.
+    storage.record_pull(tablet, &[], None, head - 3).unwrap();
+    assert_eq!(
+        lag(started - 1000),
+        [("north".to_owned(), 3), ("south".to_owned(), 0)]
+    );
+    // A webhook reads as its user does.
+    storage
+        .create_webhook("https://example.test/hook", "secret", ada, head - 2)
+        .unwrap();
+    assert_eq!(
+        lag(started - 1000),
+        [("north".to_owned(), 3), ("south".to_owned(), 1)]
+    );
+    // Devices that did not sync since are not waited for; the webhook still is.
+    assert_eq!(
+        lag(now_ms() + 1000),
+        [("north".to_owned(), 2), ("south".to_owned(), 1)]
+    );
 }

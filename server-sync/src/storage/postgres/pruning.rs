@@ -18,6 +18,28 @@ pub(super) fn feed_read_by_all(conn: &mut Client, active_since: i64) -> Result<i
         .get(0))
 }
 
+/// Per scope with feed entries, how far its slowest reader in use is behind its last entry
+/// (see [`crate::storage::Storage::feed_lag`]): one query, a search of the feed's scope index
+/// per scope.
+pub(super) fn feed_lag(conn: &mut Client, active_since: i64) -> Result<Vec<(String, i64)>> {
+    let rows = conn.query(
+        "WITH readers AS (
+                 SELECT user_id, coalesce(feed_position, 0) AS position FROM devices
+                 WHERE revoked_at IS NULL AND last_sync_at >= $1
+                 UNION ALL SELECT user_id, cursor FROM webhooks),
+             heads AS (
+                 SELECT name AS scope, (SELECT max(seq) FROM feed WHERE feed.scope = scopes.name) AS head
+                 FROM scopes)
+             SELECT h.scope, greatest(0, h.head - coalesce(min(r.position), h.head))
+             FROM heads h LEFT JOIN grants g ON g.scope = h.scope
+                 LEFT JOIN readers r ON r.user_id = g.user_id
+             WHERE h.head IS NOT NULL
+             GROUP BY h.scope, h.head ORDER BY h.scope",
+        &[&active_since],
+    )?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 pub(super) fn prune_feed(conn: &mut Client, through: i64, answers_before: i64) -> Result<Pruned> {
     let mut tx = conn.transaction()?;
     // Taken as pushes take it, so that no push is between drawing a position and committing.

@@ -16,6 +16,28 @@ pub(super) fn feed_read_by_all(conn: &Connection, active_since: i64) -> Result<i
     )?)
 }
 
+/// Per scope with feed entries, how far its slowest reader in use is behind its last entry
+/// (see [`crate::storage::Storage::feed_lag`]): one query, a search of the feed's scope index
+/// per scope.
+pub(super) fn feed_lag(conn: &Connection, active_since: i64) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "WITH readers AS (
+             SELECT user_id, coalesce(feed_position, 0) AS position FROM devices
+             WHERE revoked_at IS NULL AND last_sync_at >= ?1
+             UNION ALL SELECT user_id, cursor FROM webhooks),
+         heads AS (
+             SELECT name AS scope, (SELECT max(seq) FROM feed WHERE feed.scope = scopes.name) AS head
+             FROM scopes)
+         SELECT h.scope, max(0, h.head - coalesce(min(r.position), h.head))
+         FROM heads h LEFT JOIN grants g ON g.scope = h.scope
+             LEFT JOIN readers r ON r.user_id = g.user_id
+         WHERE h.head IS NOT NULL
+         GROUP BY h.scope, h.head ORDER BY h.scope",
+    )?;
+    let rows = stmt.query_map([active_since], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 pub(super) fn prune_feed(
     conn: &mut Connection,
     through: i64,
