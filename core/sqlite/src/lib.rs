@@ -225,31 +225,49 @@ fn run<E: Display>(mut open: impl FnMut() -> Result<Connection, E>, shared: &Sha
     let mut conn = None;
     let mut last_flush: Option<Instant> = None;
     loop {
-        let flush = {
+        let (flush, checkpoint) = {
             let mut state = shared.lock();
-            while !state.requested && state.flush.is_none() && !state.stop {
-                state = shared
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            loop {
+                // A flush waits out the interval since the last one; a checkpoint does not
+                // wait for it.
+                let flush_wait = state.flush.as_ref().map(|_| {
+                    last_flush.map_or(Duration::ZERO, |at| {
+                        FLUSH_INTERVAL.saturating_sub(at.elapsed())
+                    })
+                });
+                if state.requested || state.stop || flush_wait == Some(Duration::ZERO) {
+                    break;
+                }
+                state = match flush_wait {
+                    Some(wait) => {
+                        shared
+                            .changed
+                            .wait_timeout(state, wait)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0
+                    }
+                    None => shared
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                };
             }
-            state.flush.take()
+            let due = state.stop || last_flush.is_none_or(|at| at.elapsed() >= FLUSH_INTERVAL);
+            let flush = if due { state.flush.take() } else { None };
+            (flush, std::mem::take(&mut state.requested))
         };
         if let Some(wal) = flush {
-            if let Some(wait) = last_flush.and_then(|at| FLUSH_INTERVAL.checked_sub(at.elapsed())) {
-                std::thread::sleep(wait);
-            }
             flush_wal(&wal, shared);
             last_flush = Some(Instant::now());
         }
         {
-            let mut state = shared.lock();
+            let state = shared.lock();
             if state.stop && state.flush.is_none() {
                 return;
             }
-            if !std::mem::take(&mut state.requested) {
-                continue;
-            }
+        }
+        if !checkpoint {
+            continue;
         }
         if conn.is_none() {
             match open() {
