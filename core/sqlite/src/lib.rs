@@ -70,11 +70,11 @@ struct State {
 
 impl Shared {
     /// Whether a commit that left `pages` in the WAL checkpoints it itself: past
-    /// [`INLINE_FROM_PAGES`], or past the bound [`Checkpointer::start`] was given once the
-    /// thread has checkpointed since it was asked, and the WAL still did not start over because
-    /// commits kept coming (a burst in one commit is the thread's to copy).
+    /// [`INLINE_FROM_PAGES`] or twice the bound [`Checkpointer::start`] was given, or past that
+    /// bound once the thread has checkpointed since it was asked and the WAL still did not
+    /// start over because commits kept coming (a burst in one commit is the thread's to copy).
     fn overdue(&self, pages: c_int) -> bool {
-        if pages >= INLINE_FROM_PAGES as c_int {
+        if pages >= (INLINE_FROM_PAGES as c_int).min(self.inline_from_pages.saturating_mul(2)) {
             return true;
         }
         let state = self.lock();
@@ -379,6 +379,10 @@ mod tests {
         assert!(after_commit(&shared, 2600, || Ok(())).is_ok());
         assert_eq!(shared.lock().inline, 1);
         assert!(after_commit(&shared, 1999, || panic!("below the bound")).is_ok());
+        // Twice the bound, a commit checkpoints whatever the thread is doing.
+        let busy = Shared::new(2000);
+        assert!(after_commit(&busy, 4000, || Ok(())).is_ok());
+        assert_eq!(busy.lock().inline, 1);
     }
 
     #[test]
