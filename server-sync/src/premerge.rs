@@ -136,9 +136,10 @@ type Group = (Vec<usize>, Option<StoredRecord>);
 /// the next into the first's merge, as the storage will hand them.
 ///
 /// A push with many records merges on threads, in push order; for it the storage's
-/// transaction starts at once and [`Premerges::next_of`] waits for a record's merge only if
-/// the transaction reaches the record first, so the merges and the writes overlap instead of
-/// following each other.
+/// transaction starts at once, so that its reads (the replay check, the stored versions)
+/// overlap the merges, and [`Premerges::next_of`] waits for a record's merge only if the
+/// transaction asks for it before it is made. The writes follow once every record is merged
+/// (`storage/push_pipeline.rs`).
 pub(crate) struct Premerges {
     group_of: HashMap<(String, String), usize>,
     merges: Mutex<Vec<GroupMerges>>,
@@ -287,11 +288,18 @@ pub(crate) fn merge_group(
         Some(stored) => stored.version.map(StoredVersion::Written),
     };
     let mut merges = VecDeque::with_capacity(indices.len());
-    for index in indices {
+    let mut indices = indices.into_iter().peekable();
+    while let Some(index) = indices.next() {
         let record = &records[index];
-        let result = merge(context, record, state.clone());
+        // Only a copy that another copy follows keeps the state and makes the next one: the
+        // last (most often the only) merges without copying either.
+        let more = indices.peek().is_some();
+        let stored = if more { state.clone() } else { state.take() };
+        let result = merge(context, record, stored);
         let next = match &result {
-            Ok(merged) if !merged.new_changes.is_empty() => Some(merged.to_stored(&record.scope)),
+            Ok(merged) if more && !merged.new_changes.is_empty() => {
+                Some(merged.to_stored(&record.scope))
+            }
             _ => None,
         };
         merges.push_back(Premerged { against, result });

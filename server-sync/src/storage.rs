@@ -11,6 +11,7 @@ pub mod sqlite;
 
 mod accounts;
 mod audit;
+mod push_pipeline;
 mod records;
 mod retention_policies;
 mod stored_attachments;

@@ -37,7 +37,7 @@ use super::{
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord,
     NewAuditLine, NewEpoch, Page, Pruned, RecordValues, Result, RetentionPolicy, Role, SignIn,
     Snapshot, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema, TokenRecord,
-    UserInfo, Webhook, decode_changes, now_ms, stored_count,
+    UserInfo, Webhook, decode_changes, now_ms, push_pipeline, stored_count,
 };
 use crate::error::ServerError;
 
@@ -48,7 +48,7 @@ mod pruning;
 mod push;
 mod retention;
 
-use push::{ACTOR_RETIRED, ACTOR_TAKEN, bind_in};
+use push::{ACTOR_RETIRED, ACTOR_TAKEN, PostgresPush, bind_in};
 mod webhooks;
 
 const MIGRATIONS: &[&str] = &[
@@ -601,7 +601,13 @@ impl Storage for PostgresStorage {
         batch: &Batch<'_>,
         merge: &mut dyn Merge,
     ) -> Result<PushResponse> {
-        push::push(self, device_id, batch, merge)
+        let mut conn = self.conn()?;
+        push_pipeline::apply(
+            PostgresPush::begin(&mut conn, device_id)?,
+            device_id,
+            batch,
+            merge,
+        )
     }
 
     fn feed_page(&self, scopes: &[String], after: i64, limit: u32) -> Result<Page<FeedEntry>> {

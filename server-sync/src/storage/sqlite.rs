@@ -26,7 +26,7 @@ use super::{
     IDLE_PULL_RECORDED_EVERY_MS, Lineage, ListedAttachment, ListedRecord, Merge, MergedRecord,
     NewAuditLine, NewEpoch, Page, Pruned, RecordValues, Result, RetentionPolicy, Role, SignIn,
     Snapshot, SnapshotMark, Storage, StoredChunk, StoredGroupGrant, StoredRecord, StoredSchema,
-    TokenRecord, UserInfo, Webhook, now_ms, stored_count,
+    TokenRecord, UserInfo, Webhook, now_ms, push_pipeline, stored_count,
 };
 use crate::error::ServerError;
 use crate::metrics::Latency;
@@ -41,7 +41,7 @@ mod retention;
 mod webhooks;
 
 use pull::{authors_in, documents_page_in, feed_page_in, record_pull_in};
-use push::{ACTOR_RETIRED, ACTOR_TAKEN, bind_in, push_in};
+use push::{ACTOR_RETIRED, ACTOR_TAKEN, SqlitePush, bind_in};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_init.sql"),
@@ -642,7 +642,7 @@ impl Storage for SqliteStorage {
         merge: &mut dyn Merge,
     ) -> Result<PushResponse> {
         // A replayed batch's stored answer, too, goes out only once its commit is durable.
-        self.write(|conn| push_in(conn, device_id, batch, merge))
+        self.write(|conn| push_pipeline::apply(SqlitePush::begin(conn)?, device_id, batch, merge))
     }
 
     fn device_sync(&self, device_id: i64) -> Result<DeviceSync> {

@@ -1,155 +1,165 @@
-//! A push applied in one PostgreSQL transaction, under the advisory locks that keep feed
-//! positions in commit order: the batch replayed or merged record by record, each with its
-//! feed entry and audit line, and the device's actor bound.
+//! A push's statements on PostgreSQL, for the push applied as [`push_pipeline`] does it, under
+//! the advisory locks that keep it apart from other instances' pushes (see the module
+//! [`postgres`](super)): the device's (taken at the start), its records' (before their
+//! versions are read), the actor lock (around a binding) and last the feed lock (around the
+//! feed entries, until the commit).
 
 use std::collections::HashMap;
 
-use fieldsync_record::protocol::{PushRecord, PushResponse, PushResult};
+use fieldsync_record::protocol::PushRecord;
 use postgres::Transaction;
 
 use super::{
-    LOCK_ACTOR, LOCK_DEVICE, LOCK_FEED, LOCK_RECORD, PostgresStorage, insert_audit,
-    record_lock_key, stored_record, stored_versions, user_of_device,
+    Connection, LOCK_ACTOR, LOCK_DEVICE, LOCK_FEED, LOCK_RECORD, insert_audit, record_lock_key,
+    stored_record, stored_versions, user_of_device,
 };
 use crate::error::ServerError;
+use crate::storage::push_pipeline::{
+    Accepted, AuditLine, PushTx, PushedBy, RecordKey, StoredAnswer,
+};
 use crate::storage::{
-    Batch, Merge, MergedRecord, Result, StoredRecord, StoredVersion, actor_taken_meanwhile,
-    audited_name, encode_changes, now_ms, replayed, stored_count, stored_epoch,
+    Batch, Result, SnapshotMark, StoredRecord, encode_changes, stored_count, stored_epoch,
 };
 
-/// Applies a push in one transaction (see [`Storage::push`]).
-pub(super) fn push(
-    storage: &PostgresStorage,
-    device_id: i64,
-    batch: &Batch<'_>,
-    merge: &mut dyn Merge,
-) -> Result<PushResponse> {
-    let records = batch.records;
-    let mut conn = storage.conn()?;
-    let mut tx = conn.transaction()?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1, $2)",
-        &[&LOCK_DEVICE, &(device_id as i32)],
-    )?;
-    let replay = tx.query_opt(
-        "SELECT response, body_hash FROM push_batches WHERE device_id = $1 AND batch_id = $2",
-        &[&device_id, &batch.id],
-    )?;
-    if let Some(row) = replay {
-        return replayed(batch, (row.get(0), row.get(1)));
-    }
-    let user_id = user_of_device(&mut tx, device_id)?;
-    let mut keys: Vec<i32> = records
-        .iter()
-        .map(|r| record_lock_key(&r.collection, &r.id))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    tx.execute(
-        "SELECT count(pg_advisory_xact_lock($1, key)) FROM unnest($2::int4[]) AS key",
-        &[&LOCK_RECORD, &keys],
-    )?;
+/// A push's transaction on PostgreSQL.
+pub(super) struct PostgresPush<'c> {
+    tx: Transaction<'c>,
+}
 
-    // Merge every record; a record pushed twice in one batch merges into its first merge.
-    // Records are written after the loop, so an earlier copy's merge stands for them.
-    let versions = stored_versions(&mut tx, records)?;
-    let mut merged_so_far: HashMap<(&str, &str), StoredRecord> = HashMap::new();
-    let mut accepted: Vec<(&PushRecord, MergedRecord)> = Vec::new();
-    let mut refused: Vec<[String; 4]> = Vec::new();
-    let mut results = Vec::with_capacity(records.len());
-    for record in records {
-        let key = (record.collection.as_str(), record.id.as_str());
-        let now_stored = if merged_so_far.contains_key(&key) {
-            StoredVersion::ThisPush
-        } else {
-            versions
-                .get(&key)
-                .map_or(StoredVersion::Absent, |&version| {
-                    StoredVersion::Written(version)
-                })
-        };
-        let outcome = match merge.merged_ahead(record, now_stored) {
-            Some(outcome) => outcome,
-            None => {
-                let stored = match merged_so_far.get(&key) {
-                    Some(stored) => Some(stored.clone()),
-                    None if !versions.contains_key(&key) => None,
-                    None => tx
-                        .query_opt(
-                            "SELECT scope, doc, fields, deleted, lineage, updated_seq, epoch
-                             FROM records WHERE collection = $1 AND id = $2",
-                            &[&record.collection, &record.id],
-                        )?
-                        .map(|row| stored_record(&row, 0)),
-                };
-                merge.merge(record, stored)
-            }
-        };
-        let rejected = match outcome {
-            Err(rejection) => {
-                refused.push([
-                    audited_name(&record.collection),
-                    audited_name(&record.id),
-                    audited_name(&record.scope),
-                    rejection.code.as_str().to_owned(),
-                ]);
-                Some(rejection)
-            }
-            Ok(merged) if merged.new_changes.is_empty() => None,
-            Ok(merged) => {
-                merged_so_far.insert(key, merged.to_stored(&record.scope));
-                accepted.push((record, merged));
-                None
-            }
-        };
-        results.push(PushResult {
-            collection: record.collection.clone(),
-            id: record.id.clone(),
-            rejected,
-        });
+impl PostgresPush<'_> {
+    /// Begins the push's transaction and waits for the device's earlier pushes to end: a
+    /// batch replayed through another instance while the first attempt is in flight then
+    /// finds the stored answer.
+    pub(super) fn begin(conn: &mut Connection, device_id: i64) -> Result<PostgresPush<'_>> {
+        let mut tx = conn.transaction()?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_DEVICE, &(device_id as i32)],
+        )?;
+        Ok(PostgresPush { tx })
+    }
+}
+
+impl PushTx for PostgresPush<'_> {
+    fn replayed_batch(&mut self, device_id: i64, batch_id: &str) -> Result<Option<StoredAnswer>> {
+        let row = self.tx.query_opt(
+            "SELECT response, body_hash FROM push_batches WHERE device_id = $1 AND batch_id = $2",
+            &[&device_id, &batch_id],
+        )?;
+        Ok(row.map(|row| (row.get(0), row.get(1))))
     }
 
-    let now = now_ms();
-    // Everything that does not need a feed position is written before the feed lock, so
-    // that the section all pushes take in turn is short: two statements and the commit.
-    let audited: Vec<(&str, &str, &str)> = accepted
-        .iter()
-        .map(|(r, _)| (r.collection.as_str(), r.id.as_str(), r.scope.as_str()))
-        .collect();
-    insert_audit(&mut tx, now, user_id, device_id, "push", &audited)?;
-    insert_refusals(&mut tx, now, user_id, device_id, &refused)?;
-    if let Some(actor) = batch.binds.filter(|_| !accepted.is_empty())
-        && bind_in(&mut tx, device_id, actor)?.as_deref() != Some(actor)
-    {
-        return Err(actor_taken_meanwhile());
+    fn user_of_device(&mut self, device_id: i64) -> Result<i64> {
+        user_of_device(&mut self.tx, device_id)
     }
-    let response = PushResponse { results };
-    let stored = rmp_serde::to_vec_named(&response).expect("responses always serialize");
-    tx.execute(
-        "INSERT INTO push_batches (device_id, batch_id, response, created_at, body_hash)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&device_id, &batch.id, &stored, &now, &batch.hash.as_slice()],
-    )?;
-    tx.execute(
-        "UPDATE devices SET last_sync_at = $2, outbox_seq = GREATEST(outbox_seq, $3),
-             pending_changes = COALESCE($4, pending_changes),
-             pending_reported_at = CASE WHEN $4::BIGINT IS NULL THEN pending_reported_at
-                                        ELSE $2 END
-         WHERE id = $1",
-        &[
-            &device_id,
-            &now,
-            &batch.outbox_seq,
-            &batch.pending_changes.map(stored_count),
-        ],
-    )?;
-    if !accepted.is_empty() {
-        // Held until commit: positions become visible in the order they are taken.
-        tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_FEED])?;
-        write_feed_and_records(&mut tx, device_id, now, &accepted)?;
+
+    /// Each record's lock, in key order so that two pushes never wait on each other in a
+    /// cycle; held until the transaction ends.
+    fn lock_records(&mut self, records: &[PushRecord]) -> Result<()> {
+        let mut keys: Vec<i32> = records
+            .iter()
+            .map(|r| record_lock_key(&r.collection, &r.id))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.tx.execute(
+            "SELECT count(pg_advisory_xact_lock($1, key)) FROM unnest($2::int4[]) AS key",
+            &[&LOCK_RECORD, &keys],
+        )?;
+        Ok(())
     }
-    tx.commit()?;
-    Ok(response)
+
+    /// Never: other instances write too, and their writes leave no mark to compare.
+    fn snapshot_unchanged(&mut self, _mark: SnapshotMark) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn stored_versions<'r>(
+        &mut self,
+        records: &'r [PushRecord],
+    ) -> Result<HashMap<RecordKey<'r>, i64>> {
+        stored_versions(&mut self.tx, records)
+    }
+
+    fn stored_record(&mut self, record: &PushRecord) -> Result<Option<StoredRecord>> {
+        Ok(self
+            .tx
+            .query_opt(
+                "SELECT scope, doc, fields, deleted, lineage, updated_seq, epoch
+                 FROM records WHERE collection = $1 AND id = $2",
+                &[&record.collection, &record.id],
+            )?
+            .map(|row| stored_record(&row, 0)))
+    }
+
+    /// In two statements: the lines of records stored, then those of records refused.
+    fn audit(&mut self, by: PushedBy, lines: &[AuditLine<'_>]) -> Result<()> {
+        let stored: Vec<(&str, &str, &str)> = lines
+            .iter()
+            .filter(|line| line.code.is_none())
+            .map(|line| (&*line.collection, &*line.record_id, &*line.scope))
+            .collect();
+        insert_audit(
+            &mut self.tx,
+            by.at,
+            by.user_id,
+            by.device_id,
+            "push",
+            &stored,
+        )?;
+        let refused: Vec<&AuditLine<'_>> =
+            lines.iter().filter(|line| line.code.is_some()).collect();
+        insert_refusals(&mut self.tx, by, &refused)
+    }
+
+    fn bind_actor(&mut self, device_id: i64, actor: &str) -> Result<Option<String>> {
+        bind_in(&mut self.tx, device_id, actor)
+    }
+
+    fn store_answer(
+        &mut self,
+        device_id: i64,
+        batch: &Batch<'_>,
+        answer: &[u8],
+        now: i64,
+    ) -> Result<()> {
+        self.tx.execute(
+            "INSERT INTO push_batches (device_id, batch_id, response, created_at, body_hash)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&device_id, &batch.id, &answer, &now, &batch.hash.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    fn update_device(&mut self, device_id: i64, batch: &Batch<'_>, now: i64) -> Result<()> {
+        self.tx.execute(
+            "UPDATE devices SET last_sync_at = $2, outbox_seq = GREATEST(outbox_seq, $3),
+                 pending_changes = COALESCE($4, pending_changes),
+                 pending_reported_at = CASE WHEN $4::BIGINT IS NULL THEN pending_reported_at
+                                            ELSE $2 END
+             WHERE id = $1",
+            &[
+                &device_id,
+                &now,
+                &batch.outbox_seq,
+                &batch.pending_changes.map(stored_count),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Under the feed lock, held until the commit: feed positions become visible in the order
+    /// they are taken. Everything else was written before it, so that the section all pushes
+    /// take in turn is short: two statements and the commit.
+    fn write_accepted(&mut self, by: PushedBy, accepted: &[Accepted<'_>]) -> Result<()> {
+        self.tx
+            .execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_FEED])?;
+        write_feed_and_records(&mut self.tx, by.device_id, by.at, accepted)
+    }
+
+    fn commit(self) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
 }
 
 /// Whether actor `$2` is taken for device `$1`: another live device holds it (now or before),
@@ -199,30 +209,34 @@ pub(super) fn bind_in(
         .get(0))
 }
 
-/// Audit lines for refused records (collection, id, scope, code), in one statement.
-pub(super) fn insert_refusals(
+/// Audit lines for refused records, in one statement.
+fn insert_refusals(
     tx: &mut Transaction<'_>,
-    at: i64,
-    user_id: i64,
-    device_id: i64,
-    refused: &[[String; 4]],
+    by: PushedBy,
+    refused: &[&AuditLine<'_>],
 ) -> Result<()> {
     if refused.is_empty() {
         return Ok(());
     }
-    let column = |n: usize| refused.iter().map(|r| r[n].as_str()).collect::<Vec<_>>();
+    let collections: Vec<&str> = refused.iter().map(|line| &*line.collection).collect();
+    let ids: Vec<&str> = refused.iter().map(|line| &*line.record_id).collect();
+    let scopes: Vec<&str> = refused.iter().map(|line| &*line.scope).collect();
+    let codes: Vec<&str> = refused
+        .iter()
+        .map(|line| line.code.unwrap_or_default())
+        .collect();
     tx.execute(
         "INSERT INTO audit (at, user_id, device_id, action, collection, record_id, scope, code)
          SELECT $1, $2, $3, 'refuse', c, r, s, k
          FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS t (c, r, s, k)",
         &[
-            &at,
-            &user_id,
-            &device_id,
-            &column(0),
-            &column(1),
-            &column(2),
-            &column(3),
+            &by.at,
+            &by.user_id,
+            &by.device_id,
+            &collections,
+            &ids,
+            &scopes,
+            &codes,
         ],
     )?;
     Ok(())
@@ -230,25 +244,25 @@ pub(super) fn insert_refusals(
 
 /// Adds the accepted records' feed entries (in push order) and writes each record's latest
 /// merge with the position of its last entry: one statement each.
-pub(super) fn write_feed_and_records(
+fn write_feed_and_records(
     tx: &mut Transaction<'_>,
     device_id: i64,
     now: i64,
-    accepted: &[(&PushRecord, MergedRecord)],
+    accepted: &[Accepted<'_>],
 ) -> Result<()> {
     let collections: Vec<&str> = accepted
         .iter()
-        .map(|(r, _)| r.collection.as_str())
+        .map(|a| a.record.collection.as_str())
         .collect();
-    let ids: Vec<&str> = accepted.iter().map(|(r, _)| r.id.as_str()).collect();
-    let scopes: Vec<&str> = accepted.iter().map(|(r, _)| r.scope.as_str()).collect();
+    let ids: Vec<&str> = accepted.iter().map(|a| a.record.id.as_str()).collect();
+    let scopes: Vec<&str> = accepted.iter().map(|a| a.record.scope.as_str()).collect();
     let changes: Vec<Vec<u8>> = accepted
         .iter()
-        .map(|(_, m)| encode_changes(&m.new_changes))
+        .map(|a| encode_changes(&a.merged.new_changes))
         .collect();
     let epochs: Vec<i64> = accepted
         .iter()
-        .map(|(_, m)| stored_epoch(m.epoch))
+        .map(|a| stored_epoch(a.merged.epoch))
         .collect();
     let rows = tx.query(
         "INSERT INTO feed (collection, record_id, scope, device_id, changes, committed_at, epoch)
@@ -281,27 +295,49 @@ pub(super) fn write_feed_and_records(
         let entry = last_seq.entry((row.get(1), row.get(2))).or_insert(seq);
         *entry = (*entry).max(seq);
     }
-    let mut latest: HashMap<(&str, &str), &(&PushRecord, MergedRecord)> = HashMap::new();
+    let mut latest: HashMap<RecordKey<'_>, &Accepted<'_>> = HashMap::new();
     for item in accepted {
-        latest.insert((item.0.collection.as_str(), item.0.id.as_str()), item);
+        latest.insert((&item.record.collection, &item.record.id), item);
     }
-    let latest: Vec<&(&PushRecord, MergedRecord)> = latest.into_values().collect();
-    let seqs = latest
-        .iter()
-        .map(|(r, _)| {
-            last_seq
-                .get(&(r.collection.clone(), r.id.clone()))
+    let latest: Vec<(&Accepted<'_>, i64)> = latest
+        .into_values()
+        .map(|a| {
+            let key = (a.record.collection.clone(), a.record.id.clone());
+            let seq = last_seq
+                .get(&key)
                 .copied()
-                .ok_or_else(|| ServerError::Internal("a feed entry was not written".into()))
+                .ok_or_else(|| ServerError::Internal("a feed entry was not written".into()))?;
+            Ok((a, seq))
         })
-        .collect::<Result<Vec<i64>>>()?;
-    let collections: Vec<&str> = latest.iter().map(|(r, _)| r.collection.as_str()).collect();
-    let ids: Vec<&str> = latest.iter().map(|(r, _)| r.id.as_str()).collect();
-    let scopes: Vec<&str> = latest.iter().map(|(r, _)| r.scope.as_str()).collect();
-    let docs: Vec<&[u8]> = latest.iter().map(|(_, m)| m.doc.as_slice()).collect();
-    let values: Vec<&str> = latest.iter().map(|(_, m)| m.fields_json.as_str()).collect();
-    let deleted: Vec<bool> = latest.iter().map(|(_, m)| m.deleted).collect();
-    let lineages: Vec<Vec<u8>> = latest.iter().map(|(_, m)| m.lineage.encode()).collect();
+        .collect::<Result<_>>()?;
+    write_records(tx, &latest)
+}
+
+/// Writes each record's merge at its feed position, in one statement.
+fn write_records(tx: &mut Transaction<'_>, latest: &[(&Accepted<'_>, i64)]) -> Result<()> {
+    let collections: Vec<&str> = latest
+        .iter()
+        .map(|(a, _)| a.record.collection.as_str())
+        .collect();
+    let ids: Vec<&str> = latest.iter().map(|(a, _)| a.record.id.as_str()).collect();
+    let scopes: Vec<&str> = latest
+        .iter()
+        .map(|(a, _)| a.record.scope.as_str())
+        .collect();
+    let docs: Vec<&[u8]> = latest
+        .iter()
+        .map(|(a, _)| a.merged.doc.as_slice())
+        .collect();
+    let values: Vec<&str> = latest
+        .iter()
+        .map(|(a, _)| a.merged.fields_json.as_str())
+        .collect();
+    let deleted: Vec<bool> = latest.iter().map(|(a, _)| a.merged.deleted).collect();
+    let seqs: Vec<i64> = latest.iter().map(|(_, seq)| *seq).collect();
+    let lineages: Vec<Vec<u8>> = latest
+        .iter()
+        .map(|(a, _)| a.merged.lineage.encode())
+        .collect();
     tx.execute(
         "INSERT INTO records (collection, id, scope, doc, fields, deleted, updated_seq, lineage,
                               created_seq)
