@@ -14,15 +14,15 @@ use fieldsync_tests::server::ServerProcess;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server-under-test");
 
-fn small_run(urls: Vec<String>, db: String, dir: &Path) -> load::LoadReport {
+fn small_run(servers: &[&ServerProcess], db: String) -> load::LoadReport {
     let report = load::run(&LoadConfig {
-        urls,
+        urls: servers.iter().map(|server| server.url.clone()).collect(),
         db,
         devices: 10,
         devices_per_scope: 5,
         duration: Duration::from_secs(3),
         interval: Duration::from_millis(200),
-        work_dir: dir.to_owned(),
+        server_pids: servers.iter().map(|server| server.pid()).collect(),
     })
     .unwrap();
     println!("{report}");
@@ -34,7 +34,10 @@ fn small_run(urls: Vec<String>, db: String, dir: &Path) -> load::LoadReport {
     );
     if cfg!(target_os = "linux") {
         assert!(
-            report.devices_peak_kib.is_some_and(|kib| kib > 0),
+            report.devices_peak_kib.is_some_and(|kib| kib > 0)
+                && report.server_peak_kib.is_some_and(|kib| kib > 0)
+                && report.devices_cpu.is_some()
+                && report.server_cpu.is_some_and(|cpu| cpu > Duration::ZERO),
             "{report}"
         );
     }
@@ -46,11 +49,7 @@ fn a_small_load_test_on_sqlite_passes_within_the_default_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("server.db");
     let server = ServerProcess::start(Path::new(SERVER), &db);
-    let report = small_run(
-        vec![server.url.clone()],
-        db.to_str().unwrap().to_owned(),
-        dir.path(),
-    );
+    let report = small_run(&[&server], db.to_str().unwrap().to_owned());
     // The embedded server reports its flushes: every push waited for one.
     let disk = report.disk.expect("the embedded server reports its disk");
     assert!(disk.flushes >= 1 && disk.waits >= report.pushes, "{report}");
@@ -64,7 +63,6 @@ fn a_small_load_test_on_two_postgres_instances_passes() {
         ServerProcess::start(Path::new(SERVER), &db),
         ServerProcess::start(Path::new(SERVER), &db),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let report = small_run(vec![a.url.clone(), b.url.clone()], db, dir.path());
+    let report = small_run(&[&a, &b], db);
     assert_eq!(report.disk, None, "PostgreSQL flushes inside the database");
 }

@@ -3,10 +3,10 @@
 //! device and the server hold identical data. See docs/BENCHMARKS.md for runs and figures.
 //!
 //! ```sh
-//! fieldsync-loadtest --url http://127.0.0.1:8787 --db fieldsync-server.db --devices 200 --seconds 30
+//! fieldsync-loadtest --url http://127.0.0.1:8787 --db fieldsync-server.db --devices 1000 --seconds 30 \
+//!     --server-pid "$(pgrep -n fieldsync-server)"
 //! ```
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, env = "FIELDSYNC_DB")]
     db: String,
     /// Simulated devices.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 1000)]
     devices: usize,
     /// Devices sharing a scope (a caseload) and editing its shared record.
     #[arg(long, default_value_t = 10)]
@@ -41,9 +41,10 @@ struct Args {
     /// limit allows (20 a second by default).
     #[arg(long, default_value_t = 2000)]
     interval_ms: u64,
-    /// Where the devices' stores go (a temporary directory inside it is removed at the end).
-    #[arg(long, default_value_os_t = std::env::temp_dir())]
-    work_dir: PathBuf,
+    /// The process id of a server instance on this machine, to report the CPU time it used
+    /// while measured and its peak memory; repeat for several.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
 }
 
 fn main() -> ExitCode {
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
         devices_per_scope: args.devices_per_scope,
         duration: Duration::from_secs_f64(args.seconds),
         interval: Duration::from_millis(args.interval_ms),
-        work_dir: args.work_dir,
+        server_pids: args.server_pids,
     };
     match load::run(&config) {
         Ok(report) => {
